@@ -1,0 +1,41 @@
+# psec_jax developer commands. Everything runs inside .venv, created on first use from constraints.txt
+# (the exact versions the test suite was last run with).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all lock info clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "error: python3.11 not found (set PYTHON=...)" >&2; exit 2; }
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "psec_jax needs Python >= 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade --constraint constraints.txt pip
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $@
+
+# The default suite (no `slow` tests; `accelerator` tests skip themselves on CPU).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything, slow tests included.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ""
+
+info: $(STAMP)
+	$(BIN)/psec-jax info
+
+# Re-resolve the newest compatible versions into constraints.txt (then run `make test` and commit).
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install --quiet --upgrade pip
+	.lockvenv/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Exact versions the test suite was run with (regenerate: make lock)."; \
+	  .lockvenv/bin/python -m pip freeze --all --exclude psec_jax --exclude setuptools --exclude wheel; } > constraints.txt
+	rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,8 @@
+"""`python -m psec_jax ...` is the same as the `psec-jax` console script."""
+
+import sys
+
+from psec_jax.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Tests of the smoke experiment and the chunked training driver it runs on."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import smoke
+from experiments.configs import smoke as smoke_config
+from psec_jax import loop, prng, runs, testing
+from psec_jax.checkpoint import CheckpointError
+
+
+def tiny_config(**train):
+    config = smoke_config.get_config()
+    config.data.num_examples = 64
+    config.model.hidden_sizes = (16,)
+    config.train.update({**dict(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20), **train})
+    return config
+
+
+def _run(config, workdir):
+    trainer = smoke.make_train(config)
+    root = jax.random.key(config.seed)
+    data = trainer.make_data(prng.stream(root, "data"))
+    chunk = jax.jit(trainer.chunk)
+    return loop.run_chunks(
+        lambda s: chunk(s, data), trainer.init(prng.stream(root, "init")),
+        num_chunks=config.train.num_steps // config.train.log_every,
+        steps_per_chunk=config.train.log_every, workdir=workdir, config=config,
+        checkpoint_every_chunks=config.train.checkpoint_every // config.train.log_every,
+        resume_may_change=("train.num_steps",),
+    )
+
+
+def test_vmapped_seeds_equal_sequential_seeds_and_loss_falls():
+    trainer = smoke.make_train(tiny_config())
+    keys = jax.random.split(jax.random.key(0), 2)
+    states, metrics = jax.jit(jax.vmap(trainer.train))(keys)
+    assert metrics["loss"].shape == (2, 4, 10)
+    for i in range(2):
+        state_i, metrics_i = jax.jit(trainer.train)(keys[i])
+        testing.assert_trees_close(jax.tree.map(lambda x: x[i], states.params), state_i.params)
+        testing.assert_trees_close(metrics["loss"][i], metrics_i["loss"])
+    assert float(metrics["loss"][:, -1].mean()) < 0.5 * float(metrics["loss"][:, 0].mean())
+
+
+def test_chunk_does_not_recompile():
+    trainer = smoke.make_train(tiny_config())
+    root = jax.random.key(0)
+    data = trainer.make_data(root)
+    testing.assert_no_recompile(jax.jit(trainer.chunk), trainer.init(root), data,
+                                next_args=lambda out: (out[0], data))
+
+
+def test_resume_continues_identically(tmp_path):
+    straight, _ = _run(tiny_config(), tmp_path / "straight")
+    _run(tiny_config(num_steps=20), tmp_path / "resumed")
+    resumed, records = _run(tiny_config(), tmp_path / "resumed")  # picks up at step 20
+    assert [r["step"] for r in records] == [30, 40]
+    assert int(resumed.step) == 40
+    testing.assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
+    steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")]
+    assert steps == [10, 20, 30, 40]
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    _run(tiny_config(num_steps=20), tmp_path)
+    changed = tiny_config()
+    changed.optim.learning_rate = 0.5
+    with pytest.raises(CheckpointError, match="optim.learning_rate"):
+        _run(changed, tmp_path)
+
+
+def test_main_writes_the_workdir(tmp_path, capsys):
+    summary = smoke.main(tiny_config(), str(tmp_path))
+    assert summary["steps"] == 40 and summary["final_train_mse"] < summary["target_variance"]
+    assert "final_train_mse" in capsys.readouterr().out
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 40
+    assert len(runs.read_metrics(tmp_path)) == 4
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
+
+
+def test_bad_chunking_is_rejected():
+    with pytest.raises(ValueError, match="multiples of train.log_every"):
+        smoke.make_train(tiny_config(num_steps=45))
