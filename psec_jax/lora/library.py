@@ -1,0 +1,302 @@
+"""``SkillLibrary``: K LoRA skills stacked on a leading axis, with metadata, saved with Orbax.
+
+Skills of different ranks coexist by zero-padding to the largest rank ``r_max``: padded columns of A and
+rows of B are zero, so every forward pass, merge and gradient is exactly that of the unpadded skill
+(the padding also receives zero gradient). Each skill keeps its own rank and scale in its metadata;
+``skill(name)`` returns it unpadded. All skills adapt the same kernels (same paths).
+
+On disk (a directory)::
+
+    library.json   format, skills' metadata, base-model fingerprint, adapted paths, sha256 of every file
+    arrays/        the stacked adapter tree (Orbax standard checkpoint)
+
+``save`` writes to a temporary sibling directory and renames it into place, so a failed save never
+leaves a half-written library where a good one was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from psec_jax.lora import core
+from psec_jax.lora.config import LoRAConfig
+from psec_jax.lora.core import LoRAPair
+
+FORMAT = "psec_jax.skill_library/1"
+META_FILE = "library.json"
+ARRAYS_DIR = "arrays"
+
+
+class LibraryError(ValueError):
+    """A skill library does not fit its base model, or its files are missing or corrupt."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkillInfo:
+    """Metadata of one skill. ``scale`` is the LoRA factor s of ``W0 + s A B`` for this skill."""
+
+    name: str
+    rank: int
+    scale: float
+    lora: dict  # LoRAConfig.to_dict() of the skill
+    train_config: dict = dataclasses.field(default_factory=dict)  # how it was trained (JSON)
+    metrics: dict = dataclasses.field(default_factory=dict)  # what it reached (JSON)
+
+
+def fingerprint(base_params: Any) -> list[tuple[str, tuple[int, ...], str]]:
+    """``[(path, shape, dtype)]`` of every leaf of a parameter tree: what a library is tied to."""
+    return [(p, tuple(int(s) for s in np.shape(x)), str(jnp.result_type(x)))
+            for p, x in core.flatten(base_params).items()]
+
+
+def _fingerprint_mismatch(saved: Sequence, current: Sequence) -> str | None:
+    saved = {p: (tuple(s), d) for p, s, d in saved}
+    current = {p: (tuple(s), d) for p, s, d in current}
+    for path in sorted(set(saved) | set(current)):
+        if path not in current:
+            return f"parameter {path!r} of the library's base model is missing from this model"
+        if path not in saved:
+            return f"this model has parameter {path!r}, which the library's base model did not"
+        if saved[path] != current[path]:
+            (s0, d0), (s1, d1) = saved[path], current[path]
+            return f"parameter {path!r} is {s1} {d1} here but was {s0} {d0} in the library's base model"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_plain(tree: Any) -> Any:
+    return core.map_pairs(lambda p: {"a": p.a, "b": p.b}, tree)
+
+
+def _from_plain(tree: Any) -> Any:
+    def is_pair(x: Any) -> bool:
+        return isinstance(x, dict) and set(x) == {"a", "b"}
+
+    return jax.tree.map(lambda d: LoRAPair(d["a"], d["b"]), tree, is_leaf=is_pair)
+
+
+class SkillLibrary:
+    """K skills over one base model: ``adapters`` is an adapter tree with ``[K, ...]`` leaves.
+
+    Immutable: ``add``/``remove``/``select`` return new libraries. Pass ``library.adapters`` and
+    ``library.coefficients(weights)`` into jitted code, not the library object.
+    """
+
+    def __init__(self, adapters: Any, skills: Sequence[SkillInfo], base_fingerprint: Sequence,
+                 paths: Mapping[str, int]):
+        self.adapters = adapters  # adapter tree, LoRAPair(a [K, *in, r_max], b [K, r_max, *out]) leaves
+        self.skills = tuple(skills)
+        self.base_fingerprint = [tuple(x) for x in base_fingerprint]
+        self.paths = dict(paths)  # adapted kernel path -> number of input axes
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, base_params: Any, name: str, adapter: Any, config: LoRAConfig, **meta: Any) -> "SkillLibrary":
+        """A library holding one skill (``adapter`` from ``lora.init`` / training, unstacked)."""
+        paths = core.target_paths(base_params, config)
+        lib = cls(None, (), fingerprint(base_params), paths)
+        return lib.add(name, adapter, config, **meta)
+
+    def _check_adapter(self, adapter: Any) -> None:
+        flat = core.flatten(adapter)
+        if set(flat) != set(self.paths):
+            raise LibraryError(
+                f"skill adapts {sorted(flat)} but the library adapts {sorted(self.paths)}: all skills must "
+                f"adapt the same kernels"
+            )
+        shapes = {p: s for p, s, _ in self.base_fingerprint}
+        for path, pair in flat.items():
+            n_in = self.paths[path]
+            want = tuple(shapes[path])
+            got = tuple(pair.a.shape[:-1]) + tuple(pair.b.shape[1:])
+            if got != want or pair.a.shape[-1] != pair.b.shape[0] or pair.a.ndim - 1 != n_in:
+                raise LibraryError(f"skill adapter for {path!r} (a {pair.a.shape}, b {pair.b.shape}) "
+                                   f"does not fit the kernel {want}")
+
+    def add(self, name: str, adapter: Any, config: LoRAConfig, *, train_config: Mapping | None = None,
+            metrics: Mapping | None = None) -> "SkillLibrary":
+        """A new library with the skill ``name`` appended (its adapter unstacked, rank ``config.rank``)."""
+        if name in self.names:
+            raise LibraryError(f"skill {name!r} is already in the library")
+        self._check_adapter(adapter)
+        rank = core.rank_of(adapter)
+        info = SkillInfo(name, rank, config.scale, config.to_dict(), dict(train_config or {}), dict(metrics or {}))
+        r_max = max(rank, self.max_rank)
+        new = core.map_pairs(lambda p: LoRAPair(p.a[None], p.b[None]), core.pad_rank(adapter, r_max))
+        if self.adapters is None:
+            stacked = new
+        else:
+            old = core.pad_rank(self.adapters, r_max, axis_offset=1)
+            stacked = jax.tree.map(lambda o, n: jnp.concatenate([o, n.astype(o.dtype)]), old, new)
+        return SkillLibrary(stacked, self.skills + (info,), self.base_fingerprint, self.paths)
+
+    def _take(self, indices: list[int]) -> "SkillLibrary":
+        skills = tuple(self.skills[i] for i in indices)
+        if not indices:
+            return SkillLibrary(None, (), self.base_fingerprint, self.paths)
+        idx = jnp.asarray(indices)
+        r_max = max(s.rank for s in skills)
+        adapters = core.map_pairs(lambda p: LoRAPair(p.a[idx][..., :r_max], p.b[idx][:, :r_max]), self.adapters)
+        return SkillLibrary(adapters, skills, self.base_fingerprint, self.paths)
+
+    def remove(self, name: str) -> "SkillLibrary":
+        """A new library without the skill ``name``."""
+        self.index(name)
+        return self._take([i for i, s in enumerate(self.skills) if s.name != name])
+
+    def select(self, names: Iterable[str]) -> "SkillLibrary":
+        """A new library holding ``names`` in that order (the skill axis follows ``names``)."""
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise LibraryError(f"select: duplicate skill names in {names}")
+        return self._take([self.index(n) for n in names])
+
+    # ----- queries ------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.skills]
+
+    def __len__(self) -> int:
+        return len(self.skills)
+
+    def __repr__(self) -> str:
+        skills = ", ".join(f"{s.name}(r={s.rank}, s={s.scale:g})" for s in self.skills)
+        return f"SkillLibrary(K={len(self)}, r_max={self.max_rank}, kernels={len(self.paths)}, skills=[{skills}])"
+
+    @property
+    def max_rank(self) -> int:
+        return max((s.rank for s in self.skills), default=0)
+
+    def index(self, name: str) -> int:
+        for i, s in enumerate(self.skills):
+            if s.name == name:
+                return i
+        raise LibraryError(f"no skill named {name!r} (have {self.names})")
+
+    @property
+    def scales(self) -> jax.Array:
+        """``[K]`` float32: each skill's LoRA scale."""
+        return jnp.asarray([s.scale for s in self.skills], jnp.float32)
+
+    def as_weights(self, weights: Mapping[str, float], default: float = 0.0) -> jax.Array:
+        """``[K]`` weights from ``{name: weight}``; unnamed skills get ``default``."""
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise LibraryError(f"as_weights: unknown skill(s) {unknown} (have {self.names})")
+        return jnp.asarray([float(weights.get(n, default)) for n in self.names], jnp.float32)
+
+    def coefficients(self, weights: jax.Array) -> jax.Array:
+        """Skill weights ``[..., K]`` times each skill's scale: what ``lora_dense`` and ``merge`` take."""
+        weights = jnp.asarray(weights)
+        if weights.shape[-1:] != (len(self),):
+            raise LibraryError(f"weights must end in the skill axis K={len(self)}, got shape {weights.shape}")
+        return weights * self.scales
+
+    def skill(self, name: str) -> Any:
+        """The single-skill adapter tree of ``name``, at its own rank (padding removed)."""
+        i, r = self.index(name), self.skills[self.index(name)].rank
+        return core.map_pairs(lambda p: LoRAPair(p.a[i][..., :r], p.b[i][:r]), self.adapters)
+
+    def merge_into(self, base_params: Any, weights: Mapping[str, float] | jax.Array) -> Any:
+        """Base parameters with ``sum_k w_k s_k A_k B_k`` folded in (``weights`` dict or ``[K]``)."""
+        w = self.as_weights(weights) if isinstance(weights, Mapping) else jnp.asarray(weights)
+        return core.merge(base_params, self.adapters, self.coefficients(w))
+
+    def check_base(self, base_params: Any) -> None:
+        """Raises LibraryError naming the first difference between ``base_params`` and the library's base."""
+        problem = _fingerprint_mismatch(self.base_fingerprint, fingerprint(base_params))
+        if problem:
+            raise LibraryError(f"skill library does not fit this base model: {problem}")
+
+    # ----- persistence --------------------------------------------------------------------------
+    def _metadata(self) -> dict[str, Any]:
+        shapes = {p: {"a": list(pr.a.shape), "b": list(pr.b.shape), "dtype": str(pr.a.dtype)}
+                  for p, pr in core.flatten(self.adapters).items()} if self.adapters is not None else {}
+        return {
+            "format": FORMAT,
+            "skills": [dataclasses.asdict(s) for s in self.skills],
+            "base_fingerprint": [[p, list(s), d] for p, s, d in self.base_fingerprint],
+            "paths": self.paths,
+            "array_shapes": shapes,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Writes the library to ``directory`` atomically (replacing any library already there)."""
+        if not self.skills:
+            raise LibraryError("cannot save an empty skill library")
+        directory = Path(directory).absolute()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / ARRAYS_DIR, _to_plain(self.adapters))
+                ckptr.wait_until_finished()
+            meta = self._metadata()
+            meta["files"] = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, base_params: Any = None) -> "SkillLibrary":
+        """Reads a library saved by ``save``; verifies every file's checksum, and with ``base_params``
+        that the library was built on a model with the same parameter paths, shapes and dtypes.
+        """
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise LibraryError(f"no skill library at {directory} (missing {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LibraryError(f"corrupt skill library metadata {meta_path}: {e}") from None
+        if meta.get("format") != FORMAT:
+            raise LibraryError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+        for rel, digest in meta["files"].items():
+            f = directory / rel
+            if not f.is_file():
+                raise LibraryError(f"skill library {directory} is incomplete: missing file {rel}")
+            if _sha256(f) != digest:
+                raise LibraryError(f"skill library {directory} is corrupt: checksum mismatch in {rel}")
+        if base_params is not None:
+            problem = _fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
+            if problem:
+                raise LibraryError(f"skill library {directory} does not fit this base model: {problem}")
+        target = core.unflatten({
+            p: {"a": jax.ShapeDtypeStruct(tuple(s["a"]), s["dtype"]), "b": jax.ShapeDtypeStruct(tuple(s["b"]), s["dtype"])}
+            for p, s in meta["array_shapes"].items()
+        })
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                arrays = ckptr.restore((directory / ARRAYS_DIR).absolute(), target)
+        except Exception as e:
+            raise LibraryError(f"could not read the arrays of skill library {directory}: {type(e).__name__}: {e}") from e
+        skills = [SkillInfo(**s) for s in meta["skills"]]
+        return cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"])
