@@ -9,7 +9,7 @@ weights times each skill's scale: ``library.coefficients(w)``), and returns an a
   including negative and unequal weights: the weight multiplies A only, so there are no ``A_i B_j``
   cross terms (the pitfall of merging A and B separately with sqrt-weights).
 - ``svd``: the exact delta truncated to rank ``rank`` (``A = U sqrt(S)``, ``B = sqrt(S) V^T``), the best
-  rank-``rank`` approximation in Frobenius norm.
+  rank-``rank`` approximation in Frobenius norm; capped per kernel at its smaller dimension (exact there).
 - ``ties``: TIES-merging of the weighted task deltas ``c_k A_k B_k``: keep each delta's top ``density``
   fraction by magnitude, elect each entry's sign by the sum of the kept values, average the kept values
   that agree with it.
@@ -48,8 +48,7 @@ def _svd(pair: LoRAPair, c: jax.Array, rank: int) -> LoRAPair:
     n_in = pair.a.ndim - 2
     in_shape, out_shape = delta.shape[:n_in], delta.shape[n_in:]
     mat = delta.reshape(-1, math.prod(out_shape))
-    if rank > min(mat.shape):
-        raise ValueError(f"svd rank {rank} exceeds the kernel's smallest dimension {min(mat.shape)}")
+    rank = min(rank, *mat.shape)  # beyond the smaller dimension the decomposition is already exact
     u, s, vt = jnp.linalg.svd(mat.astype(jnp.float32), full_matrices=False)
     root = jnp.sqrt(s[:rank])
     a = (u[:, :rank] * root).astype(delta.dtype).reshape(*in_shape, rank)
