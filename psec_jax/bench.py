@@ -1,0 +1,53 @@
+"""Helpers shared by the scripts in ``benchmarks/``: timing jitted functions and writing results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+
+from psec_jax import runs
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2) -> float:
+    """Best wall time in seconds of ``fn(*args)`` (outputs blocked on), after one warm-up call.
+
+    Runs at least ``reps`` timed calls and keeps going until ``min_seconds`` have passed; the minimum
+    is reported because on a shared machine noise only ever adds time.
+    """
+    jax.block_until_ready(fn(*args))
+    best, total, n = float("inf"), 0.0, 0
+    while n < reps or total < min_seconds:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        dt = time.perf_counter() - t0
+        best, total, n = min(best, dt), total + dt, n + 1
+    return best
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices, stored with every result file."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+        "machine": platform.machine(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def write_results(name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
+                  directory: Path | None = None) -> Path:
+    """Writes ``{"environment", "rows", **extra}`` to ``benchmarks/results/<name>.json``."""
+    path = (directory or RESULTS_DIR) / f"{name}.json"
+    return runs.write_json_atomic(path, {"environment": environment(), **(extra or {}), "rows": list(rows)})
