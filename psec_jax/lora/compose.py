@@ -36,13 +36,6 @@ def _per_skill_deltas(pair: LoRAPair) -> jax.Array:
     return jax.vmap(lambda a, b: jnp.tensordot(a, b, axes=1))(pair.a, pair.b)
 
 
-def _cat(pair: LoRAPair, c: jax.Array) -> LoRAPair:
-    k, r = pair.a.shape[0], pair.a.shape[-1]
-    in_shape, out_shape = pair.a.shape[1:-1], pair.b.shape[2:]
-    a = jnp.moveaxis(pair.a * c.astype(pair.a.dtype).reshape((k,) + (1,) * (pair.a.ndim - 1)), 0, -2)
-    return LoRAPair(a.reshape(*in_shape, k * r), pair.b.reshape(k * r, *out_shape))
-
-
 def _svd(pair: LoRAPair, c: jax.Array, rank: int) -> LoRAPair:
     delta = core.pair_delta(pair, c)
     n_in = pair.a.ndim - 2
@@ -117,7 +110,7 @@ def combine(
         if method == "exact":
             out[path] = core.pair_delta(pair, coefficients)
         elif method == "cat":
-            out[path] = _cat(pair, coefficients)
+            out[path] = core.concat_skills(pair, coefficients)
         elif method == "svd":
             out[path] = _svd(pair, coefficients, rank)
         elif method == "ties":

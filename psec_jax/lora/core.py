@@ -124,6 +124,23 @@ def init(key: jax.Array, base_params: Any, config: LoRAConfig) -> dict[str, Any]
     return unflatten(adapters)
 
 
+def concat_skills(pair: LoRAPair, weights: jax.Array | None = None) -> LoRAPair:
+    """A stack of K skills as one pair of rank ``K*r``: ``a: [*in, K*r]`` (skill k's block scaled by
+    ``weights[k]`` when given), ``b: [K*r, *out]``. Then ``a @ b == sum_k w_k A_k B_k`` exactly.
+    """
+    k, r = pair.a.shape[0], pair.a.shape[-1]
+    if pair.b.shape[0] != k or pair.b.shape[1] != r:
+        raise ValueError(f"stacked adapter needs a [K, *in, r], b [K, r, *out]; got a {pair.a.shape}, b {pair.b.shape}")
+    a = pair.a
+    if weights is not None:
+        weights = jnp.asarray(weights)
+        if weights.shape != (k,):
+            raise ValueError(f"stacked adapter with {k} skills needs weights of shape ({k},), got {weights.shape}")
+        a = a * weights.astype(a.dtype).reshape((k,) + (1,) * (a.ndim - 1))
+    a = jnp.moveaxis(a, 0, -2).reshape(*pair.a.shape[1:-1], k * r)
+    return LoRAPair(a, pair.b.reshape(k * r, *pair.b.shape[2:]))
+
+
 def pair_delta(pair: LoRAPair, weights: jax.Array | float) -> jax.Array:
     """The dense update of one kernel: ``w * A @ B`` (single skill, scalar ``w``) or
     ``sum_k w_k A_k @ B_k`` (stack, ``w: [K]``) as one matmul over the joined ``(K, r)`` axis.
@@ -131,17 +148,8 @@ def pair_delta(pair: LoRAPair, weights: jax.Array | float) -> jax.Array:
     weights = jnp.asarray(weights)
     if weights.ndim == 0:
         return weights.astype(pair.a.dtype) * jnp.tensordot(pair.a, pair.b, axes=1)
-    k = pair.a.shape[0]
-    if weights.shape != (k,) or pair.b.shape[0] != k:
-        raise ValueError(
-            f"stacked adapter with a {pair.a.shape}, b {pair.b.shape} needs weights of shape ({k},), "
-            f"got {weights.shape}"
-        )
-    in_shape, r = pair.a.shape[1:-1], pair.a.shape[-1]
-    a_cat = jnp.moveaxis(pair.a * weights.astype(pair.a.dtype)[(slice(None),) + (None,) * (pair.a.ndim - 1)], 0, -2)
-    a_cat = a_cat.reshape(*in_shape, k * r)
-    b_cat = pair.b.reshape(k * r, *pair.b.shape[2:])
-    return jnp.tensordot(a_cat, b_cat, axes=1)
+    joined = concat_skills(pair, weights)
+    return jnp.tensordot(joined.a, joined.b, axes=1)
 
 
 def _apply_deltas(base_params: Any, adapters: Any, weights: Any, sign: float) -> Any:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from psec_jax.lora.core import LoRAPair
+from psec_jax.lora.core import LoRAPair, concat_skills
 
 LORA_COLLECTION = "lora"
 
@@ -79,8 +79,8 @@ def lora_dense(
             f"(need a [K, *in, r], b [K, r, *out])"
         )
     d_in, d_out = math.prod(in_shape), math.prod(out_shape)
-    a_cat = jnp.moveaxis(a.astype(dtype), 0, -2).reshape(d_in, k * r)  # [d_in, K*r]
-    b_cat = b.astype(dtype).reshape(k * r, d_out)  # [K*r, d_out]
+    joined = concat_skills(LoRAPair(a.astype(dtype), b.astype(dtype)))
+    a_cat, b_cat = joined.a.reshape(d_in, k * r), joined.b.reshape(k * r, d_out)
     h = jnp.dot(x.reshape(*lead, d_in), a_cat, precision=precision)  # [*lead, K*r]
     # Weights repeated to [..., K*r] rather than h reshaped to [..., K, r]: on CPU the reshape of a
     # large h costs a copy (measured 2x slower at K*r=1024, benchmarks/lora_compose.py).

@@ -213,7 +213,8 @@ class SkillLibrary:
 
     def skill(self, name: str) -> Any:
         """The single-skill adapter tree of ``name``, at its own rank (padding removed)."""
-        i, r = self.index(name), self.skills[self.index(name)].rank
+        i = self.index(name)
+        r = self.skills[i].rank
         return core.map_pairs(lambda p: LoRAPair(p.a[i][..., :r], p.b[i][:r]), self.adapters)
 
     def merge_into(self, base_params: Any, weights: Mapping[str, float] | jax.Array) -> Any:
