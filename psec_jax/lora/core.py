@@ -12,12 +12,12 @@ which is what the static composition methods ``exact``/``ties``/``dare`` return.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from psec_jax import prng
 from psec_jax.lora.config import LoRAConfig
 
 
@@ -113,7 +113,7 @@ def init(key: jax.Array, base_params: Any, config: LoRAConfig) -> dict[str, Any]
         kernel = flat[path]
         dtype = config.dtype or kernel.dtype
         in_shape, out_shape = kernel.shape[:n_in], kernel.shape[n_in:]
-        k = jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+        k = prng.stream(key, path)
         ka, kb = jax.random.split(k)
         a = _init_a(ka, (*in_shape, config.rank), n_in, config, dtype)
         if config.b_init == "zeros":
@@ -187,11 +187,6 @@ def merge(base_params: Any, adapters: Any, weights: Any = 1.0) -> Any:
 def unmerge(merged_params: Any, adapters: Any, weights: Any = 1.0) -> Any:
     """Inverse of ``merge`` (exact up to floating-point rounding)."""
     return _apply_deltas(merged_params, adapters, weights, -1.0)
-
-
-def stack(adapters: list[Any]) -> Any:
-    """Stacks single-skill adapter trees of equal ranks and targets into one ``[K, ...]`` tree."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *adapters)
 
 
 def pad_rank(adapters: Any, rank: int, axis_offset: int = 0) -> Any:
