@@ -33,6 +33,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "tiny regression run: checks install, configs, jit(scan) training, metrics, checkpoints, resume",
         "experiments/configs/smoke.py",
     ),
+    "behavior": Experiment(
+        "experiments.behavior",
+        "train SAC behaviour policies (random/medium/expert snapshots) for one task",
+        "experiments/configs/behavior.py",
+    ),
 }
 
 # Packages whose versions `psec-jax info` reports.
@@ -53,6 +58,7 @@ def _usage() -> str:
         "commands:",
         f"  {'info':<12} print versions, devices and the compilation-cache location",
     ]
+    lines += [f"  {'dataset':<12} generate or find a named offline dataset (e.g. walker-walk-expert-10traj)"]
     lines += [f"  {name:<12} {exp.help}" for name, exp in EXPERIMENTS.items()]
     lines += [
         "",
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, rest = argv[0], argv[1:]
         if command == "info":
             return info(rest)
+        if command == "dataset":
+            return dataset(rest)
         if command in EXPERIMENTS:
             return run_experiment(command, rest)
         raise UsageError(f"unknown command {command!r} (choose from: info, {', '.join(EXPERIMENTS)})")
@@ -118,6 +126,41 @@ def info(argv: Sequence[str] = ()) -> int:
     else:
         entries = sum(1 for _ in cache.iterdir()) if cache.is_dir() else 0
         print(f"compile cache  {cache} ({entries} entries)")
+    return 0
+
+
+def dataset(argv: Sequence[str]) -> int:
+    """`psec-jax dataset NAME`: generate (or find in the cache) a named offline dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} dataset",
+        description="Generate a named dataset from the committed behaviour policies (cached; "
+                    "names: {env}[:{variant}]-{kind}[-{N}traj], e.g. walker-walk-expert-10traj).")
+    parser.add_argument("name", help="dataset name")
+    parser.add_argument("--seed", type=int, default=0, help="rollout seed (default 0)")
+    parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian action noise")
+    parser.add_argument("--regenerate", action="store_true", help="regenerate even if cached")
+    parser.add_argument("--dir", default=None, help="cache directory (default $PSEC_JAX_DATA_DIR "
+                        "or ~/.cache/psec_jax/datasets)")
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    from psec_jax import compilation_cache
+    from psec_jax.data import datasets, formats
+
+    try:
+        datasets.parse(args.name, seed=args.seed, noise=args.noise)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    compilation_cache.enable()
+    path = datasets.get(args.name, seed=args.seed, noise=args.noise, regenerate=args.regenerate,
+                        directory=args.dir)
+    data, meta = formats.load_d4rl(path)
+    print(f"{path}\n  {meta['num_transitions']} transitions, {meta['num_episodes']} episodes, "
+          f"return {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, "
+          f"episode cost {meta['cost_mean']:.1f}")
     return 0
 
 

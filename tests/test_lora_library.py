@@ -10,7 +10,7 @@ import pytest
 
 from lora_helpers import TwoLayer, random_library
 from psec_jax import lora
-from psec_jax.lora import library as library_mod
+from psec_jax import artifacts
 from psec_jax.testing import assert_trees_close
 
 X = jax.random.normal(jax.random.key(42), (6, 8))
@@ -102,7 +102,7 @@ def test_corrupt_and_truncated_libraries_fail_clearly(base, tmp_path):
     path.write_bytes(original)
     lora.SkillLibrary.load(tmp_path / "lib")  # restored: loads again
     (tmp_path / "lib" / "library.json").write_text('{"format": "psec_jax.skill_lib')
-    with pytest.raises(lora.LibraryError, match="corrupt skill library metadata"):
+    with pytest.raises(lora.LibraryError, match="corrupt manifest"):
         lora.SkillLibrary.load(tmp_path / "lib")
 
 
@@ -113,8 +113,8 @@ def test_a_failed_save_keeps_the_previous_library(base, tmp_path, monkeypatch):
     def boom(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(library_mod, "_sha256", boom)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(artifacts, "sha256", boom)
+    with pytest.raises(lora.LibraryError, match="disk full"):
         random_library(base, [3], seed=1).save(tmp_path / "lib")
     monkeypatch.undo()
     back = lora.SkillLibrary.load(tmp_path / "lib", base)

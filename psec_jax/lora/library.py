@@ -17,26 +17,21 @@ leaves a half-written library where a good one was.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
+from psec_jax import artifacts
 from psec_jax.lora import core
 from psec_jax.lora.config import LoRAConfig
 from psec_jax.lora.core import LoRAPair
 
 FORMAT = "psec_jax.skill_library/1"
 META_FILE = "library.json"
-ARRAYS_DIR = "arrays"
 
 
 class LibraryError(ValueError):
@@ -73,14 +68,6 @@ def _fingerprint_mismatch(saved: Sequence, current: Sequence) -> str | None:
             (s0, d0), (s1, d1) = saved[path], current[path]
             return f"parameter {path!r} is {s1} {d1} here but was {s0} {d0} in the library's base model"
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _to_plain(tree: Any) -> Any:
@@ -230,74 +217,33 @@ class SkillLibrary:
 
     # ----- persistence --------------------------------------------------------------------------
     def _metadata(self) -> dict[str, Any]:
-        shapes = {p: {"a": list(pr.a.shape), "b": list(pr.b.shape), "dtype": str(pr.a.dtype)}
-                  for p, pr in core.flatten(self.adapters).items()} if self.adapters is not None else {}
         return {
             "format": FORMAT,
             "skills": [dataclasses.asdict(s) for s in self.skills],
             "base_fingerprint": [[p, list(s), d] for p, s, d in self.base_fingerprint],
             "paths": self.paths,
-            "array_shapes": shapes,
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Writes the library to ``directory`` atomically (replacing any library already there)."""
         if not self.skills:
             raise LibraryError("cannot save an empty skill library")
-        directory = Path(directory).absolute()
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(tmp / ARRAYS_DIR, _to_plain(self.adapters))
-                ckptr.wait_until_finished()
-            meta = self._metadata()
-            meta["files"] = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        return artifacts.save_tree(directory, _to_plain(self.adapters), self._metadata(),
+                                   manifest=META_FILE, error=LibraryError)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, base_params: Any = None) -> "SkillLibrary":
         """Reads a library saved by ``save``; verifies every file's checksum, and with ``base_params``
         that the library was built on a model with the same parameter paths, shapes and dtypes.
         """
-        directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise LibraryError(f"no skill library at {directory} (missing {META_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LibraryError(f"corrupt skill library metadata {meta_path}: {e}") from None
+        meta = artifacts.read_manifest(directory, manifest=META_FILE, error=LibraryError)
         if meta.get("format") != FORMAT:
-            raise LibraryError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
-        for rel, digest in meta["files"].items():
-            f = directory / rel
-            if not f.is_file():
-                raise LibraryError(f"skill library {directory} is incomplete: missing file {rel}")
-            if _sha256(f) != digest:
-                raise LibraryError(f"skill library {directory} is corrupt: checksum mismatch in {rel}")
+            raise LibraryError(f"{Path(directory) / META_FILE}: unknown format {meta.get('format')!r} "
+                               f"(expected {FORMAT})")
         if base_params is not None:
             problem = _fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
             if problem:
                 raise LibraryError(f"skill library {directory} does not fit this base model: {problem}")
-        target = core.unflatten({
-            p: {"a": jax.ShapeDtypeStruct(tuple(s["a"]), s["dtype"]), "b": jax.ShapeDtypeStruct(tuple(s["b"]), s["dtype"])}
-            for p, s in meta["array_shapes"].items()
-        })
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                arrays = ckptr.restore((directory / ARRAYS_DIR).absolute(), target)
-        except Exception as e:
-            raise LibraryError(f"could not read the arrays of skill library {directory}: {type(e).__name__}: {e}") from e
+        arrays = artifacts.load_arrays(directory, meta, error=LibraryError)
         skills = [SkillInfo(**s) for s in meta["skills"]]
         return cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"])

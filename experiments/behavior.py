@@ -1,0 +1,29 @@
+"""`psec-jax behavior`: train SAC on one task and save its behaviour policies (random / replay /
+medium / expert snapshots) to `<workdir>/policy`, with the training curve in `<workdir>/summary.json`.
+
+`--config.install=True`-style copying into the package is deliberately manual: review the returns in
+the summary, then copy `<workdir>/policy` to `psec_jax/data/policies/<env>/` and commit it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from psec_jax import runs
+from psec_jax.data import behavior
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    runs.save_config(workdir, config)
+    policies, info = behavior.train(config)
+    path = behavior.save(Path(workdir) / "policy", policies, info)
+    summary = {f"return/{name}": lvl["return"] for name, lvl in info["levels"].items()}
+    summary["train_seconds"] = info["train_seconds"]
+    summary["env_steps"] = info["curve"][-1]["env_steps"]
+    runs.write_summary(workdir, summary)
+    print(runs.format_table([{"level": n, **l} for n, l in info["levels"].items()]))
+    print(f"saved {path}")
+    return summary

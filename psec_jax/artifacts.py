@@ -1,0 +1,117 @@
+"""Self-checking artifact directories: an Orbax array tree plus a JSON manifest.
+
+    <dir>/arrays/        Orbax StandardCheckpointer save of a nested dict of arrays
+    <dir>/<manifest>     JSON: caller's metadata, array shapes/dtypes, sha256 of every file
+
+`save_tree` writes to a temporary sibling and renames it into place (a failed save never touches an
+existing artifact); `load_tree` verifies every checksum before reading and rebuilds the arrays from
+the manifest alone. Skill libraries and behaviour policies are stored this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ARRAYS_DIR = "arrays"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, incomplete or corrupt artifact directory (the message names the file)."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _shapes(tree: Any) -> Any:
+    return jax.tree.map(lambda x: {"shape": list(np.shape(x)), "dtype": str(np.asarray(x).dtype)}, tree)
+
+
+def _abstract(shapes: Any) -> Any:
+    def is_leaf(x: Any) -> bool:
+        return isinstance(x, dict) and set(x) == {"shape", "dtype"}
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s["shape"]), s["dtype"]), shapes,
+                        is_leaf=is_leaf)
+
+
+def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], *,
+              manifest: str = "manifest.json", error: type[Exception] = ArtifactError) -> Path:
+    """Write `tree` (nested dicts of arrays) and `meta` (JSON-able) to `directory`, atomically."""
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / ARRAYS_DIR, tree)
+            ckptr.wait_until_finished()
+        full = dict(meta)
+        full["array_shapes"] = _shapes(tree)
+        full["files"] = {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / manifest).write_text(json.dumps(full, indent=1, default=str))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except error:
+        raise
+    except Exception as e:
+        raise error(f"could not save {directory}: {type(e).__name__}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.json",
+                  error: type[Exception] = ArtifactError) -> dict[str, Any]:
+    """The manifest of an artifact directory, after checking every file against its sha256."""
+    directory = Path(directory)
+    path = directory / manifest
+    if not path.is_file():
+        raise error(f"nothing saved at {directory} (missing {manifest})")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"corrupt manifest {path}: {e}") from None
+    for rel, digest in meta.get("files", {}).items():
+        f = directory / rel
+        if not f.is_file():
+            raise error(f"{directory} is incomplete: missing file {rel}")
+        if sha256(f) != digest:
+            raise error(f"{directory} is corrupt: checksum mismatch in {rel}")
+    return meta
+
+
+def load_arrays(directory: str | os.PathLike, meta: Mapping[str, Any], *,
+                error: type[Exception] = ArtifactError) -> Any:
+    """The array tree of an artifact whose manifest `meta` was read (and checked) already."""
+    directory = Path(directory)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore((directory / ARRAYS_DIR).absolute(), _abstract(meta["array_shapes"]))
+    except Exception as e:
+        raise error(f"could not read the arrays of {directory}: {type(e).__name__}: {e}") from e
+
+
+def load_tree(directory: str | os.PathLike, *, manifest: str = "manifest.json",
+              error: type[Exception] = ArtifactError) -> tuple[Any, dict[str, Any]]:
+    """Read an artifact written by `save_tree`. Returns (tree of arrays, manifest)."""
+    meta = read_manifest(directory, manifest=manifest, error=error)
+    return load_arrays(directory, meta, error=error), meta

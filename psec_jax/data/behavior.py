@@ -1,0 +1,187 @@
+"""Behaviour policies: train SAC on a task, keep snapshots at D4RL-style levels, save, load, act.
+
+Levels kept from one SAC run (evaluated every `eval_every` env steps with the deterministic policy):
+- `random`: the actor at initialisation;
+- `medium`: the snapshot whose return is closest to 1/3 of the expert return (earliest on ties);
+- `expert`: the snapshot with the highest return;
+- `replay_0..replay_{n-1}`: up to `num_replay_snapshots` snapshots spread between random and medium,
+  from which the "medium-replay" datasets are rolled out (D4RL's medium-replay is the replay buffer
+  of the run up to the medium level; replaying its policies keeps the committed files small).
+
+A policy directory (`psec_jax/data/policies/<env>/`) holds every level's actor and observation
+normaliser and a manifest with the SAC config, the returns of each level and the training curve.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from psec_jax import artifacts, envs as envs_lib, prng, runs
+from psec_jax.data import sac
+
+POLICY_DIR = Path(__file__).parent / "policies"
+MANIFEST = "policy.json"
+FORMAT = "psec_jax.behavior_policy.v1"
+
+
+class PolicyError(artifacts.ArtifactError):
+    """A missing or corrupt behaviour-policy directory."""
+
+
+class BehaviorPolicy(NamedTuple):
+    """One tanh-Gaussian actor with its observation normaliser."""
+
+    params: Any  # flax params of sac.Actor
+    obs_mean: jax.Array  # [obs_dim]
+    obs_std: jax.Array  # [obs_dim]
+
+
+def policy_action(actor: sac.Actor, policy: BehaviorPolicy, obs: jax.Array, key: jax.Array,
+                  mode: str = "sample", noise: float = 0.0) -> jax.Array:
+    """Action [act] for one raw obs [obs_dim].
+
+    mode: "sample" (the SAC policy's own stochastic action), "mean" (tanh of the mean), or
+    "uniform" (uniform random in [-1, 1], ignoring the policy). `noise` adds N(0, noise^2) to the
+    action before clipping to [-1, 1].
+    """
+    x = jnp.clip((obs - policy.obs_mean) / policy.obs_std, -10.0, 10.0)
+    k_act, k_noise = jax.random.split(key)
+    if mode == "uniform":
+        a = jax.random.uniform(k_act, (actor.action_size,), minval=-1.0, maxval=1.0)
+    elif mode == "mean":
+        a = jnp.tanh(actor.apply(policy.params, x)[0])
+    elif mode == "sample":
+        a, _ = sac.sample_action(actor, policy.params, x, k_act)
+    else:
+        raise ValueError(f"unknown policy mode {mode!r} (sample, mean, uniform)")
+    a = a + noise * jax.random.normal(k_noise, a.shape)
+    return jnp.clip(a, -1.0, 1.0)
+
+
+# Env steps of SAC training used for the committed policies (chosen for this 2-core CPU: about
+# 1k env steps/s on the walker, ~600 on the Brax bodies).
+BUDGETS: dict[str, int] = {
+    "walker-stand": 300_000,
+    "walker-walk": 600_000,
+    "walker-run": 600_000,
+    "halfcheetah": 300_000,
+    "hopper": 300_000,
+    "walker2d": 300_000,
+    "ant": 300_000,
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """How a behaviour policy is trained (the SAC settings live in `sac`)."""
+    c = ml_collections.ConfigDict()
+    c.env = "walker-walk"  # environment name (psec_jax.envs.names())
+    c.seed = 0  # root PRNG seed
+    c.total_steps = 600_000  # environment steps of SAC training
+    c.eval_every = 40_000  # env steps between evaluations / snapshots
+    c.eval_episodes = 16  # full episodes per evaluation (deterministic policy)
+    c.num_replay_snapshots = 2  # snapshots kept between random and medium for medium-replay data
+    c.sac = sac.default_config()  # SAC hyperparameters
+    return c
+
+
+def _snapshot(state: sac.SACState) -> BehaviorPolicy:
+    norm = state.normalizer
+    return jax.device_get(BehaviorPolicy(state.actor_params, norm.mean, norm.std))
+
+
+def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
+    """Indices into the snapshot list (index 0 = random init) for each level.
+
+    returns: evaluation return of each snapshot, returns[0] the random policy's.
+    """
+    r = np.asarray(returns, np.float64)
+    expert = int(np.argmax(r))
+    target = r[expert] / 3.0
+    medium = int(np.argmin(np.abs(r[: expert + 1] - target)))
+    levels = {"random": 0, "medium": medium, "expert": expert}
+    between = np.unique(np.linspace(0, medium, num_replay + 2).round().astype(int)[1:-1])
+    for i, idx in enumerate(between):
+        levels[f"replay_{i}"] = int(idx)
+    return levels
+
+
+def train(config: ml_collections.ConfigDict, *, desc: str | None = None
+          ) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
+    """Train SAC per `config` and return ({level: policy}, info with returns and the curve)."""
+    env = envs_lib.make(config.env)
+    agent = sac.make_train(env, config.sac)
+    key = jax.random.PRNGKey(config.seed)
+    t0 = time.time()
+    state = agent.init(prng.stream(key, "sac"))
+    iters_per_chunk = max(1, config.eval_every // config.sac.num_envs)
+    num_chunks = max(1, -(-(config.total_steps - int(state.env_steps)) // (iters_per_chunk * config.sac.num_envs)))
+    eval_key = prng.stream(key, "eval")
+
+    def evaluate(state: sac.SACState, i: int) -> float:
+        r = agent.evaluate(state.actor_params, state.normalizer, jax.random.fold_in(eval_key, i),
+                           config.eval_episodes)
+        return float(np.mean(np.asarray(r)))
+
+    snapshots = [_snapshot(state)]
+    curve = [{"env_steps": int(state.env_steps), "return": evaluate(state, 0), "wall_time": time.time() - t0}]
+    bar = runs.progress(num_chunks, desc=desc or f"SAC {config.env}", unit="chunk")
+    for i in range(1, num_chunks + 1):
+        state, metrics = agent.run(state, iters_per_chunk)
+        snapshots.append(_snapshot(state))
+        ret = evaluate(state, i)
+        last = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
+        curve.append({"env_steps": int(state.env_steps), "return": ret, "wall_time": time.time() - t0, **last})
+        bar.update(1)
+        bar.set_postfix(ret=f"{ret:.1f}", steps=int(state.env_steps))
+    bar.close()
+    returns = [c["return"] for c in curve]
+    levels = select_levels(returns, config.num_replay_snapshots)
+    info = {
+        "env": config.env,
+        "levels": {name: {"snapshot": idx, "env_steps": curve[idx]["env_steps"], "return": returns[idx]}
+                   for name, idx in levels.items()},
+        "curve": curve,
+        "train_seconds": time.time() - t0,
+        "config": config.to_dict(),
+        "observation_size": env.observation_size,
+        "action_size": env.action_size,
+    }
+    return {name: snapshots[idx] for name, idx in levels.items()}, info
+
+
+def save(directory: str | os.PathLike, policies: dict[str, BehaviorPolicy], info: dict[str, Any]) -> Path:
+    """Write the levels and their info to `directory` (atomic, checksummed)."""
+    tree = {name: {"params": p.params, "obs_mean": p.obs_mean, "obs_std": p.obs_std}
+            for name, p in policies.items()}
+    meta = {"format": FORMAT, **runs.to_jsonable(info)}
+    return artifacts.save_tree(directory, tree, meta, manifest=MANIFEST, error=PolicyError)
+
+
+def policy_dir(env_name: str) -> Path:
+    """Where the committed behaviour policies of `env_name` live."""
+    return POLICY_DIR / env_name
+
+
+def load(env_name_or_dir: str | os.PathLike) -> tuple[sac.Actor, dict[str, BehaviorPolicy], dict[str, Any]]:
+    """Load the behaviour policies of an env name (committed ones) or a directory.
+
+    Returns (actor module, {level: policy}, info).
+    """
+    path = Path(env_name_or_dir)
+    if not path.exists() and str(env_name_or_dir) in envs_lib.names():
+        path = policy_dir(str(env_name_or_dir))
+    tree, meta = artifacts.load_tree(path, manifest=MANIFEST, error=PolicyError)
+    if meta.get("format") != FORMAT:
+        raise PolicyError(f"{path / MANIFEST}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    actor = sac.Actor(tuple(meta["config"]["sac"]["hidden"]), int(meta["action_size"]))
+    policies = {name: BehaviorPolicy(t["params"], jnp.asarray(t["obs_mean"]), jnp.asarray(t["obs_std"]))
+                for name, t in tree.items()}
+    return actor, policies, meta

@@ -1,0 +1,158 @@
+"""Named offline datasets, generated from the committed behaviour policies and cached on disk.
+
+A dataset name is `{env}[:{variant}]-{kind}[-{N}traj]`, for example
+
+    walker-stand-medium-expert-1000traj   the walker-walk pretraining set of the paper's size
+    walker-walk-expert-10traj             a 10-trajectory target set
+    halfcheetah-medium                    1000 episodes of the medium policy, safe-velocity costs
+    halfcheetah:friction_0.5-medium       the same policy rolled out with half the friction
+
+| kind | episodes from |
+|---|---|
+| random | the SAC actor at initialisation |
+| medium | the snapshot at ~1/3 of the expert return |
+| expert | the best snapshot |
+| medium-expert | half medium, half expert (D4RL concatenates the two) |
+| medium-replay | equal shares of the snapshots from random up to medium (D4RL's is the replay buffer up to medium) |
+
+N defaults to 1000 episodes. Actions are the policy's own stochastic samples plus optional Gaussian
+`noise`. Variants reuse the nominal env's policies (the dynamics change, the behaviour does not).
+Files are written to `cache_dir()` with a `.sha256` sidecar; `get` regenerates a file whose checksum
+does not match. Generation is deterministic for a given name, seed and noise on one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import psec_jax
+from psec_jax import artifacts, envs as envs_lib, prng
+from psec_jax.data import behavior, collect, formats
+
+KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
+DEFAULT_EPISODES = 1000
+_NAME = re.compile(r"^(?P<env>[a-z0-9-]+?)(?::(?P<variant>[\w.]+))?-(?P<kind>random|medium-replay|"
+                   r"medium-expert|medium|expert)(?:-(?P<n>\d+)traj)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a generated dataset."""
+
+    env: str  # registry name of the environment
+    variant: str  # dynamics variant ("nominal", "friction_0.5", ...)
+    kind: str  # one of KINDS
+    num_episodes: int  # complete episodes in the file
+    seed: int = 0  # root PRNG seed of the rollouts
+    noise: float = 0.0  # std of Gaussian action noise added to the policy's samples
+
+    @property
+    def name(self) -> str:
+        env = self.env if self.variant == "nominal" else f"{self.env}:{self.variant}"
+        return f"{env}-{self.kind}-{self.num_episodes}traj"
+
+    @property
+    def filename(self) -> str:
+        extra = (f"-seed{self.seed}" if self.seed else "") + (f"-noise{self.noise:g}" if self.noise else "")
+        return f"{self.name.replace(':', '@')}{extra}.hdf5"
+
+    def segments(self, levels: list[str]) -> list[tuple[str, int]]:
+        """(policy level, episodes) pairs making up the dataset."""
+        n = self.num_episodes
+        if self.kind in ("random", "medium", "expert"):
+            return [(self.kind, n)]
+        if self.kind == "medium-expert":
+            return [(lvl, k) for lvl, k in (("medium", n // 2), ("expert", n - n // 2)) if k]
+        chain = ["random", *sorted(l for l in levels if l.startswith("replay_")), "medium"]
+        shares = np.diff(np.linspace(0, n, len(chain) + 1).round().astype(int))
+        return [(lvl, int(k)) for lvl, k in zip(chain, shares) if k]
+
+
+def parse(name: str, *, seed: int = 0, noise: float = 0.0) -> Recipe:
+    """Recipe of a dataset name (see the module docstring); ValueError names what is wrong."""
+    m = _NAME.match(name)
+    if not m:
+        raise ValueError(f"bad dataset name {name!r}: expected {{env}}[:{{variant}}]-{{kind}}[-{{N}}traj] "
+                         f"with kind in {KINDS}, e.g. walker-walk-expert-10traj")
+    env, variant = envs_lib.parse(m["env"], m["variant"])
+    n = int(m["n"]) if m["n"] else DEFAULT_EPISODES
+    if n < 1:
+        raise ValueError(f"dataset {name!r}: the number of trajectories must be >= 1")
+    if noise < 0:
+        raise ValueError(f"dataset {name!r}: noise must be >= 0, got {noise}")
+    return Recipe(env, variant, m["kind"], n, seed, float(noise))
+
+
+def cache_dir() -> Path:
+    """$PSEC_JAX_DATA_DIR, else ~/.cache/psec_jax/datasets."""
+    return Path(os.environ.get("PSEC_JAX_DATA_DIR", Path.home() / ".cache" / "psec_jax" / "datasets"))
+
+
+def command(recipe: Recipe) -> str:
+    """The shell command that regenerates this dataset."""
+    flags = (f" --seed={recipe.seed}" if recipe.seed else "") + (f" --noise={recipe.noise:g}" if recipe.noise else "")
+    return f"psec-jax dataset {recipe.name}{flags}"
+
+
+def generate(recipe: Recipe, path: str | os.PathLike, *, policy_dir: str | os.PathLike | None = None,
+             num_envs: int = 64) -> dict[str, Any]:
+    """Roll out the recipe and write it to `path` (D4RL HDF5). Returns the metadata written."""
+    env = envs_lib.make(recipe.env, recipe.variant)
+    actor, policies, info = behavior.load(policy_dir or recipe.env)
+    segments = recipe.segments(list(policies))
+    key = jax.random.PRNGKey(recipe.seed)
+    num_envs = min(num_envs, max(n for _, n in segments))
+    round_fn = collect.make_round(env, collect.policy_act_fn(actor, "sample", recipe.noise), num_envs)
+    parts = [collect.collect(round_fn, policies[level], prng.stream(key, level), episodes,
+                             desc=f"{recipe.name} [{level}]") for level, episodes in segments]
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    returns = formats.trajectory_returns(data)
+    costs = formats.trajectory_returns(data, "costs")
+    meta = {
+        "name": recipe.name, "env": recipe.env, "variant": recipe.variant, "kind": recipe.kind,
+        "num_episodes": recipe.num_episodes, "num_transitions": int(len(data["rewards"])),
+        "seed": recipe.seed, "noise": recipe.noise, "cost_threshold": env.cost_threshold,
+        "segments": [{"level": lvl, "episodes": n, "policy_return": info["levels"][lvl]["return"],
+                      "policy_env_steps": info["levels"][lvl]["env_steps"]} for lvl, n in segments],
+        "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+        "cost_mean": float(costs.mean()), "command": command(recipe),
+        "psec_jax_version": psec_jax.__version__,
+    }
+    formats.save_d4rl(path, data, meta)
+    return meta
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = False,
+        directory: str | os.PathLike | None = None) -> Path:
+    """Path of the named dataset in the cache, generating it first when absent or corrupt."""
+    recipe = parse(name, seed=seed, noise=noise)
+    path = Path(directory or cache_dir()) / recipe.filename
+    side = _sidecar(path)
+    if path.is_file() and side.is_file() and not regenerate:
+        if side.read_text().split()[0] == artifacts.sha256(path):
+            return path
+        warnings.warn(f"{path}: checksum does not match {side.name}; regenerating")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generate(recipe, path)
+    side.write_text(f"{artifacts.sha256(path)}  {path.name}\n")
+    return path
+
+
+def load(name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a dataset by name (generating it if needed) or by HDF5 path. Returns (data, metadata)."""
+    path = Path(name_or_path)
+    if not path.suffix == ".hdf5":
+        path = get(str(name_or_path), **kwargs)
+    return formats.load_d4rl(path)
