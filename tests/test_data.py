@@ -1,0 +1,253 @@
+"""psec_jax.data: SAC, behaviour-policy levels and files, rollouts, named datasets, on-device data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from psec_jax import artifacts, envs
+from psec_jax.data import OfflineData, behavior, collect, datasets, formats, sac
+
+
+def point_env(episode_length: int = 20, fall_at: float | None = None) -> envs.Env:
+    """A 1-D point mass: obs [x, v], action = force, reward = 1 - x^2 (best: stay at 0).
+
+    With `fall_at`, the episode terminates when |x| > fall_at.
+    """
+
+    def reset(key):
+        x = jax.random.uniform(key, (), minval=-1.0, maxval=1.0)
+        return jnp.stack([x, 0.0]), jnp.stack([x, 0.0])
+
+    def step(s, a):
+        v = 0.8 * s[1] + 0.1 * a[0]
+        x = s[0] + v
+        nxt = jnp.stack([x, v])
+        done = (jnp.abs(x) > fall_at) if fall_at is not None else jnp.zeros((), bool)
+        return nxt, nxt, 1.0 - x**2, done.astype(jnp.float32), v
+
+    return envs.Env("point", "nominal", 2, 1, episode_length, 0.05, 0.1, reset, step)
+
+
+def small_sac_config():
+    c = sac.default_config()
+    c.num_envs, c.batch_size, c.updates_per_step = 8, 64, 2
+    c.hidden, c.replay_size, c.min_replay = (32, 32), 4096, 256
+    return c
+
+
+# ----- SAC -------------------------------------------------------------------------------------
+
+def test_tanh_gaussian_log_prob_matches_change_of_variables():
+    actor = sac.Actor((8,), 3)
+    params = actor.init(jax.random.PRNGKey(0), jnp.zeros(4))
+    obs = jnp.array([0.3, -1.0, 2.0, 0.5])
+    a, logp = sac.sample_action(actor, params, obs, jax.random.PRNGKey(1))
+    mean, log_std = actor.apply(params, obs)
+    u = np.arctanh(np.asarray(a, np.float64))
+    std = np.exp(np.asarray(log_std, np.float64))
+    gauss = -0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    expected = np.sum(gauss - np.log(1 - np.tanh(u) ** 2))
+    np.testing.assert_allclose(float(logp), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_normalizer_matches_numpy_statistics():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (300, 5)).astype(np.float32)
+    n = sac.Normalizer(jnp.zeros(()), jnp.zeros(5), jnp.zeros(5))
+    for chunk in np.split(x, [7, 100, 250]):
+        n = n.update(jnp.asarray(chunk))
+    np.testing.assert_allclose(n.mean, x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(n.std, np.sqrt(x.var(0) + 1e-6), rtol=1e-4)
+
+
+def test_replay_wraps_around_and_keeps_the_newest_rows():
+    tr = lambda v: envs.Transition(jnp.full((3, 2), v), jnp.zeros((3, 1)), jnp.full((3,), v), jnp.zeros(3),
+                                   jnp.zeros(3, bool), jnp.zeros(3, bool), jnp.zeros((3, 2)))
+    empty = jax.tree.map(lambda x: jnp.zeros((5, *x.shape[1:]), x.dtype), tr(0.0))
+    r = sac.Replay(empty, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    r = r.add(tr(1.0)).add(tr(2.0))
+    assert int(r.size) == 5 and int(r.insert) == 1
+    np.testing.assert_array_equal(r.data.rewards, [2.0, 1.0, 1.0, 2.0, 2.0])
+
+
+def test_sac_learns_the_point_task_in_one_scan_without_recompiling():
+    env = point_env()
+    agent = sac.make_train(env, small_sac_config())
+    state = agent.init(jax.random.PRNGKey(0))
+    before = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).mean())
+    state, metrics = agent.run(state, 150)
+    state, metrics = agent.run(state, 150)
+    assert agent.run._cache_size() == 1  # the chunk compiled once
+    after = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).mean())
+    assert np.all(np.isfinite(np.asarray(metrics["critic_loss"])))
+    assert int(state.env_steps) == 256 + 300 * 8
+    assert after > before + 1.0, (before, after)
+
+
+def test_select_levels():
+    levels = behavior.select_levels([10.0, 50.0, 120.0, 300.0, 900.0, 850.0], num_replay=2)
+    assert levels["random"] == 0 and levels["expert"] == 4
+    assert levels["medium"] == 3  # 300 is the closest to 900 / 3
+    assert sorted(v for k, v in levels.items() if k.startswith("replay_")) == [1, 2]
+
+
+# ----- behaviour-policy files ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def point_policies(tmp_path_factory):
+    actor = sac.Actor((16,), 1)
+    pols = {}
+    for i, level in enumerate(("random", "replay_0", "medium", "expert")):
+        params = actor.init(jax.random.PRNGKey(i), jnp.zeros(2))
+        pols[level] = behavior.BehaviorPolicy(params, jnp.zeros(2), jnp.ones(2))
+    info = {"env": "point", "levels": {l: {"snapshot": i, "env_steps": 100 * i, "return": float(i)}
+                                       for i, l in enumerate(pols)},
+            "config": {"sac": {"hidden": [16]}}, "action_size": 1, "observation_size": 2}
+    path = behavior.save(tmp_path_factory.mktemp("pol") / "point", pols, info)
+    return path, pols
+
+
+def test_policy_round_trip_and_corruption(point_policies, tmp_path):
+    path, pols = point_policies
+    actor, back, meta = behavior.load(path)
+    assert actor.hidden == (16,) and meta["levels"]["expert"]["return"] == 3.0
+    for level in pols:
+        for a, b in zip(jax.tree.leaves(pols[level]), jax.tree.leaves(back[level])):
+            np.testing.assert_array_equal(a, b)
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    victim = next(f for f in sorted((bad / "arrays").rglob("*")) if f.is_file() and f.stat().st_size > 100)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(behavior.PolicyError, match="checksum mismatch in arrays/"):
+        behavior.load(bad)
+    with pytest.raises(behavior.PolicyError, match="missing policy.json"):
+        behavior.load(tmp_path / "nowhere")
+
+
+def test_committed_policies_load():
+    for name in sorted(os.listdir(behavior.POLICY_DIR)):
+        actor, pols, meta = behavior.load(name)
+        assert {"random", "medium", "expert"} <= set(pols), name
+        r = {lvl: meta["levels"][lvl]["return"] for lvl in ("random", "medium", "expert")}
+        assert r["random"] <= r["medium"] <= r["expert"], (name, r)
+
+
+# ----- rollouts --------------------------------------------------------------------------------
+
+def test_collect_gives_complete_contiguous_episodes(point_policies):
+    _, pols = point_policies
+    env = point_env(episode_length=15, fall_at=1.5)
+    actor = sac.Actor((16,), 1)
+    round_fn = collect.make_round(env, collect.policy_act_fn(actor, "sample", noise=0.5), num_envs=4)
+    data = collect.collect(round_fn, pols["expert"], jax.random.PRNGKey(0), 10)
+    ends = data["terminals"] | data["timeouts"]
+    assert ends.sum() == 10 and ends[-1]
+    assert not np.any(data["terminals"] & data["timeouts"])
+    lengths = np.diff(np.concatenate([[-1], np.flatnonzero(ends)]))
+    assert np.all(lengths[data["timeouts"][ends]] == 15) and np.all(lengths <= 15)
+    assert np.all(np.abs(data["next_observations"][data["terminals"], 0]) > 1.5)
+    inside = ~ends[:-1]  # within an episode, next obs is the following row's obs
+    np.testing.assert_array_equal(data["next_observations"][:-1][inside], data["observations"][1:][inside])
+    # velocity-threshold costs come along
+    np.testing.assert_array_equal(data["costs"], (data["next_observations"][:, 1] > 0.05).astype(np.float32))
+    assert round_fn._cache_size() == 1
+    collect.collect(round_fn, pols["medium"], jax.random.PRNGKey(1), 3)
+    assert round_fn._cache_size() == 1  # another policy reuses the compiled round
+
+
+# ----- named datasets --------------------------------------------------------------------------
+
+def test_dataset_names():
+    r = datasets.parse("walker-stand-medium-expert-1000traj")
+    assert (r.env, r.variant, r.kind, r.num_episodes) == ("walker-stand", "nominal", "medium-expert", 1000)
+    r = datasets.parse("halfcheetah:friction_0.5-medium")
+    assert (r.env, r.variant, r.kind, r.num_episodes) == ("halfcheetah", "friction_0.5", "medium", 1000)
+    assert r.name == "halfcheetah:friction_0.5-medium-1000traj"
+    assert datasets.parse("walker-run-expert-10traj", seed=3).filename == "walker-run-expert-10traj-seed3.hdf5"
+    for bad, msg in [("walker-fly-expert", "unknown environment"), ("hopper-great", "bad dataset name"),
+                     ("hopper:heavy-medium", "unknown dynamics variant"), ("hopper-expert-0traj", ">= 1")]:
+        with pytest.raises(ValueError, match=msg):
+            datasets.parse(bad)
+
+
+def test_dataset_recipes_split_episodes_between_levels():
+    levels = ["random", "replay_0", "replay_1", "medium", "expert"]
+    assert datasets.parse("hopper-medium-expert-5traj").segments(levels) == [("medium", 2), ("expert", 3)]
+    mr = datasets.parse("hopper-medium-replay-8traj").segments(levels)
+    assert [l for l, _ in mr] == ["random", "replay_0", "replay_1", "medium"] and sum(n for _, n in mr) == 8
+    assert datasets.parse("hopper-expert-7traj").segments(levels) == [("expert", 7)]
+
+
+def test_generate_cache_and_verify(tmp_path, monkeypatch):
+    """The real pipeline on the committed walker-stand policies: file, loaders, cache, checksum."""
+    calls = []
+    real = datasets.generate
+    monkeypatch.setattr(datasets, "generate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    path = datasets.get("walker-stand-medium-expert-2traj", directory=tmp_path)
+    data, meta = formats.load_d4rl(path)
+    assert meta["num_episodes"] == 2 and len(data["rewards"]) == 2000 == meta["num_transitions"]
+    assert meta["command"] == "psec-jax dataset walker-stand-medium-expert-2traj"
+    assert [s["level"] for s in meta["segments"]] == ["medium", "expert"]
+    returns = formats.trajectory_returns(data)
+    np.testing.assert_allclose(returns.mean(), meta["return_mean"], rtol=1e-5)
+    assert returns[1] > returns[0]  # the expert episode beats the medium one
+    assert data["timeouts"].sum() == 2 and not data["terminals"].any()
+    assert datasets.get("walker-stand-medium-expert-2traj", directory=tmp_path) == path
+    assert len(calls) == 1  # cached
+    with open(path, "r+b") as f:  # corrupt one byte: the checksum catches it and it regenerates
+        f.seek(4000)
+        byte = f.read(1)
+        f.seek(4000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.warns(UserWarning, match="checksum does not match"):
+        datasets.get("walker-stand-medium-expert-2traj", directory=tmp_path)
+    assert len(calls) == 2
+    again, _ = formats.load_d4rl(path)
+    for k in data:  # deterministic regeneration
+        np.testing.assert_array_equal(again[k], data[k])
+
+
+# ----- on-device data --------------------------------------------------------------------------
+
+def _toy_transitions(lengths=(3, 4, 2)):
+    n = sum(lengths)
+    ends = np.cumsum(lengths) - 1
+    return {"observations": np.arange(n, dtype=np.float32)[:, None].repeat(2, 1),
+            "actions": np.zeros((n, 1), np.float32), "rewards": np.arange(n, dtype=np.float32),
+            "terminals": np.isin(np.arange(n), ends[:1]), "timeouts": np.isin(np.arange(n), ends[1:]),
+            "next_observations": np.arange(1, n + 1, dtype=np.float32)[:, None].repeat(2, 1)}
+
+
+def test_offline_sample_inside_scan():
+    data = OfflineData.from_numpy(_toy_transitions())
+
+    @jax.jit
+    def total(data, key):
+        def body(acc, k):
+            b = data.sample(k, 16)
+            return acc + b.rewards.sum(), b.observations[:, 0] - b.rewards
+        return jax.lax.scan(body, 0.0, jax.random.split(key, 50))
+
+    s, diffs = total(data, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(diffs, 0.0)  # rows stay aligned across fields
+    assert 0 < float(s) / (50 * 16) < 8.0
+    assert data.costs.shape == (9,) and float(data.costs.sum()) == 0.0
+
+
+def test_offline_episode_selection():
+    data = OfflineData.from_numpy(_toy_transitions())
+    np.testing.assert_array_equal(data.episode_ids(), [0, 0, 0, 1, 1, 1, 1, 2, 2])
+    two = data.take_episodes(np.array([0, 2]))
+    np.testing.assert_array_equal(two.rewards, [0, 1, 2, 7, 8])
+    one = data.subsample_episodes(jax.random.PRNGKey(0), 0.05)
+    assert int(one.episode_ids()[-1]) == 0 and one.size in (2, 3, 4)
+    with pytest.raises(ValueError, match="fraction"):
+        data.subsample_episodes(jax.random.PRNGKey(0), 0.0)
+    both = OfflineData.concatenate([data, two])
+    assert both.size == 14
