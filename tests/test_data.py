@@ -251,3 +251,14 @@ def test_offline_episode_selection():
         data.subsample_episodes(jax.random.PRNGKey(0), 0.0)
     both = OfflineData.concatenate([data, two])
     assert both.size == 14
+
+
+def test_own_envs_have_measured_reference_returns():
+    from psec_jax.data import scores
+
+    table = scores.policy_references()
+    assert "walker-stand" in table
+    random, expert = table["walker-stand"]
+    assert expert > random
+    assert scores.normalized_score("walker-stand", expert, table=table) == pytest.approx(100.0)
+    assert scores.normalized_score("walker-stand", random, table=table) == pytest.approx(0.0)

@@ -4,8 +4,11 @@
     normalized_score("my-env", 310.0, reference=(12.0, 950.0))   # our own (random, expert)
     normalized_score("my-env", 310.0, table=PROJECT_TABLE)       # or a table of our own
 
-The project's own environments have no entry here: their random/expert returns are measured
-elsewhere and passed in with ``reference=`` or ``table=``.
+The project's own environments use the returns measured for their committed behaviour policies
+(`policy_references()`: the SAC actor at initialisation and the expert snapshot, each the mean
+return of 16 full episodes of the deterministic policy):
+
+    normalized_score("walker-walk", 480.0, table=policy_references())
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["D4RL_REF_SCORES", "UnknownEnvError", "normalized_score", "reference_scores"]
+__all__ = ["D4RL_REF_SCORES", "UnknownEnvError", "normalized_score", "policy_references",
+           "reference_scores"]
 
 # (random, expert) episode returns = (REF_MIN_SCORE, REF_MAX_SCORE) of D4RL, read in
 # Farama-Foundation/D4RL d4rl/infos.py (commit 0ace16de1795f9e99b0e413f3617f797a997b57e):
@@ -90,3 +94,22 @@ def normalized_score(
         raise ValueError(f"{env_name}: bad reference returns (random={random}, expert={expert})")
     score = 100.0 * (np.asarray(raw_return, np.float64) - random) / (expert - random)
     return float(score) if score.ndim == 0 else score
+
+
+def policy_references(policy_dir: str | None = None) -> dict[str, tuple[float, float]]:
+    """(random, expert) returns of every committed behaviour policy, keyed by environment name.
+
+    Read from the manifests in ``psec_jax/data/policies/`` (or ``policy_dir``): the measured
+    returns of the ``random`` and ``expert`` levels.
+    """
+    import json
+    from pathlib import Path
+
+    from psec_jax.data import behavior
+
+    root = Path(policy_dir) if policy_dir is not None else behavior.POLICY_DIR
+    table = {}
+    for manifest in sorted(root.glob(f"*/{behavior.MANIFEST}")):
+        levels = json.loads(manifest.read_text())["levels"]
+        table[manifest.parent.name] = (float(levels["random"]["return"]), float(levels["expert"]["return"]))
+    return table
