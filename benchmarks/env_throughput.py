@@ -5,8 +5,7 @@
 
 For each (env, batch): `jit(lax.scan(vmap(env.step)))` over `--steps` steps with uniform random
 actions (no resets inside; episodes are not terminated by time), timed as the best of a few calls
-after compilation; compile time is the first call minus one timed call. Also times the rollout
-round of `psec_jax.data.collect` (policy + env, as dataset generation runs it) with `--collect`.
+after compilation; compile time is the first call minus one timed call.
 Prints a table and writes benchmarks/results/env_throughput.json.
 """
 
