@@ -83,3 +83,18 @@ def test_compilation_cache_location_and_switch(tmp_path, monkeypatch):
         assert compilation_cache.default_cache_dir() == tmp_path / "xdg" / "psec_jax" / "jax"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("name, message", [("walker-fly-expert", "unknown environment 'walker-fly'"),
+                                           ("hopper-expert-0traj", ">= 1")])
+def test_dataset_command_rejects_bad_names(name, message, capsys):
+    assert cli.main(["dataset", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_dataset_command_generates_and_reports(tmp_path, capsys):
+    assert cli.main(["dataset", "walker-stand-medium-expert-2traj", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "walker-stand-medium-expert-2traj.hdf5" in out and "2000 transitions, 2 episodes" in out
+    assert (tmp_path / "walker-stand-medium-expert-2traj.hdf5.sha256").is_file()
