@@ -1,0 +1,118 @@
+"""The Mixture-of-Experts layer: pure `init_moe` / `moe_apply`, and `MoE`, a thin Flax shell.
+
+    y, aux, stats = moe_apply(params, x, router="top_p", p=0.4, backend="dropless")
+
+params = {"router": [d, E] (no bias), "experts": {...: [E, ...]}}; the experts are one function
+written for a single expert (`swiglu_expert` / `gelu_expert`) applied to the stacked weights by the
+dispatch back-end (vmapped for dense/capacity, per block for dropless). Activations may be bf16
+with fp32 parameters: expert weights are cast to the activation dtype inside the expert, the
+router runs in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from psec_jax.moe import dispatch as dispatch_lib
+from psec_jax.moe import losses, routing
+
+
+def swiglu_expert(p: Any, x: jax.Array) -> jax.Array:
+    """One SwiGLU expert: (silu(x W_gate) * (x W_up)) W_down. x: [n, d] -> [n, d]."""
+    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
+    return (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]
+
+
+def gelu_expert(p: Any, x: jax.Array) -> jax.Array:
+    """One GELU MLP expert: gelu(x W_in) W_out. x: [n, d] -> [n, d]."""
+    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
+    return jax.nn.gelu(x @ w["up"]) @ w["down"]
+
+
+EXPERTS = {"swiglu": swiglu_expert, "gelu": gelu_expert}
+
+
+def init_moe(key: jax.Array, d_model: int, d_ff: int, num_experts: int, *, activation: str = "swiglu",
+             dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Parameters: router [d, E] and experts stacked [E, ...] (lecun-normal fan-in scaling)."""
+    if activation not in EXPERTS:
+        raise ValueError(f"unknown expert activation {activation!r}; choose from {sorted(EXPERTS)}")
+    ks = jax.random.split(key, 4)
+    init = lambda k, shape, fan_in: (jax.random.normal(k, shape, jnp.float32) / jnp.sqrt(fan_in)).astype(dtype)
+    experts = {"up": init(ks[1], (num_experts, d_model, d_ff), d_model),
+               "down": init(ks[2], (num_experts, d_ff, d_model), d_ff)}
+    if activation == "swiglu":
+        experts["gate"] = init(ks[3], (num_experts, d_model, d_ff), d_model)
+    return {"router": init(ks[0], (d_model, num_experts), d_model), "experts": experts}
+
+
+def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: int | None = None,
+          renormalize: bool = False) -> routing.RouteOutput:
+    """Apply the named router ("top_k" or "top_p") to logits [T, E]."""
+    if router == "top_k":
+        return routing.top_k(logits, k, renormalize=renormalize)
+    if router == "top_p":
+        return routing.top_p(logits, p, max_k, renormalize=renormalize)
+    raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")
+
+
+def routing_stats(r: routing.RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
+    """mean/max experts per token, per-expert load [E] (share of assignments), dropped and
+    truncated fractions."""
+    n = r.experts_per_token.astype(jnp.float32)
+    return {"experts_per_token_mean": n.mean(), "experts_per_token_max": n.max(),
+            "expert_load": losses.expert_fractions(r), "dropped_fraction": dropped,
+            "truncated_fraction": r.truncated.mean()}
+
+
+def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k: int = 2, p: float = 0.4,
+              max_k: int | None = None, renormalize: bool = False, backend: str = "dropless",
+              activation: str = "swiglu", capacity_factor: float = 1.25, capacity_k: float | None = None,
+              block_size: int | None = None, aux_weights: dict[str, float] | None = None
+              ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+    """Route the tokens of x [..., d] and run the experts.
+
+    Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"},
+    stats from `routing_stats`).
+    """
+    if x.shape[-1] != params["router"].shape[0]:
+        raise ValueError(f"x has d={x.shape[-1]} but the router expects d={params['router'].shape[0]}")
+    tokens = x.reshape(-1, x.shape[-1])
+    logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
+    r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize)
+    y, dropped = dispatch_lib.dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
+                                       capacity_factor=capacity_factor, capacity_k=capacity_k,
+                                       block_size=block_size)
+    return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), routing_stats(r, dropped)
+
+
+class MoE(nn.Module):
+    """Flax shell over `init_moe` / `moe_apply` (see there for the arguments)."""
+
+    num_experts: int
+    d_ff: int
+    router: str = "top_p"
+    k: int = 2
+    p: float = 0.4
+    max_k: int | None = None
+    backend: str = "dropless"
+    activation: str = "swiglu"
+    capacity_factor: float = 1.25
+    capacity_k: float | None = None
+    block_size: int | None = None
+    aux_weights: dict[str, float] | None = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+        d = x.shape[-1]
+        params = self.param("moe", lambda key: init_moe(key, d, self.d_ff, self.num_experts,
+                                                         activation=self.activation, dtype=self.param_dtype))
+        return moe_apply(params, x, router=self.router, k=self.k, p=self.p, max_k=self.max_k,
+                         backend=self.backend, activation=self.activation,
+                         capacity_factor=self.capacity_factor, capacity_k=self.capacity_k,
+                         block_size=self.block_size, aux_weights=self.aux_weights)
