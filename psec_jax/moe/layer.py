@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from psec_jax.moe import dispatch as dispatch_lib
 from psec_jax.moe import losses, routing
+from psec_jax.moe.dispatch import dispatch as run_dispatch
 
 
 def swiglu_expert(p: Any, x: jax.Array) -> jax.Array:
@@ -84,9 +84,8 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     tokens = x.reshape(-1, x.shape[-1])
     logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
     r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize)
-    y, dropped = dispatch_lib.dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
-                                       capacity_factor=capacity_factor, capacity_k=capacity_k,
-                                       block_size=block_size)
+    y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
+                             capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size)
     return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), routing_stats(r, dropped)
 
 

@@ -1,0 +1,129 @@
+"""Every dispatch back-end against the loop-over-experts reference: values and gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from psec_jax import moe
+from psec_jax.testing import assert_no_recompile, assert_trees_close, tolerance
+
+T, D, F = 48, 16, 24
+
+
+def setup(e: int, activation: str = "swiglu", dtype=jnp.float32, seed: int = 0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    params = moe.init_moe(k1, D, F, e, activation=activation)
+    x = jax.random.normal(k2, (T, D), dtype)
+    return params, x
+
+
+def make_route(params, x, router: str):
+    logits = x.astype(jnp.float32) @ params["router"]
+    return moe.route(logits * 3.0, router, k=min(2, logits.shape[-1]), p=0.4)  # sharper logits: a mix of 1..E experts
+
+
+def loss_fn(backend: str, fixed: moe.RouteOutput, activation: str, **kw):
+    """Scalar loss through a back-end; ids/mask fixed, weights recomputed so the router gets grads."""
+    expert_fn = moe.EXPERTS[activation]
+
+    def loss(x, experts, router):
+        probs = jax.nn.softmax(3.0 * (x.astype(jnp.float32) @ router), -1)
+        w = jnp.take_along_axis(probs, fixed.expert_ids, 1) * fixed.mask
+        r = fixed.replace(weights=w, probs=probs)
+        if backend == "loop":
+            y = moe.loop_reference(x, r, expert_fn, experts)
+        else:
+            y = moe.dispatch(backend, x, r, expert_fn, experts, **kw)[0]
+        return jnp.sum(y.astype(jnp.float32) * jnp.cos(jnp.arange(D)))
+
+    return loss
+
+
+@pytest.mark.parametrize("router", ["top_k", "top_p"])
+@pytest.mark.parametrize("backend", ["dense", "capacity", "dropless"])
+@pytest.mark.parametrize("e", [1, 8])
+def test_backend_equals_loop_reference(backend, router, e):
+    params, x = setup(e)
+    r = make_route(params, x, router)
+    kw = {"capacity_factor": float(e * r.num_slots), "block_size": 8} if backend != "dense" else {}
+    kw = {k: v for k, v in kw.items() if (k == "capacity_factor") == (backend == "capacity")}
+    ref = moe.loop_reference(x, r, moe.swiglu_expert, params["experts"])
+    y, dropped = jax.jit(lambda x, p: moe.dispatch(backend, x, r, moe.swiglu_expert, p, **kw))(x, params["experts"])
+    rtol, atol = tolerance(jnp.float32)
+    assert_trees_close(y, ref, rtol=rtol, atol=atol)
+    assert float(dropped) == 0.0
+    args = (x, params["experts"], params["router"])
+    g_ref = jax.grad(loss_fn("loop", r, "swiglu"), argnums=(0, 1, 2))(*args)
+    g = jax.jit(jax.grad(loss_fn(backend, r, "swiglu", **kw), argnums=(0, 1, 2)))(*args)
+    assert_trees_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_experts_and_uneven_blocks():
+    params, x = setup(4, activation="gelu", seed=3)
+    r = make_route(params, x, "top_p")
+    ref = moe.loop_reference(x, r, moe.gelu_expert, params["experts"])
+    for block in (1, 5, 64):  # block 5 leaves partial blocks, 64 > any group
+        y = moe.dropless(x, r, moe.gelu_expert, params["experts"], block_size=block)
+        assert_trees_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_capacity_drops_and_reports_it():
+    params, x = setup(8)
+    r = moe.top_k(x @ params["router"] * 5.0, 2)
+    y, dropped = moe.capacity(x, r, moe.swiglu_expert, params["experts"], capacity_factor=0.5)
+    cap = moe.capacity_of(T, 8, 0.5, 2)
+    counts = np.bincount(np.asarray(r.expert_ids).ravel(), minlength=8)
+    want = np.maximum(counts - cap, 0).sum() / counts.sum()
+    np.testing.assert_allclose(float(dropped), want, rtol=1e-6)
+    assert want > 0
+    # a large factor keeps everything and equals dropless
+    big, none = moe.capacity(x, r, moe.swiglu_expert, params["experts"], capacity_factor=4.0)
+    assert float(none) == 0.0
+    assert_trees_close(big, moe.dropless(x, r, moe.swiglu_expert, params["experts"]), rtol=1e-5, atol=1e-6)
+
+
+def test_dropless_does_not_recompile_when_routing_changes():
+    params, x = setup(8)
+    fn = jax.jit(lambda p, x: moe.moe_apply(p, x, router="top_p", backend="dropless")[0])
+    x2 = jax.random.normal(jax.random.PRNGKey(9), x.shape) * 3.0  # different group sizes
+    assert_no_recompile(fn, params, x, next_args=lambda out: (params, x2 + out.sum() * 0))
+
+
+def test_moe_layer_under_jit_grad_vmap_and_bf16():
+    layer = moe.MoE(num_experts=4, d_ff=F, router="top_p", p=0.4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, D))
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    y, aux, stats = jax.jit(layer.apply)(variables, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert set(aux) == {"load_balance", "dynamic", "z", "total"}
+    assert 1.0 <= float(stats["experts_per_token_mean"]) <= float(stats["experts_per_token_max"]) <= 4
+    np.testing.assert_allclose(float(stats["expert_load"].sum()), 1.0, rtol=1e-6)
+
+    def loss(v):
+        y, aux, _ = layer.apply(v, x)
+        return jnp.mean(y**2) + aux["total"]
+
+    grads = jax.jit(jax.grad(loss))(variables)
+    leaves = jax.tree.leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves) and all(float(jnp.abs(g).max()) > 0 for g in leaves)
+    per_example = jax.vmap(lambda xi: layer.apply(variables, xi)[0])(x)  # vmap over a batch axis
+    assert_trees_close(per_example, y, rtol=1e-5, atol=1e-6)
+    y16, _, _ = jax.jit(layer.apply)(variables, x.astype(jnp.bfloat16))  # bf16 activations, fp32 params
+    assert y16.dtype == jnp.bfloat16
+    rtol, atol = tolerance(jnp.bfloat16)
+    assert_trees_close(y16.astype(jnp.float32), y, rtol=5 * rtol, atol=5 * atol)
+
+
+def test_bad_arguments_fail_clearly():
+    params, x = setup(4)
+    with pytest.raises(ValueError, match="unknown dispatch back-end 'sparse'"):
+        moe.moe_apply(params, x, backend="sparse")
+    with pytest.raises(ValueError, match="unknown router 'top_q'"):
+        moe.moe_apply(params, x, router="top_q")
+    with pytest.raises(ValueError, match="x has d=7 but the router expects d=16"):
+        moe.moe_apply(params, jnp.zeros((3, 7)))
+    with pytest.raises(ValueError, match="unknown expert activation"):
+        moe.init_moe(jax.random.PRNGKey(0), D, F, 4, activation="relu")
