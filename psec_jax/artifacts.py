@@ -66,7 +66,11 @@ def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], 
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(directory, old)
-            os.replace(tmp, directory)
+            try:
+                os.replace(tmp, directory)
+            except BaseException:
+                os.replace(old, directory)  # put the previous artifact back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dataset(rest)
         if command in EXPERIMENTS:
             return run_experiment(command, rest)
-        raise UsageError(f"unknown command {command!r} (choose from: info, {', '.join(EXPERIMENTS)})")
+        raise UsageError(f"unknown command {command!r} (choose from: info, dataset, {', '.join(EXPERIMENTS)})")
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -155,8 +155,14 @@ def dataset(argv: Sequence[str]) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     compilation_cache.enable()
-    path = datasets.get(args.name, seed=args.seed, noise=args.noise, regenerate=args.regenerate,
-                        directory=args.dir)
+    from psec_jax.data import behavior
+
+    try:
+        path = datasets.get(args.name, seed=args.seed, noise=args.noise, regenerate=args.regenerate,
+                            directory=args.dir)
+    except behavior.PolicyError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     data, meta = formats.load_d4rl(path)
     print(f"{path}\n  {meta['num_transitions']} transitions, {meta['num_episodes']} episodes, "
           f"return {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, "

@@ -93,6 +93,8 @@ def test_select_levels():
     levels = behavior.select_levels([10.0, 50.0, 120.0, 300.0, 900.0, 850.0], num_replay=2)
     assert levels["random"] == 0 and levels["expert"] == 4
     assert levels["medium"] == 3  # 300 is the closest to 900 / 3
+    nan = behavior.select_levels([10.0, float("nan"), 40.0], num_replay=1)
+    assert nan["expert"] == 2
     assert sorted(v for k, v in levels.items() if k.startswith("replay_")) == [1, 2]
 
 
@@ -170,6 +172,8 @@ def test_dataset_names():
     assert (r.env, r.variant, r.kind, r.num_episodes) == ("halfcheetah", "friction_0.5", "medium", 1000)
     assert r.name == "halfcheetah:friction_0.5-medium-1000traj"
     assert datasets.parse("walker-run-expert-10traj", seed=3).filename == "walker-run-expert-10traj-seed3.hdf5"
+    with pytest.raises(ValueError, match="empty variant"):
+        envs.parse("hopper:")
     for bad, msg in [("walker-fly-expert", "unknown environment"), ("hopper-great", "bad dataset name"),
                      ("hopper:heavy-medium", "unknown dynamics variant"), ("hopper-expert-0traj", ">= 1")]:
         with pytest.raises(ValueError, match=msg):
@@ -205,12 +209,19 @@ def test_generate_cache_and_verify(tmp_path, monkeypatch):
         byte = f.read(1)
         f.seek(4000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.warns(UserWarning, match="checksum does not match"):
+    with pytest.warns(UserWarning, match="checksum or policies do not match"):
         datasets.get("walker-stand-medium-expert-2traj", directory=tmp_path)
     assert len(calls) == 2
     again, _ = formats.load_d4rl(path)
     for k in data:  # deterministic regeneration
         np.testing.assert_array_equal(again[k], data[k])
+    # a different dataset of the same env does not reuse these episodes
+    other, _ = formats.load_d4rl(datasets.get("walker-stand-medium-expert-4traj", directory=tmp_path))
+    assert not np.array_equal(other["observations"][:1000], data["observations"][:1000])
+    # datasets of an env without committed policies: a clear error before anything is built
+    monkeypatch.setattr(behavior, "POLICY_DIR", tmp_path / "no-policies")
+    with pytest.raises(behavior.PolicyError, match="no committed behaviour policies for 'walker-walk'"):
+        datasets.get("walker-walk-expert-10traj", directory=tmp_path)
 
 
 # ----- on-device data --------------------------------------------------------------------------

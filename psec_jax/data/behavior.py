@@ -103,11 +103,12 @@ def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
     returns: evaluation return of each snapshot, returns[0] the random policy's.
     """
     r = np.asarray(returns, np.float64)
-    expert = int(np.argmax(r))
+    expert = int(np.nanargmax(r))
     target = r[expert] / 3.0
-    medium = int(np.argmin(np.abs(r[: expert + 1] - target)))
+    medium = int(np.nanargmin(np.abs(r[: expert + 1] - target)))
     levels = {"random": 0, "medium": medium, "expert": expert}
-    between = np.unique(np.linspace(0, medium, num_replay + 2).round().astype(int)[1:-1])
+    between = [i for i in np.unique(np.linspace(0, medium, num_replay + 2).round().astype(int)[1:-1])
+               if 0 < i < medium]
     for i, idx in enumerate(between):
         levels[f"replay_{i}"] = int(idx)
     return levels

@@ -2,7 +2,7 @@
 
 A dataset name is `{env}[:{variant}]-{kind}[-{N}traj]`, for example
 
-    walker-stand-medium-expert-1000traj   the walker-walk pretraining set of the paper's size
+    walker-stand-medium-expert-1000traj   a walker-stand base set of the paper's size (1000 episodes)
     walker-walk-expert-10traj             a 10-trajectory target set
     halfcheetah-medium                    1000 episodes of the medium policy, safe-velocity costs
     halfcheetah:friction_0.5-medium       the same policy rolled out with half the friction
@@ -17,8 +17,12 @@ A dataset name is `{env}[:{variant}]-{kind}[-{N}traj]`, for example
 
 N defaults to 1000 episodes. Actions are the policy's own stochastic samples plus optional Gaussian
 `noise`. Variants reuse the nominal env's policies (the dynamics change, the behaviour does not).
-Files are written to `cache_dir()` with a `.sha256` sidecar; `get` regenerates a file whose checksum
-does not match. Generation is deterministic for a given name, seed and noise on one machine.
+Files are written to `cache_dir()` with a `.sha256` sidecar holding the file's checksum and the
+checksum of the policy manifest it was generated from; `get` regenerates a file whose checksum does
+not match or whose policies changed. Rollout keys derive from the full dataset name, so different
+datasets of one env never share episodes (a 10-trajectory target set is not a slice of a
+1000-trajectory base set). Generation is deterministic for a given name, seed and noise on one
+machine.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ class Recipe:
             return [(self.kind, n)]
         if self.kind == "medium-expert":
             return [(lvl, k) for lvl, k in (("medium", n // 2), ("expert", n - n // 2)) if k]
-        chain = ["random", *sorted(l for l in levels if l.startswith("replay_")), "medium"]
+        replay = sorted((l for l in levels if l.startswith("replay_")), key=lambda l: int(l.split("_")[1]))
+        chain = ["random", *replay, "medium"]
         shares = np.diff(np.linspace(0, n, len(chain) + 1).round().astype(int))
         return [(lvl, int(k)) for lvl, k in zip(chain, shares) if k]
 
@@ -105,12 +110,13 @@ def command(recipe: Recipe) -> str:
 def generate(recipe: Recipe, path: str | os.PathLike, *, policy_dir: str | os.PathLike | None = None,
              num_envs: int = 64) -> dict[str, Any]:
     """Roll out the recipe and write it to `path` (D4RL HDF5). Returns the metadata written."""
-    env = envs_lib.make(recipe.env, recipe.variant)
     actor, policies, info = behavior.load(policy_dir or recipe.env)
+    env = envs_lib.make(recipe.env, recipe.variant)
     segments = recipe.segments(list(policies))
     key = jax.random.PRNGKey(recipe.seed)
     num_envs = min(num_envs, max(n for _, n in segments))
     round_fn = collect.make_round(env, collect.policy_act_fn(actor, "sample", recipe.noise), num_envs)
+    key = prng.stream(key, recipe.name)
     parts = [collect.collect(round_fn, policies[level], prng.stream(key, level), episodes,
                              desc=f"{recipe.name} [{level}]") for level, episodes in segments]
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -134,19 +140,33 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def policy_checksum(env_name: str) -> str:
+    """sha256 of the committed policy manifest of `env_name` (which holds every file's sha256)."""
+    manifest = behavior.policy_dir(env_name) / behavior.MANIFEST
+    if not manifest.is_file():
+        raise behavior.PolicyError(
+            f"no committed behaviour policies for {env_name!r} (missing {manifest}); train them with "
+            f"`psec-jax behavior --config=experiments/configs/behavior.py --config.env={env_name} "
+            f"--workdir=DIR` and copy DIR/policy to {manifest.parent}")
+    return artifacts.sha256(manifest)
+
+
 def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = False,
         directory: str | os.PathLike | None = None) -> Path:
-    """Path of the named dataset in the cache, generating it first when absent or corrupt."""
+    """Path of the named dataset in the cache, generating it first when absent, corrupt or made
+    from other policies than the committed ones."""
     recipe = parse(name, seed=seed, noise=noise)
+    policies = policy_checksum(recipe.env)
     path = Path(directory or cache_dir()) / recipe.filename
     side = _sidecar(path)
     if path.is_file() and side.is_file() and not regenerate:
-        if side.read_text().split()[0] == artifacts.sha256(path):
+        recorded = side.read_text().split()
+        if recorded[:1] == [artifacts.sha256(path)] and recorded[2:3] == [policies]:
             return path
-        warnings.warn(f"{path}: checksum does not match {side.name}; regenerating")
+        warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating")
     path.parent.mkdir(parents=True, exist_ok=True)
     generate(recipe, path)
-    side.write_text(f"{artifacts.sha256(path)}  {path.name}\n")
+    side.write_text(f"{artifacts.sha256(path)}  {path.name} {policies}\n")
     return path
 
 

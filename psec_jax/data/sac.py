@@ -3,9 +3,12 @@
 The whole training step (act in `num_envs` environments, store the transitions in an on-device
 replay buffer, `updates_per_step` gradient updates) is one pure function; `make_train(env, config)`
 returns `init(key)` and `run(state, num_iterations)` (a jitted `lax.scan`), so the driver
-(`psec_jax.data.behavior`) only loops over evaluation chunks. Hyperparameters default to
-MuJoCo Playground's published DMC SAC settings (128 envs, batch 512, 8 updates per env step,
-learning rate 1e-3, discount 0.99, layer-normed critics, observation normalisation).
+(`psec_jax.data.behavior`) only loops over evaluation chunks. Hyperparameters follow MuJoCo
+Playground's published DMC SAC settings where they exist (128 envs, batch 512, 8 updates per env
+step, learning rate 1e-3, discount 0.99, layer-normed critics, observation normalisation, 8192
+random-action transitions before learning). Differences from Brax's SAC: target entropy
+-action_size (Brax: -0.5 action_size), a 1M-transition replay (Brax: 4M), and the actor's
+log-std clipped to [-5, 2] (Brax: softplus std plus a floor).
 """
 
 from __future__ import annotations
@@ -166,6 +169,10 @@ class SAC(NamedTuple):
 def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     """Build SAC for `env`. All returned functions are jitted and pure."""
     c = config
+    if c.num_envs > c.replay_size:
+        raise ValueError(f"num_envs ({c.num_envs}) must not exceed replay_size ({c.replay_size})")
+    if c.min_replay < c.batch_size:
+        raise ValueError(f"min_replay ({c.min_replay}) must be >= batch_size ({c.batch_size})")
     actor = Actor(tuple(c.hidden), env.action_size)
     critic = TwinCritic(tuple(c.hidden))
     adam = optax.adam(c.learning_rate)
@@ -219,8 +226,8 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         keys = jax.random.split(prng.stream(key, "next"), c.batch_size)
         next_a, next_logp = jax.vmap(lambda o, k: sample_action(actor, state.actor_params, o, k))(next_obs, keys)
         next_q = critic.apply(state.target_params, next_obs, next_a).min(-1) - alpha * next_logp
-        not_done = 1.0 - batch.terminals.astype(jnp.float32)
-        target = jax.lax.stop_gradient(c.reward_scale * batch.rewards + c.discount * not_done * next_q)
+        bootstrap = jnp.where(batch.terminals, 0.0, next_q)  # where, not a product: NaN-safe at terminals
+        target = jax.lax.stop_gradient(c.reward_scale * batch.rewards + c.discount * bootstrap)
 
         def critic_loss(p):
             q = critic.apply(p, obs, batch.actions)
@@ -280,7 +287,7 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
             s, ret, alive = carry
             a = deterministic_action(actor, actor_params, normalizer, s.obs)
             s = jax.vmap(env.step)(s, a)
-            ret = ret + alive * s.reward
+            ret = ret + jnp.where(alive > 0, s.reward, 0.0)
             alive = alive * (1.0 - s.done)
             return (s, ret, alive), None
 
@@ -288,5 +295,5 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
                                       None, length=env.episode_length)
         return ret
 
-    return SAC(actor=actor, init=jax.jit(init), run=jax.jit(run, static_argnums=1),
+    return SAC(actor=actor, init=jax.jit(init), run=jax.jit(run, static_argnums=1, donate_argnums=0),
                evaluate=jax.jit(evaluate, static_argnums=3))

@@ -4,6 +4,9 @@
     normalized_score("my-env", 310.0, reference=(12.0, 950.0))   # our own (random, expert)
     normalized_score("my-env", 310.0, table=PROJECT_TABLE)       # or a table of our own
 
+D4RL's numbers are returns of the Gym MuJoCo environments; the project's Brax bodies share their
+names but not their simulator, so score those with `policy_references()` too.
+
 The project's own environments use the returns measured for their committed behaviour policies
 (`policy_references()`: the SAC actor at initialisation and the expert snapshot, each the mean
 return of 16 full episodes of the deterministic policy):
@@ -44,8 +47,9 @@ def reference_scores(
 ) -> tuple[float, float]:
     """The ``(random, expert)`` returns for an environment or D4RL dataset name.
 
-    Looks up ``env_name`` itself, then the part before its first ``-``, so D4RL dataset names
-    such as ``"hopper-medium-replay-v2"`` resolve to ``"hopper"``.
+    Looks up ``env_name`` itself, else the longest table name it starts with (followed by ``-``
+    or ``:``), so D4RL dataset names such as ``"hopper-medium-replay-v2"`` resolve to
+    ``"hopper"`` and ``"walker-walk-expert-10traj"`` to ``"walker-walk"``.
 
     Args:
       env_name: environment or dataset name.
@@ -55,8 +59,8 @@ def reference_scores(
       UnknownEnvError: (a KeyError) listing the names the table knows.
     """
     table = D4RL_REF_SCORES if table is None else table
-    for name in (env_name, env_name.split("-", 1)[0]):
-        if name in table:
+    for name in sorted(table, key=len, reverse=True):  # longest match: "walker-walk" before "walker"
+        if env_name == name or env_name.startswith((name + "-", name + ":")):
             random, expert = table[name]
             return float(random), float(expert)
     raise UnknownEnvError(

@@ -43,8 +43,8 @@ class Transition(NamedTuple):
     actions: jax.Array  # [act_dim]
     rewards: jax.Array  # []
     costs: jax.Array  # []
-    terminals: jax.Array  # [] bool: true termination (bootstrapping stops)
-    timeouts: jax.Array  # [] bool: episode truncated by the time limit
+    terminals: jax.Array  # [] true termination (bootstrapping stops); bool from envs, float32 0/1 from OfflineData
+    timeouts: jax.Array  # [] episode truncated by the time limit; same dtype convention as terminals
     next_observations: jax.Array  # [obs_dim], the real final observation even when the episode ends
 
 

@@ -49,6 +49,8 @@ def parse(name: str, variant: str | None = None) -> tuple[str, str]:
         if variant not in (None, "nominal"):
             raise ValueError(f"variant given twice: {name!r} and variant={variant!r}")
         name, variant = name.split(":", 1)
+        if not variant:
+            raise ValueError(f"empty variant in {name + ':'!r}")
     variant = variant or "nominal"
     if name not in names():
         raise ValueError(f"unknown environment {name!r}; known: {names()}")
@@ -63,8 +65,8 @@ def make(name: str, variant: str | None = None, *, backend: str = "generalized",
     Args:
       name: a registry name (see `names()`), optionally "name:variant".
       variant: dynamics variant (see `psec_jax.envs.variants.VARIANTS`); default nominal.
-      backend: Brax physics pipeline for the Brax bodies ("generalized", "mjx", "positional",
-        "spring"; the last two ignore friction changes only approximately).
+      backend: Brax physics pipeline for the Brax bodies ("generalized" (default), "mjx",
+        "positional", "spring"); each models contact friction in its own way.
       episode_length: steps before the episode is truncated.
     """
     name, variant = parse(name, variant)
@@ -84,6 +86,7 @@ def _make_walker(name: str, variant: str, episode_length: int) -> Env:
         model.opt.timestep = env.sim_dt
         env._mj_model = model
         env._mjx_model = mujoco.mjx.put_model(model, impl="jax")
+        env._post_init()  # ids and joint ranges from the edited model
 
     def reset(key: jax.Array) -> tuple[Any, jax.Array]:
         state = env.reset(key)

@@ -13,6 +13,9 @@ MuJoCo computes them. The variants are the ones of the dynamics-shift experiment
 | thigh_2 | every size parameter (radius, and half-length where the geom has one) of the body's thigh geoms times 2, the geom centre moved so the hip end stays at the joint; mass and inertia are recomputed from the new geometry (total-mass normalisation, where the model has one, still applies) |
 
 Geoms defined by `fromto` (ant's upper legs) are lengthened along the segment from their start.
+What `thigh_2` changes is the thigh's mass, inertia and collision shape: the knee joint and the
+child bodies stay where they were (the longer thigh overlaps the shin, which MuJoCo does not
+collide with its parent), so the kinematic chain and the initial pose are unchanged.
 """
 
 from __future__ import annotations

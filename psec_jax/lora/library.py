@@ -30,7 +30,7 @@ from psec_jax.lora import core
 from psec_jax.lora.config import LoRAConfig
 from psec_jax.lora.core import LoRAPair
 
-FORMAT = "psec_jax.skill_library/1"
+FORMAT = "psec_jax.skill_library/2"  # 2: manifest written by psec_jax.artifacts
 META_FILE = "library.json"
 
 
