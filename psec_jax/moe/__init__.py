@@ -9,7 +9,7 @@ Modules: routing (routers), losses (aux losses), dispatch (dense / capacity / dr
 the loop reference), layer (experts, moe_apply, MoE).
 """
 
-from psec_jax.moe.dispatch import (BACKENDS, capacity, capacity_of, default_block_size, dense, dispatch,
+from psec_jax.moe.backends import (BACKENDS, capacity, capacity_of, default_block_size, dense, dispatch,
                                    dropless, loop_reference)
 from psec_jax.moe.layer import (EXPERTS, MoE, gelu_expert, init_moe, moe_apply, route, routing_stats,
                                 swiglu_expert)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from psec_jax.moe import losses, routing
-from psec_jax.moe.dispatch import dispatch as run_dispatch
+from psec_jax.moe.backends import dispatch as run_dispatch
 
 
 def swiglu_expert(p: Any, x: jax.Array) -> jax.Array:

@@ -11,12 +11,13 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
 - `capacity`: GShard-style buffers [E, C, d] with C = ceil(capacity_factor * T * k / E);
   assignments beyond an expert's capacity are dropped (priority: slot 0 of every token first,
   then slot 1, ...; tokens in order), the dropped fraction is reported.
-- `dropless`: sort the (token, slot) assignments by expert, cut each expert's group into blocks
-  of `block_size` rows, and run a `lax.while_loop` over the blocks that exist (a data-dependent
-  trip count: no padding to a worst case), each block gathering its rows of x, running its
-  expert and scatter-adding the weighted result. Nothing is dropped. A `custom_vjp` recomputes
-  each block in the backward pass and accumulates expert gradients in place, so the backward
-  pass costs O(blocks), not O(blocks x all expert weights). This is MegaBlocks' block-sparse
+- `dropless`: sort the (token, slot) assignments by expert; a `lax.scan` over experts takes each
+  expert's weights as a scanned input (read once), and an inner `lax.while_loop` runs only the
+  blocks of `block_size` rows that expert has (a data-dependent trip count: no padding to a
+  worst case), each block gathering its rows of x, running the expert and scatter-adding the
+  weighted result. Nothing is dropped. A `custom_vjp` recomputes each block in the backward pass
+  and emits each expert's gradient as a scan output, so no pass touches more than one expert's
+  weights per step. This is MegaBlocks' block-sparse
   idea done with a loop because XLA on CPU has no grouped matmul (`jax.lax.ragged_dot` runs
   ~100x slower there than a dense matmul).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,80 +132,93 @@ def default_block_size(num_tokens: int, num_experts: int, slots_per_token: float
     return int(min(512, max(8, 2 ** round(math.log2(mean_rows)))))
 
 
-class _Blocks:
-    """Static-size description of the dropless blocks (all int32 arrays)."""
+class _Blocks(NamedTuple):
+    """Where each expert's rows live in the expert-sorted assignment list (int32 arrays)."""
 
-    def __init__(self, route: RouteOutput, block: int):
-        t, kk, e = route.expert_ids.shape[0], route.num_slots, route.num_experts
-        order, _, sizes, starts = _sorted_assignments(route)
-        n = t * kk
-        per_expert = (sizes + block - 1) // block
-        first_block = jnp.cumsum(per_expert) - per_expert
-        max_blocks = -(-n // block) + e
-        i = jnp.arange(max_blocks)
-        expert = jnp.clip(jnp.searchsorted(jnp.cumsum(per_expert), i, side="right"), 0, e - 1)
-        j = i - first_block[expert]
-        self.num_blocks = per_expert.sum().astype(jnp.int32)  # []
-        self.expert = expert.astype(jnp.int32)  # [max_blocks]
-        self.start = (starts[expert] + j * block).astype(jnp.int32)  # [max_blocks] into the sorted list
-        self.length = jnp.clip(sizes[expert] - j * block, 0, block).astype(jnp.int32)  # [max_blocks]
-        pad = jnp.zeros((block,), order.dtype)
-        self.token = jnp.concatenate([order % t, pad]).astype(jnp.int32)  # [N + block] token of sorted assignment
-        self.assignment = jnp.concatenate([order, pad]).astype(jnp.int32)  # [N + block]
+    token: jax.Array  # [N + block] token of each sorted assignment (padded)
+    assignment: jax.Array  # [N + block] slot-major assignment index of each sorted assignment (padded)
+    start: jax.Array  # [E] first sorted position of each expert's group
+    size: jax.Array  # [E] rows (assignments) of each expert
 
 
-def _block_rows(blocks: _Blocks, i: jax.Array, block: int):
-    s = blocks.start[i]
-    rows = jax.lax.dynamic_slice(blocks.token, (s,), (block,))
-    assign = jax.lax.dynamic_slice(blocks.assignment, (s,), (block,))
-    valid = jnp.arange(block) < blocks.length[i]
+def _blocks(route: RouteOutput, block: int) -> _Blocks:
+    t = route.expert_ids.shape[0]
+    order, _, sizes, starts = _sorted_assignments(route)
+    pad = jnp.zeros((block,), jnp.int32)
+    order = order.astype(jnp.int32)
+    return _Blocks(jnp.concatenate([order % t, pad]), jnp.concatenate([order, pad]),
+                   starts.astype(jnp.int32), sizes.astype(jnp.int32))
+
+
+def _rows(b: _Blocks, e: jax.Array, j: jax.Array, block: int):
+    """Rows of block j of expert e: token ids [block], assignment ids [block], valid [block]."""
+    s = b.start[e] + j * block
+    rows = jax.lax.dynamic_slice(b.token, (s,), (block,))
+    assign = jax.lax.dynamic_slice(b.assignment, (s,), (block,))
+    valid = j * block + jnp.arange(block) < b.size[e]
     return rows, assign, valid
+
+
+def _num_blocks(b: _Blocks, e: jax.Array, block: int) -> jax.Array:
+    return (b.size[e] + block - 1) // block
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _grouped(expert_fn: ExpertFn, block: int, params: Any, x: jax.Array, w_flat: jax.Array,
-             blocks: tuple) -> jax.Array:
-    return _grouped_fwd(expert_fn, block, params, x, w_flat, blocks)[0]
+             b: _Blocks) -> jax.Array:
+    return _grouped_fwd(expert_fn, block, params, x, w_flat, b)[0]
 
 
-def _grouped_fwd(expert_fn, block, params, x, w_flat, blocks):
-    b = _Blocks.__new__(_Blocks)
-    b.num_blocks, b.expert, b.start, b.length, b.token, b.assignment = blocks
-    d_out = jax.eval_shape(lambda p, xx: expert_fn(p, xx), _expert(params, 0), x[:block]).shape[-1]
+def _grouped_fwd(expert_fn, block, params, x, w_flat, b):
+    # Outer scan over experts takes each expert's weights as a scanned input (read once); the inner
+    # while_loop runs only the blocks that expert has, so the trip count follows the routing.
+    d_out = jax.eval_shape(expert_fn, _expert(params, 0), x[:block]).shape[-1]
 
-    def body(carry):
-        i, out = carry
-        rows, assign, valid = _block_rows(b, i, block)
-        y = expert_fn(_expert(params, b.expert[i]), x[rows])
-        scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
-        return i + 1, out.at[rows].add(y * scale[:, None])
+    def per_expert(out, inputs):
+        p_e, e = inputs
+
+        def body(carry):
+            j, out = carry
+            rows, assign, valid = _rows(b, e, j, block)
+            y = expert_fn(p_e, x[rows])
+            scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
+            return j + 1, out.at[rows].add(y * scale[:, None])
+
+        _, out = jax.lax.while_loop(lambda c: c[0] < _num_blocks(b, e, block), body, (jnp.int32(0), out))
+        return out, None
 
     out0 = jnp.zeros((x.shape[0], d_out), x.dtype)
-    _, out = jax.lax.while_loop(lambda c: c[0] < b.num_blocks, body, (jnp.int32(0), out0))
-    return out, (params, x, w_flat, blocks)
+    num_experts = jax.tree.leaves(params)[0].shape[0]
+    out, _ = jax.lax.scan(per_expert, out0, (params, jnp.arange(num_experts)))
+    return out, (params, x, w_flat, b)
 
 
 def _grouped_bwd(expert_fn, block, res, g):
-    params, x, w_flat, blocks = res
-    b = _Blocks.__new__(_Blocks)
-    b.num_blocks, b.expert, b.start, b.length, b.token, b.assignment = blocks
+    params, x, w_flat, b = res
 
-    def body(carry):
-        i, dparams, dx, dw = carry
-        rows, assign, valid = _block_rows(b, i, block)
-        e = b.expert[i]
-        y, vjp = jax.vjp(expert_fn, _expert(params, e), x[rows])
-        g_rows = g[rows]
-        scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
-        dpe, dxb = vjp(g_rows * scale[:, None])
-        dparams = jax.tree.map(lambda acc, d: acc.at[e].add(d), dparams, dpe)
-        dx = dx.at[rows].add(dxb)
-        dw = dw.at[assign].add(jnp.where(valid, jnp.sum(g_rows * y, -1), 0.0).astype(dw.dtype))
-        return i + 1, dparams, dx, dw
+    def per_expert(carry, inputs):
+        dx, dw = carry
+        p_e, e = inputs
 
-    init = (jnp.int32(0), jax.tree.map(jnp.zeros_like, params), jnp.zeros_like(x), jnp.zeros_like(w_flat))
-    _, dparams, dx, dw = jax.lax.while_loop(lambda c: c[0] < b.num_blocks, body, init)
-    zero_ints = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), blocks)
+        def body(c):
+            j, dp, dx, dw = c
+            rows, assign, valid = _rows(b, e, j, block)
+            y, vjp = jax.vjp(expert_fn, p_e, x[rows])  # recompute this block's forward
+            g_rows = g[rows]
+            scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
+            dpe, dxb = vjp(g_rows * scale[:, None])
+            dp = jax.tree.map(jnp.add, dp, dpe)
+            dw = dw.at[assign].add(jnp.where(valid, jnp.sum(g_rows * y, -1), 0.0).astype(dw.dtype))
+            return j + 1, dp, dx.at[rows].add(dxb), dw
+
+        init = (jnp.int32(0), jax.tree.map(jnp.zeros_like, p_e), dx, dw)
+        _, dp, dx, dw = jax.lax.while_loop(lambda c: c[0] < _num_blocks(b, e, block), body, init)
+        return (dx, dw), dp
+
+    num_experts = jax.tree.leaves(params)[0].shape[0]
+    (dx, dw), dparams = jax.lax.scan(per_expert, (jnp.zeros_like(x), jnp.zeros_like(w_flat)),
+                                     (params, jnp.arange(num_experts)))
+    zero_ints = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), b)
     return dparams, dx, dw, zero_ints
 
 
@@ -216,10 +230,8 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     """Sort-by-expert block dispatch; nothing dropped (see the module docstring)."""
     _check(x, route)
     block = block_size or default_block_size(x.shape[0], route.num_experts)
-    b = _Blocks(route, block)
-    blocks = (b.num_blocks, b.expert, b.start, b.length, b.token, b.assignment)
     w_flat = route.weights.T.reshape(-1)  # slot-major, matches the assignment numbering
-    return _grouped(expert_fn, block, params, x, w_flat, blocks)
+    return _grouped(expert_fn, block, params, x, w_flat, _blocks(route, block))
 
 
 BACKENDS = ("dense", "capacity", "dropless")
