@@ -216,8 +216,8 @@ def test_generate_cache_and_verify(tmp_path, monkeypatch):
     for k in data:  # deterministic regeneration
         np.testing.assert_array_equal(again[k], data[k])
     # a different dataset of the same env does not reuse these episodes
-    other, _ = formats.load_d4rl(datasets.get("walker-stand-medium-expert-4traj", directory=tmp_path))
-    assert not np.array_equal(other["observations"][:1000], data["observations"][:1000])
+    other, _ = formats.load_d4rl(datasets.get("walker-stand-medium-1traj", directory=tmp_path))
+    assert not np.array_equal(other["observations"], data["observations"][:1000])  # same policy, own keys
     # datasets of an env without committed policies: a clear error before anything is built
     monkeypatch.setattr(behavior, "POLICY_DIR", tmp_path / "no-policies")
     with pytest.raises(behavior.PolicyError, match="no committed behaviour policies for 'walker-walk'"):
