@@ -26,29 +26,44 @@ def policy_act_fn(actor: sac.Actor, mode: str = "sample", noise: float = 0.0) ->
     return lambda policy, obs, key: behavior.policy_action(actor, policy, obs, key, mode, noise)
 
 
-def make_round(env: envs_lib.Env, act: ActFn, num_envs: int) -> Callable[[Any, jax.Array], Any]:
+def make_round(env: envs_lib.Env, act: ActFn, num_envs: int, chunk: int = 50
+               ) -> Callable[[Any, jax.Array], Any]:
     """A jitted function (params, key) -> (transitions [T, num_envs, ...], valid [T, num_envs]).
 
-    One round plays one episode in each of num_envs environments. valid[t, i] is True while
-    environment i's episode has not ended before step t. The policy params are an argument, so
-    one compilation serves every policy of the same shapes.
+    One round plays one episode in each of num_envs environments (T = env.episode_length).
+    valid[t, i] is True while environment i's episode has not ended before step t. Steps run in
+    scanned chunks of `chunk` inside a while_loop that stops once every episode has ended, so
+    short (terminated) episodes do not pay for the full time limit. The policy params are an
+    argument: one compilation serves every policy of the same shapes.
     """
+    horizon = env.episode_length
+    num_chunks = -(-horizon // chunk)
 
     def one_round(params: Any, key: jax.Array):
         state = jax.vmap(env.reset)(jax.random.split(prng.stream(key, "reset"), num_envs))
 
-        def body(carry, t):
+        def step(carry, t):
             state, alive = carry
             keys = jax.random.split(jax.random.fold_in(prng.stream(key, "act"), t), num_envs)
             action = jax.vmap(act, in_axes=(None, 0, 0))(params, state.obs, keys)
             nxt = jax.vmap(env.step)(state, action)
             tr = envs_lib.Transition(state.obs, action, nxt.reward, nxt.cost, nxt.terminal > 0,
                                      nxt.truncation > 0, nxt.obs)
-            return (nxt, alive & (nxt.done == 0)), (tr, alive)
+            return (nxt, alive & (nxt.done == 0)), (tr, alive & (t < horizon))
 
-        alive = jnp.ones((num_envs,), bool)
-        _, (trs, valid) = jax.lax.scan(body, (state, alive), jnp.arange(env.episode_length))
-        return trs, valid
+        def run_chunk(carry):
+            c, state, alive, buffers = carry
+            (state, alive), out = jax.lax.scan(step, (state, alive), c * chunk + jnp.arange(chunk))
+            buffers = jax.tree.map(lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o, c * chunk, 0),
+                                   buffers, out)
+            return c + 1, state, alive, buffers
+
+        shapes = jax.eval_shape(lambda s: jax.lax.scan(step, (s, jnp.ones((num_envs,), bool)),
+                                                       jnp.arange(chunk))[1], state)
+        buffers = jax.tree.map(lambda a: jnp.zeros((num_chunks * chunk, *a.shape[1:]), a.dtype), shapes)
+        init = (jnp.int32(0), state, jnp.ones((num_envs,), bool), buffers)
+        _, _, _, (trs, valid) = jax.lax.while_loop(lambda c: (c[0] < num_chunks) & c[2].any(), run_chunk, init)
+        return jax.tree.map(lambda a: a[:horizon], trs), valid[:horizon]
 
     return jax.jit(one_round)
 
