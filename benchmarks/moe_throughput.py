@@ -1,0 +1,169 @@
+"""MoE throughput: routing alone and the whole layer, every back-end, beside a PyTorch loop and the roofline.
+
+    .venv/bin/python benchmarks/moe_throughput.py                 # the issue's target point: E=16, d=1024, f=2816, all T
+    .venv/bin/python benchmarks/moe_throughput.py --grid full     # T x E x d x router x back-end (long)
+    .venv/bin/python benchmarks/moe_throughput.py --grid quick    # small shapes, a smoke run
+
+Per (T, E, d): routing alone (router matmul + top-k / top-p) and the layer (routing + dispatch +
+SwiGLU experts + combine), forward and forward+backward, for top-2, top-p(0.4) and top-1, with the
+dense, capacity (factor 1.25, buffers sized for the route's mean experts per token) and dropless
+back-ends. Beside them, in the same run:
+- `torch-loop`: the top-p paper's dispatch (a Python loop over experts gathering the tokens that
+  chose each one) in PyTorch on CPU, with the same weights and routing decisions (optional: needs
+  `torch`, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`);
+- the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth),
+  both ceilings measured here (fp32 matmul 2048^3; a reduction over a 512 MB array). Backward
+  counts 2x the forward FLOPs more and reads + writes the weights twice more.
+Dense is skipped where running every expert on every token exceeds --dense_limit_gflop.
+Prints a table and writes benchmarks/results/moe_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psec_jax import bench, moe, runs
+
+ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p=0.4), "top1": dict(router="top_k", k=1)}
+
+
+def ceilings() -> dict[str, float]:
+    """Measured fp32 matmul FLOP/s and memory read bandwidth (bytes/s) of this device."""
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    t = bench.time_call(jax.jit(lambda a: a @ a), a, reps=5)
+    big = jnp.ones((128 * 1024 * 1024,), jnp.float32)  # 512 MB
+    tb = bench.time_call(jax.jit(jnp.sum), big, reps=5)
+    return {"matmul_flops": 2 * n**3 / t, "bandwidth_bytes": big.nbytes / tb}
+
+
+def layer_fn(cfg: dict, backend: str, k_mean: float, grad: bool):
+    def fwd(params, x):
+        y, aux, _ = moe.moe_apply(params, x, backend=backend, capacity_k=k_mean, **cfg)
+        return y, aux
+
+    if not grad:
+        return jax.jit(lambda p, x: fwd(p, x)[0])
+
+    def loss(params, x):
+        y, aux = fwd(params, x)
+        return jnp.mean(y**2) + aux["total"]
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def torch_loop(params, x, route, grad: bool):
+    """The paper's loop dispatch in PyTorch; returns a zero-argument callable to time, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))
+    w = {k: t(v).requires_grad_(grad) for k, v in params["experts"].items()}
+    xt = t(x).requires_grad_(grad)
+    ids, mask = np.asarray(route.expert_ids), np.asarray(route.mask)
+    weights = t(route.weights)
+    per_expert = []
+    for e in range(ids.max() + 1):
+        tok, slot = np.nonzero(mask & (ids == e))
+        per_expert.append((e, torch.from_numpy(tok), torch.from_numpy(slot)))
+
+    def run():
+        with torch.set_grad_enabled(grad):
+            out = torch.zeros_like(xt)
+            for e, tok, slot in per_expert:
+                if len(tok) == 0:
+                    continue
+                h = xt[tok]
+                y = (torch.nn.functional.silu(h @ w["gate"][e]) * (h @ w["up"][e])) @ w["down"][e]
+                out = out.index_add(0, tok, y * weights[tok, slot][:, None])
+            if grad:
+                (out.square().mean()).backward()
+            return out
+
+    return run
+
+
+def time_torch(fn) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def grid(name: str):
+    if name == "quick":
+        return [(t, e, d) for t, e, d in itertools.product([256, 1024], [8], [256])]
+    if name == "target":
+        return [(t, 16, 1024) for t in (256, 1024, 4096, 16384)]
+    return list(itertools.product([256, 1024, 4096, 16384], [8, 16, 64], [256, 1024]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", choices=["quick", "target", "full"], default="target")
+    p.add_argument("--backends", nargs="*", default=list(moe.BACKENDS))
+    p.add_argument("--routers", nargs="*", default=list(ROUTERS))
+    p.add_argument("--dense_limit_gflop", type=float, default=400.0)
+    p.add_argument("--no_torch", action="store_true")
+    args = p.parse_args()
+    ceil = ceilings()
+    print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, bandwidth {ceil['bandwidth_bytes'] / 1e9:.1f} GB/s",
+          flush=True)
+    rows = []
+    for t, e, d in grid(args.grid):
+        f = 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
+        params = moe.init_moe(jax.random.PRNGKey(0), d, f, e)
+        x = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
+        weight_bytes = sum(a.nbytes for a in jax.tree.leaves(params["experts"]))
+        for rname in args.routers:
+            cfg = ROUTERS[rname]
+            logits = x @ params["router"]
+            route = moe.route(logits, **cfg)
+            k_mean = float(route.experts_per_token.mean())
+            route_fn = jax.jit(lambda p, x: moe.route(x @ p["router"], **cfg).weights)
+            t_route = bench.time_call(route_fn, params, x, reps=5)
+            base = {"T": t, "E": e, "d": d, "f": f, "router": rname, "experts_per_token": k_mean}
+            rows.append({**base, "backend": "routing-only", "mode": "fwd", "ms": 1e3 * t_route,
+                         "tokens_per_s": t / t_route})
+            flops = 6 * d * f * t * k_mean  # SwiGLU: three [d, f] matmuls per activated expert
+            for grad in (False, True):
+                mode = "fwd+bwd" if grad else "fwd"
+                roof = max(flops * (3 if grad else 1) / ceil["matmul_flops"],
+                           weight_bytes * (3 if grad else 1) / ceil["bandwidth_bytes"])
+                candidates = [b for b in args.backends if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)]
+                timings = {}
+                for backend in candidates:
+                    fn = layer_fn(cfg, backend, k_mean, grad)
+                    timings[backend] = bench.time_call(fn, params, x, reps=2)
+                if not args.no_torch:
+                    run = torch_loop(params, x, route, grad)
+                    if run is not None:
+                        timings["torch-loop"] = time_torch(run)
+                for backend, secs in timings.items():
+                    row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
+                           "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
+                           "roofline_fraction": roof / secs}
+                    rows.append(row)
+                    print(f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "
+                          f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  {row['roofline_fraction']:.2f} of roofline",
+                          flush=True)
+    print()
+    print(runs.format_table(rows, ["T", "E", "d", "router", "experts_per_token", "backend", "mode", "ms",
+                                   "tokens_per_s", "gflop_per_s", "roofline_fraction"], ".4g"))
+    path = bench.write_results("moe_throughput", rows, {"ceilings": ceil, "args": vars(args)})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
