@@ -127,9 +127,13 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
 
 
 def default_block_size(num_tokens: int, num_experts: int, slots_per_token: float = 2.0) -> int:
-    """Rows per dropless block: the power of two nearest the mean group size, in [8, 512]."""
-    mean_rows = max(1.0, num_tokens * slots_per_token / num_experts)
-    return int(min(512, max(8, 2 ** round(math.log2(mean_rows)))))
+    """Rows per dropless block: a power of two covering 1.5x the mean group size, in [8, 256].
+
+    Small groups fit one block (each expert's weights read once); large ones use 256-row blocks,
+    big enough for full matmul speed and small enough that padding the last block wastes little.
+    """
+    mean_rows = max(1.0, 1.5 * num_tokens * slots_per_token / num_experts)
+    return int(min(256, max(8, 2 ** math.ceil(math.log2(mean_rows)))))
 
 
 class _Blocks(NamedTuple):
