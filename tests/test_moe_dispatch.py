@@ -43,7 +43,7 @@ def loss_fn(backend: str, fixed: moe.RouteOutput, activation: str, **kw):
 
 
 @pytest.mark.parametrize("router", ["top_k", "top_p"])
-@pytest.mark.parametrize("backend", ["dense", "capacity", "dropless"])
+@pytest.mark.parametrize("backend", ["dense", "capacity", "dropless", "ragged"])
 @pytest.mark.parametrize("e", [1, 8])
 def test_backend_equals_loop_reference(backend, router, e):
     params, x = setup(e)

@@ -10,7 +10,7 @@ the loop reference), layer (experts, moe_apply, MoE).
 """
 
 from psec_jax.moe.backends import (BACKENDS, capacity, capacity_of, default_block_size, dense, dispatch,
-                                   dropless, loop_reference)
+                                   dropless, loop_reference, ragged)
 from psec_jax.moe.layer import (EXPERTS, MoE, gelu_expert, init_moe, moe_apply, route, routing_stats,
                                 swiglu_expert)
 from psec_jax.moe.losses import (DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expert_fractions,
@@ -18,6 +18,6 @@ from psec_jax.moe.losses import (DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expe
 from psec_jax.moe.routing import RouteOutput, top_k, top_p
 
 __all__ = ["BACKENDS", "capacity", "capacity_of", "default_block_size", "dense", "dispatch", "dropless",
-           "loop_reference", "EXPERTS", "MoE", "gelu_expert", "init_moe", "moe_apply", "route",
+           "loop_reference", "ragged", "EXPERTS", "MoE", "gelu_expert", "init_moe", "moe_apply", "route",
            "routing_stats", "swiglu_expert", "DEFAULT_WEIGHTS", "aux_losses", "dynamic_loss",
            "expert_fractions", "load_balance", "z_loss", "RouteOutput", "top_k", "top_p"]

@@ -20,6 +20,8 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
   weights per step. This is MegaBlocks' block-sparse
   idea done with a loop because XLA on CPU has no grouped matmul (`jax.lax.ragged_dot` runs
   ~100x slower there than a dense matmul).
+- `ragged`: the same sort, then `jax.lax.ragged_dot` grouped matmuls (fast on GPU/TPU; only for
+  the layer's matmul experts).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
   the test reference.
 """
@@ -238,17 +240,48 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     return _grouped(expert_fn, block, params, x, w_flat, _blocks(route, block))
 
 
-BACKENDS = ("dense", "capacity", "dropless")
+def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu"
+           ) -> jax.Array:
+    """Dropless dispatch with `jax.lax.ragged_dot` grouped matmuls (for GPU/TPU).
+
+    Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
+    "gate"). Sorts all T*K slots by expert (invalid slots last, in no group), so the buffers are
+    [T*K, d]: give top-p routes a `max_k` on accelerators. On CPU, XLA lowers ragged_dot to a slow
+    loop (~100x a dense matmul); use `dropless` there.
+    """
+    _check(x, route)
+    t, kk, e = x.shape[0], route.num_slots, route.num_experts
+    order, _, sizes, _ = _sorted_assignments(route)
+    rows = x[order % t]  # [T*K, d] sorted by expert
+    w = jax.tree.map(lambda a: a.astype(x.dtype), params)
+    up = jax.lax.ragged_dot(rows, w["up"], sizes)
+    if activation == "swiglu":
+        h = jax.nn.silu(jax.lax.ragged_dot(rows, w["gate"], sizes)) * up
+    elif activation == "gelu":
+        h = jax.nn.gelu(up)
+    else:
+        raise ValueError(f"ragged back-end: unknown activation {activation!r}")
+    y = jax.lax.ragged_dot(h, w["down"], sizes)  # [T*K, d_out]; rows past sum(sizes) are zero
+    weight = route.weights.T.reshape(-1)[order].astype(y.dtype)
+    return jnp.zeros((t, y.shape[-1]), y.dtype).at[order % t].add(y * weight[:, None])
+
+
+BACKENDS = ("dense", "capacity", "dropless", "ragged")
 
 
 def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              capacity_factor: float = 1.25, capacity_k: float | None = None,
-             block_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity))."""
+             block_size: int | None = None, activation: str = "swiglu") -> tuple[jax.Array, jax.Array]:
+    """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
+
+    `activation` only matters for "ragged", which needs the layer's matmul experts.
+    """
     if backend == "dense":
         return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
     if backend == "capacity":
         return capacity(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k)
     if backend == "dropless":
         return dropless(x, route, expert_fn, params, block_size=block_size), jnp.zeros((), jnp.float32)
+    if backend == "ragged":
+        return ragged(x, route, params, activation), jnp.zeros((), jnp.float32)
     raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS}")

@@ -85,7 +85,8 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
     r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize)
     y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
-                             capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size)
+                             capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size,
+                             activation=activation)
     return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), routing_stats(r, dropped)
 
 
