@@ -143,3 +143,15 @@ def test_balanced_routing_has_load_balance_one():
     logits = jnp.log(jnp.full((8, 4), 0.25))
     r = moe.top_k(logits + jnp.eye(4)[jnp.arange(8) % 4] * 1e-3, 1)
     np.testing.assert_allclose(moe.load_balance(r), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("e", [3, 16, 32])
+def test_pairwise_sort_equals_top_k_including_ties(e):
+    from psec_jax.moe.routing import sort_descending
+
+    probs = jax.nn.softmax(jnp.asarray(adversarial_logits(e)), -1)
+    probs = probs.at[0].set(jnp.full((e,), 1.0 / e))  # all tied
+    got_p, got_i = sort_descending(probs)
+    want_p, want_i = jax.lax.top_k(probs, e)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_p, want_p)
