@@ -1,8 +1,9 @@
 """`psec-jax behavior`: train SAC on one task and save its behaviour policies (random / replay /
-medium / expert snapshots) to `<workdir>/policy`, with the training curve in `<workdir>/summary.json`.
+medium / expert snapshots) to `<workdir>/policy`; each evaluation is appended to
+`<workdir>/metrics.jsonl` as it happens, the level returns go to `<workdir>/summary.json`.
 
-`--config.install=True`-style copying into the package is deliberately manual: review the returns in
-the summary, then copy `<workdir>/policy` to `psec_jax/data/policies/<env>/` and commit it.
+Installing a new policy into the package is deliberately manual: review the returns in the summary,
+then copy `<workdir>/policy` to `psec_jax/data/policies/<env>/` and commit it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from psec_jax.data import behavior
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     runs.save_config(workdir, config)
-    policies, info = behavior.train(config)
+    with runs.MetricsWriter(workdir) as metrics:  # one line per evaluation, for watching a run
+        policies, info = behavior.train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))
     path = behavior.save(Path(workdir) / "policy", policies, info)
     summary = {f"return/{name}": lvl["return"] for name, lvl in info["levels"].items()}
     summary["train_seconds"] = info["train_seconds"]

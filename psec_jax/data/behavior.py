@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,9 +114,13 @@ def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
     return levels
 
 
-def train(config: ml_collections.ConfigDict, *, desc: str | None = None
+def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
+          log: Callable[[dict[str, Any]], Any] | None = None
           ) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
-    """Train SAC per `config` and return ({level: policy}, info with returns and the curve)."""
+    """Train SAC per `config` and return ({level: policy}, info with returns and the curve).
+
+    `log`, if given, receives each evaluation's record (env_steps, return, wall_time, losses).
+    """
     env = envs_lib.make(config.env)
     agent = sac.make_train(env, config.sac)
     key = jax.random.PRNGKey(config.seed)
@@ -140,6 +144,8 @@ def train(config: ml_collections.ConfigDict, *, desc: str | None = None
         ret = evaluate(state, i)
         last = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
         curve.append({"env_steps": int(state.env_steps), "return": ret, "wall_time": time.time() - t0, **last})
+        if log is not None:
+            log(curve[-1])
         bar.update(1)
         bar.set_postfix(ret=f"{ret:.1f}", steps=int(state.env_steps))
     bar.close()
