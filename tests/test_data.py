@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psec_jax import artifacts, envs
+from psec_jax import envs
 from psec_jax.data import OfflineData, behavior, collect, datasets, formats, sac
 from psec_jax.testing import assert_no_recompile, count_compilations
 

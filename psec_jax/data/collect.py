@@ -89,6 +89,4 @@ def collect(round_fn: Callable[[Any, jax.Array], Any], params: Any, key: jax.Arr
         r += 1
     bar.close()
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    data["terminals"] = data["terminals"].astype(bool)
-    data["timeouts"] = data["timeouts"].astype(bool)
     return data

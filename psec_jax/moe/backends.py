@@ -250,7 +250,7 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     loop (~100x a dense matmul); use `dropless` there.
     """
     _check(x, route)
-    t, kk, e = x.shape[0], route.num_slots, route.num_experts
+    t = x.shape[0]
     order, _, sizes, _ = _sorted_assignments(route)
     rows = x[order % t]  # [T*K, d] sorted by expert
     w = jax.tree.map(lambda a: a.astype(x.dtype), params)
