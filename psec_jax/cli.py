@@ -38,6 +38,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "train SAC behaviour policies (random/medium/expert snapshots) for one task",
         "experiments/configs/behavior.py",
     ),
+    "psec_continual": Experiment(
+        "experiments.psec_continual",
+        "PSEC continual policy shift on walker (stand -> walk/run): all stages, baselines, results table",
+        "experiments/configs/psec_continual.py:small",
+    ),
 }
 
 # Packages whose versions `psec-jax info` reports.

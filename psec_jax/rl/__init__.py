@@ -1,0 +1,1 @@
+"""PSEC: diffusion policy, critics, the three training stages, composition and evaluation."""

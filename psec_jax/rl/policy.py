@@ -1,0 +1,180 @@
+"""The skill-conditioned diffusion actor and the three ways of composing skills.
+
+``Actor`` bundles the noise network, its schedule and the skill kind:
+
+- ``"lora"``: skills are LoRA adapters of every Dense of the noise net, stacked ``[K, ...]``
+  (``psec_jax.lora`` trees); weights enter every layer (PSEC, composition in parameter space).
+- ``"mlp"``: skills are ``MLPAdapter``s stacked ``[K, ...]`` whose outputs are added to the noise
+  prediction (the MLP-adapter ablation).
+
+Composition modes (``COMPOSE_MODES``), each with weights ``w(s)`` from a composer (``AlphaNet`` or
+fixed):
+
+- ``"param"`` (PSEC): one network whose skills are weighted by ``w(s)`` [B, K].
+- ``"noise"`` (NSEC): components j = 0..K (0 = the base policy alone, j = the base plus skill j);
+  eps = sum_j w_j(s) eps_j inside the sampler; ``w`` is [B, K+1].
+- ``"action"`` (ASEC): each component samples its own action, a = sum_j w_j(s) a_j; ``w`` [B, K+1].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from psec_jax import lora
+from psec_jax.rl import diffusion
+from psec_jax.rl.networks import AlphaNet, MLPAdapter
+
+SKILL_KINDS = ("lora", "mlp")
+COMPOSE_MODES = ("param", "noise", "action")
+
+
+@struct.dataclass
+class Skills:
+    """K skills stacked on a leading axis."""
+
+    params: Any  # lora: adapter tree of LoRAPair(a [K, d_in, r], b [K, r, d_out]); mlp: MLPAdapter params [K, ...]
+    scales: jax.Array  # [K] per-skill scale (the LoRA scale; 1 for MLP adapters)
+
+    @property
+    def num(self) -> int:
+        return self.scales.shape[-1]
+
+    @staticmethod
+    def stack(parts: list["Skills"]) -> "Skills":
+        """Concatenate skill stacks along the skill axis (all must have equal shapes but K)."""
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+
+
+class Actor(NamedTuple):
+    """The diffusion actor's pure functions (see the module docstring)."""
+
+    net: diffusion.NoiseNet
+    schedule: diffusion.Schedule
+    kind: str  # "lora" or "mlp"
+    lora_config: lora.LoRAConfig
+    obs_dim: int
+    mlp_hidden: tuple[int, ...] = (256, 256)  # widths of MLP-adapter skills
+
+    @property
+    def act_dim(self) -> int:
+        return self.net.act_dim
+
+    def init_base(self, key: jax.Array) -> Any:
+        """Fresh noise-net parameters."""
+        return diffusion.init_noise_net(self.net, key, self.obs_dim)
+
+    def init_skill(self, key: jax.Array, base: Any) -> Skills:
+        """One fresh skill (K=1) that leaves the policy unchanged."""
+        if self.kind == "lora":
+            adapter = lora.init(key, base, self.lora_config)
+            return Skills(jax.tree.map(lambda x: x[None], adapter),
+                          jnp.full((1,), self.lora_config.scale, jnp.float32))
+        adapter = self._mlp().init(key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.act_dim)),
+                                   jnp.zeros((1,), jnp.int32))["params"]
+        return Skills(jax.tree.map(lambda x: x[None], adapter), jnp.ones((1,), jnp.float32))
+
+    def _mlp(self) -> MLPAdapter:
+        return MLPAdapter(self.act_dim, self.schedule.betas.shape[0], self.mlp_hidden)
+
+    def eps(self, base: Any, skills: Skills | None, weights: jax.Array | None, obs: jax.Array,
+            a_t: jax.Array, t: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Noise prediction [B, A] of the base plus skills weighted by ``weights`` ([K] or [B, K];
+        None = all ones). ``dropout_key`` turns on dropout (training)."""
+        train = dropout_key is not None
+        rngs = {"dropout": dropout_key} if train else {}
+        if skills is None:
+            return self.net.apply({"params": base}, obs, a_t, t, train=train, rngs=rngs)
+        w = jnp.ones((skills.num,)) if weights is None else weights
+        if self.kind == "lora":
+            variables = {"params": base, lora.LORA_COLLECTION: skills.params}
+            return self.net.apply(variables, obs, a_t, t, w * skills.scales, train=train, rngs=rngs)
+        eps = self.net.apply({"params": base}, obs, a_t, t, train=train, rngs=rngs)
+        deltas = jax.vmap(lambda p: self._mlp().apply({"params": p}, obs, a_t, t))(skills.params)  # [K, B, A]
+        w = jnp.broadcast_to(w * skills.scales, (*obs.shape[:-1], skills.num))
+        return eps + jnp.einsum("bk,kba->ba", w, deltas)
+
+    def sample(self, base: Any, skills: Skills | None, weights: jax.Array | None, obs: jax.Array,
+               key: jax.Array) -> jax.Array:
+        """Actions [B, A] in [-1, 1] sampled for observations [B, obs_dim]."""
+        fn = lambda a, t: self.eps(base, skills, weights, obs, a, t)
+        return diffusion.sample(fn, self.schedule, key, (obs.shape[0], self.act_dim))
+
+
+def component_weights(num_skills: int) -> jax.Array:
+    """[K+1, K]: row 0 = the base policy (no skill), row j = skill j alone."""
+    return jnp.concatenate([jnp.zeros((1, num_skills)), jnp.eye(num_skills)])
+
+
+def num_outputs(mode: str, num_skills: int) -> int:
+    """Size of the composer's output for a composition mode."""
+    if mode not in COMPOSE_MODES:
+        raise ValueError(f"unknown composition mode {mode!r}; choose from {COMPOSE_MODES}")
+    return num_skills if mode == "param" else num_skills + 1
+
+
+def composed_eps(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Array, obs: jax.Array,
+                 a_t: jax.Array, t: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """eps [B, A] of the composed policy in ``"param"`` or ``"noise"`` mode; w [B, num_outputs]."""
+    if mode == "param":
+        return actor.eps(base, skills, w, obs, a_t, t, dropout_key)
+    if mode != "noise":
+        raise ValueError(f"composed_eps takes modes 'param' and 'noise', got {mode!r}")
+    each = jax.vmap(lambda cw: actor.eps(base, skills, cw, obs, a_t, t, dropout_key))(component_weights(skills.num))
+    return jnp.einsum("bj,jba->ba", w, each)
+
+
+def composed_sample(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Array, obs: jax.Array,
+                    key: jax.Array) -> jax.Array:
+    """Actions [B, A] of the composed policy; w [B, num_outputs(mode, K)]."""
+    shape = (obs.shape[0], actor.act_dim)
+    if mode == "action":
+        comps = component_weights(skills.num)
+        keys = jax.random.split(key, comps.shape[0])
+        each = jax.vmap(lambda cw, k: actor.sample(base, skills, cw, obs, k))(comps, keys)  # [J, B, A]
+        return jnp.einsum("bj,jba->ba", w, each)
+    fn = lambda a, t: composed_eps(actor, base, skills, mode, w, obs, a, t)
+    return diffusion.sample(fn, actor.schedule, key, shape)
+
+
+class Composer(NamedTuple):
+    """State -> composition weights [B, num_outputs]: the context-aware AlphaNet, or fixed weights."""
+
+    init: Callable[[jax.Array], Any]  # key -> params
+    apply: Callable[[Any, jax.Array], jax.Array]  # (params, obs [B, obs_dim]) -> [B, num_outputs]
+
+
+def make_composer(kind: str, obs_dim: int, outputs: int, hidden: tuple[int, ...] = (256, 256),
+                  fixed: tuple[float, ...] | None = None) -> Composer:
+    """``kind="context"``: PSEC's AlphaNet (learned). ``kind="fixed"``: the constant ``fixed`` weights
+    (default all ones), no context module; its params are that vector [outputs]."""
+    if kind == "context":
+        net = AlphaNet(outputs, tuple(hidden))
+        return Composer(lambda k: net.init(k, jnp.zeros((1, obs_dim)))["params"],
+                        lambda p, s: net.apply({"params": p}, s))
+    if kind == "fixed":
+        w = jnp.asarray(fixed if fixed is not None else (1.0,) * outputs, jnp.float32)
+        if w.shape != (outputs,):
+            raise ValueError(f"fixed composition weights need {outputs} values, got {tuple(w.shape)}")
+        return Composer(lambda k: w, lambda p, s: jnp.broadcast_to(p, (s.shape[0], outputs)))
+    raise ValueError(f"unknown composer kind {kind!r}; choose 'context' or 'fixed'")
+
+
+def select_best(sample_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                score_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                obs: jax.Array, key: jax.Array, num_candidates: int) -> jax.Array:
+    """For each of B states draw ``num_candidates`` actions and keep the best by ``score_fn``.
+
+    sample_fn: (obs [M, obs_dim], key) -> actions [M, A]. score_fn: (obs [M], actions [M]) -> [M],
+    higher is better. Returns [B, A]."""
+    b = obs.shape[0]
+    rep = jnp.repeat(obs, num_candidates, axis=0)
+    actions = sample_fn(rep, key)
+    if num_candidates == 1:
+        return actions
+    scores = score_fn(rep, actions).reshape(b, num_candidates)
+    best = jnp.argmax(scores, axis=1)
+    return actions.reshape(b, num_candidates, -1)[jnp.arange(b), best]

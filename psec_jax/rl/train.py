@@ -1,0 +1,183 @@
+"""PSEC's three training stages (and the baselines) as pure, scanned, vmappable trainers.
+
+Every stage is ``make_*(...) -> Trainer`` with
+``init(key, frozen) -> StageState``, ``chunk(state, frozen, data)`` (``steps_per_chunk`` gradient steps in
+one ``lax.scan``, batches sampled on device) and ``train(key, frozen, data)`` (the whole stage in one
+scan), so ``jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(keys, frozen, data)`` trains several seeds
+at once. ``frozen`` holds what the stage builds on and never updates (passed as an argument, never baked
+into the program as a constant):
+
+- ``pretrain`` (diffusion BC of pi_0 on the base data): frozen = None; params = the noise net.
+- ``expand`` (a new skill, advantage-weighted diffusion loss with an IQL or reachability critic trained
+  alongside): frozen = pi_0's parameters; params = a one-skill ``Skills`` stack (LoRA or MLP adapter).
+  ``adapter="full"`` is the *scratch* baseline: a fresh full network, same loss, frozen = None.
+- ``compose`` (the composer trained through the composed policy on target data, everything else
+  frozen): frozen = ``{"base": ..., "skills": Skills}``; params = the composer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from psec_jax import prng
+from psec_jax.data.offline import OfflineData
+from psec_jax.rl import critics, diffusion, policy
+from psec_jax.rl.policy import Actor, Skills
+
+ADAPTERS = ("lora", "mlp", "full")
+
+
+@struct.dataclass
+class StageState:
+    params: Any  # what this stage trains (noise net / Skills / composer params)
+    ema: Any  # Polyak average of params used for sampling (rate ``ema``; = params in compose)
+    opt_state: optax.OptState
+    critic: critics.CriticState | None  # expand only
+    step: jax.Array  # [] int32 gradient steps taken
+    key: jax.Array  # [] PRNG key; step keys are fold_in(key, step)
+
+
+class Trainer(NamedTuple):
+    init: Callable[[jax.Array, Any], StageState]
+    chunk: Callable[[StageState, Any, OfflineData], tuple[StageState, dict]]
+    train: Callable[[jax.Array, Any, OfflineData], tuple[StageState, dict]]
+    steps_per_chunk: int
+    num_chunks: int
+
+
+def _check_steps(c: ml_collections.ConfigDict, stage: str) -> None:
+    if c.steps < 1 or c.log_every < 1 or c.steps % c.log_every:
+        raise ValueError(f"{stage}: steps ({c.steps}) must be a positive multiple of log_every ({c.log_every})")
+    if c.batch_size < 1:
+        raise ValueError(f"{stage}: batch_size must be >= 1, got {c.batch_size}")
+
+
+def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    lr = optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.get("cosine", True) else c.learning_rate
+    return optax.adamw(lr, weight_decay=c.get("weight_decay", 0.0))
+
+
+def _assemble(init: Callable, step: Callable, c: ml_collections.ConfigDict) -> Trainer:
+    def chunk(state, frozen, data):
+        return jax.lax.scan(lambda s, _: step(s, frozen, data), state, None, length=c.log_every)
+
+    def train(key, frozen, data):
+        state = init(key, frozen)
+        return jax.lax.scan(lambda s, _: chunk(s, frozen, data), state, None, length=c.steps // c.log_every)
+
+    return Trainer(init, chunk, train, c.log_every, c.steps // c.log_every)
+
+
+def _sgd(loss_fn: Callable, tx: optax.GradientTransformation, state: StageState, ema_rate: float,
+         *args) -> tuple[StageState, jax.Array, dict]:
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *args)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = optax.incremental_update(params, state.ema, ema_rate)
+    new = state.replace(params=params, ema=ema, opt_state=opt_state, step=state.step + 1)
+    return new, loss, {**aux, "grad_norm": optax.tree.norm(grads)}
+
+
+def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
+    """Diffusion behaviour cloning of the base policy (config: steps, batch_size, learning_rate,
+    weight_decay, ema, log_every)."""
+    _check_steps(c, "pretrain")
+    tx = _optimizer(c)
+
+    def init(key, frozen=None):
+        params = actor.init_base(prng.stream(key, "params"))
+        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
+                          prng.stream(key, "steps"))
+
+    def loss_fn(params, batch, key):
+        kn, kd = jax.random.split(key)
+        a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
+        return diffusion.noise_loss(actor.eps(params, None, None, batch.observations, a_t, t, kd), eps), {}
+
+    def step(state, frozen, data):
+        kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
+        state, loss, aux = _sgd(loss_fn, tx, state, c.ema, data.sample(kb, c.batch_size), kl)
+        return state, {"bc_loss": loss, **aux}
+
+    return _assemble(init, step, c)
+
+
+def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora") -> Trainer:
+    """A new skill on target data with the weighted diffusion loss and a critic of kind
+    ``c.critic.kind`` trained alongside (config: steps, batch_size, learning_rate, weight_decay, ema,
+    log_every, critic). ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch)."""
+    _check_steps(c, "expand")
+    if adapter not in ADAPTERS:
+        raise ValueError(f"unknown adapter {adapter!r}; choose from {ADAPTERS}")
+    if adapter != "full" and adapter != actor.kind:
+        raise ValueError(f"adapter {adapter!r} does not match the actor's skill kind {actor.kind!r}")
+    tx = _optimizer(c)
+    critic = critics.make_critic(actor.obs_dim, actor.act_dim, c.critic)
+
+    def init(key, base):
+        if adapter == "full":
+            params = actor.init_base(prng.stream(key, "params"))
+        else:
+            params = actor.init_skill(prng.stream(key, "skill"), base)
+        return StageState(params, params, tx.init(params), critic.init(prng.stream(key, "critic")),
+                          jnp.zeros((), jnp.int32), prng.stream(key, "steps"))
+
+    def loss_fn(params, base, batch, weights, key):
+        kn, kd = jax.random.split(key)
+        a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
+        if adapter == "full":
+            eps_hat = actor.eps(params, None, None, batch.observations, a_t, t, kd)
+        else:
+            eps_hat = actor.eps(base, params, None, batch.observations, a_t, t, kd)
+        return diffusion.noise_loss(eps_hat, eps, weights), {}
+
+    def step(state, base, data):
+        kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
+        batch = data.sample(kb, c.batch_size)
+        critic_state, critic_metrics = critic.update(state.critic, batch)
+        weights = critic.actor_weights(critic_state, batch)
+        state, loss, aux = _sgd(loss_fn, tx, state.replace(critic=critic_state), c.ema, base, batch, weights, kl)
+        return state, {"actor_loss": loss, "weight_mean": jnp.mean(weights), **aux, **critic_metrics}
+
+    return _assemble(init, step, c)
+
+
+def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_collections.ConfigDict) -> Trainer:
+    """The composer trained through the composed policy on target data (config: steps, batch_size,
+    learning_rate, log_every). ``"param"`` / ``"noise"`` modes use the diffusion loss; ``"action"``
+    regresses the weighted sum of the components' (sampled, fixed) actions onto the data's."""
+    _check_steps(c, "compose")
+    policy.num_outputs(mode, 1)  # validates mode
+    tx = optax.adam(c.learning_rate)
+
+    def init(key, frozen):
+        params = composer.init(prng.stream(key, "composer"))
+        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
+                          prng.stream(key, "steps"))
+
+    def loss_fn(params, frozen, batch, key):
+        kn, kd = jax.random.split(key)
+        s = batch.observations
+        w = composer.apply(params, s)
+        if mode == "action":
+            comps = policy.component_weights(frozen["skills"].num)
+            keys = jax.random.split(kn, comps.shape[0])
+            each = jax.vmap(lambda cw, k: actor.sample(frozen["base"], frozen["skills"], cw, s, k))(comps, keys)
+            a = jnp.einsum("bj,jba->ba", w, jax.lax.stop_gradient(each))
+            return jnp.mean(jnp.sum((a - batch.actions) ** 2, -1)), {"weight_mean": jnp.mean(w)}
+        a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
+        eps_hat = policy.composed_eps(actor, frozen["base"], frozen["skills"], mode, w, s, a_t, t, kd)
+        return diffusion.noise_loss(eps_hat, eps), {"weight_mean": jnp.mean(w)}
+
+    def step(state, frozen, data):
+        kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
+        state, loss, aux = _sgd(loss_fn, tx, state, 1.0, frozen, data.sample(kb, c.batch_size), kl)
+        return state, {"compose_loss": loss, **aux}
+
+    return _assemble(init, step, c)
