@@ -1,0 +1,38 @@
+"""Tiny fixtures for the PSEC tests: a point-mass environment that compiles in a blink, and random
+offline data of matching shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psec_jax.data.offline import OfflineData
+from psec_jax.envs.base import Env
+
+OBS, ACT = 4, 2
+
+
+def point_env(episode_length: int = 8) -> Env:
+    """2-D point mass: obs [pos, vel], action = force, reward = -|pos - (1, 1)|, cost = speed > 0.5."""
+
+    def reset(key):
+        pos = jax.random.uniform(key, (2,), minval=-1, maxval=1)
+        inner = jnp.concatenate([pos, jnp.zeros(2)])
+        return inner, inner
+
+    def step(inner, action):
+        vel = 0.9 * inner[2:] + 0.1 * action
+        pos = inner[:2] + vel
+        nxt = jnp.concatenate([pos, vel])
+        reward = -jnp.linalg.norm(pos - 1.0)
+        return nxt, nxt, reward, jnp.zeros(()), jnp.linalg.norm(vel)
+
+    return Env("point", "nominal", OBS, ACT, episode_length, 0.5, 0.1, reset, step)
+
+
+def random_data(n: int = 512, seed: int = 0) -> OfflineData:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, OBS))
+    return OfflineData.from_numpy(dict(
+        observations=obs, actions=rng.uniform(-1, 1, (n, ACT)), rewards=rng.normal(size=n),
+        costs=(rng.uniform(size=n) < 0.3).astype(np.float32), terminals=np.zeros(n),
+        next_observations=obs + 0.1 * rng.normal(size=(n, OBS))))

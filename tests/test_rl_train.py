@@ -1,0 +1,148 @@
+"""PSEC training stages: what moves, seeds under vmap, resume, recompilation, and a tiny end-to-end run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs import psec_continual as continual_config
+from psec_jax import loop, lora
+from psec_jax.lora.core import LoRAPair
+from psec_jax.rl import continual, critics, pipeline, policy, train
+from psec_jax.testing import assert_no_recompile, assert_trees_close
+from rl_helpers import ACT, OBS, point_env, random_data
+
+
+def stage_config(steps=4, log_every=2, kind="reward"):
+    c = ml_collections.ConfigDict(dict(steps=steps, log_every=log_every, batch_size=16, learning_rate=1e-3,
+                                       weight_decay=0.0, ema=0.5))
+    c.critic = critics.default_config(kind)
+    c.critic.hidden = (8,)
+    return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+    actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "lora")
+    data = random_data(256)
+    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), None, data)[0].ema
+    return actor, data, base
+
+
+def _leaves(tree):
+    return jax.tree.leaves(tree)
+
+
+def test_pretrain_learns_and_is_vmappable(setup):
+    actor, data, _ = setup
+    trainer = train.make_pretrain(actor, stage_config(steps=6))
+    keys = jnp.stack([jax.random.key(1), jax.random.key(2)])
+    batched, metrics = jax.jit(jax.vmap(trainer.train, in_axes=(0, None, None)))(keys, None, data)
+    assert metrics["bc_loss"].shape == (2, 3, 2)
+    for i in range(2):
+        single, m = jax.jit(trainer.train)(keys[i], None, data)
+        assert_trees_close(jax.tree.map(lambda x: x[i], batched.params), single.params)
+        assert_trees_close(metrics["bc_loss"][i], m["bc_loss"])
+
+
+@pytest.mark.parametrize("kind", ["reward", "cost"])
+def test_expand_trains_only_the_new_skill(setup, kind):
+    actor, data, base = setup
+    trainer = train.make_expand(actor, stage_config(kind=kind), "lora")
+    state, metrics = jax.jit(trainer.train)(jax.random.key(3), base, data)
+    # the trainable tree is exactly one LoRA pair per Dense kernel of the base network
+    assert isinstance(state.params, policy.Skills)
+    kernels = [p for p in lora.flatten(base) if p.endswith("kernel")]
+    pairs = lora.flatten(state.params.params)
+    assert sorted(pairs) == sorted(kernels)
+    assert all(isinstance(p, LoRAPair) and p.a.shape[0] == 1 for p in pairs.values())
+    assert any(float(jnp.abs(p.b).max()) > 0 for p in pairs.values())  # B left zero: the skill learned
+    assert np.all(np.isfinite(np.asarray(metrics["actor_loss"])))
+    assert float(metrics["weight_mean"].mean()) > 0
+
+
+def test_scratch_and_mlp_adapter(setup):
+    actor, data, base = setup
+    state, _ = jax.jit(train.make_expand(actor, stage_config(), "full").train)(jax.random.key(4), None, data)
+    assert jax.tree.structure(state.params) == jax.tree.structure(base)
+    mlp_actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "mlp")
+    state, _ = jax.jit(train.make_expand(mlp_actor, stage_config(), "mlp").train)(jax.random.key(4), base, data)
+    assert state.params.scales.shape == (1,)
+    with pytest.raises(ValueError, match="does not match the actor's skill kind"):
+        train.make_expand(actor, stage_config(), "mlp")
+    with pytest.raises(ValueError, match="multiple of log_every"):
+        train.make_pretrain(actor, stage_config(steps=5))
+
+
+@pytest.mark.parametrize("mode", ["param", "noise", "action"])
+def test_compose_trains_only_the_composer(setup, mode):
+    actor, data, base = setup
+    skills = policy.Skills.stack([actor.init_skill(jax.random.key(i), base) for i in (5, 6)])
+    # nonzero B, as after expansion (fresh skills are no-ops and give the composer no gradient)
+    skills = skills.replace(params=jax.tree.map(lambda x: x + 0.1, skills.params))
+    composer = policy.make_composer("context", OBS, policy.num_outputs(mode, 2), (8,))
+    frozen = {"base": base, "skills": skills}
+    trainer = train.make_compose(actor, composer, mode, stage_config())
+    init = jax.jit(trainer.init)(jax.random.key(7), frozen)
+    state, metrics = jax.jit(trainer.train)(jax.random.key(7), frozen, data)
+    assert jax.tree.structure(state.params) == jax.tree.structure(composer.init(jax.random.key(0)))
+    assert not all(np.allclose(a, b) for a, b in zip(_leaves(init.params), _leaves(state.params)))
+    assert np.all(np.isfinite(np.asarray(metrics["compose_loss"])))
+
+
+def test_no_recompilation_inside_training(setup):
+    actor, data, base = setup
+    trainer = train.make_expand(actor, stage_config(), "lora")
+    chunk = jax.jit(trainer.chunk)
+    state = jax.jit(trainer.init)(jax.random.key(0), base)
+    assert_no_recompile(chunk, state, base, data, next_args=lambda out: (out[0], base, data))
+
+
+def test_resume_continues_identically(setup, tmp_path):
+    actor, data, base = setup
+    trainer = train.make_expand(actor, stage_config(steps=6), "lora")
+    keys = pipeline.seed_keys(0, 2, "expand")
+    frozen = jax.tree.map(lambda x: jnp.stack([x, x]), base)
+    config = ml_collections.ConfigDict({"stage": "expand"})
+    full, _ = pipeline.run_stage(trainer, keys, frozen, data, workdir=tmp_path / "full", config=config, desc="t")
+
+    chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, 0, None)))
+    calls = []
+
+    def interrupted(state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return chunk(state, frozen, data)
+
+    init = jax.jit(jax.vmap(trainer.init))(keys, frozen)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_chunks(interrupted, init, num_chunks=3, steps_per_chunk=2, workdir=tmp_path / "cut", config=config)
+    resumed, records = pipeline.run_stage(trainer, keys, frozen, data, workdir=tmp_path / "cut", config=config,
+                                          desc="t")
+    assert [r["step"] for r in records] == [4, 6]
+    assert_trees_close(resumed.params, full.params)
+    assert_trees_close(resumed.critic, full.critic)
+
+
+def test_continual_end_to_end_tiny(tmp_path):
+    c = continual_config.get_config("tiny")
+    c.num_seeds = 2
+    c.eval.episode_length = 6
+    data = {"base": random_data(256, 1), "walk": random_data(256, 2)}
+    out = continual.run(c, tmp_path, data=data, env=point_env(6))
+    assert list(out["methods"]) == list(continual.METHODS)
+    for row in out["methods"].values():
+        assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["methods"]) == set(continual.METHODS)
+    assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
+    actor, base, meta = pipeline.load_base(tmp_path / "policies" / "pi0")
+    lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
+    assert lib.names == ["walk"] and meta["obs_dim"] == OBS
+    with pytest.raises(ValueError, match="unknown method"):
+        c.methods = ("psec", "magic")
+        continual.run(c, tmp_path / "bad", data=data, env=point_env(6))
