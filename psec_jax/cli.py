@@ -43,6 +43,16 @@ EXPERIMENTS: dict[str, Experiment] = {
         "PSEC continual policy shift on walker (stand -> walk/run): all stages, baselines, results table",
         "experiments/configs/psec_continual.py:small",
     ),
+    "psec_safe": Experiment(
+        "experiments.psec_safe",
+        "PSEC safe composition (reward + cost skills) on a velocity task: normalized reward and cost",
+        "experiments/configs/psec_safe.py:small",
+    ),
+    "psec_dynamics": Experiment(
+        "experiments.psec_dynamics",
+        "PSEC dynamics shift (shifted-dynamics pi_0 + LoRA on 5% nominal data): normalized scores",
+        "experiments/configs/psec_dynamics.py:small",
+    ),
 }
 
 # Packages whose versions `psec-jax info` reports.

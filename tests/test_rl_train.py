@@ -68,9 +68,13 @@ def test_scratch_and_mlp_adapter(setup):
     actor, data, base = setup
     state, _ = jax.jit(train.make_expand(actor, stage_config(), "full").train)(jax.random.key(4), None, data)
     assert jax.tree.structure(state.params) == jax.tree.structure(base)
+    # the MLP adapter reuses that trained critic, frozen
     mlp_actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "mlp")
-    state, _ = jax.jit(train.make_expand(mlp_actor, stage_config(), "mlp").train)(jax.random.key(4), base, data)
-    assert state.params.scales.shape == (1,)
+    trainer = train.make_expand(mlp_actor, stage_config(), "mlp", train_critic=False)
+    mlp_state, metrics = jax.jit(trainer.train)(jax.random.key(4), (base, state.critic), data)
+    assert mlp_state.params.scales.shape == (1,)
+    assert "q_loss" not in metrics
+    assert_trees_close(mlp_state.critic, state.critic)
     with pytest.raises(ValueError, match="does not match the actor's skill kind"):
         train.make_expand(actor, stage_config(), "mlp")
     with pytest.raises(ValueError, match="multiple of log_every"):

@@ -88,17 +88,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        act_dim, data=config.base_data)
 
     # 2. expand: one skill per task and skill kind; scratch trains a full network on the target data
+    # Each task's critic is trained once, alongside its first skill; later skill kinds and the scratch
+    # baseline on the same data reuse it (frozen): same data and loss, so the same critic, at no cost.
     skills: dict[str, Skills] = {}
-    target_critic: dict[str, critics.CriticState] = {}
+    critic_of: dict[str, critics.CriticState] = {}
     for kind in kinds:
         parts = []
         for name in names:
-            st = stage(train.make_expand(actors[kind], config.expand, kind),
-                       pipeline.seed_keys(config.seed, num_seeds, f"expand/{kind}/{name}"), base, data[name],
-                       f"expand_{kind}_{name}")
+            shared = name in critic_of
+            st = stage(train.make_expand(actors[kind], config.expand, kind, train_critic=not shared),
+                       pipeline.seed_keys(config.seed, num_seeds, f"expand/{kind}/{name}"),
+                       (base, critic_of[name]) if shared else base, data[name], f"expand_{kind}_{name}")
             parts.append(st.ema)
-            if name == target:
-                target_critic[kind] = st.critic
+            critic_of.setdefault(name, st.critic)
         skills[kind] = _stack_skills(parts)
     if "lora" in skills:
         for s in range(num_seeds):
@@ -107,9 +109,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             lib.save(workdir / "policies" / f"library_seed{s}")
     scratch = None
     if "scratch" in methods:
-        scratch = stage(train.make_expand(actors["lora"], config.expand, "full"),
-                        pipeline.seed_keys(config.seed, num_seeds, "scratch"), None, data[target], "scratch",
-                        frozen_per_seed=False)
+        shared = target in critic_of
+        scratch = stage(train.make_expand(actors["lora"], config.expand, "full", train_critic=not shared),
+                        pipeline.seed_keys(config.seed, num_seeds, "scratch"),
+                        (None, critic_of[target]) if shared else None, data[target], "scratch",
+                        frozen_per_seed=shared)
 
     # 3. compose, and 4. evaluate every method in one rollout
     acts, params = {}, {}
@@ -133,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 pipeline.save_composer(workdir / "policies" / f"composer_{m}_seed{s}", pipeline.take_seed(cparams, s),
                                        mode=mode, kind="context", skills=names, skill_kind=kind)
         acts[m] = pipeline.make_act(actors[kind], critic, config.eval.candidates, mode, composer)
-        params[m] = {"base": base, "skills": skills[kind], "composer": cparams, "critic": target_critic[kind]}
+        params[m] = {"base": base, "skills": skills[kind], "composer": cparams, "critic": critic_of[target]}
 
     t_eval = time.perf_counter()
     evaluate_fn = evaluate.make_evaluate(env, acts, num_seeds, config.eval.episodes)

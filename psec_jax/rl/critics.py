@@ -53,6 +53,8 @@ class Critic(NamedTuple):
 
     init: Callable[[jax.Array], CriticState]  # key -> state
     update: Callable[[CriticState, Transition], tuple[CriticState, dict]]  # one gradient step on a batch
+    # metrics of update include "actor_weights" [B]: the weights of the diffusion loss computed from the
+    # critic before the step (so the actor does not pay for another forward pass)
     score: Callable[[CriticState, jax.Array, jax.Array], jax.Array]  # (s [B,obs], a [B,A]) -> [B], higher is better
     actor_weights: Callable[[CriticState, Transition], jax.Array]  # batch -> [B] weights of the diffusion loss
 
@@ -110,19 +112,21 @@ def make_critic(obs_dim: int, act_dim: int, config: ml_collections.ConfigDict) -
         q = optax.apply_updates(state.q, q_upd)
         q_target = optax.incremental_update(q, state.q_target, config.tau)
         new = CriticState(q, q_target, v, q_opt, v_opt)
-        return new, {"v_loss": vl, "q_loss": ql, "q_mean": jnp.mean(qs), "v_mean": jnp.mean(vs)}
+        return new, {"v_loss": vl, "q_loss": ql, "q_mean": jnp.mean(qs), "v_mean": jnp.mean(vs),
+                     "actor_weights": _weights(q_t, vs)}
+
+    def _weights(q: jax.Array, v: jax.Array) -> jax.Array:
+        if cost:
+            w = (q < v) * jnp.clip(jnp.exp(config.beta * (v - q)), 0.0, config.max_weight)
+        else:
+            w = jnp.clip(jnp.exp(config.beta * (q - v)), 0.0, config.max_weight)
+        return jax.lax.stop_gradient(w)
 
     def score(state: CriticState, s: jax.Array, a: jax.Array) -> jax.Array:
         q = q_of(state.q_target, s, a)
         return -q if cost else q
 
     def actor_weights(state: CriticState, b: Transition) -> jax.Array:
-        q = q_of(state.q_target, b.observations, b.actions)
-        v = vnet.apply({"params": state.v}, b.observations)
-        if cost:
-            w = (q < v) * jnp.clip(jnp.exp(config.beta * (v - q)), 0.0, config.max_weight)
-        else:
-            w = jnp.clip(jnp.exp(config.beta * (q - v)), 0.0, config.max_weight)
-        return jax.lax.stop_gradient(w)
+        return _weights(q_of(state.q_target, b.observations, b.actions), vnet.apply({"params": state.v}, b.observations))
 
     return Critic(init, update, score, actor_weights)

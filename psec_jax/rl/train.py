@@ -108,10 +108,16 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
     return _assemble(init, step, c)
 
 
-def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora") -> Trainer:
+def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora", *,
+                train_critic: bool = True) -> Trainer:
     """A new skill on target data with the weighted diffusion loss and a critic of kind
-    ``c.critic.kind`` trained alongside (config: steps, batch_size, learning_rate, weight_decay, ema,
-    log_every, critic). ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch)."""
+    ``c.critic.kind`` (config: steps, batch_size, learning_rate, weight_decay, ema, log_every, critic).
+    ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch).
+
+    ``train_critic=True`` (PSEC): the critic trains alongside and the actor's weights come from it
+    before each step; frozen = pi_0's params (None for "full"). ``train_critic=False``: frozen =
+    ``(base, critic_state)`` with an already trained critic (e.g. shared by several baselines trained
+    on the same data, which saves the critic's cost); ``state.critic`` is then that critic."""
     _check_steps(c, "expand")
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; choose from {ADAPTERS}")
@@ -120,13 +126,15 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
     tx = _optimizer(c)
     critic = critics.make_critic(actor.obs_dim, actor.act_dim, c.critic)
 
-    def init(key, base):
+    def init(key, frozen):
+        base, fixed_critic = (frozen, None) if train_critic else frozen
         if adapter == "full":
             params = actor.init_base(prng.stream(key, "params"))
         else:
             params = actor.init_skill(prng.stream(key, "skill"), base)
-        return StageState(params, params, tx.init(params), critic.init(prng.stream(key, "critic")),
-                          jnp.zeros((), jnp.int32), prng.stream(key, "steps"))
+        critic_state = critic.init(prng.stream(key, "critic")) if train_critic else fixed_critic
+        return StageState(params, params, tx.init(params), critic_state, jnp.zeros((), jnp.int32),
+                          prng.stream(key, "steps"))
 
     def loss_fn(params, base, batch, weights, key):
         kn, kd = jax.random.split(key)
@@ -137,12 +145,18 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
             eps_hat = actor.eps(base, params, None, batch.observations, a_t, t, kd)
         return diffusion.noise_loss(eps_hat, eps, weights), {}
 
-    def step(state, base, data):
+    def step(state, frozen, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
         batch = data.sample(kb, c.batch_size)
-        critic_state, critic_metrics = critic.update(state.critic, batch)
-        weights = critic.actor_weights(critic_state, batch)
-        state, loss, aux = _sgd(loss_fn, tx, state.replace(critic=critic_state), c.ema, base, batch, weights, kl)
+        if train_critic:
+            base = frozen
+            critic_state, critic_metrics = critic.update(state.critic, batch)
+            weights = critic_metrics.pop("actor_weights")
+            state = state.replace(critic=critic_state)
+        else:
+            base, fixed_critic = frozen
+            weights, critic_metrics = critic.actor_weights(fixed_critic, batch), {}
+        state, loss, aux = _sgd(loss_fn, tx, state, c.ema, base, batch, weights, kl)
         return state, {"actor_loss": loss, "weight_mean": jnp.mean(weights), **aux, **critic_metrics}
 
     return _assemble(init, step, c)
