@@ -120,7 +120,7 @@ def test_safe_end_to_end_tiny(tmp_path):
     assert set(saved["methods"]) == set(safe.METHODS) and saved["safe_data"] == out["safe_data"]
     md = (tmp_path / "results.md").read_text()
     assert "normalized cost" in md and "psec" in md and (tmp_path / "results.png").stat().st_size > 0
-    _, base, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
+    _, base, _, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
     lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
     assert lib.names == ["reward", "cost"]
     assert (tmp_path / "policies" / "composer_psec_seed1").is_dir()
@@ -151,7 +151,7 @@ def test_dynamics_end_to_end_tiny(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(dynamics.METHODS)
     assert "normalized score" in (tmp_path / "results.md").read_text()
-    _, base, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
+    _, base, _, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
     assert lora.SkillLibrary.load(tmp_path / "policies" / "library_seed0", base).names == ["target"]
     # the subset is a function of the config seed only
     a, b = dynamics.target_subset(data["target"], c), dynamics.target_subset(data["target"], c)

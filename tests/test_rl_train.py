@@ -144,7 +144,8 @@ def test_continual_end_to_end_tiny(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(continual.METHODS)
     assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
-    actor, base, meta = pipeline.load_base(tmp_path / "policies" / "pi0")
+    actor, base, normalizer, meta = pipeline.load_base(tmp_path / "policies" / "pi0")
+    assert normalizer.mean.shape == (OBS,) and np.all(np.asarray(normalizer.std) > 0)
     lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
     assert lib.names == ["walk"] and meta["obs_dim"] == OBS
     with pytest.raises(ValueError, match="unknown method"):

@@ -35,7 +35,7 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
     c.methods = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # columns of the table
 
     c.pretrain = ml_collections.ConfigDict()
-    c.pretrain.steps = 200 if tiny else (6000 if small else 1_000_000)  # gradient steps of diffusion BC
+    c.pretrain.steps = 200 if tiny else (10_000 if small else 1_000_000)  # gradient steps of diffusion BC
     c.pretrain.batch_size = 32 if tiny else (256 if small else 2048)  # batch size
     c.pretrain.learning_rate = 3e-4  # adamw peak, cosine decay to 0
     c.pretrain.weight_decay = 0.0  # adamw weight decay
@@ -43,7 +43,7 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
     c.pretrain.log_every = 100 if tiny else (1000 if small else 10_000)  # steps per jitted chunk / log line
 
     c.expand = ml_collections.ConfigDict()
-    c.expand.steps = 200 if tiny else (3000 if small else 100_000)  # gradient steps per new skill (and scratch)
+    c.expand.steps = 200 if tiny else (4000 if small else 100_000)  # gradient steps per new skill (and scratch)
     c.expand.batch_size = 32 if tiny else 256  # batch size
     c.expand.learning_rate = 3e-4  # adamw peak, cosine decay
     c.expand.weight_decay = 0.0  # adamw weight decay

@@ -69,6 +69,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 **{n: load_data(config.skill_data.format(task=n)) for n in names}}
     if env is None:
         env = envs_lib.make(f"walker-{target}", episode_length=config.eval.episode_length)
+    normalizer = pipeline.Normalizer.of(data["base"])  # pi_0's data fixes the input statistics
+    data = {k: normalizer.data(v) for k, v in data.items()}
     obs_dim, act_dim = env.observation_size, env.action_size
     num_seeds = config.num_seeds
     methods = list(config.methods)
@@ -85,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 frozen_per_seed=False)
     base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
     pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                       act_dim, data=config.base_data)
+                       act_dim, normalizer, data=config.base_data)
 
     # 2. expand: one skill per task and skill kind; scratch trains a full network on the target data
     # Each task's critic is trained once, alongside its first skill; later skill kinds and the scratch
@@ -120,7 +122,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     k = len(names)
     for m in methods:
         if m == "scratch":
-            acts[m] = pipeline.make_act(actors["lora"], critic, config.eval.candidates)
+            acts[m] = pipeline.make_act(actors["lora"], critic, config.eval.candidates, normalizer=normalizer)
             params[m] = {"base": scratch.ema, "skills": None, "critic": scratch.critic}
             continue
         kind, mode = _COMPOSED.get(m, ("lora", "param"))
@@ -136,7 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             for s in range(num_seeds):
                 pipeline.save_composer(workdir / "policies" / f"composer_{m}_seed{s}", pipeline.take_seed(cparams, s),
                                        mode=mode, kind="context", skills=names, skill_kind=kind)
-        acts[m] = pipeline.make_act(actors[kind], critic, config.eval.candidates, mode, composer)
+        acts[m] = pipeline.make_act(actors[kind], critic, config.eval.candidates, mode, composer, normalizer)
         params[m] = {"base": base, "skills": skills[kind], "composer": cparams, "critic": critic_of[target]}
 
     t_eval = time.perf_counter()

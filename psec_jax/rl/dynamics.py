@@ -106,6 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         env = envs_lib.make(config.env, episode_length=config.eval.episode_length)
     if reference is None:
         reference = scores.reference_scores(config.env, table=scores.policy_references())
+    normalizer = pipeline.Normalizer.of(data["source"])  # pi_0's data fixes the input statistics
     target = target_subset(data["target"], config)
     target_info = {"episodes": int(data["target"].episode_ids()[-1]) + 1,
                    "kept_episodes": int(target.episode_ids()[-1]) + 1, "kept_transitions": int(target.size),
@@ -113,6 +114,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     print(f"psec_dynamics: target subset {target_info['kept_episodes']} of {target_info['episodes']} episodes "
           f"({target.size} transitions)")
 
+    source, target = normalizer.data(data["source"]), normalizer.data(target)
     obs_dim, act_dim = env.observation_size, env.action_size
     num_seeds, methods = config.num_seeds, list(config.methods)
     actor = pipeline.make_actor(config.network, obs_dim, act_dim, "lora")
@@ -126,10 +128,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         # 1. pretrain pi_0 on the source (shifted-dynamics) data
         n_pre = 1 if config.share_pretrain else num_seeds
         pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
-                    None, data["source"], "pretrain", frozen_per_seed=False)
+                    None, source, "pretrain", frozen_per_seed=False)
         base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
         pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                           act_dim, data=source_name)
+                           act_dim, normalizer, data=source_name)
         # 2. expand one LoRA skill on the target subset (nominal dynamics)
         st = stage(train.make_expand(actor, config.expand, "lora"),
                    pipeline.seed_keys(config.seed, num_seeds, "expand/target"), base, target, "expand_target")
@@ -138,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                       actor.lora_config, {SKILL: config.expand})
             lib.save(workdir / "policies" / f"library_seed{s}")
         target_critic = st.critic
-        act = pipeline.make_act(actor, critic, config.eval.candidates)
+        act = pipeline.make_act(actor, critic, config.eval.candidates, normalizer=normalizer)
         if "source_only" in methods:
             acts["source_only"], params["source_only"] = act, {"base": base, "skills": None, "critic": st.critic}
         if "psec" in methods:
@@ -150,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         scratch = stage(train.make_expand(actor, config.expand, "full", train_critic=not shared),
                         pipeline.seed_keys(config.seed, num_seeds, "target_only"),
                         (None, target_critic) if shared else None, target, "target_only", frozen_per_seed=shared)
-        acts["target_only"] = pipeline.make_act(actor, critic, config.eval.candidates)
+        acts["target_only"] = pipeline.make_act(actor, critic, config.eval.candidates, normalizer=normalizer)
         params["target_only"] = {"base": scratch.ema, "skills": None, "critic": scratch.critic}
     acts = {m: acts[m] for m in methods}
 

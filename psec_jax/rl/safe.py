@@ -103,23 +103,21 @@ def select_safe(sample_fn: Callable[[jax.Array, jax.Array], jax.Array],
 
 
 def make_safe_act(actor: Actor, reward_critic: critics.Critic, cost_critic: critics.Critic,
-                  num_candidates: int, mode: str | None = None,
-                  composer: policy.Composer | None = None) -> evaluate.ActFn:
+                  num_candidates: int, mode: str | None = None, composer: policy.Composer | None = None,
+                  normalizer: pipeline.Normalizer | None = None) -> evaluate.ActFn:
     """An acting function ``(params, obs [E, obs_dim], key) -> actions [E, A]`` choosing among
-    ``num_candidates`` samples with ``select_safe``.
+    ``num_candidates`` samples with ``select_safe``; observations standardised by ``normalizer``.
 
     params: ``{"base", "skills", "reward_critic", "cost_critic"}`` (+ ``"composer"`` when a composer
     is given; ``"skills"`` may be None). Without a composer the skills are applied with weight 1."""
+    sampler = pipeline.make_sampler(actor, mode, composer)
 
     def act(params: Mapping[str, Any], obs: jax.Array, key: jax.Array) -> jax.Array:
-        if composer is None:
-            sample = lambda s, k: actor.sample(params["base"], params["skills"], None, s, k)
-        else:
-            sample = lambda s, k: policy.composed_sample(actor, params["base"], params["skills"], mode,
-                                                         composer.apply(params["composer"], s), s, k)
+        if normalizer is not None:
+            obs = normalizer(obs)
         reward = lambda s, a: reward_critic.score(params["reward_critic"], s, a)
         safety = lambda s, a: cost_critic.score(params["cost_critic"], s, a)
-        return select_safe(sample, reward, safety, obs, key, num_candidates)
+        return select_safe(lambda s, k: sampler(params, s, k), reward, safety, obs, key, num_candidates)
 
     return act
 
@@ -182,6 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
                          "walker2d, ant)")
     if reference is None:
         reference = scores.reference_scores(config.env, table=scores.policy_references())
+    normalizer = pipeline.Normalizer.of(data)  # pi_0's data fixes the input statistics
     safe_data, safe_info = safe_subset(data, config.cost_limit)
     if safe_info["fallback"]:
         print(f"psec_safe: no episode has cost <= cost_limit={config.cost_limit:g}; composing on the "
@@ -199,13 +198,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
     stage = lambda tr, keys, frozen, d, name, **kw: pipeline.run_stage(
         tr, keys, frozen, d, workdir=workdir / "stages" / name, config=config, desc=name, **kw)[0]
 
+    data, safe_data = normalizer.data(data), normalizer.data(safe_data)
+
     # 1. pretrain pi_0 on all the data
     n_pre = 1 if config.share_pretrain else num_seeds
     pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
                 None, data, "pretrain", frozen_per_seed=False)
     base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
     pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                       act_dim, data=data_name)
+                       act_dim, normalizer, data=data_name)
 
     # 2. expand a reward skill (IQL) and a cost skill (reachability critic) on all the data
     skill, critic_state = {}, {}
@@ -234,10 +235,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
                 pipeline.save_composer(workdir / "policies" / f"composer_{m}_seed{s}", pipeline.take_seed(cparams, s),
                                        mode=mode, kind="context", skills=list(SKILLS), skill_kind="lora")
             acts[m] = make_safe_act(actor, critic_fns["reward"], critic_fns["cost"], config.eval.candidates,
-                                    mode, composer)
+                                    mode, composer, normalizer)
             params[m] = {"base": base, "skills": both, "composer": cparams, **critic_params}
         else:
-            acts[m] = make_safe_act(actor, critic_fns["reward"], critic_fns["cost"], config.eval.candidates)
+            acts[m] = make_safe_act(actor, critic_fns["reward"], critic_fns["cost"], config.eval.candidates,
+                                    normalizer=normalizer)
             params[m] = {"base": base, "skills": None if m == "bc" else skill[m], **critic_params}
 
     t_eval = time.perf_counter()
