@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lock info clean
+.PHONY: install test test-all demo lock info clean
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ test: $(STAMP)
 # Everything, slow tests included.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
+
+# PSEC continual policy shift on walker (stand -> walk), small config, 3 seeds: regenerates its datasets
+# from the committed behaviour policies if absent, then pretrain, expand, compose, baselines, evaluation.
+# Rerunning with the same DEMO_DIR resumes (finished stages are not retrained).
+DEMO_DIR ?= runs/demo
+demo: $(STAMP)
+	$(BIN)/psec-jax psec_continual --config=experiments/configs/psec_continual.py:small --workdir=$(DEMO_DIR)
 
 info: $(STAMP)
 	$(BIN)/psec-jax info

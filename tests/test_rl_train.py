@@ -89,6 +89,9 @@ def test_compose_trains_only_the_composer(setup, mode):
     skills = skills.replace(params=jax.tree.map(lambda x: x + 0.1, skills.params))
     composer = policy.make_composer("context", OBS, policy.num_outputs(mode, 2), (8,))
     frozen = {"base": base, "skills": skills}
+    if mode == "action":
+        frozen["actions"] = policy.component_actions(actor, base, skills, data.observations, jax.random.key(8), 100)
+        assert frozen["actions"].shape == (data.size, 3, ACT)
     trainer = train.make_compose(actor, composer, mode, stage_config())
     init = jax.jit(trainer.init)(jax.random.key(7), frozen)
     state, metrics = jax.jit(trainer.train)(jax.random.key(7), frozen, data)

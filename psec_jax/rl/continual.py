@@ -131,7 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             cparams = jnp.broadcast_to(composer.init(None), (num_seeds, k))
         else:
             composer = policy.make_composer("context", obs_dim, policy.num_outputs(mode, k), tuple(config.compose.hidden))
-            frozen = {"base": base, "skills": skills[kind]}
+            frozen = pipeline.compose_frozen(actors[kind], base, skills[kind], mode, data[target].observations,
+                                             pipeline.seed_keys(config.seed, num_seeds, f"components/{m}"))
             cparams = stage(train.make_compose(actors[kind], composer, mode, config.compose),
                             pipeline.seed_keys(config.seed, num_seeds, f"compose/{m}"), frozen, data[target],
                             f"compose_{m}").params

@@ -107,6 +107,18 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, frozen: Any, data: Offlin
                            desc=desc)
 
 
+def compose_frozen(actor: Actor, base: Any, skills: Skills, mode: str, obs: jax.Array, keys: jax.Array
+                   ) -> dict[str, Any]:
+    """What ``train.make_compose`` keeps frozen, for S seeds: ``{"base", "skills"}`` (leading seed
+    axis), plus in ``"action"`` mode ``"actions"`` [S, N, K+1, A], one sampled action of each component
+    for each target state obs [N, obs_dim] (keys [S])."""
+    frozen = {"base": base, "skills": skills}
+    if mode == "action":
+        sample = lambda b, sk, k: policy.component_actions(actor, b, sk, obs, k)
+        frozen["actions"] = jax.jit(jax.vmap(sample))(base, skills, keys)
+    return frozen
+
+
 def make_sampler(actor: Actor, mode: str | None = None, composer: policy.Composer | None = None) -> Any:
     """``sample(params, obs [M, obs_dim], key) -> actions [M, A]`` of the policy in ``params``
     (``{"base", "skills"}`` + ``"composer"`` when ``composer`` is given; ``"skills"`` may be None).

@@ -140,6 +140,26 @@ def composed_sample(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.A
     return diffusion.sample(fn, actor.schedule, key, shape)
 
 
+def component_actions(actor: Actor, base: Any, skills: Skills, obs: jax.Array, key: jax.Array,
+                      chunk: int = 1024) -> jax.Array:
+    """One sampled action of every component (base, base + skill j) for each state: [N, K+1, A].
+
+    What ASEC's composer regresses on; computed once per dataset (in chunks of ``chunk`` states, so
+    memory stays bounded) instead of re-sampling K+1 diffusion chains at every training step."""
+    n = obs.shape[0]
+    pad = -n % chunk
+    padded = jnp.concatenate([obs, jnp.zeros((pad, obs.shape[1]), obs.dtype)]).reshape(-1, chunk, obs.shape[1])
+    comps = component_weights(skills.num)
+
+    def one(args):
+        s, i = args
+        keys = jax.random.split(jax.random.fold_in(key, i), comps.shape[0])
+        return jax.vmap(lambda cw, k: actor.sample(base, skills, cw, s, k), out_axes=1)(comps, keys)
+
+    out = jax.lax.map(one, (padded, jnp.arange(padded.shape[0])))
+    return out.reshape(-1, comps.shape[0], actor.act_dim)[:n]
+
+
 class Composer(NamedTuple):
     """State -> composition weights [B, num_outputs]: the context-aware AlphaNet, or fixed weights."""
 

@@ -230,7 +230,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
                                             tuple(config.compose.hidden))
             cparams = stage(train.make_compose(actor, composer, mode, config.compose),
                             pipeline.seed_keys(config.seed, num_seeds, f"compose/{m}"),
-                            {"base": base, "skills": both}, safe_data, f"compose_{m}").params
+                            pipeline.compose_frozen(actor, base, both, mode, safe_data.observations,
+                                                    pipeline.seed_keys(config.seed, num_seeds, f"components/{m}")),
+                            safe_data, f"compose_{m}").params
             for s in range(num_seeds):
                 pipeline.save_composer(workdir / "policies" / f"composer_{m}_seed{s}", pipeline.take_seed(cparams, s),
                                        mode=mode, kind="context", skills=list(SKILLS), skill_kind="lora")

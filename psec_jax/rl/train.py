@@ -162,10 +162,18 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
     return _assemble(init, step, c)
 
 
+class _ComposeBatch(NamedTuple):
+    observations: jax.Array  # [B, obs_dim]
+    actions: jax.Array  # [B, A]
+    component_actions: jax.Array | None  # [B, K+1, A] (action mode only)
+
+
 def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_collections.ConfigDict) -> Trainer:
     """The composer trained through the composed policy on target data (config: steps, batch_size,
     learning_rate, log_every). ``"param"`` / ``"noise"`` modes use the diffusion loss; ``"action"``
-    regresses the weighted sum of the components' (sampled, fixed) actions onto the data's."""
+    regresses the weighted sum of the components' sampled actions onto the data's: for it ``frozen``
+    also holds ``"actions"`` [N, K+1, A], one action of each component per data state
+    (``policy.component_actions``), sampled once rather than at every step."""
     _check_steps(c, "compose")
     policy.num_outputs(mode, 1)  # validates mode
     tx = optax.adam(c.learning_rate)
@@ -180,10 +188,7 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
         s = batch.observations
         w = composer.apply(params, s)
         if mode == "action":
-            comps = policy.component_weights(frozen["skills"].num)
-            keys = jax.random.split(kn, comps.shape[0])
-            each = jax.vmap(lambda cw, k: actor.sample(frozen["base"], frozen["skills"], cw, s, k))(comps, keys)
-            a = jnp.einsum("bj,jba->ba", w, jax.lax.stop_gradient(each))
+            a = jnp.einsum("bj,bja->ba", w, batch.component_actions)
             return jnp.mean(jnp.sum((a - batch.actions) ** 2, -1)), {"weight_mean": jnp.mean(w)}
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
         eps_hat = policy.composed_eps(actor, frozen["base"], frozen["skills"], mode, w, s, a_t, t, kd)
@@ -191,7 +196,10 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
 
     def step(state, frozen, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
-        state, loss, aux = _sgd(loss_fn, tx, state, 1.0, frozen, data.sample(kb, c.batch_size), kl)
+        idx = jax.random.randint(kb, (c.batch_size,), 0, data.size)
+        batch = _ComposeBatch(data.observations[idx], data.actions[idx],
+                              frozen["actions"][idx] if mode == "action" else None)
+        state, loss, aux = _sgd(loss_fn, tx, state, 1.0, frozen, batch, kl)
         return state, {"compose_loss": loss, **aux}
 
     return _assemble(init, step, c)
