@@ -33,7 +33,13 @@ def rollout(env: envs.Env, actions: jax.Array, key: jax.Array) -> envs.EnvState:
     return run(actions, key)
 
 
-@pytest.mark.parametrize("name", envs.names())
+# One Playground task and one Brax body in the default suite (each costs 30-60 s of compilation on
+# CI's 2 cores); the rest share their code paths and run with `make test-all`.
+_DEFAULT_ENVS = ("walker-walk", "hopper")
+
+
+@pytest.mark.parametrize("name", [n if n in _DEFAULT_ENVS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in envs.names()])
 def test_every_env_resets_and_steps_under_jit_and_vmap(name):
     env = envs.make(name, episode_length=4)
     assert (env.observation_size, env.action_size) == EXPECTED_SIZES[name]

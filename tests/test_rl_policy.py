@@ -123,7 +123,8 @@ def test_critic_update_and_weights(kind):
     upd = jax.jit(critic.update)
     for _ in range(5):
         state, m = upd(state, batch)
-    assert all(np.isfinite(float(v)) for v in m.values())
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in m.values())
+    assert m["actor_weights"].shape == (64,)
     w = critic.actor_weights(state, batch)
     assert w.shape == (64,) and np.all(np.asarray(w) >= 0) and np.all(np.asarray(w) <= c.max_weight)
     if kind == "cost":  # weights vanish where the action is no safer than the state's value

@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from psec_jax import envs as envs_lib
 from psec_jax import runs
@@ -42,10 +41,6 @@ def _stack_skills(parts: list[Skills]) -> Skills:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
 
-def _repeat(tree: Any, n: int) -> Any:
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         data: Mapping[str, OfflineData] | None = None, env: envs_lib.Env | None = None) -> dict[str, Any]:
     """Runs every stage and baseline for ``config.num_seeds`` seeds, evaluates on the target task and
@@ -57,9 +52,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+    pipeline.check_methods(config.methods, METHODS)
     workdir = Path(workdir)
     t_start = time.perf_counter()
     prior, target = TASKS[config.task]
@@ -85,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     pre = stage(train.make_pretrain(actors["lora"], config.pretrain),
                 pipeline.seed_keys(config.seed, n_pre, "pretrain"), None, data["base"], "pretrain",
                 frozen_per_seed=False)
-    base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
+    base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
     pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
                        act_dim, normalizer, data=config.base_data)
 

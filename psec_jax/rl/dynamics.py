@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from psec_jax import envs as envs_lib
@@ -45,11 +44,7 @@ def data_names(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown} in config.methods; choose from {METHODS}")
-    if not config.methods:
-        raise ValueError("config.methods is empty")
+    pipeline.check_methods(config.methods, METHODS)
     if config.variant == "nominal" or config.variant not in envs_lib.VARIANTS:
         raise ValueError(f"config.variant must be a shifted dynamics variant, one of "
                          f"{sorted(v for v in envs_lib.VARIANTS if v != 'nominal')}; got {config.variant!r}")
@@ -72,10 +67,6 @@ def target_subset(data: OfflineData, config: ml_collections.ConfigDict) -> Offli
 
     return data.subsample_episodes(prng.stream(jax.random.key(config.seed), "target_subset"),
                                    config.target_fraction)
-
-
-def _repeat(tree: Any, n: int) -> Any:
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -129,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         n_pre = 1 if config.share_pretrain else num_seeds
         pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
                     None, source, "pretrain", frozen_per_seed=False)
-        base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
+        base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
         pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
                            act_dim, normalizer, data=source_name)
         # 2. expand one LoRA skill on the target subset (nominal dynamics)

@@ -150,6 +150,20 @@ def make_act(actor: Actor, critic: critics.Critic, num_candidates: int, mode: st
     return act
 
 
+def check_methods(methods: Any, allowed: tuple[str, ...]) -> None:
+    """ValueError naming unknown entries of ``config.methods`` (or an empty list)."""
+    unknown = [m for m in methods if m not in allowed]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown} in config.methods; choose from {allowed}")
+    if not methods:
+        raise ValueError("config.methods is empty")
+
+
+def repeat_seeds(tree: Any, n: int) -> Any:
+    """A one-seed tree [1, ...] repeated to n seeds [n, ...] (a shared pi_0)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
+
+
 def take_seed(tree: Any, i: int) -> Any:
     """Seed i of a pytree with a leading seed axis, as host numpy arrays."""
     return jax.tree.map(lambda x: np.asarray(x[i]), tree)

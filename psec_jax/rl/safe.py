@@ -133,11 +133,7 @@ def _expand_config(config: ml_collections.ConfigDict, kind: str) -> ml_collectio
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown} in config.methods; choose from {METHODS}")
-    if not config.methods:
-        raise ValueError("config.methods is empty")
+    pipeline.check_methods(config.methods, METHODS)
     if not config.cost_limit > 0:
         raise ValueError(f"config.cost_limit must be > 0, got {config.cost_limit}")
     for kind in SKILLS:
@@ -147,10 +143,6 @@ def _check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.eval.candidates must be >= 1, got {config.eval.candidates}")
     if config.num_seeds < 1:
         raise ValueError(f"config.num_seeds must be >= 1, got {config.num_seeds}")
-
-
-def _repeat(tree: Any, n: int) -> Any:
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: OfflineData | None = None,
@@ -204,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
     n_pre = 1 if config.share_pretrain else num_seeds
     pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
                 None, data, "pretrain", frozen_per_seed=False)
-    base = _repeat(pre.ema, num_seeds) if config.share_pretrain else pre.ema
+    base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
     pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
                        act_dim, normalizer, data=data_name)
 

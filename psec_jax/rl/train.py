@@ -28,7 +28,7 @@ from flax import struct
 from psec_jax import prng
 from psec_jax.data.offline import OfflineData
 from psec_jax.rl import critics, diffusion, policy
-from psec_jax.rl.policy import Actor, Skills
+from psec_jax.rl.policy import Actor
 
 ADAPTERS = ("lora", "mlp", "full")
 
