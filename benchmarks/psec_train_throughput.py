@@ -59,16 +59,6 @@ OFFICIAL = {
 }
 
 
-def random_data(n: int, seed: int = 0) -> OfflineData:
-    """n random walker-shaped transitions (as tests/rl_helpers.random_data)."""
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, OBS))
-    return OfflineData.from_numpy(dict(
-        observations=obs, actions=rng.uniform(-1, 1, (n, ACT)), rewards=rng.normal(size=n),
-        costs=(rng.uniform(size=n) < 0.3).astype(np.float32), terminals=np.zeros(n),
-        next_observations=obs + 0.1 * rng.normal(size=(n, OBS))))
-
-
 def mlp_hidden(size: str) -> tuple[int, ...]:
     """Critic and AlphaNet widths, as experiments/configs/psec_continual.py sets them."""
     return (16,) if size == "tiny" else (256, 256)
@@ -216,7 +206,7 @@ def main() -> None:
     out = Path(args.out or (Path(tempfile.gettempdir()) / "psec_train_throughput_quick.json" if quick
                             else bench.RESULTS_DIR / "psec_train_throughput.json"))
 
-    data = random_data(args.data)
+    data = OfflineData.synthetic(args.data, OBS, ACT)
     rows, sizes = [], {}
     for size in args.sizes:
         setup = Setup(size, data)

@@ -3,7 +3,6 @@ offline data of matching shapes."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -30,9 +29,4 @@ def point_env(episode_length: int = 8) -> Env:
 
 
 def random_data(n: int = 512, seed: int = 0) -> OfflineData:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, OBS))
-    return OfflineData.from_numpy(dict(
-        observations=obs, actions=rng.uniform(-1, 1, (n, ACT)), rewards=rng.normal(size=n),
-        costs=(rng.uniform(size=n) < 0.3).astype(np.float32), terminals=np.zeros(n),
-        next_observations=obs + 0.1 * rng.normal(size=(n, OBS))))
+    return OfflineData.synthetic(n, OBS, ACT, seed)

@@ -51,6 +51,17 @@ class OfflineData:
             next_observations=f32("next_observations"),
         )
 
+    @classmethod
+    def synthetic(cls, n: int, obs_dim: int, act_dim: int, seed: int = 0) -> "OfflineData":
+        """n random transitions (normal observations, uniform actions in [-1, 1], normal rewards, 30%
+        cost events, next observation = observation + small noise): shapes for tests and benchmarks."""
+        rng = np.random.default_rng(seed)
+        obs = rng.normal(size=(n, obs_dim))
+        return cls.from_numpy(dict(
+            observations=obs, actions=rng.uniform(-1, 1, (n, act_dim)), rewards=rng.normal(size=n),
+            costs=(rng.uniform(size=n) < 0.3).astype(np.float32), terminals=np.zeros(n),
+            next_observations=obs + 0.1 * rng.normal(size=(n, obs_dim))))
+
     @property
     def size(self) -> int:
         """Number of transitions N."""
