@@ -74,13 +74,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         tr, keys, frozen, d, workdir=workdir / "stages" / name, config=config, desc=name, **kw)[0]
 
     # 1. pretrain pi_0 on the base data
-    n_pre = 1 if config.share_pretrain else num_seeds
-    pre = stage(train.make_pretrain(actors["lora"], config.pretrain),
-                pipeline.seed_keys(config.seed, n_pre, "pretrain"), None, data["base"], "pretrain",
-                frozen_per_seed=False)
-    base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
-    pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                       act_dim, normalizer, data=config.base_data)
+    base = pipeline.pretrain_base(actors["lora"], config, data["base"], normalizer, workdir=workdir,
+                                  data_name=config.base_data)
 
     # 2. expand: one skill per task and skill kind; scratch trains a full network on the target data
     # Each task's critic is trained once, alongside its first skill; later skill kinds and the scratch

@@ -117,12 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     target_critic = None
     if {"source_only", "psec"} & set(methods):
         # 1. pretrain pi_0 on the source (shifted-dynamics) data
-        n_pre = 1 if config.share_pretrain else num_seeds
-        pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
-                    None, source, "pretrain", frozen_per_seed=False)
-        base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
-        pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                           act_dim, normalizer, data=source_name)
+        base = pipeline.pretrain_base(actor, config, source, normalizer, workdir=workdir, data_name=source_name)
         # 2. expand one LoRA skill on the target subset (nominal dynamics)
         st = stage(train.make_expand(actor, config.expand, "lora"),
                    pipeline.seed_keys(config.seed, num_seeds, "expand/target"), base, target, "expand_target")

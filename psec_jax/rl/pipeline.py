@@ -133,6 +133,21 @@ def make_sampler(actor: Actor, mode: str | None = None, composer: policy.Compose
     return sample
 
 
+def pretrain_base(actor: Actor, config: ml_collections.ConfigDict, data: OfflineData, normalizer: Normalizer,
+                  *, workdir: str | os.PathLike, data_name: str) -> Any:
+    """Stage 1 of every experiment: diffusion BC of pi_0 on ``data`` (standardised), for
+    ``config.num_seeds`` seeds, or once and shared when ``config.share_pretrain``; saves it (with its
+    normaliser) to ``workdir/policies/pi0``. Returns the EMA parameters with a leading seed axis."""
+    n_pre = 1 if config.share_pretrain else config.num_seeds
+    pre, _ = run_stage(train.make_pretrain(actor, config.pretrain), seed_keys(config.seed, n_pre, "pretrain"),
+                       None, data, workdir=Path(workdir) / "stages" / "pretrain", config=config,
+                       desc="pretrain", frozen_per_seed=False)
+    base = repeat_seeds(pre.ema, config.num_seeds) if config.share_pretrain else pre.ema
+    save_base(Path(workdir) / "policies" / "pi0", take_seed(base, 0), config.network, actor.obs_dim,
+              actor.act_dim, normalizer, data=data_name)
+    return base
+
+
 def make_act(actor: Actor, critic: critics.Critic, num_candidates: int, mode: str | None = None,
              composer: policy.Composer | None = None, normalizer: Normalizer | None = None) -> Any:
     """An acting function ``(params, obs [E, obs_dim], key) -> actions [E, A]`` that samples

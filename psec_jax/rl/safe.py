@@ -193,12 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
     data, safe_data = normalizer.data(data), normalizer.data(safe_data)
 
     # 1. pretrain pi_0 on all the data
-    n_pre = 1 if config.share_pretrain else num_seeds
-    pre = stage(train.make_pretrain(actor, config.pretrain), pipeline.seed_keys(config.seed, n_pre, "pretrain"),
-                None, data, "pretrain", frozen_per_seed=False)
-    base = pipeline.repeat_seeds(pre.ema, num_seeds) if config.share_pretrain else pre.ema
-    pipeline.save_base(workdir / "policies" / "pi0", pipeline.take_seed(base, 0), config.network, obs_dim,
-                       act_dim, normalizer, data=data_name)
+    base = pipeline.pretrain_base(actor, config, data, normalizer, workdir=workdir, data_name=data_name)
 
     # 2. expand a reward skill (IQL) and a cost skill (reachability critic) on all the data
     skill, critic_state = {}, {}
