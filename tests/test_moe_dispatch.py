@@ -127,3 +127,16 @@ def test_bad_arguments_fail_clearly():
         moe.moe_apply(params, jnp.zeros((3, 7)))
     with pytest.raises(ValueError, match="unknown expert activation"):
         moe.init_moe(jax.random.PRNGKey(0), D, F, 4, activation="relu")
+
+
+def test_tail_ladder_sizes_and_every_tail_size_is_exact():
+    assert moe.tail_sizes(64) == (8, 16, 24, 32, 40, 48, 56, 64)
+    assert moe.tail_sizes(5) == (5,) and moe.tail_sizes(300)[-1] == 300
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
+        moe.tail_sizes(0)
+    params, x = setup(3, seed=5)
+    r = moe.top_k(x @ params["router"], 2)  # 96 assignments over 3 experts: tails of many sizes
+    ref = moe.loop_reference(x, r, moe.swiglu_expert, params["experts"])
+    for block in (8, 24, 40):
+        y = moe.dropless(x, r, moe.swiglu_expert, params["experts"], block_size=block)
+        assert_trees_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -155,3 +155,20 @@ def test_pairwise_sort_equals_top_k_including_ties(e):
     want_p, want_i = jax.lax.top_k(probs, e)
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_array_equal(got_p, want_p)
+
+
+@pytest.mark.parametrize("max_k", [None, 20, 4])
+def test_many_experts_partial_sort_and_its_fallback(max_k):
+    """E=64 sorts only the top 16 when every token's kept prefix ends there, else all of them."""
+    rng = np.random.default_rng(0)
+    confident = (rng.normal(size=(40, 64)) * 4).astype(np.float32)  # prefixes end within 16
+    mixed = np.concatenate([confident, np.zeros((1, 64), np.float32)])  # a uniform row needs 26
+    for logits in (confident, mixed):
+        r = jax.jit(lambda l: moe.top_p(l, 0.4, max_k))(logits)
+        k = 64 if max_k is None else max_k
+        assert r.expert_ids.shape == (len(logits), k)
+        for t, chosen in enumerate(numpy_top_p(logits, 0.4)):
+            got = np.asarray(r.expert_ids[t])[np.asarray(r.mask[t])]
+            np.testing.assert_array_equal(got, chosen[:k])  # no ties here: the exact order
+            assert bool(r.truncated[t]) == (len(chosen) > k)
+        assert np.all(np.asarray(r.weights)[~np.asarray(r.mask)] == 0)

@@ -5,19 +5,19 @@
     y, aux, stats = moe.moe_apply(params, x, router="top_p", backend="dropless")
     layer = moe.MoE(num_experts=16, d_ff=2816)             # Flax shell
 
-Modules: routing (routers), losses (aux losses), dispatch (dense / capacity / dropless back-ends and
-the loop reference), layer (experts, moe_apply, MoE).
+Modules: routing (routers), losses (aux losses), backends (dense / capacity / dropless / ragged and
+the loop reference), grouped (the dropless machinery), layer (experts, moe_apply, MoE).
 """
 
-from psec_jax.moe.backends import (BACKENDS, capacity, capacity_of, default_block_size, dense, dispatch,
-                                   dropless, loop_reference, ragged)
+from psec_jax.moe.backends import BACKENDS, capacity, capacity_of, dense, dispatch, dropless, loop_reference, ragged
+from psec_jax.moe.grouped import default_block_size, sort_assignments, tail_sizes
 from psec_jax.moe.layer import (EXPERTS, MoE, gelu_expert, init_moe, moe_apply, route, routing_stats,
                                 swiglu_expert)
 from psec_jax.moe.losses import (DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expert_fractions,
                                  load_balance, z_loss)
 from psec_jax.moe.routing import RouteOutput, top_k, top_p
 
-__all__ = ["BACKENDS", "capacity", "capacity_of", "default_block_size", "dense", "dispatch", "dropless",
+__all__ = ["BACKENDS", "capacity", "capacity_of", "default_block_size", "sort_assignments", "tail_sizes", "dense", "dispatch", "dropless",
            "loop_reference", "ragged", "EXPERTS", "MoE", "gelu_expert", "init_moe", "moe_apply", "route",
            "routing_stats", "swiglu_expert", "DEFAULT_WEIGHTS", "aux_losses", "dynamic_loss",
            "expert_fractions", "load_balance", "z_loss", "RouteOutput", "top_k", "top_p"]

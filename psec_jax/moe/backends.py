@@ -11,15 +11,9 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
 - `capacity`: GShard-style buffers [E, C, d] with C = ceil(capacity_factor * T * k / E);
   assignments beyond an expert's capacity are dropped (priority: slot 0 of every token first,
   then slot 1, ...; tokens in order), the dropped fraction is reported.
-- `dropless`: sort the (token, slot) assignments by expert; a `lax.scan` over experts takes each
-  expert's weights as a scanned input (read once), and an inner `lax.while_loop` runs only the
-  blocks of `block_size` rows that expert has (a data-dependent trip count: no padding to a
-  worst case), each block gathering its rows of x, running the expert and scatter-adding the
-  weighted result. Nothing is dropped. A `custom_vjp` recomputes each block in the backward pass
-  and emits each expert's gradient as a scan output, so no pass touches more than one expert's
-  weights per step. This is MegaBlocks' block-sparse
-  idea done with a loop because XLA on CPU has no grouped matmul (`jax.lax.ragged_dot` runs
-  ~100x slower there than a dense matmul).
+- `dropless`: sort the assignments by expert and run each expert on exactly its rows, in blocks
+  (`psec_jax.moe.grouped`: loops over static shapes, since XLA on CPU has no grouped matmul).
+  Nothing is dropped.
 - `ragged`: the same sort, then `jax.lax.ragged_dot` grouped matmuls (fast on GPU/TPU; only for
   the layer's matmul experts).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
@@ -28,21 +22,16 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psec_jax.moe.grouped import ExpertFn, expert_params, sort_assignments
+from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
-
-ExpertFn = Callable[[Any, jax.Array], jax.Array]  # (params of one expert, x [n, d]) -> [n, d_out]
-
-
-def _expert(params: Any, e: jax.Array | int) -> Any:
-    return jax.tree.map(lambda w: w[e], params)
 
 
 def _check(x: jax.Array, route: RouteOutput) -> None:
@@ -65,7 +54,7 @@ def loop_reference(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params
         tok, slot = np.nonzero(mask & (ids == e))
         if len(tok) == 0:
             continue
-        y = expert_fn(_expert(params, e), x[tok]) * route.weights[tok, slot][:, None].astype(x.dtype)
+        y = expert_fn(expert_params(params, e), x[tok]) * route.weights[tok, slot][:, None].astype(x.dtype)
         out = jnp.zeros((x.shape[0], y.shape[-1]), y.dtype) if out is None else out
         out = out.at[tok].add(y)
     if out is None:  # no valid slot at all cannot happen with the routers here
@@ -80,21 +69,6 @@ def dense(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) ->
     return jnp.einsum("te,etd->td", route.combine_weights().astype(y.dtype), y)
 
 
-def _sorted_assignments(route: RouteOutput) -> tuple[jax.Array, ...]:
-    """Assignments in priority order (slot-major), stably sorted by expert.
-
-    Returns (order [N], sorted_expert [N] (E for invalid), group_sizes [E], group_starts [E]) with
-    N = T*K; assignment a = j*T + t is slot j of token t.
-    """
-    e = route.num_experts
-    ids = jnp.where(route.mask, route.expert_ids, e).T.reshape(-1)  # [K*T], slot-major
-    order = jnp.argsort(ids, stable=True)
-    sorted_e = ids[order]
-    sizes = jnp.bincount(ids, length=e + 1)[:e]
-    starts = jnp.cumsum(sizes) - sizes
-    return order, sorted_e, sizes, starts
-
-
 def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: float) -> int:
     """Static per-expert capacity ceil(capacity_factor * T * k / E) (at least 1)."""
     return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
@@ -105,139 +79,31 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     """GShard-style capacity dispatch. Returns (y [T, d_out], dropped fraction [] of assignments).
 
     k: experts per token used to size the buffers (default: the route's slot count; pass the
-    expected mean for top-p routes, whose slot count is max_k).
+    expected mean for top-p routes, whose slot count is max_k). Buffer slot (e, c) holds the c-th
+    assignment of expert e in priority order; the gathers and the combine touch E*C rows, not
+    T*K, so top-p's many empty slots cost nothing.
     """
     _check(x, route)
-    t, kk, e = x.shape[0], route.num_slots, route.num_experts
-    cap = capacity_of(t, e, capacity_factor, kk if k is None else k)
-    order, sorted_e, sizes, starts = _sorted_assignments(route)
-    pos_sorted = jnp.arange(order.shape[0]) - starts[jnp.minimum(sorted_e, e - 1)]
-    pos = jnp.zeros_like(order).at[order].set(pos_sorted)  # position of each assignment in its expert
-    ids = route.expert_ids.T.reshape(-1)
-    valid = route.mask.T.reshape(-1)
-    keep = valid & (pos < cap)
-    token = jnp.tile(jnp.arange(t), kk)
-    slot_index = jnp.where(keep, ids * cap + pos, e * cap)  # e*cap = out of range: dropped
-    buf = jnp.zeros((e * cap, x.shape[1]), x.dtype).at[slot_index].set(x[token], mode="drop")
-    y = jax.vmap(expert_fn)(params, buf.reshape(e, cap, x.shape[1]))  # [E, C, d_out]
-    y = y.reshape(e * cap, -1)
-    w = (route.weights.T.reshape(-1) * keep).astype(y.dtype)
-    gathered = jnp.take(y, jnp.minimum(slot_index, e * cap - 1), axis=0) * w[:, None]
-    out = gathered.reshape(kk, t, -1).sum(0)
-    dropped = (valid & ~keep).sum() / jnp.maximum(valid.sum(), 1)
+    t, e = x.shape[0], route.num_experts
+    cap = capacity_of(t, e, capacity_factor, route.num_slots if k is None else k)
+    s = sort_assignments(route)
+    c = jnp.arange(cap)
+    keep = c[None, :] < s.sizes[:, None]  # [E, C]
+    assign = s.order[jnp.minimum(s.starts[:, None] + c[None, :], s.order.shape[0] - 1)]  # [E, C]
+    token = assign % t
+    y = jax.vmap(expert_fn)(params, x[token])  # [E, C, d_out]
+    w = jnp.where(keep, route.weights.T.reshape(-1)[assign], 0.0).astype(y.dtype)
+    out = jnp.zeros((t, y.shape[-1]), y.dtype).at[token.reshape(-1)].add((y * w[..., None]).reshape(e * cap, -1))
+    total = s.sizes.sum()
+    dropped = (total - keep.sum()) / jnp.maximum(total, 1)
     return out, dropped.astype(jnp.float32)
-
-
-def default_block_size(num_tokens: int, num_experts: int, slots_per_token: float = 2.0) -> int:
-    """Rows per dropless block: a power of two covering 1.5x the mean group size, in [8, 256].
-
-    Small groups fit one block (each expert's weights read once); large ones use 256-row blocks,
-    big enough for full matmul speed and small enough that padding the last block wastes little.
-    """
-    mean_rows = max(1.0, 1.5 * num_tokens * slots_per_token / num_experts)
-    return int(min(256, max(8, 2 ** math.ceil(math.log2(mean_rows)))))
-
-
-class _Blocks(NamedTuple):
-    """Where each expert's rows live in the expert-sorted assignment list (int32 arrays)."""
-
-    token: jax.Array  # [N + block] token of each sorted assignment (padded)
-    assignment: jax.Array  # [N + block] slot-major assignment index of each sorted assignment (padded)
-    start: jax.Array  # [E] first sorted position of each expert's group
-    size: jax.Array  # [E] rows (assignments) of each expert
-
-
-def _blocks(route: RouteOutput, block: int) -> _Blocks:
-    t = route.expert_ids.shape[0]
-    order, _, sizes, starts = _sorted_assignments(route)
-    pad = jnp.zeros((block,), jnp.int32)
-    order = order.astype(jnp.int32)
-    return _Blocks(jnp.concatenate([order % t, pad]), jnp.concatenate([order, pad]),
-                   starts.astype(jnp.int32), sizes.astype(jnp.int32))
-
-
-def _rows(b: _Blocks, e: jax.Array, j: jax.Array, block: int):
-    """Rows of block j of expert e: token ids [block], assignment ids [block], valid [block]."""
-    s = b.start[e] + j * block
-    rows = jax.lax.dynamic_slice(b.token, (s,), (block,))
-    assign = jax.lax.dynamic_slice(b.assignment, (s,), (block,))
-    valid = j * block + jnp.arange(block) < b.size[e]
-    return rows, assign, valid
-
-
-def _num_blocks(b: _Blocks, e: jax.Array, block: int) -> jax.Array:
-    return (b.size[e] + block - 1) // block
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _grouped(expert_fn: ExpertFn, block: int, params: Any, x: jax.Array, w_flat: jax.Array,
-             b: _Blocks) -> jax.Array:
-    return _grouped_fwd(expert_fn, block, params, x, w_flat, b)[0]
-
-
-def _grouped_fwd(expert_fn, block, params, x, w_flat, b):
-    # Outer scan over experts takes each expert's weights as a scanned input (read once); the inner
-    # while_loop runs only the blocks that expert has, so the trip count follows the routing.
-    d_out = jax.eval_shape(expert_fn, _expert(params, 0), x[:block]).shape[-1]
-
-    def per_expert(out, inputs):
-        p_e, e = inputs
-
-        def body(carry):
-            j, out = carry
-            rows, assign, valid = _rows(b, e, j, block)
-            y = expert_fn(p_e, x[rows])
-            scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
-            return j + 1, out.at[rows].add(y * scale[:, None])
-
-        _, out = jax.lax.while_loop(lambda c: c[0] < _num_blocks(b, e, block), body, (jnp.int32(0), out))
-        return out, None
-
-    out0 = jnp.zeros((x.shape[0], d_out), x.dtype)
-    num_experts = jax.tree.leaves(params)[0].shape[0]
-    out, _ = jax.lax.scan(per_expert, out0, (params, jnp.arange(num_experts)))
-    return out, (params, x, w_flat, b)
-
-
-def _grouped_bwd(expert_fn, block, res, g):
-    params, x, w_flat, b = res
-
-    def per_expert(carry, inputs):
-        dx, dw = carry
-        p_e, e = inputs
-
-        def body(c):
-            j, dp, dx, dw = c
-            rows, assign, valid = _rows(b, e, j, block)
-            y, vjp = jax.vjp(expert_fn, p_e, x[rows])  # recompute this block's forward
-            g_rows = g[rows]
-            scale = jnp.where(valid, w_flat[assign], 0.0).astype(y.dtype)
-            dpe, dxb = vjp(g_rows * scale[:, None])
-            dp = jax.tree.map(jnp.add, dp, dpe)
-            dw = dw.at[assign].add(jnp.where(valid, jnp.sum(g_rows * y, -1), 0.0).astype(dw.dtype))
-            return j + 1, dp, dx.at[rows].add(dxb), dw
-
-        init = (jnp.int32(0), jax.tree.map(jnp.zeros_like, p_e), dx, dw)
-        _, dp, dx, dw = jax.lax.while_loop(lambda c: c[0] < _num_blocks(b, e, block), body, init)
-        return (dx, dw), dp
-
-    num_experts = jax.tree.leaves(params)[0].shape[0]
-    (dx, dw), dparams = jax.lax.scan(per_expert, (jnp.zeros_like(x), jnp.zeros_like(w_flat)),
-                                     (params, jnp.arange(num_experts)))
-    zero_ints = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), b)
-    return dparams, dx, dw, zero_ints
-
-
-_grouped.defvjp(_grouped_fwd, _grouped_bwd)
 
 
 def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              block_size: int | None = None) -> jax.Array:
-    """Sort-by-expert block dispatch; nothing dropped (see the module docstring)."""
+    """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`)."""
     _check(x, route)
-    block = block_size or default_block_size(x.shape[0], route.num_experts)
-    w_flat = route.weights.T.reshape(-1)  # slot-major, matches the assignment numbering
-    return _grouped(expert_fn, block, params, x, w_flat, _blocks(route, block))
+    return _dropless(x, route, expert_fn, params, block_size=block_size)
 
 
 def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu"
@@ -251,7 +117,7 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     """
     _check(x, route)
     t = x.shape[0]
-    order, _, sizes, _ = _sorted_assignments(route)
+    order, sizes, _ = sort_assignments(route)
     rows = x[order % t]  # [T*K, d] sorted by expert
     w = jax.tree.map(lambda a: a.astype(x.dtype), params)
     up = jax.lax.ragged_dot(rows, w["up"], sizes)

@@ -110,6 +110,34 @@ def sort_descending(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(jnp.where(at, probs[:, :, None], 0.0), axis=1), ids
 
 
+# With many experts a full sort dominates top-p's cost; sort this many first and fall back to the
+# full sort only when some token's kept prefix is not complete within them.
+_PARTIAL_SORT_K = 16
+
+
+def _sorted_prefix(probs: jax.Array, p, max_k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sorted probs [T, S], their ids [T, S], real [S] bool): descending, ties to the lower id.
+
+    S = E, or max_k + 1 when max_k < E (enough to tell that the rule wanted more than max_k).
+    Above _PAIRWISE_SORT_MAX_E experts only the top _PARTIAL_SORT_K are sorted when every token's
+    kept prefix ends within them; otherwise a full top-S sort replaces them (`lax.cond`; under vmap
+    both run). Slots past a partial sort are not `real`: probability 0, expert 0, never kept.
+    """
+    e = probs.shape[-1]
+    if e <= _PAIRWISE_SORT_MAX_E:
+        s, i = sort_descending(probs)
+        return s, i, jnp.ones((e,), bool)
+    size = e if max_k == e else max_k + 1
+    if size <= _PARTIAL_SORT_K:
+        s, i = jax.lax.top_k(probs, size)
+        return s, i, jnp.ones((size,), bool)
+    s0, i0 = jax.lax.top_k(probs, _PARTIAL_SORT_K)
+    pad = lambda a: jnp.pad(a, ((0, 0), (0, size - _PARTIAL_SORT_K)))
+    partial = lambda: (pad(s0), pad(i0), jnp.arange(size) < _PARTIAL_SORT_K)
+    full = lambda: (*jax.lax.top_k(probs, size), jnp.ones((size,), bool))
+    return jax.lax.cond(jnp.all(jnp.sum(s0, -1) > p), partial, full)
+
+
 def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False) -> RouteOutput:
     """Dynamic top-p routing (see the module docstring for the exact rule and edge cases).
 
@@ -126,12 +154,12 @@ def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize:
     if isinstance(p, (int, float)) and not 0.0 < p <= 1.0:
         raise ValueError(f"top-p threshold p must be in (0, 1], got {p}")
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    sorted_all, ids_all = sort_descending(probs)
+    sorted_all, ids_all, real = _sorted_prefix(probs, p, max_k)
     before = jnp.cumsum(sorted_all, axis=-1) - sorted_all  # mass of the more probable experts
     # slot j is kept iff no earlier prefix already exceeded p: cumsum_{j-1} <= p (slot 0 always)
-    keep_all = before <= p
+    keep_all = (before <= p) & real
     keep_all = keep_all.at[:, 0].set(True)
-    wanted = keep_all.sum(-1)
+    wanted = keep_all.sum(-1)  # exact up to max_k + 1, all that `truncated` needs
     mask = keep_all[:, :max_k]
     weights = jnp.where(mask, sorted_all[:, :max_k], 0.0)
     if renormalize:
