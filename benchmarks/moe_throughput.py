@@ -12,8 +12,9 @@ back-ends. Beside them, in the same run:
   chose each one) in PyTorch on CPU, with the same weights and routing decisions (optional: needs
   `torch`, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`);
 - the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth),
-  both ceilings measured here (fp32 matmul 2048^3; a reduction over a 512 MB array). Backward
-  counts 2x the forward FLOPs more and reads + writes the weights twice more.
+  both ceilings measured here, at the start and the end of the run, the better one kept (fp32 matmul
+  2048^3; a reduction over a 512 MB array). Weight bytes count the experts that received tokens.
+  Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
 Dense is skipped where running every expert on every token exceeds --dense_limit_gflop.
 Prints a table and writes benchmarks/results/moe_throughput.json.
 """
@@ -34,13 +35,21 @@ ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p
 
 
 def ceilings() -> dict[str, float]:
-    """Measured fp32 matmul FLOP/s and memory read bandwidth (bytes/s) of this device."""
+    """Measured fp32 matmul FLOP/s and memory read bandwidth (bytes/s) of this device (best of many
+    calls: noise on a shared machine only ever lowers them)."""
     n = 2048
     a = jnp.ones((n, n), jnp.float32)
-    t = bench.time_call(jax.jit(lambda a: a @ a), a, reps=5)
+    t = bench.time_call(jax.jit(lambda a: a @ a), a, reps=20, min_seconds=2.0)
     big = jnp.ones((128 * 1024 * 1024,), jnp.float32)  # 512 MB
-    tb = bench.time_call(jax.jit(jnp.sum), big, reps=5)
+    tb = bench.time_call(jax.jit(jnp.sum), big, reps=20, min_seconds=2.0)
     return {"matmul_flops": 2 * n**3 / t, "bandwidth_bytes": big.nbytes / tb}
+
+
+def add_roofline(row: dict, ceil: dict[str, float]) -> None:
+    """roofline_fraction = max(FLOPs / matmul FLOP/s, weight bytes / bandwidth) / measured time."""
+    if "flops" in row:
+        roof = max(row["flops"] / ceil["matmul_flops"], row["bytes"] / ceil["bandwidth_bytes"])
+        row["roofline_fraction"] = roof / (row["ms"] / 1e3)
 
 
 def layer_fn(cfg: dict, backend: str, k_mean: float, grad: bool):
@@ -164,7 +173,7 @@ def main() -> None:
         f = 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
         params = moe.init_moe(jax.random.PRNGKey(0), d, f, e)
         x = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
-        weight_bytes = sum(a.nbytes for a in jax.tree.leaves(params["experts"]))
+        expert_bytes = sum(a.nbytes for a in jax.tree.leaves(params["experts"])) / e
         for rname in args.routers:
             cfg = ROUTERS[rname]
             logits = x @ params["router"]
@@ -182,10 +191,9 @@ def main() -> None:
                 rows.append({**base, "backend": "routing-only(top_k same k)", "mode": "fwd", "ms": 1e3 * t_same,
                              "tokens_per_s": t / t_same, "k": k_same})
             flops = 6 * d * f * t * k_mean  # SwiGLU: three [d, f] matmuls per activated expert
+            active = int(np.unique(np.asarray(route.expert_ids)[np.asarray(route.mask)]).size)
             for grad in (False, True):
                 mode = "fwd+bwd" if grad else "fwd"
-                roof = max(flops * (3 if grad else 1) / ceil["matmul_flops"],
-                           weight_bytes * (3 if grad else 1) / ceil["bandwidth_bytes"])
                 candidates = [b for b in args.backends if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)]
                 timings = {}
                 for backend in candidates:
@@ -198,11 +206,16 @@ def main() -> None:
                 for backend, secs in timings.items():
                     row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
                            "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
-                           "roofline_fraction": roof / secs}
+                           "flops": flops * (3 if grad else 1), "bytes": active * expert_bytes * (3 if grad else 1)}
+                    add_roofline(row, ceil)
                     rows.append(row)
                     print(f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "
                           f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  {row['roofline_fraction']:.2f} of roofline",
                           flush=True)
+    end = ceilings()  # again at the end; the better of the two is the ceiling
+    ceil = {k: max(ceil[k], end[k]) for k in ceil}
+    for row in rows:
+        add_roofline(row, ceil)
     print()
     print(runs.format_table(rows, ["T", "E", "d", "router", "experts_per_token", "backend", "mode", "ms",
                                    "tokens_per_s", "gflop_per_s", "roofline_fraction"], ".4g"))
