@@ -125,6 +125,8 @@ def test_bad_arguments_fail_clearly():
         moe.moe_apply(params, x, router="top_q")
     with pytest.raises(ValueError, match="x has d=7 but the router expects d=16"):
         moe.moe_apply(params, jnp.zeros((3, 7)))
+    with pytest.raises(ValueError, match="saved_slots must be >= 0"):
+        moe.moe_apply(params, x, saved_slots=-1.0)
     with pytest.raises(ValueError, match="unknown expert activation"):
         moe.init_moe(jax.random.PRNGKey(0), D, F, 4, activation="relu")
 
@@ -140,3 +142,27 @@ def test_tail_ladder_sizes_and_every_tail_size_is_exact():
     for block in (8, 24, 40):
         y = moe.dropless(x, r, moe.swiglu_expert, params["experts"], block_size=block)
         assert_trees_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("saved_slots", [None, 0.0, 0.5])
+def test_dropless_gradients_with_saved_recomputed_and_mixed_activations(saved_slots):
+    """None keeps every row's activations, 0 recomputes every block, 0.5 (T/2 rows) mixes both;
+    a plain function expert (not a SplitExpert) is always recomputed."""
+    params, x = setup(4, seed=7)
+    r = make_route(params, x, "top_p")
+    assert int(r.mask.sum()) > T // 2  # so 0.5 really leaves rows to recompute
+    args = (x, params["experts"], params["router"])
+    g_ref = jax.grad(loss_fn("loop", r, "swiglu"), argnums=(0, 1, 2))(*args)
+    kw = {"block_size": 8, "saved_slots": saved_slots}
+    g = jax.jit(jax.grad(loss_fn("dropless", r, "swiglu", **kw), argnums=(0, 1, 2)))(*args)
+    assert_trees_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    plain = lambda p, xs: moe.swiglu_expert(p, xs)
+
+    def loss_plain(x, experts):
+        return jnp.sum(moe.dropless(x, r, plain, experts, **kw) * jnp.cos(jnp.arange(D)))
+
+    def loss_split(x, experts):
+        return jnp.sum(moe.dropless(x, r, moe.swiglu_expert, experts, **kw) * jnp.cos(jnp.arange(D)))
+
+    assert_trees_close(jax.grad(loss_plain, (0, 1))(x, params["experts"]),
+                       jax.grad(loss_split, (0, 1))(x, params["experts"]), rtol=1e-5, atol=1e-6)

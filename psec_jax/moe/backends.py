@@ -100,10 +100,10 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
 
 
 def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             block_size: int | None = None) -> jax.Array:
+             block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
     """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`)."""
     _check(x, route)
-    return _dropless(x, route, expert_fn, params, block_size=block_size)
+    return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
 
 
 def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu"
@@ -137,17 +137,20 @@ BACKENDS = ("dense", "capacity", "dropless", "ragged")
 
 def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              capacity_factor: float = 1.25, capacity_k: float | None = None,
-             block_size: int | None = None, activation: str = "swiglu") -> tuple[jax.Array, jax.Array]:
+             block_size: int | None = None, saved_slots: float | None = 4.0, activation: str = "swiglu"
+             ) -> tuple[jax.Array, jax.Array]:
     """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
 
-    `activation` only matters for "ragged", which needs the layer's matmul experts.
+    `block_size` and `saved_slots` only matter for "dropless" (see there), `capacity_factor` and
+    `capacity_k` for "capacity", `activation` for "ragged", which needs the layer's matmul experts.
     """
     if backend == "dense":
         return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
     if backend == "capacity":
         return capacity(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k)
     if backend == "dropless":
-        return dropless(x, route, expert_fn, params, block_size=block_size), jnp.zeros((), jnp.float32)
+        y = dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
+        return y, jnp.zeros((), jnp.float32)
     if backend == "ragged":
         return ragged(x, route, params, activation), jnp.zeros((), jnp.float32)
     raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS}")

@@ -11,13 +11,18 @@ scanned input (sliced once per expert), and for that expert
   192-row matmul, not a whole block.
 
 Each block gathers its rows of x, runs the expert function (written for one expert) and
-scatter-adds the weighted result. A `custom_vjp` recomputes each block in the backward pass and
-emits each expert's weight gradient as a scan output, so no step touches more than one expert's
-weights. This is the block-sparse idea of MegaBlocks, expressed as loops over static shapes.
+scatter-adds the weighted result. A `custom_vjp` runs the same loops backwards and emits each
+expert's weight gradient as a scan output, so no step touches more than one expert's weights. For
+a `SplitExpert` (the layer's SwiGLU and GELU experts) the forward pass keeps each sorted row's
+activations, up to `saved_slots` rows per token, so the backward pass needs no recomputation (9
+matmuls per SwiGLU row in all, as autodiff of the loop would do, instead of 12); other experts and
+rows past that budget are recomputed block by block. This is the block-sparse idea of MegaBlocks,
+expressed as loops over static shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, NamedTuple
@@ -32,6 +37,22 @@ ExpertFn = Callable[[Any, jax.Array], jax.Array]  # (params of one expert, x [n,
 
 # Candidate tail sizes: multiples of 8 growing by 1.14-1.33x (waste <= 1/4, ~1/8 on average).
 _LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitExpert:
+    """An expert written as outer(p, inner(p, x)), e.g. inner = the input projections of an MLP.
+
+    Called like any expert. `dropless` keeps inner's output (and the expert's output) for the
+    sorted rows, so its backward pass does not recompute the expert; a plain function is
+    recomputed block by block instead.
+    """
+
+    inner: Callable[[Any, jax.Array], Any]  # (params of one expert, x [n, d]) -> z: pytree of [n, ...]
+    outer: Callable[[Any, Any], jax.Array]  # (params of one expert, z) -> y [n, d_out]
+
+    def __call__(self, p: Any, x: jax.Array) -> jax.Array:
+        return self.outer(p, self.inner(p, x))
 
 
 def expert_params(params: Any, e: jax.Array | int) -> Any:
@@ -90,11 +111,11 @@ def _plan(route: RouteOutput, block: int) -> _Plan:
     return _Plan(jnp.concatenate([s.order % t, pad]), jnp.concatenate([s.order, pad]), s.starts, s.sizes)
 
 
-# A block: (rows [n] token ids, assign [n] assignment ids, valid [n] bool or None = all valid)
-#   -> (per_row: pytree of [n, ...] arrays, whole: pytree). `_over_blocks` pads per_row to the block.
-BlockFn = Callable[[jax.Array, jax.Array, jax.Array | None], tuple[Any, Any]]
-# (carry, rows [block], assign [block], per_row, whole) -> carry
-Accumulate = Callable[[Any, jax.Array, jax.Array, Any, Any], Any]
+# A block: (at = sorted position of its first row, rows [n] token ids, assign [n] assignment ids,
+#   valid [n] bool or None = all valid) -> (per_row: pytree of [n, ...] arrays, whole: pytree).
+BlockFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], tuple[Any, Any]]
+# (carry, at, rows [block], assign [block], per_row padded to [block, ...], whole) -> carry
+Accumulate = Callable[[Any, jax.Array, jax.Array, jax.Array, Any, Any], Any]
 
 
 def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accumulate: Accumulate,
@@ -108,25 +129,25 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     start, n = plan.starts[e], plan.sizes[e]
     full = n // block
 
-    def rows_at(offset, size):
-        at = (start + offset,)
-        return (jax.lax.dynamic_slice(plan.token, at, (size,)),
-                jax.lax.dynamic_slice(plan.assignment, at, (size,)))
+    def rows_at(at, size):
+        return (jax.lax.dynamic_slice(plan.token, (at,), (size,)),
+                jax.lax.dynamic_slice(plan.assignment, (at,), (size,)))
 
     def body(c):
         j, carry = c
-        rows, assign = rows_at(j * block, block)
-        return j + 1, accumulate(carry, rows, assign, *block_fn(rows, assign, None))
+        at = start + j * block
+        rows, assign = rows_at(at, block)
+        return j + 1, accumulate(carry, at, rows, assign, *block_fn(at, rows, assign, None))
 
     _, carry = jax.lax.while_loop(lambda c: c[0] < full, body, (jnp.int32(0), carry))
-    rem = n - full * block
-    shapes = jax.eval_shape(block_fn, *rows_at(0, block), None)
+    rem, at = n - full * block, start + full * block
+    shapes = jax.eval_shape(block_fn, at, *rows_at(at, block), None)
     pad_to_block = lambda a: jnp.pad(a, [(0, block - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
     def tail(size):
         def run():
-            rows, assign = rows_at(full * block, size)
-            per_row, whole = block_fn(rows, assign, jnp.arange(size) < rem)
+            rows, assign = rows_at(at, size)
+            per_row, whole = block_fn(at, rows, assign, jnp.arange(size) < rem)
             return jax.tree.map(pad_to_block, per_row), whole
         return run
 
@@ -134,8 +155,8 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     sizes = tail_sizes(block)
     index = jnp.where(rem == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), rem))
     per_row, whole = jax.lax.switch(index, [nothing] + [tail(s) for s in sizes])
-    rows, assign = rows_at(full * block, block)  # beyond the tail: per_row is zero there
-    return accumulate(carry, rows, assign, per_row, whole)
+    rows, assign = rows_at(at, block)  # beyond the tail: per_row is zero there
+    return accumulate(carry, at, rows, assign, per_row, whole)
 
 
 def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
@@ -148,43 +169,93 @@ def _num_experts(params: Any) -> int:
     return jax.tree.leaves(params)[0].shape[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _grouped(expert_fn: ExpertFn, block: int, params: Any, x: jax.Array, w_flat: jax.Array,
-             plan: _Plan) -> jax.Array:
-    return _grouped_fwd(expert_fn, block, params, x, w_flat, plan)[0]
+def _rows(buf: jax.Array, at: jax.Array, n: int) -> jax.Array:
+    return jax.lax.dynamic_slice_in_dim(buf, at, n, 0)
 
 
-def _grouped_fwd(expert_fn, block, params, x, w_flat, plan):
-    d_out = jax.eval_shape(expert_fn, expert_params(params, 0), x[:1]).shape[-1]
-
-    def per_expert(out, inputs):
-        p_e, e = inputs
-
-        def block_fn(rows, assign, valid):
-            y = expert_fn(p_e, x[rows]) * w_flat[assign][:, None].astype(x.dtype)
-            return _masked(valid, y), None
-
-        add = lambda out, rows, assign, y, _: out.at[rows].add(y)
-        return _over_blocks(plan, e, block, block_fn, add, out), None
-
-    out0 = jnp.zeros((x.shape[0], d_out), x.dtype)
-    out, _ = jax.lax.scan(per_expert, out0, (params, jnp.arange(_num_experts(params))))
-    return out, (params, x, w_flat, plan)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _grouped(expert_fn: ExpertFn, block: int, saved_rows: int, params: Any, x: jax.Array,
+             w_flat: jax.Array, plan: _Plan) -> jax.Array:
+    return _forward(expert_fn, block, 0, params, x, w_flat, plan)[0]  # no gradient: save nothing
 
 
-def _grouped_bwd(expert_fn, block, res, g):
-    params, x, w_flat, plan = res
+def _forward(expert_fn, block, saved_rows, params, x, w_flat, plan):
+    """y [T, d_out] and, when saved_rows > 0, the buffers the backward pass reads: for sorted
+    positions < saved_rows, the expert's inner output z and its unweighted output y
+    (`[saved_rows + block, ...]`; blocks starting past saved_rows write into the last `block`
+    rows, which are never read)."""
+    xr0 = x[:block]
+    d_out = jax.eval_shape(expert_fn, expert_params(params, 0), xr0).shape[-1]
+    saved = None
+    if saved_rows:
+        z_shapes = jax.eval_shape(expert_fn.inner, expert_params(params, 0), xr0)
+        buf = lambda tail, dtype: jnp.zeros((saved_rows + block, *tail), dtype)
+        saved = jax.tree.map(lambda s: buf(s.shape[1:], s.dtype), z_shapes), buf((d_out,), x.dtype)
 
     def per_expert(carry, inputs):
         p_e, e = inputs
 
-        def block_fn(rows, assign, valid):
-            y, vjp = jax.vjp(expert_fn, p_e, x[rows])  # recompute this block's forward
+        def block_fn(at, rows, assign, valid):
+            w = w_flat[assign][:, None].astype(x.dtype)
+            if not saved_rows:
+                return (_masked(valid, expert_fn(p_e, x[rows]) * w),), None
+            z = expert_fn.inner(p_e, x[rows])
+            y = expert_fn.outer(p_e, z)
+            return (_masked(valid, y * w), z, y), None
+
+        def add(carry, at, rows, assign, per_row, _):
+            out, saved = carry
+            out = out.at[rows].add(per_row[0])
+            if saved_rows:
+                pos = jnp.minimum(at, saved_rows)
+                write = lambda b, v: jax.lax.dynamic_update_slice_in_dim(b, v.astype(b.dtype), pos, 0)
+                saved = jax.tree.map(write, saved, per_row[1:])
+            return out, saved
+
+        return _over_blocks(plan, e, block, block_fn, add, carry), None
+
+    out0 = jnp.zeros((x.shape[0], d_out), x.dtype)
+    (out, saved), _ = jax.lax.scan(per_expert, (out0, saved), (params, jnp.arange(_num_experts(params))))
+    return out, saved
+
+
+def _grouped_fwd(expert_fn, block, saved_rows, params, x, w_flat, plan):
+    out, saved = _forward(expert_fn, block, saved_rows, params, x, w_flat, plan)
+    return out, (params, x, w_flat, plan, saved)
+
+
+def _grouped_bwd(expert_fn, block, saved_rows, res, g):
+    params, x, w_flat, plan, saved = res
+    num_rows = plan.token.shape[0] - block  # T*K sorted positions
+
+    def per_expert(carry, inputs):
+        p_e, e = inputs
+
+        def recompute(at, rows, assign, valid):
+            y, vjp = jax.vjp(expert_fn, p_e, x[rows])
             g_rows = _masked(valid, g[rows])
             dpe, dxb = vjp(g_rows * w_flat[assign][:, None].astype(y.dtype))
             return (_masked(valid, dxb), jnp.sum(g_rows * y, -1).astype(w_flat.dtype)), dpe
 
-        def add(c, rows, assign, per_row, dpe):
+        def from_saved(at, rows, assign, valid):
+            n = rows.shape[0]
+            z, y = jax.tree.map(lambda b: _rows(b, at, n), saved)
+            g_rows = _masked(valid, g[rows])
+            # the primal outputs of these vjps are unused, so XLA drops their matmuls
+            dp_out, dz = jax.vjp(expert_fn.outer, p_e, z)[1](g_rows * w_flat[assign][:, None].astype(g.dtype))
+            dp_in, dxb = jax.vjp(expert_fn.inner, p_e, x[rows])[1](dz)
+            dwb = jnp.sum(g_rows * y.astype(g.dtype), -1).astype(w_flat.dtype)
+            return (_masked(valid, dxb), dwb), jax.tree.map(jnp.add, dp_out, dp_in)
+
+        if not saved_rows:
+            block_fn = recompute
+        elif saved_rows >= num_rows:
+            block_fn = from_saved
+        else:
+            block_fn = lambda at, rows, assign, valid: jax.lax.cond(
+                at + rows.shape[0] <= saved_rows, from_saved, recompute, at, rows, assign, valid)
+
+        def add(c, at, rows, assign, per_row, dpe):
             dp, dx, dw = c
             dxb, dwb = per_row
             return jax.tree.map(jnp.add, dp, dpe), dx.at[rows].add(dxb), dw.at[assign].add(dwb)
@@ -203,12 +274,22 @@ _grouped.defvjp(_grouped_fwd, _grouped_bwd)
 
 
 def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             block_size: int | None = None) -> jax.Array:
+             block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
     """y [T, d_out] = sum over valid slots of weight * expert(x); nothing dropped (module docstring).
 
     block_size: rows per full block (default `default_block_size`); partial blocks use `tail_sizes`.
+    saved_slots: for a `SplitExpert`, how many sorted rows per token (T * saved_slots in all, at most
+      T*K) keep their activations for the backward pass; rows past them are recomputed there. None
+      keeps all T*K, 0 recomputes everything (least memory). Memory: T * saved_slots rows of the
+      inner output plus the expert output (for SwiGLU, 2 d_ff + d floats a row).
     """
     block = block_size or default_block_size(x.shape[0], route.num_experts)
     tail_sizes(block)
+    num_rows = route.expert_ids.size
+    if saved_slots is not None and saved_slots < 0:
+        raise ValueError(f"saved_slots must be >= 0 or None, got {saved_slots}")
+    saved_rows = 0
+    if isinstance(expert_fn, SplitExpert):
+        saved_rows = num_rows if saved_slots is None else min(num_rows, math.ceil(x.shape[0] * saved_slots))
     w_flat = route.weights.T.reshape(-1)  # slot-major, matches the assignment numbering
-    return _grouped(expert_fn, block, params, x, w_flat, _plan(route, block))
+    return _grouped(expert_fn, block, saved_rows, params, x, w_flat, _plan(route, block))

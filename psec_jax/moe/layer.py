@@ -19,20 +19,34 @@ import jax.numpy as jnp
 
 from psec_jax.moe import losses, routing
 from psec_jax.moe.backends import dispatch as run_dispatch
+from psec_jax.moe.grouped import SplitExpert
 
 
-def swiglu_expert(p: Any, x: jax.Array) -> jax.Array:
-    """One SwiGLU expert: (silu(x W_gate) * (x W_up)) W_down. x: [n, d] -> [n, d]."""
-    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
-    return (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]
+def _cast(p: Any, dtype: Any) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype), p)
 
 
-def gelu_expert(p: Any, x: jax.Array) -> jax.Array:
-    """One GELU MLP expert: gelu(x W_in) W_out. x: [n, d] -> [n, d]."""
-    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
-    return jax.nn.gelu(x @ w["up"]) @ w["down"]
+def _swiglu_in(p: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    w = _cast({"gate": p["gate"], "up": p["up"]}, x.dtype)
+    return x @ w["gate"], x @ w["up"]
 
 
+def _swiglu_out(p: Any, z: tuple[jax.Array, jax.Array]) -> jax.Array:
+    gate, up = z
+    return (jax.nn.silu(gate) * up) @ p["down"].astype(gate.dtype)
+
+
+def _gelu_in(p: Any, x: jax.Array) -> jax.Array:
+    return x @ p["up"].astype(x.dtype)
+
+
+def _gelu_out(p: Any, h: jax.Array) -> jax.Array:
+    return jax.nn.gelu(h) @ p["down"].astype(h.dtype)
+
+
+# x [n, d] -> [n, d] for one expert's weights; split so that `dropless` can keep the activations.
+swiglu_expert = SplitExpert(_swiglu_in, _swiglu_out)  # (silu(x W_gate) * (x W_up)) W_down
+gelu_expert = SplitExpert(_gelu_in, _gelu_out)  # gelu(x W_up) W_down
 EXPERTS = {"swiglu": swiglu_expert, "gelu": gelu_expert}
 
 
@@ -72,7 +86,8 @@ def routing_stats(r: routing.RouteOutput, dropped: jax.Array) -> dict[str, jax.A
 def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k: int = 2, p: float = 0.4,
               max_k: int | None = None, renormalize: bool = False, backend: str = "dropless",
               activation: str = "swiglu", capacity_factor: float = 1.25, capacity_k: float | None = None,
-              block_size: int | None = None, aux_weights: dict[str, float] | None = None
+              block_size: int | None = None, saved_slots: float | None = 4.0,
+              aux_weights: dict[str, float] | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Route the tokens of x [..., d] and run the experts.
 
@@ -86,7 +101,7 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize)
     y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
                              capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size,
-                             activation=activation)
+                             saved_slots=saved_slots, activation=activation)
     return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), routing_stats(r, dropped)
 
 
@@ -104,6 +119,7 @@ class MoE(nn.Module):
     capacity_factor: float = 1.25
     capacity_k: float | None = None
     block_size: int | None = None
+    saved_slots: float | None = 4.0
     aux_weights: dict[str, float] | None = None
     param_dtype: Any = jnp.float32
 
@@ -115,4 +131,5 @@ class MoE(nn.Module):
         return moe_apply(params, x, router=self.router, k=self.k, p=self.p, max_k=self.max_k,
                          backend=self.backend, activation=self.activation,
                          capacity_factor=self.capacity_factor, capacity_k=self.capacity_k,
-                         block_size=self.block_size, aux_weights=self.aux_weights)
+                         block_size=self.block_size, saved_slots=self.saved_slots,
+                         aux_weights=self.aux_weights)
