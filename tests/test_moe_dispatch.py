@@ -85,11 +85,12 @@ def test_capacity_drops_and_reports_it():
     assert_trees_close(big, moe.dropless(x, r, moe.swiglu_expert, params["experts"]), rtol=1e-5, atol=1e-6)
 
 
-def test_dropless_does_not_recompile_when_routing_changes():
+@pytest.mark.parametrize("backend", ["dense", "capacity", "dropless"])
+def test_no_recompile_when_routing_changes(backend):
     params, x = setup(8)
-    fn = jax.jit(lambda p, x: moe.moe_apply(p, x, router="top_p", backend="dropless")[0])
+    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(moe.moe_apply(p, x, router="top_p", backend=backend)[0] ** 2)))
     x2 = jax.random.normal(jax.random.PRNGKey(9), x.shape) * 3.0  # different group sizes
-    assert_no_recompile(fn, params, x, next_args=lambda out: (params, x2 + out.sum() * 0))
+    assert_no_recompile(fn, params, x, next_args=lambda out: (params, x2 + out["router"].sum() * 0))
 
 
 def test_moe_layer_under_jit_grad_vmap_and_bf16():
@@ -115,6 +116,11 @@ def test_moe_layer_under_jit_grad_vmap_and_bf16():
     assert y16.dtype == jnp.bfloat16
     rtol, atol = tolerance(jnp.bfloat16)
     assert_trees_close(y16.astype(jnp.float32), y, rtol=5 * rtol, atol=5 * atol)
+    x16 = x.astype(jnp.bfloat16)
+    grads16 = jax.jit(jax.grad(lambda v: jnp.mean(layer.apply(v, x16)[0].astype(jnp.float32) ** 2)))(variables)
+    grads32 = jax.jit(jax.grad(lambda v: jnp.mean(layer.apply(v, x)[0] ** 2)))(variables)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))  # fp32 params get fp32 grads
+    assert_trees_close(grads16, grads32, rtol=10 * rtol, atol=10 * atol)
 
 
 def test_bad_arguments_fail_clearly():

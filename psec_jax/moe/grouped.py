@@ -81,13 +81,14 @@ def sort_assignments(route: RouteOutput) -> Sorted:
     return Sorted(order, sizes, (jnp.cumsum(sizes) - sizes).astype(jnp.int32))
 
 
-def default_block_size(num_tokens: int, num_experts: int, slots_per_token: float = 2.0) -> int:
-    """Rows per full block: a power of two covering 1.5x the mean group size, in [8, 256].
+def default_block_size(num_tokens: int) -> int:
+    """Rows per full block: 256, or the power of two covering T when that is smaller.
 
-    256 rows already run a matmul at full speed here; smaller groups are served by the tail ladder.
+    256 rows already run a matmul at full speed on CPU. Smaller blocks would split a group into
+    several matmuls that each read the expert's weights again; groups smaller than a block run once
+    in a ladder-sized tail, and no group exceeds T rows (an expert takes a token at most once).
     """
-    mean_rows = max(1.0, 1.5 * num_tokens * slots_per_token / num_experts)
-    return int(min(256, max(8, 2 ** math.ceil(math.log2(mean_rows)))))
+    return int(min(256, 2 ** math.ceil(math.log2(max(8, num_tokens)))))
 
 
 def tail_sizes(block: int) -> tuple[int, ...]:
@@ -283,7 +284,7 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
       keeps all T*K, 0 recomputes everything (least memory). Memory: T * saved_slots rows of the
       inner output plus the expert output (for SwiGLU, 2 d_ff + d floats a row).
     """
-    block = block_size or default_block_size(x.shape[0], route.num_experts)
+    block = block_size or default_block_size(x.shape[0])
     tail_sizes(block)
     num_rows = route.expert_ids.size
     if saved_slots is not None and saved_slots < 0:
