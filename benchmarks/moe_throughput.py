@@ -68,33 +68,41 @@ def layer_fn(cfg: dict, backend: str, k_mean: float, grad: bool):
 
 
 def torch_loop(params, x, route, grad: bool):
-    """The paper's loop dispatch in PyTorch; returns a zero-argument callable to time, or None."""
+    """The paper's loop dispatch in PyTorch; returns a zero-argument callable to time, or None.
+
+    As in the official code (and Hugging Face's Mixtral): one weight tensor set per expert (an
+    nn.ModuleList there), a loop over experts gathering the tokens that chose each one, and an
+    in-place index_add_ of the weighted outputs. With grad, one call is forward + backward to the
+    input and every expert's weights (gradients reset each call, as in a training step).
+    """
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t = lambda a: torch.from_numpy(np.array(a, np.float32))
-    w = {k: t(v).requires_grad_(grad) for k, v in params["experts"].items()}
+    experts = [{k: t(v[e]).requires_grad_(grad) for k, v in params["experts"].items()}
+               for e in range(route.num_experts)]
     xt = t(x).requires_grad_(grad)
     ids, mask = np.asarray(route.expert_ids), np.asarray(route.mask)
     weights = t(route.weights)
     per_expert = []
-    for e in range(ids.max() + 1):
+    for e in range(route.num_experts):
         tok, slot = np.nonzero(mask & (ids == e))
-        per_expert.append((e, torch.from_numpy(tok), torch.from_numpy(slot)))
+        if len(tok):
+            per_expert.append((experts[e], torch.from_numpy(tok), torch.from_numpy(slot)))
+    leaves = [xt] + [w for ex in experts for w in ex.values()]
 
     def run():
         with torch.set_grad_enabled(grad):
             out = torch.zeros_like(xt)
-            for e, tok, slot in per_expert:
-                if len(tok) == 0:
-                    continue
+            for w, tok, slot in per_expert:
                 h = xt[tok]
-                y = (torch.nn.functional.silu(h @ w["gate"][e]) * (h @ w["up"][e])) @ w["down"][e]
-                out = out.index_add(0, tok, y * weights[tok, slot][:, None])
+                y = (torch.nn.functional.silu(h @ w["gate"]) * (h @ w["up"])) @ w["down"]
+                out.index_add_(0, tok, y * weights[tok, slot][:, None])
             if grad:
-                (out.square().mean()).backward()
+                for leaf in leaves:
+                    leaf.grad = None
+                out.square().mean().backward()
             return out
 
     return run

@@ -36,7 +36,8 @@ from psec_jax.moe.routing import RouteOutput
 ExpertFn = Callable[[Any, jax.Array], jax.Array]  # (params of one expert, x [n, d]) -> [n, d_out]
 
 # Candidate tail sizes: multiples of 8 growing by 1.14-1.33x (waste <= 1/4, ~1/8 on average).
-_LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+_LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
+           896, 1024, 1280, 1536, 1792, 2048)
 
 
 @dataclasses.dataclass(frozen=True)
