@@ -15,7 +15,9 @@ back-ends. Beside them, in the same run:
   both ceilings measured here, at the start and the end of the run, the better one kept (fp32 matmul
   2048^3; a reduction over a 512 MB array). Weight bytes count the experts that received tokens.
   Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
-Dense is skipped where running every expert on every token exceeds --dense_limit_gflop.
+Dense is skipped where running every expert on every token exceeds --dense_limit_gflop, capacity
+where its buffers would exceed --memory_limit_gb (the 24 GB machine ran out at E=64, T=16k, top-p).
+The JSON is rewritten after every shape (`"complete": false` until the run ends).
 Prints a table and writes benchmarks/results/moe_throughput.json.
 """
 
@@ -172,6 +174,10 @@ def main() -> None:
     p.add_argument("--routers", nargs="*", default=list(ROUTERS))
     p.add_argument("--dense_limit_gflop", type=float, default=400.0)
     p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--memory_limit_gb", type=float, default=16.0,
+                   help="skip capacity runs whose expert buffers [E, C, d_ff] (x4 with the backward) exceed this")
+    p.add_argument("--routing_only", action="store_true", help="time the routers only (seconds)")
+    p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args()
     ceil = ceilings()
     print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, bandwidth {ceil['bandwidth_bytes'] / 1e9:.1f} GB/s",
@@ -202,7 +208,12 @@ def main() -> None:
             active = int(np.unique(np.asarray(route.expert_ids)[np.asarray(route.mask)]).size)
             for grad in (False, True):
                 mode = "fwd+bwd" if grad else "fwd"
-                candidates = [b for b in args.backends if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)]
+                if args.routing_only:
+                    break
+                cap_gb = 4 * e * moe.capacity_of(t, e, 1.25, k_mean) * f * 4 * (4 if grad else 1) / 1e9
+                candidates = [b for b in args.backends
+                              if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)
+                              and not (b == "capacity" and cap_gb > args.memory_limit_gb)]
                 timings = {}
                 for backend in candidates:
                     fn = layer_fn(cfg, backend, k_mean, grad)
@@ -220,6 +231,8 @@ def main() -> None:
                     print(f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "
                           f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  {row['roofline_fraction']:.2f} of roofline",
                           flush=True)
+        # written after every shape, so a run that dies keeps what it measured
+        bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False})
     end = ceilings()  # again at the end; the better of the two is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
     for row in rows:
@@ -232,7 +245,8 @@ def main() -> None:
     print(runs.format_table(summary, ["T", "E", "d", "mode", "best_backend", "best_ms", "speedup_vs_torch",
                                       "roofline_fraction", "top_p_vs_top2_per_expert",
                                       "routing_top_p_vs_top_k_same_k"], ".3g"))
-    path = bench.write_results("moe_throughput", rows, {"ceilings": ceil, "args": vars(args), "summary": summary})
+    path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
+                                                "complete": True})
     print(f"\nwrote {path}")
 
 
