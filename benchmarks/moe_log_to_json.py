@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from moe_throughput import summarize  # noqa: E402
+from moe_throughput import d_ff_of, summarize  # noqa: E402
 
 from psec_jax import bench, runs  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
             ceil = {"matmul_flops": float(m[1]) * 1e9, "bandwidth_bytes": float(m[2]) * 1e9}
         if m := LINE.match(line):
             t, e, d = int(m[1]), int(m[2]), int(m[3])
-            rows.append({"T": t, "E": e, "d": d, "f": 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64,
+            rows.append({"T": t, "E": e, "d": d, "f": d_ff_of(d),
                          "router": m[4], "experts_per_token": k_of[(t, e, d, m[4])], "backend": m[5],
                          "mode": m[6], "ms": float(m[7]), "tokens_per_s": float(m[8]),
                          "roofline_fraction": float(m[9])})

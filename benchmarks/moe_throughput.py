@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -110,19 +109,9 @@ def torch_loop(params, x, route, grad: bool):
     return run
 
 
-def best_time(fn, *args, slow_s: float = 3.0) -> float:
-    """Best wall time of fn(*args) after a warm-up: 3 timed calls, or 1 when a call takes > slow_s."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    t_first = time.perf_counter() - t0  # includes compilation
-    best = float("inf")
-    for _ in range(1 if t_first > 2 * slow_s else 3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-        if best > slow_s:
-            break
-    return best
+def d_ff_of(d: int) -> int:
+    """Expert hidden size: the paper's 2816 at d = 1024, else 2.75 d rounded to a multiple of 64."""
+    return 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -184,7 +173,7 @@ def main() -> None:
           flush=True)
     rows = []
     for t, e, d in grid(args.grid):
-        f = 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
+        f = d_ff_of(d)
         params = moe.init_moe(jax.random.PRNGKey(0), d, f, e)
         x = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
         expert_bytes = sum(a.nbytes for a in jax.tree.leaves(params["experts"])) / e
@@ -217,11 +206,11 @@ def main() -> None:
                 timings = {}
                 for backend in candidates:
                     fn = layer_fn(cfg, backend, k_mean, grad)
-                    timings[backend] = best_time(fn, params, x)
+                    timings[backend] = bench.time_call(fn, params, x, reps=3, min_seconds=0.0, slow_seconds=3.0)
                 if not args.no_torch:
                     run = torch_loop(params, x, route, grad)
                     if run is not None:
-                        timings["torch-loop"] = best_time(run)
+                        timings["torch-loop"] = bench.time_call(run, reps=3, min_seconds=0.0, slow_seconds=3.0)
                 for backend, secs in timings.items():
                     row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
                            "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,

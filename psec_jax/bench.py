@@ -16,11 +16,14 @@ from psec_jax import runs
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2) -> float:
+def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2,
+              slow_seconds: float | None = None) -> float:
     """Best wall time in seconds of ``fn(*args)`` (outputs blocked on), after one warm-up call.
 
     Runs at least ``reps`` timed calls and keeps going until ``min_seconds`` have passed; the minimum
-    is reported because on a shared machine noise only ever adds time.
+    is reported because on a shared machine noise only ever adds time. With ``slow_seconds``, stops
+    early once the best call took longer than that (long calls are timed once or twice, not ``reps``
+    times).
     """
     jax.block_until_ready(fn(*args))
     best, total, n = float("inf"), 0.0, 0
@@ -29,6 +32,8 @@ def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: fl
         jax.block_until_ready(fn(*args))
         dt = time.perf_counter() - t0
         best, total, n = min(best, dt), total + dt, n + 1
+        if slow_seconds is not None and best > slow_seconds:
+            break
     return best
 
 

@@ -120,6 +120,11 @@ BlockFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], tuple[An
 Accumulate = Callable[[Any, jax.Array, jax.Array, jax.Array, Any, Any], Any]
 
 
+def _rows(buf: jax.Array, at: jax.Array, n: int) -> jax.Array:
+    """Rows at, ..., at + n - 1 of buf (a sorted-order array padded so this never clamps)."""
+    return jax.lax.dynamic_slice_in_dim(buf, at, n, 0)
+
+
 def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accumulate: Accumulate,
                  carry: Any) -> Any:
     """Run `block_fn` on every block of expert e's rows (full blocks, then one ladder-sized tail)
@@ -132,8 +137,7 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     full = n // block
 
     def rows_at(at, size):
-        return (jax.lax.dynamic_slice(plan.token, (at,), (size,)),
-                jax.lax.dynamic_slice(plan.assignment, (at,), (size,)))
+        return _rows(plan.token, at, size), _rows(plan.assignment, at, size)
 
     def body(c):
         j, carry = c
@@ -169,10 +173,6 @@ def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
 
 def _num_experts(params: Any) -> int:
     return jax.tree.leaves(params)[0].shape[0]
-
-
-def _rows(buf: jax.Array, at: jax.Array, n: int) -> jax.Array:
-    return jax.lax.dynamic_slice_in_dim(buf, at, n, 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

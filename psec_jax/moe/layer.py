@@ -22,13 +22,8 @@ from psec_jax.moe.backends import dispatch as run_dispatch
 from psec_jax.moe.grouped import SplitExpert
 
 
-def _cast(p: Any, dtype: Any) -> Any:
-    return jax.tree.map(lambda a: a.astype(dtype), p)
-
-
 def _swiglu_in(p: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    w = _cast({"gate": p["gate"], "up": p["up"]}, x.dtype)
-    return x @ w["gate"], x @ w["up"]
+    return x @ p["gate"].astype(x.dtype), x @ p["up"].astype(x.dtype)
 
 
 def _swiglu_out(p: Any, z: tuple[jax.Array, jax.Array]) -> jax.Array:

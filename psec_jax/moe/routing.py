@@ -27,7 +27,7 @@ from flax import struct
 class RouteOutput:
     """Routing decision for T tokens over E experts with K slots per token."""
 
-    expert_ids: jax.Array  # [T, K] int32, experts by descending probability
+    expert_ids: jax.Array  # [T, K] int32, experts by descending probability (invalid slots: unspecified)
     weights: jax.Array  # [T, K] float32, combine weights (0 where mask is False)
     mask: jax.Array  # [T, K] bool, slot in use
     experts_per_token: jax.Array  # [T] int32, number of valid slots
