@@ -15,9 +15,16 @@ import ml_collections
 
 from psec_jax import runs
 from psec_jax.data import behavior
+from psec_jax.workdir import WorkdirError
+
+check_config = behavior.check_config  # run by the CLI before anything is built or compiled
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    earlier = [f for f in (runs.METRICS_FILE, "policy") if (Path(workdir) / f).exists()]
+    if earlier:  # SAC training keeps no checkpoints: a second run would mix its files with the first's
+        raise WorkdirError(f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
+                           f"behavior runs do not resume: use a new --workdir")
     runs.save_config(workdir, config)
     with runs.MetricsWriter(workdir) as metrics:  # one line per evaluation, for watching a run
         policies, info = behavior.train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))

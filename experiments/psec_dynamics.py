@@ -15,6 +15,8 @@ import ml_collections
 
 from psec_jax.rl import dynamics
 
+check_config = dynamics.check_config  # run by the CLI before anything is loaded or compiled
+
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return dynamics.run(config, workdir)

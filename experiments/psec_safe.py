@@ -16,6 +16,8 @@ import ml_collections
 
 from psec_jax.rl import safe
 
+check_config = safe.check_config  # run by the CLI before anything is loaded or compiled
+
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return safe.run(config, workdir)

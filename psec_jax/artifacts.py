@@ -1,11 +1,16 @@
 """Self-checking artifact directories: an Orbax array tree plus a JSON manifest.
 
-    <dir>/arrays/        Orbax StandardCheckpointer save of a nested dict of arrays
-    <dir>/<manifest>     JSON: caller's metadata, array shapes/dtypes, sha256 of every file
+    <dir>/arrays/              Orbax StandardCheckpointer save of a nested dict of arrays
+    <dir>/<manifest>           JSON: caller's metadata (with a "format"), array shapes/dtypes, sha256 of
+                               every file under arrays/
+    <dir>/<manifest>.sha256    sha256 of the manifest itself (`sha256sum -c` format), so an edited
+                               value in the metadata is caught like a flipped bit in the arrays
 
 `save_tree` writes to a temporary sibling and renames it into place (a failed save never touches an
-existing artifact); `load_tree` verifies every checksum before reading and rebuilds the arrays from
-the manifest alone. Skill libraries and behaviour policies are stored this way.
+existing artifact). It replaces only an artifact of the same kind that it wrote: a file, a directory
+of someone else's files, or an artifact with extra files in it is refused, never deleted. `load_tree`
+verifies every checksum before reading and rebuilds the arrays from the manifest alone. Skill
+libraries, behaviour policies, pretrained policies and composers are stored this way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -49,11 +55,55 @@ def _abstract(shapes: Any) -> Any:
                         is_leaf=is_leaf)
 
 
+def _sidecar(manifest: str) -> str:
+    return manifest + ".sha256"
+
+
+def _kind(fmt: Any) -> str:
+    """A format without its version: ``psec_jax.skill_library/2`` -> ``psec_jax.skill_library``."""
+    return re.sub(r"(/|\.v)\d+$", "", str(fmt))
+
+
+def _check_replaceable(directory: Path, manifest: str, fmt: Any, error: type[Exception]) -> None:
+    """Raises ``error`` unless ``directory`` is absent, empty, or an artifact of kind ``fmt`` holding
+    only its own files: anything else at that path belongs to someone and must not be deleted."""
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir() or directory.is_symlink():
+        raise error(f"refusing to save to {directory}: it is a file, not a saved artifact")
+    present = {str(f.relative_to(directory)) for f in directory.rglob("*") if not f.is_dir()}
+    if not present:
+        return
+    what = _kind(fmt).removeprefix("psec_jax.").replace("_", " ") if fmt else "artifact"
+    try:
+        meta = json.loads((directory / manifest).read_text())
+        ours = set(meta["files"]) | {manifest, _sidecar(manifest)}
+        same_kind = _kind(meta.get("format")) == _kind(fmt)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise error(f"refusing to replace {directory}: it is not a {what} saved by psec_jax "
+                    f"(no readable {manifest}); choose another path or move it away") from None
+    if not same_kind:
+        other = _kind(meta.get("format")).removeprefix("psec_jax.").replace("_", " ")
+        raise error(f"refusing to replace {directory}: it holds a {other}, not a {what}")
+    foreign = sorted(present - ours)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise error(f"refusing to replace {directory}: it holds {shown}, which the saved {what} does not "
+                    f"include; move them away first")
+
+
 def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], *,
               manifest: str = "manifest.json", error: type[Exception] = ArtifactError) -> Path:
-    """Write `tree` (nested dicts of arrays) and `meta` (JSON-able) to `directory`, atomically."""
+    """Write `tree` (nested dicts of arrays) and `meta` (JSON-able) to `directory`, atomically.
+
+    An existing artifact of the same kind (``meta["format"]``) is replaced; anything else at
+    ``directory`` is refused with ``error``."""
     directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(directory, manifest, meta.get("format"), error)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"could not save {directory}: {e.strerror or e}") from None
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with ocp.StandardCheckpointer() as ckptr:
@@ -63,6 +113,7 @@ def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], 
         full["array_shapes"] = _shapes(tree)
         full["files"] = {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / manifest).write_text(json.dumps(full, indent=1, default=str))
+        (tmp / _sidecar(manifest)).write_text(f"{sha256(tmp / manifest)}  {manifest}\n")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(directory, old)
@@ -90,11 +141,19 @@ def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.jso
     path = directory / manifest
     if not path.is_file():
         raise error(f"nothing saved at {directory} (missing {manifest})")
+    side = directory / _sidecar(manifest)
+    if not side.is_file():
+        raise error(f"{directory} is incomplete: missing {side.name} (the checksum of {manifest})")
+    if side.read_text().split()[:1] != [sha256(path)]:
+        raise error(f"{path} was changed after it was saved (its checksum in {side.name} does not match)")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"corrupt manifest {path}: {e}") from None
-    for rel, digest in meta.get("files", {}).items():
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict):
+        raise error(f"malformed manifest {path}: no 'files' table")
+    for rel, digest in files.items():
         f = directory / rel
         if not f.is_file():
             raise error(f"{directory} is incomplete: missing file {rel}")

@@ -1,28 +1,37 @@
-"""Orbax checkpoints that carry their config, so a run can be rebuilt from the checkpoint alone.
+"""Orbax checkpoints that carry their config and verify their own bytes.
 
-Each step directory holds two items: ``state`` (the array pytree, Orbax standard format) and
-``config`` (the resolved ml-collections config as JSON)::
+Each step directory holds two Orbax items, ``state`` (the array pytree) and ``config`` (the resolved
+ml-collections config as JSON), plus ``psec_checksums.json``: the sha256 and size of every file of the
+step, written once Orbax has committed it. Restores check every file first, so a flipped bit or a
+truncated file is reported by name instead of restoring wrong numbers::
 
     ckpts = Checkpoints(workdir / "checkpoints", max_to_keep=3)
-    ckpts.save(step, state, config)               # async; writes are committed atomically by Orbax
-    step = ckpts.latest_step()                    # None when there is nothing to resume from
-    state, config = ckpts.restore(target=state)   # target: a concrete or abstract (ShapeDtypeStruct) tree
+    ckpts.save(step, state, config)               # async; checksums are written once the save commits
+    step = ckpts.resume_step(report=print)        # newest intact step; broken newer ones moved aside
+    state, config = ckpts.restore(step, target=state)   # target: a concrete or abstract tree
     config = Checkpoints.read_config(directory)   # no arrays needed
+
+A broken step is never deleted: ``resume_step`` moves it to ``<directory>/rejected/<step>``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from psec_jax.runs import to_jsonable
+from psec_jax import artifacts
+from psec_jax.runs import one_line, to_jsonable
 
 _ITEMS = ("state", "config")
+CHECKSUM_FILE = "psec_checksums.json"
+REJECTED_DIR = "rejected"
 
 
 class CheckpointError(RuntimeError):
@@ -33,8 +42,13 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _file_digests(step_dir: Path) -> dict[str, dict[str, Any]]:
+    return {str(f.relative_to(step_dir)): {"sha256": artifacts.sha256(f), "bytes": f.stat().st_size}
+            for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != CHECKSUM_FILE}
+
+
 class Checkpoints:
-    """A directory of step checkpoints, each holding ``state`` and ``config`` (thin Orbax wrapper)."""
+    """A directory of verified step checkpoints, each holding ``state`` and ``config``."""
 
     def __init__(
         self,
@@ -48,10 +62,48 @@ class Checkpoints:
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} does not exist")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=create
+            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=create,
+            cleanup_tmp_directories=True,  # half-written saves of a killed run
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        self._pending: list[int] = []  # saved steps whose checksums are not written yet
 
+    # ----- saving -----------------------------------------------------------------------------------
+    def save(self, step: int, state: Any, config: ml_collections.ConfigDict | dict, *, force: bool = False) -> bool:
+        """Saves ``state`` and ``config`` at ``step`` (asynchronously); returns whether a save started.
+
+        ``force`` saves even when ``step`` is off the save interval (use it for the final step).
+        """
+        self._seal(wait=True)  # Orbax waits for the previous save anyway
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config))
+        )
+        started = self._manager.save(int(step), args=args, force=force)
+        if started:
+            self._pending.append(int(step))
+        return started
+
+    def poll(self) -> None:
+        """Writes the checksums of saves that have committed since; never blocks (call between steps)."""
+        self._seal(wait=False)
+
+    def _seal(self, wait: bool) -> None:
+        if not self._pending:
+            return
+        if wait:
+            self._manager.wait_until_finished()
+        elif self._manager.is_saving_in_progress():
+            return
+        for step in self._pending:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # max_to_keep may have removed it already
+                record = {"step": step, "files": _file_digests(step_dir)}
+                tmp = step_dir / f".{CHECKSUM_FILE}.tmp"
+                tmp.write_text(json.dumps(record, indent=1))
+                os.replace(tmp, step_dir / CHECKSUM_FILE)
+        self._pending.clear()
+
+    # ----- checking ---------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
         """Steps with a committed checkpoint, ascending."""
         return sorted(self._manager.all_steps())
@@ -60,18 +112,81 @@ class Checkpoints:
         """The newest committed step, or None when the directory holds no checkpoint."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, config: ml_collections.ConfigDict | dict, *, force: bool = False) -> bool:
-        """Saves ``state`` and ``config`` at ``step`` (asynchronously); returns whether a save started.
+    def has_checksums(self, step: int) -> bool:
+        return (self.directory / str(step) / CHECKSUM_FILE).is_file()
 
-        ``force`` saves even when ``step`` is off the save interval (use it for the final step).
+    def verify(self, step: int) -> str | None:
+        """None when every file of ``step`` matches its recorded checksum, else the problem in one line
+        (naming the file)."""
+        self._seal(wait=True)
+        step_dir = self.directory / str(step)
+        path = step_dir / CHECKSUM_FILE
+        if not path.is_file():
+            return f"no {CHECKSUM_FILE} (the save did not finish, or an older psec_jax wrote it)"
+        try:
+            recorded = json.loads(path.read_text())["files"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return f"{CHECKSUM_FILE} is unreadable"
+        for rel, want in recorded.items():
+            f = step_dir / rel
+            if not f.is_file():
+                return f"missing file {rel}"
+            size = f.stat().st_size
+            if size != want["bytes"]:
+                return f"truncated or changed file {rel} ({size} bytes, {want['bytes']} were saved)"
+            if artifacts.sha256(f) != want["sha256"]:
+                return f"checksum mismatch in {rel}"
+        return None
+
+    def _reject(self, step: int) -> Path:
+        """Moves a broken step out of Orbax's sight (never deletes it); returns where it went."""
+        dest = self.directory / REJECTED_DIR / str(step)
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = self.directory / REJECTED_DIR / f"{step}-{n}"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(dest))
+        self._manager.reload()
+        return dest
+
+    def resume_step(self, report: Callable[[str], Any] | None = None) -> int | None:
+        """The newest step whose files all verify (None if the directory holds no checkpoint).
+
+        Newer steps that fail verification are moved to ``rejected/`` and ``report``ed, one line each,
+        saying which file is wrong and which step the run falls back to. A directory in which no step
+        has checksums (written before checksums existed) resumes from its newest step, unverified, with
+        a report. Raises CheckpointError when checkpoints exist but none is intact.
         """
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config))
-        )
-        return self._manager.save(int(step), args=args, force=force)
+        report = report or (lambda msg: None)
+        self._seal(wait=True)
+        steps = self.all_steps()
+        if not steps:
+            return None
+        if not any(self.has_checksums(s) for s in steps):
+            report(f"checkpoints in {self.directory} carry no checksums (written by an older psec_jax); "
+                   f"resuming from step {steps[-1]} unverified")
+            return steps[-1]
+        broken, step = [], None
+        for s in reversed(steps):
+            problem = self.verify(s)
+            if problem is None:
+                step = s
+                break
+            broken.append((s, problem))
+        if step is None:
+            details = "; ".join(f"step {s}: {p}" for s, p in broken)
+            raise CheckpointError(f"no intact checkpoint in {self.directory} ({details}); "
+                                  f"move the directory away to start the run again")
+        for bad, problem in broken:
+            dest = self._reject(bad)
+            report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; moved it to "
+                   f"{dest.relative_to(self.directory)}, resuming from step {step}")
+        return step
 
+    # ----- restoring --------------------------------------------------------------------------------
     def _step_or_latest(self, step: int | None) -> int:
-        self._manager.wait_until_finished()
+        self._seal(wait=True)
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -80,31 +195,39 @@ class Checkpoints:
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory} (have {self.all_steps()})")
         return step
 
-    def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, ml_collections.ConfigDict]:
-        """Returns ``(state, config)`` at ``step`` (default: latest).
+    def _check(self, step: int, verify: bool) -> None:
+        problem = self.verify(step) if verify else None
+        if problem is not None:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {problem}")
+
+    def restore(self, step: int | None = None, target: Any = None, *, verify: bool = True
+                ) -> tuple[Any, ml_collections.ConfigDict]:
+        """Returns ``(state, config)`` at ``step`` (default: latest), after checking every file's
+        checksum (``verify=False`` skips that, e.g. for checkpoints written before checksums existed).
 
         With ``target`` (a pytree of arrays or ShapeDtypeStructs) the state is restored into that
         structure, dtypes and shardings; without it, as the saved tree of arrays.
         """
         step = self._step_or_latest(step)
+        self._check(step, verify)
         state_args = ocp.args.StandardRestore(_abstract(target) if target is not None else None)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=state_args, config=ocp.args.JsonRestore())
             )
         except Exception as e:  # Orbax raises many types; all mean "this checkpoint is unusable".
-            raise CheckpointError(
-                f"could not restore step {step} from {self.directory}: {type(e).__name__}: {e}"
-            ) from e
+            raise CheckpointError(f"could not restore step {step} from {self.directory}: {one_line(e)}") from e
         return restored.state, ml_collections.ConfigDict(restored.config)
 
-    def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
+    def restore_config(self, step: int | None = None, *, verify: bool = True) -> ml_collections.ConfigDict:
         """The config saved with ``step`` (default: latest), without reading any arrays."""
         step = self._step_or_latest(step)
+        self._check(step, verify)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as e:
-            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: {e}") from e
+            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: "
+                                  f"{one_line(e)}") from e
         return ml_collections.ConfigDict(restored.config)
 
     @classmethod
@@ -114,12 +237,12 @@ class Checkpoints:
             return ckpts.restore_config(step)
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are committed and their checksums written."""
+        self._seal(wait=True)
 
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's resources."""
-        self._manager.wait_until_finished()
+        self._seal(wait=True)
         self._manager.close()
 
     def __enter__(self) -> "Checkpoints":

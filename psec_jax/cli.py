@@ -4,22 +4,23 @@
     psec-jax <experiment> --config=experiments/configs/<name>.py [--config.field=value ...] --workdir=DIR
 
 Each experiment is a module in ``experiments/`` exposing ``main(config, workdir) -> dict`` (its
-summary). Configs are ml-collections ``get_config()`` files, locked, so an override of a field that does
-not exist is an error. Command-line mistakes print one line naming the problem and exit with code 2.
+summary) and optionally ``check_config(config)`` (ValueError for values that cannot run). Configs are
+ml-collections ``get_config()`` files, locked, so an override of a field that does not exist is an
+error, and must have exactly the fields of the experiment's default config. Every expected failure is
+one line on stderr: exit 2 for mistakes in the command (flags, config, workdir), 1 for unusable
+checkpoints, datasets or saved artifacts, 130 for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
-PROG = "psec-jax"
-
+from psec_jax.experiment_flags import PROG, UsageError
+from psec_jax.experiment_flags import parse as _parse_flags
 
 class Experiment(NamedTuple):
     module: str  # importable module with main(config, workdir) -> dict
@@ -60,10 +61,6 @@ _PACKAGES = (
     "psec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "brax", "mujoco",
     "mujoco-mjx", "playground", "ml-collections", "numpy", "h5py",
 )
-
-
-class UsageError(Exception):
-    """A command-line mistake; reported as one line on stderr with exit code 2."""
 
 
 def _usage() -> str:
@@ -185,96 +182,53 @@ def dataset(argv: Sequence[str]) -> int:
     return 0
 
 
-def _config_path(argv: Sequence[str]) -> str | None:
-    """The value of --config in ``argv`` (``--config=P`` or ``--config P``), or None."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _check_config_file(value: str) -> None:
-    path = value
-    if not os.path.isfile(path) and ":" in value:  # config_flags passes `path:arg` on to get_config(arg)
-        path = value.split(":", 1)[0]
-    if not os.path.isfile(path):
-        raise UsageError(f"config file not found: {path}")
-
-
-def _unknown_field(name: str, field: str, argv: Sequence[str], config_value: str) -> str:
-    culprit = [a for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0].split(".")]
-    where = culprit[0] if culprit else f"field {field!r}"
-    return f"{name}: unknown config field {field!r} in {where} (config {config_value})"
-
-
 def parse_experiment_flags(name: str, argv: Sequence[str]):
-    """Parses an experiment's flags; returns ``(config, workdir, flag_values)`` or raises UsageError."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "ml-collections config file; --config.FIELD=VALUE overrides a field.",
-        flag_values=fv, lock_config=True, sys_argv=[f"{PROG} {name}", *argv],  # not sys.argv: main(argv) is callable
-    )
-    flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).", flag_values=fv)
-    flags.DEFINE_boolean("compilation_cache", True, "Use JAX's persistent compilation cache.", flag_values=fv)
-    flags.DEFINE_string("compilation_cache_dir", None, "Compilation cache directory.", flag_values=fv)
-
-    if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(f"usage: {PROG} {name} --config=PATH [--config.FIELD=VALUE ...] --workdir=DIR\n")
-        print(fv.get_help())
-        raise SystemExit(0)
-
-    config_value = _config_path(argv)
-    if config_value is None:
-        raise UsageError(f"{name}: --config is required (e.g. --config={EXPERIMENTS[name].default_config})")
-    _check_config_file(config_value)
-    try:
-        extra = fv([f"{PROG} {name}", *argv])  # override flags are defined while --config is parsed
-    except flags.UnrecognizedFlagError as e:
-        if e.flagname.startswith("config."):
-            raise UsageError(_unknown_field(name, e.flagname.split(".")[-1], argv, config_value)) from None
-        raise UsageError(f"{name}: {e}") from None
-    except flags.Error as e:
-        raise UsageError(f"{name}: {e}") from None
-    except (AttributeError, KeyError) as e:  # a locked ConfigDict refusing an unknown nested field
-        raise UsageError(_unknown_field(name, str(e).strip("'\""), argv, config_value)) from None
-    except Exception as e:  # an error raised while executing the config file itself
-        raise UsageError(f"{name}: could not load config {config_value}: {type(e).__name__}: {e}") from None
-    if len(extra) > 1:
-        raise UsageError(f"{name}: unexpected positional arguments: {' '.join(extra[1:])}")
-    try:
-        config = fv.config
-        config.get("__probe__")  # an unloadable file surfaces here as IOError
-    except IOError as e:
-        raise UsageError(f"{name}: could not load config {config_value}: {e}") from None
-    if not fv.workdir:
-        raise UsageError(f"{name}: --workdir is required")
-    return config, fv.workdir, fv
+    """Parses and checks an experiment's flags; returns ``(config, workdir, flag_values)`` or raises
+    UsageError (``psec_jax.experiment_flags``)."""
+    return _parse_flags(name, argv, EXPERIMENTS[name])
 
 
 def run_experiment(name: str, argv: Sequence[str]) -> int:
-    """Parses flags, enables the compilation cache, and runs ``EXPERIMENTS[name].module.main``."""
+    """Parses and checks flags and config, prepares and locks the workdir, enables the compilation
+    cache, and runs ``EXPERIMENTS[name].module.main``. Expected failures are one line on stderr: exit 2
+    for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints or artifacts,
+    130 for Ctrl-C (after the training loop checkpointed what it had)."""
+    from psec_jax import workdir as workdir_lib
+
     config, workdir, fv = parse_experiment_flags(name, argv)
+    try:
+        workdir = workdir_lib.prepare(workdir)
+    except workdir_lib.WorkdirError as e:
+        raise UsageError(f"{name}: {e}") from None
     from psec_jax import compilation_cache
 
     if fv.compilation_cache_dir:
         compilation_cache.enable(fv.compilation_cache_dir)
     elif fv.compilation_cache:
         compilation_cache.enable()
-    from psec_jax.checkpoint import CheckpointError
-
     module = importlib.import_module(EXPERIMENTS[name].module)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
     try:
-        module.main(config, workdir)
-    except CheckpointError as e:  # e.g. resuming a workdir with another config: say so in one line
-        print(f"{PROG} {name}: error: {e}", file=sys.stderr)
+        with workdir_lib.lock(workdir):
+            module.main(config, str(workdir))
+    except workdir_lib.WorkdirError as e:
+        raise UsageError(f"{name}: {e}") from None
+    except KeyboardInterrupt as e:  # loop.Interrupted says what was saved
+        print(f"{PROG} {name}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
+        print(f"{PROG} {name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Errors about the user's files (checkpoints, saved artifacts) rather than bugs: one line, exit 1."""
+    from psec_jax.artifacts import ArtifactError
+    from psec_jax.checkpoint import CheckpointError
+    from psec_jax.data.formats._common import DatasetError
+    from psec_jax.lora.library import LibraryError
+
+    return CheckpointError, ArtifactError, LibraryError, DatasetError
 
 
 if __name__ == "__main__":

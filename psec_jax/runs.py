@@ -26,8 +26,24 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
+def one_line(e: BaseException, limit: int = 300, with_type: bool = True) -> str:
+    """``Type: first line of the message`` (Orbax, TensorStore and absl errors run to many lines)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    text += " [...]" if len(lines) > 1 else ""
+    return f"{type(e).__name__}: {text}" if with_type else text
+
+
+def _finite_or_none(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def to_jsonable(value: Any) -> Any:
-    """Converts arrays (numpy or jax), numpy scalars, ConfigDicts and tuples into plain JSON values."""
+    """Converts arrays (numpy or jax), numpy scalars, ConfigDicts and tuples into plain JSON values.
+
+    NaN and +-Inf become None (JSON null): JSON has no NaN, and strict readers reject the ``NaN`` token
+    Python would otherwise write."""
     if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
         return to_jsonable(value.to_dict())
     if isinstance(value, Mapping):
@@ -35,13 +51,20 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
+        return _finite_or_none(value)
     if hasattr(value, "__array__") or isinstance(value, np.generic):
         arr = np.asarray(value)
         if arr.dtype.kind in "fc" and arr.dtype.itemsize < 4:
             arr = arr.astype(np.float32)
-        return arr.item() if arr.ndim == 0 else arr.tolist()
+        if arr.ndim == 0:
+            return _finite_or_none(arr.item())
+        return to_jsonable(arr.tolist()) if arr.dtype.kind in "fc" else arr.tolist()
     return str(value)
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps(to_jsonable(obj))`` that can never write a bare NaN or Infinity."""
+    return json.dumps(to_jsonable(obj), allow_nan=False, **kwargs)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
@@ -49,7 +72,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -87,7 +110,7 @@ class MetricsWriter:
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``{"step": step, "wall_time": unix seconds, **metrics}`` and returns that record."""
         record = {"step": int(step), "wall_time": time.time(), **to_jsonable(dict(metrics))}
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(dumps(record) + "\n")
         self._file.flush()
         return record
 
@@ -114,6 +137,38 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from e
+    return records
+
+
+def rewind_metrics(workdir: str | os.PathLike, last_step: int, filename: str = METRICS_FILE) -> list[dict]:
+    """Keeps only the records of ``workdir/metrics.jsonl`` up to ``last_step``; returns them.
+
+    A run that resumes from the checkpoint at ``last_step`` replays the steps after it: their earlier
+    records (written before a crash or kill) are dropped so that every step appears once. A torn final
+    line (the process died while writing it) is dropped too; any other unreadable line is an error.
+    The file is rewritten atomically.
+    """
+    path = Path(workdir) / filename
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept, records = [], []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines) and not line.endswith("\n"):
+                break  # torn by a kill mid-write
+            raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from e
+        if record.get("step", 0) <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+            records.append(record)
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
     return records
 
 
@@ -144,6 +199,6 @@ def format_table(
 
 def write_summary(workdir: str | os.PathLike, summary: Mapping[str, Any], floatfmt: str = ".4g") -> str:
     """Writes ``summary.json`` and returns the summary as a two-column table for printing."""
-    write_json_atomic(Path(workdir) / SUMMARY_FILE, summary)
-    flat = to_jsonable(dict(summary))
-    return format_table([{"metric": k, "value": v} for k, v in flat.items()], floatfmt=floatfmt)
+    write_json_atomic(Path(workdir) / SUMMARY_FILE, summary)  # NaN -> null there; the table shows nan
+    scalar = lambda v: np.asarray(v).item() if np.ndim(v) == 0 and not isinstance(v, str) else to_jsonable(v)
+    return format_table([{"metric": k, "value": scalar(v)} for k, v in summary.items()], floatfmt=floatfmt)

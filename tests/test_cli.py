@@ -1,5 +1,6 @@
 """Tests of the `psec-jax` command line: help, info, config loading and one-line errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,103 @@ def test_dataset_command_generates_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "walker-stand-medium-expert-2traj.hdf5" in out and "2000 transitions, 2 episodes" in out
     assert (tmp_path / "walker-stand-medium-expert-2traj.hdf5.sha256").is_file()
+
+
+def _one_line_error(capsys, code, argv):
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "is a file, not a directory"),
+    ("below_file", "cannot be created: {tmp}/plain is a file"),
+    ("read_only", "is not writable"),
+    ("below_read_only", "cannot be created"),
+])
+def test_unusable_workdirs_are_one_line_exit_2(tmp_path, capsys, where, message):
+    (tmp_path / "plain").write_text("user data")
+    if os.geteuid() == 0:  # root writes through chmod; sysfs refuses even root
+        read_only = "/sys"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        read_only = str(tmp_path / "ro")
+    workdir = {"file": tmp_path / "plain", "below_file": tmp_path / "plain" / "run",
+               "read_only": read_only, "below_read_only": f"{read_only}/psec_jax_run"}[where]
+    line = _one_line_error(capsys, 2, ["smoke", f"--config={CONFIG}", f"--workdir={workdir}"])
+    assert message.format(tmp=tmp_path) in line
+    assert (tmp_path / "plain").read_text() == "user data"
+
+
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
+
+
+@pytest.mark.parametrize("name, config, message", [
+    ("smoke", "{tmp}/no_get_config.py", "has no get_config() function"),
+    ("smoke", f"{CONFIG}:bogus", "has no presets, got"),
+    ("psec_continual", f"{CONFIGS}/psec_continual.py:bogus", "size must be small, paper or tiny, got 'bogus'"),
+    ("psec_continual", f"{CONFIGS}/psec_continual.py", None),  # valid: only the workdir is missing below
+    ("smoke", f"{CONFIGS}/psec_continual.py:tiny", "this is not a smoke config: it lacks data.input_dim"),
+    ("psec_continual", f"{CONFIGS}/psec_safe.py:tiny", "this is not a psec_continual config"),
+    ("behavior", CONFIG, "this is not a behavior config"),
+])
+def test_config_files_of_the_wrong_kind_are_one_line_exit_2(tmp_path, capsys, name, config, message):
+    (tmp_path / "no_get_config.py").write_text("learning_rate = 1e-3\n")
+    argv = [name, f"--config={config.format(tmp=tmp_path)}"]
+    line = _one_line_error(capsys, 2, argv if message is None else argv + [f"--workdir={tmp_path / 'w'}"])
+    assert (message or "--workdir is required") in line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name, config, override, message", [
+    ("smoke", CONFIG, "train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
+    ("smoke", CONFIG, "optim.learning_rate=nan", "optim.learning_rate must be finite, got nan"),
+    ("smoke", CONFIG, "train.log_every=0", "train.log_every must be a positive integer, got 0"),
+    ("smoke", CONFIG, "train.num_steps=2050", "train.num_steps (2050) must be a multiple of train.log_every (100)"),
+    ("psec_continual", f"{CONFIGS}/psec_continual.py:tiny", "compose.log_every=30", "compose.steps (100) must be a multiple"),
+    ("psec_safe", f"{CONFIGS}/psec_safe.py:tiny", "critics.cost.expectile=1.5", "critics.cost.expectile must be in (0.0, 1.0]"),
+    ("psec_dynamics", f"{CONFIGS}/psec_dynamics.py:tiny", "expand.batch_size=-1", "expand.batch_size must be a positive"),
+    ("behavior", f"{CONFIGS}/behavior.py", "sac.tau=0.0", "sac.tau must be in (0.0, 1.0]"),
+    ("behavior", f"{CONFIGS}/behavior.py", "env=walker-fly", "env must be one of"),
+])
+def test_values_that_cannot_train_are_rejected_before_compiling(tmp_path, capsys, name, config, override, message):
+    line = _one_line_error(capsys, 2, [name, f"--config={config}", f"--config.{override}", f"--workdir={tmp_path / 'w'}"])
+    assert message in line
+    assert not (tmp_path / "w").exists()  # rejected before the workdir (or anything) was touched
+
+
+def test_behavior_refuses_a_workdir_holding_an_earlier_run(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 40000, "return": 12.0}\n')
+    line = _one_line_error(capsys, 2, ["behavior", f"--config={CONFIGS}/behavior.py", f"--workdir={tmp_path}"])
+    assert "already holds a behavior run (metrics.jsonl)" in line
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 40000, "return": 12.0}\n'
+
+
+def test_unusable_checkpoints_are_one_line_exit_1(tmp_path, capsys):
+    args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", "--config.train.num_steps=20",
+            "--config.train.log_every=10", "--config.train.checkpoint_every=10", "--config.model.hidden_sizes=(8,)",
+            "--config.data.num_examples=32"]
+    assert cli.main(args) == 0
+    for step in ("10", "20"):  # both checkpoints lose their largest data file
+        files = [f for f in (tmp_path / "checkpoints" / step / "state").rglob("*") if f.is_file()]
+        max(files, key=lambda f: f.stat().st_size).unlink()
+    capsys.readouterr()
+    line = _one_line_error(capsys, 1, args)
+    assert "no intact checkpoint" in line and "step 20: missing file state/" in line
+
+
+def test_summary_json_holds_no_bare_nan(tmp_path, capsys):
+    args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", "--config.train.num_steps=20",
+            "--config.train.log_every=10", "--config.train.checkpoint_every=10", "--config.model.hidden_sizes=(8,)",
+            "--config.data.num_examples=32", "--config.optim.learning_rate=1e30"]  # diverges to NaN
+    assert cli.main(args) == 0
+    assert "nan" in capsys.readouterr().out  # the printed table says what happened
+
+    def no_constants(name):
+        raise AssertionError(f"bare {name} in JSON")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=no_constants)
+    assert summary["final_train_mse"] is None
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=no_constants)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -102,8 +103,107 @@ def test_corrupt_and_truncated_libraries_fail_clearly(base, tmp_path):
     path.write_bytes(original)
     lora.SkillLibrary.load(tmp_path / "lib")  # restored: loads again
     (tmp_path / "lib" / "library.json").write_text('{"format": "psec_jax.skill_lib')
+    with pytest.raises(lora.LibraryError, match="library.json was changed after it was saved"):
+        lora.SkillLibrary.load(tmp_path / "lib")
+    _reseal(tmp_path / "lib")
     with pytest.raises(lora.LibraryError, match="corrupt manifest"):
         lora.SkillLibrary.load(tmp_path / "lib")
+    (tmp_path / "lib" / "library.json.sha256").unlink()
+    with pytest.raises(lora.LibraryError, match="missing library.json.sha256"):
+        lora.SkillLibrary.load(tmp_path / "lib")
+
+
+def _reseal(directory):
+    """Rewrites library.json's checksum, as a careless tool would after editing it."""
+    (directory / "library.json.sha256").write_text(f"{artifacts.sha256(directory / 'library.json')}  library.json\n")
+
+
+def test_edited_metadata_is_caught_by_the_checksum(base, tmp_path):
+    random_library(base, [2]).save(tmp_path / "lib")
+    path = tmp_path / "lib" / "library.json"
+    meta = json.loads(path.read_text())
+    meta["skills"][0]["scale"] = 99.0  # the value that silently changed a policy before
+    path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(lora.LibraryError, match="changed after it was saved") as err:
+        lora.SkillLibrary.load(tmp_path / "lib", base)
+    assert "\n" not in str(err.value)
+
+
+def _set(path, value):
+    def edit(meta):
+        *parents, last = path
+        target = meta
+        for key in parents:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set(["skills", 0, "rank"], KeyError), r"skills\[0\] must be an object with fields"),
+    (_set(["skills", 0, "rank"], "2"), r"skills\[0\]\.rank must be a positive integer, got '2'"),
+    (_set(["skills", 0, "rank"], 0), r"skills\[0\]\.rank must be a positive integer"),
+    (_set(["skills", 0, "scale"], "16"), r"skills\[0\]\.scale must be a finite number"),
+    (_set(["skills", 0, "metrics"], []), r"skills\[0\]\.metrics must be an object"),
+    (_set(["skills", 0, "extra"], 1), r"skills\[0\] must be an object with fields"),
+    (_set(["skills"], {}), "skills must be a list"),
+    (_set(["skills"], []), "skills must be a non-empty list"),
+    (_set(["paths"], KeyError), "paths must be a dict, got 'nothing'"),
+    (_set(["base_fingerprint", 0], ["params/x", "3x4", "float32"]), r"base_fingerprint\[0\] must be"),
+    (lambda m: m["skills"].append(dict(m["skills"][0])), "skills\\[\\]\\.name must be unique"),
+    (lambda m: m["skills"].append(dict(m["skills"][0], name="copy")), "2 skills of rank <= 2, but"),
+])
+def test_malformed_metadata_is_a_library_error(base, tmp_path, edit, message):
+    random_library(base, [2]).save(tmp_path / "lib")
+    path = tmp_path / "lib" / "library.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta, indent=1))
+    _reseal(tmp_path / "lib")  # the checksum passes: only the metadata check stands in the way
+    with pytest.raises(lora.LibraryError, match="malformed metadata") as err:
+        lora.SkillLibrary.load(tmp_path / "lib", base)
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_save_replaces_only_a_library_it_wrote(base, tmp_path):
+    lib = random_library(base, [2])
+    plain = tmp_path / "notes.txt"
+    plain.write_text("user data")
+    with pytest.raises(lora.LibraryError, match="it is a file, not a saved artifact"):
+        lib.save(plain)
+    assert plain.read_text() == "user data"
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "results.csv").write_text("1,2,3")
+    with pytest.raises(lora.LibraryError, match="not a skill library saved by psec_jax"):
+        lib.save(theirs)
+    assert (theirs / "results.csv").read_text() == "1,2,3"
+
+    lib.save(tmp_path / "lib")
+    (tmp_path / "lib" / "README").write_text("what this library is for")
+    with pytest.raises(lora.LibraryError, match="it holds README, which the saved skill library does not"):
+        lib.save(tmp_path / "lib")
+    assert (tmp_path / "lib" / "README").is_file()
+    (tmp_path / "lib" / "README").unlink()
+    lib.select(["s0"]).save(tmp_path / "lib")  # only its own files: replaced
+
+    composer = tmp_path / "composer"
+    artifacts.save_tree(composer, {"w": np.ones(2)}, {"format": "psec_jax.composer/1"})
+    with pytest.raises(lora.LibraryError, match="not a skill library saved by psec_jax"):
+        lib.save(composer)
+    same_manifest_name = tmp_path / "other"
+    artifacts.save_tree(same_manifest_name, {"w": np.ones(2)}, {"format": "psec_jax.composer/1"},
+                        manifest="library.json")
+    with pytest.raises(lora.LibraryError, match="it holds a composer, not a skill library"):
+        lib.save(same_manifest_name)
+
+    (tmp_path / "empty").mkdir()
+    lib.save(tmp_path / "empty")  # an empty directory holds nothing to lose
+    assert lora.SkillLibrary.load(tmp_path / "empty").names == ["s0"]
 
 
 def test_a_failed_save_keeps_the_previous_library(base, tmp_path, monkeypatch):

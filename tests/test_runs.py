@@ -53,3 +53,47 @@ def test_tables_and_summary(tmp_path):
     assert len({len(line) for line in lines}) == 1  # aligned columns
     text = runs.write_summary(tmp_path, {"mse": 0.125, "steps": 10})
     assert "0.125" in text and json.loads((tmp_path / runs.SUMMARY_FILE).read_text())["steps"] == 10
+
+
+def test_json_files_never_hold_a_bare_nan(tmp_path):
+    out = runs.to_jsonable({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": jnp.float32(np.nan),
+                            "d": [float("-inf"), 2], "e": np.array([1, 2])})
+    assert out == {"a": None, "b": [1.0, None], "c": None, "d": [None, 2], "e": [1, 2]}
+    runs.write_json_atomic(tmp_path / "s.json", {"loss": float("nan")})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"loss": None}
+    with runs.MetricsWriter(tmp_path) as w:
+        w.write(1, {"loss": np.float32("nan")})
+    assert "NaN" not in (tmp_path / runs.METRICS_FILE).read_text()
+    assert "| nan" in runs.write_summary(tmp_path, {"mse": float("nan")})  # the table still says nan
+
+
+def test_rewind_metrics_keeps_each_step_once(tmp_path):
+    path = tmp_path / runs.METRICS_FILE
+    assert runs.rewind_metrics(tmp_path, 10) == []  # no file yet
+    path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in (10, 20, 30)) + '{"step": 4')
+    kept = runs.rewind_metrics(tmp_path, 20)
+    assert [r["step"] for r in kept] == [10, 20] == [r["step"] for r in runs.read_metrics(tmp_path)]
+    path.write_text(path.read_text() + "{torn in the middle\n" + json.dumps({"step": 30}) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:3 is not valid JSON"):
+        runs.rewind_metrics(tmp_path, 30)
+
+
+def test_workdir_lock_is_reentrant_within_a_process(tmp_path):
+    from psec_jax import workdir
+
+    with workdir.lock(tmp_path):
+        with workdir.lock(tmp_path / "." ):  # the training loop locks the CLI's workdir again
+            pass
+        assert "pid" in (tmp_path / workdir.LOCK_FILE).read_text()  # still held by the outer block
+    assert (tmp_path / workdir.LOCK_FILE).read_text() == ""
+
+
+def test_prepare_workdir_names_the_problem(tmp_path):
+    from psec_jax import workdir
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(workdir.WorkdirError, match="is a file, not a directory"):
+        workdir.prepare(tmp_path / "f")
+    with pytest.raises(workdir.WorkdirError, match=f"{tmp_path / 'f'} is a file"):
+        workdir.prepare(tmp_path / "f" / "a" / "b")
+    assert workdir.prepare(tmp_path / "new" / "run").is_dir()

@@ -92,6 +92,19 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a config that cannot train; nothing is built or compiled."""
+    from psec_jax import config_check as cc
+
+    cc.one_of(config, "env", envs_lib.names())
+    cc.positive_int(config, "total_steps", "eval_every", "eval_episodes", "sac.num_envs", "sac.batch_size",
+                    "sac.updates_per_step", "sac.hidden", "sac.replay_size", "sac.min_replay")
+    cc.non_negative(config, "num_replay_snapshots")
+    cc.positive(config, "sac.learning_rate", "sac.reward_scale", "sac.init_alpha")
+    cc.in_range(config, "sac.discount", 0.0, 1.0)
+    cc.in_range(config, "sac.tau", 0.0, 1.0, low_open=True)
+
+
 def _snapshot(state: sac.SACState) -> BehaviorPolicy:
     norm = state.normalizer
     return jax.device_get(BehaviorPolicy(state.actor_params, norm.mean, norm.std))

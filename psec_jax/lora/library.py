@@ -7,16 +7,20 @@ rows of B are zero, so every forward pass, merge and gradient is exactly that of
 
 On disk (a directory)::
 
-    library.json   format, skills' metadata, base-model fingerprint, adapted paths, sha256 of every file
-    arrays/        the stacked adapter tree (Orbax standard checkpoint)
+    library.json          format, skills' metadata, base-model fingerprint, adapted paths, sha256 of
+                          every array file
+    library.json.sha256   sha256 of library.json, so an edited scale or rank is caught at load
+    arrays/               the stacked adapter tree (Orbax standard checkpoint)
 
 ``save`` writes to a temporary sibling directory and renames it into place, so a failed save never
-leaves a half-written library where a good one was.
+leaves a half-written library where a good one was; it replaces only a library it wrote, never other
+files. ``load`` checks every checksum and the metadata's types before building anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -68,6 +72,48 @@ def _fingerprint_mismatch(saved: Sequence, current: Sequence) -> str | None:
             (s0, d0), (s1, d1) = saved[path], current[path]
             return f"parameter {path!r} is {s1} {d1} here but was {s0} {d0} in the library's base model"
     return None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_metadata(meta: Any, where: Path) -> None:
+    """LibraryError naming the first field of ``library.json`` that is missing or of the wrong type."""
+    def fail(field: str, want: str, got: Any = None) -> None:
+        raise LibraryError(f"{where}: malformed metadata: {field} must be {want}, got {got!r}")
+
+    for key, kind in (("skills", list), ("base_fingerprint", list), ("paths", dict), ("array_shapes", dict)):
+        if not isinstance(meta.get(key), kind):
+            fail(key, f"a {kind.__name__}", meta.get(key, "nothing"))
+    if not meta["skills"]:
+        fail("skills", "a non-empty list", [])
+    fields = {f.name for f in dataclasses.fields(SkillInfo)}
+    for i, skill in enumerate(meta["skills"]):
+        if not isinstance(skill, dict) or set(skill) != fields:
+            fail(f"skills[{i}]", f"an object with fields {sorted(fields)}",
+                 sorted(skill) if isinstance(skill, dict) else skill)
+        if not isinstance(skill["name"], str):
+            fail(f"skills[{i}].name", "a string", skill["name"])
+        if not _is_int(skill["rank"]) or skill["rank"] < 1:
+            fail(f"skills[{i}].rank", "a positive integer", skill["rank"])
+        scale = skill["scale"]
+        if not (_is_int(scale) or isinstance(scale, float)) or not math.isfinite(scale):
+            fail(f"skills[{i}].scale", "a finite number", scale)
+        for key in ("lora", "train_config", "metrics"):
+            if not isinstance(skill[key], dict):
+                fail(f"skills[{i}].{key}", "an object", skill[key])
+    names = [s["name"] for s in meta["skills"]]
+    if len(set(names)) != len(names):
+        fail("skills[].name", "unique", names)
+    for i, entry in enumerate(meta["base_fingerprint"]):
+        ok = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+              and isinstance(entry[1], list) and all(_is_int(d) for d in entry[1]) and isinstance(entry[2], str))
+        if not ok:
+            fail(f"base_fingerprint[{i}]", "[path, [dims], dtype]", entry)
+    for path, n_in in meta["paths"].items():
+        if not _is_int(n_in) or n_in < 1:
+            fail(f"paths[{path!r}]", "a positive integer (input axes)", n_in)
 
 
 def _to_plain(tree: Any) -> Any:
@@ -225,7 +271,8 @@ class SkillLibrary:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes the library to ``directory`` atomically (replacing any library already there)."""
+        """Writes the library to ``directory`` atomically, replacing a library saved there before;
+        LibraryError, touching nothing, if ``directory`` is a file or holds anything else."""
         if not self.skills:
             raise LibraryError("cannot save an empty skill library")
         return artifacts.save_tree(directory, _to_plain(self.adapters), self._metadata(),
@@ -240,10 +287,20 @@ class SkillLibrary:
         if meta.get("format") != FORMAT:
             raise LibraryError(f"{Path(directory) / META_FILE}: unknown format {meta.get('format')!r} "
                                f"(expected {FORMAT})")
+        _check_metadata(meta, Path(directory) / META_FILE)
         if base_params is not None:
             problem = _fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
             if problem:
                 raise LibraryError(f"skill library {directory} does not fit this base model: {problem}")
         arrays = artifacts.load_arrays(directory, meta, error=LibraryError)
         skills = [SkillInfo(**s) for s in meta["skills"]]
-        return cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"])
+        lib = cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"])
+        pairs = core.flatten(lib.adapters)
+        if set(pairs) != set(lib.paths):
+            raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: the arrays adapt "
+                               f"{sorted(pairs)} but paths lists {sorted(lib.paths)}")
+        for path, pair in pairs.items():
+            if pair.a.shape[0] != len(skills) or pair.a.shape[-1] < lib.max_rank:
+                raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: {len(skills)} skills "
+                                   f"of rank <= {lib.max_rank}, but {path!r} has A of shape {pair.a.shape}")
+        return lib

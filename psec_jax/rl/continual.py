@@ -41,6 +41,16 @@ def _stack_skills(parts: list[Skills]) -> Skills:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a config this setting cannot run; nothing is loaded or compiled."""
+    from experiments.configs.psec_continual import TASKS  # the task table lives with the config
+
+    pipeline.check_common(config, ("pretrain", "expand", "compose"), ("expand.critic",))
+    pipeline.check_methods(config.methods, METHODS)
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         data: Mapping[str, OfflineData] | None = None, env: envs_lib.Env | None = None) -> dict[str, Any]:
     """Runs every stage and baseline for ``config.num_seeds`` seeds, evaluates on the target task and
@@ -50,9 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     ``config.skill_data``; ``env``: the evaluation environment (default: walker-<target>)."""
     from experiments.configs.psec_continual import TASKS  # the task table lives with the config
 
-    if config.task not in TASKS:
-        raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
-    pipeline.check_methods(config.methods, METHODS)
+    check_config(config)
     workdir = Path(workdir)
     t_start = time.perf_counter()
     prior, target = TASKS[config.task]

@@ -43,7 +43,9 @@ def data_names(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return config.source_data.format(**fill), config.target_data.format(**fill)
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a config this setting cannot run; nothing is loaded or compiled."""
+    pipeline.check_common(config, ("pretrain", "expand"), ("expand.critic",))
     pipeline.check_methods(config.methods, METHODS)
     if config.variant == "nominal" or config.variant not in envs_lib.VARIANTS:
         raise ValueError(f"config.variant must be a shifted dynamics variant, one of "
@@ -80,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     the evaluation environment (default ``config.env``, nominal dynamics); ``reference``: (random,
     expert) returns of 1000-step episodes (default ``scores.policy_references()[config.env]``).
     Returns ``{"methods": normalised summary, "raw": raw returns, "target_data": sizes, "seconds"}``."""
-    _check(config)
+    check_config(config)
     workdir = Path(workdir)
     t_start = time.perf_counter()
     source_name, target_name = data_names(config)

@@ -165,6 +165,38 @@ def make_act(actor: Actor, critic: critics.Critic, num_candidates: int, mode: st
     return act
 
 
+def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], critic_fields: tuple[str, ...]
+                 ) -> None:
+    """ConfigError (one line) for values no PSEC setting can train with: seeds, evaluation, the network,
+    every training stage in ``stages`` and every critic config in ``critic_fields`` (dotted names).
+    Runs before any data is loaded or anything compiled, so a bad compose stage fails in a second,
+    not after pretraining."""
+    from psec_jax import config_check as cc
+
+    cc.positive_int(config, "num_seeds", "eval.episodes", "eval.candidates", "eval.episode_length")
+    cc.positive_int(config, *(f"network.{f}" for f in ("hidden", "ff", "num_blocks", "time_features",
+                                                       "time_hidden", "diffusion_steps", "lora_rank",
+                                                       "mlp_adapter_hidden")))
+    cc.in_range(config, "network.dropout", 0.0, 0.99)
+    cc.positive(config, "network.lora_alpha")
+    for stage in stages:
+        cc.multiple_of(config, f"{stage}.steps", f"{stage}.log_every")
+        cc.positive_int(config, f"{stage}.batch_size")
+        cc.positive(config, f"{stage}.learning_rate")
+        for field, check in (("weight_decay", cc.non_negative), ("hidden", cc.positive_int),
+                             ("ema", lambda c, f: cc.in_range(c, f, 0.0, 1.0, low_open=True))):
+            if field in config[stage]:
+                check(config, f"{stage}.{field}")
+    for critic in critic_fields:
+        cc.one_of(config, f"{critic}.kind", ("reward", "cost"))
+        cc.positive_int(config, f"{critic}.hidden")
+        cc.positive(config, f"{critic}.learning_rate", f"{critic}.max_weight")
+        cc.in_range(config, f"{critic}.gamma", 0.0, 1.0)
+        cc.in_range(config, f"{critic}.tau", 0.0, 1.0, low_open=True)
+        cc.in_range(config, f"{critic}.expectile", 0.0, 1.0, low_open=True)
+        cc.non_negative(config, f"{critic}.beta")
+
+
 def check_methods(methods: Any, allowed: tuple[str, ...]) -> None:
     """ValueError naming unknown entries of ``config.methods`` (or an empty list)."""
     unknown = [m for m in methods if m not in allowed]

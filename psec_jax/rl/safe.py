@@ -132,7 +132,9 @@ def _expand_config(config: ml_collections.ConfigDict, kind: str) -> ml_collectio
     return c
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a config this setting cannot run; nothing is loaded or compiled."""
+    pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
     pipeline.check_methods(config.methods, METHODS)
     if not config.cost_limit > 0:
         raise ValueError(f"config.cost_limit must be > 0, got {config.cost_limit}")
@@ -155,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
     1000-step episodes for the normalised reward (default ``scores.policy_references()[config.env]``).
     Returns ``{"methods": normalised summary, "raw": raw summary, "safe_data": safe_subset info,
     "seconds": ...}``."""
-    _check(config)
+    check_config(config)
     workdir = Path(workdir)
     t_start = time.perf_counter()
     if env is None and config.env not in envs_lib.VELOCITY_THRESHOLDS:

@@ -1,0 +1,153 @@
+"""Flags and configs of ``psec-jax <experiment>``: every way they can be wrong becomes one line.
+
+``parse(name, argv, experiment)`` loads ``--config=PATH[:PRESET]`` (ml-collections, locked), applies
+``--config.FIELD=VALUE`` overrides, and checks the result before anything is compiled: the experiment's
+own fields exactly (a config written for another experiment is refused), every float finite, and the
+experiment module's ``check_config``. Mistakes raise ``UsageError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+from typing import Any, Sequence
+
+import ml_collections
+
+from psec_jax.runs import one_line
+
+PROG = "psec-jax"
+
+
+class UsageError(Exception):
+    """A command-line mistake; reported as one line on stderr with exit code 2."""
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    """The value of --config in ``argv`` (``--config=P`` or ``--config P``), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _load_config_file(name: str, value: str) -> Any:
+    """Runs ``get_config(preset)`` of ``--config=PATH[:PRESET]`` as ml-collections will, turning each
+    way it can fail into one line (absl would print the config file's traceback)."""
+    path, args = value, []
+    if not os.path.isfile(path) and ":" in value:  # config_flags passes `path:arg` on to get_config(arg)
+        path, preset = value.split(":", 1)
+        args = [preset]
+    if not os.path.isfile(path):
+        raise UsageError(f"{name}: config file not found: {path}")
+    spec = importlib.util.spec_from_file_location("psec_jax_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(f"{name}: could not load config {path}: {one_line(e)}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise UsageError(f"{name}: config file {path} has no get_config() function")
+    try:
+        inspect.signature(get_config).bind(*args)
+    except TypeError:
+        if args:
+            raise UsageError(f"{name}: config file {path} has no presets, got {value} (use --config={path})") from None
+        raise UsageError(f"{name}: config file {path} needs a preset: --config={path}:NAME") from None
+    try:
+        config = get_config(*args)
+    except Exception as e:  # e.g. an unknown preset: the config file's own message
+        raise UsageError(f"{name}: could not load config {value}: {one_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(f"{name}: config {value}: get_config() returned {type(config).__name__}, not a ConfigDict")
+    return config
+
+
+def _reference_config(experiment: Any) -> Any:
+    """The experiment's own default config (``Experiment.default_config``), to compare fields with."""
+    path, _, preset = experiment.default_config.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return module.get_config(*([preset] if preset else []))
+
+
+def check_config(name: str, experiment: Any, config: Any, config_value: str) -> None:
+    """UsageError (one line) unless ``config`` is a config of experiment ``name`` that can run: the
+    experiment's fields exactly, every float finite, and the experiment's own ``check_config``."""
+    from psec_jax import config_check
+
+    module = importlib.import_module(experiment.module)
+    try:
+        config_check.same_fields(config, _reference_config(experiment), name)
+    except ValueError as e:
+        raise UsageError(f"{name}: config {config_value}: {e} (start from "
+                         f"{experiment.default_config})") from None
+    try:
+        config_check.finite(config)
+        getattr(module, "check_config", lambda c: None)(config)
+    except ValueError as e:
+        raise UsageError(f"{name}: {e}") from None
+
+
+def _unknown_field(name: str, error: str, argv: Sequence[str], config_value: str) -> str:
+    # ml-collections' message for a locked field: "'stps'\nDid you mean "steps" instead of "stps"?"
+    hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', error)
+    field = hint.group(2) if hint else (re.findall(r"\w[\w.]*", error) or ["?"])[0]
+    culprit = [a for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0].split(".")]
+    where = culprit[0] if culprit else f"field {field!r}"
+    suggest = f"; did you mean {hint.group(1)!r}?" if hint else ""
+    return f"{name}: unknown config field {field!r} in {where} (config {config_value}){suggest}"
+
+
+def parse(name: str, argv: Sequence[str], experiment: Any):
+    """Parses the flags of experiment ``name`` (an ``Experiment``: module, default_config) and checks
+    its config; returns ``(config, workdir, flag_values)`` or raises UsageError."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "ml-collections config file; --config.FIELD=VALUE overrides a field.",
+        flag_values=fv, lock_config=True, sys_argv=[f"{PROG} {name}", *argv],  # not sys.argv: main(argv) is callable
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).", flag_values=fv)
+    flags.DEFINE_boolean("compilation_cache", True, "Use JAX's persistent compilation cache.", flag_values=fv)
+    flags.DEFINE_string("compilation_cache_dir", None, "Compilation cache directory.", flag_values=fv)
+
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(f"usage: {PROG} {name} --config=PATH [--config.FIELD=VALUE ...] --workdir=DIR\n")
+        print(fv.get_help())
+        raise SystemExit(0)
+
+    config_value = _config_path(argv)
+    if config_value is None:
+        raise UsageError(f"{name}: --config is required (e.g. --config={experiment.default_config})")
+    _load_config_file(name, config_value)
+    try:
+        extra = fv([f"{PROG} {name}", *argv])  # override flags are defined while --config is parsed
+    except flags.UnrecognizedFlagError as e:
+        if e.flagname.startswith("config."):
+            raise UsageError(_unknown_field(name, e.flagname.split(".")[-1], argv, config_value)) from None
+        raise UsageError(f"{name}: {e}") from None
+    except flags.Error as e:
+        raise UsageError(f"{name}: {one_line(e, with_type=False)}") from None
+    except (AttributeError, KeyError) as e:  # a locked ConfigDict refusing an unknown nested field
+        raise UsageError(_unknown_field(name, str(e), argv, config_value)) from None
+    except Exception as e:  # an error raised while executing the config file itself
+        raise UsageError(f"{name}: could not load config {config_value}: {one_line(e)}") from None
+    if len(extra) > 1:
+        raise UsageError(f"{name}: unexpected positional arguments: {' '.join(extra[1:])}")
+    try:
+        config = fv.config
+        config.get("__probe__")  # an unloadable file surfaces here as IOError
+    except IOError as e:
+        raise UsageError(f"{name}: could not load config {config_value}: {one_line(e)}") from None
+    if not fv.workdir:
+        raise UsageError(f"{name}: --workdir is required")
+    check_config(name, experiment, config, config_value)
+    return config, fv.workdir, fv

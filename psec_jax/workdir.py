@@ -1,0 +1,105 @@
+"""A run's working directory: checked before anything is computed, and locked while a run uses it.
+
+    path = workdir.prepare("runs/x")    # WorkdirError naming the problem: a file, below a file, read-only
+    with workdir.lock(path):            # WorkdirBusy if another process holds it
+        ...
+
+The lock is an advisory ``flock`` on ``<workdir>/.psec_jax.lock``: the kernel releases it when the
+holding process ends, however it ends (kill -9 included), so a crashed run never leaves a stale lock.
+It is re-entrant within one process (the CLI locks the workdir and the training loop locks it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+LOCK_FILE = ".psec_jax.lock"
+
+_held: dict[Path, list] = {}  # resolved workdir -> [open lock file, depth]
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used (the message names the path and the reason, in one line)."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another process is running in this workdir."""
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def prepare(path: str | os.PathLike) -> Path:
+    """Creates ``path`` (and its parents) if needed and checks that a run can write there.
+
+    Raises WorkdirError when ``path`` is a file, lies below a file, or cannot be created or written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"workdir {path} is a file, not a directory")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WorkdirError(f"workdir {path} cannot be created: {parent} is a file")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"workdir {path} cannot be created: {_reason(e)}") from None
+    probe = path / f".psec_jax.write-test-{os.getpid()}"
+    try:  # os.access is not enough: root passes it on read-only mounts, ACLs can refuse it
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"workdir {path} is not writable: {_reason(e)}") from None
+    return path
+
+
+@contextlib.contextmanager
+def lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Holds an exclusive lock on the workdir ``path`` for the ``with`` block.
+
+    Raises WorkdirBusy (naming the holder's pid, host and start time) if another process holds it.
+    """
+    key = Path(path).resolve()
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield Path(path)
+        finally:
+            _held[key][1] -= 1
+        return
+    f = open(key / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown process"
+        f.close()
+        raise WorkdirBusy(f"workdir {path} is in use by another run ({holder}); wait for it to finish "
+                          f"or use another --workdir") from None
+    except OSError as e:  # e.g. a filesystem without flock: say so rather than run unprotected
+        f.close()
+        raise WorkdirError(f"cannot lock workdir {path}: {_reason(e)}") from None
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+    f.flush()
+    _held[key] = [f, 1]
+    try:
+        yield Path(path)
+    finally:
+        _held[key][1] -= 1
+        if _held[key][1] == 0:
+            del _held[key]
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
