@@ -14,36 +14,14 @@ import numpy as np
 import pytest
 
 from experiments import smoke
-from experiments.configs import smoke as smoke_config
-from psec_jax import cli, loop, prng, runs, testing
+from smoke_helpers import run, tiny_config
+from psec_jax import cli, loop, runs, testing
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "configs" / "smoke.py")
 TINY = ["--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32", "--config.train.batch_size=16",
         "--config.train.log_every=10", "--config.train.checkpoint_every=20", "--config.train.max_to_keep=3"]
-
-
-def tiny_config(**train):
-    config = smoke_config.get_config()
-    config.data.num_examples = 32
-    config.model.hidden_sizes = (8,)
-    config.train.update({**dict(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20), **train})
-    return config
-
-
-def _run(config, workdir, wrap=lambda chunk: chunk):
-    trainer = smoke.make_train(config)
-    root = jax.random.key(config.seed)
-    data = trainer.make_data(prng.stream(root, "data"))
-    chunk = jax.jit(trainer.chunk)
-    return loop.run_chunks(
-        wrap(lambda s: chunk(s, data)), trainer.init(prng.stream(root, "init")),
-        num_chunks=config.train.num_steps // config.train.log_every,
-        steps_per_chunk=config.train.log_every, workdir=workdir, config=config,
-        checkpoint_every_chunks=config.train.checkpoint_every // config.train.log_every,
-        resume_may_change=("train.num_steps",),
-    )
 
 
 def _without_timing(records):
@@ -65,14 +43,14 @@ def _assert_bitwise_equal(a, b):
 # ----- the training loop ------------------------------------------------------------------------------
 
 def test_refused_resume_leaves_config_json_as_it_was(tmp_path):
-    _run(tiny_config(num_steps=20), tmp_path)
+    run(tiny_config(num_steps=20), tmp_path)
     before = (tmp_path / "config.json").read_bytes()
     changed = tiny_config()
     changed.optim.learning_rate = 0.5
     with pytest.raises(CheckpointError, match="optim.learning_rate"):
-        _run(changed, tmp_path)
+        run(changed, tmp_path)
     with pytest.raises(CheckpointError, match="at step 20, past the 10 steps this run asks for"):
-        _run(tiny_config(num_steps=10), tmp_path)
+        run(tiny_config(num_steps=10), tmp_path)
     assert (tmp_path / "config.json").read_bytes() == before
     assert [r["step"] for r in runs.read_metrics(tmp_path)] == [10, 20]
 
@@ -88,7 +66,7 @@ def test_rerunning_a_finished_run_keeps_its_record(tmp_path, capsys):
 
 
 def test_ctrl_c_checkpoints_the_last_finished_chunk_and_resumes_identically(tmp_path):
-    straight, _ = _run(tiny_config(checkpoint_every=40), tmp_path / "straight")
+    straight, _ = run(tiny_config(checkpoint_every=40), tmp_path / "straight")
 
     def interrupt_third_call(chunk):
         calls = []
@@ -101,34 +79,34 @@ def test_ctrl_c_checkpoints_the_last_finished_chunk_and_resumes_identically(tmp_
         return wrapped
 
     with pytest.raises(loop.Interrupted, match="step 20 is checkpointed") as err:
-        _run(tiny_config(checkpoint_every=40), tmp_path / "cut", wrap=interrupt_third_call)
+        run(tiny_config(checkpoint_every=40), tmp_path / "cut", wrap=interrupt_third_call)
     assert err.value.step == 20 and isinstance(err.value, KeyboardInterrupt)
     with Checkpoints(tmp_path / "cut" / "checkpoints") as ck:
         assert ck.all_steps() == [20] and ck.verify(20) is None  # not a checkpoint step: saved for Ctrl-C
-    resumed, records = _run(tiny_config(checkpoint_every=40), tmp_path / "cut")
+    resumed, records = run(tiny_config(checkpoint_every=40), tmp_path / "cut")
     testing.assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
     assert [r["step"] for r in records] == [10, 20, 30, 40]
 
 
 def test_resume_drops_the_metrics_of_replayed_steps(tmp_path):
-    _run(tiny_config(), tmp_path)
+    run(tiny_config(), tmp_path)
     with open(tmp_path / "metrics.jsonl", "a") as f:  # a run killed after logging step 50 and half of 60
         f.write(json.dumps({"step": 50, "loss": 1.0}) + "\n" + '{"step": 60, "lo')
-    _, records = _run(tiny_config(num_steps=60), tmp_path)
+    _, records = run(tiny_config(num_steps=60), tmp_path)
     assert [r["step"] for r in runs.read_metrics(tmp_path)] == [10, 20, 30, 40, 50, 60]
     assert records == runs.read_metrics(tmp_path) and records[4]["loss"] != 1.0
 
 
 def test_corrupt_latest_checkpoint_falls_back_with_one_warning(tmp_path, capsys):
-    straight, _ = _run(tiny_config(num_steps=60), tmp_path / "straight")
-    _run(tiny_config(), tmp_path / "flipped")
+    straight, _ = run(tiny_config(num_steps=60), tmp_path / "straight")
+    run(tiny_config(), tmp_path / "flipped")
     bad = max((f for f in (tmp_path / "flipped" / "checkpoints" / "40" / "state").rglob("*") if f.is_file()),
               key=lambda f: f.stat().st_size)
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0x04
     bad.write_bytes(bytes(data))
     capsys.readouterr()
-    resumed, records = _run(tiny_config(num_steps=60), tmp_path / "flipped")
+    resumed, records = run(tiny_config(num_steps=60), tmp_path / "flipped")
     warning = capsys.readouterr().err.strip().splitlines()
     assert len(warning) == 1 and bad.name in warning[0] and "resuming from step 20" in warning[0]
     testing.assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
@@ -162,7 +140,7 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path):
+def test_kill_9_and_resume_equals_an_uninterruptedrun(tmp_path):
     straight = tmp_path / "straight"
     out = subprocess.run(_cli(f"--workdir={straight}", "--config.train.num_steps=80"), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -7,31 +7,9 @@ import jax
 import pytest
 
 from experiments import smoke
-from experiments.configs import smoke as smoke_config
-from psec_jax import loop, prng, runs, testing
+from smoke_helpers import run, tiny_config
+from psec_jax import runs, testing
 from psec_jax.checkpoint import CheckpointError
-
-
-def tiny_config(**train):
-    config = smoke_config.get_config()
-    config.data.num_examples = 64
-    config.model.hidden_sizes = (16,)
-    config.train.update({**dict(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20), **train})
-    return config
-
-
-def _run(config, workdir):
-    trainer = smoke.make_train(config)
-    root = jax.random.key(config.seed)
-    data = trainer.make_data(prng.stream(root, "data"))
-    chunk = jax.jit(trainer.chunk)
-    return loop.run_chunks(
-        lambda s: chunk(s, data), trainer.init(prng.stream(root, "init")),
-        num_chunks=config.train.num_steps // config.train.log_every,
-        steps_per_chunk=config.train.log_every, workdir=workdir, config=config,
-        checkpoint_every_chunks=config.train.checkpoint_every // config.train.log_every,
-        resume_may_change=("train.num_steps",),
-    )
 
 
 def test_vmapped_seeds_equal_sequential_seeds_and_loss_falls():
@@ -55,9 +33,9 @@ def test_chunk_does_not_recompile():
 
 
 def test_resume_continues_identically(tmp_path):
-    straight, _ = _run(tiny_config(), tmp_path / "straight")
-    _run(tiny_config(num_steps=20), tmp_path / "resumed")
-    resumed, records = _run(tiny_config(), tmp_path / "resumed")  # picks up at step 20
+    straight, _ = run(tiny_config(), tmp_path / "straight")
+    run(tiny_config(num_steps=20), tmp_path / "resumed")
+    resumed, records = run(tiny_config(), tmp_path / "resumed")  # picks up at step 20
     assert [r["step"] for r in records] == [10, 20, 30, 40]  # the whole run's records
     assert int(resumed.step) == 40
     testing.assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
@@ -66,11 +44,11 @@ def test_resume_continues_identically(tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    _run(tiny_config(num_steps=20), tmp_path)
+    run(tiny_config(num_steps=20), tmp_path)
     changed = tiny_config()
     changed.optim.learning_rate = 0.5
     with pytest.raises(CheckpointError, match="optim.learning_rate"):
-        _run(changed, tmp_path)
+        run(changed, tmp_path)
 
 
 def test_main_writes_the_workdir(tmp_path, capsys):
