@@ -6,8 +6,9 @@
     <dir>/<manifest>.sha256    sha256 of the manifest itself (`sha256sum -c` format), so an edited
                                value in the metadata is caught like a flipped bit in the arrays
 
-`save_tree` writes to a temporary sibling and renames it into place (a failed save never touches an
-existing artifact). It replaces only an artifact of the same kind that it wrote: a file, a directory
+`save_tree` writes to a temporary sibling and swaps it into place in one atomic rename (Linux
+`renameat2` exchange; two renames elsewhere), so a failed or killed save never leaves less than the
+previous artifact. It replaces only an artifact of the same kind that it wrote: a file, a directory
 of someone else's files, or an artifact with extra files in it is refused, never deleted. `load_tree`
 verifies every checksum before reading and rebuilds the arrays from the manifest alone. Skill
 libraries, behaviour policies, pretrained policies and composers are stored this way.
@@ -15,6 +16,8 @@ libraries, behaviour policies, pretrained policies and composers are stored this
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -22,7 +25,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -42,6 +45,44 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def record_files(root: Path, skip: Callable[[str], bool] = lambda name: False) -> dict[str, dict]:
+    """``{path relative to root: {"sha256", "bytes"}}`` of every file below ``root`` whose name
+    ``skip`` does not exclude."""
+    return {str(f.relative_to(root)): {"sha256": sha256(f), "bytes": f.stat().st_size}
+            for f in sorted(root.rglob("*")) if f.is_file() and not skip(f.name)}
+
+
+def check_files(root: Path, record: Any) -> str | None:
+    """None when every file of ``record`` (from ``record_files``; a bare sha256 string per file is
+    accepted too) is below ``root`` with its size and checksum; else the first problem, naming the file."""
+    if not isinstance(record, dict):
+        return "the checksum record is unreadable"
+    for rel, want in record.items():
+        want = {"sha256": want} if isinstance(want, str) else want
+        if not isinstance(want, dict) or not isinstance(want.get("sha256"), str):
+            return f"the checksum record of {rel} is unreadable"
+        f = root / rel
+        if not f.is_file():
+            return f"missing file {rel}"
+        size = f.stat().st_size
+        if want.get("bytes", size) != size:
+            return f"truncated or changed file {rel} ({size} bytes, {want['bytes']} were saved)"
+        if sha256(f) != want["sha256"]:
+            return f"checksum mismatch in {rel}"
+    return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or filesystem cannot."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _shapes(tree: Any) -> Any:
@@ -111,20 +152,20 @@ def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], 
             ckptr.wait_until_finished()
         full = dict(meta)
         full["array_shapes"] = _shapes(tree)
-        full["files"] = {str(f.relative_to(tmp)): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        full["files"] = record_files(tmp)
         (tmp / manifest).write_text(json.dumps(full, indent=1, default=str))
         (tmp / _sidecar(manifest)).write_text(f"{sha256(tmp / manifest)}  {manifest}\n")
-        if directory.exists():
+        if not directory.exists():
+            os.replace(tmp, directory)
+        elif not _exchange(tmp, directory):  # then tmp holds the previous artifact, removed below
             old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(directory, old)
+            os.replace(directory, old)  # no atomic swap here: a kill between the renames leaves `old`
             try:
                 os.replace(tmp, directory)
             except BaseException:
                 os.replace(old, directory)  # put the previous artifact back
                 raise
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
     except error:
         raise
     except Exception as e:
@@ -143,7 +184,8 @@ def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.jso
         raise error(f"nothing saved at {directory} (missing {manifest})")
     side = directory / _sidecar(manifest)
     if not side.is_file():
-        raise error(f"{directory} is incomplete: missing {side.name} (the checksum of {manifest})")
+        raise error(f"{directory} has no {side.name} (the checksum of {manifest}): it is incomplete, or was "
+                    f"saved by a psec_jax older than metadata checksums (re-create it with this version)")
     if side.read_text().split()[:1] != [sha256(path)]:
         raise error(f"{path} was changed after it was saved (its checksum in {side.name} does not match)")
     try:
@@ -153,12 +195,9 @@ def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.jso
     files = meta.get("files") if isinstance(meta, dict) else None
     if not isinstance(files, dict):
         raise error(f"malformed manifest {path}: no 'files' table")
-    for rel, digest in files.items():
-        f = directory / rel
-        if not f.is_file():
-            raise error(f"{directory} is incomplete: missing file {rel}")
-        if sha256(f) != digest:
-            raise error(f"{directory} is corrupt: checksum mismatch in {rel}")
+    problem = check_files(directory, files)
+    if problem:
+        raise error(f"{directory} is corrupt: {problem}")
     return meta
 
 

@@ -2,11 +2,14 @@
 
 Each step directory holds two Orbax items, ``state`` (the array pytree) and ``config`` (the resolved
 ml-collections config as JSON), plus ``psec_checksums.json``: the sha256 and size of every file of the
-step, written once Orbax has committed it. Restores check every file first, so a flipped bit or a
-truncated file is reported by name instead of restoring wrong numbers::
+step. It is written in Orbax's save thread after the files are final and before the rename that
+commits the step, so every committed step carries the checksums of its data; the two step-level files
+Orbax writes at the commit itself (its step metadata) are added when the next save or ``wait`` sees the
+commit. Restores check every file first, so a flipped bit or a truncated file is reported by name
+instead of restoring wrong numbers::
 
     ckpts = Checkpoints(workdir / "checkpoints", max_to_keep=3)
-    ckpts.save(step, state, config)               # async; checksums are written once the save commits
+    ckpts.save(step, state, config)               # async
     step = ckpts.resume_step(report=print)        # newest intact step; broken newer ones moved aside
     state, config = ckpts.restore(step, target=state)   # target: a concrete or abstract tree
     config = Checkpoints.read_config(directory)   # no arrays needed
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +36,8 @@ from psec_jax.runs import one_line, to_jsonable
 _ITEMS = ("state", "config")
 CHECKSUM_FILE = "psec_checksums.json"
 REJECTED_DIR = "rejected"
+_SKIP = "psec_checksums"  # file names starting with it are the record itself (and its temporary file)
+_AT_COMMIT = ("_CHECKPOINT_METADATA", "commit_success.txt")  # step-level files Orbax (re)writes at commit
 
 
 class CheckpointError(RuntimeError):
@@ -40,11 +46,6 @@ class CheckpointError(RuntimeError):
 
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _file_digests(step_dir: Path) -> dict[str, dict[str, Any]]:
-    return {str(f.relative_to(step_dir)): {"sha256": artifacts.sha256(f), "bytes": f.stat().st_size}
-            for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != CHECKSUM_FILE}
 
 
 class Checkpoints:
@@ -57,51 +58,71 @@ class Checkpoints:
         max_to_keep: int | None = 3,
         save_interval_steps: int = 1,
         create: bool = True,
+        cleanup_tmp: bool = False,
     ):
+        """``cleanup_tmp`` removes the half-written saves of a killed run: only for the one process
+        that owns the directory (the training loop, holding the workdir lock), never for a reader,
+        whose cleanup would delete the save a running run is writing."""
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} does not exist")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=create,
-            cleanup_tmp_directories=True,  # half-written saves of a killed run
+            cleanup_tmp_directories=cleanup_tmp,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_uncommitted),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
-        self._pending: list[int] = []  # saved steps whose checksums are not written yet
+        self._lock = threading.Lock()
+        self._pending: list[int] = []  # steps handed to Orbax whose checksums are not written yet
 
     # ----- saving -----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict | dict, *, force: bool = False) -> bool:
         """Saves ``state`` and ``config`` at ``step`` (asynchronously); returns whether a save started.
 
         ``force`` saves even when ``step`` is off the save interval (use it for the final step).
+        Raises CheckpointError (one line) when the save cannot be started or the previous one failed.
         """
-        self._seal(wait=True)  # Orbax waits for the previous save anyway
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config))
         )
-        started = self._manager.save(int(step), args=args, force=force)
-        if started:
-            self._pending.append(int(step))
-        return started
+        self.wait()
+        with self._lock:
+            self._pending.append(int(step))  # before Orbax sees it: a Ctrl-C inside save() keeps it here
+        try:
+            return self._manager.save(int(step), args=args, force=force)
+        except Exception as e:
+            raise CheckpointError(f"could not save step {step} to {self.directory}: {one_line(e)}") from e
 
-    def poll(self) -> None:
-        """Writes the checksums of saves that have committed since; never blocks (call between steps)."""
-        self._seal(wait=False)
+    def _seal_uncommitted(self) -> None:
+        """Orbax's post-finalization hook (its save thread): the step's files are final but still in
+        ``<step>.orbax-checkpoint-tmp*``; record their checksums there, so the rename commits both.
+        Orbax rewrites its step metadata at the commit: those files are added by ``wait``."""
+        with self._lock:
+            steps = list(self._pending)
+        for step in steps:
+            for step_dir in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                self._write_checksums(step, step_dir, skip=_AT_COMMIT)
 
-    def _seal(self, wait: bool) -> None:
-        if not self._pending:
-            return
-        if wait:
+    def _write_checksums(self, step: int, step_dir: Path, skip: tuple[str, ...] = ()) -> None:
+        files = artifacts.record_files(step_dir, skip=lambda n: n.startswith(_SKIP))
+        record = {"step": step, "files": {k: v for k, v in files.items() if k not in skip}}
+        tmp = step_dir / f"{_SKIP}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, step_dir / CHECKSUM_FILE)
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are committed, then completes their checksum records
+        with the files Orbax writes at the commit; raises CheckpointError (one line) if a save failed."""
+        try:
             self._manager.wait_until_finished()
-        elif self._manager.is_saving_in_progress():
-            return
-        for step in self._pending:
+        except Exception as e:
+            raise CheckpointError(f"a save to {self.directory} failed: {one_line(e)}") from e
+        with self._lock:
+            steps, self._pending = self._pending, []
+        for step in steps:
             step_dir = self.directory / str(step)
-            if step_dir.is_dir():  # max_to_keep may have removed it already
-                record = {"step": step, "files": _file_digests(step_dir)}
-                tmp = step_dir / f".{CHECKSUM_FILE}.tmp"
-                tmp.write_text(json.dumps(record, indent=1))
-                os.replace(tmp, step_dir / CHECKSUM_FILE)
-        self._pending.clear()
+            if step_dir.is_dir():  # (max_to_keep may have removed it already)
+                self._write_checksums(step, step_dir)
 
     # ----- checking ---------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -118,25 +139,16 @@ class Checkpoints:
     def verify(self, step: int) -> str | None:
         """None when every file of ``step`` matches its recorded checksum, else the problem in one line
         (naming the file)."""
-        self._seal(wait=True)
-        step_dir = self.directory / str(step)
-        path = step_dir / CHECKSUM_FILE
+        self.wait()
+        path = self.directory / str(step) / CHECKSUM_FILE
         if not path.is_file():
             return f"no {CHECKSUM_FILE} (the save did not finish, or an older psec_jax wrote it)"
         try:
-            recorded = json.loads(path.read_text())["files"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            recorded = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
             return f"{CHECKSUM_FILE} is unreadable"
-        for rel, want in recorded.items():
-            f = step_dir / rel
-            if not f.is_file():
-                return f"missing file {rel}"
-            size = f.stat().st_size
-            if size != want["bytes"]:
-                return f"truncated or changed file {rel} ({size} bytes, {want['bytes']} were saved)"
-            if artifacts.sha256(f) != want["sha256"]:
-                return f"checksum mismatch in {rel}"
-        return None
+        files = recorded.get("files") if isinstance(recorded, dict) else None
+        return artifacts.check_files(self.directory / str(step), files)
 
     def _reject(self, step: int) -> Path:
         """Moves a broken step out of Orbax's sight (never deletes it); returns where it went."""
@@ -159,7 +171,7 @@ class Checkpoints:
         a report. Raises CheckpointError when checkpoints exist but none is intact.
         """
         report = report or (lambda msg: None)
-        self._seal(wait=True)
+        self.wait()
         steps = self.all_steps()
         if not steps:
             return None
@@ -177,7 +189,7 @@ class Checkpoints:
         if step is None:
             details = "; ".join(f"step {s}: {p}" for s, p in broken)
             raise CheckpointError(f"no intact checkpoint in {self.directory} ({details}); "
-                                  f"move the directory away to start the run again")
+                                  f"use a new --workdir to start again")
         for bad, problem in broken:
             dest = self._reject(bad)
             report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; moved it to "
@@ -186,7 +198,7 @@ class Checkpoints:
 
     # ----- restoring --------------------------------------------------------------------------------
     def _step_or_latest(self, step: int | None) -> int:
-        self._seal(wait=True)
+        self.wait()
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -236,14 +248,12 @@ class Checkpoints:
         with cls(directory, create=False) as ckpts:
             return ckpts.restore_config(step)
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are committed and their checksums written."""
-        self._seal(wait=True)
-
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's resources."""
-        self._seal(wait=True)
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpoints":
         return self

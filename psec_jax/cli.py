@@ -191,7 +191,7 @@ def parse_experiment_flags(name: str, argv: Sequence[str]):
 def run_experiment(name: str, argv: Sequence[str]) -> int:
     """Parses and checks flags and config, prepares and locks the workdir, enables the compilation
     cache, and runs ``EXPERIMENTS[name].module.main``. Expected failures are one line on stderr: exit 2
-    for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints or artifacts,
+    for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints, datasets, metrics or artifacts,
     130 for Ctrl-C (after the training loop checkpointed what it had)."""
     from psec_jax import workdir as workdir_lib
 
@@ -227,8 +227,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from psec_jax.checkpoint import CheckpointError
     from psec_jax.data.formats._common import DatasetError
     from psec_jax.lora.library import LibraryError
+    from psec_jax.runs import MetricsError
 
-    return CheckpointError, ArtifactError, LibraryError, DatasetError
+    return CheckpointError, ArtifactError, LibraryError, DatasetError, MetricsError
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ experiment module's ``check_config``. Mistakes raise ``UsageError`` with a one-l
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -45,10 +46,10 @@ def _load_config_file(name: str, value: str) -> Any:
         args = [preset]
     if not os.path.isfile(path):
         raise UsageError(f"{name}: config file not found: {path}")
-    spec = importlib.util.spec_from_file_location("psec_jax_user_config", path)
-    module = importlib.util.module_from_spec(spec)
+    loader = importlib.machinery.SourceFileLoader("psec_jax_user_config", path)  # any suffix, as absl
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except Exception as e:
         raise UsageError(f"{name}: could not load config {path}: {one_line(e)}") from None
     get_config = getattr(module, "get_config", None)

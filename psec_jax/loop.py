@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from psec_jax import runs, workdir as workdir_lib
+from psec_jax import config_check, runs, workdir as workdir_lib
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 CHECKPOINT_DIR = "checkpoints"
@@ -50,18 +50,10 @@ def warn(message: str) -> None:
     print(f"psec_jax: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in (d.items() if isinstance(d, dict) else []):
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def config_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
     """Dotted names of the fields whose values differ between two configs (or exist in only one)."""
-    a = _flat(runs.to_jsonable(saved))
-    b = _flat(runs.to_jsonable(current))
+    a = config_check.leaves(runs.to_jsonable(saved))
+    b = config_check.leaves(runs.to_jsonable(current))
     return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
 
 
@@ -86,8 +78,8 @@ def run_chunks(
 
     On resume the saved config must equal ``config`` except for the dotted fields listed in
     ``resume_may_change`` (e.g. ``"train.num_steps"`` to extend a run), and the checkpoint must not be
-    past the ``num_chunks * steps_per_chunk`` steps asked for; otherwise CheckpointError, with the
-    workdir left as it was. Returns the final state and every metric record of the run (earlier
+    past the ``num_chunks * steps_per_chunk`` steps asked for; otherwise CheckpointError, with
+    ``config.json`` and ``metrics.jsonl`` left as they were. Returns the final state and every metric record of the run (earlier
     sessions' included). Ctrl-C raises ``Interrupted`` after checkpointing the last finished chunk.
     """
     if num_chunks < 0 or steps_per_chunk < 1 or checkpoint_every_chunks < 1:
@@ -97,14 +89,14 @@ def run_chunks(
         )
     workdir = workdir_lib.prepare(workdir)
     total = num_chunks * steps_per_chunk
-    with workdir_lib.lock(workdir), Checkpoints(workdir / CHECKPOINT_DIR, max_to_keep=max_to_keep) as ckpts:
+    ckpt_dir = workdir / CHECKPOINT_DIR
+    with workdir_lib.lock(workdir), Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=True) as ckpts:
         state, step = init_state, ckpts.resume_step(report=warn)
         if step is None:
             step = 0
         else:
             _check_resume(ckpts, step, total, steps_per_chunk, config, resume_may_change)
             state, _ = ckpts.restore(step, target=init_state, verify=False)  # resume_step verified it
-        saved_step = step
         runs.save_config(workdir, config)  # only now: this config is what runs from here on
         history = runs.rewind_metrics(workdir, step)
         try:
@@ -114,7 +106,6 @@ def run_chunks(
                     new_state, metrics = chunk(state)
                     metrics = jax.device_get(metrics)  # also waits for the chunk to finish
                     seconds = time.perf_counter() - t0
-                    ckpts.poll()  # checksums of the save that ran beside this chunk
                     means = {k: float(np.mean(v)) for k, v in metrics.items()}
                     rate = {"steps_per_sec": steps_per_chunk / seconds}
                     record = writer.write((c + 1) * steps_per_chunk, {**means, **rate})
@@ -124,9 +115,8 @@ def run_chunks(
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
                     if (c + 1) % checkpoint_every_chunks == 0 or c + 1 == num_chunks:
                         ckpts.save(step, state, config, force=True)
-                        saved_step = step
         except KeyboardInterrupt:
-            interrupted = _checkpoint_on_interrupt(ckpts, step, saved_step, state, config)
+            interrupted = _checkpoint_on_interrupt(ckpts, step, state, config)
             runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
     return state, history
@@ -153,8 +143,8 @@ def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: in
         )
 
 
-def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, saved_step: int, state: Any,
-                             config: ml_collections.ConfigDict) -> Interrupted:
+def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict
+                             ) -> Interrupted:
     """Saves the last finished chunk's ``state`` (at ``step``) unless it is saved already; a second
     Ctrl-C during this save is ignored so that it cannot leave a half-written checkpoint."""
     try:
@@ -167,8 +157,8 @@ def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, saved_step: int, sta
         if step > 0 and step not in ckpts.all_steps():
             ckpts.save(step, state, config, force=True)
             ckpts.wait()
-    except Exception as e:  # report it; the checkpoint at saved_step is still there
-        problem, step = f" (saving step {step} failed: {runs.one_line(e)})", saved_step
+    except Exception as e:  # report it, and the newest checkpoint that is there
+        problem, step = f" (saving step {step} failed: {runs.one_line(e)})", ckpts.latest_step() or 0
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

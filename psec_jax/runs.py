@@ -96,6 +96,10 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(data)
 
 
+class MetricsError(ValueError):
+    """A metrics file has an unreadable line that is not a torn last line (the message names it)."""
+
+
 class MetricsWriter:
     """Appends one JSON line per call to ``workdir/metrics.jsonl``; flushed on every write.
 
@@ -136,7 +140,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from e
+                    raise MetricsError(f"{path}:{lineno} is not valid JSON: {e}") from e
     return records
 
 
@@ -161,7 +165,7 @@ def rewind_metrics(workdir: str | os.PathLike, last_step: int, filename: str = M
         except json.JSONDecodeError as e:
             if lineno == len(lines) and not line.endswith("\n"):
                 break  # torn by a kill mid-write
-            raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from e
+            raise MetricsError(f"{path}:{lineno} is not valid JSON: {e}") from e
         if record.get("step", 0) <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
             records.append(record)

@@ -42,14 +42,14 @@ def prepare(path: str | os.PathLike) -> Path:
     Raises WorkdirError when ``path`` is a file, lies below a file, or cannot be created or written.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"workdir {path} is a file, not a directory")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise WorkdirError(f"workdir {path} cannot be created: {parent} is a file")
-            break
-    try:
+    try:  # exists() itself raises when a parent cannot be entered
+        if path.exists() and not path.is_dir():
+            raise WorkdirError(f"workdir {path} is a file, not a directory")
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise WorkdirError(f"workdir {path} cannot be created: {parent} is a file")
+                break
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"workdir {path} cannot be created: {_reason(e)}") from None
@@ -76,7 +76,10 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
-    f = open(key / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        f = open(key / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as e:
+        raise WorkdirError(f"cannot lock workdir {path}: {_reason(e)}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

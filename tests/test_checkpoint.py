@@ -162,6 +162,25 @@ def test_checkpoints_without_any_checksums_resume_unverified_with_a_warning(tmp_
     assert_trees_close(state, _state(2.0))
 
 
+def test_a_committed_step_already_carries_its_checksums(tmp_path):
+    """Written in Orbax's save thread before the commit rename: no moment where a kill -9 leaves a
+    committed step without them."""
+    ck = Checkpoints(tmp_path)
+    ck.save(1, _state(), CFG)
+    ck._manager.wait_until_finished()  # Orbax alone; not ck.wait(), which would seal a straggler
+    assert (tmp_path / "1" / CHECKSUM_FILE).is_file() and not list(tmp_path.glob("*tmp*"))
+    assert ck.verify(1) is None
+    ck.close()
+
+
+def test_a_readable_but_wrong_checksum_record_is_a_problem_not_a_crash(tmp_path):
+    _saved(tmp_path, steps=(1,))
+    for record in ('{"files": ["a"]}', '{"files": {"state/_METADATA": 3}}', "[]", "{not json"):
+        (tmp_path / "1" / CHECKSUM_FILE).write_text(record)
+        with Checkpoints(tmp_path) as ck:
+            assert "unreadable" in ck.verify(1)
+
+
 def test_checksum_record_lists_every_file(tmp_path):
     _saved(tmp_path, steps=(1,))
     record = json.loads((tmp_path / "1" / CHECKSUM_FILE).read_text())

@@ -133,6 +133,7 @@ CONFIGS = os.path.join(ROOT, "experiments", "configs")
 
 @pytest.mark.parametrize("name, config, message", [
     ("smoke", "{tmp}/no_get_config.py", "has no get_config() function"),
+    ("smoke", "{tmp}/no_get_config.cfg", "has no get_config() function"),  # any suffix, as absl takes
     ("smoke", f"{CONFIG}:bogus", "has no presets, got"),
     ("psec_continual", f"{CONFIGS}/psec_continual.py:bogus", "size must be small, paper or tiny, got 'bogus'"),
     ("psec_continual", f"{CONFIGS}/psec_continual.py", None),  # valid: only the workdir is missing below
@@ -141,7 +142,8 @@ CONFIGS = os.path.join(ROOT, "experiments", "configs")
     ("behavior", CONFIG, "this is not a behavior config"),
 ])
 def test_config_files_of_the_wrong_kind_are_one_line_exit_2(tmp_path, capsys, name, config, message):
-    (tmp_path / "no_get_config.py").write_text("learning_rate = 1e-3\n")
+    for suffix in (".py", ".cfg"):
+        (tmp_path / f"no_get_config{suffix}").write_text("learning_rate = 1e-3\n")
     argv = [name, f"--config={config.format(tmp=tmp_path)}"]
     line = _one_line_error(capsys, 2, argv if message is None else argv + [f"--workdir={tmp_path / 'w'}"])
     assert (message or "--workdir is required") in line

@@ -95,6 +95,11 @@ def test_corrupt_and_truncated_libraries_fail_clearly(base, tmp_path):
     path = tmp_path / "lib" / data_file
     original = path.read_bytes()
     path.write_bytes(original[: len(original) // 2])
+    with pytest.raises(lora.LibraryError, match=f"truncated or changed file {data_file}"):
+        lora.SkillLibrary.load(tmp_path / "lib")
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    path.write_bytes(bytes(flipped))
     with pytest.raises(lora.LibraryError, match=f"checksum mismatch in {data_file}"):
         lora.SkillLibrary.load(tmp_path / "lib")
     path.unlink()
@@ -109,7 +114,7 @@ def test_corrupt_and_truncated_libraries_fail_clearly(base, tmp_path):
     with pytest.raises(lora.LibraryError, match="corrupt manifest"):
         lora.SkillLibrary.load(tmp_path / "lib")
     (tmp_path / "lib" / "library.json.sha256").unlink()
-    with pytest.raises(lora.LibraryError, match="missing library.json.sha256"):
+    with pytest.raises(lora.LibraryError, match="has no library.json.sha256"):
         lora.SkillLibrary.load(tmp_path / "lib")
 
 

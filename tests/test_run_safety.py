@@ -140,7 +140,7 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-def test_kill_9_and_resume_equals_an_uninterruptedrun(tmp_path):
+def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     out = subprocess.run(_cli(f"--workdir={straight}", "--config.train.num_steps=80"), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -162,15 +162,23 @@ def test_kill_9_and_resume_equals_an_uninterruptedrun(tmp_path):
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
-    cmd = _cli(f"--workdir={tmp_path}", "--config.train.num_steps=400000", "--config.train.checkpoint_every=200000")
+    args = _cli(f"--workdir={tmp_path}", "--config.train.num_steps=400000", "--config.train.checkpoint_every=200000")
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: the child installs Python's own handler, as in a terminal.
+    cmd = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from psec_jax.cli import main; sys.exit(main(sys.argv[1:]))", *args[3:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a 400k-step run holding the workdir
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted; step" in lines[0] and "rerun to resume" in lines[0], err

@@ -79,13 +79,24 @@ def test_rewind_metrics_keeps_each_step_once(tmp_path):
 
 
 def test_workdir_lock_is_reentrant_within_a_process(tmp_path):
+    import fcntl
+
     from psec_jax import workdir
 
+    def locked_by_someone():
+        with open(tmp_path / workdir.LOCK_FILE) as f:  # a second open file: flock sees a competitor
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
     with workdir.lock(tmp_path):
-        with workdir.lock(tmp_path / "." ):  # the training loop locks the CLI's workdir again
-            pass
-        assert "pid" in (tmp_path / workdir.LOCK_FILE).read_text()  # still held by the outer block
-    assert (tmp_path / workdir.LOCK_FILE).read_text() == ""
+        with workdir.lock(tmp_path / "."):  # the training loop locks the CLI's workdir again
+            assert locked_by_someone()
+        assert locked_by_someone()  # still held by the outer block
+    assert not locked_by_someone()
 
 
 def test_prepare_workdir_names_the_problem(tmp_path):
