@@ -125,7 +125,7 @@ def test_policy_round_trip_and_corruption(point_policies, tmp_path):
     shutil.copytree(path, bad)
     victim = next(f for f in sorted((bad / "arrays").rglob("*")) if f.is_file() and f.stat().st_size > 100)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    with pytest.raises(behavior.PolicyError, match="checksum mismatch in arrays/"):
+    with pytest.raises(behavior.PolicyError, match="truncated or changed file arrays/"):
         behavior.load(bad)
     with pytest.raises(behavior.PolicyError, match="missing policy.json"):
         behavior.load(tmp_path / "nowhere")
