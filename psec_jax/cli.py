@@ -49,6 +49,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "PSEC safe composition (reward + cost skills) on a velocity task: normalized reward and cost",
         "experiments/configs/psec_safe.py:small",
     ),
+    "lm_moe": Experiment(
+        "experiments.lm_moe",
+        "MoE language model on stdlib text + task mixture: top-1 vs top-2 vs top-p routing, p sweep, plots",
+        "experiments/configs/lm_moe.py:small",
+    ),
     "psec_dynamics": Experiment(
         "experiments.psec_dynamics",
         "PSEC dynamics shift (shifted-dynamics pi_0 + LoRA on 5% nominal data): normalized scores",

@@ -69,6 +69,7 @@ def run_chunks(
     max_to_keep: int | None = 3,
     resume_may_change: Sequence[str] = (),
     desc: str = "train",
+    tensorboard: bool = False,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Runs ``chunk`` ``num_chunks`` times from ``init_state`` (or the latest intact checkpoint) and logs.
 
@@ -81,6 +82,7 @@ def run_chunks(
     past the ``num_chunks * steps_per_chunk`` steps asked for; otherwise CheckpointError, with
     ``config.json`` and ``metrics.jsonl`` left as they were. Returns the final state and every metric record of the run (earlier
     sessions' included). Ctrl-C raises ``Interrupted`` after checkpointing the last finished chunk.
+    ``tensorboard``: also write every metric to TensorBoard event files in ``workdir/tensorboard``.
     """
     if num_chunks < 0 or steps_per_chunk < 1 or checkpoint_every_chunks < 1:
         raise ValueError(
@@ -100,7 +102,7 @@ def run_chunks(
         runs.save_config(workdir, config)  # only now: this config is what runs from here on
         history = runs.rewind_metrics(workdir, step)
         try:
-            with runs.MetricsWriter(workdir) as writer, runs.progress(total, desc=desc, initial=step) as bar:
+            with runs.MetricsWriter(workdir, tensorboard_from=step if tensorboard else None) as writer, runs.progress(total, desc=desc, initial=step) as bar:
                 for c in range(step // steps_per_chunk, num_chunks):
                     t0 = time.perf_counter()
                     new_state, metrics = chunk(state)

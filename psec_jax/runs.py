@@ -6,6 +6,7 @@ Layout of a workdir::
     metrics.jsonl      one JSON object per logging step: {"step", "wall_time", <metric>: value, ...}
     summary.json       the final summary (also printed as a table)
     checkpoints/       Orbax checkpoints (see psec_jax.checkpoint)
+    tensorboard/       TensorBoard event files of the same metrics (runs that ask for them)
 """
 
 from __future__ import annotations
@@ -100,26 +101,44 @@ class MetricsError(ValueError):
     """A metrics file has an unreadable line that is not a torn last line (the message names it)."""
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
 class MetricsWriter:
     """Appends one JSON line per call to ``workdir/metrics.jsonl``; flushed on every write.
 
-    Appending (not truncating) means a resumed run continues the same file.
+    Appending (not truncating) means a resumed run continues the same file. With
+    ``tensorboard_from=step`` every numeric metric also goes to TensorBoard event files in
+    ``workdir/tensorboard`` (tensorboardX); events past ``step`` left by an earlier, killed session
+    are purged by TensorBoard, as the replayed lines are dropped from metrics.jsonl.
     """
 
-    def __init__(self, workdir: str | os.PathLike, filename: str = METRICS_FILE):
+    def __init__(self, workdir: str | os.PathLike, filename: str = METRICS_FILE, tensorboard_from: int | None = None):
         self.path = Path(workdir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard_from is not None:
+            from tensorboardX import SummaryWriter  # only runs that ask for TensorBoard import it
+
+            self._tb = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), purge_step=int(tensorboard_from) + 1,
+                                     flush_secs=10)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``{"step": step, "wall_time": unix seconds, **metrics}`` and returns that record."""
         record = {"step": int(step), "wall_time": time.time(), **to_jsonable(dict(metrics))}
         self._file.write(dumps(record) + "\n")
         self._file.flush()
+        if self._tb is not None:
+            for name, value in record.items():
+                if name not in ("step", "wall_time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(name, value, int(step), walltime=record["wall_time"])
         return record
 
     def close(self) -> None:
         self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self) -> "MetricsWriter":
         return self

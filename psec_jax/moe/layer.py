@@ -71,11 +71,11 @@ def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: 
 
 def routing_stats(r: routing.RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
     """mean/max experts per token, per-expert load [E] (share of assignments), dropped and
-    truncated fractions."""
+    truncated fractions, and experts_per_token [T] (int32, for per-token analyses)."""
     n = r.experts_per_token.astype(jnp.float32)
     return {"experts_per_token_mean": n.mean(), "experts_per_token_max": n.max(),
             "expert_load": losses.expert_fractions(r), "dropped_fraction": dropped,
-            "truncated_fraction": r.truncated.mean()}
+            "truncated_fraction": r.truncated.mean(), "experts_per_token": r.experts_per_token}
 
 
 def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k: int = 2, p: float = 0.4,

@@ -1,0 +1,92 @@
+"""Config for `psec-jax lm_moe`: top-1 vs top-2 vs top-p MoE language models ("Harder Tasks Need More
+Experts") on the Python standard library's source plus a controlled task mixture.
+
+    psec-jax lm_moe --config=experiments/configs/lm_moe.py:small --workdir=runs/lm_moe_small
+    psec-jax lm_moe --config=experiments/configs/lm_moe.py:paper --workdir=/tmp/paper   # counts only
+
+Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `paper` (the
+paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).
+One base config; a preset overrides only the fields in its row of `SIZES`.
+"""
+
+import ml_collections
+
+SIZES = {
+    "tiny": {"data.vocab_size": 384, "data.max_corpus_bytes": 350_000, "data.seq_len": 64, "data.batch_size": 4,
+             "data.task_rows": 1, "data.num_task_examples": 400, "data.num_val_task_examples": 100,
+             "data.val_corpus_rows": 4, "data.val_task_rows": 4,
+             "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_experts": 4,
+             "model.d_ff_expert": 32, "model.d_ff": 32, "model.moe_every": 1,
+             "train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4, "train.seeds": 1,
+             "train.sweep_p": (0.3, 0.6), "optim.warmup_steps": 2},
+    "small": {},  # the base config
+    "paper": {"data.vocab_size": 32000, "data.seq_len": 2048, "data.batch_size": 512,
+              "model.d_model": 1024, "model.num_layers": 24, "model.num_heads": 16, "model.num_experts": 16,
+              "model.d_ff_expert": 2816, "model.remat": True, "train.num_steps": 100_000, "train.log_every": 100,
+              "train.checkpoint_every": 1000, "train.seeds": 1, "dry_run": True},
+}
+
+
+def get_config(preset: str = "small") -> ml_collections.ConfigDict:
+    if preset not in SIZES:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(SIZES)}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # root seed: member i of every router is initialised from fold_in(seed, i); batches use it too
+    config.dry_run = False  # only print the model's parameter counts (jax.eval_shape, nothing allocated) and exit
+
+    config.data = ml_collections.ConfigDict()
+    config.data.vocab_size = 2048  # byte-level BPE vocabulary trained on the train split (2 special tokens)
+    config.data.max_corpus_bytes = 0  # 0: the whole stdlib corpus (~12 MB); else its first files up to this size
+    config.data.seq_len = 128  # tokens per training row (rows hold seq_len + 1 tokens: inputs and shifted targets)
+    config.data.batch_size = 16  # rows per gradient step
+    config.data.task_rows = 4  # of which packed task-mixture rows (the rest are stdlib text windows)
+    config.data.num_task_examples = 20_000  # generated training task examples (copy/sort/modular, easy/hard)
+    config.data.num_val_task_examples = 2_000  # held-out task examples (a different generator seed)
+    config.data.val_corpus_rows = 32  # fixed held-out text windows evaluated after every chunk
+    config.data.val_task_rows = 32  # fixed held-out task rows evaluated after every chunk
+    config.data.seed = 0  # seed of the task generator (part of the cached data's identity)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.d_model = 128  # residual width
+    config.model.num_layers = 4  # transformer blocks
+    config.model.num_heads = 4  # attention heads (head size d_model / num_heads, even for RoPE)
+    config.model.num_experts = 8  # routed SwiGLU experts per MoE layer
+    config.model.d_ff_expert = 256  # hidden width of each expert
+    config.model.d_ff = 256  # hidden width of the dense SwiGLU FFNs between MoE layers (moe_every > 1)
+    config.model.moe_every = 1  # every moe_every-th layer is MoE (1: all layers, as in the paper)
+    config.model.max_k = 0  # top-p slots per token (0: all experts, never truncated)
+    config.model.backend = "dropless"  # psec_jax.moe dispatch back-end (dropless: exact, fastest on CPU)
+    config.model.capacity_factor = 1.25  # only for backend="capacity"
+    config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
+    config.model.rope_base = 10000.0  # RoPE frequency base
+    config.model.remat = False  # recompute each layer in the backward pass (activation memory)
+
+    config.router = ml_collections.ConfigDict()
+    config.router.p = 0.4  # top-p threshold of the main top-p run (the paper's)
+    config.router.load_balance_weight = 1e-2  # a: load-balance loss weight, every router (per MoE layer)
+    config.router.dynamic_weight = 1e-4  # b: dynamic (routing entropy) loss weight, top-p only
+    config.router.z_weight = 0.0  # router z-loss weight (not in the paper)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 3e-3  # peak AdamW learning rate
+    config.optim.warmup_steps = 50  # linear warmup from 0
+    config.optim.final_lr_fraction = 0.1  # cosine decay to this fraction of the peak at train.num_steps
+    config.optim.b1 = 0.9  # Adam first-moment decay
+    config.optim.b2 = 0.95  # Adam second-moment decay
+    config.optim.weight_decay = 0.1  # AdamW decoupled weight decay (not on RMSNorm scales)
+    config.optim.clip_norm = 1.0  # global gradient-norm clipping
+
+    config.train = ml_collections.ConfigDict()
+    config.train.routers = ("top1", "top2", "top_p")  # one stage each, at equal steps on equal data
+    config.train.seeds = 3  # members per router (initialisations fold_in(seed, 0..seeds-1))
+    config.train.sweep_p = (0.2, 0.3, 0.5)  # extra top-p thresholds (seed 0), one stage; () for none
+    config.train.members = "map"  # run a stage's members in one program: "map" (lax.map) or "vmap"
+    config.train.num_steps = 1000  # gradient steps per member (a multiple of log_every)
+    config.train.log_every = 50  # steps per jitted lax.scan chunk; metrics and validation once per chunk
+    config.train.checkpoint_every = 100  # steps between checkpoints (a multiple of log_every)
+    config.train.max_to_keep = 2  # checkpoints kept per stage
+    for dotted, value in SIZES[preset].items():
+        section, _, field = dotted.rpartition(".")
+        (config[section] if section else config)[field] = value
+    config.lock()
+    return config

@@ -1,0 +1,154 @@
+"""`psec-jax lm_moe`: top-1 vs top-2 vs top-p MoE language models at equal steps on equal data.
+
+Stages (each its own workdir under `stages/`, resumable, skipped once finished): one per router in
+`train.routers`, whose members are `train.seeds` initialisations, and `top_p_sweep`, whose members are
+the thresholds of `train.sweep_p`. A stage's members run as ONE compiled program (`lax.map` over the
+members, or `vmap`); the threshold p is a traced scalar. Every chunk of `train.log_every` steps ends
+with a validation pass (held-out stdlib text and task rows). At the end `results.{json,md,png}` are
+written into the workdir (see `psec_jax.models.report`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from psec_jax import config_check as cc
+from psec_jax import loop, prng, runs
+from psec_jax.models import pipeline, report, tasks, text
+from psec_jax.models import train as lm_train
+from psec_jax.models import transformer as tf
+
+
+class Stage(NamedTuple):
+    name: str  # workdir stages/<name>
+    router: str  # "top1", "top2" or "top_p"
+    members: tuple[str, ...]  # metric-name suffix of each member
+    seeds: tuple[int, ...]  # [M] member initialisation seeds
+    ps: tuple[float, ...]  # [M] top-p thresholds (unused by top-k)
+
+
+def stages(config: ml_collections.ConfigDict) -> list[Stage]:
+    """The stages the config asks for, in the order they run."""
+    t, n = config.train, config.train.seeds
+    out = [Stage(r, r, tuple(f"seed{i}" for i in range(n)), tuple(range(n)), (config.router.p,) * n)
+           for r in t.routers]
+    if t.sweep_p:
+        out.append(Stage("top_p_sweep", "top_p", tuple(f"p{p:g}" for p in t.sweep_p), (0,) * len(t.sweep_p),
+                         tuple(t.sweep_p)))
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ConfigError (one line) for values that cannot train; run before anything is compiled."""
+    cc.positive_int(config, "data.vocab_size", "data.seq_len", "data.batch_size", "data.num_task_examples",
+                    "data.num_val_task_examples", "data.val_corpus_rows", "model.d_model", "model.num_layers",
+                    "model.num_heads", "model.num_experts", "model.d_ff_expert", "model.moe_every",
+                    "train.seeds", "train.max_to_keep")
+    cc.non_negative(config, "data.task_rows", "data.val_task_rows", "data.max_corpus_bytes", "model.max_k",
+                    "router.load_balance_weight", "router.dynamic_weight", "router.z_weight",
+                    "optim.weight_decay", "optim.warmup_steps", "optim.final_lr_fraction")
+    cc.positive(config, "optim.learning_rate", "optim.clip_norm")
+    cc.in_range(config, "router.p", 0.0, 1.0, low_open=True)
+    cc.multiple_of(config, "train.num_steps", "train.log_every")
+    cc.multiple_of(config, "train.checkpoint_every", "train.log_every")
+    cc.one_of(config, "train.members", ("map", "vmap"))
+    if config.data.task_rows > config.data.batch_size:
+        raise cc.ConfigError(f"data.task_rows={config.data.task_rows} exceeds data.batch_size={config.data.batch_size}")
+    if not config.train.routers or set(config.train.routers) - set(lm_train.ROUTERS):
+        raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}")
+    if any(not 0.0 < p <= 1.0 for p in config.train.sweep_p):
+        raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)}: every threshold must be in (0, 1]")
+    try:
+        for router in config.train.routers:
+            lm_train.model_spec(config, router)
+    except ValueError as e:
+        raise cc.ConfigError(f"model: {e}") from None
+
+
+def load_data(config: ml_collections.ConfigDict) -> text.TextData:
+    """The tokenized corpus and task mixture of `config.data`, built into the data cache on first use."""
+    d = config.data
+    return text.get(vocab_size=d.vocab_size, max_corpus_bytes=d.max_corpus_bytes or None, seq_len=d.seq_len,
+                    num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples, seed=d.seed)
+
+
+def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int) -> dict[str, Any]:
+    """{name: [M, ...]} -> {"name/member[/index]": scalar}: one logged scalar per member, layer and task label."""
+    labels = [n.replace("/", "_") for n in tasks.label_names()]
+    out = {}
+    for name, value in metrics.items():
+        for i, member in enumerate(members):
+            v = value[i]
+            if v.ndim == 0:
+                out[f"{name}/{member}"] = v
+            elif name.endswith("per_layer") and v.ndim == 1:
+                out.update({f"{name}/{member}/layer{g}": v[g] for g in range(num_layers)})
+            elif v.ndim == 1:
+                out.update({f"{name}/{member}/{labels[c]}": v[c] for c in range(len(labels))})
+            else:  # [G, NUM_LABELS]
+                out.update({f"{name}/{member}/layer{g}/{labels[c]}": v[g, c] for g in range(v.shape[0])
+                            for c in range(len(labels))})
+    return out
+
+
+def run_stage(config: ml_collections.ConfigDict, stage: Stage, batches: pipeline.Batches, val: pipeline.Batch,
+              workdir: Path) -> list[dict[str, Any]]:
+    """Trains one stage's members (resuming from its checkpoints); returns its metric records."""
+    trainer = lm_train.make_train(config, stage.router, validation=val)
+    root = prng.stream(jax.random.key(config.seed), "init")
+    keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
+    ps = jnp.asarray(stage.ps, jnp.float32)
+    if config.train.members == "vmap":
+        members_chunk = jax.vmap(trainer.chunk, in_axes=(0, None, 0))
+    else:  # lax.map: members one after another in one program (vmap batches the dropless while_loops)
+        members_chunk = lambda st, b, p: jax.lax.map(lambda a: trainer.chunk(a[0], b, a[1]), (st, p))
+    members_chunk = jax.jit(members_chunk)
+    steps = config.train.log_every
+
+    def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:
+        b = jax.tree.map(jnp.asarray, batches.chunk(int(states.step[0]), steps))
+        states, metrics = members_chunk(states, b, ps)
+        return states, _flatten(jax.device_get(metrics), stage.members, trainer.spec.num_groups)
+
+    _, records = loop.run_chunks(
+        chunk, jax.jit(jax.vmap(trainer.init))(keys), num_chunks=config.train.num_steps // steps,
+        steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=config,
+        checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
+        desc=f"lm_moe {stage.name}", tensorboard=True)
+    return records
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains every stage in `workdir` (resuming), writes results.{json,md,png} and returns the summary."""
+    check_config(config)
+    counts = tf.parameter_counts(lm_train.model_spec(config, "top1"))
+    print(f"model: {counts['total'] / 1e6:.2f}M parameters, {counts['active_top1'] / 1e6:.2f}M active with one "
+          f"expert per layer (experts {counts['experts'] / 1e6:.2f}M)", flush=True)
+    if config.dry_run:
+        return counts
+    started = time.perf_counter()
+    data = load_data(config)
+    d = config.data
+    batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
+    rows = d.val_corpus_rows + d.val_task_rows
+    val = jax.tree.map(lambda a: jnp.asarray(a[0]), pipeline.validation(data, rows, d.seq_len, d.val_corpus_rows,
+                                                                     d.val_task_rows))
+    histories = {s.name: (s, run_stage(config, s, batches, val, Path(workdir))) for s in stages(config)}
+    results = report.summarize(config, histories, data.meta, counts, seconds=time.perf_counter() - started)
+    table = report.write(workdir, results)
+    print(table)
+    return results["summary"]
+
+
+if __name__ == "__main__":
+    from psec_jax.cli import main as cli_main
+
+    sys.exit(cli_main(["lm_moe", *sys.argv[1:]]))

@@ -1,0 +1,275 @@
+"""A decoder-only language model whose FFNs are `psec_jax.moe` layers (pure `init` / `apply`).
+
+    spec = Spec(vocab_size=2048, d_model=128, num_layers=4, num_heads=4, num_experts=8, d_ff_expert=256)
+    params = init(key, spec)
+    out = apply(params, tokens, spec, p=0.4)      # logits [B, T, V], aux/stats stacked [G, ...]
+
+Pre-norm blocks: x += Attention(RMSNorm(x)); x += FFN(RMSNorm(x)), causal multi-head attention with
+rotary position embeddings (RoPE, rotate-half form), SwiGLU FFNs. Every `moe_every`-th layer's FFN is
+the MoE layer (routed SwiGLU experts, no shared expert); the layers between have a dense SwiGLU FFN.
+The layers are grouped as `moe_every - 1` dense layers followed by one MoE layer and the groups are
+stacked on a leading axis `[G]` (G = num_layers // moe_every) and run by `lax.scan`, so one
+compilation serves any depth; per-group aux losses and routing statistics come out as `[G, ...]`.
+
+Precision: parameters are float32 and cast to `spec.dtype` (bfloat16 by default) where they are used;
+activations and the residual stream are in `spec.dtype`; RMSNorm, attention softmax, the router and
+the logits are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from psec_jax.moe import layer as moe_layer
+
+ROUTERS = ("top_k", "top_p")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Static shape and routing choices of the model (hashable, so it can be a jit static argument)."""
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_experts: int
+    d_ff_expert: int  # hidden width of each SwiGLU expert
+    d_ff: int = 0  # hidden width of the dense SwiGLU FFNs between MoE layers (unused when moe_every = 1)
+    moe_every: int = 1  # every moe_every-th layer is MoE (layers moe_every-1, 2*moe_every-1, ...)
+    router: str = "top_p"  # "top_k" or "top_p"
+    k: int = 2  # experts per token of the top-k router
+    p: float = 0.4  # default top-p threshold (apply's `p` argument overrides it, also traced)
+    max_k: int | None = None  # top-p slots per token (None: all E, never truncates)
+    backend: str = "dropless"  # psec_jax.moe dispatch back-end
+    capacity_factor: float = 1.25  # only for backend="capacity"
+    load_balance_weight: float = 1e-2  # a in LM + a * load_balance + b * dynamic + c * z (per MoE layer)
+    dynamic_weight: float = 1e-4  # b, the top-p paper's entropy ("dynamic") loss
+    z_weight: float = 0.0  # c, ST-MoE router z-loss
+    dtype: str = "bfloat16"  # activation dtype
+    rope_base: float = 10000.0
+    remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_experts", "d_ff_expert", "moe_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"Spec.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.num_layers % self.moe_every:
+            raise ValueError(f"num_layers={self.num_layers} is not a multiple of moe_every={self.moe_every}")
+        if self.moe_every > 1 and self.d_ff < 1:
+            raise ValueError(f"moe_every={self.moe_every} needs the dense FFN width d_ff >= 1, got {self.d_ff}")
+        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"d_model={self.d_model} must split into num_heads={self.num_heads} heads of even size")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; choose from {ROUTERS}")
+        if self.router == "top_k" and not 1 <= self.k <= self.num_experts:
+            raise ValueError(f"top-k router needs 1 <= k <= num_experts={self.num_experts}, got k={self.k}")
+        if self.max_k is not None and not 1 <= self.max_k <= self.num_experts:
+            raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.max_k}")
+        jnp.dtype(self.dtype)  # raises on an unknown dtype name
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def num_groups(self) -> int:
+        return self.num_layers // self.moe_every
+
+    @property
+    def aux_weights(self) -> dict[str, float]:
+        return {"load_balance": self.load_balance_weight, "dynamic": self.dynamic_weight, "z": self.z_weight}
+
+
+class Output(NamedTuple):
+    logits: jax.Array  # [B, T, V] float32
+    aux: dict  # {"load_balance", "dynamic", "z", "total"}: [G] float32, per MoE layer
+    stats: dict  # per MoE layer: experts_per_token_mean [G], experts_per_token_max [G], expert_load [G, E],
+    #             dropped_fraction [G], truncated_fraction [G], experts_per_token [G, B, T] int32
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+def _normal(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    return jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(fan_in)
+
+
+def _init_attention(key: jax.Array, spec: Spec) -> dict[str, jax.Array]:
+    d, h, dh = spec.d_model, spec.num_heads, spec.head_dim
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    return {"wq": _normal(kq, (d, h, dh), d), "wk": _normal(kk, (d, h, dh), d), "wv": _normal(kv, (d, h, dh), d),
+            "wo": _normal(ko, (h, dh, d), d) / jnp.sqrt(2.0 * spec.num_layers)}
+
+
+def _init_dense_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
+    ka, kg, ku, kd = jax.random.split(key, 4)
+    d, f = spec.d_model, spec.d_ff
+    return {"attn_norm": jnp.ones((d,)), "attn": _init_attention(ka, spec), "ffn_norm": jnp.ones((d,)),
+            "ffn": {"gate": _normal(kg, (d, f), d), "up": _normal(ku, (d, f), d),
+                    "down": _normal(kd, (f, d), f) / jnp.sqrt(2.0 * spec.num_layers)}}
+
+
+def _init_moe_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
+    ka, km = jax.random.split(key)
+    d = spec.d_model
+    moe = moe_layer.init_moe(km, d, spec.d_ff_expert, spec.num_experts)
+    moe["experts"]["down"] = moe["experts"]["down"] / jnp.sqrt(2.0 * spec.num_layers)
+    return {"attn_norm": jnp.ones((d,)), "attn": _init_attention(ka, spec), "ffn_norm": jnp.ones((d,)), "moe": moe}
+
+
+def _init_group(key: jax.Array, spec: Spec) -> dict[str, Any]:
+    kd, km = jax.random.split(key)
+    group = {"moe": _init_moe_layer(km, spec)}
+    if spec.moe_every > 1:
+        group["dense"] = jax.vmap(lambda k: _init_dense_layer(k, spec))(jax.random.split(kd, spec.moe_every - 1))
+    return group
+
+
+def init(key: jax.Array, spec: Spec) -> dict[str, Any]:
+    """float32 parameters: embed [V, d], groups (each leaf [G, ...]; dense layers [G, moe_every-1, ...]),
+    final_norm [d], unembed [d, V] (not tied to the embedding)."""
+    ke, kg, ku = jax.random.split(key, 3)
+    d = spec.d_model
+    return {"embed": jax.random.normal(ke, (spec.vocab_size, d), jnp.float32),
+            "groups": jax.vmap(lambda k: _init_group(k, spec))(jax.random.split(kg, spec.num_groups)),
+            "final_norm": jnp.ones((d,)), "unembed": _normal(ku, (d, spec.vocab_size), d)}
+
+
+# ------------------------------------------------------------------------------------------- layers
+
+def rms_norm(scale: jax.Array, x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """x [..., d] normalised by its root mean square (in float32), times scale [d]; x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + eps) * scale
+    return y.astype(x.dtype)
+
+
+def rope(x: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding of x [T, H, dh] at positions 0..T-1 (rotate-half form)."""
+    t, _, dh = x.shape
+    inv_freq = base ** (-jnp.arange(0, dh // 2, dtype=jnp.float32) / (dh // 2))  # [dh/2]
+    angle = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq  # [T, dh/2]
+    cos, sin = jnp.cos(angle)[:, None, :], jnp.sin(angle)[:, None, :]  # [T, 1, dh/2]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def attention(p: dict[str, jax.Array], x: jax.Array, rope_base: float) -> jax.Array:
+    """Causal multi-head self-attention of ONE sequence x [T, d] -> [T, d] (vmap over the batch)."""
+    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
+    q = rope(jnp.einsum("td,dhk->thk", x, w["wq"]), rope_base)
+    k = rope(jnp.einsum("td,dhk->thk", x, w["wk"]), rope_base)
+    v = jnp.einsum("td,dhk->thk", x, w["wv"])
+    scores = jnp.einsum("qhk,shk->hqs", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    t = x.shape[0]
+    causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]  # [q, s]: s is not in q's future
+    probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1).astype(x.dtype)
+    return jnp.einsum("hqs,shk,hkd->qd", probs, v, w["wo"])
+
+
+def swiglu(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """Dense SwiGLU FFN x [..., d] -> [..., d]: (silu(x W_gate) * (x W_up)) W_down."""
+    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
+    return (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]
+
+
+def _attend(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
+    return x + jax.vmap(attention, in_axes=(None, 0, None))(p["attn"], rms_norm(p["attn_norm"], x), spec.rope_base)
+
+
+def dense_layer(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
+    """One dense block on x [B, T, d]."""
+    x = _attend(p, x, spec)
+    return x + swiglu(p["ffn"], rms_norm(p["ffn_norm"], x))
+
+
+def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
+              ) -> tuple[jax.Array, dict, dict]:
+    """One MoE block on x [B, T, d]: routes all B*T tokens together. Returns (x, aux, stats) with
+    scalar aux losses and the layer's routing statistics (experts_per_token reshaped to [B, T])."""
+    b, t, d = x.shape
+    x = _attend(p, x, spec)
+    h = rms_norm(p["ffn_norm"], x).reshape(b * t, d)
+    y, aux, stats = moe_layer.moe_apply(
+        p["moe"], h, router=spec.router, k=spec.k, p=top_p, max_k=spec.max_k, backend=spec.backend,
+        capacity_factor=spec.capacity_factor, aux_weights=spec.aux_weights)
+    stats = {**stats, "experts_per_token": stats["experts_per_token"].reshape(b, t)}
+    return x + y.reshape(b, t, d), aux, stats
+
+
+def group_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
+                ) -> tuple[jax.Array, tuple[dict, dict]]:
+    """The moe_every - 1 dense layers of a group (a scan) and then its MoE layer."""
+    if spec.moe_every > 1:
+        x, _ = jax.lax.scan(lambda h, q: (dense_layer(q, h, spec), None), x, p["dense"])
+    x, aux, stats = moe_block(p["moe"], x, spec, top_p)
+    return x, (aux, stats)
+
+
+# -------------------------------------------------------------------------------------------- model
+
+def _check_tokens(tokens: jax.Array, spec: Spec) -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, seq_len], got shape {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+
+
+def embed(params: dict[str, Any], tokens: jax.Array, spec: Spec) -> jax.Array:
+    """tokens [B, T] -> x [B, T, d] in the activation dtype."""
+    return params["embed"].astype(spec.dtype)[tokens]
+
+
+def logits_of(params: dict[str, Any], x: jax.Array) -> jax.Array:
+    """Final RMSNorm and the output projection: x [B, T, d] -> float32 logits [B, T, V]."""
+    h = rms_norm(params["final_norm"], x)
+    return (h @ params["unembed"].astype(h.dtype)).astype(jnp.float32)
+
+
+def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | float | None = None) -> Output:
+    """Forward pass: tokens [B, T] int -> Output (logits [B, T, V], per-MoE-layer aux and stats).
+
+    p: top-p threshold, a Python float or a traced scalar (so a sweep over p can be vmapped);
+    default spec.p. Ignored by the top-k router.
+    """
+    _check_tokens(tokens, spec)
+    top_p = spec.p if p is None else p
+    body = lambda x, g: group_block(g, x, spec, top_p)
+    if spec.remat:
+        body = jax.checkpoint(body)
+    x, (aux, stats) = jax.lax.scan(body, embed(params, tokens, spec), params["groups"])
+    return Output(logits_of(params, x), aux, stats)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(weighted mean loss [], per-token loss [B, T]) of logits [B, T, V] for integer targets [B, T]
+    with weights [B, T] (0 for padding)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), -1)[..., 0]
+    return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0), nll
+
+
+def loss(params: dict[str, Any], inputs: jax.Array, targets: jax.Array, weights: jax.Array, spec: Spec,
+         p: jax.Array | float | None = None) -> tuple[jax.Array, tuple[Output, jax.Array]]:
+    """Training objective: LM cross-entropy + sum over MoE layers of each layer's weighted aux losses.
+
+    Returns (total [], (Output, per-token LM loss [B, T])), for `jax.value_and_grad(..., has_aux=True)`.
+    """
+    out = apply(params, inputs, spec, p)
+    lm, nll = cross_entropy(out.logits, targets, weights)
+    return lm + jnp.sum(out.aux["total"]), (out, nll)
+
+
+def parameter_counts(spec: Spec) -> dict[str, int]:
+    """Parameter counts from shapes only (`jax.eval_shape`, nothing allocated): total, the routed experts,
+    and active = total - experts + one expert per MoE layer (what one token touches with top-1)."""
+    shapes = jax.eval_shape(lambda: init(jax.random.key(0), spec))
+    size = lambda tree: sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
+    total = size(shapes)
+    experts = size(shapes["groups"]["moe"]["moe"]["experts"])
+    return {"total": total, "experts": experts, "active_top1": total - experts + experts // spec.num_experts}
