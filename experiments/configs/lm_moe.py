@@ -16,7 +16,7 @@ SIZES = {
              "data.task_rows": 1, "data.num_task_examples": 400, "data.num_val_task_examples": 100,
              "data.val_corpus_rows": 4, "data.val_task_rows": 4,
              "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_experts": 4,
-             "model.d_ff_expert": 32, "model.d_ff": 32, "model.moe_every": 1,
+             "model.d_ff_expert": 32, "model.d_ff": 32, "model.moe_every": 1, "model.backend": "dense",
              "train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4, "train.seeds": 1,
              "train.sweep_p": (0.3, 0.6), "optim.warmup_steps": 2},
     "small": {},  # the base config
