@@ -10,6 +10,7 @@ written into the workdir (see `psec_jax.models.report`).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.non_negative(config, "data.task_rows", "data.val_task_rows", "data.max_corpus_bytes", "model.max_k",
                     "router.load_balance_weight", "router.dynamic_weight", "router.z_weight",
                     "optim.weight_decay", "optim.warmup_steps", "optim.final_lr_fraction")
-    cc.positive(config, "optim.learning_rate", "optim.clip_norm")
+    cc.positive(config, "optim.learning_rate", "optim.clip_norm", "model.rope_base")
     cc.in_range(config, "router.p", 0.0, 1.0, low_open=True)
+    cc.in_range(config, "data.vocab_size", 258, 65536)
+    cc.in_range(config, "optim.b1", 0.0, 0.999999)
+    cc.in_range(config, "optim.b2", 0.0, 0.999999)
+    cc.non_negative(config, "seed", "data.seed")
+    cc.one_of(config, "model.backend", tf.BACKENDS)
     cc.multiple_of(config, "train.num_steps", "train.log_every")
     cc.multiple_of(config, "train.checkpoint_every", "train.log_every")
     cc.one_of(config, "train.members", ("map", "vmap"))
@@ -66,6 +72,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}")
     if any(not 0.0 < p <= 1.0 for p in config.train.sweep_p):
         raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)}: every threshold must be in (0, 1]")
+    if len({f"{p:g}" for p in config.train.sweep_p}) != len(config.train.sweep_p):
+        raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)} repeats a threshold")
+    if config.optim.warmup_steps >= config.train.num_steps:
+        raise cc.ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
+                             f"train.num_steps={config.train.num_steps}")
     try:
         for router in config.train.routers:
             lm_train.model_spec(config, router)
@@ -78,6 +89,19 @@ def load_data(config: ml_collections.ConfigDict) -> text.TextData:
     d = config.data
     return text.get(vocab_size=d.vocab_size, max_corpus_bytes=d.max_corpus_bytes or None, seq_len=d.seq_len,
                     num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples, seed=d.seed)
+
+
+def full_validation(data: text.TextData, seq_len: int, rows_per_batch: int = 64
+                    ) -> tuple[pipeline.Batch, np.ndarray, float]:
+    """The whole validation split (every task row, and the non-overlapping text windows less the few that
+    would leave a partial batch) as Batch [N, rows_per_batch, T], its text-row mask [N, rows_per_batch],
+    and the unigram baseline (train unigram, add-one) on exactly its text targets."""
+    corpus_rows, task_rows = pipeline.max_rows(data, seq_len)
+    corpus_rows -= (corpus_rows + task_rows) % rows_per_batch  # every task row, and whole batches
+    full = pipeline.validation(data, rows_per_batch, seq_len, corpus_rows, task_rows)
+    rows = pipeline.validation_text_rows(corpus_rows, task_rows, rows_per_batch)
+    unigram = text.unigram_loss(data.train, full.targets[rows].reshape(-1), data.vocab_size)
+    return full, rows, unigram
 
 
 def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int) -> dict[str, Any]:
@@ -99,9 +123,39 @@ def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int)
     return out
 
 
-def run_stage(config: ml_collections.ConfigDict, stage: Stage, batches: pipeline.Batches, val: pipeline.Batch,
-              workdir: Path) -> list[dict[str, Any]]:
-    """Trains one stage's members (resuming from its checkpoints); returns its metric records."""
+def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData) -> ml_collections.ConfigDict:
+    """What a stage's checkpoints are checked against on resume: the config without the other stages'
+    fields (so adding a router or a threshold keeps finished stages), this stage's members, and the
+    identity of the data (a different Python build or tokenizer gives other tokens: refuse to resume)."""
+    c = config.to_dict()
+    c["train"] = {k: v for k, v in c["train"].items() if k not in ("routers", "seeds", "sweep_p")}
+    c["stage"] = {"name": stage.name, "router": stage.router, "members": stage.members, "seeds": stage.seeds,
+                  "ps": stage.ps}
+    sha = data.meta["sha256"]
+    c["data_identity"] = {"cache": data.path.name, "train_npy": sha["train.npy"], "tokenizer": sha["tokenizer.json"],
+                          "tasks_train": sha["tasks_train_tokens.npy"], "numpy": np.__version__}
+    return ml_collections.ConfigDict(c)
+
+
+def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, stage: Stage, full: pipeline.Batch,
+                     text_rows: np.ndarray, path: Path, step: int) -> dict[str, dict]:
+    """Every member evaluated on the whole validation split (cached in `path` for `step`):
+    {member: eval_metrics as lists}."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("step") == step:
+            return saved["members"]
+    fn = jax.jit(lambda st, b, rows, ps: jax.lax.map(lambda a: trainer.evaluate(a[0].params, b, rows, a[1]), (st, ps)))
+    metrics = jax.device_get(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
+                                jnp.asarray(stage.ps, jnp.float32)))
+    members = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
+    runs.write_json_atomic(path, {"step": step, "members": members})
+    return members
+
+
+def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData, batches: pipeline.Batches,
+              val: pipeline.Batch, workdir: Path) -> tuple[list[dict[str, Any]], lm_train.TrainState]:
+    """Trains one stage's members (resuming from its checkpoints); returns its metric records and states."""
     trainer = lm_train.make_train(config, stage.router, validation=val)
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
@@ -118,12 +172,12 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, batches: pipeline
         states, metrics = members_chunk(states, b, ps)
         return states, _flatten(jax.device_get(metrics), stage.members, trainer.spec.num_groups)
 
-    _, records = loop.run_chunks(
+    states, records = loop.run_chunks(
         chunk, jax.jit(jax.vmap(trainer.init))(keys), num_chunks=config.train.num_steps // steps,
-        steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=config,
+        steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=stage_config(config, stage, data),
         checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
         desc=f"lm_moe {stage.name}", tensorboard=True)
-    return records
+    return records, states
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -141,8 +195,16 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows = d.val_corpus_rows + d.val_task_rows
     val = jax.tree.map(lambda a: jnp.asarray(a[0]), pipeline.validation(data, rows, d.seq_len, d.val_corpus_rows,
                                                                      d.val_task_rows))
-    histories = {s.name: (s, run_stage(config, s, batches, val, Path(workdir))) for s in stages(config)}
-    results = report.summarize(config, histories, data.meta, counts, seconds=time.perf_counter() - started)
+    full, text_rows, unigram = full_validation(data, d.seq_len)
+    histories = {}
+    for stage in stages(config):
+        records, states = run_stage(config, stage, data, batches, val, Path(workdir))
+        trainer = lm_train.make_train(config, stage.router)
+        final = final_evaluation(trainer, states, stage, full, text_rows,
+                                 Path(workdir) / "stages" / stage.name / "final_eval.json", config.train.num_steps)
+        histories[stage.name] = (stage, records, final)
+    results = report.summarize(config, histories, data.meta, counts, unigram=unigram,
+                               seconds=time.perf_counter() - started)
     table = report.write(workdir, results)
     print(table)
     return results["summary"]

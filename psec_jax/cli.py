@@ -232,9 +232,10 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from psec_jax.checkpoint import CheckpointError
     from psec_jax.data.formats._common import DatasetError
     from psec_jax.lora.library import LibraryError
+    from psec_jax.models.text import TextDataError
     from psec_jax.runs import MetricsError
 
-    return CheckpointError, ArtifactError, LibraryError, DatasetError, MetricsError
+    return CheckpointError, ArtifactError, LibraryError, DatasetError, MetricsError, TextDataError
 
 
 if __name__ == "__main__":

@@ -134,6 +134,18 @@ class TestCorruption:
         with pytest.raises(text.TextDataError, match=r"tokenizer\.json is missing"):
             text.load(cached_copy)
 
+    @pytest.mark.parametrize("edit, match", [
+        (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "lacks sha256"),
+        (lambda m: {k: v for k, v in m.items() if k not in ("pad_id", "eot_id")}, "lacks eot_id, pad_id"),
+        (lambda m: [m], "lacks sha256, vocab_size"),
+    ])
+    def test_meta_without_expected_keys_names_the_file(self, cached_copy, edit, match):
+        meta = cached_copy / "meta.json"  # rewritten with a matching checksum: well-formed but incomplete
+        meta.write_text(json.dumps(edit(json.loads(meta.read_text()))))
+        (cached_copy / "meta.json.sha256").write_text(f"{text._sha256_file(meta)}  meta.json\n")
+        with pytest.raises(text.TextDataError, match=rf"meta\.json {match}.*; delete .* to rebuild"):
+            text.load(cached_copy)
+
 
 def _parse_answer(prompt):
     """The right answer of a prompt, computed independently of tasks.py."""
@@ -145,21 +157,37 @@ def _parse_answer(prompt):
     return f"{(a * b + c if '*' in prompt else a + b) % m}\n"
 
 
+def _label_of(prompt):
+    """The label of a prompt from its format alone (KeyError if no variant has its size)."""
+    if prompt.startswith("copy "):
+        return {5: 0, 14: 1}[len(prompt.split())]  # 3 or 12 letters
+    if prompt.startswith("sort "):
+        return {3: 2, 10: 3}[len(prompt) - len("sort =")]
+    return {"%10=": 4, "%97=": 5}[prompt[-4:]]
+
+
+def _val_side(prompt):
+    """Whether a modular/easy or sort/easy prompt is in the val side of the split (tasks.py docstring)."""
+    digits = [int(d) for d in re.findall(r"\d", prompt.split("%")[0])]
+    return (digits[0] + 2 * digits[1]) % 5 == 0 if prompt.startswith("(") else sum(digits) % 5 == 0
+
+
+def _prompts(data, split):
+    """The prompt of every example packed in a split's task rows, recovered from the token text."""
+    rows = (data.tokenizer.decode([int(i) for i in row if i != data.pad_id]) for row in
+            getattr(data, f"tasks_{split}_tokens"))
+    return [line[:line.index("=") + 1] for row in rows for line in row.split("\n")[:-1]]
+
+
 class TestTasks:
-    def test_answers_are_right_and_variants_sized(self):
-        examples = tasks.generate(np.random.default_rng(0), 3000)
+    @pytest.mark.parametrize("split", ["train", "val"])
+    def test_answers_are_right_and_variants_sized(self, split):
+        examples = tasks.generate(np.random.default_rng(0), 3000, split)
         assert {e.label for e in examples} == set(range(6))
         for e in examples:
-            assert e.answer == _parse_answer(e.prompt), e
-            task, difficulty = tasks.label_names()[e.label].split("/")
-            assert e.prompt.startswith(task) or task == "modular"
-            hard = difficulty == "hard"
-            if task == "copy":
-                assert len(e.answer.split()) == (12 if hard else 3)
-            elif task == "sort":
-                assert len(e.answer) - 1 == (10 if hard else 3)
-            else:
-                assert e.prompt.endswith("%97=" if hard else "%10=")
+            assert e.answer == _parse_answer(e.prompt) and _label_of(e.prompt) == e.label, e
+            if e.label in (2, 4):  # sort/easy and modular/easy: the split's side of the problem space
+                assert _val_side(e.prompt) == (split == "val"), e
         assert tasks.label_names() == ["copy/easy", "copy/hard", "sort/easy", "sort/hard", "modular/easy", "modular/hard"]
 
     def test_labels_mark_exactly_the_answer_tokens_and_examples_are_whole(self, data):
@@ -179,7 +207,9 @@ class TestTasks:
             free.append(65 - n)
             assert decode(row[:n]) == "".join(e.prompt + e.answer for e in row_examples)
             for (s, t), e in zip(spans.reshape(-1, 2), row_examples):
-                assert decode(row[s:t]) == e.answer and (lab[s:t] == e.label).all()
+                # the answer without its newline terminator, which follows unlabelled
+                assert decode(row[s:t]) == e.answer[:-1] and (lab[s:t] == e.label).all()
+                assert decode(row[t:t + 1]) == "\n" and lab[t] == -1
         assert next(it, None) is None
         # greedy: a row ends only when the next example does not fit in it
         size = lambda e: len(data.tokenizer.encode(e.prompt).ids) + len(data.tokenizer.encode(e.answer).ids)
@@ -188,6 +218,38 @@ class TestTasks:
     def test_too_long_example_rejected(self, data):
         with pytest.raises(ValueError, match="more than row_len=8"):
             tasks.pack(data.tokenizer, [tasks.Example("copy a b c d e =", " a b c d e\n", 1)], 8, data.pad_id)
+
+    def test_val_prompts_exclude_train_prompts_and_small_spaces_split(self):
+        train = tasks.generate(np.random.default_rng(0), 3000, "train")
+        seen = {e.prompt for e in train}
+        val = tasks.generate(np.random.default_rng(1), 1200, "val", seen)
+        assert not seen & {e.prompt for e in val}
+        assert np.bincount([e.label for e in val], minlength=6).min() > 150  # the label mix stays uniform
+        # the small spaces: a fifth held out by construction (sides checked in the test above)
+        many = tasks.generate(np.random.default_rng(2), 12_000, "val")
+        assert [len({e.prompt for e in many if e.label == label}) for label in (2, 4)] == [200, 20]
+        assert len({e.prompt for e in train if e.label == 4}) == 80
+        with pytest.raises(ValueError, match="split must be one of"):
+            tasks.generate(np.random.default_rng(0), 1, "test")
+
+    def test_exhausted_variant_raises(self):
+        every_val_modular_easy = {f"({a}+{b})%10=" for a in range(10) for b in range(10) if (a + 2 * b) % 5 == 0}
+        with pytest.raises(ValueError, match="modular/easy: 1000 draws in a row were all excluded"):
+            tasks.generate(np.random.default_rng(0), 200, "val", every_val_modular_easy)
+
+    def test_built_val_prompts_are_unseen_per_label(self, data):
+        train, val = (_prompts(data, split) for split in ("train", "val"))
+        assert len(train) == ARGS["num_task_examples"] and len(val) == ARGS["num_val_task_examples"]
+        stats = data.meta["tasks"]["labels"]
+        assert list(stats) == tasks.label_names()
+        seen = set(train)
+        for label, name in enumerate(tasks.label_names()):
+            mine = [p for p in val if _label_of(p) == label]
+            assert mine and not seen & set(mine), name  # every label validated, never on a train prompt
+            assert stats[name]["val_examples"] == len(mine) and stats[name]["val_in_train"] == 0
+            assert stats[name]["train_examples"] == sum(_label_of(p) == label for p in train)
+            assert stats[name]["val_answer_tokens"] == (data.tasks_val_labels == label).sum() > 0
+        assert sum(s["val_answer_tokens"] for s in stats.values()) == data.meta["tasks"]["val"]["answer_tokens"]
 
     def test_build_writes_task_rows(self, data):
         assert data.tasks_train_tokens.shape[1] == data.tasks_val_tokens.shape[1] == ARGS["seq_len"] + 1
@@ -224,15 +286,30 @@ class TestPipeline:
             np.testing.assert_array_equal(c.targets[4, i], data.tasks_train_tokens[r, 1:])
             np.testing.assert_array_equal(c.labels[4, i], data.tasks_train_labels[r, 1:])
 
-    def test_validation_set(self, data):
-        v = pipeline.validation(data, 4, 64, num_corpus_rows=6, num_task_rows=2)
-        assert [x.shape for x in v] == [(2, 4, 64)] * 4
-        corpus = v.inputs.reshape(8, 64)[:6]
-        stride = data.val.size // 6
-        for i in range(6):
-            np.testing.assert_array_equal(corpus[i], data.val[i * stride:i * stride + 64])
-        np.testing.assert_array_equal(v.labels.reshape(8, 64)[6:], data.tasks_val_labels[:2, 1:])
+    def test_validation_set_and_its_text_rows(self, data):
+        v = pipeline.validation(data, 4, 64, num_corpus_rows=5, num_task_rows=7)
+        assert [x.shape for x in v] == [(3, 4, 64)] * 4
+        mask = pipeline.validation_text_rows(5, 7, 4)  # where the corpus windows are
+        assert mask.shape == (3, 4) and mask.dtype == bool and mask.sum() == 5
+        stride = data.val.size // 5
+        for k, row in enumerate(v.inputs[mask]):
+            np.testing.assert_array_equal(row, data.val[k * stride:k * stride + 64])
+        assert (v.labels[mask] == -1).all()
+        np.testing.assert_array_equal(v.inputs[~mask], data.tasks_val_tokens[:7, :-1])
+        np.testing.assert_array_equal(v.labels[~mask], data.tasks_val_labels[:7, 1:])
         np.testing.assert_array_equal(v.weights, (v.targets != data.pad_id).astype(np.float32))
+        with pytest.raises(ValueError, match="multiple of batch_size_rows=4"):
+            pipeline.validation_text_rows(5, 6, 4)
+
+    def test_max_rows_covers_the_whole_val_split(self, data):
+        corpus, task = pipeline.max_rows(data, 64)
+        assert corpus == data.val.size // 65 > 0 and task == data.tasks_val_tokens.shape[0] > 0
+        v = pipeline.validation(data, 1, 64, corpus, task)
+        np.testing.assert_array_equal(v.labels[corpus:, 0], data.tasks_val_labels[:, 1:])
+        for more in ((corpus + 1, 0), (0, task + 1)):
+            with pytest.raises(ValueError):
+                pipeline.validation(data, 1, 64, *more)
+        assert pipeline.max_rows(data, 32) == (data.val.size // 33, 0)  # the task rows are packed for 64
 
     @pytest.mark.parametrize("kwargs, match", [
         (dict(batch_size=0), "batch_size must be >= 1"),

@@ -143,3 +143,43 @@ def test_bad_config_is_one_line_exit_2(override, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+def test_evaluation_masks_by_hand():
+    # Two rows of 4 positions: row 0 is text (its last target is padding), row 1 a task row whose
+    # targets at positions 1 and 2 are answer tokens of label 3 (sort_hard), position 3 padding.
+    config = tiny()
+    spec = lm_train.model_spec(config, "top_p")
+    params = jax.jit(lambda k: lm_train.make_train(config, "top_p").init(k).params)(jax.random.key(0))
+    inputs = jnp.array([[5, 6, 7, 8], [9, 10, 11, 12]], jnp.int32)
+    targets = jnp.array([[6, 7, 8, 1], [10, 11, 12, 1]], jnp.int32)
+    weights = jnp.array([[1, 1, 1, 0], [1, 1, 1, 0]], jnp.float32)
+    labels = jnp.array([[-1, -1, -1, -1], [-1, 3, 3, -1]], jnp.int8)
+    batch = pipeline.Batch(inputs, targets, weights, labels)
+    m = lm_train.eval_metrics(lm_train.eval_sums(spec, params, batch, jnp.array([True, False]), jnp.float32(0.4)))
+    out = lm_train.tf.apply(params, inputs, spec, 0.4)
+    _, nll = lm_train.tf.cross_entropy(out.logits, targets, weights)
+    experts = np.asarray(out.stats["experts_per_token"], float)  # [G, B, T]
+    np.testing.assert_allclose(m["val_loss"], np.mean(nll[0, :3]), rtol=1e-5)
+    np.testing.assert_allclose(m["val_experts_per_layer"], experts[:, 0, :3].mean(-1), rtol=1e-5)
+    np.testing.assert_allclose(m["task_loss"][3], np.mean(nll[1, 1:3]), rtol=1e-5)
+    np.testing.assert_allclose(m["task_experts_per_layer"][:, 3], experts[:, 1, 1:3].mean(-1), rtol=1e-5)
+    greedy = np.asarray(jnp.argmax(out.logits[1, 1:3], -1) == targets[1, 1:3], float).mean()
+    np.testing.assert_allclose(m["task_accuracy"][3], greedy)
+    others = [c for c in range(6) if c != 3]
+    assert np.isnan(np.asarray(m["task_loss"])[others]).all()  # no answer tokens of those labels: NaN, not 0
+    assert np.isnan(np.asarray(m["task_experts"])[others]).all()
+
+
+def test_stage_config_ignores_other_stages_and_pins_the_data(finished):
+    config, _, _ = finished
+    data = lm_moe.load_data(config)
+    stage = lm_moe.stages(config)[0]
+    wider = tiny(sweep_p=(0.3, 0.5))
+    wider.train.routers = ("top1", "top_p")
+    assert lm_moe.loop.config_differences(lm_moe.stage_config(config, stage, data),
+                                          lm_moe.stage_config(wider, stage, data)) == []
+    meta = {**data.meta, "sha256": {**data.meta["sha256"], "train.npy": "0" * 64}}
+    assert lm_moe.loop.config_differences(lm_moe.stage_config(config, stage, data),
+                                          lm_moe.stage_config(config, stage, data._replace(meta=meta))) == [
+        "data_identity.train_npy"]

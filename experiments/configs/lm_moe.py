@@ -22,7 +22,7 @@ SIZES = {
     "small": {},  # the base config
     "paper": {"data.vocab_size": 32000, "data.seq_len": 2048, "data.batch_size": 512,
               "model.d_model": 1024, "model.num_layers": 24, "model.num_heads": 16, "model.num_experts": 16,
-              "model.d_ff_expert": 2816, "model.remat": True, "train.num_steps": 100_000, "train.log_every": 100,
+              "model.d_ff_expert": 2816, "model.remat": True, "model.dtype": "bfloat16", "model.backend": "ragged", "train.num_steps": 100_000, "train.log_every": 100,
               "train.checkpoint_every": 1000, "train.seeds": 1, "dry_run": True},
 }
 
@@ -55,8 +55,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.d_ff = 256  # hidden width of the dense SwiGLU FFNs between MoE layers (moe_every > 1)
     config.model.moe_every = 1  # every moe_every-th layer is MoE (1: all layers, as in the paper)
     config.model.max_k = 0  # top-p slots per token (0: all experts, never truncated)
-    config.model.backend = "dropless"  # psec_jax.moe dispatch back-end (dropless: exact, fastest on CPU)
-    config.model.capacity_factor = 1.25  # only for backend="capacity"
+    config.model.backend = "dropless"  # "dropless" (exact, fastest on CPU), "dense" or "ragged" (GPU/TPU)
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)

@@ -8,7 +8,11 @@ function of (seed, s): a run resumed at any step sees exactly the stream it woul
 windows are read from the memory maps; the corpus is never copied whole, nor put on the device.
 
 Rows of T + 1 tokens become inputs `row[:-1]` and targets `row[1:]`; a target's weight is 0 when
-it is padding, and its label is the task label of the target token (-1 for corpus, prompt and pad).
+it is padding, and its label is the task label of the target token (-1 for corpus, prompt, an
+answer's terminating newline, and pad).
+
+The fixed evaluation set is `validation`; `validation_text_rows` says which of its rows are corpus
+windows, and `max_rows` how many corpus windows and task rows the val split can supply.
 """
 
 from __future__ import annotations
@@ -108,6 +112,36 @@ class Batches:
         return Batch(*(x[0] for x in self.chunk(step, 1)))
 
 
+def _check_validation_rows(num_corpus_rows: int, num_task_rows: int, batch_size_rows: int) -> int:
+    if batch_size_rows < 1:
+        raise ValueError(f"batch_size_rows must be >= 1, got {batch_size_rows}")
+    if num_corpus_rows < 0 or num_task_rows < 0:
+        raise ValueError(f"num_corpus_rows and num_task_rows must be >= 0, got {num_corpus_rows}, {num_task_rows}")
+    total = num_corpus_rows + num_task_rows
+    if total == 0 or total % batch_size_rows:
+        raise ValueError(f"num_corpus_rows + num_task_rows = {total} must be a positive multiple of "
+                         f"batch_size_rows={batch_size_rows}")
+    return total
+
+
+def max_rows(data: TextData, seq_len: int) -> tuple[int, int]:
+    """(corpus, task) rows that `validation` can take at most for this seq_len: the non-overlapping
+    windows of seq_len + 1 tokens in val.npy, and the val task rows (0 unless the task rows were
+    packed for this seq_len). Pass them, made a multiple of the batch size, to evaluate on the
+    whole val split."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    t1 = seq_len + 1
+    return data.val.size // t1, data.tasks_val_tokens.shape[0] if t1 == _task_row_len(data) else 0
+
+
+def validation_text_rows(num_corpus_rows: int, num_task_rows: int, batch_size_rows: int) -> np.ndarray:
+    """[N / batch_size_rows, batch_size_rows] bool: True where the row of `validation` with these
+    arguments is a corpus window, False where it is a task row (use it rather than the order)."""
+    total = _check_validation_rows(num_corpus_rows, num_task_rows, batch_size_rows)
+    return (np.arange(total) < num_corpus_rows).reshape(total // batch_size_rows, batch_size_rows)
+
+
 def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_rows: int,
                num_task_rows: int) -> Batch:
     """The fixed evaluation set, split into batches: Batch of [N / batch_size_rows, batch_size_rows, T].
@@ -115,17 +149,11 @@ def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_ro
     Rows are, in order, `num_corpus_rows` non-overlapping windows of T + 1 tokens evenly spaced over
     val.npy, then the first `num_task_rows` rows of the val task arrays; N, their total, must be a
     multiple of `batch_size_rows` (so an evaluation can scan over the leading axis like `chunk`).
+    `validation_text_rows` gives the same layout as a mask; `max_rows` the most rows available.
     """
-    if batch_size_rows < 1:
-        raise ValueError(f"batch_size_rows must be >= 1, got {batch_size_rows}")
+    total = _check_validation_rows(num_corpus_rows, num_task_rows, batch_size_rows)
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if num_corpus_rows < 0 or num_task_rows < 0:
-        raise ValueError(f"num_corpus_rows and num_task_rows must be >= 0, got {num_corpus_rows}, {num_task_rows}")
-    total = num_corpus_rows + num_task_rows
-    if total == 0 or total % batch_size_rows:
-        raise ValueError(f"num_corpus_rows + num_task_rows = {total} must be a positive multiple of "
-                         f"batch_size_rows={batch_size_rows}")
     t1 = seq_len + 1
     if num_corpus_rows * t1 > data.val.size:
         raise ValueError(f"seq_len={seq_len} is too long for the val split: {num_corpus_rows} windows of "

@@ -16,11 +16,15 @@ tokens written literally in a text are encoded as plain text, never as these ids
         train.npy, val.npy                 [N] uint16, the split's files joined by <|endoftext|>
         tasks_{train,val}_tokens.npy       [R, seq_len + 1] uint16, packed task rows (tasks.py)
         tasks_{train,val}_labels.npy       [R, seq_len + 1] int8, answer-token labels, -1 elsewhere
-        meta.json                          sizes, checksums, build arguments, unigram baseline
+        meta.json                          sizes, checksums, build arguments, unigram baseline,
+                                           per-label task counts ("tasks": "labels")
         meta.json.sha256                   sha256 of meta.json (`sha256sum -c` format)
 
 A build is written to a temporary sibling and renamed into place, so a killed build leaves nothing
 half-written under the final name. Every file's sha256 is checked on load.
+
+Validation task examples never repeat a train prompt (see tasks.py); meta.json records, per label,
+the val examples and `val_in_train`, the number of them whose prompt is a train prompt (always 0).
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ import numpy as np
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from psec_jax.artifacts import sha256 as _sha256_file
 from psec_jax.models import tasks
 
-FORMAT = "psec_jax.text/1"  # bump when the layout or the task format changes: it is part of the cache key
+FORMAT = "psec_jax.text/2"  # bump when the layout or the task format changes: it is part of the cache key
 EOT, PAD = "<|endoftext|>", "<|pad|>"
 EOT_ID, PAD_ID = 0, 1
 MIN_VOCAB = 256 + 2  # the byte alphabet and the two special tokens
@@ -51,6 +56,7 @@ MAX_VOCAB = 1 << 16  # token arrays are uint16
 _EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
 _ARRAYS = ("train", "val", "tasks_train_tokens", "tasks_train_labels", "tasks_val_tokens", "tasks_val_labels")
 _META, _TOKENIZER = "meta.json", "tokenizer.json"
+_META_KEYS = ("sha256", "vocab_size", "eot_id", "pad_id")  # what `load` reads
 
 
 class TextDataError(ValueError):
@@ -84,14 +90,6 @@ def cache_dir() -> Path:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- corpus ------------------------------------------------------------------------------------
@@ -232,7 +230,8 @@ def build(directory: str | os.PathLike, *, vocab_size: int, max_corpus_bytes: in
         many bytes (for fast tests); None keeps every file.
       seq_len: model context T; task rows are packed to T + 1 tokens.
       num_task_examples, num_val_task_examples: task examples packed for train and validation.
-      seed: root of the task generators (train and val draw from two children of it).
+      seed: root of the task generators (train and val draw from two children of it); val
+        examples are drawn from the val side of the task split, excluding every train prompt.
     """
     args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed)
     directory = Path(directory)
@@ -242,8 +241,10 @@ def build(directory: str | os.PathLike, *, vocab_size: int, max_corpus_bytes: in
     tokenizer = train_tokenizer(corpus["train"].texts, vocab_size)
     arrays = {split: encode_files(tokenizer, corpus[split].texts) for split in ("train", "val")}
     train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    for split, rng, n in (("train", train_rng, num_task_examples), ("val", val_rng, num_val_task_examples)):
-        tokens, labels = tasks.pack(tokenizer, tasks.generate(rng, n), seq_len + 1, PAD_ID)
+    examples = {"train": tasks.generate(train_rng, num_task_examples, "train")}
+    examples["val"] = tasks.generate(val_rng, num_val_task_examples, "val", {e.prompt for e in examples["train"]})
+    for split in tasks.SPLITS:
+        tokens, labels = tasks.pack(tokenizer, examples[split], seq_len + 1, PAD_ID)
         arrays[f"tasks_{split}_tokens"], arrays[f"tasks_{split}_labels"] = tokens, labels
 
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -259,9 +260,9 @@ def build(directory: str | os.PathLike, *, vocab_size: int, max_corpus_bytes: in
             "python": sys.version, "stdlib": str(stdlib_root()), "tokenizers": tokenizers.__version__,
             "splits": {split: {"files": len(s.paths), "bytes": s.num_bytes, "tokens": int(arrays[split].size),
                                "checksum": s.checksum, "paths": s.paths} for split, s in corpus.items()},
-            "tasks": {split: {"examples": n, "rows": int(arrays[f"tasks_{split}_tokens"].shape[0]),
-                              "answer_tokens": int((arrays[f"tasks_{split}_labels"] >= 0).sum())}
-                      for split, n in (("train", num_task_examples), ("val", num_val_task_examples))},
+            "tasks": {**{s: {"examples": len(examples[s]), "rows": int(arrays[f"tasks_{s}_tokens"].shape[0]),
+                             "answer_tokens": int((arrays[f"tasks_{s}_labels"] >= 0).sum())} for s in tasks.SPLITS},
+                      "labels": tasks.split_stats(examples["train"], examples["val"], arrays["tasks_val_labels"])},
             "label_names": tasks.label_names(),
             "unigram_loss": unigram_loss(arrays["train"], arrays["val"], actual_vocab),
             "sha256": {f.name: _sha256_file(f) for f in sorted(tmp.iterdir())},
@@ -285,7 +286,13 @@ def _verify(directory: Path) -> dict[str, Any]:
             raise TextDataError(f"{f} is missing; {hint}")
     if side.read_text().split()[:1] != [_sha256_file(meta_path)]:
         raise TextDataError(f"{meta_path} is corrupt (sha256 mismatch); {hint}")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise TextDataError(f"{meta_path} is not valid JSON ({e}); {hint}") from None
+    lacking = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if lacking or not isinstance(meta["sha256"], dict):
+        raise TextDataError(f"{meta_path} lacks {', '.join(lacking) or 'a sha256 table'}; {hint}")
     for name in (_TOKENIZER, *(f"{a}.npy" for a in _ARRAYS)):
         f = directory / name
         if not f.is_file():

@@ -42,7 +42,7 @@ class Trainer(NamedTuple):
     spec: tf.Spec
     init: Callable[[jax.Array], TrainState]  # key -> initial state of one member
     chunk: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]  # S steps on Batch [S, B, T] -> chunk means
-    evaluate: Callable[[Any, Batch, jax.Array], dict]  # (params, validation Batch [B, T], p) -> metrics
+    evaluate: Callable[[Any, Batch, jax.Array, jax.Array], dict]  # (params, Batch [N, B, T], text rows [N, B], p)
     train: Callable[[jax.Array, jax.Array], tuple[TrainState, dict]]  # (key, p) -> (state, [chunks] metrics)
 
 
@@ -55,52 +55,65 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
     return tf.Spec(
         vocab_size=config.data.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
         num_experts=m.num_experts, d_ff_expert=m.d_ff_expert, d_ff=m.d_ff, moe_every=m.moe_every,
-        router=kind[0], k=kind[1], p=r.p, max_k=m.max_k or None, backend=m.backend, capacity_factor=m.capacity_factor,
+        router=kind[0], k=kind[1], p=r.p, max_k=m.max_k or None, backend=m.backend,
         load_balance_weight=r.load_balance_weight, dynamic_weight=r.dynamic_weight if router == "top_p" else 0.0,
         z_weight=r.z_weight, dtype=m.dtype, rope_base=m.rope_base, remat=m.remat)
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW with linear warmup and cosine decay over train.num_steps; no
-    weight decay on the RMSNorm scales."""
+    weight decay on the RMSNorm scales and the routers (decay would flatten the router's probabilities
+    and so, by itself, raise top-p's expert count)."""
     o = config.optim
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, config.train.num_steps,
                                                   end_value=o.learning_rate * o.final_lr_fraction)
+    no_decay = ("norm", "router")
     decay = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: not any("norm" in str(getattr(k, "key", "")) for k in path), params)
+        lambda path, _: not any(n in str(getattr(k, "key", "")) for k in path for n in no_decay), params)
     return optax.chain(optax.clip_by_global_norm(o.clip_norm),
                        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay))
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+def eval_sums(spec: tf.Spec, params: Any, batch: Batch, text_rows: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
+    """Sums for validation metrics over one Batch [B, T] whose rows `text_rows` [B] (bool) are held-out
+    text and the others packed task rows. Token groups m: 0 = text tokens, 1 + c = positions whose
+    target is an answer token of task label c (`tasks.label_names()`). Routing is counted at the
+    position that predicts the token. Returns count [M], nll, nll_sq, correct (greedy next token is
+    the target) [M] and experts [G, M] (sum of experts per token), M = 1 + NUM_LABELS."""
+    if text_rows.shape != batch.inputs.shape[:1]:
+        raise ValueError(f"text_rows has shape {text_rows.shape}, the batch has {batch.inputs.shape[0]} rows")
+    out = tf.apply(params, batch.inputs, spec, p)
+    _, nll = tf.cross_entropy(out.logits, batch.targets, batch.weights)
+    text = text_rows[:, None] & (batch.weights > 0)
+    masks = jnp.stack([text] + [batch.labels == c for c in range(NUM_LABELS)]).astype(jnp.float32)  # [M, B, T]
+    correct = (jnp.argmax(out.logits, -1) == batch.targets).astype(jnp.float32)
+    return {"count": masks.sum((1, 2)), "nll": jnp.einsum("mbt,bt->m", masks, nll),
+            "nll_sq": jnp.einsum("mbt,bt->m", masks, nll * nll), "correct": jnp.einsum("mbt,bt->m", masks, correct),
+            "experts": jnp.einsum("mbt,gbt->gm", masks, out.stats["experts_per_token"].astype(jnp.float32))}
 
 
-def evaluate(spec: tf.Spec, params: Any, val: Batch, p: jax.Array, num_corpus_rows: int) -> dict[str, jax.Array]:
-    """Validation metrics of one member on a fixed Batch [B, T] whose first `num_corpus_rows` rows are
-    held-out text and the rest packed task examples.
+def eval_metrics(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Validation metrics from `eval_sums` (summed over any number of batches); NaN for an empty group.
 
-    Returns val_loss [] (text rows), val_experts [] and val_experts_per_layer [G] (text tokens), and per
-    task label c (`tasks.label_names()`): task_loss / task_accuracy (greedy next token equals the
-    answer token) [NUM_LABELS], task_experts [NUM_LABELS] and task_experts_per_layer [G, NUM_LABELS]
-    over answer tokens only.
+    val_loss, val_loss_se (standard error over tokens), val_experts [] and val_experts_per_layer [G] on
+    text tokens; task_loss, task_accuracy, task_experts [NUM_LABELS] and task_experts_per_layer
+    [G, NUM_LABELS] on answer tokens.
     """
-    out = tf.apply(params, val.inputs, spec, p)
-    _, nll = tf.cross_entropy(out.logits, val.targets, val.weights)
-    n = out.stats["experts_per_token"].astype(jnp.float32)  # [G, B, T]
-    text = (jnp.arange(val.inputs.shape[0]) < num_corpus_rows)[:, None] & (val.weights > 0)  # [B, T]
-    correct = (jnp.argmax(out.logits, -1) == val.targets).astype(jnp.float32)
-    labels = [val.labels == c for c in range(NUM_LABELS)]
-    per_layer = jnp.stack([jax.vmap(_masked_mean, (0, None))(n, m) for m in labels], -1)  # [G, NUM_LABELS]
-    return {
-        "val_loss": _masked_mean(nll, text),
-        "val_experts": _masked_mean(n.mean(0), text),
-        "val_experts_per_layer": jax.vmap(_masked_mean, (0, None))(n, text),
-        "task_loss": jnp.stack([_masked_mean(nll, m) for m in labels]),
-        "task_accuracy": jnp.stack([_masked_mean(correct, m) for m in labels]),
-        "task_experts": per_layer.mean(0),
-        "task_experts_per_layer": per_layer,
-    }
+    n = jnp.where(sums["count"] > 0, sums["count"], jnp.nan)
+    mean, experts = sums["nll"] / n, sums["experts"] / n  # [M], [G, M]
+    var = jnp.maximum(sums["nll_sq"] / n - mean ** 2, 0.0)
+    return {"val_loss": mean[0], "val_loss_se": jnp.sqrt(var[0] / n[0]), "val_experts": experts[:, 0].mean(),
+            "val_experts_per_layer": experts[:, 0], "task_loss": mean[1:], "task_accuracy": sums["correct"][1:] / n[1:],
+            "task_experts": experts[:, 1:].mean(0), "task_experts_per_layer": experts[:, 1:]}
+
+
+def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Array, p: jax.Array) -> dict:
+    """`eval_metrics` over every batch of `batches` [N, B, T] (text_rows [N, B]), in one scan."""
+    sums_of = lambda b: eval_sums(spec, params, b[0], b[1], p)
+    first = jax.tree.map(lambda a: a[0], (batches, text_rows))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums_of, first))
+    sums, _ = jax.lax.scan(lambda acc, b: (jax.tree.map(jnp.add, acc, sums_of(b)), None), zeros, (batches, text_rows))
+    return eval_metrics(sums)
 
 
 def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Callable[[int], Batch] | None = None,
@@ -113,7 +126,9 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
     """
     spec = model_spec(config, router)
     tx = optimizer(config)
-    tc, num_corpus_rows = config.train, config.data.val_corpus_rows
+    tc = config.train
+    if validation is not None:
+        text_rows = jnp.arange(validation.inputs.shape[0]) < config.data.val_corpus_rows  # text rows come first
 
     def init(key: jax.Array) -> TrainState:
         params = tf.init(key, spec)
@@ -121,14 +136,16 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
 
     def step(state: TrainState, batch: Batch, p: jax.Array) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(tf.loss, has_aux=True)
-        (total, (out, nll)), grads = grad_fn(state.params, batch.inputs, batch.targets, batch.weights, spec, p)
+        (total, (out, lm)), grads = grad_fn(state.params, batch.inputs, batch.targets, batch.weights, spec, p)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        lm = jnp.sum(nll * batch.weights) / jnp.maximum(jnp.sum(batch.weights), 1.0)
         s = out.stats
+        # experts per token over the positions whose target is not padding
+        per_layer = jnp.einsum("gbt,bt->g", s["experts_per_token"].astype(jnp.float32), batch.weights)
+        per_layer = per_layer / jnp.maximum(batch.weights.sum(), 1.0)
         metrics = {"loss": lm, "total_loss": total, "load_balance": out.aux["load_balance"].mean(),
-                   "dynamic_loss": out.aux["dynamic"].mean(), "experts": s["experts_per_token_mean"].mean(),
-                   "experts_per_layer": s["experts_per_token_mean"], "truncated_fraction": s["truncated_fraction"].mean(),
+                   "dynamic_loss": out.aux["dynamic"].mean(), "experts": per_layer.mean(),
+                   "experts_per_layer": per_layer, "truncated_fraction": s["truncated_fraction"].mean(),
                    "dropped_fraction": s["dropped_fraction"].mean(), "max_expert_load": s["expert_load"].max(-1).mean(),
                    "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
@@ -137,7 +154,7 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         state, metrics = jax.lax.scan(lambda s, b: step(s, b, p), state, batches)
         metrics = jax.tree.map(lambda m: m.mean(0), metrics)  # chunk means, the unit that is logged
         if validation is not None:
-            metrics = {**metrics, **evaluate(spec, state.params, validation, p, num_corpus_rows)}
+            metrics = {**metrics, **eval_metrics(eval_sums(spec, state.params, validation, text_rows, p))}
         return state, metrics
 
     def train(key: jax.Array, p: jax.Array) -> tuple[TrainState, dict]:
@@ -146,9 +163,10 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         shape = jax.eval_shape(lambda: host_batches(0))
 
         def one_chunk(state: TrainState, _) -> tuple[TrainState, dict]:
-            batches = jax.pure_callback(lambda s: host_batches(int(s)), shape, state.step)
+            batches = jax.pure_callback(lambda s: host_batches(int(s)), shape, state.step, vmap_method="sequential")
             return chunk(state, batches, p)
 
         return jax.lax.scan(one_chunk, init(key), None, length=tc.num_steps // tc.log_every)
 
-    return Trainer(spec, init, chunk, lambda params, val, p: evaluate(spec, params, val, p, num_corpus_rows), train)
+    return Trainer(spec, init, chunk, lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
+                   train)

@@ -28,6 +28,9 @@ import jax.numpy as jnp
 from psec_jax.moe import layer as moe_layer
 
 ROUTERS = ("top_k", "top_p")
+# Dispatch back-ends that keep the model causal. "capacity" is not among them: which assignments it
+# drops depends on every token in the batch, later positions included.
+BACKENDS = ("dropless", "dense", "ragged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +49,7 @@ class Spec:
     k: int = 2  # experts per token of the top-k router
     p: float = 0.4  # default top-p threshold (apply's `p` argument overrides it, also traced)
     max_k: int | None = None  # top-p slots per token (None: all E, never truncates)
-    backend: str = "dropless"  # psec_jax.moe dispatch back-end
-    capacity_factor: float = 1.25  # only for backend="capacity"
+    backend: str = "dropless"  # psec_jax.moe dispatch back-end, one of BACKENDS
     load_balance_weight: float = 1e-2  # a in LM + a * load_balance + b * dynamic + c * z (per MoE layer)
     dynamic_weight: float = 1e-4  # b, the top-p paper's entropy ("dynamic") loss
     z_weight: float = 0.0  # c, ST-MoE router z-loss
@@ -69,6 +71,13 @@ class Spec:
             raise ValueError(f"unknown router {self.router!r}; choose from {ROUTERS}")
         if self.router == "top_k" and not 1 <= self.k <= self.num_experts:
             raise ValueError(f"top-k router needs 1 <= k <= num_experts={self.num_experts}, got k={self.k}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
+                             "depending on later positions, which breaks causality)")
+        if not 0.0 < self.p <= 1.0:
+            raise ValueError(f"top-p threshold p must be in (0, 1], got {self.p}")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.max_k is not None and not 1 <= self.max_k <= self.num_experts:
             raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.max_k}")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
@@ -165,17 +174,11 @@ def attention(p: dict[str, jax.Array], x: jax.Array, rope_base: float) -> jax.Ar
     q = rope(jnp.einsum("td,dhk->thk", x, w["wq"]), rope_base)
     k = rope(jnp.einsum("td,dhk->thk", x, w["wk"]), rope_base)
     v = jnp.einsum("td,dhk->thk", x, w["wv"])
-    scores = jnp.einsum("qhk,shk->hqs", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    scores = jnp.einsum("qhk,shk->hqs", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
     t = x.shape[0]
     causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]  # [q, s]: s is not in q's future
     probs = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1).astype(x.dtype)
     return jnp.einsum("hqs,shk,hkd->qd", probs, v, w["wo"])
-
-
-def swiglu(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-    """Dense SwiGLU FFN x [..., d] -> [..., d]: (silu(x W_gate) * (x W_up)) W_down."""
-    w = jax.tree.map(lambda a: a.astype(x.dtype), p)
-    return (jax.nn.silu(x @ w["gate"]) * (x @ w["up"])) @ w["down"]
 
 
 def _attend(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
@@ -185,21 +188,18 @@ def _attend(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
 def dense_layer(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
     """One dense block on x [B, T, d]."""
     x = _attend(p, x, spec)
-    return x + swiglu(p["ffn"], rms_norm(p["ffn_norm"], x))
+    return x + moe_layer.swiglu_expert(p["ffn"], rms_norm(p["ffn_norm"], x))  # the experts' SwiGLU, dense
 
 
 def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
               ) -> tuple[jax.Array, dict, dict]:
     """One MoE block on x [B, T, d]: routes all B*T tokens together. Returns (x, aux, stats) with
-    scalar aux losses and the layer's routing statistics (experts_per_token reshaped to [B, T])."""
-    b, t, d = x.shape
+    scalar aux losses and the layer's routing statistics (experts_per_token [B, T])."""
     x = _attend(p, x, spec)
-    h = rms_norm(p["ffn_norm"], x).reshape(b * t, d)
-    y, aux, stats = moe_layer.moe_apply(
-        p["moe"], h, router=spec.router, k=spec.k, p=top_p, max_k=spec.max_k, backend=spec.backend,
-        capacity_factor=spec.capacity_factor, aux_weights=spec.aux_weights)
-    stats = {**stats, "experts_per_token": stats["experts_per_token"].reshape(b, t)}
-    return x + y.reshape(b, t, d), aux, stats
+    h = rms_norm(p["ffn_norm"], x)
+    y, aux, stats = moe_layer.moe_apply(p["moe"], h, router=spec.router, k=spec.k, p=top_p, max_k=spec.max_k,
+                                        backend=spec.backend, aux_weights=spec.aux_weights)
+    return x + y, aux, stats
 
 
 def group_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
@@ -228,7 +228,7 @@ def embed(params: dict[str, Any], tokens: jax.Array, spec: Spec) -> jax.Array:
 def logits_of(params: dict[str, Any], x: jax.Array) -> jax.Array:
     """Final RMSNorm and the output projection: x [B, T, d] -> float32 logits [B, T, V]."""
     h = rms_norm(params["final_norm"], x)
-    return (h @ params["unembed"].astype(h.dtype)).astype(jnp.float32)
+    return jnp.matmul(h, params["unembed"].astype(h.dtype), preferred_element_type=jnp.float32)
 
 
 def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | float | None = None) -> Output:
@@ -258,11 +258,14 @@ def loss(params: dict[str, Any], inputs: jax.Array, targets: jax.Array, weights:
          p: jax.Array | float | None = None) -> tuple[jax.Array, tuple[Output, jax.Array]]:
     """Training objective: LM cross-entropy + sum over MoE layers of each layer's weighted aux losses.
 
-    Returns (total [], (Output, per-token LM loss [B, T])), for `jax.value_and_grad(..., has_aux=True)`.
+    inputs, targets [B, T] int, weights [B, T] (0 for padding). Returns (total [], (Output, LM loss [])),
+    for `jax.value_and_grad(..., has_aux=True)`. The aux losses see every token, padding included.
     """
+    if targets.shape != inputs.shape or weights.shape != inputs.shape:
+        raise ValueError(f"inputs {inputs.shape}, targets {targets.shape} and weights {weights.shape} must match")
     out = apply(params, inputs, spec, p)
-    lm, nll = cross_entropy(out.logits, targets, weights)
-    return lm + jnp.sum(out.aux["total"]), (out, nll)
+    lm, _ = cross_entropy(out.logits, targets, weights)
+    return lm + jnp.sum(out.aux["total"]), (out, lm)
 
 
 def parameter_counts(spec: Spec) -> dict[str, int]:

@@ -87,7 +87,7 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     """Route the tokens of x [..., d] and run the experts.
 
     Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"},
-    stats from `routing_stats`).
+    stats from `routing_stats`, with experts_per_token shaped [...] like x's tokens).
     """
     if x.shape[-1] != params["router"].shape[0]:
         raise ValueError(f"x has d={x.shape[-1]} but the router expects d={params['router'].shape[0]}")
@@ -97,7 +97,9 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
                              capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size,
                              saved_slots=saved_slots, activation=activation)
-    return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), routing_stats(r, dropped)
+    stats = routing_stats(r, dropped)
+    stats["experts_per_token"] = stats["experts_per_token"].reshape(x.shape[:-1])
+    return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), stats
 
 
 class MoE(nn.Module):
