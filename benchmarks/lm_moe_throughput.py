@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed chunk")
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--backends", default="dropless,capacity")
+    parser.add_argument("--backends", default="dropless,dense")
     parser.add_argument("--routers", default="top1,top2,top_p")
     parser.add_argument("--out_dir", default=None, help="results directory (default benchmarks/results)")
     args = parser.parse_args()

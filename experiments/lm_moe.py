@@ -91,6 +91,15 @@ def load_data(config: ml_collections.ConfigDict) -> text.TextData:
                     num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples, seed=d.seed)
 
 
+def chunk_validation(config: ml_collections.ConfigDict, data: text.TextData) -> pipeline.Batch:
+    """The small fixed validation Batch [val_corpus_rows + val_task_rows, T] (text rows first) that ends
+    every training chunk."""
+    d = config.data
+    rows = d.val_corpus_rows + d.val_task_rows
+    val = pipeline.validation(data, rows, d.seq_len, d.val_corpus_rows, d.val_task_rows)
+    return jax.tree.map(lambda a: jnp.asarray(a[0]), val)
+
+
 def full_validation(data: text.TextData, seq_len: int, rows_per_batch: int = 64
                     ) -> tuple[pipeline.Batch, np.ndarray, float]:
     """The whole validation split (every task row, and the non-overlapping text windows less the few that
@@ -192,9 +201,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = load_data(config)
     d = config.data
     batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
-    rows = d.val_corpus_rows + d.val_task_rows
-    val = jax.tree.map(lambda a: jnp.asarray(a[0]), pipeline.validation(data, rows, d.seq_len, d.val_corpus_rows,
-                                                                     d.val_task_rows))
+    val = chunk_validation(config, data)
     full, text_rows, unigram = full_validation(data, d.seq_len)
     histories = {}
     for stage in stages(config):

@@ -35,9 +35,7 @@ def tiny(**train):
 def pipeline_of(config):
     data = lm_moe.load_data(config)
     d = config.data
-    batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
-    val = pipeline.validation(data, d.val_corpus_rows + d.val_task_rows, d.seq_len, d.val_corpus_rows, d.val_task_rows)
-    return batches, jax.tree.map(lambda a: jnp.asarray(a[0]), val)
+    return pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed), lm_moe.chunk_validation(config, data)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     for c in LABELS:
         lines.append(f"| {c} | " + " | ".join(f"{v['task_experts'][c]:.2f} | {v['task_accuracy'][c]:.2f}"
                                                for v in routers.values()) + " |")
-    cells = [c for v in routers.values() for c in (_pm(v["hard_minus_easy_experts"], "+.2f"), "")]
+    diff = lambda d: f"{d['mean']:+.2f} ± {d['std']:.2f}"
+    cells = [c for v in routers.values() for c in (diff(v["hard_minus_easy_experts"]), "")]
     lines.append("| hard - easy (mean ± std over seeds) | " + " | ".join(cells) + " |")
     if sweep:
         lines += ["", "Top-p threshold sweep (seed 0; the thresholds other than the main one ran as one compiled "

@@ -34,7 +34,7 @@ ROUTERS = ("top1", "top2", "top_p")
 @struct.dataclass
 class TrainState:
     params: Any  # transformer parameters (float32)
-    opt_state: optax.OptState
+    opt_state: optax.OptState  # clip + AdamW state (Adam moments shaped like params, step count)
     step: jax.Array  # [] int32, gradient steps taken
 
 
