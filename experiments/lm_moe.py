@@ -163,8 +163,10 @@ def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, sta
 
 
 def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData, batches: pipeline.Batches,
-              val: pipeline.Batch, workdir: Path) -> tuple[list[dict[str, Any]], lm_train.TrainState]:
-    """Trains one stage's members (resuming from its checkpoints); returns its metric records and states."""
+              val: pipeline.Batch, workdir: Path
+              ) -> tuple[list[dict[str, Any]], lm_train.TrainState, lm_train.Trainer]:
+    """Trains one stage's members (resuming from its checkpoints); returns its metric records, the final
+    states and the stage's Trainer."""
     trainer = lm_train.make_train(config, stage.router, validation=val)
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
@@ -186,7 +188,7 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
         steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=stage_config(config, stage, data),
         checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
         desc=f"lm_moe {stage.name}", tensorboard=True)
-    return records, states
+    return records, states, trainer
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -205,8 +207,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     full, text_rows, unigram = full_validation(data, d.seq_len)
     histories = {}
     for stage in stages(config):
-        records, states = run_stage(config, stage, data, batches, val, Path(workdir))
-        trainer = lm_train.make_train(config, stage.router)
+        records, states, trainer = run_stage(config, stage, data, batches, val, Path(workdir))
         final = final_evaluation(trainer, states, stage, full, text_rows,
                                  Path(workdir) / "stages" / stage.name / "final_eval.json", config.train.num_steps)
         histories[stage.name] = (stage, records, final)

@@ -102,7 +102,9 @@ def run_chunks(
         runs.save_config(workdir, config)  # only now: this config is what runs from here on
         history = runs.rewind_metrics(workdir, step)
         try:
-            with runs.MetricsWriter(workdir, tensorboard_from=step if tensorboard else None) as writer, runs.progress(total, desc=desc, initial=step) as bar:
+            tb_from = step if tensorboard else None
+            with runs.MetricsWriter(workdir, tensorboard_from=tb_from) as writer, \
+                    runs.progress(total, desc=desc, initial=step) as bar:
                 for c in range(step // steps_per_chunk, num_chunks):
                     t0 = time.perf_counter()
                     new_state, metrics = chunk(state)
