@@ -66,7 +66,8 @@ def mlp_hidden(size: str) -> tuple[int, ...]:
 
 def stage_config(stage: str, size: str, batch: int, steps: int) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(steps=steps, log_every=steps, batch_size=batch, weight_decay=0.0,
-                                       ema=0.005, learning_rate=1e-3 if stage.startswith("compose") else 3e-4))
+                                       ema=0.005, learning_rate=1e-3 if stage.startswith("compose") else 3e-4,
+                                       network_dropout=False))
     c.critic = critics.default_config("reward")
     c.critic.hidden = mlp_hidden(size)
     return c

@@ -18,7 +18,7 @@ from rl_helpers import ACT, OBS, point_env, random_data
 
 def stage_config(steps=4, log_every=2, kind="reward"):
     c = ml_collections.ConfigDict(dict(steps=steps, log_every=log_every, batch_size=16, learning_rate=1e-3,
-                                       weight_decay=0.0, ema=0.5))
+                                       weight_decay=0.0, ema=0.5, network_dropout=False))
     c.critic = critics.default_config(kind)
     c.critic.hidden = (8,)
     return c
@@ -54,9 +54,8 @@ def test_expand_trains_only_the_new_skill(setup, kind):
     trainer = train.make_expand(actor, stage_config(kind=kind), "lora")
     state, metrics = jax.jit(trainer.train)(jax.random.key(3), base, data)
     # the trainable tree is exactly one LoRA pair per Dense kernel of the base network
-    assert isinstance(state.params, policy.Skills)
     kernels = [p for p in lora.flatten(base) if p.endswith("kernel")]
-    pairs = lora.flatten(state.params.params)
+    pairs = lora.flatten(state.params)
     assert sorted(pairs) == sorted(kernels)
     assert all(isinstance(p, LoRAPair) and p.a.shape[0] == 1 for p in pairs.values())
     assert any(float(jnp.abs(p.b).max()) > 0 for p in pairs.values())  # B left zero: the skill learned
@@ -72,7 +71,7 @@ def test_scratch_and_mlp_adapter(setup):
     mlp_actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "mlp")
     trainer = train.make_expand(mlp_actor, stage_config(), "mlp", train_critic=False)
     mlp_state, metrics = jax.jit(trainer.train)(jax.random.key(4), (base, state.critic), data)
-    assert mlp_state.params.scales.shape == (1,)
+    assert mlp_actor.as_skills(mlp_state.params).scales.shape == (1,)
     assert "q_loss" not in metrics
     assert_trees_close(mlp_state.critic, state.critic)
     with pytest.raises(ValueError, match="does not match the actor's skill kind"):

@@ -57,6 +57,7 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
     c.compose.steps = 100 if tiny else 1000  # gradient steps of the composer (PSEC: 1k)
     c.compose.batch_size = 32 if tiny else 256  # batch size
     c.compose.learning_rate = 1e-3  # adam
+    c.compose.network_dropout = False  # fit with the frozen noise net's dropout on (it acts without it)
     c.compose.log_every = 100 if tiny else 500  # steps per chunk
     c.compose.hidden = (16,) if tiny else (256, 256)  # AlphaNet widths
     c.compose.fixed_weight = 1.0  # psec_fixed: every skill at this weight, no context module

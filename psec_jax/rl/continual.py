@@ -97,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             st = stage(train.make_expand(actors[kind], config.expand, kind, train_critic=not shared),
                        pipeline.seed_keys(config.seed, num_seeds, f"expand/{kind}/{name}"),
                        (base, critic_of[name]) if shared else base, data[name], f"expand_{kind}_{name}")
-            parts.append(st.ema)
+            parts.append(jax.vmap(actors[kind].as_skills)(st.ema))
             critic_of.setdefault(name, st.critic)
         skills[kind] = _stack_skills(parts)
     if "lora" in skills:

@@ -123,8 +123,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         # 2. expand one LoRA skill on the target subset (nominal dynamics)
         st = stage(train.make_expand(actor, config.expand, "lora"),
                    pipeline.seed_keys(config.seed, num_seeds, "expand/target"), base, target, "expand_target")
+        skill = jax.vmap(actor.as_skills)(st.ema)
         for s in range(num_seeds):
-            lib = pipeline.library_of(pipeline.take_seed(base, s), pipeline.take_seed(st.ema, s), [SKILL],
+            lib = pipeline.library_of(pipeline.take_seed(base, s), pipeline.take_seed(skill, s), [SKILL],
                                       actor.lora_config, {SKILL: config.expand})
             lib.save(workdir / "policies" / f"library_seed{s}")
         target_critic = st.critic
@@ -132,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         if "source_only" in methods:
             acts["source_only"], params["source_only"] = act, {"base": base, "skills": None, "critic": st.critic}
         if "psec" in methods:
-            acts["psec"], params["psec"] = act, {"base": base, "skills": st.ema, "critic": st.critic}
+            acts["psec"], params["psec"] = act, {"base": base, "skills": skill, "critic": st.critic}
     if "target_only" in methods:
         # baseline: a full diffusion policy + IQL trained on the target subset alone; the IQL critic of
         # the skill stage (same data, same loss, independent of the actor) is reused when there is one

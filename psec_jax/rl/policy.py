@@ -71,11 +71,21 @@ class Actor(NamedTuple):
         """One fresh skill (K=1) that leaves the policy unchanged."""
         if self.kind == "lora":
             adapter = lora.init(key, base, self.lora_config)
-            return Skills(jax.tree.map(lambda x: x[None], adapter),
-                          jnp.full((1,), self.lora_config.scale, jnp.float32))
-        adapter = self._mlp().init(key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.act_dim)),
-                                   jnp.zeros((1,), jnp.int32))["params"]
-        return Skills(jax.tree.map(lambda x: x[None], adapter), jnp.ones((1,), jnp.float32))
+        else:
+            adapter = self._mlp().init(key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.act_dim)),
+                                       jnp.zeros((1,), jnp.int32))["params"]
+        return self.as_skills(jax.tree.map(lambda x: x[None], adapter))
+
+    @property
+    def skill_scale(self) -> float:
+        """The configured scale of every skill: the LoRA scale, 1 for MLP adapters. Configuration, never
+        trained: a saved library records it, so it must be what the policy was evaluated with."""
+        return self.lora_config.scale if self.kind == "lora" else 1.0
+
+    def as_skills(self, params: Any) -> Skills:
+        """``Skills`` of trained adapter parameters (leaves ``[K, ...]``) at the configured scale."""
+        k = jax.tree.leaves(params)[0].shape[0]
+        return Skills(params, jnp.full((k,), self.skill_scale, jnp.float32))
 
     def _mlp(self) -> MLPAdapter:
         return MLPAdapter(self.act_dim, self.schedule.betas.shape[0], self.mlp_hidden)

@@ -202,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, data: 
     for kind in SKILLS:
         st = stage(train.make_expand(actor, expand_cfg[kind], "lora"),
                    pipeline.seed_keys(config.seed, num_seeds, f"expand/{kind}"), base, data, f"expand_{kind}")
-        skill[kind], critic_state[kind] = st.ema, st.critic
+        skill[kind], critic_state[kind] = jax.vmap(actor.as_skills)(st.ema), st.critic
     both = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *(skill[k] for k in SKILLS))  # [S, 2, ...]
     for s in range(num_seeds):
         lib = pipeline.library_of(pipeline.take_seed(base, s), pipeline.take_seed(both, s), list(SKILLS),

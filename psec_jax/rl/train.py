@@ -9,7 +9,8 @@ into the program as a constant):
 
 - ``pretrain`` (diffusion BC of pi_0 on the base data): frozen = None; params = the noise net.
 - ``expand`` (a new skill, advantage-weighted diffusion loss with an IQL or reachability critic trained
-  alongside): frozen = pi_0's parameters; params = a one-skill ``Skills`` stack (LoRA or MLP adapter).
+  alongside): frozen = pi_0's parameters; params = the adapter tree of one skill (leaves [1, ...], LoRA
+  or MLP adapter; ``actor.as_skills(params)`` adds the configured, untrained scale).
   ``adapter="full"`` is the *scratch* baseline: a fresh full network, same loss, frozen = None.
 - ``compose`` (the composer trained through the composed policy on target data, everything else
   frozen): frozen = ``{"base": ..., "skills": Skills}``; params = the composer's.
@@ -131,7 +132,8 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
         if adapter == "full":
             params = actor.init_base(prng.stream(key, "params"))
         else:
-            params = actor.init_skill(prng.stream(key, "skill"), base)
+            # only the adapter is optimised; its scale is configuration (actor.as_skills)
+            params = actor.init_skill(prng.stream(key, "skill"), base).params
         critic_state = critic.init(prng.stream(key, "critic")) if train_critic else fixed_critic
         return StageState(params, params, tx.init(params), critic_state, jnp.zeros((), jnp.int32),
                           prng.stream(key, "steps"))
@@ -142,7 +144,7 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
         if adapter == "full":
             eps_hat = actor.eps(params, None, None, batch.observations, a_t, t, kd)
         else:
-            eps_hat = actor.eps(base, params, None, batch.observations, a_t, t, kd)
+            eps_hat = actor.eps(base, actor.as_skills(params), None, batch.observations, a_t, t, kd)
         return diffusion.noise_loss(eps_hat, eps, weights), {}
 
     def step(state, frozen, data):
@@ -170,7 +172,8 @@ class _ComposeBatch(NamedTuple):
 
 def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_collections.ConfigDict) -> Trainer:
     """The composer trained through the composed policy on target data (config: steps, batch_size,
-    learning_rate, log_every). ``"param"`` / ``"noise"`` modes use the diffusion loss; ``"action"``
+    learning_rate, log_every, network_dropout). ``"param"`` / ``"noise"`` modes use the diffusion loss
+    through the frozen network, deterministic as at acting time unless ``network_dropout``; ``"action"``
     regresses the weighted sum of the components' sampled actions onto the data's: for it ``frozen``
     also holds ``"actions"`` [N, K+1, A], one action of each component per data state
     (``policy.component_actions``), sampled once rather than at every step."""
@@ -191,7 +194,8 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
             a = jnp.einsum("bj,bja->ba", w, batch.component_actions)
             return jnp.mean(jnp.sum((a - batch.actions) ** 2, -1)), {"weight_mean": jnp.mean(w)}
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
-        eps_hat = policy.composed_eps(actor, frozen["base"], frozen["skills"], mode, w, s, a_t, t, kd)
+        eps_hat = policy.composed_eps(actor, frozen["base"], frozen["skills"], mode, w, s, a_t, t,
+                                      kd if c.network_dropout else None)
         return diffusion.noise_loss(eps_hat, eps), {"weight_mean": jnp.mean(w)}
 
     def step(state, frozen, data):
