@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/psec_train_throughput.py --quick              # tiny shapes, a smoke run (~1-2 min, compiling)
 
 Walker shapes (obs 24, action 6) and synthetic offline data (``--data`` transitions of random
-observations / actions / rewards, on device). For each network size (``pipeline.network_config``)
+observations / actions / rewards, on device). For each network size (``psec_jax.rl.config.network_config``)
 and batch, the jitted ``Trainer.chunk`` of ``--steps`` gradient steps (one ``lax.scan``, batches
 sampled on device, frozen weights passed as arguments) is timed as the best of ``--reps`` calls after
 a warm-up call; ``compile_s`` is the time to trace, lower and compile it (no persistent cache). Stages:
@@ -15,7 +15,7 @@ a warm-up call; ``compile_s`` is the time to trace, lower and compile it (no per
 - ``compose_param`` / ``compose_noise``: the context AlphaNet over 2 LoRA skills, trained through the
   composed policy in parameter space (PSEC) / noise space (NSEC; K+1 = 3 network passes).
 
-Acting (``act``): ``pipeline.make_act`` with the parameter-space composed policy (AlphaNet over 2
+Acting (``act``): ``acting.make_act`` (rule argmax_q) with the parameter-space composed policy (AlphaNet over 2
 skills, IQL critic scoring ``--candidates`` = 64 sampled actions per state, the best kept), one state
 per call and ``--act_batch`` states per call; ``sample`` is the composed diffusion sampler alone on
 ``act_batch * candidates`` states (raw action samples/s). ``--seeds S`` > 1 vmaps S seeds as
@@ -41,7 +41,8 @@ import numpy as np
 
 from psec_jax import bench, runs
 from psec_jax.data.offline import OfflineData
-from psec_jax.rl import critics, pipeline, policy, train
+from psec_jax.rl import acting, critics, policy, train
+from psec_jax.rl import config as rl_config
 
 OBS, ACT = 24, 6  # walker
 STAGES = ("pretrain", "expand", "compose_param", "compose_noise", "act")
@@ -67,7 +68,7 @@ def mlp_hidden(size: str) -> tuple[int, ...]:
 def stage_config(stage: str, size: str, batch: int, steps: int) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(steps=steps, log_every=steps, batch_size=batch, weight_decay=0.0,
                                        ema=0.005, learning_rate=1e-3 if stage.startswith("compose") else 3e-4,
-                                       network_dropout=False))
+                                       cosine=True, network_dropout=False))
     c.critic = critics.default_config("reward")
     c.critic.hidden = mlp_hidden(size)
     return c
@@ -91,8 +92,8 @@ class Setup:
 
     def __init__(self, size: str, data: OfflineData):
         self.size, self.data = size, data
-        self.net = pipeline.network_config(size)
-        self.actor = pipeline.make_actor(self.net, OBS, ACT, "lora")
+        self.net = rl_config.network_config(size)
+        self.actor = policy.make_actor(self.net, OBS, ACT, "lora")
         self.base = jax.jit(self.actor.init_base)(jax.random.key(0))
 
         @jax.jit
@@ -102,19 +103,20 @@ class Setup:
             return skills.replace(params=jax.tree.map(lambda x: x + 0.01, skills.params))
 
         self.skills = two_skills(self.base)
-        self.critic = critics.make_critic(OBS, ACT, stage_config("expand", size, 1, 1).critic)
+        self.critic_config = stage_config("expand", size, 1, 1).critic
+        self.critic = critics.make_critic(OBS, ACT, self.critic_config)
 
     def composer(self, mode: str) -> policy.Composer:
         return policy.make_composer("context", OBS, policy.num_outputs(mode, NUM_SKILLS), mlp_hidden(self.size))
 
     def trainer(self, stage: str, c: ml_collections.ConfigDict):
-        """(Trainer, frozen) of a training stage."""
+        """(Trainer, inputs) of a training stage."""
         if stage == "pretrain":
-            return train.make_pretrain(self.actor, c), None
+            return train.make_pretrain(self.actor, c), train.PretrainInputs()
         if stage == "expand":
-            return train.make_expand(self.actor, c, "lora"), self.base
+            return train.make_expand(self.actor, c, c.critic, "lora"), train.ExpandInputs(self.base, None)
         mode = stage.split("_", 1)[1]
-        return train.make_compose(self.actor, self.composer(mode), mode, c), {"base": self.base, "skills": self.skills}
+        return train.make_compose(self.actor, self.composer(mode), mode, c), train.ComposeInputs(self.base, self.skills, None)
 
     def sizes(self) -> dict:
         key = jax.random.key(0)
@@ -150,9 +152,10 @@ def measure_stage(setup: Setup, stage: str, batch: int, steps: int, seeds: int, 
 
 def measure_act(setup: Setup, states: int, candidates: int, reps: int) -> dict:
     composer = setup.composer("param")
-    act = pipeline.make_act(setup.actor, setup.critic, candidates, "param", composer)
-    params = {"base": setup.base, "skills": setup.skills, "composer": jax.jit(composer.init)(jax.random.key(4)),
-              "critic": jax.jit(setup.critic.init)(jax.random.key(5))}
+    sampler = policy.make_sampler(setup.actor, "param", composer)
+    act = acting.make_act(sampler, {"reward": setup.critic}, "argmax_q", candidates)
+    params = {"policy": {"base": setup.base, "skills": setup.skills, "composer": jax.jit(composer.init)(jax.random.key(4))},
+              "critics": {"reward": jax.jit(setup.critic.init)(jax.random.key(5))}}
     obs = setup.data.observations[:states]
     compile_s, best = compile_and_time(act, params, obs, jax.random.key(6), reps=reps)
     row = {"stage": "act", "size": setup.size, "batch": states, "candidates": candidates,

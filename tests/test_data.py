@@ -11,6 +11,7 @@ import pytest
 
 from psec_jax import envs
 from psec_jax.data import OfflineData, behavior, collect, datasets, formats, sac
+from psec_jax.data.normalize import Normalizer, RunningMoments
 from psec_jax.testing import assert_no_recompile, count_compilations
 
 
@@ -58,11 +59,15 @@ def test_tanh_gaussian_log_prob_matches_change_of_variables():
 
 def test_normalizer_matches_numpy_statistics():
     x = np.random.default_rng(0).normal(3.0, 2.0, (300, 5)).astype(np.float32)
-    n = sac.Normalizer(jnp.zeros(()), jnp.zeros(5), jnp.zeros(5))
+    n = RunningMoments.zeros(5)
     for chunk in np.split(x, [7, 100, 250]):
         n = n.update(jnp.asarray(chunk))
     np.testing.assert_allclose(n.mean, x.mean(0), rtol=1e-5)
     np.testing.assert_allclose(n.std, np.sqrt(x.var(0) + 1e-6), rtol=1e-4)
+    z = np.asarray(n.normalizer()(jnp.asarray(x)))  # clipped to +-10, as SAC and behaviour policies act
+    np.testing.assert_allclose(z, np.clip((x - x.mean(0)) / np.sqrt(x.var(0) + 1e-6), -10, 10), atol=1e-4)
+    fixed = Normalizer.of(jnp.asarray(x))  # PSEC's: the data's statistics, no clip
+    np.testing.assert_allclose(np.asarray(fixed(jnp.asarray(x))).std(0), 1.0, rtol=1e-4)
 
 
 def test_replay_wraps_around_and_keeps_the_newest_rows():

@@ -12,7 +12,7 @@ import pytest
 from experiments.configs import psec_dynamics as dynamics_config
 from experiments.configs import psec_safe as safe_config
 from psec_jax import cli, lora
-from psec_jax.rl import dynamics, pipeline, report, safe
+from psec_jax.rl import acting, dynamics, report, safe, saving
 from rl_helpers import OBS, point_env, random_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,28 +24,6 @@ def with_episodes(data, length):
     n = data.size
     timeouts = (np.arange(n) % length == length - 1).astype(np.float32)
     return data.replace(timeouts=jnp.asarray(timeouts))
-
-
-def test_safe_choice_prefers_the_best_feasible_else_the_safest():
-    reward = jnp.array([[5.0, 1.0, 3.0], [5.0, 1.0, 3.0], [0.0, 9.0, 1.0]])
-    safety = jnp.array([[-1.0, 0.5, 0.0], [-1.0, -0.5, -3.0], [2.0, 1.0, 3.0]])
-    # row 0: candidate 0 is infeasible (best reward) -> 2 (feasible, reward 3; 0.0 counts as feasible)
-    # row 1: none feasible -> the safest (1); row 2: all feasible -> the best reward (1)
-    np.testing.assert_array_equal(safe.safe_choice(reward, safety), [2, 1, 1])
-
-
-def test_select_safe_shapes_and_choice():
-    b, n = 3, 4
-    obs = jnp.arange(b * OBS, dtype=jnp.float32).reshape(b, OBS)
-    # candidate j of every state is the action (j, j); reward = a0, feasible iff a0 <= 2 (and none for state 2)
-    sample = lambda s, k: jnp.tile(jnp.repeat(jnp.arange(n, dtype=jnp.float32), 2).reshape(n, 2), (s.shape[0] // n, 1))
-    reward = lambda s, a: a[:, 0]
-    safety = lambda s, a: jnp.where(s[:, 0] == 2 * OBS, -1.0 - a[:, 0], 2.0 - a[:, 0])
-    out = safe.select_safe(sample, reward, safety, obs, jax.random.key(0), n)
-    assert out.shape == (b, 2)
-    np.testing.assert_array_equal(out[:, 0], [2.0, 2.0, 0.0])
-    one = safe.select_safe(lambda s, k: jnp.zeros((s.shape[0], 2)), reward, safety, obs, jax.random.key(0), 1)
-    assert one.shape == (b, 2)
 
 
 def test_safe_subset_and_its_fallback():
@@ -120,7 +98,7 @@ def test_safe_end_to_end_tiny(tmp_path):
     assert set(saved["methods"]) == set(safe.METHODS) and saved["safe_data"] == out["safe_data"]
     md = (tmp_path / "results.md").read_text()
     assert "normalized cost" in md and "psec" in md and (tmp_path / "results.png").stat().st_size > 0
-    _, base, _, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
+    _, base, _, _ = saving.load_base(tmp_path / "policies" / "pi0")
     lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
     assert lib.names == ["reward", "cost"]
     assert (tmp_path / "policies" / "composer_psec_seed1").is_dir()
@@ -151,7 +129,7 @@ def test_dynamics_end_to_end_tiny(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(dynamics.METHODS)
     assert "normalized score" in (tmp_path / "results.md").read_text()
-    _, base, _, _ = pipeline.load_base(tmp_path / "policies" / "pi0")
+    _, base, _, _ = saving.load_base(tmp_path / "policies" / "pi0")
     assert lora.SkillLibrary.load(tmp_path / "policies" / "library_seed0", base).names == ["target"]
     # the subset is a function of the config seed only
     a, b = dynamics.target_subset(data["target"], c), dynamics.target_subset(data["target"], c)

@@ -6,27 +6,29 @@ import numpy as np
 import pytest
 
 from psec_jax import lora
-from psec_jax.rl import pipeline, policy, train
+from psec_jax.rl import policy, saving, train
+from psec_jax.rl import config as rl_config
 from rl_helpers import OBS, ACT, random_data
 from test_rl_train import stage_config
 
 
 @pytest.fixture(scope="module")
 def setup():
-    actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "lora")
+    actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
     data = random_data(256)
-    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), None, data)[0].ema
+    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), train.PretrainInputs(), data)[0].ema
     return actor, data, base
 
 
 def test_reloaded_library_acts_like_the_trained_policy(setup, tmp_path):
     actor, data, base = setup
-    state, _ = jax.jit(train.make_expand(actor, stage_config(steps=20, log_every=10), "lora").train)(
-        jax.random.key(3), base, data)
+    c = stage_config(steps=20, log_every=10)
+    state, _ = jax.jit(train.make_expand(actor, c, c.critic, "lora").train)(
+        jax.random.key(3), train.ExpandInputs(base, None), data)
     assert lora.flatten(state.params)  # the optimised tree is the adapter alone: no scale in it
     trained = actor.as_skills(state.ema)
     assert float(trained.scales[0]) == actor.lora_config.scale == 16.0
-    pipeline.library_of(base, trained, ["skill"], actor.lora_config).save(tmp_path / "lib")
+    saving.library_of(base, trained, ["skill"], actor.lora_config).save(tmp_path / "lib")
     lib = lora.SkillLibrary.load(tmp_path / "lib", base)
     reloaded = policy.Skills(lib.adapters, lib.scales)
     obs, key = data.observations[:16], jax.random.key(9)
@@ -42,7 +44,7 @@ def test_composer_is_fitted_on_the_deterministic_network(setup, mode):
     skills = policy.Skills.stack([actor.init_skill(jax.random.key(i), base) for i in (5, 6)])
     skills = skills.replace(params=jax.tree.map(lambda x: x + 0.1, skills.params))
     composer = policy.make_composer("context", OBS, policy.num_outputs(mode, 2), (8,))
-    frozen = {"base": base, "skills": skills}
+    frozen = train.ComposeInputs(base, skills, None)
     fitted = []
     for dropout in (actor.net.dropout, 0.0):
         a = actor._replace(net=actor.net.clone(dropout=dropout))

@@ -5,15 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psec_jax.rl import critics, diffusion, pipeline, policy
+from psec_jax.rl import acting, critics, diffusion, policy
+from psec_jax.rl import config as rl_config
 from psec_jax.testing import assert_trees_close
 from rl_helpers import ACT, OBS, random_data
 
 
 @pytest.fixture(scope="module")
 def actors():
-    c = pipeline.network_config("tiny")
-    return {k: pipeline.make_actor(c, OBS, ACT, k) for k in ("lora", "mlp")}
+    c = rl_config.network_config("tiny")
+    return {k: policy.make_actor(c, OBS, ACT, k) for k in ("lora", "mlp")}
 
 
 def test_vp_schedule_matches_paper():
@@ -26,7 +27,7 @@ def test_vp_schedule_matches_paper():
 
 
 def test_paper_network_size():
-    actor = pipeline.make_actor(pipeline.network_config("paper"), 24, 6)
+    actor = policy.make_actor(rl_config.network_config("paper"), 24, 6)
     base = actor.init_base(jax.random.key(0))
     n = sum(x.size for x in jax.tree.leaves(base))
     assert 1.5e6 < n < 1.8e6  # PAPERS.md / FACTS.md: the official noise net has 1.65M parameters
@@ -104,13 +105,6 @@ def test_action_composition_and_validation(actors):
         policy.num_outputs("weights", 2)
     with pytest.raises(ValueError, match="fixed composition weights need 2"):
         policy.make_composer("fixed", OBS, 2, fixed=(1.0,))
-
-
-def test_select_best_keeps_the_highest_scoring_candidate():
-    samples = jnp.arange(12.0).reshape(12, 1)  # candidate c of state b is 3b + c
-    best = policy.select_best(lambda s, k: samples, lambda s, a: -(a[:, 0] % 3 - 1) ** 2,
-                              jnp.zeros((4, 2)), jax.random.key(0), 3)
-    np.testing.assert_array_equal(np.asarray(best[:, 0]), [1, 4, 7, 10])
 
 
 @pytest.mark.parametrize("kind", ["reward", "cost"])

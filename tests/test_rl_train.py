@@ -11,14 +11,15 @@ import pytest
 from experiments.configs import psec_continual as continual_config
 from psec_jax import loop, lora
 from psec_jax.lora.core import LoRAPair
-from psec_jax.rl import continual, critics, pipeline, policy, train
+from psec_jax.rl import continual, critics, pipeline, policy, saving, train
+from psec_jax.rl import config as rl_config
 from psec_jax.testing import assert_no_recompile, assert_trees_close
 from rl_helpers import ACT, OBS, point_env, random_data
 
 
 def stage_config(steps=4, log_every=2, kind="reward"):
     c = ml_collections.ConfigDict(dict(steps=steps, log_every=log_every, batch_size=16, learning_rate=1e-3,
-                                       weight_decay=0.0, ema=0.5, network_dropout=False))
+                                       weight_decay=0.0, ema=0.5, cosine=True, network_dropout=False))
     c.critic = critics.default_config(kind)
     c.critic.hidden = (8,)
     return c
@@ -26,9 +27,9 @@ def stage_config(steps=4, log_every=2, kind="reward"):
 
 @pytest.fixture(scope="module")
 def setup():
-    actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "lora")
+    actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
     data = random_data(256)
-    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), None, data)[0].ema
+    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), train.PretrainInputs(), data)[0].ema
     return actor, data, base
 
 
@@ -40,10 +41,10 @@ def test_pretrain_learns_and_is_vmappable(setup):
     actor, data, _ = setup
     trainer = train.make_pretrain(actor, stage_config(steps=6))
     keys = jnp.stack([jax.random.key(1), jax.random.key(2)])
-    batched, metrics = jax.jit(jax.vmap(trainer.train, in_axes=(0, None, None)))(keys, None, data)
+    batched, metrics = jax.jit(jax.vmap(trainer.train, in_axes=(0, None, None)))(keys, train.PretrainInputs(), data)
     assert metrics["bc_loss"].shape == (2, 3, 2)
     for i in range(2):
-        single, m = jax.jit(trainer.train)(keys[i], None, data)
+        single, m = jax.jit(trainer.train)(keys[i], train.PretrainInputs(), data)
         assert_trees_close(jax.tree.map(lambda x: x[i], batched.params), single.params)
         assert_trees_close(metrics["bc_loss"][i], m["bc_loss"])
 
@@ -51,8 +52,9 @@ def test_pretrain_learns_and_is_vmappable(setup):
 @pytest.mark.parametrize("kind", ["reward", "cost"])
 def test_expand_trains_only_the_new_skill(setup, kind):
     actor, data, base = setup
-    trainer = train.make_expand(actor, stage_config(kind=kind), "lora")
-    state, metrics = jax.jit(trainer.train)(jax.random.key(3), base, data)
+    c = stage_config(kind=kind)
+    trainer = train.make_expand(actor, c, c.critic, "lora")
+    state, metrics = jax.jit(trainer.train)(jax.random.key(3), train.ExpandInputs(base, None), data)
     # the trainable tree is exactly one LoRA pair per Dense kernel of the base network
     kernels = [p for p in lora.flatten(base) if p.endswith("kernel")]
     pairs = lora.flatten(state.params)
@@ -65,17 +67,18 @@ def test_expand_trains_only_the_new_skill(setup, kind):
 
 def test_scratch_and_mlp_adapter(setup):
     actor, data, base = setup
-    state, _ = jax.jit(train.make_expand(actor, stage_config(), "full").train)(jax.random.key(4), None, data)
+    c = stage_config()
+    state, _ = jax.jit(train.make_expand(actor, c, c.critic, "full").train)(jax.random.key(4), train.ExpandInputs(None, None), data)
     assert jax.tree.structure(state.params) == jax.tree.structure(base)
     # the MLP adapter reuses that trained critic, frozen
-    mlp_actor = pipeline.make_actor(pipeline.network_config("tiny"), OBS, ACT, "mlp")
-    trainer = train.make_expand(mlp_actor, stage_config(), "mlp", train_critic=False)
-    mlp_state, metrics = jax.jit(trainer.train)(jax.random.key(4), (base, state.critic), data)
+    mlp_actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "mlp")
+    trainer = train.make_expand(mlp_actor, c, c.critic, "mlp")
+    mlp_state, metrics = jax.jit(trainer.train)(jax.random.key(4), train.ExpandInputs(base, state.critic), data)
     assert mlp_actor.as_skills(mlp_state.params).scales.shape == (1,)
     assert "q_loss" not in metrics
     assert_trees_close(mlp_state.critic, state.critic)
     with pytest.raises(ValueError, match="does not match the actor's skill kind"):
-        train.make_expand(actor, stage_config(), "mlp")
+        train.make_expand(actor, c, c.critic, "mlp")
     with pytest.raises(ValueError, match="multiple of log_every"):
         train.make_pretrain(actor, stage_config(steps=5))
 
@@ -87,10 +90,11 @@ def test_compose_trains_only_the_composer(setup, mode):
     # nonzero B, as after expansion (fresh skills are no-ops and give the composer no gradient)
     skills = skills.replace(params=jax.tree.map(lambda x: x + 0.1, skills.params))
     composer = policy.make_composer("context", OBS, policy.num_outputs(mode, 2), (8,))
-    frozen = {"base": base, "skills": skills}
+    actions = None
     if mode == "action":
-        frozen["actions"] = policy.component_actions(actor, base, skills, data.observations, jax.random.key(8), 100)
-        assert frozen["actions"].shape == (data.size, 3, ACT)
+        actions = policy.component_actions(actor, base, skills, data.observations, jax.random.key(8), 100)
+        assert actions.shape == (data.size, 3, ACT)
+    frozen = train.ComposeInputs(base, skills, actions)
     trainer = train.make_compose(actor, composer, mode, stage_config())
     init = jax.jit(trainer.init)(jax.random.key(7), frozen)
     state, metrics = jax.jit(trainer.train)(jax.random.key(7), frozen, data)
@@ -101,17 +105,20 @@ def test_compose_trains_only_the_composer(setup, mode):
 
 def test_no_recompilation_inside_training(setup):
     actor, data, base = setup
-    trainer = train.make_expand(actor, stage_config(), "lora")
+    c = stage_config()
+    trainer = train.make_expand(actor, c, c.critic, "lora")
     chunk = jax.jit(trainer.chunk)
-    state = jax.jit(trainer.init)(jax.random.key(0), base)
-    assert_no_recompile(chunk, state, base, data, next_args=lambda out: (out[0], base, data))
+    inputs = train.ExpandInputs(base, None)
+    state = jax.jit(trainer.init)(jax.random.key(0), inputs)
+    assert_no_recompile(chunk, state, inputs, data, next_args=lambda out: (out[0], inputs, data))
 
 
 def test_resume_continues_identically(setup, tmp_path):
     actor, data, base = setup
-    trainer = train.make_expand(actor, stage_config(steps=6), "lora")
+    c = stage_config(steps=6)
+    trainer = train.make_expand(actor, c, c.critic, "lora")
     keys = pipeline.seed_keys(0, 2, "expand")
-    frozen = jax.tree.map(lambda x: jnp.stack([x, x]), base)
+    frozen = train.ExpandInputs(jax.tree.map(lambda x: jnp.stack([x, x]), base), None)
     config = ml_collections.ConfigDict({"stage": "expand"})
     full, _ = pipeline.run_stage(trainer, keys, frozen, data, workdir=tmp_path / "full", config=config, desc="t")
 
@@ -146,7 +153,7 @@ def test_continual_end_to_end_tiny(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(continual.METHODS)
     assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
-    actor, base, normalizer, meta = pipeline.load_base(tmp_path / "policies" / "pi0")
+    actor, base, normalizer, meta = saving.load_base(tmp_path / "policies" / "pi0")
     assert normalizer.mean.shape == (OBS,) and np.all(np.asarray(normalizer.std) > 0)
     lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
     assert lib.names == ["walk"] and meta["obs_dim"] == OBS

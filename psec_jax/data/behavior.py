@@ -26,6 +26,7 @@ import numpy as np
 
 from psec_jax import artifacts, envs as envs_lib, prng, runs
 from psec_jax.data import sac
+from psec_jax.data.normalize import Normalizer
 
 POLICY_DIR = Path(__file__).parent / "policies"
 MANIFEST = "policy.json"
@@ -52,7 +53,7 @@ def policy_action(actor: sac.Actor, policy: BehaviorPolicy, obs: jax.Array, key:
     "uniform" (uniform random in [-1, 1], ignoring the policy). `noise` adds N(0, noise^2) to the
     action before clipping to [-1, 1].
     """
-    x = jnp.clip((obs - policy.obs_mean) / policy.obs_std, -10.0, 10.0)
+    x = Normalizer(policy.obs_mean, policy.obs_std, clip=10.0)(obs)
     k_act, k_noise = jax.random.split(key)
     if mode == "uniform":
         a = jax.random.uniform(k_act, (actor.action_size,), minval=-1.0, maxval=1.0)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from psec_jax import envs as envs_lib
 from psec_jax import prng, runs
 from psec_jax.data import behavior, sac
+from psec_jax.envs import rollout
 
 ActFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, obs [obs_dim], key) -> action
 
@@ -30,40 +30,20 @@ def make_round(env: envs_lib.Env, act: ActFn, num_envs: int, chunk: int = 50
                ) -> Callable[[Any, jax.Array], Any]:
     """A jitted function (params, key) -> (transitions [T, num_envs, ...], valid [T, num_envs]).
 
-    One round plays one episode in each of num_envs environments (T = env.episode_length).
-    valid[t, i] is True while environment i's episode has not ended before step t. Steps run in
-    scanned chunks of `chunk` inside a while_loop that stops once every episode has ended, so
-    short (terminated) episodes do not pay for the full time limit. The policy params are an
-    argument: one compilation serves every policy of the same shapes.
+    One round plays one episode in each of num_envs environments (T = env.episode_length) with
+    ``envs.rollout.rollout``; valid[t, i] is True while environment i's episode has not ended before
+    step t. The policy params are an argument: one compilation serves every policy of the same shapes.
     """
-    horizon = env.episode_length
-    num_chunks = -(-horizon // chunk)
+
+    def batch_act(params: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
+        keys = jax.random.split(key, num_envs)
+        return jax.vmap(act, in_axes=(None, 0, 0))(params, obs, keys)
 
     def one_round(params: Any, key: jax.Array):
-        state = jax.vmap(env.reset)(jax.random.split(prng.stream(key, "reset"), num_envs))
-
-        def step(carry, t):
-            state, alive = carry
-            keys = jax.random.split(jax.random.fold_in(prng.stream(key, "act"), t), num_envs)
-            action = jax.vmap(act, in_axes=(None, 0, 0))(params, state.obs, keys)
-            nxt = jax.vmap(env.step)(state, action)
-            tr = envs_lib.Transition(state.obs, action, nxt.reward, nxt.cost, nxt.terminal > 0,
-                                     nxt.truncation > 0, nxt.obs)
-            return (nxt, alive & (nxt.done == 0)), (tr, alive & (t < horizon))
-
-        def run_chunk(carry):
-            c, state, alive, buffers = carry
-            (state, alive), out = jax.lax.scan(step, (state, alive), c * chunk + jnp.arange(chunk))
-            buffers = jax.tree.map(lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o, c * chunk, 0),
-                                   buffers, out)
-            return c + 1, state, alive, buffers
-
-        shapes = jax.eval_shape(lambda s: jax.lax.scan(step, (s, jnp.ones((num_envs,), bool)),
-                                                       jnp.arange(chunk))[1], state)
-        buffers = jax.tree.map(lambda a: jnp.zeros((num_chunks * chunk, *a.shape[1:]), a.dtype), shapes)
-        init = (jnp.int32(0), state, jnp.ones((num_envs,), bool), buffers)
-        _, _, _, (trs, valid) = jax.lax.while_loop(lambda c: (c[0] < num_chunks) & c[2].any(), run_chunk, init)
-        return jax.tree.map(lambda a: a[:horizon], trs), valid[:horizon]
+        reset_keys = jax.random.split(prng.stream(key, "reset"), num_envs)
+        episodes = rollout.rollout(env, batch_act, params, reset_keys, prng.stream(key, "act"), record=True,
+                                   chunk=chunk)
+        return episodes.transitions, episodes.valid
 
     return jax.jit(one_round)
 

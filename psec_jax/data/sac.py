@@ -24,6 +24,8 @@ from flax import struct
 
 from psec_jax import envs as envs_lib
 from psec_jax import prng
+from psec_jax.data.normalize import RunningMoments
+from psec_jax.envs import rollout
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -43,30 +45,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.reward_scale = 1.0  # rewards are multiplied by this inside the critic target
     c.init_alpha = 1.0  # initial entropy temperature (target entropy = -action_size)
     return c
-
-
-class Normalizer(NamedTuple):
-    """Running observation statistics (Welford)."""
-
-    count: jax.Array  # []
-    mean: jax.Array  # [obs_dim]
-    m2: jax.Array  # [obs_dim], sum of squared deviations
-
-    @property
-    def std(self) -> jax.Array:
-        return jnp.sqrt(self.m2 / jnp.maximum(self.count, 1.0) + 1e-6)
-
-    def update(self, x: jax.Array) -> "Normalizer":
-        """Fold in a batch x: [n, obs_dim]."""
-        n = x.shape[0]
-        count = self.count + n
-        delta = x.mean(0) - self.mean
-        mean = self.mean + delta * n / count
-        m2 = self.m2 + ((x - x.mean(0)) ** 2).sum(0) + delta**2 * self.count * n / count
-        return Normalizer(count, mean, m2)
-
-    def apply(self, obs: jax.Array) -> jax.Array:
-        return jnp.clip((obs - self.mean) / self.std, -10.0, 10.0)
 
 
 class Actor(nn.Module):
@@ -111,9 +89,9 @@ def sample_action(actor: Actor, params: Any, obs: jax.Array, key: jax.Array
     return jnp.tanh(u), logp
 
 
-def deterministic_action(actor: Actor, params: Any, normalizer: Normalizer, obs: jax.Array) -> jax.Array:
+def deterministic_action(actor: Actor, params: Any, moments: RunningMoments, obs: jax.Array) -> jax.Array:
     """tanh(mean) for a raw (unnormalised) obs [..., obs_dim]."""
-    mean, _ = actor.apply(params, normalizer.apply(obs))
+    mean, _ = actor.apply(params, moments.normalizer()(obs))
     return jnp.tanh(mean)
 
 
@@ -149,7 +127,7 @@ class SACState:
     actor_opt: Any
     critic_opt: Any
     alpha_opt: Any
-    normalizer: Normalizer
+    normalizer: RunningMoments  # observation statistics of everything seen so far
     replay: Replay
     env_state: envs_lib.EnvState  # [num_envs, ...]
     key: jax.Array  # root key of the run; per-iteration keys are fold_in(key, iteration)
@@ -163,7 +141,7 @@ class SAC(NamedTuple):
     actor: Actor
     init: Any  # key -> SACState (replay prefilled with random-action transitions)
     run: Any  # (SACState, num_iterations: static int) -> (SACState, metrics per iteration)
-    evaluate: Any  # (actor_params, normalizer, key, num_episodes: static) -> returns [num_episodes]
+    evaluate: Any  # (actor_params, RunningMoments, key, num_episodes: static) -> returns [num_episodes]
 
 
 def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
@@ -199,8 +177,7 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         critic_params = critic.init(k_critic, obs, jnp.zeros((env.action_size,)))
         log_alpha = jnp.log(jnp.asarray(c.init_alpha, jnp.float32))
         env_state = batched_reset(jax.random.split(k_env, c.num_envs))
-        normalizer = Normalizer(jnp.zeros(()), jnp.zeros((env.observation_size,)),
-                                jnp.zeros((env.observation_size,)))
+        normalizer = RunningMoments.zeros(env.observation_size)
         replay = empty_replay(min(c.replay_size, 10**8))
 
         def prefill(carry, i):
@@ -220,8 +197,8 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
 
     def update(state: SACState, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
         batch = state.replay.sample(prng.stream(key, "batch"), c.batch_size)
-        norm = state.normalizer
-        obs, next_obs = norm.apply(batch.observations), norm.apply(batch.next_observations)
+        norm = state.normalizer.normalizer()
+        obs, next_obs = norm(batch.observations), norm(batch.next_observations)
         alpha = jnp.exp(state.log_alpha)
         keys = jax.random.split(prng.stream(key, "next"), c.batch_size)
         next_a, next_logp = jax.vmap(lambda o, k: sample_action(actor, state.actor_params, o, k))(next_obs, keys)
@@ -263,7 +240,7 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
 
     def iteration(state: SACState, _) -> tuple[SACState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.key, state.iteration)
-        obs = state.normalizer.apply(state.env_state.obs)
+        obs = state.normalizer.normalizer()(state.env_state.obs)
         akeys = jax.random.split(prng.stream(key, "act"), c.num_envs)
         actions, _ = jax.vmap(lambda o, k: sample_action(actor, state.actor_params, o, k))(obs, akeys)
         env_state, tr = env_step(state.env_state, actions, prng.stream(key, "reset"))
@@ -279,21 +256,10 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     def run(state: SACState, num_iterations: int):
         return jax.lax.scan(iteration, state, None, length=num_iterations)
 
-    def evaluate(actor_params: Any, normalizer: Normalizer, key: jax.Array, num_episodes: int) -> jax.Array:
+    def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> jax.Array:
         """Undiscounted returns of full episodes of the deterministic policy: [num_episodes]."""
-        s0 = batched_reset(jax.random.split(key, num_episodes))
-
-        def body(carry, _):
-            s, ret, alive = carry
-            a = deterministic_action(actor, actor_params, normalizer, s.obs)
-            s = jax.vmap(env.step)(s, a)
-            ret = ret + jnp.where(alive > 0, s.reward, 0.0)
-            alive = alive * (1.0 - s.done)
-            return (s, ret, alive), None
-
-        (_, ret, _), _ = jax.lax.scan(body, (s0, jnp.zeros(num_episodes), jnp.ones(num_episodes)),
-                                      None, length=env.episode_length)
-        return ret
+        act = lambda p, obs, k: deterministic_action(actor, p, moments, obs)
+        return rollout.rollout(env, act, actor_params, jax.random.split(key, num_episodes), key).returns
 
     return SAC(actor=actor, init=jax.jit(init), run=jax.jit(run, static_argnums=1, donate_argnums=0),
                evaluate=jax.jit(evaluate, static_argnums=3))

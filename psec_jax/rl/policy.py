@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+import ml_collections
+
 from psec_jax import lora
 from psec_jax.rl import diffusion
 from psec_jax.rl.networks import AlphaNet, MLPAdapter
@@ -193,18 +195,27 @@ def make_composer(kind: str, obs_dim: int, outputs: int, hidden: tuple[int, ...]
     raise ValueError(f"unknown composer kind {kind!r}; choose 'context' or 'fixed'")
 
 
-def select_best(sample_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                score_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                obs: jax.Array, key: jax.Array, num_candidates: int) -> jax.Array:
-    """For each of B states draw ``num_candidates`` actions and keep the best by ``score_fn``.
+def make_actor(network: ml_collections.ConfigDict, obs_dim: int, act_dim: int, kind: str = "lora") -> Actor:
+    """The diffusion actor of a ``network`` config (``psec_jax.rl.config.network_config``); ``kind``
+    "lora" or "mlp" (the skill type)."""
+    if kind not in SKILL_KINDS:
+        raise ValueError(f"unknown skill kind {kind!r}; choose from {SKILL_KINDS}")
+    c = network
+    net = diffusion.NoiseNet(act_dim, hidden=c.hidden, ff=c.ff, num_blocks=c.num_blocks,
+                             time_features=c.time_features, time_hidden=c.time_hidden, dropout=c.dropout)
+    cfg = lora.LoRAConfig(rank=c.lora_rank, alpha=c.lora_alpha, scaling="alpha", targets=(r"(^|/)kernel$",))
+    return Actor(net, diffusion.make_schedule(c.diffusion_steps), kind, cfg, obs_dim, tuple(c.mlp_adapter_hidden))
 
-    sample_fn: (obs [M, obs_dim], key) -> actions [M, A]. score_fn: (obs [M], actions [M]) -> [M],
-    higher is better. Returns [B, A]."""
-    b = obs.shape[0]
-    rep = jnp.repeat(obs, num_candidates, axis=0)
-    actions = sample_fn(rep, key)
-    if num_candidates == 1:
-        return actions
-    scores = score_fn(rep, actions).reshape(b, num_candidates)
-    best = jnp.argmax(scores, axis=1)
-    return actions.reshape(b, num_candidates, -1)[jnp.arange(b), best]
+
+def make_sampler(actor: Actor, mode: str | None = None, composer: Composer | None = None) -> Callable:
+    """``sample(params, obs [M, obs_dim], key) -> actions [M, A]`` of the policy in ``params``
+    (``{"base", "skills"}`` + ``"composer"`` when ``composer`` is given; ``"skills"`` may be None).
+    Without a composer the skills are applied with weight 1; with one, they are composed by ``mode``."""
+
+    def sample(params: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
+        if composer is None:
+            return actor.sample(params["base"], params["skills"], None, obs, key)
+        w = composer.apply(params["composer"], obs)
+        return composed_sample(actor, params["base"], params["skills"], mode, w, obs, key)
+
+    return sample

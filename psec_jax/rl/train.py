@@ -1,19 +1,21 @@
 """PSEC's three training stages (and the baselines) as pure, scanned, vmappable trainers.
 
-Every stage is ``make_*(...) -> Trainer`` with
-``init(key, frozen) -> StageState``, ``chunk(state, frozen, data)`` (``steps_per_chunk`` gradient steps in
-one ``lax.scan``, batches sampled on device) and ``train(key, frozen, data)`` (the whole stage in one
-scan), so ``jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(keys, frozen, data)`` trains several seeds
-at once. ``frozen`` holds what the stage builds on and never updates (passed as an argument, never baked
-into the program as a constant):
+Every stage is ``make_*(...) -> Trainer`` with ``init(key, inputs) -> StageState``,
+``chunk(state, inputs, data)`` (``steps_per_chunk`` gradient steps in one ``lax.scan``, batches sampled
+on device) and ``train(key, inputs, data)`` (the whole stage in one scan), so
+``jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(keys, inputs, data)`` trains several seeds at once.
+``inputs`` is what the stage builds on and never updates (an argument, never baked into the program as
+a constant), one type per stage:
 
-- ``pretrain`` (diffusion BC of pi_0 on the base data): frozen = None; params = the noise net.
-- ``expand`` (a new skill, advantage-weighted diffusion loss with an IQL or reachability critic trained
-  alongside): frozen = pi_0's parameters; params = the adapter tree of one skill (leaves [1, ...], LoRA
-  or MLP adapter; ``actor.as_skills(params)`` adds the configured, untrained scale).
-  ``adapter="full"`` is the *scratch* baseline: a fresh full network, same loss, frozen = None.
+- ``pretrain`` (diffusion BC of pi_0 on the base data): ``PretrainInputs()`` (nothing); params = the
+  noise net.
+- ``expand`` (a new skill, advantage-weighted diffusion loss): ``ExpandInputs(base, critic)``; params =
+  the adapter tree of one skill (leaves [1, ...], LoRA or MLP adapter; ``actor.as_skills(params)`` adds
+  the configured, untrained scale). ``critic=None`` trains an IQL or reachability critic alongside;
+  a given critic is used frozen. ``adapter="full"`` is the *scratch* baseline: a fresh full network,
+  same loss, ``base=None``.
 - ``compose`` (the composer trained through the composed policy on target data, everything else
-  frozen): frozen = ``{"base": ..., "skills": Skills}``; params = the composer's.
+  frozen): ``ComposeInputs(base, skills, actions)``; params = the composer's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ from psec_jax.rl.policy import Actor
 ADAPTERS = ("lora", "mlp", "full")
 
 
+class PretrainInputs(NamedTuple):
+    """Pretraining builds on nothing."""
+
+
+class ExpandInputs(NamedTuple):
+    base: Any  # pi_0's params (None for the scratch baseline, which trains a full network)
+    critic: critics.CriticState | None  # a trained critic to weight with, frozen; None: train one alongside
+
+
+class ComposeInputs(NamedTuple):
+    base: Any  # pi_0's params
+    skills: policy.Skills  # the K skills composed
+    actions: jax.Array | None  # [N, K+1, A] one sampled action of each component per data state
+    #                            (action mode only; ``policy.component_actions``), else None
+
+
 @struct.dataclass
 class StageState:
     params: Any  # what this stage trains (noise net / Skills / composer params)
@@ -45,9 +63,9 @@ class StageState:
 
 
 class Trainer(NamedTuple):
-    init: Callable[[jax.Array, Any], StageState]
-    chunk: Callable[[StageState, Any, OfflineData], tuple[StageState, dict]]
-    train: Callable[[jax.Array, Any, OfflineData], tuple[StageState, dict]]
+    init: Callable[[jax.Array, Any], StageState]  # (key, inputs) -> state
+    chunk: Callable[[StageState, Any, OfflineData], tuple[StageState, dict]]  # (state, inputs, data)
+    train: Callable[[jax.Array, Any, OfflineData], tuple[StageState, dict]]  # (key, inputs, data)
     steps_per_chunk: int
     num_chunks: int
 
@@ -60,17 +78,17 @@ def _check_steps(c: ml_collections.ConfigDict, stage: str) -> None:
 
 
 def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    lr = optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.get("cosine", True) else c.learning_rate
-    return optax.adamw(lr, weight_decay=c.get("weight_decay", 0.0))
+    lr = optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.cosine else c.learning_rate
+    return optax.adamw(lr, weight_decay=c.weight_decay)
 
 
 def _assemble(init: Callable, step: Callable, c: ml_collections.ConfigDict) -> Trainer:
-    def chunk(state, frozen, data):
-        return jax.lax.scan(lambda s, _: step(s, frozen, data), state, None, length=c.log_every)
+    def chunk(state, inputs, data):
+        return jax.lax.scan(lambda s, _: step(s, inputs, data), state, None, length=c.log_every)
 
-    def train(key, frozen, data):
-        state = init(key, frozen)
-        return jax.lax.scan(lambda s, _: chunk(s, frozen, data), state, None, length=c.steps // c.log_every)
+    def train(key, inputs, data):
+        state = init(key, inputs)
+        return jax.lax.scan(lambda s, _: chunk(s, inputs, data), state, None, length=c.steps // c.log_every)
 
     return Trainer(init, chunk, train, c.log_every, c.steps // c.log_every)
 
@@ -86,12 +104,12 @@ def _sgd(loss_fn: Callable, tx: optax.GradientTransformation, state: StageState,
 
 
 def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
-    """Diffusion behaviour cloning of the base policy (config: steps, batch_size, learning_rate,
-    weight_decay, ema, log_every)."""
+    """Diffusion behaviour cloning of the base policy (config: steps, batch_size, learning_rate, cosine,
+    weight_decay, ema, log_every). Inputs: ``PretrainInputs()``."""
     _check_steps(c, "pretrain")
     tx = _optimizer(c)
 
-    def init(key, frozen=None):
+    def init(key, inputs=PretrainInputs()):
         params = actor.init_base(prng.stream(key, "params"))
         return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
                           prng.stream(key, "steps"))
@@ -101,7 +119,7 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
         return diffusion.noise_loss(actor.eps(params, None, None, batch.observations, a_t, t, kd), eps), {}
 
-    def step(state, frozen, data):
+    def step(state, inputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
         state, loss, aux = _sgd(loss_fn, tx, state, c.ema, data.sample(kb, c.batch_size), kl)
         return state, {"bc_loss": loss, **aux}
@@ -109,32 +127,31 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
     return _assemble(init, step, c)
 
 
-def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora", *,
-                train_critic: bool = True) -> Trainer:
-    """A new skill on target data with the weighted diffusion loss and a critic of kind
-    ``c.critic.kind`` (config: steps, batch_size, learning_rate, weight_decay, ema, log_every, critic).
+def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_collections.ConfigDict,
+                adapter: str = "lora") -> Trainer:
+    """A new skill on target data with the weighted diffusion loss (config: steps, batch_size,
+    learning_rate, cosine, weight_decay, ema, log_every) and a critic of kind ``critic_config.kind``.
     ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch).
 
-    ``train_critic=True`` (PSEC): the critic trains alongside and the actor's weights come from it
-    before each step; frozen = pi_0's params (None for "full"). ``train_critic=False``: frozen =
-    ``(base, critic_state)`` with an already trained critic (e.g. shared by several baselines trained
-    on the same data, which saves the critic's cost); ``state.critic`` is then that critic."""
+    Inputs: ``ExpandInputs(base, critic)``. With ``critic=None`` (PSEC) the critic trains alongside and
+    the actor's weights come from it before each step; a given critic (e.g. one shared by several
+    baselines trained on the same data, which saves its cost) weights every step frozen and is
+    ``state.critic``."""
     _check_steps(c, "expand")
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; choose from {ADAPTERS}")
     if adapter != "full" and adapter != actor.kind:
         raise ValueError(f"adapter {adapter!r} does not match the actor's skill kind {actor.kind!r}")
     tx = _optimizer(c)
-    critic = critics.make_critic(actor.obs_dim, actor.act_dim, c.critic)
+    critic = critics.make_critic(actor.obs_dim, actor.act_dim, critic_config)
 
-    def init(key, frozen):
-        base, fixed_critic = (frozen, None) if train_critic else frozen
+    def init(key, inputs: ExpandInputs):
         if adapter == "full":
             params = actor.init_base(prng.stream(key, "params"))
         else:
             # only the adapter is optimised; its scale is configuration (actor.as_skills)
-            params = actor.init_skill(prng.stream(key, "skill"), base).params
-        critic_state = critic.init(prng.stream(key, "critic")) if train_critic else fixed_critic
+            params = actor.init_skill(prng.stream(key, "skill"), inputs.base).params
+        critic_state = critic.init(prng.stream(key, "critic")) if inputs.critic is None else inputs.critic
         return StageState(params, params, tx.init(params), critic_state, jnp.zeros((), jnp.int32),
                           prng.stream(key, "steps"))
 
@@ -147,18 +164,16 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, adapter: str = "lora
             eps_hat = actor.eps(base, actor.as_skills(params), None, batch.observations, a_t, t, kd)
         return diffusion.noise_loss(eps_hat, eps, weights), {}
 
-    def step(state, frozen, data):
+    def step(state, inputs: ExpandInputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
         batch = data.sample(kb, c.batch_size)
-        if train_critic:
-            base = frozen
+        if inputs.critic is None:
             critic_state, critic_metrics = critic.update(state.critic, batch)
             weights = critic_metrics.pop("actor_weights")
             state = state.replace(critic=critic_state)
         else:
-            base, fixed_critic = frozen
-            weights, critic_metrics = critic.actor_weights(fixed_critic, batch), {}
-        state, loss, aux = _sgd(loss_fn, tx, state, c.ema, base, batch, weights, kl)
+            weights, critic_metrics = critic.actor_weights(inputs.critic, batch), {}
+        state, loss, aux = _sgd(loss_fn, tx, state, c.ema, inputs.base, batch, weights, kl)
         return state, {"actor_loss": loss, "weight_mean": jnp.mean(weights), **aux, **critic_metrics}
 
     return _assemble(init, step, c)
@@ -174,19 +189,19 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
     """The composer trained through the composed policy on target data (config: steps, batch_size,
     learning_rate, log_every, network_dropout). ``"param"`` / ``"noise"`` modes use the diffusion loss
     through the frozen network, deterministic as at acting time unless ``network_dropout``; ``"action"``
-    regresses the weighted sum of the components' sampled actions onto the data's: for it ``frozen``
-    also holds ``"actions"`` [N, K+1, A], one action of each component per data state
-    (``policy.component_actions``), sampled once rather than at every step."""
+    regresses the weighted sum of the components' sampled actions onto the data's: for it the inputs'
+    ``actions`` [N, K+1, A] hold one action of each component per data state
+    (``policy.component_actions``), sampled once rather than at every step. Inputs: ``ComposeInputs``."""
     _check_steps(c, "compose")
     policy.num_outputs(mode, 1)  # validates mode
     tx = optax.adam(c.learning_rate)
 
-    def init(key, frozen):
+    def init(key, inputs: ComposeInputs):
         params = composer.init(prng.stream(key, "composer"))
         return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
                           prng.stream(key, "steps"))
 
-    def loss_fn(params, frozen, batch, key):
+    def loss_fn(params, inputs: ComposeInputs, batch, key):
         kn, kd = jax.random.split(key)
         s = batch.observations
         w = composer.apply(params, s)
@@ -194,16 +209,18 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
             a = jnp.einsum("bj,bja->ba", w, batch.component_actions)
             return jnp.mean(jnp.sum((a - batch.actions) ** 2, -1)), {"weight_mean": jnp.mean(w)}
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
-        eps_hat = policy.composed_eps(actor, frozen["base"], frozen["skills"], mode, w, s, a_t, t,
+        eps_hat = policy.composed_eps(actor, inputs.base, inputs.skills, mode, w, s, a_t, t,
                                       kd if c.network_dropout else None)
         return diffusion.noise_loss(eps_hat, eps), {"weight_mean": jnp.mean(w)}
 
-    def step(state, frozen, data):
+    def step(state, inputs: ComposeInputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
         idx = jax.random.randint(kb, (c.batch_size,), 0, data.size)
+        if (mode == "action") != (inputs.actions is not None):
+            raise ValueError(f"compose: ComposeInputs.actions must be given in action mode only (mode {mode!r})")
         batch = _ComposeBatch(data.observations[idx], data.actions[idx],
-                              frozen["actions"][idx] if mode == "action" else None)
-        state, loss, aux = _sgd(loss_fn, tx, state, 1.0, frozen, batch, kl)
+                              inputs.actions[idx] if mode == "action" else None)
+        state, loss, aux = _sgd(loss_fn, tx, state, 1.0, inputs, batch, kl)
         return state, {"compose_loss": loss, **aux}
 
     return _assemble(init, step, c)

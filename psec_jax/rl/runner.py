@@ -1,0 +1,201 @@
+"""The one PSEC experiment runner: validate -> load -> normalise -> pretrain pi_0 -> expand skills ->
+save libraries -> scratch baselines -> compose -> evaluate every method in one rollout -> report.
+
+A setting (``continual``, ``safe``, ``dynamics``) is a ``Setting``: its method table, its acting rule,
+its own config checks and a ``prepare`` that loads its data and environment and says which skills to
+learn on which data and how to report. Every method of a table is trained and evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from psec_jax import runs
+from psec_jax.data.normalize import Normalizer
+from psec_jax.data.offline import OfflineData
+from psec_jax.envs.base import Env
+from psec_jax.rl import acting, critics, evaluate, pipeline, policy, report, saving, train
+from psec_jax.rl.methods import Method, check_methods, check_table
+
+
+@dataclasses.dataclass(frozen=True)
+class Skill:
+    name: str  # its name in the skill library
+    data: str  # key of its training data in ``Prepared.data``
+    critic: str  # "reward" or "cost": its critic is ``config.critics[critic]``
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    title: str  # of the table and plot
+    fields: tuple[str, ...] = ("return",)  # columns: "return" and / or "cost"
+    labels: Mapping[str, str] | None = None  # display names of the fields
+    normalizers: Mapping[str, float] | None = None  # per field: reported = (raw - offset) / normalizer
+    offsets: Mapping[str, float] | None = None
+    note: str = ""  # printed and written under the table
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # also in results.json and the output
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What a setting's ``prepare`` hands the runner."""
+
+    data: Mapping[str, OfflineData]  # raw datasets by key
+    env: Env  # the evaluation environment
+    pretrain: str  # key of pi_0's data (it also fixes the observation normaliser)
+    pretrain_name: str  # that dataset's name, recorded with the saved pi_0
+    skills: tuple[Skill, ...]  # in library / composition order
+    target: str  # the skill whose data and critic the scratch baseline shares
+    compose: str  # key of the composers' data
+    critics: Mapping[str, str]  # acting role ("reward" / "cost") -> the skill whose critic scores it
+    report: Report
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    methods: Mapping[str, Method]  # the method table
+    rule: str  # acting rule (``acting.RULES``)
+    check: Callable[[ml_collections.ConfigDict], None]  # the setting's own config checks (ValueError)
+    prepare: Callable[..., Prepared]  # (config, **run kwargs) -> Prepared
+    expand_key: str = "expand/{kind}/{name}"  # PRNG stream of each skill's stage (fixed: results reproduce)
+
+
+def check_config(setting: Setting, config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a config ``setting`` cannot run; nothing is loaded or compiled."""
+    check_table(dict(setting.methods))
+    check_methods(tuple(config.methods), dict(setting.methods))
+    acting.check_rule(setting.rule)
+    pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
+    for kind in critics.KINDS:
+        if config.critics[kind].kind != kind:
+            raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
+    setting.check(config)
+
+
+def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any
+        ) -> dict[str, Any]:
+    """Runs every stage the config's methods need for ``config.num_seeds`` seeds, evaluates every method
+    and writes results.{json,md,png}, pi_0, per-seed skill libraries and composers to ``workdir``.
+    ``kwargs`` go to ``setting.prepare`` (data / env / reference overrides). Returns ``{"methods":
+    summary, "raw": unnormalised summary, "seconds", **report.extra}``."""
+    check_config(setting, config)
+    workdir, t_start = Path(workdir), time.perf_counter()
+    prep = setting.prepare(config, **kwargs)
+    methods = {m: setting.methods[m] for m in config.methods}
+    normalizer = Normalizer.of(prep.data[prep.pretrain].observations)  # pi_0's data fixes the statistics
+    data = {k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
+            for k, v in prep.data.items()}
+    obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
+    actors = {k: policy.make_actor(config.network, obs_dim, act_dim, k) for k in policy.SKILL_KINDS}
+    skill_of = {s.name: s for s in prep.skills}
+    critic_fns = {s.name: critics.make_critic(obs_dim, act_dim, config.critics[s.critic]) for s in prep.skills}
+
+    def stage(trainer, key_name, inputs, d, name):
+        keys = pipeline.seed_keys(config.seed, n, key_name)
+        return pipeline.run_stage(trainer, keys, inputs, d, workdir=workdir / "stages" / name, config=config,
+                                  desc=name)[0]
+
+    # which skill kinds the methods compose or apply; acting by a skill's critic also needs the skill
+    kinds = sorted({m.skill_kind for m in methods.values() if m.policy in ("skills", "composed")})
+    if not kinds and any(m.policy == "prior" for m in methods.values()):
+        kinds = ["lora"]
+    base = None
+    if any(m.policy != "scratch" for m in methods.values()):
+        n_pre = 1 if config.share_pretrain else n
+        pre = pipeline.run_stage(train.make_pretrain(actors["lora"], config.pretrain),
+                                 pipeline.seed_keys(config.seed, n_pre, "pretrain"), train.PretrainInputs(),
+                                 data[prep.pretrain], workdir=workdir / "stages" / "pretrain", config=config,
+                                 desc="pretrain")[0]
+        base = pipeline.repeat_seeds(pre.ema, n) if config.share_pretrain else pre.ema
+        saving.save_base(workdir / "policies" / "pi0", saving.take_seed(base, 0), config.network, obs_dim,
+                         act_dim, normalizer, data=prep.pretrain_name)
+
+    # each skill's critic trains alongside its first kind; later kinds and scratch reuse it, frozen
+    skills: dict[str, policy.Skills] = {}
+    critic_of: dict[str, critics.CriticState] = {}
+    for kind in kinds:
+        parts = []
+        for s in prep.skills:
+            trainer = train.make_expand(actors[kind], config.expand, config.critics[s.critic], kind)
+            st = stage(trainer, setting.expand_key.format(kind=kind, name=s.name),
+                       train.ExpandInputs(base, critic_of.get(s.name)), data[s.data], f"expand_{kind}_{s.name}")
+            parts.append(jax.vmap(actors[kind].as_skills)(st.ema))
+            critic_of.setdefault(s.name, st.critic)
+        skills[kind] = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)  # [S, K, ...]
+    names = [s.name for s in prep.skills]
+    if "lora" in skills:
+        train_configs = {s.name: {"expand": config.expand, "critic": config.critics[s.critic]} for s in prep.skills}
+        for i in range(n):
+            saving.library_of(saving.take_seed(base, i), saving.take_seed(skills["lora"], i), names,
+                              actors["lora"].lora_config, train_configs).save(workdir / "policies" / f"library_seed{i}")
+
+    acts, params = {}, {}
+    target = skill_of[prep.target]
+    for name, m in methods.items():
+        sampler_args, role_critics = {}, {r: critic_of.get(s) for r, s in prep.critics.items()}
+        if m.policy == "scratch":
+            shared = critic_of.get(target.name)
+            trainer = train.make_expand(actors["lora"], config.expand, config.critics[target.critic], "full")
+            st = stage(trainer, name, train.ExpandInputs(None, shared), data[target.data], name)
+            pol, role_critics["reward"] = {"base": st.ema, "skills": None}, st.critic
+        elif m.policy == "prior":
+            pol = {"base": base, "skills": None}
+        elif m.policy == "skills":
+            idx = jnp.asarray([names.index(s) for s in m.skills])
+            pol = {"base": base, "skills": jax.tree.map(lambda x: x[:, idx], skills[m.skill_kind])}
+        else:
+            pol, sampler_args = _compose(name, m, config, actors[m.skill_kind], base, skills[m.skill_kind],
+                                         data[prep.compose], names, stage, workdir)
+        role_fns = {r: critic_fns[s] for r, s in prep.critics.items()}
+        sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
+        acts[name] = acting.make_act(sampler, role_fns, setting.rule, config.eval.candidates, normalizer)
+        params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[setting.rule]}}
+
+    t_eval = time.perf_counter()
+    evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
+    results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
+    results = {m: results[m] for m in methods}
+    rep = prep.report
+    summary = report.summarize(results, normalizers=rep.normalizers, offsets=rep.offsets)
+    raw = report.summarize(results)
+    seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
+    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), **rep.extra}
+    table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels)
+    if rep.note:
+        (workdir / "results.md").write_text(table + rep.note)
+    print(table + rep.note)
+    print(f"took {seconds['total']:.0f} s (evaluation {seconds['evaluate']:.0f} s); results in {workdir}")
+    return {"methods": summary, "raw": raw, "seconds": seconds, **rep.extra}
+
+
+def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: policy.Actor, base: Any,
+             skills: policy.Skills, data: OfflineData, names: list[str], stage: Callable, workdir: Path
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(policy params, sampler arguments) of a composed method; trains and saves its composer."""
+    k, n = len(names), config.num_seeds
+    if m.composer == "fixed":
+        composer = policy.make_composer("fixed", actor.obs_dim, k, fixed=(config.compose.fixed_weight,) * k)
+        cparams = jnp.broadcast_to(composer.init(None), (n, k))
+    else:
+        composer = policy.make_composer("context", actor.obs_dim, policy.num_outputs(m.mode, k),
+                                        tuple(config.compose.hidden))
+        actions = None
+        if m.mode == "action":
+            keys = pipeline.seed_keys(config.seed, n, f"components/{name}")
+            sample = lambda b, sk, key: policy.component_actions(actor, b, sk, data.observations, key)
+            actions = jax.jit(jax.vmap(sample))(base, skills, keys)
+        cparams = stage(train.make_compose(actor, composer, m.mode, config.compose), f"compose/{name}",
+                        train.ComposeInputs(base, skills, actions), data, f"compose_{name}").params
+        for i in range(n):
+            saving.save_composer(workdir / "policies" / f"composer_{name}_seed{i}", saving.take_seed(cparams, i),
+                                 mode=m.mode, kind="context", skills=names, skill_kind=m.skill_kind)
+    return {"base": base, "skills": skills, "composer": cparams}, {"mode": m.mode, "composer": composer}

@@ -1,0 +1,70 @@
+"""What the PSEC runner saves: pi_0 (with its observation normaliser), skill libraries, composers.
+
+Each is a checksummed artifact directory (``psec_jax.artifacts``) holding everything needed to rebuild
+it: ``load_base`` returns a ready actor, ``lora.SkillLibrary.load`` the skills.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from psec_jax import artifacts, lora, runs
+from psec_jax.data.normalize import Normalizer
+from psec_jax.rl import policy
+from psec_jax.rl.policy import Actor, Skills
+
+POLICY_FORMAT = "psec_jax.diffusion_policy/1"
+COMPOSER_FORMAT = "psec_jax.composer/1"
+
+
+def take_seed(tree: Any, i: int) -> Any:
+    """Seed i of a pytree with a leading seed axis, as host numpy arrays."""
+    return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+def save_base(directory: str | os.PathLike, params: Any, net_config: ml_collections.ConfigDict,
+              obs_dim: int, act_dim: int, normalizer: Normalizer | None = None, **meta: Any) -> Path:
+    """The pretrained noise net, its observation normaliser and everything needed to rebuild its actor
+    (``load_base``)."""
+    normalizer = normalizer or Normalizer.identity(obs_dim)
+    info = {"format": POLICY_FORMAT, "network": runs.to_jsonable(net_config), "obs_dim": obs_dim,
+            "act_dim": act_dim, **meta}
+    tree = {"params": params, "obs_mean": np.asarray(normalizer.mean), "obs_std": np.asarray(normalizer.std)}
+    return artifacts.save_tree(directory, tree, info)
+
+
+def load_base(directory: str | os.PathLike, kind: str = "lora") -> tuple[Actor, Any, Normalizer, dict]:
+    """(actor, params, normaliser, metadata) of a policy saved with ``save_base``."""
+    tree, meta = artifacts.load_tree(directory)
+    if meta.get("format") != POLICY_FORMAT:
+        raise artifacts.ArtifactError(f"{directory}: not a psec_jax diffusion policy (format {meta.get('format')!r})")
+    actor = policy.make_actor(ml_collections.ConfigDict(meta["network"]), meta["obs_dim"], meta["act_dim"], kind)
+    return actor, tree["params"], Normalizer(jnp.asarray(tree["obs_mean"]), jnp.asarray(tree["obs_std"])), meta
+
+
+def library_of(base: Any, skills: Skills, names: list[str], config: lora.LoRAConfig,
+               train_configs: Mapping[str, Any] | None = None) -> lora.SkillLibrary:
+    """A SkillLibrary of the LoRA skills stacked in ``skills`` (one seed, no seed axis)."""
+    if skills.num != len(names):
+        raise ValueError(f"library_of: {skills.num} skills but {len(names)} names {names}")
+    lib = None
+    for i, name in enumerate(names):
+        adapter = jax.tree.map(lambda x: x[i], skills.params)
+        meta = {"train_config": runs.to_jsonable((train_configs or {}).get(name, {}))}
+        lib = (lora.SkillLibrary.create(base, name, adapter, config, **meta) if lib is None
+               else lib.add(name, adapter, config, **meta))
+    return lib
+
+
+def save_composer(directory: str | os.PathLike, params: Any, *, mode: str, kind: str,
+                  skills: list[str], **meta: Any) -> Path:
+    """A trained composer with how it composes (``mode``, composer ``kind``, skill names)."""
+    info = {"format": COMPOSER_FORMAT, "mode": mode, "kind": kind, "skills": skills, **meta}
+    return artifacts.save_tree(directory, {"params": params}, info)
