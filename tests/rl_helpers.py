@@ -30,3 +30,22 @@ def point_env(episode_length: int = 8) -> Env:
 
 def random_data(n: int = 512, seed: int = 0) -> OfflineData:
     return OfflineData.synthetic(n, OBS, ACT, seed)
+
+
+def assert_table_complete(workdir, methods, num_seeds: int, fields=("return",)) -> None:
+    """results.md of a PSEC run has one row per method, in order, each with ``num_seeds`` per-seed values
+    of every field, and results.json the same per-seed numbers."""
+    import json
+    from pathlib import Path
+
+    lines = (Path(workdir) / "results.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == list(methods)
+    saved = json.loads((Path(workdir) / "results.json").read_text())["methods"]
+    for row, method in zip(rows, methods):
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert len(cells) == 2 * len(fields)
+        for i, field in enumerate(fields):
+            per_seed = saved[method][f"{field}_per_seed"]
+            assert len(per_seed) == num_seeds
+            assert cells[2 * i + 1] == ", ".join(f"{x:.3g}" for x in per_seed)

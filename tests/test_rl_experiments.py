@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import psec_continual as continual_config
 from experiments.configs import psec_dynamics as dynamics_config
 from experiments.configs import psec_safe as safe_config
 from psec_jax import cli, lora
 from psec_jax.rl import acting, dynamics, report, safe, saving
-from rl_helpers import OBS, point_env, random_data
+from rl_helpers import OBS, assert_table_complete, point_env, random_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = (-10.0, 0.0)  # (random, expert) returns of the point env for 1000-step episodes
@@ -53,11 +54,14 @@ def test_reference_normalization_and_offsets():
         report.reference_normalization((1.0, 1.0), 10)
 
 
-@pytest.mark.parametrize("module", [safe_config, dynamics_config])
+@pytest.mark.parametrize("module", [continual_config, safe_config, dynamics_config])
 def test_configs(module):
     for size in ("small", "paper", "tiny"):
         c = module.get_config(size)
         assert c.size == size and c.num_seeds >= 1
+        for stage in ("pretrain", "expand"):  # every field the trainers read is declared (none via .get)
+            assert {"cosine", "weight_decay", "ema", "learning_rate"} <= set(c[stage])
+        assert c.compose.network_dropout is False and c.critics.cost.kind == "cost"
     with pytest.raises(ValueError, match="size"):
         module.get_config("huge")
 
@@ -96,6 +100,7 @@ def test_safe_end_to_end_tiny(tmp_path):
     assert out["safe_data"]["kept"] == int((costs <= 8.0).sum()) and not out["safe_data"]["fallback"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(safe.METHODS) and saved["safe_data"] == out["safe_data"]
+    assert_table_complete(tmp_path, safe.METHODS, 2, fields=("return", "cost"))
     md = (tmp_path / "results.md").read_text()
     assert "normalized cost" in md and "psec" in md and (tmp_path / "results.png").stat().st_size > 0
     _, base, _, _ = saving.load_base(tmp_path / "policies" / "pi0")
@@ -128,6 +133,7 @@ def test_dynamics_end_to_end_tiny(tmp_path):
         np.testing.assert_allclose(row["return"], 100 * (out["raw"][m]["return"] + 0.06) / 0.06, rtol=1e-6)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(dynamics.METHODS)
+    assert_table_complete(tmp_path, dynamics.METHODS, 2)
     assert "normalized score" in (tmp_path / "results.md").read_text()
     _, base, _, _ = saving.load_base(tmp_path / "policies" / "pi0")
     assert lora.SkillLibrary.load(tmp_path / "policies" / "library_seed0", base).names == ["target"]

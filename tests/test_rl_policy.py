@@ -138,3 +138,34 @@ def test_expectile_loss():
     d = jnp.array([1.0, -1.0])
     assert float(critics.expectile_loss(d, 0.7)) == pytest.approx((0.7 + 0.3) / 2)
     assert float(critics.expectile_loss(jnp.array([2.0]), 0.9)) == pytest.approx(0.9 * 4)
+
+
+@pytest.mark.parametrize("mode", ["param", "noise", "action"])
+def test_composed_policy_with_one_hot_weights_is_that_skill_alone(actors, mode):
+    """Through the sampler the runner acts with: a composer whose weights are one-hot on skill j acts
+    like pi_0 plus skill j alone; all-zero weights (param mode) or one-hot on the base component
+    (noise / action mode) act like pi_0 alone."""
+    actor = actors["lora"]
+    base = actor.init_base(jax.random.key(0))
+    skills = _trained_skills(actor, base)
+    obs, key = jax.random.normal(jax.random.key(4), (6, OBS)), jax.random.key(5)
+    k = skills.num
+    alone = lambda sk: policy.make_sampler(actor)({"base": base, "skills": sk}, obs, key)
+    if mode == "action":
+        key = jax.random.split(key, k + 1)  # composed_sample gives component j the key split(key, K+1)[j]
+        alone = lambda sk, j: policy.make_sampler(actor)({"base": base, "skills": sk}, obs, key[j])
+
+    def composed(weights):
+        composer = policy.make_composer("fixed", OBS, policy.num_outputs(mode, k), fixed=tuple(weights))
+        params = {"base": base, "skills": skills, "composer": composer.init(None)}
+        return policy.make_sampler(actor, mode, composer)(params, obs, jax.random.key(5))
+
+    pi0 = alone(None, 0) if mode == "action" else alone(None)
+    for j in range(k):
+        one = jax.tree.map(lambda x: x[j:j + 1], skills)
+        want = alone(one, j + 1) if mode == "action" else alone(one)
+        hot = [float(i == j) for i in range(k)] if mode == "param" else [float(i == j + 1) for i in range(k + 1)]
+        assert_trees_close(composed(hot), want)
+        assert not np.allclose(want, pi0, atol=1e-3)  # the skill does change the policy
+    zero = [0.0] * k if mode == "param" else [1.0] + [0.0] * k
+    assert_trees_close(composed(zero), pi0)

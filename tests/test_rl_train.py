@@ -14,7 +14,7 @@ from psec_jax.lora.core import LoRAPair
 from psec_jax.rl import continual, critics, pipeline, policy, saving, train
 from psec_jax.rl import config as rl_config
 from psec_jax.testing import assert_no_recompile, assert_trees_close
-from rl_helpers import ACT, OBS, point_env, random_data
+from rl_helpers import ACT, OBS, assert_table_complete, point_env, random_data
 
 
 def stage_config(steps=4, log_every=2, kind="reward"):
@@ -152,6 +152,7 @@ def test_continual_end_to_end_tiny(tmp_path):
         assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(continual.METHODS)
+    assert_table_complete(tmp_path, continual.METHODS, 2)
     assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
     actor, base, normalizer, meta = saving.load_base(tmp_path / "policies" / "pi0")
     assert normalizer.mean.shape == (OBS,) and np.all(np.asarray(normalizer.std) > 0)
