@@ -63,6 +63,19 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def git_commit() -> str:
+    """The psec_jax checkout's HEAD commit (with "-dirty" when tracked files are modified), or
+    "unknown" outside a git checkout: what results files record about the code that made them."""
+    import subprocess
+
+    try:
+        root = Path(__file__).resolve().parents[1]
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout
+        return run("rev-parse", "HEAD").strip() + ("-dirty" if run("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps(to_jsonable(obj))`` that can never write a bare NaN or Infinity."""
     return json.dumps(to_jsonable(obj), allow_nan=False, **kwargs)

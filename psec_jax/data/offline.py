@@ -67,6 +67,17 @@ class OfflineData:
         """Number of transitions N."""
         return self.rewards.shape[0]
 
+    def checksum(self) -> str:
+        """sha256 over every field's name, dtype, shape and bytes: what a result records about its data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, x in zip(self.__dataclass_fields__, jax.tree.leaves(self)):
+            x = np.ascontiguousarray(np.asarray(x))
+            h.update(f"{name}:{x.dtype}:{x.shape};".encode())
+            h.update(x.tobytes())
+        return h.hexdigest()
+
     def sample(self, key: jax.Array, batch_size: int) -> Transition:
         """batch_size transitions drawn uniformly with replacement (fields [batch_size, ...])."""
         idx = jax.random.randint(key, (batch_size,), 0, self.size)

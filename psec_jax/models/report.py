@@ -9,7 +9,6 @@ that ends every chunk).
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,17 +23,6 @@ LABELS = [n.replace("/", "_") for n in tasks.label_names()]
 
 def _series(records: list[dict], name: str, member: str) -> np.ndarray:
     return np.array([r.get(f"{name}/{member}", np.nan) for r in records], float)
-
-
-def _commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _member_summary(records: list[dict], final: Mapping[str, Any], member: str, tokens_per_member_step: int,
@@ -103,7 +91,7 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
     summary.update({f"{r}_val_experts": v["val_experts"]["mean"] for r, v in routers.items()})
     summary["unigram_loss"] = unigram
     return {"title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
-            "commit": _commit(), "seconds": seconds, "config": runs.to_jsonable(config),
+            "commit": runs.git_commit(), "seconds": seconds, "config": runs.to_jsonable(config),
             "data": {**{k: meta.get(k) for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers",
                                                  "tasks", "sha256")},
                      "splits": {s: {k: v for k, v in split.items() if k != "paths"}

@@ -168,7 +168,8 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     summary = report.summarize(results, normalizers=rep.normalizers, offsets=rep.offsets)
     raw = report.summarize(results)
     seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
-    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), **rep.extra}
+    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": runs.git_commit(),
+             "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
     table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels)
     if rep.note:
         (workdir / "results.md").write_text(table + rep.note)
