@@ -82,6 +82,8 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
             "task_experts": {c: _mean([m["task_experts"][c] for m in per]) for c in LABELS},
             "task_accuracy": {c: _mean([m["task_accuracy"][c] for m in per]) for c in LABELS},
             "tokens_per_sec": float(np.mean([m["tokens_per_sec"] for m in per])),
+            # the stage's training time, from the per-chunk rates (resumed runs: the chunks run, not the gaps)
+            "train_seconds": float(sum(config.train.log_every / r["steps_per_sec"] for r in records)),
             "members": members,
         }
     if sweep and "top_p" in routers:  # top_p's seed 0 is the sweep's point at the main threshold
@@ -91,7 +93,7 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
     summary.update({f"{r}_val_experts": v["val_experts"]["mean"] for r, v in routers.items()})
     summary["unigram_loss"] = unigram
     return {"title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
-            "commit": runs.git_commit(), "seconds": seconds, "config": runs.to_jsonable(config),
+            "commit": runs.git_commit(), "seconds": seconds,  # this invocation (finished stages are reused) "config": runs.to_jsonable(config),
             "data": {**{k: meta.get(k) for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers",
                                                  "tasks", "sha256")},
                      "splits": {s: {k: v for k, v in split.items() if k != "paths"}
