@@ -4,7 +4,6 @@ target data subsets, score normalisation, configs, CLI registration and tiny end
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from experiments.configs import psec_continual as continual_config
 from experiments.configs import psec_dynamics as dynamics_config
 from experiments.configs import psec_safe as safe_config
 from psec_jax import cli, lora
-from psec_jax.rl import acting, dynamics, report, safe, saving
-from rl_helpers import OBS, assert_table_complete, point_env, random_data
+from psec_jax.rl import dynamics, report, safe, saving
+from rl_helpers import assert_table_complete, point_env, random_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = (-10.0, 0.0)  # (random, expert) returns of the point env for 1000-step episodes

@@ -1,23 +1,13 @@
 """Frozen means frozen: what PSEC's stages train, and what they save, reproduce the evaluated policy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from psec_jax import lora
 from psec_jax.rl import policy, saving, train
-from psec_jax.rl import config as rl_config
-from rl_helpers import OBS, ACT, random_data
-from test_rl_train import stage_config
-
-
-@pytest.fixture(scope="module")
-def setup():
-    actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
-    data = random_data(256)
-    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), train.PretrainInputs(), data)[0].ema
-    return actor, data, base
+from rl_helpers import OBS
+from test_rl_train import setup, stage_config  # noqa: F401 (setup is a fixture)
 
 
 def test_reloaded_library_acts_like_the_trained_policy(setup, tmp_path):

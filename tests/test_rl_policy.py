@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psec_jax.rl import acting, critics, diffusion, policy
+from psec_jax.rl import critics, diffusion, policy
 from psec_jax.rl import config as rl_config
 from psec_jax.testing import assert_trees_close
 from rl_helpers import ACT, OBS, random_data
