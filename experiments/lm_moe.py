@@ -199,7 +199,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"expert per layer (experts {counts['experts'] / 1e6:.2f}M)", flush=True)
     if config.dry_run:
         return counts
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), runs.git_commit()  # the code that runs, read before it does
     data = load_data(config)
     d = config.data
     batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
@@ -212,7 +212,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  Path(workdir) / "stages" / stage.name / "final_eval.json", config.train.num_steps)
         histories[stage.name] = (stage, records, final)
     results = report.summarize(config, histories, data.meta, counts, unigram=unigram,
-                               seconds=time.perf_counter() - started)
+                               seconds=time.perf_counter() - started, commit=commit)
     table = report.write(workdir, results)
     print(table)
     return results["summary"]

@@ -259,7 +259,8 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> jax.Array:
         """Undiscounted returns of full episodes of the deterministic policy: [num_episodes]."""
         act = lambda p, obs, k: deterministic_action(actor, p, moments, obs)
-        return rollout.rollout(env, act, actor_params, jax.random.split(key, num_episodes), key).returns
+        return rollout.rollout(env, act, actor_params, jax.random.split(key, num_episodes), key,
+                               chunk=env.episode_length).returns
 
     return SAC(actor=actor, init=jax.jit(init), run=jax.jit(run, static_argnums=1, donate_argnums=0),
                evaluate=jax.jit(evaluate, static_argnums=3))

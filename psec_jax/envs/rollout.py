@@ -70,8 +70,11 @@ def rollout(env: Env, act: BatchActFn, params: Any, reset_keys: jax.Array, act_k
                                    buffers, out)
         return c + 1, carry, buffers
 
-    _, (_, _, ret, cost, length), buffers = jax.lax.while_loop(
-        lambda loop: (loop[0] < num_chunks) & loop[1][1].any(), run_chunk, (jnp.int32(0), init_carry, buffers))
+    if num_chunks == 1:  # one chunk: a plain scan (no while_loop around it, so XLA compiles it as such)
+        _, (_, _, ret, cost, length), buffers = run_chunk((jnp.int32(0), init_carry, buffers))
+    else:
+        _, (_, _, ret, cost, length), buffers = jax.lax.while_loop(
+            lambda loop: (loop[0] < num_chunks) & loop[1][1].any(), run_chunk, (jnp.int32(0), init_carry, buffers))
     if not record:
         return Episodes(ret, cost, length, None, None)
     trs, valid = jax.tree.map(lambda a: a[:horizon], buffers)

@@ -61,11 +61,13 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[Any, list[dict], Mapping]],
-              meta: Mapping[str, Any], counts: Mapping[str, int], *, unigram: float, seconds: float) -> dict[str, Any]:
+              meta: Mapping[str, Any], counts: Mapping[str, int], *, unigram: float, seconds: float,
+              commit: str | None = None) -> dict[str, Any]:
     """{"routers": per router (mean ± std over seeds, per-seed values, curves), "sweep": per threshold,
     "summary": the headline numbers, plus provenance (commit, config, corpus checksums, parameters)}.
 
-    histories: {stage name: (Stage, metric records, final evaluation per member)}."""
+    histories: {stage name: (Stage, metric records, final evaluation per member)}; commit: the code's
+    commit when the run started (default: now)."""
     tokens = config.data.batch_size * config.data.seq_len
     routers, sweep = {}, {}
     for name, (stage, records, final) in histories.items():
@@ -93,7 +95,7 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
     summary.update({f"{r}_val_experts": v["val_experts"]["mean"] for r, v in routers.items()})
     summary["unigram_loss"] = unigram
     return {"title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
-            "commit": runs.git_commit(), "seconds": seconds,  # this invocation (finished stages are reused) "config": runs.to_jsonable(config),
+            "commit": commit or runs.git_commit(), "seconds": seconds,  # this invocation (finished stages are reused) "config": runs.to_jsonable(config),
             "data": {**{k: meta.get(k) for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers",
                                                  "tasks", "sha256")},
                      "splits": {s: {k: v for k, v in split.items() if k != "paths"}

@@ -43,7 +43,9 @@ def make_evaluate(env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episo
             return jnp.stack(actions).reshape(total, -1)
 
         reset_keys = jax.random.split(prng.stream(key, "reset"), total)
-        episodes = rollout.rollout(env, act, params, reset_keys, prng.stream(key, "act"))
+        # one chunk of the whole episode: the same compiled loop as a plain scan (no early exit), so the
+        # simulator's arithmetic is fused as it always was and results do not move with the chunking
+        episodes = rollout.rollout(env, act, params, reset_keys, prng.stream(key, "act"), chunk=env.episode_length)
         shape = (len(names), num_seeds, num_episodes)
         ret, cost, length = (x.reshape(shape) for x in (episodes.returns, episodes.costs, episodes.lengths))
         return {n: {"return": ret[i], "cost": cost[i], "length": length[i]} for i, n in enumerate(names)}

@@ -88,7 +88,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     ``kwargs`` go to ``setting.prepare`` (data / env / reference overrides). Returns ``{"methods":
     summary, "raw": unnormalised summary, "seconds", **report.extra}``."""
     check_config(setting, config)
-    workdir, t_start = Path(workdir), time.perf_counter()
+    workdir, t_start, commit = Path(workdir), time.perf_counter(), runs.git_commit()  # the code that runs
     prep = setting.prepare(config, **kwargs)
     methods = {m: setting.methods[m] for m in config.methods}
     normalizer = Normalizer.of(prep.data[prep.pretrain].observations)  # pi_0's data fixes the statistics
@@ -168,7 +168,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     summary = report.summarize(results, normalizers=rep.normalizers, offsets=rep.offsets)
     raw = report.summarize(results)
     seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
-    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": runs.git_commit(),
+    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": commit,
              "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
     table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels)
     if rep.note:
