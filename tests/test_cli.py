@@ -135,7 +135,7 @@ CONFIGS = os.path.join(ROOT, "experiments", "configs")
     ("smoke", "{tmp}/no_get_config.py", "has no get_config() function"),
     ("smoke", "{tmp}/no_get_config.cfg", "has no get_config() function"),  # any suffix, as absl takes
     ("smoke", f"{CONFIG}:bogus", "has no presets, got"),
-    ("psec_continual", f"{CONFIGS}/psec_continual.py:bogus", "size must be small, paper or tiny, got 'bogus'"),
+    ("psec_continual", f"{CONFIGS}/psec_continual.py:bogus", "unknown size 'bogus'; choose from ('tiny', 'small', 'paper')"),
     ("psec_continual", f"{CONFIGS}/psec_continual.py", None),  # valid: only the workdir is missing below
     ("smoke", f"{CONFIGS}/psec_continual.py:tiny", "this is not a smoke config: it lacks data.input_dim"),
     ("psec_continual", f"{CONFIGS}/psec_safe.py:tiny", "this is not a psec_continual config"),
