@@ -99,6 +99,8 @@ def test_members_in_one_program_differ_by_seed_and_improve(finished):
     config, workdir, summary = finished
     results = json.loads((workdir / "results.json").read_text())
     top_p = results["routers"]["top_p"]
+    # provenance: the results rebuild from their own record
+    assert results["config"]["train"]["num_steps"] == config.train.num_steps and results["commit"]
     losses = top_p["val_loss"]["per_seed"]
     assert len(losses) == 2 and losses[0] != losses[1]
     for member in top_p["members"].values():

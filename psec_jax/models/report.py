@@ -95,7 +95,9 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
     summary.update({f"{r}_val_experts": v["val_experts"]["mean"] for r, v in routers.items()})
     summary["unigram_loss"] = unigram
     return {"title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
-            "commit": commit or runs.git_commit(), "seconds": seconds,  # this invocation (finished stages are reused) "config": runs.to_jsonable(config),
+            "commit": commit or runs.git_commit(),
+            "seconds": seconds,  # this invocation (finished stages are reused)
+            "config": runs.to_jsonable(config),
             "data": {**{k: meta.get(k) for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers",
                                                  "tasks", "sha256")},
                      "splits": {s: {k: v for k, v in split.items() if k != "paths"}
