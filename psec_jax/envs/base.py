@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+EPISODE_LENGTH = 1000  # steps of an episode unless an env is made with another length (D4RL / DMC)
+
 
 @struct.dataclass
 class EnvState:

@@ -23,7 +23,7 @@ import mujoco
 from etils import epath
 
 from psec_jax.envs import variants
-from psec_jax.envs.base import Env
+from psec_jax.envs.base import EPISODE_LENGTH, Env
 
 # Safety-Gymnasium v1 velocity thresholds (m/s).
 VELOCITY_THRESHOLDS: dict[str, float] = {
@@ -35,7 +35,6 @@ VELOCITY_THRESHOLDS: dict[str, float] = {
 
 WALKER_TASKS = {"walker-stand": "WalkerStand", "walker-walk": "WalkerWalk", "walker-run": "WalkerRun"}
 BRAX_BODIES = tuple(VELOCITY_THRESHOLDS)
-EPISODE_LENGTH = 1000
 
 
 def names() -> list[str]:

@@ -16,15 +16,15 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from psec_jax.rl import critics as critics_lib
 from psec_jax.data.normalize import Normalizer
+from psec_jax.rl import critics as critics_lib
+from psec_jax.rl.evaluate import ActFn
 
 RULES = ("argmax_q", "argmin_qc", "feasible_then_reward")
 NEEDS = {"argmax_q": ("reward",), "argmin_qc": ("cost",), "feasible_then_reward": ("reward", "cost")}
 
 SampleFn = Callable[[jax.Array, jax.Array], jax.Array]  # (obs [M, obs_dim], key) -> actions [M, A]
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (obs [M, obs_dim], actions [M, A]) -> [M], higher is better
-ActFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, obs [E, obs_dim], key) -> actions [E, A]
 
 
 def check_rule(rule: str) -> None:

@@ -25,11 +25,10 @@ import ml_collections
 
 from psec_jax import prng
 from psec_jax.data.offline import OfflineData
-from psec_jax.envs.base import Env
+from psec_jax.envs.base import EPISODE_LENGTH, Env
 from psec_jax.rl import methods as M
 from psec_jax.rl import report, runner
 from psec_jax.rl.continual import load_data
-from psec_jax.rl.safe import REFERENCE_LENGTH
 
 SKILL = "target"  # name of the skill in the saved library
 TABLE = {"source_only": M.PRIOR, "target_only": M.SCRATCH, "psec": M.one_skill(SKILL)}
@@ -95,16 +94,16 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
     print(f"psec_dynamics: target subset {info['kept_episodes']} of {info['episodes']} episodes "
           f"({target.size} transitions)")
     offset, scale = report.reference_normalization(reference, config.eval.episode_length,
-                                                   reference_length=REFERENCE_LENGTH, scale=100.0)
+                                                   reference_length=EPISODE_LENGTH, scale=100.0)
     title = (f"{env.name}: {config.variant} -> {env.variant} dynamics, {config.kind}, "
              f"{100 * config.target_fraction:g}% target data: normalized score, "
              f"{config.num_seeds} seeds x {config.eval.episodes} episodes")
     note = (f"\nnormalized score = 100 (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
-            f"({reference[0]:.1f}, {reference[1]:.1f}) per {REFERENCE_LENGTH} steps. Source data "
+            f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps. Source data "
             f"{source_name}; target: {info['kept_episodes']} of {info['episodes']} episodes of {target_name}.\n")
     extra = {"target_data": info, "data": {"source": source_name, "target": target_name},
              "normalization": {"reference_random_expert": list(map(float, reference)),
-                               "reference_episode_length": REFERENCE_LENGTH,
+                               "reference_episode_length": EPISODE_LENGTH,
                                "episode_length": config.eval.episode_length}}
     rep = runner.Report(title, ("return",), {"return": "normalized score"}, {"return": scale}, {"return": offset},
                         note, extra)

@@ -23,10 +23,6 @@ class Method(NamedTuple):
     mode: str = "param"  # "composed": composition space, "param" (PSEC), "noise" (NSEC), "action" (ASEC)
     composer: str = "context"  # "composed": "context" (AlphaNet, trained) or "fixed" (config weights)
 
-    @property
-    def trains_composer(self) -> bool:
-        return self.policy == "composed" and self.composer == "context"
-
 
 PRIOR = Method("prior")
 SCRATCH = Method("scratch")

@@ -47,9 +47,9 @@ def reference_normalization(reference: tuple[float, float], episode_length: int,
 
 def write(workdir: str | os.PathLike, summary: Mapping[str, Mapping[str, Any]], *, title: str,
           fields: tuple[str, ...] = ("return",), extra: Mapping[str, Any] | None = None,
-          labels: Mapping[str, str] | None = None) -> str:
-    """Writes ``results.json``, ``results.md`` and ``results.png``; returns the markdown table.
-    ``labels``: optional display names of ``fields`` (table header and plot axes)."""
+          labels: Mapping[str, str] | None = None, note: str = "") -> str:
+    """Writes ``results.json``, ``results.md`` (the table, then ``note``) and ``results.png``; returns
+    the markdown table. ``labels``: optional display names of ``fields`` (table header and plot axes)."""
     workdir = Path(workdir)
     runs.write_json_atomic(workdir / "results.json", {"title": title, "methods": summary, **(extra or {})})
     label = lambda f: (labels or {}).get(f, f)
@@ -64,7 +64,7 @@ def write(workdir: str | os.PathLike, summary: Mapping[str, Mapping[str, Any]], 
             cells.append(", ".join(f"{x:.3g}" for x in row[f"{f}_per_seed"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    (workdir / "results.md").write_text(table)
+    (workdir / "results.md").write_text(table + note)
     _plot(workdir / "results.png", summary, fields, title, label)
     return table
 

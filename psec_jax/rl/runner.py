@@ -99,8 +99,10 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     skill_of = {s.name: s for s in prep.skills}
     critic_fns = {s.name: critics.make_critic(obs_dim, act_dim, config.critics[s.critic]) for s in prep.skills}
 
-    def stage(trainer, key_name, inputs, d, name):
-        keys = pipeline.seed_keys(config.seed, n, key_name)
+    role_fns = {r: critic_fns[s] for r, s in prep.critics.items()}
+
+    def stage(trainer, key_name, inputs, d, name, seeds=n):
+        keys = pipeline.seed_keys(config.seed, seeds, key_name)
         return pipeline.run_stage(trainer, keys, inputs, d, workdir=workdir / "stages" / name, config=config,
                                   desc=name)[0]
 
@@ -110,11 +112,8 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         kinds = ["lora"]
     base = None
     if any(m.policy != "scratch" for m in methods.values()):
-        n_pre = 1 if config.share_pretrain else n
-        pre = pipeline.run_stage(train.make_pretrain(actors["lora"], config.pretrain),
-                                 pipeline.seed_keys(config.seed, n_pre, "pretrain"), train.PretrainInputs(),
-                                 data[prep.pretrain], workdir=workdir / "stages" / "pretrain", config=config,
-                                 desc="pretrain")[0]
+        pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
+                    data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
         base = pipeline.repeat_seeds(pre.ema, n) if config.share_pretrain else pre.ema
         saving.save_base(workdir / "policies" / "pi0", saving.take_seed(base, 0), config.network, obs_dim,
                          act_dim, normalizer, data=prep.pretrain_name)
@@ -155,7 +154,6 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         else:
             pol, sampler_args = _compose(name, m, config, actors[m.skill_kind], base, skills[m.skill_kind],
                                          data[prep.compose], names, stage, workdir)
-        role_fns = {r: critic_fns[s] for r, s in prep.critics.items()}
         sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
         acts[name] = acting.make_act(sampler, role_fns, setting.rule, config.eval.candidates, normalizer)
         params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[setting.rule]}}
@@ -170,9 +168,8 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
     extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": commit,
              "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
-    table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels)
-    if rep.note:
-        (workdir / "results.md").write_text(table + rep.note)
+    table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels,
+                         note=rep.note)
     print(table + rep.note)
     print(f"took {seconds['total']:.0f} s (evaluation {seconds['evaluate']:.0f} s); results in {workdir}")
     return {"methods": summary, "raw": raw, "seconds": seconds, **rep.extra}

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from psec_jax.data.offline import OfflineData
-from psec_jax.envs.base import Env
+from psec_jax.envs.base import EPISODE_LENGTH, Env
 from psec_jax.rl import methods as M
 from psec_jax.rl import report, runner
 from psec_jax.rl.continual import load_data
@@ -35,7 +35,6 @@ TABLE = {"bc": M.PRIOR, "reward": M.one_skill("reward"), "cost": M.one_skill("co
          "nsec": M.NSEC, "psec": M.PSEC}
 METHODS = tuple(TABLE)
 LABELS = {"return": "normalized reward", "cost": "normalized cost"}
-REFERENCE_LENGTH = 1000  # episode length of the reference returns (envs.registry.EPISODE_LENGTH)
 
 
 def episode_costs(data: OfflineData) -> np.ndarray:
@@ -99,17 +98,17 @@ def prepare(config: ml_collections.ConfigDict, *, data: OfflineData | None = Non
     else:
         print(f"psec_safe: composing on {info['kept']} of {info['episodes']} episodes with cost <= {config.cost_limit:g}")
     offset, scale = report.reference_normalization(reference, config.eval.episode_length,
-                                                   reference_length=REFERENCE_LENGTH)
+                                                   reference_length=EPISODE_LENGTH)
     title = (f"{env.name} safe composition (reward + cost skills): normalized reward and cost "
              f"(cost limit {config.cost_limit:g}), {config.num_seeds} seeds x {config.eval.episodes} episodes")
     note = (f"\nnormalized reward = (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
-            f"({reference[0]:.1f}, {reference[1]:.1f}) per {REFERENCE_LENGTH} steps; normalized cost = "
+            f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps; normalized cost = "
             f"episode cost / {config.cost_limit:g} (<= 1 is safe). Composers trained on {info['kept']} of "
             f"{info['episodes']} episodes" + (" (fallback: lowest-cost quarter)" if info["fallback"]
                                              else f" with cost <= {config.cost_limit:g}") + ".\n")
     extra = {"data": data_name, "safe_data": info,
              "normalization": {"reference_random_expert": list(map(float, reference)),
-                               "reference_episode_length": REFERENCE_LENGTH,
+                               "reference_episode_length": EPISODE_LENGTH,
                                "episode_length": config.eval.episode_length, "cost_limit": config.cost_limit}}
     rep = runner.Report(title, ("return", "cost"), LABELS, {"return": scale, "cost": config.cost_limit},
                         {"return": offset}, note, extra)
