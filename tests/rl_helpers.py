@@ -33,19 +33,21 @@ def random_data(n: int = 512, seed: int = 0) -> OfflineData:
 
 
 def assert_table_complete(workdir, methods, num_seeds: int, fields=("return",)) -> None:
-    """results.md of a PSEC run has one row per method, in order, each with ``num_seeds`` per-seed values
-    of every field, and results.json the same per-seed numbers."""
+    """results.md of a PSEC run has one row per method, in order, each with the mean and IQM of every
+    field with their 95% intervals and ``num_seeds`` per-seed values, and results.json the same numbers."""
     import json
     from pathlib import Path
 
-    lines = (Path(workdir) / "results.md").read_text().splitlines()
+    lines = (Path(workdir) / "results.md").read_text().split("\n\n")[1].splitlines()  # the method table
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert [r.split("|")[1].strip() for r in rows] == list(methods)
     saved = json.loads((Path(workdir) / "results.json").read_text())["methods"]
     for row, method in zip(rows, methods):
         cells = [c.strip() for c in row.split("|")[2:-1]]
-        assert len(cells) == 2 * len(fields)
+        assert len(cells) == 3 * len(fields)
         for i, field in enumerate(fields):
             per_seed = saved[method][f"{field}_per_seed"]
             assert len(per_seed) == num_seeds
-            assert cells[2 * i + 1] == ", ".join(f"{x:.3g}" for x in per_seed)
+            assert cells[3 * i + 2] == ", ".join(f"{x:.3g}" for x in per_seed)
+            lo, hi = saved[method][f"{field}_ci"]
+            assert lo <= saved[method][field] <= hi and "[" in cells[3 * i] and "[" in cells[3 * i + 1]

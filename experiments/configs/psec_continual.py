@@ -1,11 +1,14 @@
 """Config of `psec-jax psec_continual`: continual policy shift on the DeepMind Control walker.
 
     psec-jax psec_continual --config=experiments/configs/psec_continual.py:small --workdir=runs/s2w
-    psec-jax psec_continual --config=experiments/configs/psec_continual.py:paper --workdir=runs/s2w-paper
-    ... --config.task=stand_run   (or stand_walk_run)
+    psec-jax psec_continual --config=experiments/configs/psec_continual.py:small,paper_protocol --workdir=...
+    ... --config.task=stand_run   (or stand_walk_run)   --config.skill_trajectories=3
 
-`small` fits this 2-core CPU (the `make demo` run); `paper` uses PSEC's network and step counts; `tiny`
-is for tests. The fields shared by every setting are in `psec_jax.rl.config.base_config`.
+The argument is ``SIZE[,PROTOCOL]``. Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network
+and step counts, `tiny` is for tests. Protocols (``PROTOCOLS``): `default`, the project's own, and
+`paper_protocol`, the official code's semantics as far as the CPU budget allows (its steps are the
+size's). Each protocol field is a switch of its own and can be set alone (``--config.obs_norm=False``).
+The fields shared by every setting are in `psec_jax.rl.config.base_config`.
 """
 
 import ml_collections
@@ -15,6 +18,8 @@ from psec_jax.rl.continual import METHODS
 
 # field -> (tiny, small, paper), where this setting differs from psec_jax.rl.config.SIZES
 SIZES = {
+    "num_seeds": (2, 5, 5),
+    "eval.episodes": (2, 10, 10),
     "pretrain.steps": (200, 10_000, 1_000_000),
     "expand.steps": (200, 6000, 100_000),
     # 1e-3 on the CPU budget: after 8k steps the LoRA walk skill returned 496 (lr 1e-3) vs 59 (lr 3e-4),
@@ -22,16 +27,46 @@ SIZES = {
     "expand.learning_rate": (1e-3, 1e-3, 3e-4),
     # 1 on the CPU budget: the critic is far from converged after a few thousand steps (mean Q ~30 where
     # returns imply ~95) and picking the argmax of 8 candidates cut the walk skill's return from 496 to
-    # 55 (runs/lora_check.py)
+    # 55 (runs/lora_check.py); the official main launcher also samples one action
     "eval.candidates": (2, 1, 16),
     "base_data": ("walker-stand-medium-expert-40traj",) * 2 + ("walker-stand-medium-expert-1000traj",),
 }
 
+PROTOCOL_NAMES = ("default", "paper_protocol")
 
-def get_config(size: str = "small") -> ml_collections.ConfigDict:
+# protocol -> {field: (tiny, small, paper)}, on top of the size; "default" changes nothing
+PROTOCOLS = {
+    "default": {},
+    "paper_protocol": {
+        "obs_norm": (False,) * 3,  # official: no observation normalisation anywhere
+        # paper: pi_0 on 1000 expert stand trajectories (a TD3 expert's), 1M steps at batch 2048; here
+        # the expert behaviour policy's, 30k steps at batch 256 on the CPU
+        "base_data": ("walker-stand-expert-200traj",) + ("walker-stand-expert-1000traj",) * 2,
+        "pretrain.steps": (200, 30_000, 1_000_000),
+        # official cosine horizons (2e6 steps) far exceed the steps run: the learning rate is ~constant
+        "pretrain.cosine": (False,) * 3,
+        "expand.cosine": (False,) * 3,
+        "expand.weight_decay": (1e-4,) * 3,  # official adamw weight decay
+        "expand.objective": ("advantage",) * 3,  # official main branch: exp_adv
+        "critics.reward.beta": (1.0,) * 3,  # official main / gymnasium: temperature 1 on raw rewards
+        "compose.alpha_reg": (1.0,) * 3,  # official composer: (mean alpha - 8)^2 + (mean alpha_1 - 16)^2
+        "compose.learning_rate": (3e-4,) * 3,  # official adam 3e-4 (1k steps)
+    },
+}
+
+
+def get_config(arg: str = "small") -> ml_collections.ConfigDict:
+    """``arg``: ``SIZE`` or ``SIZE,PROTOCOL`` (e.g. ``small,paper_protocol``)."""
+    size, _, protocol = arg.partition(",")
+    protocol = protocol or "default"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r} in {arg!r}; choose from {PROTOCOL_NAMES}")
     c = base.base_config(size)
+    c.protocol = protocol  # which protocol preset this is (its fields can still be overridden one by one)
     c.task = "stand_walk"  # one of psec_jax.rl.continual.TASKS
-    c.base_data = ""  # pi_0's data (sizes table)
-    c.skill_data = "walker-{task}-expert-10traj"  # data of each new skill ({task} = walk / run)
+    c.base_data = ""  # pi_0's data (sizes / protocol table)
+    c.skill_trajectories = 10  # target trajectories of each new skill (paper: 10; its ablation 10-100)
+    c.skill_data = "walker-{task}-expert-{n}traj"  # data of each new skill ({task} = walk / run)
     c.methods = METHODS  # columns of the table
-    return base.apply_sizes(c, SIZES, size)
+    base.apply_sizes(c, SIZES, size)
+    return base.apply_sizes(c, PROTOCOLS[protocol], size)

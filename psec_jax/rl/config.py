@@ -36,6 +36,7 @@ SIZES = {
     "eval.episodes": (2, 4, 10),  # episodes per seed and method
     "eval.candidates": (2, 8, 16),  # actions sampled per state, one kept by the setting's acting rule
     "eval.episode_length": (20, 1000, 1000),  # environment steps per episode (references are 1000-step)
+    "eval.bootstrap_reps": (200, 2000, 2000),  # rliable bootstrap replications of the 95% intervals
 }
 
 
@@ -92,10 +93,19 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     c.seed = 0  # root seed; seed s of a stage uses key(seed + s)
     c.num_seeds = 3  # seeds trained at once (vmapped) and evaluated
     c.share_pretrain = False  # sizes table
+    # standardise observations with pi_0's data statistics (every stage and acting); the official code
+    # feeds raw observations (False)
+    c.obs_norm = True
+    # path of a pi_0 saved by an earlier run (its workdir's policies/pi0) to build on instead of
+    # pretraining; its network, data and normaliser must match this config ("" = pretrain here)
+    c.pretrained = ""
     c.network = network_config(size)
     c.methods = ()  # columns of the table (the setting's method table)
     c.pretrain = _stage()  # diffusion BC of pi_0
-    c.expand = _stage()  # each new skill (advantage-weighted), and the scratch baseline
+    c.expand = _stage()  # each new skill, and the scratch baseline
+    # skill (and scratch) loss: "advantage" weights the diffusion loss by clip(exp(beta (Q - V)), 0, max)
+    # (official actor_objective exp_adv, the paper's); "bc" weights every sample 1 (official "bc")
+    c.expand.objective = "advantage"
     c.critics = ml_collections.ConfigDict()
     c.critics.reward = critics.default_config("reward")  # IQL critic of reward skills (kind stays "reward")
     c.critics.cost = critics.default_config("cost")  # reachability critic of cost skills (kind "cost")
@@ -105,6 +115,11 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     c.compose.hidden = ()  # AlphaNet widths (sizes table)
     c.compose.fixed_weight = 1.0  # fixed-weight composition: every skill at this weight, no context module
     c.compose.network_dropout = False  # fit with the frozen noise net's dropout on (it acts without it)
+    # PSEC composer regulariser (param mode): weight of (mean alpha - t0)^2 + (mean alpha_new - t1)^2 added
+    # to the diffusion loss, alpha = weight x LoRA scale (the official code's alpha replaces the scale) and
+    # alpha_new that of the newest skill; official: 1 with targets (8, 16). 0 = off
+    c.compose.alpha_reg = 0.0
+    c.compose.alpha_targets = (8.0, 16.0)  # (t0, t1) of the regulariser, in LoRA-scale units
     c.eval = ml_collections.ConfigDict()
-    c.eval.episodes = c.eval.candidates = c.eval.episode_length = 0  # sizes table
+    c.eval.episodes = c.eval.candidates = c.eval.episode_length = c.eval.bootstrap_reps = 0  # sizes table
     return apply_sizes(c, {k: v for k, v in SIZES.items() if not k.startswith("network.")}, size)

@@ -38,9 +38,17 @@ def load_data(name: str) -> OfflineData:
     return OfflineData.from_numpy(datasets.load(name)[0])
 
 
+def skill_data_name(config: ml_collections.ConfigDict, task: str) -> str:
+    """The dataset name of ``task``'s skill: ``config.skill_data`` with ``{task}`` and ``{n}``
+    (``config.skill_trajectories``) filled in."""
+    return config.skill_data.format(task=task, n=config.get("skill_trajectories", 10))
+
+
 def check(config: ml_collections.ConfigDict) -> None:
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
+    if int(config.get("skill_trajectories", 10)) < 1:
+        raise ValueError(f"config.skill_trajectories must be >= 1, got {config.skill_trajectories}")
 
 
 def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData] | None = None,
@@ -51,13 +59,14 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
     names = [*prior, target]
     if data is None:
         data = {"base": load_data(config.base_data),
-                **{n: load_data(config.skill_data.format(task=n)) for n in names}}
+                **{n: load_data(skill_data_name(config, n)) for n in names}}
     if env is None:
         from psec_jax import envs
 
         env = envs.make(f"walker-{target}", episode_length=config.eval.episode_length)
-    title = (f"walker {' + '.join(['stand', *prior])} -> {target}: return, {config.num_seeds} seeds x "
-             f"{config.eval.episodes} episodes")
+    title = (f"walker {' + '.join(['stand', *prior])} -> {target} (protocol {config.get('protocol', 'default')}, "
+             f"{config.get('skill_trajectories', 10)} target trajectories): return, "
+             f"{config.num_seeds} seeds x {config.eval.episodes} episodes")
     return runner.Prepared(data=data, env=env, pretrain="base", pretrain_name=config.base_data,
                            skills=tuple(runner.Skill(n, n, "reward") for n in names), target=target,
                            compose=target, critics={"reward": target}, report=runner.Report(title))

@@ -54,6 +54,8 @@ def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], cri
     from psec_jax import config_check as cc
 
     cc.positive_int(config, "num_seeds", "eval.episodes", "eval.candidates", "eval.episode_length")
+    if "bootstrap_reps" in config.eval:
+        cc.non_negative(config, "eval.bootstrap_reps")
     cc.positive_int(config, *(f"network.{f}" for f in ("hidden", "ff", "num_blocks", "time_features",
                                                        "time_hidden", "diffusion_steps", "lora_rank",
                                                        "mlp_adapter_hidden")))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psec_jax import runs
+from psec_jax import artifacts, runs
 from psec_jax.data.normalize import Normalizer
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -75,6 +75,13 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict) -> None:
     check_methods(tuple(config.methods), dict(setting.methods))
     acting.check_rule(setting.rule)
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
+    from psec_jax import config_check as cc
+
+    cc.one_of(config, "expand.objective", train.OBJECTIVES)
+    cc.one_of(config, "obs_norm", (True, False))
+    cc.non_negative(config, "compose.alpha_reg")
+    if config.pretrained and not (Path(config.pretrained) / "manifest.json").is_file():
+        raise ValueError(f"config.pretrained: no saved pi_0 at {config.pretrained} (expected a run's policies/pi0)")
     for kind in critics.KINDS:
         if config.critics[kind].kind != kind:
             raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
@@ -86,15 +93,16 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     """Runs every stage the config's methods need for ``config.num_seeds`` seeds, evaluates every method
     and writes results.{json,md,png}, pi_0, per-seed skill libraries and composers to ``workdir``.
     ``kwargs`` go to ``setting.prepare`` (data / env / reference overrides). Returns ``{"methods":
-    summary, "raw": unnormalised summary, "seconds", **report.extra}``."""
+    summary, "raw": unnormalised summary, "improvement": P(psec > each other method), "seconds",
+    **report.extra}``."""
     check_config(setting, config)
     workdir, t_start, commit = Path(workdir), time.perf_counter(), runs.git_commit()  # the code that runs
     prep = setting.prepare(config, **kwargs)
     methods = {m: setting.methods[m] for m in config.methods}
-    normalizer = Normalizer.of(prep.data[prep.pretrain].observations)  # pi_0's data fixes the statistics
+    obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
+    normalizer = observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
     data = {k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
             for k, v in prep.data.items()}
-    obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
     actors = {k: policy.make_actor(config.network, obs_dim, act_dim, k) for k in policy.SKILL_KINDS}
     skill_of = {s.name: s for s in prep.skills}
     critic_fns = {s.name: critics.make_critic(obs_dim, act_dim, config.critics[s.critic]) for s in prep.skills}
@@ -111,7 +119,9 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     if not kinds and any(m.policy == "prior" for m in methods.values()):
         kinds = ["lora"]
     base = None
-    if any(m.policy != "scratch" for m in methods.values()):
+    if config.pretrained and any(m.policy != "scratch" for m in methods.values()):
+        base = pipeline.repeat_seeds(load_pretrained(config, normalizer, prep.pretrain_name), n)
+    elif any(m.policy != "scratch" for m in methods.values()):
         pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
                     data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
         base = pipeline.repeat_seeds(pre.ema, n) if config.share_pretrain else pre.ema
@@ -163,16 +173,44 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
     results = {m: results[m] for m in methods}
     rep = prep.report
-    summary = report.summarize(results, normalizers=rep.normalizers, offsets=rep.offsets)
-    raw = report.summarize(results)
+    reps = config.eval.bootstrap_reps
+    summary = report.summarize(results, normalizers=rep.normalizers, offsets=rep.offsets, reps=reps)
+    raw = report.summarize(results, reps=0)
+    improvement = report.improvements(summary, [("psec", m) for m in methods if m != "psec"], reps=reps)
     seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
     extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": commit,
              "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
+    if config.pretrained:
+        extra["pretrained_sha256"] = artifacts.sha256(Path(config.pretrained) / "manifest.json")
     table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels,
-                         note=rep.note)
+                         note=rep.note, improvement=improvement)
     print(table + rep.note)
     print(f"took {seconds['total']:.0f} s (evaluation {seconds['evaluate']:.0f} s); results in {workdir}")
-    return {"methods": summary, "raw": raw, "seconds": seconds, **rep.extra}
+    return {"methods": summary, "raw": raw, "improvement": improvement, "seconds": seconds, **rep.extra}
+
+
+def observation_normalizer(config: ml_collections.ConfigDict, observations: jax.Array, obs_dim: int) -> Normalizer:
+    """What every stage and acting feed the networks: standardised by pi_0's data (``observations``
+    [N, obs_dim]) when ``config.obs_norm``, else the raw observations (the official code's)."""
+    return Normalizer.of(observations) if config.obs_norm else Normalizer.identity(obs_dim)
+
+
+def load_pretrained(config: ml_collections.ConfigDict, normalizer: Normalizer, data_name: str) -> Any:
+    """pi_0's params [1, ...] from ``config.pretrained``; ValueError naming what differs when its network,
+    data or observation normaliser is not this config's (the skills would build on another policy)."""
+    _, params, saved, meta = saving.load_base(config.pretrained)
+    if meta["network"] != runs.to_jsonable(config.network):
+        raise ValueError(f"config.pretrained {config.pretrained}: its network {meta['network']} is not "
+                         f"config.network {runs.to_jsonable(config.network)}")
+    if meta.get("data") != data_name:
+        raise ValueError(f"config.pretrained {config.pretrained}: pretrained on {meta.get('data')!r}, "
+                         f"this config's pi_0 data is {data_name!r}")
+    same = all(bool(jnp.allclose(a, b, rtol=1e-6, atol=1e-6)) for a, b in
+               ((saved.mean, normalizer.mean), (saved.std, normalizer.std)))
+    if not same:
+        raise ValueError(f"config.pretrained {config.pretrained}: its observation normaliser differs from "
+                         f"this config's (obs_norm={config.obs_norm})")
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], params)
 
 
 def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: policy.Actor, base: Any,

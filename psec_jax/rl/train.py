@@ -127,11 +127,16 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
     return _assemble(init, step, c)
 
 
+OBJECTIVES = ("advantage", "bc")
+
+
 def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_collections.ConfigDict,
                 adapter: str = "lora") -> Trainer:
     """A new skill on target data with the weighted diffusion loss (config: steps, batch_size,
-    learning_rate, cosine, weight_decay, ema, log_every) and a critic of kind ``critic_config.kind``.
-    ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch).
+    learning_rate, cosine, weight_decay, ema, log_every, objective) and a critic of kind
+    ``critic_config.kind``. ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch).
+    ``objective``: "advantage" weights each sample by the critic's actor weight, "bc" weights all 1
+    (the critic still trains: acting may rank candidates by it).
 
     Inputs: ``ExpandInputs(base, critic)``. With ``critic=None`` (PSEC) the critic trains alongside and
     the actor's weights come from it before each step; a given critic (e.g. one shared by several
@@ -142,6 +147,9 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_co
         raise ValueError(f"unknown adapter {adapter!r}; choose from {ADAPTERS}")
     if adapter != "full" and adapter != actor.kind:
         raise ValueError(f"adapter {adapter!r} does not match the actor's skill kind {actor.kind!r}")
+    objective = c.get("objective", "advantage")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"expand: unknown objective {objective!r}; choose from {OBJECTIVES}")
     tx = _optimizer(c)
     critic = critics.make_critic(actor.obs_dim, actor.act_dim, critic_config)
 
@@ -173,10 +181,20 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_co
             state = state.replace(critic=critic_state)
         else:
             weights, critic_metrics = critic.actor_weights(inputs.critic, batch), {}
+        if objective == "bc":
+            weights = jnp.ones_like(weights)
         state, loss, aux = _sgd(loss_fn, tx, state, c.ema, inputs.base, batch, weights, kl)
         return state, {"actor_loss": loss, "weight_mean": jnp.mean(weights), **aux, **critic_metrics}
 
     return _assemble(init, step, c)
+
+
+def alpha_regulariser(alpha: jax.Array, targets: tuple[float, float]) -> jax.Array:
+    """``(mean alpha - t0)^2 + (mean alpha[:, -1] - t1)^2`` of composition scales alpha [B, K]: the
+    official PSEC composer's term (its alpha_1 is the newest skill's, the one trained for the target)."""
+    if alpha.ndim != 2:
+        raise ValueError(f"alpha_regulariser: alpha must be [batch, skills], got shape {alpha.shape}")
+    return (jnp.mean(alpha) - targets[0]) ** 2 + (jnp.mean(alpha[:, -1]) - targets[1]) ** 2
 
 
 class _ComposeBatch(NamedTuple):
@@ -191,10 +209,16 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
     through the frozen network, deterministic as at acting time unless ``network_dropout``; ``"action"``
     regresses the weighted sum of the components' sampled actions onto the data's: for it the inputs'
     ``actions`` [N, K+1, A] hold one action of each component per data state
-    (``policy.component_actions``), sampled once rather than at every step. Inputs: ``ComposeInputs``."""
+    (``policy.component_actions``), sampled once rather than at every step. Inputs: ``ComposeInputs``.
+
+    ``alpha_reg`` > 0 (``"param"`` mode only, where a weight scales a skill's LoRA update) adds
+    ``alpha_reg * ((mean alpha - t0)^2 + (mean alpha_K - t1)^2)``, ``alpha = w * skill scale`` and
+    ``(t0, t1) = alpha_targets``: the official composer's pull towards the LoRA scale it was trained at."""
     _check_steps(c, "compose")
     policy.num_outputs(mode, 1)  # validates mode
     tx = optax.adam(c.learning_rate)
+    alpha_reg = float(c.get("alpha_reg", 0.0)) if mode == "param" else 0.0
+    targets = tuple(c.get("alpha_targets", (8.0, 16.0)))
 
     def init(key, inputs: ComposeInputs):
         params = composer.init(prng.stream(key, "composer"))
@@ -211,7 +235,11 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
         eps_hat = policy.composed_eps(actor, inputs.base, inputs.skills, mode, w, s, a_t, t,
                                       kd if c.network_dropout else None)
-        return diffusion.noise_loss(eps_hat, eps), {"weight_mean": jnp.mean(w)}
+        loss = diffusion.noise_loss(eps_hat, eps)
+        if not alpha_reg:
+            return loss, {"weight_mean": jnp.mean(w)}
+        reg = alpha_regulariser(w * inputs.skills.scales, targets)
+        return loss + alpha_reg * reg, {"weight_mean": jnp.mean(w), "alpha_reg": reg, "noise_loss": loss}
 
     def step(state, inputs: ComposeInputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
