@@ -3,7 +3,7 @@
 
 A *run* is one training seed; its score is the mean return of its evaluation episodes (episodes of one
 seed share its policy, so they are not independent runs). One task per table, so the bootstrap
-resamples seeds. Fixed ``seed`` => the same intervals every time.
+resamples seeds. Fixed ``seed`` => the same intervals every time (``_estimates``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,25 @@ def _check(name: str, scores: np.ndarray) -> np.ndarray:
 
 
 def _estimates(scores: Mapping, func: Callable, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's estimates, each entry bootstrapped on its own from ``seed``: the same numbers every
+    time, and an entry's interval does not depend on which others share the table."""
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # arch deprecates the RandomState rliable passes; still seeded
-        warnings.simplefilter("ignore", FutureWarning)
-        return rly.get_interval_estimates(scores, func, reps=reps, confidence_interval_size=CONFIDENCE,
-                                          random_state=np.random.RandomState(seed))
+    point, ci = {}, {}
+    state = np.random.get_state()
+    try:
+        for name, x in scores.items():
+            # rliable's StratifiedBootstrap draws from numpy's global generator, not the random_state
+            # it is given (rliable 1.2.0), so both are seeded, and the global state restored after
+            np.random.seed(seed)
+            with warnings.catch_warnings():  # arch deprecates the RandomState rliable passes; still seeded
+                warnings.simplefilter("ignore", FutureWarning)
+                p, c = rly.get_interval_estimates({name: x}, func, reps=reps, confidence_interval_size=CONFIDENCE,
+                                                  random_state=np.random.RandomState(seed))
+            point[name], ci[name] = p[name], c[name]
+    finally:
+        np.random.set_state(state)
+    return point, ci
 
 
 def intervals(per_seed: Mapping[str, np.ndarray], *, reps: int = REPS, seed: int = 0

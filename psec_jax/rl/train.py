@@ -77,9 +77,14 @@ def _check_steps(c: ml_collections.ConfigDict, stage: str) -> None:
         raise ValueError(f"{stage}: batch_size must be >= 1, got {c.batch_size}")
 
 
+def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
+    """step -> learning rate of a stage: cosine decay from ``learning_rate`` to 0 over ``steps`` when
+    ``cosine``, else constant (the official code's cosine horizons far exceed its steps: ~constant)."""
+    return optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.cosine else optax.constant_schedule(c.learning_rate)
+
+
 def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    lr = optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.cosine else c.learning_rate
-    return optax.adamw(lr, weight_decay=c.weight_decay)
+    return optax.adamw(learning_rate(c) if c.cosine else c.learning_rate, weight_decay=c.weight_decay)
 
 
 def _assemble(init: Callable, step: Callable, c: ml_collections.ConfigDict) -> Trainer:

@@ -1,0 +1,133 @@
+"""The PSEC protocol switches each change what they say, the presets set them, and the statistics
+(rliable intervals, probability of improvement) give known answers on known cases."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs import psec_continual as continual_config
+from psec_jax.rl import config as rl_config
+from psec_jax.rl import continual, critics, policy, report, runner, stats, train
+from rl_helpers import ACT, OBS, random_data
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_intervals_known_cases():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    out = stats.intervals({"a": x, "c": np.full(5, 7.0)}, reps=500)
+    assert out["a"]["mean"] == 3.0 and out["a"]["iqm"] == 3.0  # IQM of 5: the middle three
+    lo, hi = out["a"]["mean_ci"]
+    assert 1.0 < lo < 3.0 < hi < 5.0
+    assert out["c"]["mean_ci"] == [7.0, 7.0] and out["c"]["iqm_ci"] == [7.0, 7.0]  # no spread, no interval
+    assert stats.intervals({"a": x}, reps=500) == stats.intervals({"a": x}, reps=500)  # seeded
+    with pytest.raises(ValueError, match="NaN"):
+        stats.intervals({"a": np.array([1.0, np.nan])})
+    with pytest.raises(ValueError, match="1-D"):
+        stats.intervals({"a": np.ones((2, 2))})
+
+
+def test_probability_of_improvement_known_cases():
+    x = np.array([1.0, 2.0, 3.0])
+    out = stats.probability_of_improvement({"hi": x + 10, "lo": x, "same": x}, [("hi", "lo"), ("lo", "hi"),
+                                                                               ("same", "lo")], reps=300)
+    assert out["hi>lo"] == {"p": 1.0, "ci": [1.0, 1.0]} and out["lo>hi"]["p"] == 0.0
+    assert out["same>lo"]["p"] == 0.5  # ties count half
+
+
+def test_summary_rows_carry_intervals():
+    results = {"m": {"return": np.array([[1.0, 3.0], [5.0, 7.0], [9.0, 11.0]]), "cost": np.zeros((3, 2))}}
+    row = report.summarize(results, reps=300)["m"]
+    assert row["return_per_seed"] == [2.0, 6.0, 10.0] and row["return"] == 6.0
+    assert row["return_ci"][0] < 6.0 < row["return_ci"][1] and row["return_iqm"] == 6.0
+    assert "return_ci" not in report.summarize(results, reps=0)["m"]
+
+
+# ---------------------------------------------------------------------------------------- the switches
+
+
+def test_presets():
+    default, paper = continual_config.get_config("small"), continual_config.get_config("small,paper_protocol")
+    assert default.protocol == "default" and default.obs_norm and default.expand.cosine
+    assert default.compose.alpha_reg == 0.0 and default.num_seeds >= 5 and default.eval.episodes >= 10
+    assert not paper.obs_norm and not paper.expand.cosine and not paper.pretrain.cosine
+    assert paper.compose.alpha_reg == 1.0 and tuple(paper.compose.alpha_targets) == (8.0, 16.0)
+    assert paper.base_data == "walker-stand-expert-1000traj" and paper.expand.objective == "advantage"
+    assert paper.critics.reward.beta == 1.0 and paper.pretrain.steps > default.pretrain.steps
+    with pytest.raises(ValueError, match="protocol"):
+        continual_config.get_config("small,magic")
+    c = continual_config.get_config("tiny")
+    c.skill_trajectories = 3
+    assert continual.skill_data_name(c, "walk") == "walker-walk-expert-3traj"
+    c.skill_trajectories = 0
+    with pytest.raises(ValueError, match="skill_trajectories"):
+        continual.check_config(c)
+    c.skill_trajectories, c.expand.objective = 10, "magic"
+    with pytest.raises(ValueError, match="objective"):
+        continual.check_config(c)
+
+
+def test_obs_norm_feeds_raw_or_standardised_observations():
+    c = continual_config.get_config("tiny")
+    obs = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, size=(500, OBS)), jnp.float32)
+    standardised = runner.observation_normalizer(c, obs, OBS)(obs)
+    np.testing.assert_allclose(np.asarray(standardised).mean(0), 0.0, atol=1e-5)
+    c.obs_norm = False
+    np.testing.assert_array_equal(np.asarray(runner.observation_normalizer(c, obs, OBS)(obs)), np.asarray(obs))
+
+
+def _stage(objective="advantage", cosine=True, steps=4):
+    c = ml_collections.ConfigDict(dict(steps=steps, log_every=steps, batch_size=16, learning_rate=1e-3,
+                                       weight_decay=0.0, ema=0.5, cosine=cosine, objective=objective))
+    critic = critics.default_config("reward")
+    critic.hidden = (8,)
+    return c, critic
+
+
+def test_skill_objective_bc_weights_every_sample_one():
+    actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
+    data = random_data(128)
+    base = actor.init_base(jax.random.key(0))
+    weights = {}
+    for objective in train.OBJECTIVES:
+        c, critic = _stage(objective)
+        _, metrics = jax.jit(train.make_expand(actor, c, critic).train)(
+            jax.random.key(1), train.ExpandInputs(base, None), data)
+        weights[objective] = np.asarray(metrics["weight_mean"])
+    np.testing.assert_array_equal(weights["bc"], 1.0)
+    assert not np.allclose(weights["advantage"], 1.0)
+    with pytest.raises(ValueError, match="objective"):
+        train.make_expand(actor, _stage("magic")[0], _stage()[1])
+
+
+def test_learning_rate_constant_or_decayed():
+    decayed, constant = train.learning_rate(_stage(cosine=True, steps=100)[0]), train.learning_rate(
+        _stage(cosine=False, steps=100)[0])
+    assert float(decayed(0)) == pytest.approx(1e-3) and float(decayed(100)) == pytest.approx(0.0, abs=1e-9)
+    assert float(constant(0)) == float(constant(100)) == pytest.approx(1e-3)
+
+
+def test_alpha_regulariser_pulls_composition_scales_to_its_targets():
+    alpha = jnp.array([[4.0, 16.0], [8.0, 20.0]])  # mean 12, newest skill's mean 18
+    assert float(train.alpha_regulariser(alpha, (8.0, 16.0))) == pytest.approx(16.0 + 4.0)
+    with pytest.raises(ValueError, match="alpha"):
+        train.alpha_regulariser(jnp.ones(3), (8.0, 16.0))
+    actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
+    base = actor.init_base(jax.random.key(0))
+    skills = actor.init_skill(jax.random.key(1), base)  # K = 1, scale 16
+    composer = policy.make_composer("context", OBS, 1, (8,))
+    c = ml_collections.ConfigDict(dict(steps=300, log_every=300, batch_size=32, learning_rate=1e-2,
+                                       network_dropout=False, alpha_reg=100.0, alpha_targets=(8.0, 16.0)))
+    state, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
+        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128))
+    alpha = composer.apply(state.params, random_data(128).observations) * skills.scales
+    # with K = 1 both terms act on the same alpha: (a - 8)^2 + (a - 16)^2 is least at a = 12
+    assert float(jnp.mean(alpha)) == pytest.approx(12.0, abs=0.5)
+    assert "alpha_reg" in metrics
+    c.alpha_reg = 0.0
+    _, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
+        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128))
+    assert "alpha_reg" not in metrics
