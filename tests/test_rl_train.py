@@ -158,6 +158,17 @@ def test_continual_end_to_end_tiny(tmp_path):
     assert normalizer.mean.shape == (OBS,) and np.all(np.asarray(normalizer.std) > 0)
     lib = lora.SkillLibrary.load(tmp_path / "policies" / "library_seed1", base)
     assert lib.names == ["walk"] and meta["obs_dim"] == OBS
+    # rerun building on the saved pi_0 (``config.pretrained``): the same seeds give bit-identical returns
+    again = c.copy_and_resolve_references()
+    again.methods, again.pretrained = ("scratch", "psec"), str(tmp_path / "policies" / "pi0")
+    out2 = continual.run(again, tmp_path / "again", data=data, env=point_env(6))
+    for m in again.methods:
+        assert out2["raw"][m]["return_per_seed"] == out["raw"][m]["return_per_seed"]
+        assert out2["methods"][m]["return_ci"] == out["methods"][m]["return_ci"]
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["pretrained_sha256"]
+    again.obs_norm = False  # pi_0 was trained on standardised observations: refused, naming why
+    with pytest.raises(ValueError, match="normaliser"):
+        continual.run(again, tmp_path / "raw", data=data, env=point_env(6))
     with pytest.raises(ValueError, match="unknown method"):
         c.methods = ("psec", "magic")
         continual.run(c, tmp_path / "bad", data=data, env=point_env(6))

@@ -1,7 +1,8 @@
 """Evaluate many policies at once: every method, seed and episode in one jitted rollout.
 
 The environment step is compiled once for the whole batch ``[methods x seeds x episodes]``
-(``envs.rollout.rollout``); each method's acting function runs on its slice, vmapped over its seeds. Returns undiscounted returns and
+(``envs.rollout.rollout``); each method's acting function runs on its slice, vmapped over its seeds.
+Episode e of seed s starts from the same state for every method. Returns undiscounted returns and
 summed costs per episode.
 """
 
@@ -38,11 +39,13 @@ def make_evaluate(env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episo
             obs = obs.reshape(len(names), num_seeds, num_episodes, -1)
             actions = []
             for i, name in enumerate(names):
-                keys = jax.random.split(jax.random.fold_in(k, i), num_seeds)
+                keys = jax.random.split(prng.stream(k, name), num_seeds)
                 actions.append(jax.vmap(acts[name])(params[name], obs[i], keys))
             return jnp.stack(actions).reshape(total, -1)
 
-        reset_keys = jax.random.split(prng.stream(key, "reset"), total)
+        # every method starts from the same states (common random numbers, a paired comparison), and a
+        # method's keys depend on its name only: its episodes do not change with the rest of the table
+        reset_keys = jnp.tile(jax.random.split(prng.stream(key, "reset"), per_method), len(names))
         # one chunk of the whole episode: the same compiled loop as a plain scan (no early exit), so the
         # simulator's arithmetic is fused as it always was and results do not move with the chunking
         episodes = rollout.rollout(env, act, params, reset_keys, prng.stream(key, "act"), chunk=env.episode_length)

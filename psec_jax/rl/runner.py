@@ -195,13 +195,20 @@ def observation_normalizer(config: ml_collections.ConfigDict, observations: jax.
     return Normalizer.of(observations) if config.obs_norm else Normalizer.identity(obs_dim)
 
 
+# the noise-net fields of config.network that fix pi_0 (the rest, LoRA rank / scale and adapter widths,
+# are the skills')
+PI0_FIELDS = ("hidden", "ff", "num_blocks", "time_features", "time_hidden", "dropout", "diffusion_steps")
+
+
 def load_pretrained(config: ml_collections.ConfigDict, normalizer: Normalizer, data_name: str) -> Any:
     """pi_0's params [1, ...] from ``config.pretrained``; ValueError naming what differs when its network,
     data or observation normaliser is not this config's (the skills would build on another policy)."""
     _, params, saved, meta = saving.load_base(config.pretrained)
-    if meta["network"] != runs.to_jsonable(config.network):
-        raise ValueError(f"config.pretrained {config.pretrained}: its network {meta['network']} is not "
-                         f"config.network {runs.to_jsonable(config.network)}")
+    ours = runs.to_jsonable(config.network)
+    differ = sorted(f for f in PI0_FIELDS if meta["network"].get(f) != ours.get(f))  # skill fields may differ
+    if differ:
+        raise ValueError(f"config.pretrained {config.pretrained}: its network differs from config.network in "
+                         + ", ".join(f"{f} ({meta['network'].get(f)} vs {ours.get(f)})" for f in differ))
     if meta.get("data") != data_name:
         raise ValueError(f"config.pretrained {config.pretrained}: pretrained on {meta.get('data')!r}, "
                          f"this config's pi_0 data is {data_name!r}")

@@ -1,0 +1,149 @@
+"""The continual-shift runs behind the README's PSEC tables: every run is one `psec-jax psec_continual`
+command (``RUNS``: name -> config and overrides), resumable, its results copied to
+experiments/results/psec_continual/<name>.{json,md,png}; ``summary`` builds the ablation tables from them.
+
+    python -m experiments.psec_continual_sweep list
+    python -m experiments.psec_continual_sweep run s2w_paper s2w_default --root=runs/continual
+    python -m experiments.psec_continual_sweep summary
+
+Ablation runs build on the pi_0 of the run named in their ``after`` (``--config.pretrained``), so they
+differ from it only in what they ablate; run that one first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+CONFIG = "experiments/configs/psec_continual.py"
+RESULTS = Path("experiments/results/psec_continual")
+SCRATCH_AND_PSEC = "--config.methods=scratch,psec"
+
+
+class Run(NamedTuple):
+    arg: str  # SIZE,PROTOCOL of the config
+    flags: tuple[str, ...] = ()  # --config.* overrides
+    after: str = ""  # the run whose pi_0 this one builds on (same protocol and pi_0 data)
+
+
+def _runs() -> dict[str, Run]:
+    runs: dict[str, Run] = {}
+    for protocol, arg in (("default", "small"), ("paper", "small,paper_protocol")):
+        for task, short in (("stand_walk", "s2w"), ("stand_run", "s2r"), ("stand_walk_run", "sw2r")):
+            flags = () if task == "stand_walk" else (f"--config.task={task}",)
+            runs[f"{short}_{protocol}"] = Run(arg, flags, "" if task == "stand_walk" else f"s2w_{protocol}")
+        for n in (1, 3, 30, 50, 100):  # target data (10 = the s2w run)
+            runs[f"data{n}_{protocol}"] = Run(arg, (f"--config.skill_trajectories={n}", SCRATCH_AND_PSEC),
+                                              f"s2w_{protocol}")
+    for rank in (4, 16, 32):  # LoRA rank under the paper protocol (8 = the s2w run)
+        runs[f"rank{rank}_paper"] = Run("small,paper_protocol", (f"--config.network.lora_rank={rank}",
+                                                                 "--config.methods=psec"), "s2w_paper")
+    # what decides scratch vs PSEC: observation normalisation x pi_0 strength, the rest of the paper
+    # protocol fixed (raw + strong is s2w_paper; scratch does not depend on pi_0)
+    weak = ("--config.base_data=walker-stand-medium-expert-40traj", "--config.pretrain.steps=10000")
+    runs["norm_strong_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", SCRATCH_AND_PSEC))
+    runs["raw_weak_paper"] = Run("small,paper_protocol", (*weak, "--config.methods=psec"))
+    runs["norm_weak_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", *weak, "--config.methods=psec"))
+    return runs
+
+
+RUNS = _runs()
+
+
+def command(name: str, root: Path) -> list[str]:
+    """The `psec-jax psec_continual` command line of run ``name`` with its workdir under ``root``."""
+    run = RUNS[name]
+    pretrained = [f"--config.pretrained={root / run.after / 'policies' / 'pi0'}"] if run.after else []
+    return ["psec-jax", "psec_continual", f"--config={CONFIG}:{run.arg}", *run.flags, *pretrained,
+            f"--workdir={root / name}"]
+
+
+def run(names: list[str], root: Path) -> None:
+    """Runs each named run (resuming its finished stages) and copies its results to ``RESULTS``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        cmd = command(name, root)
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], check=True)
+        for ext in ("json", "md", "png"):
+            shutil.copyfile(root / name / f"results.{ext}", RESULTS / f"{name}.{ext}")
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        saved["command"] = " ".join(cmd)
+        (RESULTS / f"{name}.json").write_text(json.dumps(saved, indent=1) + "\n")
+
+
+def _row(saved: dict, method: str) -> str:
+    r = saved["methods"][method]
+    return (f"{r['return']:.0f} [{r['return_ci'][0]:.0f}, {r['return_ci'][1]:.0f}] | "
+            f"{r['return_iqm']:.0f} [{r['return_iqm_ci'][0]:.0f}, {r['return_iqm_ci'][1]:.0f}]")
+
+
+def summary(results: Path = RESULTS) -> str:
+    """Markdown tables of every finished run in ``results``: the method tables side by side per task,
+    and each ablation as one table (runs not yet made are left out)."""
+    done = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    out = []
+    for short, title in (("s2w", "stand -> walk"), ("s2r", "stand -> run"), ("sw2r", "stand + walk -> run")):
+        got = [(p, done[f"{short}_{p}"]) for p in ("paper", "default") if f"{short}_{p}" in done]
+        if got:
+            out += [f"#### {title}: return, mean [95% CI] | IQM [95% CI] over seeds", "",
+                    "| method | " + " | ".join(f"{p} protocol mean | IQM" for p, _ in got) + " |",
+                    "|---|" + "---|---|" * len(got)]
+            out += [f"| {m} | " + " | ".join(_row(s, m) for _, s in got) + " |" for m in got[0][1]["methods"]]
+            out.append("")
+    for protocol in ("paper", "default"):
+        rows = [(n, done[f"data{n}_{protocol}"] if n != 10 else done.get(f"s2w_{protocol}"))
+                for n in (1, 3, 10, 30, 50, 100) if f"data{n}_{protocol}" in done or n == 10]
+        rows = [(n, s) for n, s in rows if s is not None]
+        if len(rows) > 1:
+            out += [f"#### target data, {protocol} protocol (stand -> walk)", "",
+                    "| trajectories | scratch mean | IQM | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|"]
+            for n, s in rows:
+                p = s.get("improvement", {}).get("psec>scratch")
+                out.append(f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | "
+                           + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] |" if p else "|"))
+            out.append("")
+    ranks = [(r, done.get(f"rank{r}_paper") if r != 8 else done.get("s2w_paper")) for r in (4, 8, 16, 32)]
+    if sum(s is not None for _, s in ranks) > 1:
+        out += ["#### LoRA rank, paper protocol (stand -> walk)", "", "| rank | PSEC mean | IQM |", "|---|---|---|"]
+        out += [f"| {r} | {_row(s, 'psec')} |" for r, s in ranks if s is not None]
+        out.append("")
+    cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
+             ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
+    if sum(v in done for v in cells.values()) > 1:
+        scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
+        out += ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
+                "| observations | pi_0 | scratch mean | IQM | PSEC mean | IQM |", "|---|---|---|---|---|---|"]
+        for (obs, pi0), name in cells.items():
+            if name in done and scratch[obs] is not None:
+                out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {_row(done[name], 'psec')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.psec_continual_sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("list", "run", "summary"))
+    parser.add_argument("names", nargs="*", help="runs (see `list`)")
+    parser.add_argument("--root", default="runs/continual", help="parent of the runs' workdirs")
+    a = parser.parse_args(argv)
+    unknown = [n for n in a.names if n not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; `list` shows them")
+    if a.action == "list":
+        for name in RUNS:
+            print(f"{name:<20} {' '.join(command(name, Path(a.root)))}")
+    elif a.action == "run":
+        run(a.names, Path(a.root))
+    else:
+        print(summary())
+
+
+if __name__ == "__main__":
+    main()
