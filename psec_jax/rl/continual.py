@@ -58,8 +58,9 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
     prior, target = TASKS[config.task]
     names = [*prior, target]
     if data is None:
-        data = {"base": load_data(config.base_data),
-                **{n: load_data(skill_data_name(config, n)) for n in names}}
+        data = {n: load_data(skill_data_name(config, n)) for n in names}
+        if not config.get("pretrained"):  # a given pi_0 carries its normaliser: its data is not needed
+            data["base"] = load_data(config.base_data)
     if env is None:
         from psec_jax import envs
 

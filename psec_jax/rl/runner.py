@@ -50,7 +50,7 @@ class Prepared:
 
     data: Mapping[str, OfflineData]  # raw datasets by key
     env: Env  # the evaluation environment
-    pretrain: str  # key of pi_0's data (it also fixes the observation normaliser)
+    pretrain: str  # key of pi_0's data (it fixes the observation normaliser); may be absent with config.pretrained
     pretrain_name: str  # that dataset's name, recorded with the saved pi_0
     skills: tuple[Skill, ...]  # in library / composition order
     target: str  # the skill whose data and critic the scratch baseline shares
@@ -100,7 +100,10 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     prep = setting.prepare(config, **kwargs)
     methods = {m: setting.methods[m] for m in config.methods}
     obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
-    normalizer = observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
+    if config.pretrained:  # pi_0 is given, with the normaliser it was trained with
+        pretrained, normalizer = load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
+    else:
+        normalizer = observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
     data = {k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
             for k, v in prep.data.items()}
     actors = {k: policy.make_actor(config.network, obs_dim, act_dim, k) for k in policy.SKILL_KINDS}
@@ -120,7 +123,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         kinds = ["lora"]
     base = None
     if config.pretrained and any(m.policy != "scratch" for m in methods.values()):
-        base = pipeline.repeat_seeds(load_pretrained(config, normalizer, prep.pretrain_name), n)
+        base = pipeline.repeat_seeds(pretrained, n)
     elif any(m.policy != "scratch" for m in methods.values()):
         pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
                     data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
@@ -200,24 +203,28 @@ def observation_normalizer(config: ml_collections.ConfigDict, observations: jax.
 PI0_FIELDS = ("hidden", "ff", "num_blocks", "time_features", "time_hidden", "dropout", "diffusion_steps")
 
 
-def load_pretrained(config: ml_collections.ConfigDict, normalizer: Normalizer, data_name: str) -> Any:
-    """pi_0's params [1, ...] from ``config.pretrained``; ValueError naming what differs when its network,
-    data or observation normaliser is not this config's (the skills would build on another policy)."""
+def load_pretrained(config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
+                    ) -> tuple[Any, Normalizer]:
+    """(pi_0's params [1, ...], its observation normaliser) from ``config.pretrained``; ValueError naming
+    what differs when its network, sizes, data or kind of normaliser (standardising iff
+    ``config.obs_norm``) are not this config's: the skills would build on another policy."""
     _, params, saved, meta = saving.load_base(config.pretrained)
+    where = f"config.pretrained {config.pretrained}"
     ours = runs.to_jsonable(config.network)
     differ = sorted(f for f in PI0_FIELDS if meta["network"].get(f) != ours.get(f))  # skill fields may differ
     if differ:
-        raise ValueError(f"config.pretrained {config.pretrained}: its network differs from config.network in "
+        raise ValueError(f"{where}: its network differs from config.network in "
                          + ", ".join(f"{f} ({meta['network'].get(f)} vs {ours.get(f)})" for f in differ))
+    if (meta["obs_dim"], meta["act_dim"]) != (obs_dim, act_dim):
+        raise ValueError(f"{where}: made for observations {meta['obs_dim']} / actions {meta['act_dim']}, "
+                         f"the environment has {obs_dim} / {act_dim}")
     if meta.get("data") != data_name:
-        raise ValueError(f"config.pretrained {config.pretrained}: pretrained on {meta.get('data')!r}, "
-                         f"this config's pi_0 data is {data_name!r}")
-    same = all(bool(jnp.allclose(a, b, rtol=1e-6, atol=1e-6)) for a, b in
-               ((saved.mean, normalizer.mean), (saved.std, normalizer.std)))
-    if not same:
-        raise ValueError(f"config.pretrained {config.pretrained}: its observation normaliser differs from "
-                         f"this config's (obs_norm={config.obs_norm})")
-    return jax.tree.map(lambda x: jnp.asarray(x)[None], params)
+        raise ValueError(f"{where}: pretrained on {meta.get('data')!r}, this config's pi_0 data is {data_name!r}")
+    identity = bool(jnp.all(saved.mean == 0) and jnp.all(saved.std == 1))
+    if identity == bool(config.obs_norm):
+        raise ValueError(f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
+                         f", but config.obs_norm is {config.obs_norm}")
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], params), saved
 
 
 def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: policy.Actor, base: Any,
