@@ -5,6 +5,7 @@ experiments/results/psec_continual/<name>.{json,md,png}; ``summary`` builds the 
     python -m experiments.psec_continual_sweep list
     python -m experiments.psec_continual_sweep run s2w_paper s2w_default --root=runs/continual
     python -m experiments.psec_continual_sweep summary
+    python -m experiments.psec_continual_sweep cost --root=runs/continual   # what a new skill costs
 
 Ablation runs build on the pi_0 of the run named in their ``after`` (``--config.pretrained``), so they
 differ from it only in what they ablate; run that one first.
@@ -126,10 +127,50 @@ def summary(results: Path = RESULTS) -> str:
     return "\n".join(out)
 
 
+def trainable_parameters(network, obs_dim: int = 24, act_dim: int = 6) -> dict[str, int]:
+    """Trainable parameters of one new skill of each kind on the walker (``jax.eval_shape``: nothing is
+    allocated): ``lora`` (every Dense of the noise net), ``mlp`` (the MLP adapter), ``full`` (scratch)."""
+    import jax
+
+    from psec_jax.rl import policy
+
+    count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
+    out = {}
+    for kind in policy.SKILL_KINDS:
+        actor = policy.make_actor(network, obs_dim, act_dim, kind)
+        base = jax.eval_shape(actor.init_base, jax.random.key(0))
+        out[kind] = count(jax.eval_shape(lambda k, b: actor.init_skill(k, b).params, jax.random.key(0), base))
+        out["full"] = count(base)
+    return out
+
+
+def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_default")) -> dict:
+    """What a new walk skill costs in each finished run under ``root``: trainable parameters, and the
+    measured wall time and rate of its stage (all seeds at once, from the stages' metrics.jsonl), for the
+    LoRA skill, the MLP adapter and scratch; each method's return from its results."""
+    from experiments.configs import psec_continual as cfg
+
+    out = {"parameters": {size: trainable_parameters(cfg.get_config(size).network) for size in ("small", "paper")}}
+    for name in names:
+        stages = root / name / "stages"
+        if not (root / name / "results.json").is_file():
+            continue
+        saved = json.loads((root / name / "results.json").read_text())
+        row = {}
+        for method, stage in (("psec", "expand_lora_walk"), ("psec_mlp", "expand_mlp_walk"), ("scratch", "scratch")):
+            records = [json.loads(line) for line in (stages / stage / "metrics.jsonl").read_text().splitlines()]
+            steps = records[-1]["step"]
+            seconds = sum((b["step"] - a) / b["steps_per_sec"] for a, b in zip([0] + [r["step"] for r in records], records))
+            row[method] = {"steps": steps, "seconds": seconds, "seeds": saved["config"]["num_seeds"],
+                           "return": saved["methods"][method]["return"], "return_ci": saved["methods"][method]["return_ci"]}
+        out[name] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.psec_continual_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "run", "summary"))
+    parser.add_argument("action", choices=("list", "run", "summary", "cost"))
     parser.add_argument("names", nargs="*", help="runs (see `list`)")
     parser.add_argument("--root", default="runs/continual", help="parent of the runs' workdirs")
     a = parser.parse_args(argv)
@@ -141,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<20} {' '.join(command(name, Path(a.root)))}")
     elif a.action == "run":
         run(a.names, Path(a.root))
+    elif a.action == "cost":
+        cost = expansion_cost(Path(a.root))
+        (RESULTS / "expansion_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
+        print(json.dumps(cost, indent=1))
     else:
         print(summary())
 

@@ -131,3 +131,33 @@ def test_alpha_regulariser_pulls_composition_scales_to_its_targets():
     _, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
         jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128))
     assert "alpha_reg" not in metrics
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_commands_and_summary(tmp_path):
+    import json
+    from pathlib import Path
+
+    from experiments import psec_continual_sweep as sweep
+
+    cmd = sweep.command("data3_paper", Path("runs/x"))
+    assert "--config.skill_trajectories=3" in cmd and "--config.pretrained=runs/x/s2w_paper/policies/pi0" in cmd
+    assert cmd[2].endswith(":small,paper_protocol") and cmd[-1] == "--workdir=runs/x/data3_paper"
+    assert all(sweep.RUNS[r.after].after == "" for r in sweep.RUNS.values() if r.after)  # one level deep
+
+    def fake(methods, value):
+        row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2]}
+        return {"methods": {m: row(value + i) for i, m in enumerate(methods)},
+                "improvement": {"psec>scratch": {"p": 0.9, "ci": [0.6, 1.0]}}}
+
+    for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
+                             ("rank4_paper", ("psec",), 300)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
+    text = sweep.summary(tmp_path)
+    assert "| psec | 105 [104, 106] | 105 [103, 107] |" in text  # s2w: psec is the 6th method
+    assert "| 3 | 200 [199, 201] | 200 [198, 202] | 201 [200, 202] | 201 [199, 203] | 0.90 [0.60, 1.00] |" in text
+    assert "| 4 | 300 [299, 301] | 300 [298, 302] |" in text and "| 8 | 105" in text
+    counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
+    assert counts["lora"] < counts["full"] and counts["mlp"] > 0
