@@ -97,7 +97,8 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # feeds raw observations (False)
     c.obs_norm = True
     # path of a pi_0 saved by an earlier run (its workdir's policies/pi0) to build on instead of
-    # pretraining; its network, data and normaliser must match this config ("" = pretrain here)
+    # pretraining (one pi_0 for every seed); its network, data and normaliser must match this config
+    # ("" = pretrain here)
     c.pretrained = ""
     c.network = network_config(size)
     c.methods = ()  # columns of the table (the setting's method table)
