@@ -25,12 +25,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
-# PSEC continual policy shift on walker (stand -> walk), small config, 3 seeds: regenerates its datasets
-# from the committed behaviour policies if absent, then pretrain, expand, compose, baselines, evaluation.
-# Rerunning with the same DEMO_DIR resumes (finished stages are not retrained).
+# PSEC continual policy shift on walker (stand -> walk) under the paper's protocol: a LoRA skill on the
+# committed pi_0 (experiments/pretrained) against a scratch policy, 5 seeds x 10 episodes; regenerates
+# its walk dataset from the committed behaviour policies if absent. Rerunning with the same DEMO_DIR
+# resumes (finished stages are not retrained).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(BIN)/psec-jax psec_continual --config=experiments/configs/psec_continual.py:small --workdir=$(DEMO_DIR)
+	$(BIN)/psec-jax psec_continual --config=experiments/configs/psec_continual.py:demo --workdir=$(DEMO_DIR)
 
 info: $(STAMP)
 	$(BIN)/psec-jax info

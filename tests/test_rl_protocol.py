@@ -161,3 +161,19 @@ def test_sweep_commands_and_summary(tmp_path):
     assert "| 4 | 300 [299, 301] | 300 [298, 302] |" in text and "| 8 | 105" in text
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
+
+
+def test_demo_builds_on_the_committed_pi0():
+    import os
+
+    from psec_jax.rl import saving
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = continual_config.get_config("demo")
+    assert c.protocol == "demo" and tuple(c.methods) == ("scratch", "psec") and not c.obs_norm
+    c.pretrained = os.path.join(root, c.pretrained)
+    continual.check_config(c)
+    params, normalizer = runner.load_pretrained(c, c.base_data, 24, 6)  # the walker's sizes
+    assert jax.tree.leaves(params)[0].shape[0] == 1
+    assert float(jnp.abs(normalizer.mean).max()) == 0.0 and float(normalizer.std.min()) == 1.0
+    assert saving.load_base(c.pretrained)[3]["data"] == "walker-stand-expert-1000traj"

@@ -4,7 +4,7 @@
     psec-jax psec_continual --config=experiments/configs/psec_continual.py:small,paper_protocol --workdir=...
     ... --config.task=stand_run   (or stand_walk_run)   --config.skill_trajectories=3
 
-The argument is ``SIZE[,PROTOCOL]``. Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network
+The argument is ``SIZE[,PROTOCOL]`` or ``demo`` (``DEMO``: what `make demo` runs). Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network
 and step counts, `tiny` is for tests. Protocols (``PROTOCOLS``): `default`, the project's own, and
 `paper_protocol`, the official code's semantics as far as the CPU budget allows (its steps are the
 size's). Each protocol field is a switch of its own and can be set alone (``--config.obs_norm=False``).
@@ -55,8 +55,19 @@ PROTOCOLS = {
 }
 
 
+# `make demo`: the paper protocol at small size on the committed pi_0 (made by the s2w_paper run of
+# experiments/psec_continual_sweep.py: 30k steps on 1000 expert stand trajectories, raw observations),
+# one LoRA skill against scratch, shortened to fit 20 minutes on a 2-core CPU
+DEMO_PI0 = "experiments/pretrained/walker_stand_small_paper_pi0"
+DEMO = {"pretrained": DEMO_PI0, "methods": ("scratch", "psec"), "expand.steps": 2000}
+
+
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
-    """``arg``: ``SIZE`` or ``SIZE,PROTOCOL`` (e.g. ``small,paper_protocol``)."""
+    """``arg``: ``SIZE`` or ``SIZE,PROTOCOL`` (e.g. ``small,paper_protocol``), or ``demo``."""
+    if arg == "demo":
+        c = get_config("small,paper_protocol")
+        c.protocol = "demo"
+        return base.apply_sizes(c, {k: (v,) * 3 for k, v in DEMO.items()}, "small")
     size, _, protocol = arg.partition(",")
     protocol = protocol or "default"
     if protocol not in PROTOCOLS:
