@@ -84,6 +84,14 @@ def _row(saved: dict, method: str) -> str:
             f"{r['return_iqm']:.0f} [{r['return_iqm_ci'][0]:.0f}, {r['return_iqm_ci'][1]:.0f}]")
 
 
+ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
+
+
+def _p(saved: dict, method: str) -> str:
+    p = saved.get("improvement", {}).get(f"psec>{method}")
+    return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p else "-"
+
+
 def summary(results: Path = RESULTS) -> str:
     """Markdown tables of every finished run in ``results``: the method tables side by side per task,
     and each ablation as one table (runs not yet made are left out)."""
@@ -92,10 +100,11 @@ def summary(results: Path = RESULTS) -> str:
     for short, title in (("s2w", "stand -> walk"), ("s2r", "stand -> run"), ("sw2r", "stand + walk -> run")):
         got = [(p, done[f"{short}_{p}"]) for p in ("paper", "default") if f"{short}_{p}" in done]
         if got:
-            out += [f"#### {title}: return, mean [95% CI] | IQM [95% CI] over seeds", "",
-                    "| method | " + " | ".join(f"{p} protocol mean | IQM" for p, _ in got) + " |",
-                    "|---|" + "---|---|" * len(got)]
-            out += [f"| {m} | " + " | ".join(_row(s, m) for _, s in got) + " |" for m in got[0][1]["methods"]]
+            out += [f"#### {title}: return, mean [95% CI] | IQM [95% CI] over seeds | P(PSEC > method)", "",
+                    "| method | " + " | ".join(f"{p} protocol mean | IQM | P(PSEC >)" for p, _ in got) + " |",
+                    "|---|" + "---|---|---|" * len(got)]
+            for m in [m for m in ORDER if m in got[0][1]["methods"]]:
+                out.append(f"| {m} | " + " | ".join(f"{_row(s, m)} | {_p(s, m)}" for _, s in got) + " |")
             out.append("")
     for protocol in ("paper", "default"):
         rows = [(n, done[f"data{n}_{protocol}"] if n != 10 else done.get(f"s2w_{protocol}"))
@@ -105,9 +114,7 @@ def summary(results: Path = RESULTS) -> str:
             out += [f"#### target data, {protocol} protocol (stand -> walk)", "",
                     "| trajectories | scratch mean | IQM | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|"]
             for n, s in rows:
-                p = s.get("improvement", {}).get("psec>scratch")
-                out.append(f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | "
-                           + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] |" if p else "|"))
+                out.append(f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | {_p(s, 'scratch')} |")
             out.append("")
     ranks = [(r, done.get(f"rank{r}_paper") if r != 8 else done.get("s2w_paper")) for r in (4, 8, 16, 32)]
     if sum(s is not None for _, s in ranks) > 1:
