@@ -41,13 +41,13 @@ def load_data(name: str) -> OfflineData:
 def skill_data_name(config: ml_collections.ConfigDict, task: str) -> str:
     """The dataset name of ``task``'s skill: ``config.skill_data`` with ``{task}`` and ``{n}``
     (``config.skill_trajectories``) filled in."""
-    return config.skill_data.format(task=task, n=config.get("skill_trajectories", 10))
+    return config.skill_data.format(task=task, n=config.skill_trajectories)
 
 
 def check(config: ml_collections.ConfigDict) -> None:
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
-    if int(config.get("skill_trajectories", 10)) < 1:
+    if config.skill_trajectories < 1:
         raise ValueError(f"config.skill_trajectories must be >= 1, got {config.skill_trajectories}")
 
 
@@ -59,14 +59,14 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
     names = [*prior, target]
     if data is None:
         data = {n: load_data(skill_data_name(config, n)) for n in names}
-        if not config.get("pretrained"):  # a given pi_0 carries its normaliser: its data is not needed
+        if not config.pretrained:  # a given pi_0 carries its normaliser: its data is not needed
             data["base"] = load_data(config.base_data)
     if env is None:
         from psec_jax import envs
 
         env = envs.make(f"walker-{target}", episode_length=config.eval.episode_length)
-    title = (f"walker {' + '.join(['stand', *prior])} -> {target} (protocol {config.get('protocol', 'default')}, "
-             f"{config.get('skill_trajectories', 10)} target trajectories): return, "
+    title = (f"walker {' + '.join(['stand', *prior])} -> {target} (protocol {config.protocol}, "
+             f"{config.skill_trajectories} target trajectories): return, "
              f"{config.num_seeds} seeds x {config.eval.episodes} episodes")
     return runner.Prepared(data=data, env=env, pretrain="base", pretrain_name=config.base_data,
                            skills=tuple(runner.Skill(n, n, "reward") for n in names), target=target,

@@ -75,13 +75,6 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict) -> None:
     check_methods(tuple(config.methods), dict(setting.methods))
     acting.check_rule(setting.rule)
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
-    from psec_jax import config_check as cc
-
-    cc.one_of(config, "expand.objective", train.OBJECTIVES)
-    cc.one_of(config, "obs_norm", (True, False))
-    cc.non_negative(config, "compose.alpha_reg")
-    if config.pretrained and not (Path(config.pretrained) / "manifest.json").is_file():
-        raise ValueError(f"config.pretrained: no saved pi_0 at {config.pretrained} (expected a run's policies/pi0)")
     for kind in critics.KINDS:
         if config.critics[kind].kind != kind:
             raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
