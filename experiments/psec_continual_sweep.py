@@ -44,6 +44,13 @@ def _runs() -> dict[str, Run]:
     for rank in (4, 16, 32):  # LoRA rank under the paper protocol (8 = the s2w run)
         runs[f"rank{rank}_paper"] = Run("small,paper_protocol", (f"--config.network.lora_rank={rank}",
                                                                  "--config.methods=psec"), "s2w_paper")
+    # why the learned composer trails fixed weights under the paper protocol: its alpha regulariser
+    runs["noreg_paper"] = Run("small,paper_protocol", ("--config.compose.alpha_reg=0.0", "--config.methods=psec"),
+                              "s2w_paper")
+    # return vs gradient steps of each new skill (6000 = the s2w run): what reaching a return costs
+    for steps in (1000, 2000):
+        runs[f"steps{steps}_paper"] = Run("small,paper_protocol", (
+            f"--config.expand.steps={steps}", "--config.methods=scratch,psec_mlp,psec_fixed,psec"), "s2w_paper")
     # what decides scratch vs PSEC: observation normalisation x pi_0 strength, the rest of the paper
     # protocol fixed (raw + strong is s2w_paper; scratch does not depend on pi_0)
     weak = ("--config.base_data=walker-stand-medium-expert-40traj", "--config.pretrain.steps=10000")
@@ -120,6 +127,23 @@ def summary(results: Path = RESULTS) -> str:
     if sum(s is not None for _, s in ranks) > 1:
         out += ["#### LoRA rank, paper protocol (stand -> walk)", "", "| rank | PSEC mean | IQM |", "|---|---|---|"]
         out += [f"| {r} | {_row(s, 'psec')} |" for r, s in ranks if s is not None]
+        out.append("")
+    if "noreg_paper" in done and "s2w_paper" in done:
+        s2w = done["s2w_paper"]
+        out += ["#### composer alpha regulariser, paper protocol (stand -> walk)", "",
+                "| composition | mean | IQM |", "|---|---|---|",
+                f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} |",
+                f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} |",
+                f"| context composer, alpha_reg 0 | {_row(done['noreg_paper'], 'psec')} |", ""]
+    curve = [(k, done.get(f"steps{k}_paper") if k != 6000 else done.get("s2w_paper")) for k in (1000, 2000, 6000)]
+    curve = [(k, s) for k, s in curve if s is not None]
+    if len(curve) > 1:
+        ms = [m for m in ("scratch", "psec_mlp", "psec_fixed", "psec") if m in curve[0][1]["methods"]]
+        out += ["#### return vs gradient steps of the new skill, paper protocol (stand -> walk)", "",
+                "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in ms) + " |", "|---|" + "---|" * len(ms)]
+        for k, s in curve:
+            cell = lambda m: "{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"])
+            out.append(f"| {k} | " + " | ".join(cell(m) for m in ms) + " |")
         out.append("")
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
