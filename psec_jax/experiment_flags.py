@@ -105,6 +105,22 @@ def _unknown_field(name: str, error: str, argv: Sequence[str], config_value: str
     return f"{name}: unknown config field {field!r} in {where} (config {config_value}){suggest}"
 
 
+def _split_comma_lists(config: Any, argv: Sequence[str]) -> None:
+    """``--config.methods=scratch,psec`` means the tuple ("scratch", "psec"): ml-collections reads an
+    unbracketed value of a tuple field as one string, ("scratch,psec",), which no field means."""
+    for arg in argv:
+        field, eq, value = arg.partition("=")
+        if not (field.startswith("--config.") and eq and "," in value) or value.lstrip()[:1] in "([":
+            continue
+        *parents, leaf = field.removeprefix("--config.").split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        current = node[leaf]
+        if isinstance(current, tuple) and current == (value,):
+            node[leaf] = tuple(v.strip() for v in value.split(","))
+
+
 def parse(name: str, argv: Sequence[str], experiment: Any):
     """Parses the flags of experiment ``name`` (an ``Experiment``: module, default_config) and checks
     its config; returns ``(config, workdir, flag_values)`` or raises UsageError."""
@@ -150,5 +166,6 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
         raise UsageError(f"{name}: could not load config {config_value}: {one_line(e)}") from None
     if not fv.workdir:
         raise UsageError(f"{name}: --workdir is required")
+    _split_comma_lists(config, argv)
     check_config(name, experiment, config, config_value)
     return config, fv.workdir, fv

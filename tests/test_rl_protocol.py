@@ -163,6 +163,21 @@ def test_sweep_commands_and_summary(tmp_path):
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
 
+def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
+    from psec_jax import cli
+    from experiments import psec_continual_sweep as sweep
+
+    for parent in {r.after for r in sweep.RUNS.values() if r.after}:  # check_config wants the saved pi_0
+        (tmp_path / parent / "policies" / "pi0").mkdir(parents=True)
+        (tmp_path / parent / "policies" / "pi0" / "manifest.json").write_text("{}")
+    for name in sweep.RUNS:
+        cmd = sweep.command(name, tmp_path)
+        config, _, _ = cli.parse_experiment_flags(cmd[1], cmd[2:])
+        methods = next((f.split("=", 1)[1].split(",") for f in cmd if f.startswith("--config.methods=")),
+                       list(continual.METHODS))
+        assert list(config.methods) == methods, name  # `a,b` is the tuple (a, b), not ("a,b",)
+
+
 def test_demo_builds_on_the_committed_pi0():
     import os
 
