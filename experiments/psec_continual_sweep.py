@@ -54,9 +54,12 @@ def _runs() -> dict[str, Run]:
     # what decides scratch vs PSEC: observation normalisation x pi_0 strength, the rest of the paper
     # protocol fixed (raw + strong is s2w_paper; scratch does not depend on pi_0)
     weak = ("--config.base_data=walker-stand-medium-expert-40traj", "--config.pretrain.steps=10000")
-    runs["norm_strong_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", SCRATCH_AND_PSEC))
-    runs["raw_weak_paper"] = Run("small,paper_protocol", (*weak, "--config.methods=psec"))
-    runs["norm_weak_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", *weak, "--config.methods=psec"))
+    # (PSEC-fixed beside PSEC: the same skill without the composer, whose regulariser decides on its own)
+    runs["norm_strong_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True",
+                                                             "--config.methods=scratch,psec_fixed,psec"))
+    runs["raw_weak_paper"] = Run("small,paper_protocol", (*weak, "--config.methods=psec_fixed,psec"))
+    runs["norm_weak_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", *weak,
+                                                           "--config.methods=psec_fixed,psec"))
     return runs
 
 
@@ -99,6 +102,16 @@ def _p(saved: dict, method: str) -> str:
     return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p else "-"
 
 
+def _p_across(saved: dict, method: str, other: dict, against: str = "scratch") -> str:
+    """P(``method`` of run ``saved`` > ``against`` of run ``other``) from their per-seed returns: the runs
+    share seeds and evaluation start states, so their seeds compare as within one table."""
+    from psec_jax.rl import report
+
+    rows = {"x": saved["methods"][method], "y": other["methods"][against]}
+    p = report.improvements(rows, [("x", "y")], reps=other["config"]["eval"]["bootstrap_reps"])["x>y"]
+    return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]"
+
+
 def summary(results: Path = RESULTS) -> str:
     """Markdown tables of every finished run in ``results``: the method tables side by side per task,
     and each ablation as one table (runs not yet made are left out)."""
@@ -129,12 +142,12 @@ def summary(results: Path = RESULTS) -> str:
         out += [f"| {r} | {_row(s, 'psec')} |" for r, s in ranks if s is not None]
         out.append("")
     if "noreg_paper" in done and "s2w_paper" in done:
-        s2w = done["s2w_paper"]
-        out += ["#### composer alpha regulariser, paper protocol (stand -> walk)", "",
-                "| composition | mean | IQM |", "|---|---|---|",
-                f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} |",
-                f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} |",
-                f"| context composer, alpha_reg 0 | {_row(done['noreg_paper'], 'psec')} |", ""]
+        s2w, noreg = done["s2w_paper"], done["noreg_paper"]
+        out += ["#### composer alpha regulariser, paper protocol (stand -> walk; the same skill in every row)", "",
+                "| composition | mean | IQM | P(row > scratch) |", "|---|---|---|---|",
+                f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} | {_p_across(s2w, 'psec_fixed', s2w)} |",
+                f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} | {_p_across(s2w, 'psec', s2w)} |",
+                f"| context composer, alpha_reg 0 | {_row(noreg, 'psec')} | {_p_across(noreg, 'psec', s2w)} |", ""]
     curve = [(k, done.get(f"steps{k}_paper") if k != 6000 else done.get("s2w_paper")) for k in (1000, 2000, 6000)]
     curve = [(k, s) for k, s in curve if s is not None]
     if len(curve) > 1:
@@ -150,10 +163,14 @@ def summary(results: Path = RESULTS) -> str:
     if sum(v in done for v in cells.values()) > 1:
         scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
         out += ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
-                "| observations | pi_0 | scratch mean | IQM | PSEC mean | IQM |", "|---|---|---|---|---|---|"]
+                "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
+                "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for (obs, pi0), name in cells.items():
             if name in done and scratch[obs] is not None:
-                out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {_row(done[name], 'psec')} |")
+                s, fixed = done[name], "psec_fixed" in done[name]["methods"]
+                cells_fixed = f"{_row(s, 'psec_fixed')} | {_p_across(s, 'psec_fixed', scratch[obs])}" if fixed else "- | - | -"
+                out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {cells_fixed} | {_row(s, 'psec')} | "
+                           f"{_p_across(s, 'psec', scratch[obs])} |")
         out.append("")
     return "\n".join(out)
 

@@ -148,17 +148,21 @@ def test_sweep_commands_and_summary(tmp_path):
     assert all(sweep.RUNS[r.after].after == "" for r in sweep.RUNS.values() if r.after)  # one level deep
 
     def fake(methods, value):
-        row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2]}
-        return {"methods": {m: row(value + i) for i, m in enumerate(methods)},
+        row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2],
+                         "return_per_seed": [v - 1, v, v + 1]}
+        return {"methods": {m: row(value + i) for i, m in enumerate(methods)}, "config": {"eval": {"bootstrap_reps": 50}},
                 "improvement": {"psec>scratch": {"p": 0.9, "ci": [0.6, 1.0]}}}
 
     for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
-                             ("rank4_paper", ("psec",), 300)):
+                             ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50)):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
     text = sweep.summary(tmp_path)
     assert "| psec | 105 [104, 106] | 105 [103, 107] |" in text  # s2w: psec is the 6th method
     assert "| 3 | 200 [199, 201] | 200 [198, 202] | 201 [200, 202] | 201 [199, 203] | 0.90 [0.60, 1.00] |" in text
     assert "| 4 | 300 [299, 301] | 300 [298, 302] |" in text and "| 8 | 105" in text
+    # across runs: noreg's psec (49, 50, 51) never beats s2w's scratch (99, 100, 101); s2w's psec always does
+    assert "| context composer, alpha_reg 0 | 50 [49, 51] | 50 [48, 52] | 0.00 [0.00, 0.00] |" in text
+    assert "| context composer, alpha_reg 1 (official) | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
