@@ -148,15 +148,17 @@ def summary(results: Path = RESULTS) -> str:
                 f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} | {_p_across(s2w, 'psec_fixed', s2w)} |",
                 f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} | {_p_across(s2w, 'psec', s2w)} |",
                 f"| context composer, alpha_reg 0 | {_row(noreg, 'psec')} | {_p_across(noreg, 'psec', s2w)} |", ""]
-    curve = [(k, done.get(f"steps{k}_paper") if k != 6000 else done.get("s2w_paper")) for k in (1000, 2000, 6000)]
-    curve = [(k, s) for k, s in curve if s is not None]
+    # make demo is this run's 2000-step point for scratch and PSEC (the same pi_0, config and seeds)
+    runs_at = {1000: done.get("steps1000_paper"), 2000: done.get("steps2000_paper") or done.get("demo"),
+               6000: done.get("s2w_paper")}
+    curve = [(k, s) for k, s in runs_at.items() if s is not None]
     if len(curve) > 1:
-        ms = [m for m in ("scratch", "psec_mlp", "psec_fixed", "psec") if m in curve[0][1]["methods"]]
+        ms = ("scratch", "psec_mlp", "psec_fixed", "psec")
+        cell = lambda s, m: ("{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"])
+                             if m in s["methods"] else "-")
         out += ["#### return vs gradient steps of the new skill, paper protocol (stand -> walk)", "",
                 "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in ms) + " |", "|---|" + "---|" * len(ms)]
-        for k, s in curve:
-            cell = lambda m: "{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"])
-            out.append(f"| {k} | " + " | ".join(cell(m) for m in ms) + " |")
+        out += [f"| {k} | " + " | ".join(cell(s, m) for m in ms) + " |" for k, s in curve]
         out.append("")
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
@@ -210,6 +212,8 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
             steps = records[-1]["step"]
             seconds = sum((b["step"] - a) / b["steps_per_sec"] for a, b in zip([0] + [r["step"] for r in records], records))
             row[method] = {"steps": steps, "seconds": seconds, "seeds": saved["config"]["num_seeds"],
+                           # the first skill kind's stage trains the target critic too; later ones reuse it
+                           "trains_critic": "q_loss" in records[-1],
                            "return": saved["methods"][method]["return"], "return_ci": saved["methods"][method]["return_ci"]}
         out[name] = row
     return out
