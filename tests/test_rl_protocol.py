@@ -196,3 +196,14 @@ def test_demo_builds_on_the_committed_pi0():
     assert jax.tree.leaves(params)[0].shape[0] == 1
     assert float(jnp.abs(normalizer.mean).max()) == 0.0 and float(normalizer.std.min()) == 1.0
     assert saving.load_base(c.pretrained)[3]["data"] == "walker-stand-expert-1000traj"
+
+
+def test_readme_psec_tables_are_the_committed_results():
+    from pathlib import Path
+
+    from experiments import psec_continual_sweep as sweep
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table_lines = [line for line in sweep.summary(root / sweep.RESULTS).splitlines() if line.startswith("|")]
+    assert table_lines and all(line in readme for line in table_lines), "rerun the sweep summary into the README"
