@@ -97,9 +97,12 @@ def _row(saved: dict, method: str) -> str:
 ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
 
 
-def _p(saved: dict, method: str) -> str:
-    p = saved.get("improvement", {}).get(f"psec>{method}")
+def _fmt_p(p: dict | None) -> str:
     return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p else "-"
+
+
+def _p(saved: dict, method: str) -> str:
+    return _fmt_p(saved.get("improvement", {}).get(f"psec>{method}"))
 
 
 def _p_across(saved: dict, method: str, other: dict, against: str = "scratch") -> str:
@@ -108,8 +111,7 @@ def _p_across(saved: dict, method: str, other: dict, against: str = "scratch") -
     from psec_jax.rl import report
 
     rows = {"x": saved["methods"][method], "y": other["methods"][against]}
-    p = report.improvements(rows, [("x", "y")], reps=other["config"]["eval"]["bootstrap_reps"])["x>y"]
-    return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]"
+    return _fmt_p(report.improvements(rows, [("x", "y")], reps=other["config"]["eval"]["bootstrap_reps"]).get("x>y"))
 
 
 def summary(results: Path = RESULTS) -> str:

@@ -105,20 +105,18 @@ def _unknown_field(name: str, error: str, argv: Sequence[str], config_value: str
     return f"{name}: unknown config field {field!r} in {where} (config {config_value}){suggest}"
 
 
-def _split_comma_lists(config: Any, argv: Sequence[str]) -> None:
+def _split_comma_lists(config: Any, file_config: Any) -> None:
     """``--config.methods=scratch,psec`` means the tuple ("scratch", "psec"): ml-collections reads an
-    unbracketed value of a tuple field as one string, ("scratch,psec",), which no field means."""
-    for arg in argv:
-        field, eq, value = arg.partition("=")
-        if not (field.startswith("--config.") and eq and "," in value) or value.lstrip()[:1] in "([":
-            continue
-        *parents, leaf = field.removeprefix("--config.").split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        current = node[leaf]
-        if isinstance(current, tuple) and current == (value,):
-            node[leaf] = tuple(v.strip() for v in value.split(","))
+    unbracketed value of a tuple field as one string, ("scratch,psec",), which no field means. Splits
+    every tuple-of-strings field the overrides turned into one such string (however the flag was written)."""
+    from psec_jax.config_check import leaves
+
+    given = leaves(file_config)
+    split = {name: tuple(v.strip() for v in value[0].split(","))
+             for name, value in leaves(config).items()
+             if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]
+             and value != given.get(name) and all(isinstance(v, str) for v in given.get(name, ()))}
+    config.update_from_flattened_dict(split)
 
 
 def parse(name: str, argv: Sequence[str], experiment: Any):
@@ -144,7 +142,7 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
     config_value = _config_path(argv)
     if config_value is None:
         raise UsageError(f"{name}: --config is required (e.g. --config={experiment.default_config})")
-    _load_config_file(name, config_value)
+    file_config = _load_config_file(name, config_value)  # (the config before overrides)
     try:
         extra = fv([f"{PROG} {name}", *argv])  # override flags are defined while --config is parsed
     except flags.UnrecognizedFlagError as e:
@@ -166,6 +164,6 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
         raise UsageError(f"{name}: could not load config {config_value}: {one_line(e)}") from None
     if not fv.workdir:
         raise UsageError(f"{name}: --workdir is required")
-    _split_comma_lists(config, argv)
+    _split_comma_lists(config, file_config)
     check_config(name, experiment, config, config_value)
     return config, fv.workdir, fv
