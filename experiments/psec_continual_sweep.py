@@ -114,10 +114,8 @@ def _p_across(saved: dict, method: str, other: dict, against: str = "scratch") -
     return _fmt_p(report.improvements(rows, [("x", "y")], reps=other["config"]["eval"]["bootstrap_reps"]).get("x>y"))
 
 
-def summary(results: Path = RESULTS) -> str:
-    """Markdown tables of every finished run in ``results``: the method tables side by side per task,
-    and each ablation as one table (runs not yet made are left out)."""
-    done = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+def _task_tables(done: dict) -> list[str]:
+    """One table per task: every method, the paper and default protocols side by side."""
     out = []
     for short, title in (("s2w", "stand -> walk"), ("s2r", "stand -> run"), ("sw2r", "stand + walk -> run")):
         got = [(p, done[f"{short}_{p}"]) for p in ("paper", "default") if f"{short}_{p}" in done]
@@ -128,55 +126,93 @@ def summary(results: Path = RESULTS) -> str:
             for m in [m for m in ORDER if m in got[0][1]["methods"]]:
                 out.append(f"| {m} | " + " | ".join(f"{_row(s, m)} | {_p(s, m)}" for _, s in got) + " |")
             out.append("")
+    return out
+
+
+def _data_tables(done: dict) -> list[str]:
+    """Scratch and PSEC vs the number of target trajectories, per protocol (10 = the s2w run)."""
+    out = []
     for protocol in ("paper", "default"):
-        rows = [(n, done[f"data{n}_{protocol}"] if n != 10 else done.get(f"s2w_{protocol}"))
-                for n in (1, 3, 10, 30, 50, 100) if f"data{n}_{protocol}" in done or n == 10]
+        rows = [(n, done.get(f"data{n}_{protocol}" if n != 10 else f"s2w_{protocol}")) for n in (1, 3, 10, 30, 50, 100)]
         rows = [(n, s) for n, s in rows if s is not None]
         if len(rows) > 1:
             out += [f"#### target data, {protocol} protocol (stand -> walk)", "",
                     "| trajectories | scratch mean | IQM | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|"]
-            for n, s in rows:
-                out.append(f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | {_p(s, 'scratch')} |")
+            out += [f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | {_p(s, 'scratch')} |" for n, s in rows]
             out.append("")
-    ranks = [(r, done.get(f"rank{r}_paper") if r != 8 else done.get("s2w_paper")) for r in (4, 8, 16, 32)]
-    if sum(s is not None for _, s in ranks) > 1:
-        out += ["#### LoRA rank, paper protocol (stand -> walk)", "", "| rank | PSEC mean | IQM |", "|---|---|---|"]
-        out += [f"| {r} | {_row(s, 'psec')} |" for r, s in ranks if s is not None]
-        out.append("")
-    if "noreg_paper" in done and "s2w_paper" in done:
-        s2w, noreg = done["s2w_paper"], done["noreg_paper"]
-        out += ["#### composer alpha regulariser, paper protocol (stand -> walk; the same skill in every row)", "",
-                "| composition | mean | IQM | P(row > scratch) |", "|---|---|---|---|",
-                f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} | {_p_across(s2w, 'psec_fixed', s2w)} |",
-                f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} | {_p_across(s2w, 'psec', s2w)} |",
-                f"| context composer, alpha_reg 0 | {_row(noreg, 'psec')} | {_p_across(noreg, 'psec', s2w)} |", ""]
-    # make demo is this run's 2000-step point for scratch and PSEC (the same pi_0, config and seeds)
+    return out
+
+
+def _rank_table(done: dict) -> list[str]:
+    """PSEC vs LoRA rank under the paper protocol (8 = the s2w run)."""
+    ranks = [(r, done.get(f"rank{r}_paper" if r != 8 else "s2w_paper")) for r in (4, 8, 16, 32)]
+    if sum(s is not None for _, s in ranks) < 2:
+        return []
+    s2w = done.get("s2w_paper")
+    return ["#### LoRA rank, paper protocol (stand -> walk)", "",
+            "| rank | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|",
+            *[f"| {r} | {_row(s, 'psec')} | {_p_across(s, 'psec', s2w) if s2w else '-'} |" for r, s in ranks if s is not None],
+            ""]
+
+
+def _regulariser_table(done: dict) -> list[str]:
+    """Fixed weights vs the context composer with and without its alpha regulariser (the same skill)."""
+    if "noreg_paper" not in done or "s2w_paper" not in done:
+        return []
+    s2w, noreg = done["s2w_paper"], done["noreg_paper"]
+    return ["#### composer alpha regulariser, paper protocol (stand -> walk; the same skill in every row)", "",
+            "| composition | mean | IQM | P(row > scratch) |", "|---|---|---|---|",
+            f"| fixed weight (no composer) | {_row(s2w, 'psec_fixed')} | {_p_across(s2w, 'psec_fixed', s2w)} |",
+            f"| context composer, alpha_reg 1 (official) | {_row(s2w, 'psec')} | {_p_across(s2w, 'psec', s2w)} |",
+            f"| context composer, alpha_reg 0 | {_row(noreg, 'psec')} | {_p_across(noreg, 'psec', s2w)} |", ""]
+
+
+def _steps_table(done: dict) -> list[str]:
+    """Return vs gradient steps of the new skill (make demo is the 2000-step point for scratch and PSEC:
+    the same pi_0, config and seeds)."""
     runs_at = {1000: done.get("steps1000_paper"), 2000: done.get("steps2000_paper") or done.get("demo"),
                6000: done.get("s2w_paper")}
     curve = [(k, s) for k, s in runs_at.items() if s is not None]
-    if len(curve) > 1:
-        ms = ("scratch", "psec_mlp", "psec_fixed", "psec")
-        cell = lambda s, m: ("{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"])
-                             if m in s["methods"] else "-")
-        out += ["#### return vs gradient steps of the new skill, paper protocol (stand -> walk)", "",
-                "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in ms) + " |", "|---|" + "---|" * len(ms)]
-        out += [f"| {k} | " + " | ".join(cell(s, m) for m in ms) + " |" for k, s in curve]
-        out.append("")
+    if len(curve) < 2:
+        return []
+    ms = ("scratch", "psec_mlp", "psec_fixed", "psec")
+
+    def cell(s: dict, m: str) -> str:
+        return "{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"]) \
+            if m in s["methods"] else "-"
+
+    return ["#### return vs gradient steps of the new skill, paper protocol (stand -> walk)", "",
+            "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in ms) + " |", "|---|" + "---|" * len(ms),
+            *[f"| {k} | " + " | ".join(cell(s, m) for m in ms) + " |" for k, s in curve], ""]
+
+
+def _norm_pi0_table(done: dict) -> list[str]:
+    """Observation normalisation x pi_0 strength, each cell against the scratch of its normalisation
+    (scratch does not depend on pi_0)."""
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
-    if sum(v in done for v in cells.values()) > 1:
-        scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
-        out += ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
-                "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
-                "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for (obs, pi0), name in cells.items():
-            if name in done and scratch[obs] is not None:
-                s, fixed = done[name], "psec_fixed" in done[name]["methods"]
-                cells_fixed = f"{_row(s, 'psec_fixed')} | {_p_across(s, 'psec_fixed', scratch[obs])}" if fixed else "- | - | -"
-                out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {cells_fixed} | {_row(s, 'psec')} | "
-                           f"{_p_across(s, 'psec', scratch[obs])} |")
-        out.append("")
-    return "\n".join(out)
+    if sum(v in done for v in cells.values()) < 2:
+        return []
+    scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
+    out = ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
+           "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
+           "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (obs, pi0), name in cells.items():
+        if name in done and scratch[obs] is not None:
+            s = done[name]
+            fixed = (f"{_row(s, 'psec_fixed')} | {_p_across(s, 'psec_fixed', scratch[obs])}"
+                     if "psec_fixed" in s["methods"] else "- | - | -")
+            out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {fixed} | {_row(s, 'psec')} | "
+                       f"{_p_across(s, 'psec', scratch[obs])} |")
+    return out + [""]
+
+
+def summary(results: Path = RESULTS) -> str:
+    """Markdown tables of every finished run in ``results``: the method tables side by side per task,
+    and each ablation as one table (runs not yet made are left out)."""
+    done = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    tables = (_task_tables, _data_tables, _rank_table, _regulariser_table, _steps_table, _norm_pi0_table)
+    return "\n".join(line for table in tables for line in table(done))
 
 
 def trainable_parameters(network, obs_dim: int = 24, act_dim: int = 6) -> dict[str, int]:
