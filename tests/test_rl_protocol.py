@@ -156,7 +156,11 @@ def test_sweep_commands_and_summary(tmp_path):
     for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
                              ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50)):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
-    text = sweep.summary(tmp_path)
+    from experiments import psec_continual_summary
+
+    text = psec_continual_summary.summary(tmp_path)
+    assert psec_continual_summary.plot(psec_continual_summary.load(tmp_path), tmp_path / "summary.png")
+    assert (tmp_path / "summary.png").stat().st_size > 0
     assert "| psec | 105 [104, 106] | 105 [103, 107] |" in text  # s2w: psec is the 6th method
     assert "| 3 | 200 [199, 201] | 200 [198, 202] | 201 [200, 202] | 201 [199, 203] | 0.90 [0.60, 1.00] |" in text
     assert "| 4 | 300 [299, 301] | 300 [298, 302] |" in text and "| 8 | 105" in text
@@ -201,9 +205,9 @@ def test_demo_builds_on_the_committed_pi0():
 def test_readme_psec_tables_are_the_committed_results():
     from pathlib import Path
 
-    from experiments import psec_continual_sweep as sweep
+    from experiments import psec_continual_summary as summary
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    table_lines = [line for line in sweep.summary(root / sweep.RESULTS).splitlines() if line.startswith("|")]
+    table_lines = [line for line in summary.summary(root / summary.RESULTS).splitlines() if line.startswith("|")]
     assert table_lines and all(line in readme for line in table_lines), "rerun the sweep summary into the README"
