@@ -1,11 +1,12 @@
-"""The sweep's ablation tables and their plot, built from the committed results of
+"""The sweep's tables and ablation plot, built from the committed results of
 ``experiments.psec_continual_sweep`` (one JSON per run in ``experiments/results/psec_continual``).
 
     python -m experiments.psec_continual_sweep summary   # prints the tables, writes summary.png
 
-Each table and plot panel appears once at least two of its runs are finished; every cell is the
-run's own mean and rliable 95% interval over seeds, P(row > scratch) across runs from their per-seed
-returns (the runs share seeds and evaluation start states).
+A task table appears once one of its runs is finished, an ablation table or plot panel once two of its
+points are. Every cell is the run's own mean and rliable 95% interval over seeds; P(PSEC > method) compares
+seeds within one run, P(row > scratch) across runs (they share seeds and evaluation start states, so
+their seeds compare as within one table). A method a run did not train reads "-".
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path("experiments/results/psec_continual")
+ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
+STEPS_METHODS = ("scratch", "psec_mlp", "psec_fixed", "psec")  # the methods of the steps runs
 
 
 def load(results: Path = RESULTS) -> dict[str, dict]:
@@ -21,30 +24,75 @@ def load(results: Path = RESULTS) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.stem != "expansion_cost"}
 
 
-def _row(saved: dict, method: str) -> str:
-    r = saved["methods"][method]
-    return (f"{r['return']:.0f} [{r['return_ci'][0]:.0f}, {r['return_ci'][1]:.0f}] | "
-            f"{r['return_iqm']:.0f} [{r['return_iqm_ci'][0]:.0f}, {r['return_iqm_ci'][1]:.0f}]")
+# ------------------------------------------------------------------------------- the ablations' points
 
 
-ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
+def data_runs(done: dict, protocol: str) -> list[tuple[int, dict]]:
+    """(target trajectories, run) of the finished target-data runs of ``protocol`` (10 = its s2w run)."""
+    runs = [(n, done.get(f"data{n}_{protocol}" if n != 10 else f"s2w_{protocol}")) for n in (1, 3, 10, 30, 50, 100)]
+    return [(n, s) for n, s in runs if s is not None]
+
+
+def rank_runs(done: dict) -> list[tuple[int, dict]]:
+    """(LoRA rank, run) of the finished rank runs, paper protocol (8 = the s2w run)."""
+    runs = [(r, done.get(f"rank{r}_paper" if r != 8 else "s2w_paper")) for r in (4, 8, 16, 32)]
+    return [(r, s) for r, s in runs if s is not None]
+
+
+def steps_runs(done: dict) -> list[tuple[int, dict]]:
+    """(gradient steps of the new skill, run), paper protocol; `make demo` is the 2000-step point for
+    scratch and PSEC (the same pi_0, config and seeds), 6000 the s2w run."""
+    runs = [(1000, done.get("steps1000_paper")), (2000, done.get("steps2000_paper") or done.get("demo")),
+            (6000, done.get("s2w_paper"))]
+    return [(k, s) for k, s in runs if s is not None]
+
+
+# --------------------------------------------------------------------------------------------- cells
+
+
+def _ci(s: dict | None, method: str) -> tuple[float, float, float] | None:
+    """(mean, low, high) of ``method`` in run ``s``, or None where the run or method is missing."""
+    if s is None or method not in s["methods"]:
+        return None
+    r = s["methods"][method]
+    return r["return"], r["return_ci"][0], r["return_ci"][1]
+
+
+def _mean(s: dict, method: str) -> str:
+    """'mean [low, high]' of ``method`` in run ``s``, '-' where it was not trained."""
+    c = _ci(s, method)
+    return "{:.0f} [{:.0f}, {:.0f}]".format(*c) if c else "-"
+
+
+def _row(s: dict, method: str) -> str:
+    """'mean [CI] | IQM [CI]' of ``method`` in run ``s`` (two table cells), '- | -' where it was not trained."""
+    if method not in s["methods"]:
+        return "- | -"
+    r = s["methods"][method]
+    return f"{_mean(s, method)} | {r['return_iqm']:.0f} [{r['return_iqm_ci'][0]:.0f}, {r['return_iqm_ci'][1]:.0f}]"
 
 
 def _fmt_p(p: dict | None) -> str:
     return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p else "-"
 
 
-def _p(saved: dict, method: str) -> str:
-    return _fmt_p(saved.get("improvement", {}).get(f"psec>{method}"))
+def _p_psec_over(s: dict, method: str) -> str:
+    """P(PSEC > ``method``) within run ``s`` (its own rliable estimate), '-' where it has none."""
+    return _fmt_p(s.get("improvement", {}).get(f"psec>{method}"))
 
 
-def _p_across(saved: dict, method: str, other: dict, against: str = "scratch") -> str:
-    """P(``method`` of run ``saved`` > ``against`` of run ``other``) from their per-seed returns: the runs
-    share seeds and evaluation start states, so their seeds compare as within one table."""
+def _p_across(saved: dict, method: str, other: dict | None, against: str = "scratch") -> str:
+    """P(``method`` of run ``saved`` > ``against`` of run ``other``) from their per-seed returns; '-' where
+    either is missing."""
     from psec_jax.rl import report
 
+    if other is None or method not in saved["methods"] or against not in other["methods"]:
+        return "-"
     rows = {"x": saved["methods"][method], "y": other["methods"][against]}
     return _fmt_p(report.improvements(rows, [("x", "y")], reps=other["config"]["eval"]["bootstrap_reps"]).get("x>y"))
+
+
+# -------------------------------------------------------------------------------------------- tables
 
 
 def _task_tables(done: dict) -> list[str]:
@@ -57,35 +105,32 @@ def _task_tables(done: dict) -> list[str]:
                     "| method | " + " | ".join(f"{p} protocol mean | IQM | P(PSEC >)" for p, _ in got) + " |",
                     "|---|" + "---|---|---|" * len(got)]
             for m in [m for m in ORDER if m in got[0][1]["methods"]]:
-                out.append(f"| {m} | " + " | ".join(f"{_row(s, m)} | {_p(s, m)}" for _, s in got) + " |")
+                out.append(f"| {m} | " + " | ".join(f"{_row(s, m)} | {_p_psec_over(s, m)}" for _, s in got) + " |")
             out.append("")
     return out
 
 
 def _data_tables(done: dict) -> list[str]:
-    """Scratch and PSEC vs the number of target trajectories, per protocol (10 = the s2w run)."""
+    """Scratch and PSEC vs the number of target trajectories, per protocol."""
     out = []
     for protocol in ("paper", "default"):
-        rows = [(n, done.get(f"data{n}_{protocol}" if n != 10 else f"s2w_{protocol}")) for n in (1, 3, 10, 30, 50, 100)]
-        rows = [(n, s) for n, s in rows if s is not None]
+        rows = data_runs(done, protocol)
         if len(rows) > 1:
             out += [f"#### target data, {protocol} protocol (stand -> walk)", "",
                     "| trajectories | scratch mean | IQM | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|"]
-            out += [f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | {_p(s, 'scratch')} |" for n, s in rows]
+            out += [f"| {n} | {_row(s, 'scratch')} | {_row(s, 'psec')} | {_p_psec_over(s, 'scratch')} |" for n, s in rows]
             out.append("")
     return out
 
 
 def _rank_table(done: dict) -> list[str]:
-    """PSEC vs LoRA rank under the paper protocol (8 = the s2w run)."""
-    ranks = [(r, done.get(f"rank{r}_paper" if r != 8 else "s2w_paper")) for r in (4, 8, 16, 32)]
-    if sum(s is not None for _, s in ranks) < 2:
+    """PSEC vs LoRA rank, each against the s2w run's scratch."""
+    rows = rank_runs(done)
+    if len(rows) < 2:
         return []
-    s2w = done.get("s2w_paper")
     return ["#### LoRA rank, paper protocol (stand -> walk)", "",
             "| rank | PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|",
-            *[f"| {r} | {_row(s, 'psec')} | {_p_across(s, 'psec', s2w) if s2w else '-'} |" for r, s in ranks if s is not None],
-            ""]
+            *[f"| {r} | {_row(s, 'psec')} | {_p_across(s, 'psec', done.get('s2w_paper'))} |" for r, s in rows], ""]
 
 
 def _regulariser_table(done: dict) -> list[str]:
@@ -101,22 +146,14 @@ def _regulariser_table(done: dict) -> list[str]:
 
 
 def _steps_table(done: dict) -> list[str]:
-    """Return vs gradient steps of the new skill (make demo is the 2000-step point for scratch and PSEC:
-    the same pi_0, config and seeds)."""
-    runs_at = {1000: done.get("steps1000_paper"), 2000: done.get("steps2000_paper") or done.get("demo"),
-               6000: done.get("s2w_paper")}
-    curve = [(k, s) for k, s in runs_at.items() if s is not None]
-    if len(curve) < 2:
+    """Return vs gradient steps of the new skill."""
+    rows = steps_runs(done)
+    if len(rows) < 2:
         return []
-    ms = ("scratch", "psec_mlp", "psec_fixed", "psec")
-
-    def cell(s: dict, m: str) -> str:
-        return "{:.0f} [{:.0f}, {:.0f}]".format(s["methods"][m]["return"], *s["methods"][m]["return_ci"]) \
-            if m in s["methods"] else "-"
-
     return ["#### return vs gradient steps of the new skill, paper protocol (stand -> walk)", "",
-            "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in ms) + " |", "|---|" + "---|" * len(ms),
-            *[f"| {k} | " + " | ".join(cell(s, m) for m in ms) + " |" for k, s in curve], ""]
+            "| steps | " + " | ".join(f"{m} mean [95% CI]" for m in STEPS_METHODS) + " |",
+            "|---|" + "---|" * len(STEPS_METHODS),
+            *[f"| {k} | " + " | ".join(_mean(s, m) for m in STEPS_METHODS) + " |" for k, s in rows], ""]
 
 
 def _norm_pi0_table(done: dict) -> list[str]:
@@ -124,80 +161,73 @@ def _norm_pi0_table(done: dict) -> list[str]:
     (scratch does not depend on pi_0)."""
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
-    if sum(v in done for v in cells.values()) < 2:
-        return []
     scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
-    out = ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
-           "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
-           "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (obs, pi0), name in cells.items():
-        if name in done and scratch[obs] is not None:
-            s = done[name]
-            fixed = (f"{_row(s, 'psec_fixed')} | {_p_across(s, 'psec_fixed', scratch[obs])}"
-                     if "psec_fixed" in s["methods"] else "- | - | -")
-            out.append(f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {fixed} | {_row(s, 'psec')} | "
-                       f"{_p_across(s, 'psec', scratch[obs])} |")
-    return out + [""]
+    rows = [(obs, pi0, done[name]) for (obs, pi0), name in cells.items() if name in done and scratch[obs] is not None]
+    if len(rows) < 2:
+        return []
+    return ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
+            "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
+            "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|",
+            *[f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {_row(s, 'psec_fixed')} | "
+              f"{_p_across(s, 'psec_fixed', scratch[obs])} | {_row(s, 'psec')} | {_p_across(s, 'psec', scratch[obs])} |"
+              for obs, pi0, s in rows], ""]
+
+
+def tables(done: dict) -> str:
+    """Markdown tables of the finished runs ``done`` (``load``): the method tables side by side per
+    task, then each ablation as one table (runs not yet made are left out)."""
+    parts = (_task_tables, _data_tables, _rank_table, _regulariser_table, _steps_table, _norm_pi0_table)
+    return "\n".join(line for part in parts for line in part(done))
 
 
 def summary(results: Path = RESULTS) -> str:
-    """Markdown tables of every finished run in ``results``: the method tables side by side per task,
-    and each ablation as one table (runs not yet made are left out)."""
-    done = load(results)
-    tables = (_task_tables, _data_tables, _rank_table, _regulariser_table, _steps_table, _norm_pi0_table)
-    return "\n".join(line for table in tables for line in table(done))
+    """``tables`` of every finished run in ``results``."""
+    return tables(load(results))
 
 
-def _ci(s: dict | None, method: str) -> tuple[float, float, float] | None:
-    """(mean, low, high) of ``method`` in run ``s``, or None where the run or method is missing."""
-    if s is None or method not in s["methods"]:
-        return None
-    r = s["methods"][method]
-    return r["return"], r["return_ci"][0], r["return_ci"][1]
+# ---------------------------------------------------------------------------------------------- plot
 
 
-def _lines(ax, xs: list, runs: list, methods: tuple[str, ...]) -> None:
-    """One line per method over ``xs`` (runs[i] made at xs[i]), its 95% interval as whiskers."""
-    for m in methods:
-        pts = [(x, c) for x, s in zip(xs, runs) if (c := _ci(s, m)) is not None]
-        if pts:
-            mean = [c[0] for _, c in pts]
-            err = [[c[0] - c[1] for _, c in pts], [c[2] - c[0] for _, c in pts]]
-            ax.errorbar([x for x, _ in pts], mean, yerr=err, fmt="o-", capsize=4, label=m)
+def panels(done: dict) -> list[tuple[str, str, list[tuple[int, dict]], tuple[str, ...], bool]]:
+    """The plot's panels with at least two finished points: (title, x label, [(x, run)], methods, log x):
+    target data per protocol, LoRA rank and gradient steps (the regulariser and normalisation x pi_0
+    ablations are tables only: their rows are not on one axis)."""
+    out = [(f"target data, {p} protocol", "target trajectories", data_runs(done, p), ("scratch", "psec"), True)
+           for p in ("paper", "default")]
+    out += [("LoRA rank, paper protocol", "rank", rank_runs(done), ("psec",), True),
+            ("gradient steps of the new skill, paper", "steps", steps_runs(done), STEPS_METHODS, False)]
+    return [p for p in out if len(p[2]) > 1]
 
 
 def plot(done: dict, path: Path) -> bool:
-    """Writes the ablations with at least two finished runs to ``path`` as one figure (mean, 95% CI
-    whiskers); False (nothing written) when there are none."""
-    data = {p: [(n, done.get(f"data{n}_{p}" if n != 10 else f"s2w_{p}")) for n in (1, 3, 10, 30, 50, 100)]
-            for p in ("paper", "default")}
-    ranks = [(r, done.get(f"rank{r}_paper" if r != 8 else "s2w_paper")) for r in (4, 8, 16, 32)]
-    steps = [(1000, done.get("steps1000_paper")), (2000, done.get("steps2000_paper") or done.get("demo")),
-             (6000, done.get("s2w_paper"))]
-    panels = [(f"target data, {p} protocol", "target trajectories", rows, ("scratch", "psec"), True)
-              for p, rows in data.items()]
-    panels += [("LoRA rank, paper protocol", "rank", ranks, ("psec",), True),
-               ("gradient steps of the new skill, paper", "steps", steps,
-                ("scratch", "psec_mlp", "psec_fixed", "psec"), False)]
-    panels = [(t, xl, [(x, s) for x, s in rows if s is not None], ms, log) for t, xl, rows, ms, log in panels]
-    panels = [p for p in panels if len(p[2]) > 1]
-    if not panels:
+    """Writes ``panels`` to ``path`` as one figure (per method the mean over seeds, whiskers its 95%
+    interval, methods set slightly apart on x); False (nothing written) when there are none."""
+    chosen = panels(done)
+    if not chosen:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, xlabel, rows, methods, log) in zip(axes[0], panels):
-        _lines(ax, [x for x, _ in rows], [s for _, s in rows], methods)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), squeeze=False)
+    for ax, (title, xlabel, rows, methods, log) in zip(axes[0], chosen):
+        xs = [x for x, _ in rows]
+        for i, m in enumerate(methods):
+            pts = [(x, c) for x, s in rows if (c := _ci(s, m)) is not None]
+            shift = (i - (len(methods) - 1) / 2) * 0.04  # keep overlapping whiskers apart
+            x = [p * (1 + shift) if log else p + shift * (max(xs) - min(xs)) / 4 for p, _ in pts]
+            err = [[c[0] - c[1] for _, c in pts], [c[2] - c[0] for _, c in pts]]
+            ax.errorbar(x, [c[0] for _, c in pts], yerr=err, fmt="o-", capsize=4, label=m)
         if log:
             ax.set_xscale("log")
-        ax.set_xticks([x for x, _ in rows], [str(x) for x, _ in rows])
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
         ax.set(title=title, xlabel=xlabel, ylabel="walker return (mean, 95% CI)")
         ax.legend(fontsize=8)
-    fig.suptitle("PSEC continual ablations (stand -> walk), 5 seeds x 10 episodes per point")
+    c = chosen[0][2][0][1]["config"]
+    fig.suptitle(f"PSEC continual ablations (stand -> walk), {c['num_seeds']} seeds x {c['eval']['episodes']} "
+                 "episodes per point")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

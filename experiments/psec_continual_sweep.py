@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(cost, indent=1))
     else:
         done = psec_continual_summary.load()
-        print(psec_continual_summary.summary())
+        print(psec_continual_summary.tables(done))
         if psec_continual_summary.plot(done, RESULTS / "summary.png"):
             print(f"wrote {RESULTS / 'summary.png'}")
 

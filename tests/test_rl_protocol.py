@@ -140,6 +140,7 @@ def test_sweep_commands_and_summary(tmp_path):
     import json
     from pathlib import Path
 
+    from experiments import psec_continual_summary
     from experiments import psec_continual_sweep as sweep
 
     cmd = sweep.command("data3_paper", Path("runs/x"))
@@ -150,20 +151,25 @@ def test_sweep_commands_and_summary(tmp_path):
     def fake(methods, value):
         row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2],
                          "return_per_seed": [v - 1, v, v + 1]}
-        return {"methods": {m: row(value + i) for i, m in enumerate(methods)}, "config": {"eval": {"bootstrap_reps": 50}},
+        return {"methods": {m: row(value + i) for i, m in enumerate(methods)}, "config": {"num_seeds": 3, "eval": {"bootstrap_reps": 50, "episodes": 2}},
                 "improvement": {"psec>scratch": {"p": 0.9, "ci": [0.6, 1.0]}}}
 
     for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
-                             ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50)):
+                             ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50),
+                             ("demo", ("scratch", "psec"), 20)):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
-    from experiments import psec_continual_summary
-
     text = psec_continual_summary.summary(tmp_path)
-    assert psec_continual_summary.plot(psec_continual_summary.load(tmp_path), tmp_path / "summary.png")
-    assert (tmp_path / "summary.png").stat().st_size > 0
+    done = psec_continual_summary.load(tmp_path)
+    got = {title: ([x for x, _ in rows], methods) for title, _, rows, methods, _ in psec_continual_summary.panels(done)}
+    assert got == {"target data, paper protocol": ([3, 10], ("scratch", "psec")),
+                   "LoRA rank, paper protocol": ([4, 8], ("psec",)),
+                   "gradient steps of the new skill, paper": ([2000, 6000], psec_continual_summary.STEPS_METHODS)}
+    assert psec_continual_summary.plot(done, tmp_path / "summary.png") and (tmp_path / "summary.png").stat().st_size
+    assert "| 2000 | 20 [19, 21] | - | - | 21 [20, 22] |" in text  # demo: scratch and psec only
     assert "| psec | 105 [104, 106] | 105 [103, 107] |" in text  # s2w: psec is the 6th method
     assert "| 3 | 200 [199, 201] | 200 [198, 202] | 201 [200, 202] | 201 [199, 203] | 0.90 [0.60, 1.00] |" in text
-    assert "| 4 | 300 [299, 301] | 300 [298, 302] |" in text and "| 8 | 105" in text
+    assert "| 4 | 300 [299, 301] | 300 [298, 302] | 1.00 [1.00, 1.00] |" in text  # vs s2w's scratch (99-101)
+    assert "| 8 | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
     # across runs: noreg's psec (49, 50, 51) never beats s2w's scratch (99, 100, 101); s2w's psec always does
     assert "| context composer, alpha_reg 0 | 50 [49, 51] | 50 [48, 52] | 0.00 [0.00, 0.00] |" in text
     assert "| context composer, alpha_reg 1 (official) | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
