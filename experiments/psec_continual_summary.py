@@ -157,20 +157,22 @@ def _steps_table(done: dict) -> list[str]:
 
 
 def _norm_pi0_table(done: dict) -> list[str]:
-    """Observation normalisation x pi_0 strength, each cell against the scratch of its normalisation
-    (scratch does not depend on pi_0)."""
+    """Observation normalisation x pi_0 strength, each cell against its own scratch where it trained one,
+    else the strong cell's of its normalisation (raw scratch does not depend on pi_0)."""
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
-    scratch = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
-    rows = [(obs, pi0, done[name]) for (obs, pi0), name in cells.items() if name in done and scratch[obs] is not None]
+    strong = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
+    own = lambda s, obs: s if "scratch" in s["methods"] else strong[obs]
+    rows = [(obs, pi0, done[name], own(done[name], obs)) for (obs, pi0), name in cells.items()
+            if name in done and own(done[name], obs) is not None]
     if len(rows) < 2:
         return []
     return ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",
             "| observations | pi_0 | scratch mean | IQM | PSEC-fixed mean | IQM | P(fixed > scratch) "
             "| PSEC mean | IQM | P(PSEC > scratch) |", "|---|---|---|---|---|---|---|---|---|---|",
-            *[f"| {obs} | {pi0} | {_row(scratch[obs], 'scratch')} | {_row(s, 'psec_fixed')} | "
-              f"{_p_across(s, 'psec_fixed', scratch[obs])} | {_row(s, 'psec')} | {_p_across(s, 'psec', scratch[obs])} |"
-              for obs, pi0, s in rows], ""]
+            *[f"| {obs} | {pi0} | {_row(sc, 'scratch')} | {_row(s, 'psec_fixed')} | "
+              f"{_p_across(s, 'psec_fixed', sc)} | {_row(s, 'psec')} | {_p_across(s, 'psec', sc)} |"
+              for obs, pi0, s, sc in rows], ""]
 
 
 def tables(done: dict) -> str:

@@ -55,14 +55,15 @@ def _runs() -> dict[str, Run]:
         runs[f"steps{steps}_paper"] = Run("small,paper_protocol", (
             f"--config.expand.steps={steps}", "--config.methods=scratch,psec_mlp,psec_fixed,psec"), "s2w_paper")
     # what decides scratch vs PSEC: observation normalisation x pi_0 strength, the rest of the paper
-    # protocol fixed (raw + strong is s2w_paper; scratch does not depend on pi_0)
+    # protocol fixed (raw + strong is s2w_paper). Raw scratch does not depend on pi_0; standardised scratch
+    # does (its normaliser is fitted on pi_0's data), so norm_weak trains its own
     weak = ("--config.base_data=walker-stand-medium-expert-40traj", "--config.pretrain.steps=10000")
     # (PSEC-fixed beside PSEC: the same skill without the composer, whose regulariser decides on its own)
     runs["norm_strong_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True",
                                                              "--config.methods=scratch,psec_fixed,psec"))
     runs["raw_weak_paper"] = Run("small,paper_protocol", (*weak, "--config.methods=psec_fixed,psec"))
     runs["norm_weak_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", *weak,
-                                                           "--config.methods=psec_fixed,psec"))
+                                                           "--config.methods=scratch,psec_fixed,psec"))
     return runs
 
 

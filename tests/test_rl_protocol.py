@@ -156,7 +156,9 @@ def test_sweep_commands_and_summary(tmp_path):
 
     for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
                              ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50),
-                             ("demo", ("scratch", "psec"), 20)):
+                             ("demo", ("scratch", "psec"), 20), ("raw_weak_paper", ("psec_fixed", "psec"), 30),
+                             ("norm_strong_paper", ("scratch", "psec_fixed", "psec"), 400),
+                             ("norm_weak_paper", ("scratch", "psec_fixed", "psec"), 10)):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
     text = psec_continual_summary.summary(tmp_path)
     done = psec_continual_summary.load(tmp_path)
@@ -173,6 +175,12 @@ def test_sweep_commands_and_summary(tmp_path):
     # across runs: noreg's psec (49, 50, 51) never beats s2w's scratch (99, 100, 101); s2w's psec always does
     assert "| context composer, alpha_reg 0 | 50 [49, 51] | 50 [48, 52] | 0.00 [0.00, 0.00] |" in text
     assert "| context composer, alpha_reg 1 (official) | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
+    # normalisation x pi_0: raw weak (no scratch of its own) against raw strong's scratch (s2w), norm weak
+    # against its own scratch (its normaliser is fitted on the weak pi_0's data), not norm strong's (400)
+    assert ("| raw | weak | 100 [99, 101] | 100 [98, 102] | 30 [29, 31] | 30 [28, 32] | 0.00 [0.00, 0.00] "
+            "| 31 [30, 32] | 31 [29, 33] | 0.00 [0.00, 0.00] |") in text
+    assert "| norm | weak | 10 [9, 11] | 10 [8, 12] | 11 [10, 12] |" in text
+    assert "| norm | strong | 400 [399, 401] | 400 [398, 402] | 401 [400, 402] |" in text
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
