@@ -1,5 +1,6 @@
 """The one PSEC experiment runner: validate -> load -> normalise -> pretrain pi_0 -> expand skills ->
-save libraries -> scratch baselines -> compose -> evaluate each method in its own rollout (same start states) -> report.
+save libraries -> scratch baselines -> compose -> evaluate (each method in its own rollout, from the same
+start states) -> report.
 
 A setting (``continual``, ``safe``, ``dynamics``) is a ``Setting``: its method table, its acting rule,
 its own config checks and a ``prepare`` that loads its data and environment and says which skills to
