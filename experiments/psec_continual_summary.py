@@ -158,11 +158,11 @@ def _steps_table(done: dict) -> list[str]:
 
 def _norm_pi0_table(done: dict) -> list[str]:
     """Observation normalisation x pi_0 strength, each cell against its own scratch where it trained one,
-    else the strong cell's of its normalisation (raw scratch does not depend on pi_0)."""
+    else (raw observations only: raw scratch does not depend on pi_0) raw strong's. A standardised cell
+    without its own scratch is left out: its scratch's normaliser would come from another pi_0's data."""
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
-    strong = {"raw": done.get("s2w_paper"), "norm": done.get("norm_strong_paper")}
-    own = lambda s, obs: s if "scratch" in s["methods"] else strong[obs]
+    own = lambda s, obs: s if "scratch" in s["methods"] else done.get("s2w_paper") if obs == "raw" else None
     rows = [(obs, pi0, done[name], own(done[name], obs)) for (obs, pi0), name in cells.items()
             if name in done and own(done[name], obs) is not None]
     if len(rows) < 2:

@@ -39,3 +39,9 @@ def test_method_results_do_not_depend_on_the_table():
     assert len(np.unique(np.asarray(alone["a"]["return"]))) == SEEDS * EPISODES  # every episode differs
     with pytest.raises(KeyError, match=r"no params for method\(s\) \['a'\]"):
         evaluate.make_evaluate(env, {"a": _mlp}, SEEDS, EPISODES)({}, key)
+    with pytest.raises(ValueError, match=r"leading \[num_seeds=5\] axis"):
+        evaluate.make_evaluate(env, {"a": _mlp}, SEEDS, EPISODES)({"a": [x[:2] for x in a]}, key)
+    with pytest.raises(ValueError, match="num_seeds >= 1"):
+        evaluate.make_evaluate(env, {"a": _mlp}, 0, EPISODES)
+    with pytest.raises(ValueError, match="acts is empty"):
+        evaluate.make_evaluate(env, {}, SEEDS, EPISODES)

@@ -181,6 +181,10 @@ def test_sweep_commands_and_summary(tmp_path):
             "| 31 [30, 32] | 31 [29, 33] | 0.00 [0.00, 0.00] |") in text
     assert "| norm | weak | 10 [9, 11] | 10 [8, 12] | 11 [10, 12] |" in text
     assert "| norm | strong | 400 [399, 401] | 400 [398, 402] | 401 [400, 402] |" in text
+    # a standardised cell without its own scratch is left out, not compared with another pi_0's scratch
+    (tmp_path / "norm_weak_paper.json").write_text(json.dumps(fake(("psec_fixed", "psec"), 10)))
+    again = psec_continual_summary.summary(tmp_path)
+    assert "| norm | weak |" not in again and "| norm | strong | 400" in again and "| raw | weak | 100" in again
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
