@@ -163,8 +163,8 @@ def _norm_pi0_table(done: dict) -> list[str]:
     cells = {("raw", "strong"): "s2w_paper", ("norm", "strong"): "norm_strong_paper",
              ("raw", "weak"): "raw_weak_paper", ("norm", "weak"): "norm_weak_paper"}
     own = lambda s, obs: s if "scratch" in s["methods"] else done.get("s2w_paper") if obs == "raw" else None
-    rows = [(obs, pi0, done[name], own(done[name], obs)) for (obs, pi0), name in cells.items()
-            if name in done and own(done[name], obs) is not None]
+    rows = [(obs, pi0, done[name], own(done[name], obs)) for (obs, pi0), name in cells.items() if name in done]
+    rows = [row for row in rows if row[3] is not None]
     if len(rows) < 2:
         return []
     return ["#### observation normalisation x pi_0 strength (paper protocol otherwise; stand -> walk)", "",

@@ -21,6 +21,7 @@ import jax
 from psec_jax import prng
 from psec_jax.envs import rollout
 from psec_jax.envs.base import Env
+from psec_jax.rl import pipeline
 
 ActFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, obs [E, obs_dim], key) -> [E, act_dim]
 Results = dict[str, jax.Array]  # "return" / "cost" / "length": [num_seeds, num_episodes]
@@ -65,10 +66,7 @@ def make_evaluate(env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episo
         if missing:
             raise KeyError(f"evaluate: no params for method(s) {missing}")
         for n in fns:
-            bad = {x.shape for x in jax.tree.leaves(params[n]) if x.shape[:1] != (num_seeds,)}
-            if bad:
-                raise ValueError(f"evaluate: params of {n!r} need a leading [num_seeds={num_seeds}] axis on every "
-                                 f"leaf, got leaves of shape {sorted(bad)}")
+            pipeline.check_seed_axis(params[n], num_seeds, f"evaluate: params of {n!r}")
         return {n: f(params[n], key) for n, f in fns.items()}
 
     return evaluate

@@ -22,6 +22,13 @@ def seed_keys(seed: int, num_seeds: int, name: str) -> jax.Array:
     return jnp.stack([prng.stream(jax.random.key(seed + s), name) for s in range(num_seeds)])
 
 
+def check_seed_axis(tree: Any, num_seeds: int, what: str) -> None:
+    """Raises a ValueError naming ``what`` unless every leaf of ``tree`` has a leading [num_seeds] axis."""
+    bad = sorted({x.shape for x in jax.tree.leaves(tree) if x.shape[:1] != (num_seeds,)})
+    if bad:
+        raise ValueError(f"{what}: every leaf needs a leading [num_seeds={num_seeds}] axis, got leaves of shape {bad}")
+
+
 def repeat_seeds(tree: Any, n: int) -> Any:
     """A one-seed tree [1, ...] repeated to n seeds [n, ...] (a shared pi_0)."""
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
@@ -33,9 +40,7 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
     with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records."""
-    bad = [x.shape for x in jax.tree.leaves(inputs) if not x.shape or x.shape[0] != keys.shape[0]]
-    if bad:
-        raise ValueError(f"run_stage({desc}): every input needs a leading seed axis of {keys.shape[0]}, got {bad[0]}")
+    check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
     init = jax.jit(lambda k, f: jax.lax.map(lambda kf: trainer.init(*kf), (k, f)))
