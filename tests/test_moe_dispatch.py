@@ -167,3 +167,41 @@ def test_dropless_gradients_with_saved_recomputed_and_mixed_activations(saved_sl
         lambda x, experts: jnp.sum(moe.dropless(x, r, expert, experts, **kw) * jnp.cos(jnp.arange(D))),
         (0, 1))(x, params["experts"])
     assert_trees_close(grads(plain), grads(moe.swiglu_expert), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("router", ["top_k", "top_p"])
+def test_a_non_finite_token_is_nan_in_every_backend_and_leaves_the_others_alone(router):
+    """One documented behaviour: the NaN token's output is NaN everywhere, ids stay in [0, E)."""
+    params, x = setup(4)
+    logits = (x.astype(jnp.float32) @ params["router"]).at[5, 1].set(jnp.nan).at[9].set(-jnp.inf)
+    r = moe.route(logits, router, k=2, p=0.6)
+    ok = np.ones(T, bool)
+    ok[[5, 9]] = False
+    ref = moe.loop_reference(x[ok], moe.route(logits[ok], router, k=2, p=0.6), moe.swiglu_expert, params["experts"])
+    for backend in moe.BACKENDS:
+        kw = {"capacity_factor": 8.0} if backend == "capacity" else {}
+        y, dropped = moe.dispatch(backend, x, r, moe.swiglu_expert, params["experts"], **kw)
+        y = np.asarray(y)
+        assert np.all(np.isnan(y[~ok])), backend
+        np.testing.assert_allclose(y[ok], ref, *tolerance(jnp.float32), err_msg=backend)
+
+
+@pytest.mark.parametrize("backend", moe.BACKENDS)
+def test_zero_tokens_give_an_empty_output_and_zero_losses(backend):
+    params, _ = setup(4)
+    for router in ("top_k", "top_p"):
+        y, aux, stats = jax.jit(lambda x: moe.moe_apply(params, x, router=router, backend=backend))(jnp.zeros((2, 0, D)))
+        assert y.shape == (2, 0, D) and stats["experts_per_token"].shape == (2, 0)
+        assert all(float(v) == 0.0 for v in aux.values())
+        assert float(stats["experts_per_token_max"]) == float(stats["truncated_fraction"]) == 0.0
+
+
+def test_moe_input_rank_and_dtype_are_checked():
+    params, x = setup(4)
+    with pytest.raises(ValueError, match="rank-0"):
+        moe.moe_apply(params, jnp.float32(1.0))
+    with pytest.raises(TypeError, match="floating point, got dtype int32"):
+        moe.moe_apply(params, x.astype(jnp.int32))
+    y, _, stats = moe.moe_apply(params, x[0])  # rank 1: one token [d]
+    assert y.shape == (D,) and stats["experts_per_token"].shape == ()
+    np.testing.assert_allclose(y, moe.moe_apply(params, x[:1])[0][0], *tolerance(jnp.float32))

@@ -172,3 +172,94 @@ def test_many_experts_partial_sort_and_its_fallback(max_k):
             np.testing.assert_array_equal(got, chosen[:k])  # no ties here: the exact order
             assert bool(r.truncated[t]) == (len(chosen) > k)
         assert np.all(np.asarray(r.weights)[~np.asarray(r.mask)] == 0)
+
+
+def numpy_kept_counts(probs: np.ndarray, p: float) -> np.ndarray:
+    """Kept slots per token by the rule on float32 cumulative sums, summed one slot at a time."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    c = np.cumsum(np.take_along_axis(probs, order, -1), axis=-1, dtype=np.float32)
+    over = c > np.float32(p)
+    return np.where(over.any(-1), over.argmax(-1) + 1, probs.shape[-1])
+
+
+@pytest.mark.parametrize("e, max_k", [(8, None), (64, None), (64, 20)])
+def test_top_p_at_exact_float32_boundaries(e, max_k):
+    """p equal to a token's own cumulative sum: that slot's sum is not > p, so one more is kept.
+
+    `cumsum_j - p_j` (the old rule) differs from cumsum_{j-1} in float32 for some of these tokens and
+    keeps too few or too many experts; the shifted cumulative sum cannot.
+    """
+    rng = np.random.default_rng(e)
+    logits = (rng.normal(size=(600, e)) * 1.5).astype(np.float32)
+    route = jax.jit(lambda l, p: moe.top_p(l, p, max_k))  # one shape: the router's probs are the same every call
+    probs = np.asarray(route(logits, 0.5).probs)
+    c = np.cumsum(-np.sort(-probs, -1), -1, dtype=np.float32)
+    k = e if max_k is None else max_k
+    at_boundary = 0
+    for j in (0, 1, 2, 4):
+        for t in rng.choice(len(logits), 12, replace=False):
+            p = c[t, j]
+            r = route(logits, p)
+            np.testing.assert_array_equal(r.probs, probs)
+            want = numpy_kept_counts(probs, float(p))
+            assert want[t] >= j + 2  # the boundary slot's sum is not > p: at least one more is kept
+            np.testing.assert_array_equal(r.experts_per_token, np.minimum(want, k))
+            np.testing.assert_array_equal(r.truncated, want > k)
+            at_boundary += int(np.sum(c[:, j] == p))
+    assert at_boundary >= 48
+
+@pytest.mark.parametrize("router", ["top_k", "top_p"])
+def test_non_finite_tokens_get_one_nan_slot_and_valid_ids(router):
+    """NaN logit, +inf logit, all -inf: one slot at expert 0 with weight NaN; other tokens untouched."""
+    e = 6
+    good = np.random.default_rng(0).normal(size=(4, e)).astype(np.float32)
+    bad = np.zeros((3, e), np.float32)
+    bad[0, 2], bad[1, 4], bad[2] = np.nan, np.inf, -np.inf
+    logits = np.concatenate([good[:2], bad, good[2:]])
+    part = np.full((1, e), -np.inf, np.float32)
+    part[0, 3] = 1.0  # some -inf logits are fine: those experts get probability 0
+    logits = np.concatenate([logits, part])
+    make = (lambda l: moe.top_k(l, 3)) if router == "top_k" else (lambda l: moe.top_p(l, 0.9))
+    r = jax.jit(make)(logits)
+    ids, mask, w = np.asarray(r.expert_ids), np.asarray(r.mask), np.asarray(r.weights)
+    assert ids.min() >= 0 and ids.max() < e
+    is_bad = np.array([0, 0, 1, 1, 1, 0, 0, 0], bool)
+    np.testing.assert_array_equal(mask[is_bad], np.eye(1, mask.shape[1], dtype=bool).repeat(3, 0))
+    assert np.all(ids[is_bad, 0] == 0) and np.all(np.isnan(w[is_bad, 0])) and np.all(w[is_bad, 1:] == 0)
+    assert np.all(np.isnan(np.asarray(r.probs)[is_bad])) and not np.any(np.asarray(r.truncated)[is_bad])
+    np.testing.assert_array_equal(r.experts_per_token, mask.sum(-1))
+    alone = make(logits[~is_bad])
+    for field in ("expert_ids", "weights", "mask", "probs"):
+        np.testing.assert_array_equal(np.asarray(getattr(r, field))[~is_bad], getattr(alone, field))
+    assert ids[-1, 0] == 3 and (router == "top_k" or r.experts_per_token[-1] == 1)
+    assert np.all(np.isnan(np.asarray(moe.aux_losses(r)["total"])))  # the fault reaches the loss
+
+
+@pytest.mark.parametrize("router", ["top_k", "top_p"])
+def test_zero_tokens_route_to_an_empty_result(router):
+    logits = jnp.zeros((0, 8))
+    r = moe.top_k(logits, 2) if router == "top_k" else jax.jit(lambda l: moe.top_p(l, 0.4, 3))(logits)
+    assert r.expert_ids.shape == r.weights.shape == r.mask.shape == (0, 2 if router == "top_k" else 3)
+    assert r.experts_per_token.shape == r.truncated.shape == (0,)
+
+
+def test_bad_logits_and_thresholds_fail_clearly():
+    for shape in ((), (8,), (2, 3, 4)):
+        with pytest.raises(ValueError, match=r"must be \[tokens, E\], got shape"):
+            moe.top_p(jnp.zeros(shape), 0.4)
+        with pytest.raises(ValueError, match=r"must be \[tokens, E\], got shape"):
+            moe.top_k(jnp.zeros(shape), 1)
+    with pytest.raises(TypeError, match="floating point, got dtype int32"):
+        moe.top_p(jnp.zeros((4, 8), jnp.int32), 0.4)
+    with pytest.raises(TypeError, match="floating point, got dtype int32"):
+        moe.top_k(jnp.zeros((4, 8), jnp.int32), 2)
+    logits = jnp.zeros((4, 8))
+    for p in (np.float32(1.5), jnp.asarray(0.0), np.float64(np.nan), jnp.asarray(-0.2)):
+        with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+            moe.top_p(logits, p)
+    with pytest.raises(ValueError, match=r"p must be a scalar, got shape \(2,\)"):
+        moe.top_p(logits, jnp.asarray([0.4, 0.5]))
+    with pytest.raises(TypeError, match="got a bool"):
+        moe.top_p(logits, True)
+    traced = jax.jit(lambda p: moe.top_p(logits, p).experts_per_token)(jnp.float32(0.3))  # not checkable
+    np.testing.assert_array_equal(traced, moe.top_p(logits, 0.3).experts_per_token)

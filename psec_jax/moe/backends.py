@@ -1,6 +1,6 @@
 """Dispatch back-ends: run the routed experts and combine their outputs.
 
-Every back-end computes, for tokens x [T, d] and a RouteOutput with K slots,
+Every back-end computes, for tokens x [T, d] (T may be 0) and a RouteOutput with K slots,
 
     y[t] = sum_{slots j valid} weights[t, j] * expert_{ids[t, j]}(x[t])
 
@@ -84,6 +84,8 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     T*K, so top-p's many empty slots cost nothing.
     """
     _check(x, route)
+    if x.shape[0] == 0:  # nothing to buffer: the (empty) dense result, nothing dropped
+        return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
     t, e = x.shape[0], route.num_experts
     cap = capacity_of(t, e, capacity_factor, route.num_slots if k is None else k)
     s = sort_assignments(route)
@@ -103,6 +105,8 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
              block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
     """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`)."""
     _check(x, route)
+    if x.shape[0] == 0:  # no blocks to plan: the (empty) dense result
+        return dense(x, route, expert_fn, params)
     return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
 
 

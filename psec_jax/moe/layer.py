@@ -71,11 +71,12 @@ def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: 
 
 def routing_stats(r: routing.RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
     """mean/max experts per token, per-expert load [E] (share of assignments), dropped and
-    truncated fractions, and experts_per_token [T] (int32, for per-token analyses)."""
+    truncated fractions, and experts_per_token [T] (int32, for per-token analyses); 0 for zero tokens."""
     n = r.experts_per_token.astype(jnp.float32)
-    return {"experts_per_token_mean": n.mean(), "experts_per_token_max": n.max(),
+    return {"experts_per_token_mean": losses.token_mean(n), "experts_per_token_max": jnp.max(n, initial=0.0),
             "expert_load": losses.expert_fractions(r), "dropped_fraction": dropped,
-            "truncated_fraction": r.truncated.mean(), "experts_per_token": r.experts_per_token}
+            "truncated_fraction": losses.token_mean(r.truncated.astype(jnp.float32)),
+            "experts_per_token": r.experts_per_token}
 
 
 def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k: int = 2, p: float = 0.4,
@@ -84,11 +85,16 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
               block_size: int | None = None, saved_slots: float | None = 4.0,
               aux_weights: dict[str, float] | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
-    """Route the tokens of x [..., d] and run the experts.
+    """Route the tokens of x [..., d] (any number of leading axes, of any size including 0) and run
+    the experts.
 
     Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"},
     stats from `routing_stats`, with experts_per_token shaped [...] like x's tokens).
     """
+    if jnp.ndim(x) < 1:
+        raise ValueError(f"MoE input must be tokens [..., d], got a rank-0 array of shape {jnp.shape(x)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"MoE input must be floating point, got dtype {x.dtype}")
     if x.shape[-1] != params["router"].shape[0]:
         raise ValueError(f"x has d={x.shape[-1]} but the router expects d={params['router'].shape[0]}")
     tokens = x.reshape(-1, x.shape[-1])

@@ -9,7 +9,7 @@
 
 `aux_losses` returns all three and their weighted sum under "total". Default weights are the
 top-p paper's reported a = 1e-2 (balance), b = 1e-4 (dynamic) and ST-MoE's 1e-3 (z): treat them
-as starting points for a sweep.
+as starting points for a sweep. Means over zero tokens are 0 (an empty batch adds no loss).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from psec_jax.moe.routing import RouteOutput
 DEFAULT_WEIGHTS = {"load_balance": 1e-2, "dynamic": 1e-4, "z": 1e-3}
 
 
+def token_mean(values: jax.Array) -> jax.Array:
+    """Mean over the leading (token) axis; 0 for zero tokens instead of NaN."""
+    return values.sum(0) / max(values.shape[0], 1)
+
+
 def expert_fractions(route: RouteOutput) -> jax.Array:
     """[E] share of all valid (token, slot) assignments that chose each expert (sums to 1)."""
     onehot = jax.nn.one_hot(route.expert_ids, route.num_experts, dtype=jnp.float32)
@@ -32,19 +37,19 @@ def expert_fractions(route: RouteOutput) -> jax.Array:
 def load_balance(route: RouteOutput) -> jax.Array:
     """[] N * sum_i f_i P_i (f_i has no gradient; P_i carries the router gradient)."""
     f = jax.lax.stop_gradient(expert_fractions(route))
-    p = route.probs.mean(0)
+    p = token_mean(route.probs)
     return route.num_experts * jnp.sum(f * p)
 
 
 def dynamic_loss(route: RouteOutput) -> jax.Array:
     """[] mean routing entropy -sum_i P_i log P_i over tokens."""
     logp = jax.nn.log_softmax(route.logits.astype(jnp.float32), -1)
-    return -jnp.mean(jnp.sum(route.probs * logp, -1))
+    return -token_mean(jnp.sum(route.probs * logp, -1))
 
 
 def z_loss(route: RouteOutput) -> jax.Array:
     """[] mean over tokens of logsumexp(logits)^2."""
-    return jnp.mean(jax.nn.logsumexp(route.logits.astype(jnp.float32), -1) ** 2)
+    return token_mean(jax.nn.logsumexp(route.logits.astype(jnp.float32), -1) ** 2)
 
 
 def aux_losses(route: RouteOutput, weights: dict[str, float] | None = None) -> dict[str, jax.Array]:
