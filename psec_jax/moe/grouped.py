@@ -74,8 +74,18 @@ class Sorted(NamedTuple):
 
 
 def sort_assignments(route: RouteOutput) -> Sorted:
-    """Sort the valid (token, slot) assignments of a route by expert (see `Sorted`)."""
+    """Sort the valid (token, slot) assignments of a route by expert (see `Sorted`).
+
+    A route from the fused routing kernel carries each slot's position and the per-expert counts:
+    then the order is one scatter (the inverse permutation), no argsort.
+    """
     e = route.num_experts
+    if route.positions is not None and route.counts is not None:
+        n = route.positions.size
+        order = jnp.zeros((n,), jnp.int32).at[route.positions.T.reshape(-1)].set(
+            jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+        sizes = route.counts.astype(jnp.int32)
+        return Sorted(order, sizes, (jnp.cumsum(sizes) - sizes).astype(jnp.int32))
     ids = jnp.where(route.mask, route.expert_ids, e).T.reshape(-1)  # [K*T], slot-major
     order = jnp.argsort(ids, stable=True).astype(jnp.int32)
     sizes = jnp.bincount(ids, length=e + 1)[:e].astype(jnp.int32)

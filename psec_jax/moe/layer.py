@@ -59,9 +59,26 @@ def init_moe(key: jax.Array, d_model: int, d_ff: int, num_experts: int, *, activ
     return {"router": init(ks[0], (d_model, num_experts), d_model), "experts": experts}
 
 
+ROUTING_IMPLS = ("argsort", "fused")
+
+
 def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: int | None = None,
-          renormalize: bool = False) -> routing.RouteOutput:
-    """Apply the named router ("top_k" or "top_p") to logits [T, E]."""
+          renormalize: bool = False, dispatch: str = "argsort") -> routing.RouteOutput:
+    """Apply the named router ("top_k" or "top_p") to logits [T, E].
+
+    dispatch: "argsort" (the jnp routers; back-ends argsort the assignments by expert) or "fused"
+    (the Pallas routing kernel, `psec_jax.kernels.fused_route`, which also returns each slot's
+    expert-grouped position, so back-ends skip the argsort; interpret mode on CPU).
+    """
+    if dispatch == "fused":
+        from psec_jax.kernels import routing as fused  # the kernels package builds on moe.routing
+
+        if router not in ("top_k", "top_p"):
+            raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")
+        return fused.fused_route(logits, router, k=k if router == "top_k" else None,
+                                 p=p if router == "top_p" else None, max_k=max_k, renormalize=renormalize)
+    if dispatch != "argsort":
+        raise ValueError(f"unknown routing dispatch {dispatch!r}; choose from {ROUTING_IMPLS}")
     if router == "top_k":
         return routing.top_k(logits, k, renormalize=renormalize)
     if router == "top_p":
@@ -83,13 +100,14 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
               max_k: int | None = None, renormalize: bool = False, backend: str = "dropless",
               activation: str = "swiglu", capacity_factor: float = 1.25, capacity_k: float | None = None,
               block_size: int | None = None, saved_slots: float | None = 4.0,
-              aux_weights: dict[str, float] | None = None
+              aux_weights: dict[str, float] | None = None, dispatch: str = "argsort"
               ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Route the tokens of x [..., d] (any number of leading axes, of any size including 0) and run
     the experts.
 
     Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"},
     stats from `routing_stats`, with experts_per_token shaped [...] like x's tokens).
+    `dispatch` chooses how the route is computed and grouped by expert (see `route`).
     """
     if jnp.ndim(x) < 1:
         raise ValueError(f"MoE input must be tokens [..., d], got a rank-0 array of shape {jnp.shape(x)}")
@@ -99,7 +117,7 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
         raise ValueError(f"x has d={x.shape[-1]} but the router expects d={params['router'].shape[0]}")
     tokens = x.reshape(-1, x.shape[-1])
     logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
-    r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize)
+    r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize, dispatch=dispatch)
     y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
                              capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size,
                              saved_slots=saved_slots, activation=activation)
@@ -125,6 +143,7 @@ class MoE(nn.Module):
     saved_slots: float | None = 4.0
     aux_weights: dict[str, float] | None = None
     param_dtype: Any = jnp.float32
+    dispatch: str = "argsort"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
@@ -135,4 +154,4 @@ class MoE(nn.Module):
                          backend=self.backend, activation=self.activation,
                          capacity_factor=self.capacity_factor, capacity_k=self.capacity_k,
                          block_size=self.block_size, saved_slots=self.saved_slots,
-                         aux_weights=self.aux_weights)
+                         aux_weights=self.aux_weights, dispatch=self.dispatch)

@@ -45,6 +45,9 @@ class RouteOutput:
     probs: jax.Array  # [T, E] float32, softmax of the logits
     logits: jax.Array  # [T, E], as given
     truncated: jax.Array  # [T] bool, top-p wanted more than max_k experts (always False for top-k)
+    # Set by the fused routing kernel (`psec_jax.kernels`), else None (dispatch argsorts instead):
+    positions: jax.Array | None = None  # [T, K] int32, each slot's row in expert-grouped order
+    counts: jax.Array | None = None  # [E] int32, valid assignments per expert
 
     @property
     def num_experts(self) -> int:
@@ -60,7 +63,8 @@ class RouteOutput:
         return jnp.einsum("tk,tke->te", self.weights, onehot)
 
 
-def _check_logits(logits: jax.Array) -> None:
+def check_logits(logits: jax.Array) -> None:
+    """Raises unless logits is a floating [T, E] array with E >= 1 (T may be 0)."""
     if jnp.ndim(logits) != 2:
         raise ValueError(f"router logits must be [tokens, E], got shape {jnp.shape(logits)}")
     if logits.shape[-1] < 1:
@@ -69,7 +73,7 @@ def _check_logits(logits: jax.Array) -> None:
         raise TypeError(f"router logits must be floating point, got dtype {logits.dtype}")
 
 
-def _check_p(p) -> None:
+def check_p(p) -> None:
     """Range-checks p unless it is traced (then the caller vouches for it)."""
     if isinstance(p, bool):
         raise TypeError("top-p threshold p must be a number in (0, 1], got a bool")
@@ -80,6 +84,14 @@ def _check_p(p) -> None:
         raise ValueError(f"top-p threshold p must be a scalar, got shape {value.shape}")
     if not np.issubdtype(value.dtype, np.number) or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"top-p threshold p must be in (0, 1], got {p}")
+
+
+def _softmax(logits: jax.Array, probs: jax.Array | None) -> jax.Array:
+    if probs is None:
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if probs.shape != logits.shape or probs.dtype != jnp.float32:
+        raise ValueError(f"probs must be float32 of the logits' shape {logits.shape}, got {probs.dtype}{probs.shape}")
+    return probs
 
 
 def _finite_rows(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -98,7 +110,8 @@ def _poison(bad: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array
     return jnp.where(bad[:, None], 0, ids), weights, mask
 
 
-def _check_count(name: str, value: int, num_experts: int) -> int:
+def check_count(name: str, value: int, num_experts: int) -> int:
+    """Returns value after checking it is a Python int in [1, E] (it fixes output shapes)."""
     if not isinstance(value, (int,)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a Python int (it fixes output shapes), got {type(value).__name__}")
     if not 1 <= value <= num_experts:
@@ -106,11 +119,13 @@ def _check_count(name: str, value: int, num_experts: int) -> int:
     return value
 
 
-def _renormalize(weights: jax.Array) -> jax.Array:
+def renormalize_weights(weights: jax.Array) -> jax.Array:
+    """[T, K] weights scaled to sum to 1 per token (all-zero rows stay 0)."""
     return weights / jnp.maximum(weights.sum(-1, keepdims=True), jnp.finfo(weights.dtype).tiny)
 
 
-def top_k(logits: jax.Array, k: int, *, renormalize: bool = False) -> RouteOutput:
+def top_k(logits: jax.Array, k: int, *, renormalize: bool = False, probs: jax.Array | None = None
+          ) -> RouteOutput:
     """Route every token to its k most probable experts.
 
     Args:
@@ -118,14 +133,16 @@ def top_k(logits: jax.Array, k: int, *, renormalize: bool = False) -> RouteOutpu
       k: experts per token, a Python int in [1, E].
       renormalize: weights sum to 1 over the k experts (Mixtral/GShard style) instead of being
         the raw probabilities.
+      probs: [T, E] float32 softmax of the logits when already computed (e.g. by a fused kernel,
+        to check its selection against this one); default: computed here.
     """
-    _check_logits(logits)
-    k = _check_count("k", k, logits.shape[-1])
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    check_logits(logits)
+    k = check_count("k", k, logits.shape[-1])
+    probs = _softmax(logits, probs)
     bad, safe = _finite_rows(probs)
     weights, ids = jax.lax.top_k(safe, k)
     if renormalize:
-        weights = _renormalize(weights)
+        weights = renormalize_weights(weights)
     t = logits.shape[0]
     ids, weights, mask = _poison(bad, ids.astype(jnp.int32), weights, jnp.ones((t, k), bool))
     return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits, jnp.zeros((t,), bool))
@@ -206,7 +223,8 @@ def _sorted_prefix(probs: jax.Array, p, max_k: int) -> tuple[jax.Array, jax.Arra
     return jax.lax.cond(complete, lambda: (pad(s0), pad(i0), pad(keep0)), full)
 
 
-def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False) -> RouteOutput:
+def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False,
+          probs: jax.Array | None = None) -> RouteOutput:
     """Dynamic top-p routing (see the module docstring for the exact rule and edge cases).
 
     Args:
@@ -215,19 +233,20 @@ def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize:
         range-checked).
       max_k: slots per token (static), in [1, E]; default E (never truncates).
       renormalize: weights sum to 1 over the kept experts instead of being raw probabilities.
+      probs: as in `top_k`.
     """
-    _check_logits(logits)
-    _check_p(p)
+    check_logits(logits)
+    check_p(p)
     e = logits.shape[-1]
-    max_k = e if max_k is None else _check_count("max_k", max_k, e)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    max_k = e if max_k is None else check_count("max_k", max_k, e)
+    probs = _softmax(logits, probs)
     bad, safe = _finite_rows(probs)
     sorted_all, ids_all, keep_all = _sorted_prefix(safe, p, max_k)
     wanted = keep_all.sum(-1)  # exact up to max_k + 1, all that `truncated` needs
     mask = keep_all[:, :max_k]
     weights = jnp.where(mask, sorted_all[:, :max_k], 0.0)
     if renormalize:
-        weights = _renormalize(weights)
+        weights = renormalize_weights(weights)
     ids, weights, mask = _poison(bad, ids_all[:, :max_k].astype(jnp.int32), weights, mask)
     return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits,
                        (wanted > max_k) & ~bad)

@@ -1,0 +1,207 @@
+"""Fused routing: one Pallas kernel from router logits to everything dispatch needs.
+
+Per block of `block_tokens` tokens the kernel reads the logits once and writes
+
+- the softmax probabilities [T, E] (float32),
+- the kept experts, their weights and the slot mask [T, K] (K = k for top-k, max_k for top-p),
+- each slot's rank among the earlier tokens of its block with the same (slot, expert) key, and
+- the block's counts per (slot, key) [K, E + 1] (key E: a slot not in use).
+
+A few [num_blocks, K, E + 1] prefix sums in jnp then turn ranks into each slot's destination row in
+expert-grouped order (`positions`) and give the per-expert counts, so the grouped matmul needs no
+global argsort. Grid steps are independent (no carry between blocks), so the grid may run in parallel.
+
+Selection: Pallas has no sort lowering, so the kernel runs K rounds of max extraction (the largest
+remaining probability, ties to the lower expert id, as `lax.top_k`), accumulating the top-p
+cumulative sum left to right as `psec_jax.moe.routing.sequential_cumsum` does. That makes the
+kernel's kept set the reference's exactly, given the same probabilities. K rounds cost O(K * E)
+per token, against O(E log E) for a sort: for the E <= 64 of interest and K <= E it is a handful of
+vector max/min reductions per round. Within-block ranks are one [B, B] @ [B, E + 2] matmul per round
+(a strictly lower-triangular mask times the slot's one-hot keys), which suits the MXU/tensor cores.
+
+Both return a `RouteOutput` with `positions` [T, K] and `counts` [E] set.
+`fused_route_reference` is the pure-jnp statement of the same outputs (the `psec_jax.moe` routers
+and a stable argsort); tests compare the two in interpret mode on CPU. The kernel's `custom_vjp`
+passes gradients to the logits through the probabilities (weights are probabilities at the kept ids).
+"""
+
+from __future__ import annotations
+
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from psec_jax.moe import routing
+from psec_jax.moe.routing import RouteOutput
+
+RULES = ("top_k", "top_p")
+
+
+def _check(logits: jax.Array, rule: str, k: int | None, p, max_k: int | None) -> int:
+    """Validates the arguments; returns the slot count K."""
+    routing.check_logits(logits)
+    e = logits.shape[-1]
+    if rule == "top_k":
+        return routing.check_count("k", k, e)
+    if rule == "top_p":
+        routing.check_p(p)
+        return e if max_k is None else routing.check_count("max_k", max_k, e)
+    raise ValueError(f"unknown routing rule {rule!r}; choose from {RULES}")
+
+
+def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None, p=None,
+                          max_k: int | None = None, renormalize: bool = False,
+                          probs: jax.Array | None = None) -> RouteOutput:
+    """The pure-jnp reference: `psec_jax.moe` top-k / top-p and a stable argsort by expert.
+
+    logits [T, E]; rule "top_k" (k slots) or "top_p" (threshold p, max_k slots, default E).
+    probs: [T, E] probabilities to select from instead of the softmax of logits; given the kernel's
+    own, the selection (ids, mask, positions, counts, truncated, weights) must match it bit for bit.
+    """
+    _check(logits, rule, k, p, max_k)
+    kw = dict(renormalize=renormalize, probs=probs)
+    r = routing.top_k(logits, k, **kw) if rule == "top_k" else routing.top_p(logits, p, max_k, **kw)
+    t, kk = r.expert_ids.shape
+    e = r.num_experts
+    keys = jnp.where(r.mask, r.expert_ids, e).T.reshape(-1)  # [K*T] slot-major
+    order = jnp.argsort(keys, stable=True)
+    positions = jnp.zeros((t * kk,), jnp.int32).at[order].set(jnp.arange(t * kk, dtype=jnp.int32))
+    counts = jnp.bincount(keys, length=e + 1)[:e].astype(jnp.int32)
+    return r.replace(positions=positions.reshape(kk, t).T, counts=counts)
+
+
+def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, trunc_ref, counts_ref, *,
+            rule: str, slots: int, num_tokens: int, block: int):
+    e = logits_ref.shape[-1]
+    x = logits_ref[...].astype(jnp.float32)  # [B, E]
+    real = pl.program_id(0) * block + jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0) < num_tokens  # [B, 1]
+    z = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    probs = z / jnp.sum(z, axis=-1, keepdims=True)
+    probs_ref[...] = probs
+    col = jax.lax.broadcasted_iota(jnp.int32, (block, e), 1)
+    bad = jnp.min(jnp.where(jnp.isfinite(probs), 1, 0), axis=-1, keepdims=True) == 0  # [B, 1]
+    remaining = jnp.where(bad, jnp.where(col == 0, 1.0, 0.0), probs)  # bad rows sort like a one-hot
+    p = p_ref[0, 0]
+    key_col = jax.lax.broadcasted_iota(jnp.int32, (block, e + 2), 1)
+    earlier = (jax.lax.broadcasted_iota(jnp.int32, (block, block), 1)
+               < jax.lax.broadcasted_iota(jnp.int32, (block, block), 0)).astype(jnp.float32)
+    slot_col = jax.lax.broadcasted_iota(jnp.int32, (block, slots), 1)
+
+    def one_round(j, carry):  # extract the j-th largest remaining probability
+        remaining, csum, crossed, ids, weights, mask, ranks = carry
+        top = jnp.max(remaining, axis=-1, keepdims=True)  # [B, 1]
+        idx = jnp.min(jnp.where(remaining == top, col, e), axis=-1, keepdims=True)  # ties: lower id
+        remaining = jnp.where(col == idx, -1.0, remaining)
+        kept = jnp.ones_like(crossed) if rule == "top_k" else ~crossed
+        csum = csum + top
+        crossed = crossed | (csum > p)
+        kept = jnp.where(bad, j == 0, kept)
+        idx = jnp.where(bad, 0, idx)
+        w = jnp.where(bad, jnp.where(j == 0, jnp.nan, 0.0), jnp.where(kept, top, 0.0))
+        key = jnp.where(real, jnp.where(kept, idx, e), e + 1)  # e: slot not in use, e + 1: padding row
+        onehot = (key_col == key).astype(jnp.float32)  # [B, E + 2]
+        rank = jnp.sum(jnp.dot(earlier, onehot, preferred_element_type=jnp.float32) * onehot, axis=-1,
+                       keepdims=True)
+        counts_ref[0, pl.ds(j, 1), :] = jnp.sum(onehot, axis=0, keepdims=True)[:, : e + 1].astype(jnp.int32)
+        at = slot_col == j
+        return (remaining, csum, crossed, jnp.where(at, idx, ids), jnp.where(at, w, weights),
+                jnp.where(at, kept.astype(jnp.int32), mask), jnp.where(at, rank.astype(jnp.int32), ranks))
+
+    zeros = lambda dtype: jnp.zeros((block, slots), dtype)
+    init = (remaining, jnp.zeros((block, 1), jnp.float32), jnp.zeros((block, 1), bool), zeros(jnp.int32),
+            zeros(jnp.float32), zeros(jnp.int32), zeros(jnp.int32))
+    _, _, crossed, ids, weights, mask, ranks = jax.lax.fori_loop(0, slots, one_round, init)
+    ids_ref[...] = ids
+    w_ref[...] = weights
+    mask_ref[...] = mask
+    rank_ref[...] = ranks
+    trunc = (~crossed) & (~bad) & real & (slots < e) if rule == "top_p" else jnp.zeros_like(crossed)
+    trunc_ref[...] = trunc.astype(jnp.int32)
+
+
+def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: int, interpret: bool):
+    t, e = logits.shape
+    nb = max(1, pl.cdiv(t, block))
+    padded = jnp.pad(logits, ((0, nb * block - t), (0, 0)))
+    rows = lambda width: pl.BlockSpec((block, width), lambda i: (i, 0))
+    out_shape = (jax.ShapeDtypeStruct((nb * block, e), jnp.float32),  # probs
+                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # ids
+                 jax.ShapeDtypeStruct((nb * block, slots), jnp.float32),  # weights
+                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # mask
+                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # rank within block
+                 jax.ShapeDtypeStruct((nb * block, 1), jnp.int32),  # truncated
+                 jax.ShapeDtypeStruct((nb, slots, e + 1), jnp.int32))  # block counts per (slot, key)
+    kernel = functools.partial(_kernel, rule=rule, slots=slots, num_tokens=t, block=block)
+    outs = pl.pallas_call(
+        kernel, out_shape=out_shape, grid=(nb,),
+        in_specs=[rows(e), pl.BlockSpec((1, 1), lambda i: (0, 0))],
+        out_specs=(rows(e), rows(slots), rows(slots), rows(slots), rows(slots), rows(1),
+                   pl.BlockSpec((1, slots, e + 1), lambda i: (i, 0, 0))),
+        interpret=interpret, name=f"fused_{rule}_routing",
+    )(padded, jnp.reshape(p, (1, 1)).astype(jnp.float32))
+    return tuple(o[:t] for o in outs[:6]) + (outs[6],)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _route_arrays(logits, p, rule, slots, block, interpret):
+    return _run_kernel(logits, p, rule, slots, block, interpret)
+
+
+def _route_fwd(logits, p, rule, slots, block, interpret):
+    outs = _run_kernel(logits, p, rule, slots, block, interpret)
+    probs, ids, _, mask = outs[:4]
+    return outs, (probs, ids, mask, jnp.zeros((0,), logits.dtype), p)  # (a 0-size array carries the dtype)
+
+
+def _route_bwd(rule, slots, block, interpret, res, g):
+    probs, ids, mask, like, p = res
+    g_probs, g_weights = g[0], g[2]
+    finite = jnp.all(jnp.isfinite(probs), axis=-1, keepdims=True)  # bad tokens' weights are constants
+    g_w = jnp.where((mask == 1) & finite, g_weights, 0.0)
+    g_total = g_probs + jnp.zeros_like(probs).at[jnp.arange(probs.shape[0])[:, None], ids].add(g_w)
+    g_logits = probs * (g_total - jnp.sum(g_total * probs, axis=-1, keepdims=True))  # softmax vjp
+    return g_logits.astype(like.dtype), jnp.zeros_like(p)
+
+
+_route_arrays.defvjp(_route_fwd, _route_bwd)
+
+
+def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, max_k: int | None = None,
+                renormalize: bool = False, block_tokens: int = 256, interpret: bool | None = None) -> RouteOutput:
+    """Route with the fused kernel: a `RouteOutput` with `positions` and `counts` set (the layout of
+    `psec_jax.moe.grouped.Sorted`: slot j of token t is assignment j * T + t, valid assignments
+    grouped by expert, slot-major then by token within an expert, unused slots after them all).
+    Same outputs as `fused_route_reference`.
+
+    Args:
+      logits: [T, E] router logits (any float dtype; T may be 0 and need not divide the block).
+      rule: "top_k" (k slots) or "top_p" (threshold p in (0, 1], max_k slots, default E).
+      renormalize: weights sum to 1 over the kept experts (applied after the kernel).
+      block_tokens: tokens per grid step (a multiple of 8).
+      interpret: run the kernel in Pallas interpret mode; default: on CPU only (the only way there).
+    """
+    slots = _check(logits, rule, k, p, max_k)
+    if block_tokens < 8 or block_tokens % 8:
+        raise ValueError(f"block_tokens must be a positive multiple of 8, got {block_tokens}")
+    t, e = logits.shape
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    threshold = jnp.asarray(1.0 if p is None else p, jnp.float32)
+    block = int(min(block_tokens, max(8, -(-t // 8) * 8)))
+    probs, ids, weights, mask, rank, trunc, block_counts = _route_arrays(logits, threshold, rule, slots, block,
+                                                                         interpret)
+    mask = mask == 1
+    if renormalize:
+        weights = routing.renormalize_weights(weights)
+    totals = block_counts.sum(0)  # [K, E + 1] per (slot, key)
+    group = totals.sum(0)  # [E + 1] assignments per key
+    base = (jnp.cumsum(group) - group)[None, None, :]  # where each key's group starts
+    base = base + (jnp.cumsum(totals, 0) - totals)[None]  # then earlier slots of that key
+    base = base + jnp.cumsum(block_counts, 0) - block_counts  # then earlier blocks: [NB, K, E + 1]
+    keys = jnp.where(mask, ids, e)
+    block_of = jnp.arange(t) // block
+    positions = base[block_of[:, None], jnp.arange(slots)[None, :], keys] + rank
+    return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits, trunc[:, 0] == 1,
+                       positions.astype(jnp.int32), group[:e].astype(jnp.int32))

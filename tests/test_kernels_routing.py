@@ -1,0 +1,168 @@
+"""The fused routing kernel (interpret mode on CPU) against its pure-jnp reference.
+
+Selection is compared bit for bit given the same probabilities (the reference run on the kernel's
+own softmax); the kernel's softmax against the reference's to the float32 tolerance (XLA's CPU
+reduction over a block can round the denominator differently from one over all tokens).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from psec_jax import moe
+from psec_jax.kernels import fused_route, fused_route_reference
+from psec_jax.moe.grouped import sort_assignments
+from psec_jax.testing import assert_trees_close, tolerance
+
+FIELDS = ("expert_ids", "weights", "mask", "experts_per_token", "truncated", "positions", "counts")
+
+
+def adversarial(t: int, e: int, seed: int = 0) -> np.ndarray:
+    """Random rows plus ties, a uniform row, a dominant expert, NaN, +inf, all -inf and some -inf."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(t, e)) * 2).astype(np.float32)
+    special = [np.zeros(e), np.full(e, 3.0), np.eye(1, e, e // 2)[0] * 30]
+    if e >= 3:
+        tie = rng.normal(size=e)
+        tie[[0, 2]] = tie.max() + 1  # two equal leaders, not adjacent
+        special.append(tie)
+    nan = rng.normal(size=e)
+    nan[e - 1] = np.nan
+    some_inf = rng.normal(size=e)
+    some_inf[: e // 2] = -np.inf
+    special += [nan, np.where(np.arange(e) == 0, np.inf, 0.0), np.full(e, -np.inf), some_inf]
+    x[: len(special)] = np.stack(special)
+    return x
+
+
+def assert_same_selection(got, want):
+    """Every field equal; expert ids only in used slots (elsewhere unspecified by `RouteOutput`)."""
+    np.testing.assert_array_equal(got.mask, want.mask)
+    for f in FIELDS:
+        a, b = np.asarray(getattr(got, f)), np.asarray(getattr(want, f))
+        if f == "expert_ids":
+            a, b = np.where(got.mask, a, -1), np.where(want.mask, b, -1)
+        np.testing.assert_array_equal(a, b, err_msg=f)
+
+
+CASES = [("top_k", dict(k=1)), ("top_k", dict(k=3)), ("top_p", dict(p=0.4)), ("top_p", dict(p=0.9, max_k=2)),
+         ("top_p", dict(p=1.0))]
+
+
+@pytest.mark.parametrize("e", [1, 5, 64])  # 64: above the jnp router's pairwise-sort and partial-sort sizes
+@pytest.mark.parametrize("rule, kw", CASES)
+def test_kernel_equals_reference(rule, kw, e):
+    if kw.get("k", 1) > e or kw.get("max_k", 1) > e:
+        pytest.skip("more slots than experts")
+    logits = adversarial(45, e)  # 45 tokens: not a multiple of the 16-token block
+    got = jax.jit(lambda l: fused_route(l, rule, block_tokens=16, **kw))(logits)
+    assert_same_selection(got, fused_route_reference(logits, rule, probs=got.probs, **kw))
+    want = fused_route_reference(logits, rule, **kw)
+    finite = np.all(np.isfinite(np.asarray(want.probs)), -1)
+    np.testing.assert_allclose(np.asarray(got.probs)[finite], np.asarray(want.probs)[finite], *tolerance(jnp.float32))
+    assert np.all(np.isnan(np.asarray(got.probs)[~finite])) and (~finite).sum() == 3  # NaN, +inf, all -inf
+    ids = np.asarray(got.expert_ids)
+    assert ids.min() >= 0 and ids.max() < e
+    sort = sort_assignments(want.replace(positions=None, counts=None))  # the back-ends' argsort
+    order = np.zeros(ids.size, np.int64)
+    order[np.asarray(got.positions).T.reshape(-1)] = np.arange(ids.size)
+    np.testing.assert_array_equal(order, sort.order)
+    np.testing.assert_array_equal(got.counts, sort.sizes)
+
+
+def test_hand_worked_example():
+    """3 experts, p = 0.6, probabilities chosen by hand (logits = log probs):
+    token 0 [0.5, 0.3, 0.2]: 0.5 <= 0.6, 0.8 > 0.6 -> experts 0, 1
+    token 1 [0.1, 0.7, 0.2]: 0.7 > 0.6 -> expert 1
+    token 2 [0.25, 0.25, 0.5]: 0.5, then 0.75 > 0.6 -> experts 2, 0 (tie to the lower id)
+    Expert-grouped, slot-major: expert 0 <- (slot 0, t0), (slot 1, t2); expert 1 <- (0, t1), (1, t0);
+    expert 2 <- (0, t2); then the unused slots (1, t1), (2, t0), (2, t1), (2, t2)."""
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.7, 0.2], [0.25, 0.25, 0.5]], np.float32)
+    r = fused_route(jnp.log(probs), "top_p", p=0.6, block_tokens=8)
+    np.testing.assert_array_equal(np.where(r.mask, r.expert_ids, -1), [[0, 1, -1], [1, -1, -1], [2, 0, -1]])
+    np.testing.assert_array_equal(r.counts, [2, 2, 1])
+    # positions[t, j]: t0 slot 0 -> 0, t2 slot 1 -> 1, t1 slot 0 -> 2, t0 slot 1 -> 3, t2 slot 0 -> 4,
+    # unused: t1 slot 1 -> 5, t0 slot 2 -> 6, t1 slot 2 -> 7, t2 slot 2 -> 8
+    np.testing.assert_array_equal(r.positions, [[0, 3, 6], [2, 5, 7], [4, 1, 8]])
+
+
+@pytest.mark.parametrize("e, max_k", [(8, None), (64, 20)])
+def test_exact_float32_boundaries(e, max_k):
+    """p equal to a token's own cumulative sum (kernel's probabilities, summed left to right)."""
+    logits = (np.random.default_rng(e).normal(size=(64, e)) * 1.5).astype(np.float32)
+    route = jax.jit(lambda l, p: fused_route(l, "top_p", p=p, max_k=max_k, block_tokens=16))
+    probs = np.asarray(route(logits, 0.5).probs)
+    sums = np.cumsum(-np.sort(-probs, -1), -1, dtype=np.float32)
+    for t, j in [(0, 0), (1, 1), (3, 4)]:
+        p = sums[t, j]
+        got = route(logits, p)
+        np.testing.assert_array_equal(got.probs, probs)
+        assert int(got.experts_per_token[t]) == min(j + 2, max_k or e)  # slot j's sum is not > p
+        assert_same_selection(got, fused_route_reference(logits, "top_p", p=p, max_k=max_k, probs=got.probs))
+
+
+def test_bf16_logits_zero_tokens_and_renormalize():
+    logits = jnp.asarray(adversarial(20, 6)[8:]).astype(jnp.bfloat16)
+    got = fused_route(logits, "top_p", p=0.5, renormalize=True, block_tokens=8)
+    assert got.probs.dtype == got.weights.dtype == jnp.float32
+    assert_same_selection(got, fused_route_reference(logits, "top_p", p=0.5, renormalize=True, probs=got.probs))
+    np.testing.assert_allclose(np.asarray(got.weights).sum(-1), 1.0, rtol=1e-6)
+    empty = fused_route(jnp.zeros((0, 6)), "top_k", k=2)
+    assert empty.expert_ids.shape == empty.positions.shape == (0, 2) and empty.counts.tolist() == [0] * 6
+
+
+def test_gradients_equal_the_reference():
+    """Through the router weights: logits = x @ W; a loss on the weights and on the probabilities."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x, w = jax.random.normal(kx, (40, 12)), jax.random.normal(kw, (12, 8))
+    c_w, c_p = jnp.cos(jnp.arange(40 * 3).reshape(40, 3)), jnp.sin(jnp.arange(40 * 8).reshape(40, 8))
+
+    def loss(route_fn):
+        def f(w, x):
+            r = route_fn(x @ w)
+            return jnp.sum(r.weights * c_w) + jnp.sum(r.probs * c_p) + moe.aux_losses(r)["total"]
+        return f
+
+    for rule, kw in (("top_k", dict(k=3)), ("top_p", dict(p=0.5, max_k=3))):
+        got = jax.jit(jax.grad(loss(lambda l: fused_route(l, rule, block_tokens=16, **kw)), (0, 1)))(w, x)
+        want = jax.grad(loss(lambda l: fused_route_reference(l, rule, **kw)), (0, 1))(w, x)
+        assert_trees_close(got, want)
+
+
+def test_traced_and_vmapped_threshold():
+    logits = jnp.asarray(adversarial(30, 8)[8:])
+    ps = jnp.array([0.2, 0.5, 0.95])
+    batched = jax.jit(jax.vmap(lambda p: fused_route(logits, "top_p", p=p, block_tokens=8)))(ps)
+    for i, p in enumerate(np.asarray(ps)):
+        one = fused_route(logits, "top_p", p=float(p), block_tokens=8)
+        for f in FIELDS:
+            np.testing.assert_array_equal(np.asarray(getattr(batched, f))[i], np.asarray(getattr(one, f)), err_msg=f)
+
+
+def test_moe_layer_with_fused_dispatch_equals_argsort():
+    params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 8)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 20, 16))
+    for backend in ("dropless", "capacity"):  # the back-ends that take the kernel's positions
+        kw = dict(router="top_p", p=0.5, backend=backend, capacity_factor=8.0)
+        got = jax.jit(lambda x: moe.moe_apply(params, x, dispatch="fused", **kw))(x)
+        want = jax.jit(lambda x: moe.moe_apply(params, x, **kw))(x)
+        assert_trees_close(got, want)
+
+
+def test_bad_arguments_fail_clearly():
+    logits = jnp.zeros((4, 8))
+    with pytest.raises(ValueError, match="unknown routing rule 'top_q'"):
+        fused_route(logits, "top_q")
+    with pytest.raises(ValueError, match="block_tokens must be a positive multiple of 8, got 12"):
+        fused_route(logits, "top_k", k=2, block_tokens=12)
+    with pytest.raises(ValueError, match=r"k must be in \[1, E=8\]"):
+        fused_route(logits, "top_k", k=9)
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
+        fused_route(logits, "top_p", p=1.5)
+    with pytest.raises(TypeError, match="floating point"):
+        fused_route(logits.astype(jnp.int32), "top_p", p=0.5)
+    with pytest.raises(ValueError, match="unknown routing dispatch 'sorted'"):
+        moe.route(logits, "top_p", dispatch="sorted")
