@@ -22,6 +22,7 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psec_jax.moe import gmm
 from psec_jax.moe.grouped import ExpertFn, expert_params, sort_assignments
 from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
@@ -110,28 +112,32 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
 
 
-def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu"
-           ) -> jax.Array:
-    """Dropless dispatch with `jax.lax.ragged_dot` grouped matmuls (for GPU/TPU).
+def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu",
+           grouped_matmul: str = "auto") -> jax.Array:
+    """Dropless dispatch with grouped matmuls (for GPU/TPU; `psec_jax.moe.gmm`).
 
     Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
     "gate"). Sorts all T*K slots by expert (invalid slots last, in no group), so the buffers are
-    [T*K, d]: give top-p routes a `max_k` on accelerators. On CPU, XLA lowers ragged_dot to a slow
-    loop (~100x a dense matmul); use `dropless` there.
+    [T*K, d]: give top-p routes a `max_k` on accelerators. `grouped_matmul`: "auto" (megablox on
+    TPU, tokamax on GPU when installed, else `lax.ragged_dot`), or one of them by name. On CPU XLA
+    lowers ragged_dot to a slow loop (~100x a dense matmul); use `dropless` there.
     """
     _check(x, route)
     t = x.shape[0]
+    if t == 0:
+        return jnp.zeros((0, params["down"].shape[-1]), x.dtype)
     order, sizes, _ = sort_assignments(route)
     rows = x[order % t]  # [T*K, d] sorted by expert
     w = jax.tree.map(lambda a: a.astype(x.dtype), params)
-    up = jax.lax.ragged_dot(rows, w["up"], sizes)
+    mm = functools.partial(gmm.grouped_matmul, group_sizes=sizes, impl=grouped_matmul)
+    up = mm(rows, w["up"])
     if activation == "swiglu":
-        h = jax.nn.silu(jax.lax.ragged_dot(rows, w["gate"], sizes)) * up
+        h = jax.nn.silu(mm(rows, w["gate"])) * up
     elif activation == "gelu":
         h = jax.nn.gelu(up)
     else:
         raise ValueError(f"ragged back-end: unknown activation {activation!r}")
-    y = jax.lax.ragged_dot(h, w["down"], sizes)  # [T*K, d_out]; rows past sum(sizes) are zero
+    y = mm(h, w["down"])  # [T*K, d_out]; rows past sum(sizes) are zero
     weight = route.weights.T.reshape(-1)[order].astype(y.dtype)
     return jnp.zeros((t, y.shape[-1]), y.dtype).at[order % t].add(y * weight[:, None])
 
@@ -141,12 +147,13 @@ BACKENDS = ("dense", "capacity", "dropless", "ragged")
 
 def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              capacity_factor: float = 1.25, capacity_k: float | None = None,
-             block_size: int | None = None, saved_slots: float | None = 4.0, activation: str = "swiglu"
-             ) -> tuple[jax.Array, jax.Array]:
+             block_size: int | None = None, saved_slots: float | None = 4.0, activation: str = "swiglu",
+             grouped_matmul: str = "auto") -> tuple[jax.Array, jax.Array]:
     """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
 
     `block_size` and `saved_slots` only matter for "dropless" (see there), `capacity_factor` and
-    `capacity_k` for "capacity", `activation` for "ragged", which needs the layer's matmul experts.
+    `capacity_k` for "capacity", `activation` and `grouped_matmul` for "ragged", which needs the
+    layer's matmul experts.
     """
     if backend == "dense":
         return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
@@ -156,5 +163,5 @@ def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn
         y = dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
         return y, jnp.zeros((), jnp.float32)
     if backend == "ragged":
-        return ragged(x, route, params, activation), jnp.zeros((), jnp.float32)
+        return ragged(x, route, params, activation, grouped_matmul), jnp.zeros((), jnp.float32)
     raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS}")
