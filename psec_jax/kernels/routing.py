@@ -11,13 +11,15 @@ A few [num_blocks, K, E + 1] prefix sums in jnp then turn ranks into each slot's
 expert-grouped order (`positions`) and give the per-expert counts, so the grouped matmul needs no
 global argsort. Grid steps are independent (no carry between blocks), so the grid may run in parallel.
 
-Selection: Pallas has no sort lowering, so the kernel runs K rounds of max extraction (the largest
+Selection: Pallas has no sort lowering, so the kernel runs rounds of max extraction (the largest
 remaining probability, ties to the lower expert id, as `lax.top_k`), accumulating the top-p
-cumulative sum left to right as `psec_jax.moe.routing.sequential_cumsum` does. That makes the
-kernel's kept set the reference's exactly, given the same probabilities. K rounds cost O(K * E)
-per token, against O(E log E) for a sort: for the E <= 64 of interest and K <= E it is a handful of
-vector max/min reductions per round. Within-block ranks are one [B, B] @ [B, E + 2] matmul per round
-(a strictly lower-triangular mask times the slot's one-hot keys), which suits the MXU/tensor cores.
+cumulative sum left to right as `psec_jax.moe.routing.sequential_cumsum` does, which makes the
+kernel's kept set the reference's exactly, given the same probabilities. Top-p stops as soon as
+every token of the block has crossed p (the remaining slots are unused and their layout is known),
+so a block costs its largest kept count of rounds, not max_k. A round is two vector reductions over
+E per token, against O(E log E) for a sort, plus the within-block ranks: one [B, B] @ [B, E + 2]
+matmul (a strictly lower-triangular mask times the slot's one-hot keys), which suits the MXU and
+tensor cores.
 
 Both return a `RouteOutput` with `positions` [T, K] and `counts` [E] set.
 `fused_route_reference` is the pure-jnp statement of the same outputs (the `psec_jax.moe` routers
@@ -89,8 +91,8 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
                < jax.lax.broadcasted_iota(jnp.int32, (block, block), 0)).astype(jnp.float32)
     slot_col = jax.lax.broadcasted_iota(jnp.int32, (block, slots), 1)
 
-    def one_round(j, carry):  # extract the j-th largest remaining probability
-        remaining, csum, crossed, ids, weights, mask, ranks = carry
+    def one_round(carry):  # extract the j-th largest remaining probability
+        j, remaining, csum, crossed, ids, weights, mask, ranks = carry
         top = jnp.max(remaining, axis=-1, keepdims=True)  # [B, 1]
         idx = jnp.min(jnp.where(remaining == top, col, e), axis=-1, keepdims=True)  # ties: lower id
         remaining = jnp.where(col == idx, -1.0, remaining)
@@ -106,13 +108,21 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
                        keepdims=True)
         counts_ref[0, pl.ds(j, 1), :] = jnp.sum(onehot, axis=0, keepdims=True)[:, : e + 1].astype(jnp.int32)
         at = slot_col == j
-        return (remaining, csum, crossed, jnp.where(at, idx, ids), jnp.where(at, w, weights),
+        return (j + 1, remaining, csum, crossed, jnp.where(at, idx, ids), jnp.where(at, w, weights),
                 jnp.where(at, kept.astype(jnp.int32), mask), jnp.where(at, rank.astype(jnp.int32), ranks))
 
+    def more(carry):  # top-p stops once every real token of the block has crossed p
+        j, crossed = carry[0], carry[3]
+        return (j < slots) if rule == "top_k" else (j < slots) & jnp.any(real & ~crossed)
+
+    # Slots the loop does not reach are unused by every real token: key e, rank = the token's index
+    # in the block (real tokens come first), block count of key e = the number of real tokens.
+    n_real = jnp.sum(real.astype(jnp.int32))
+    counts_ref[0] = jnp.where(jax.lax.broadcasted_iota(jnp.int32, (slots, e + 1), 1) == e, n_real, 0)
     zeros = lambda dtype: jnp.zeros((block, slots), dtype)
-    init = (remaining, jnp.zeros((block, 1), jnp.float32), jnp.zeros((block, 1), bool), zeros(jnp.int32),
-            zeros(jnp.float32), zeros(jnp.int32), zeros(jnp.int32))
-    _, _, crossed, ids, weights, mask, ranks = jax.lax.fori_loop(0, slots, one_round, init)
+    init = (0, remaining, jnp.zeros((block, 1), jnp.float32), jnp.zeros((block, 1), bool), zeros(jnp.int32),
+            zeros(jnp.float32), zeros(jnp.int32), jax.lax.broadcasted_iota(jnp.int32, (block, slots), 0))
+    _, _, _, crossed, ids, weights, mask, ranks = jax.lax.while_loop(more, one_round, init)
     ids_ref[...] = ids
     w_ref[...] = weights
     mask_ref[...] = mask
