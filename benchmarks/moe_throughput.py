@@ -7,7 +7,9 @@
 Per (T, E, d): routing alone (router matmul + top-k / top-p) and the layer (routing + dispatch +
 SwiGLU experts + combine), forward and forward+backward, for top-2, top-p(0.4) and top-1, with the
 dense, capacity (factor 1.25, buffers sized for the route's mean experts per token) and dropless
-back-ends. Beside them, in the same run:
+back-ends; routing plus grouping by expert, the jnp router and an argsort (`routing+argsort`) against
+the fused Pallas kernel (`routing-fused`; interpret mode on CPU, so there only a correctness path).
+Beside them, in the same run:
 - `torch-loop`: the top-p paper's dispatch (a Python loop over experts gathering the tokens that
   chose each one) in PyTorch on CPU, with the same weights and routing decisions (optional: needs
   `torch`, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`);
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax import bench, moe, runs
+from psec_jax.moe.grouped import sort_assignments
 
 ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p=0.4), "top1": dict(router="top_k", k=1)}
 
@@ -122,7 +125,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (t, e, d) in sorted({(r["T"], r["E"], r["d"]) for r in rows}):
         for mode in ("fwd", "fwd+bwd"):
             layer = [r for r in by(T=t, E=e, d=d, router="top_p0.4", mode=mode)
-                     if not r["backend"].startswith(("routing-only", "torch-loop"))]
+                     if not r["backend"].startswith(("routing", "torch-loop"))]
             torch_rows = by(T=t, E=e, d=d, router="top_p0.4", mode=mode, backend="torch-loop")
             if not layer:
                 continue
@@ -133,7 +136,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 row["speedup_vs_torch"] = torch_rows[0]["ms"] / best["ms"]
             # layer cost per activated (token, expert) pair, top-p over top-2, best back-end each
             top2 = [r for r in by(T=t, E=e, d=d, router="top2", mode=mode)
-                    if not r["backend"].startswith(("routing-only", "torch-loop"))]
+                    if not r["backend"].startswith(("routing", "torch-loop"))]
             if top2:
                 b2 = min(top2, key=lambda r: r["ms"])
                 row["top_p_vs_top2_per_expert"] = (best["ms"] / best["experts_per_token"]) / (b2["ms"] / 2.0)
@@ -142,6 +145,10 @@ def summarize(rows: list[dict]) -> list[dict]:
                 mine = by(T=t, E=e, d=d, router="top_p0.4", backend="routing-only")
                 if same_k and mine:
                     row["routing_top_p_vs_top_k_same_k"] = mine[0]["ms"] / same_k[0]["ms"]
+                fused = by(T=t, E=e, d=d, router="top_p0.4", backend="routing-fused")
+                argsort = by(T=t, E=e, d=d, router="top_p0.4", backend="routing+argsort")
+                if fused and argsort:  # > 1: the kernel is faster
+                    row["routing_fused_speedup"] = argsort[0]["ms"] / fused[0]["ms"]
             out.append(row)
     return out
 
@@ -166,6 +173,9 @@ def main() -> None:
     p.add_argument("--memory_limit_gb", type=float, default=16.0,
                    help="skip capacity runs whose expert buffers [E, C, d_ff] (x4 with the backward) exceed this")
     p.add_argument("--routing_only", action="store_true", help="time the routers only (seconds)")
+    p.add_argument("--no_fused", action="store_true",
+                   help="skip the fused routing kernel (on CPU it runs in Pallas interpret mode: a correctness "
+                        "path, its time is not the kernel's)")
     p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args()
     ceil = ceilings()
@@ -187,6 +197,14 @@ def main() -> None:
             base = {"T": t, "E": e, "d": d, "f": f, "router": rname, "experts_per_token": k_mean}
             rows.append({**base, "backend": "routing-only", "mode": "fwd", "ms": 1e3 * t_route,
                          "tokens_per_s": t / t_route})
+            if not args.no_fused:  # routing + grouping by expert: the jnp router and an argsort vs the kernel
+                group_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], **cfg)).order)
+                fused_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], **cfg,
+                                                                           dispatch="fused")).order)
+                for name, fn in (("routing+argsort", group_fn), ("routing-fused", fused_fn)):
+                    secs = bench.time_call(fn, params, x, reps=10)
+                    rows.append({**base, "backend": name, "mode": "fwd", "ms": 1e3 * secs, "tokens_per_s": t / secs,
+                                 "interpret": name == "routing-fused" and jax.default_backend() == "cpu"})
             if cfg["router"] == "top_p":  # top-k routing with k = top-p's mean experts per token, rounded up
                 k_same = min(e, int(np.ceil(k_mean)))
                 same_fn = jax.jit(lambda p, x: moe.top_k(x @ p["router"], k_same).weights)
@@ -233,7 +251,7 @@ def main() -> None:
     print("\nTargets (top-p 0.4; best back-end per row):")
     print(runs.format_table(summary, ["T", "E", "d", "mode", "best_backend", "best_ms", "speedup_vs_torch",
                                       "roofline_fraction", "top_p_vs_top2_per_expert",
-                                      "routing_top_p_vs_top_k_same_k"], ".3g"))
+                                      "routing_top_p_vs_top_k_same_k", "routing_fused_speedup"], ".3g"))
     path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
                                                 "complete": True})
     print(f"\nwrote {path}")
