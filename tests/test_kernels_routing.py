@@ -166,3 +166,12 @@ def test_bad_arguments_fail_clearly():
         fused_route(logits.astype(jnp.int32), "top_p", p=0.5)
     with pytest.raises(ValueError, match="unknown routing dispatch 'sorted'"):
         moe.route(logits, "top_p", dispatch="sorted")
+
+
+@pytest.mark.parametrize("rule, kw, e", [("top_p", dict(p=0.4), 16), ("top_k", dict(k=2), 16),
+                                         ("top_p", dict(p=0.4, max_k=8), 64)])
+def test_kernel_lowers_for_mosaic_tpu(rule, kw, e):
+    """Cross-platform export runs the Mosaic TPU lowering here, without a TPU (it compiles nothing)."""
+    f = jax.jit(lambda l: fused_route(l, rule, interpret=False, **kw).positions)
+    exported = jax.export.export(f, platforms=["tpu"])(jax.ShapeDtypeStruct((1024, e), jnp.float32))
+    assert "tpu_custom_call" in exported.mlir_module()
