@@ -53,3 +53,14 @@ def test_auto_and_bad_names():
         gmm.resolve_impl("cutlass")
     with pytest.raises(ValueError, match=r"lhs \[m, k\], rhs \[G, k, n\]"):
         gmm.grouped_matmul(jnp.zeros((4, 3)), jnp.zeros((2, 5, 6)), jnp.zeros((2,), jnp.int32))
+
+
+def test_megablox_lowers_for_tpu_at_the_target_shape():
+    """jax.export to the TPU platform runs megablox's Mosaic lowering here (forward and backward)."""
+    def loss(a, b, g):
+        return jnp.sum(gmm.grouped_matmul(a, b, g, impl="megablox", interpret=False).astype(jnp.float32))
+
+    shapes = (jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16), jax.ShapeDtypeStruct((16, 1024, 2816), jnp.bfloat16),
+              jax.ShapeDtypeStruct((16,), jnp.int32))
+    exported = jax.export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=["tpu"])(*shapes)
+    assert exported.mlir_module().count("tpu_custom_call") >= 2  # gmm for the input, tgmm for the weights
