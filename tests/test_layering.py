@@ -29,7 +29,7 @@ def heavy(modules: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("module", ["psec_jax.lora", "psec_jax.moe", "psec_jax.rl.diffusion", "psec_jax.rl.critics",
-                                    "psec_jax.rl.train", "psec_jax.rl.policy", "psec_jax.data", "psec_jax.envs"])
+                                    "psec_jax.rl.train", "psec_jax.rl.policy", "psec_jax.data", "psec_jax.envs", "psec_jax.kernels"])
 def test_math_modules_import_no_simulator(module):
     assert heavy(imported_by(module)) == []
 

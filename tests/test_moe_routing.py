@@ -208,6 +208,7 @@ def test_top_p_at_exact_float32_boundaries(e, max_k):
             at_boundary += int(np.sum(c[:, j] == p))
     assert at_boundary >= 48
 
+
 @pytest.mark.parametrize("router", ["top_k", "top_p"])
 def test_non_finite_tokens_get_one_nan_slot_and_valid_ids(router):
     """NaN logit, +inf logit, all -inf: one slot at expert 0 with weight NaN; other tokens untouched."""

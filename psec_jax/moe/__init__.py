@@ -6,7 +6,9 @@
     layer = moe.MoE(num_experts=16, d_ff=2816)             # Flax shell
 
 Modules: routing (routers), losses (aux losses), backends (dense / capacity / dropless / ragged and
-the loop reference), grouped (the dropless machinery), layer (experts, moe_apply, MoE).
+the loop reference), grouped (the dropless machinery), gmm (grouped matmuls for ragged: megablox,
+tokamax, lax.ragged_dot), layer (experts, moe_apply, MoE; `dispatch="fused"` routes with the Pallas
+kernel of `psec_jax.kernels`).
 """
 
 from psec_jax.moe.backends import BACKENDS, capacity, capacity_of, dense, dispatch, dropless, loop_reference, ragged

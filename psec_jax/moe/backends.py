@@ -14,8 +14,8 @@ with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert a
 - `dropless`: sort the assignments by expert and run each expert on exactly its rows, in blocks
   (`psec_jax.moe.grouped`: loops over static shapes, since XLA on CPU has no grouped matmul).
   Nothing is dropped.
-- `ragged`: the same sort, then `jax.lax.ragged_dot` grouped matmuls (fast on GPU/TPU; only for
-  the layer's matmul experts).
+- `ragged`: the same sort, then grouped matmuls (`psec_jax.moe.gmm`: megablox, tokamax or
+  `lax.ragged_dot`; only for the layer's matmul experts).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
   the test reference.
 """
@@ -119,8 +119,9 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
     "gate"). Sorts all T*K slots by expert (invalid slots last, in no group), so the buffers are
     [T*K, d]: give top-p routes a `max_k` on accelerators. `grouped_matmul`: "auto" (megablox on
-    TPU, tokamax on GPU when installed, else `lax.ragged_dot`), or one of them by name. On CPU XLA
-    lowers ragged_dot to a slow loop (~100x a dense matmul); use `dropless` there.
+    TPU, tokamax on GPU when installed, else `lax.ragged_dot`), or one of them by name. On CPU
+    `lax.ragged_dot` is a dense masked matmul over all experts (measured ~100x a dense matmul of the
+    same rows); use `dropless` there.
     """
     _check(x, route)
     t = x.shape[0]

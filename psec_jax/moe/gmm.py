@@ -8,7 +8,10 @@ every implementation. Implementations ("auto" picks by the default backend):
 - "megablox": `jax.experimental.pallas.ops.tpu.megablox.gmm` (in the jax wheel; TPU, or interpret
   mode anywhere, which is how it is tested on CPU). m is padded to the row tile.
 - "tokamax": `tokamax.ragged_dot` (optional extra `psec-jax[tokamax]`; Mosaic GPU kernels on
-  Hopper/Blackwell, its own XLA fallback elsewhere; 0.0.12 tested here on CPU).
+  Hopper/Blackwell, its own XLA fallback elsewhere; 0.0.12 tested here on CPU). tokamax reads its
+  options from absl flags and parses `sys.argv` itself when nothing has parsed them, which fails on
+  any non-absl argument; so when absl flags are still unparsed the first tokamax call marks them
+  parsed, with their defaults (an absl application parses its flags before that and is unaffected).
 - "ragged_dot": `jax.lax.ragged_dot`. Fast on TPU; on CPU and on NVIDIA GPUs XLA lowers it to a
   dense masked matmul (G times the work), so it is only the fallback.
 """
@@ -54,7 +57,8 @@ def _megablox(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, interpret:
     tm = min(128, -(-m // 8) * 8)  # row tile: m is padded to a multiple of it
     padded = -(-m // tm) * tm
     x = jnp.pad(lhs, ((0, padded - m), (0, 0)))
-    y = gmm(x, rhs, group_sizes, lhs.dtype, (tm, min(128, k), min(128, n)), None, None, False, interpret)
+    y = gmm(x, rhs, group_sizes, preferred_element_type=lhs.dtype, tiling=(tm, min(128, k), min(128, n)),
+            interpret=interpret)
     return y[:m]
 
 

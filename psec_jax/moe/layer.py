@@ -71,7 +71,7 @@ def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: 
     expert-grouped position, so back-ends skip the argsort; interpret mode on CPU).
     """
     if dispatch == "fused":
-        from psec_jax.kernels import routing as fused  # the kernels package builds on moe.routing
+        from psec_jax.kernels import fused_routing as fused  # kernels build on moe.routing: import late
 
         if router not in ("top_k", "top_p"):
             raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")

@@ -133,8 +133,9 @@ def top_k(logits: jax.Array, k: int, *, renormalize: bool = False, probs: jax.Ar
       k: experts per token, a Python int in [1, E].
       renormalize: weights sum to 1 over the k experts (Mixtral/GShard style) instead of being
         the raw probabilities.
-      probs: [T, E] float32 softmax of the logits when already computed (e.g. by a fused kernel,
-        to check its selection against this one); default: computed here.
+      probs: [T, E] float32 softmax of the logits when already computed, e.g. by a fused kernel, to
+        check its selection against this one (it must be the logits' softmax: the aux losses use
+        both); default: computed here.
     """
     check_logits(logits)
     k = check_count("k", k, logits.shape[-1])
@@ -174,21 +175,27 @@ def sequential_cumsum(x: jax.Array) -> jax.Array:
     """[T, S] -> [T, S] cumulative sums along S, added strictly left to right.
 
     The rule is stated on these sums (numpy's and torch's CPU order); XLA's `cumsum` may
-    reassociate long rows (on CPU it differs from this order past ~16 columns). A scan over the
-    columns is also the fastest of the three on CPU (measured at T=16k, E=16 and 64).
+    reassociate long rows (on CPU it differs from this order past ~16 columns). On CPU a rolled scan
+    over the columns is the fastest of the three (measured at T=16k, E=16 and 64); elsewhere the scan
+    is unrolled, as a loop step costs a kernel launch there. Both add in the same order.
     """
     step = lambda c, col: (c + col, c + col)
-    return jax.lax.scan(step, jnp.zeros(x.shape[:1], x.dtype), x.T)[1].T
+    unroll = jax.default_backend() != "cpu"
+    return jax.lax.scan(step, jnp.zeros(x.shape[:1], x.dtype), x.T, unroll=unroll)[1].T
 
 
 def kept_prefix(sorted_probs: jax.Array, p) -> jax.Array:
     """[T, S] probabilities sorted descending -> [T, S] bool: slot j is kept iff no slot before j has
     cumulative sum > p (`sequential_cumsum`; slot 0 always): slots 0..j*, j* the first with cumsum > p.
 
-    Decided on the cumulative sums themselves, so the set is exactly the rule's for the sums as
-    computed (`cumsum_j - p_j` is not `cumsum_{j-1}` in floating point).
+    Decided on the float32 cumulative sums themselves (p rounded to float32), so the set is exactly
+    the rule's for the sums as computed (`cumsum_j - p_j` is not `cumsum_{j-1}` in floating point).
     """
-    over = sequential_cumsum(sorted_probs) > p
+    return _kept(sequential_cumsum(sorted_probs) > jnp.asarray(p, jnp.float32))
+
+
+def _kept(over: jax.Array) -> jax.Array:
+    """[T, S] cumulative sum > p -> [T, S] kept: no earlier slot crossed."""
     crossed_before = jnp.cumsum(over, axis=-1, dtype=jnp.int32) - over
     return crossed_before == 0
 
@@ -212,15 +219,15 @@ def _sorted_prefix(probs: jax.Array, p, max_k: int) -> tuple[jax.Array, jax.Arra
         s, i = sort_descending(probs) if e <= _PAIRWISE_SORT_MAX_E else jax.lax.top_k(probs, size)
         return s, i, kept_prefix(s, p)
     s0, i0 = jax.lax.top_k(probs, _PARTIAL_SORT_K)
-    keep0 = kept_prefix(s0, p)  # the cond and the partial result use the same sums
+    over0 = sequential_cumsum(s0) > jnp.asarray(p, jnp.float32)  # the cond and the partial result share it
     pad = lambda a: jnp.pad(a, ((0, 0), (0, size - _PARTIAL_SORT_K)))
 
     def full():
         s, i = jax.lax.top_k(probs, size)
         return s, i, kept_prefix(s, p)
 
-    complete = jnp.all(jnp.any(sequential_cumsum(s0) > p, axis=-1))
-    return jax.lax.cond(complete, lambda: (pad(s0), pad(i0), pad(keep0)), full)
+    complete = jnp.all(jnp.any(over0, axis=-1))
+    return jax.lax.cond(complete, lambda: (pad(s0), pad(i0), pad(_kept(over0))), full)
 
 
 def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False,

@@ -30,15 +30,31 @@ passes gradients to the logits through the probabilities (weights are probabilit
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from psec_jax.moe import routing
+from psec_jax.moe.grouped import sort_assignments
 from psec_jax.moe.routing import RouteOutput
 
 RULES = ("top_k", "top_p")
+MAX_BLOCK_TOKENS = 1024  # the kernel holds a [B, B] float32 mask for the within-block ranks
+
+
+class _KernelOut(NamedTuple):
+    """The kernel's arrays, cut to the T real tokens (block counts: one row per grid step)."""
+
+    probs: jax.Array  # [T, E] float32 softmax of the logits
+    ids: jax.Array  # [T, K] int32 experts by descending probability (unused slots: unspecified)
+    weights: jax.Array  # [T, K] float32 probabilities of the kept experts, 0 elsewhere (bad tokens: NaN, 0, ...)
+    mask: jax.Array  # [T, K] int32 1 where the slot is in use
+    rank: jax.Array  # [T, K] int32 rank among the block's earlier tokens with the same (slot, key)
+    truncated: jax.Array  # [T, 1] int32 1 where top-p wanted more than K slots
+    block_counts: jax.Array  # [NB, K, E + 1] int32 per block, slot and key (key E: slot not in use)
 
 
 def _check(logits: jax.Array, rule: str, k: int | None, p, max_k: int | None) -> int:
@@ -66,12 +82,9 @@ def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None,
     kw = dict(renormalize=renormalize, probs=probs)
     r = routing.top_k(logits, k, **kw) if rule == "top_k" else routing.top_p(logits, p, max_k, **kw)
     t, kk = r.expert_ids.shape
-    e = r.num_experts
-    keys = jnp.where(r.mask, r.expert_ids, e).T.reshape(-1)  # [K*T] slot-major
-    order = jnp.argsort(keys, stable=True)
+    order, sizes, _ = sort_assignments(r)  # the back-ends' stable argsort; positions invert it
     positions = jnp.zeros((t * kk,), jnp.int32).at[order].set(jnp.arange(t * kk, dtype=jnp.int32))
-    counts = jnp.bincount(keys, length=e + 1)[:e].astype(jnp.int32)
-    return r.replace(positions=positions.reshape(kk, t).T, counts=counts)
+    return r.replace(positions=positions.reshape(kk, t).T, counts=sizes)
 
 
 def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, trunc_ref, counts_ref, *,
@@ -131,7 +144,8 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
     trunc_ref[...] = trunc.astype(jnp.int32)
 
 
-def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: int, interpret: bool):
+def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: int, interpret: bool
+                ) -> _KernelOut:
     t, e = logits.shape
     nb = max(1, pl.cdiv(t, block))
     padded = jnp.pad(logits, ((0, nb * block - t), (0, 0)))
@@ -144,14 +158,15 @@ def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: i
                  jax.ShapeDtypeStruct((nb * block, 1), jnp.int32),  # truncated
                  jax.ShapeDtypeStruct((nb, slots, e + 1), jnp.int32))  # block counts per (slot, key)
     kernel = functools.partial(_kernel, rule=rule, slots=slots, num_tokens=t, block=block)
+    params = None if interpret else pltpu.CompilerParams(dimension_semantics=("parallel",))  # blocks independent
     outs = pl.pallas_call(
         kernel, out_shape=out_shape, grid=(nb,),
         in_specs=[rows(e), pl.BlockSpec((1, 1), lambda i: (0, 0))],
         out_specs=(rows(e), rows(slots), rows(slots), rows(slots), rows(slots), rows(1),
                    pl.BlockSpec((1, slots, e + 1), lambda i: (i, 0, 0))),
-        interpret=interpret, name=f"fused_{rule}_routing",
+        interpret=interpret, compiler_params=params, name=f"fused_{rule}_routing",
     )(padded, jnp.reshape(p, (1, 1)).astype(jnp.float32))
-    return tuple(o[:t] for o in outs[:6]) + (outs[6],)
+    return _KernelOut(*(o[:t] for o in outs[:6]), outs[6])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -160,14 +175,14 @@ def _route_arrays(logits, p, rule, slots, block, interpret):
 
 
 def _route_fwd(logits, p, rule, slots, block, interpret):
-    outs = _run_kernel(logits, p, rule, slots, block, interpret)
-    probs, ids, _, mask = outs[:4]
-    return outs, (probs, ids, mask, jnp.zeros((0,), logits.dtype), p)  # (a 0-size array carries the dtype)
+    out = _run_kernel(logits, p, rule, slots, block, interpret)
+    return out, (out.probs, out.ids, out.mask, jnp.zeros((0,), logits.dtype), p)  # (0-size: carries the dtype)
 
 
-def _route_bwd(rule, slots, block, interpret, res, g):
+def _route_bwd(rule, slots, block, interpret, res, g: _KernelOut):
+    """Gradients reach the logits through the probabilities: directly, and as the kept weights."""
     probs, ids, mask, like, p = res
-    g_probs, g_weights = g[0], g[2]
+    g_probs, g_weights = g.probs, g.weights
     finite = jnp.all(jnp.isfinite(probs), axis=-1, keepdims=True)  # bad tokens' weights are constants
     g_w = jnp.where((mask == 1) & finite, g_weights, 0.0)
     g_total = g_probs + jnp.zeros_like(probs).at[jnp.arange(probs.shape[0])[:, None], ids].add(g_w)
@@ -183,28 +198,35 @@ def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, m
     """Route with the fused kernel: a `RouteOutput` with `positions` and `counts` set (the layout of
     `psec_jax.moe.grouped.Sorted`: slot j of token t is assignment j * T + t, valid assignments
     grouped by expert, slot-major then by token within an expert, unused slots after them all).
-    Same outputs as `fused_route_reference`.
+    Given the same probabilities its selection equals `fused_route_reference`'s bit for bit; its
+    softmax may differ from `jax.nn.softmax` by an ulp, so near the threshold the two can keep
+    different experts. Differentiable in reverse mode (`custom_vjp`), not forward mode.
 
     Args:
       logits: [T, E] router logits (any float dtype; T may be 0 and need not divide the block).
       rule: "top_k" (k slots) or "top_p" (threshold p in (0, 1], max_k slots, default E).
       renormalize: weights sum to 1 over the kept experts (applied after the kernel).
-      block_tokens: tokens per grid step (a multiple of 8).
-      interpret: run the kernel in Pallas interpret mode; default: on CPU only (the only way there).
+      block_tokens: tokens per grid step, a multiple of 8 up to MAX_BLOCK_TOKENS.
+      interpret: run the kernel in Pallas interpret mode; default: on CPU (the only way there), not
+        on TPU. On GPU it must be given: the kernel does not lower for Mosaic GPU yet.
     """
     slots = _check(logits, rule, k, p, max_k)
-    if block_tokens < 8 or block_tokens % 8:
-        raise ValueError(f"block_tokens must be a positive multiple of 8, got {block_tokens}")
+    if not 8 <= block_tokens <= MAX_BLOCK_TOKENS or block_tokens % 8:
+        raise ValueError(f"block_tokens must be a multiple of 8 in [8, {MAX_BLOCK_TOKENS}], got {block_tokens}")
     t, e = logits.shape
     if interpret is None:
-        interpret = jax.default_backend() == "cpu"
+        backend = jax.default_backend()
+        if backend not in ("cpu", "tpu"):
+            raise NotImplementedError(f"the fused routing kernel does not lower for {backend} yet (Mosaic GPU "
+                                      "needs explicit layouts); use dispatch='argsort' or interpret=True")
+        interpret = backend == "cpu"
     threshold = jnp.asarray(1.0 if p is None else p, jnp.float32)
     block = int(min(block_tokens, max(8, -(-t // 8) * 8)))
     probs, ids, weights, mask, rank, trunc, block_counts = _route_arrays(logits, threshold, rule, slots, block,
                                                                          interpret)
     mask = mask == 1
-    if renormalize:
-        weights = routing.renormalize_weights(weights)
+    if renormalize:  # masked: a bad token's NaN must stay in its one slot
+        weights = jnp.where(mask, routing.renormalize_weights(weights), 0.0)
     totals = block_counts.sum(0)  # [K, E + 1] per (slot, key)
     group = totals.sum(0)  # [E + 1] assignments per key
     base = (jnp.cumsum(group) - group)[None, None, :]  # where each key's group starts

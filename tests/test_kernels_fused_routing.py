@@ -104,32 +104,45 @@ def test_exact_float32_boundaries(e, max_k):
         assert_same_selection(got, fused_route_reference(logits, "top_p", p=p, max_k=max_k, probs=got.probs))
 
 
-def test_bf16_logits_zero_tokens_and_renormalize():
-    logits = jnp.asarray(adversarial(20, 6)[8:]).astype(jnp.bfloat16)
-    got = fused_route(logits, "top_p", p=0.5, renormalize=True, block_tokens=8)
+@pytest.mark.parametrize("rule, kw", [("top_k", dict(k=3)), ("top_p", dict(p=0.5))])
+def test_bf16_logits_zero_tokens_and_renormalize(rule, kw):
+    logits = jnp.asarray(adversarial(20, 6)).astype(jnp.bfloat16)  # with the NaN / inf rows
+    got = fused_route(logits, rule, renormalize=True, block_tokens=8, **kw)
     assert got.probs.dtype == got.weights.dtype == jnp.float32
-    assert_same_selection(got, fused_route_reference(logits, "top_p", p=0.5, renormalize=True, probs=got.probs))
-    np.testing.assert_allclose(np.asarray(got.weights).sum(-1), 1.0, rtol=1e-6)
+    assert_same_selection(got, fused_route_reference(logits, rule, renormalize=True, probs=got.probs, **kw))
+    w, finite = np.asarray(got.weights), np.all(np.isfinite(np.asarray(got.probs)), -1)
+    np.testing.assert_allclose(w[finite].sum(-1), 1.0, rtol=1e-6)
+    assert np.all(np.isnan(w[~finite, 0])) and np.all(w[~finite, 1:] == 0)  # the NaN stays in its one slot
     empty = fused_route(jnp.zeros((0, 6)), "top_k", k=2)
     assert empty.expert_ids.shape == empty.positions.shape == (0, 2) and empty.counts.tolist() == [0] * 6
 
 
-def test_gradients_equal_the_reference():
-    """Through the router weights: logits = x @ W; a loss on the weights and on the probabilities."""
-    kx, kw = jax.random.split(jax.random.PRNGKey(0))
-    x, w = jax.random.normal(kx, (40, 12)), jax.random.normal(kw, (12, 8))
-    c_w, c_p = jnp.cos(jnp.arange(40 * 3).reshape(40, 3)), jnp.sin(jnp.arange(40 * 8).reshape(40, 8))
+@pytest.mark.parametrize("rule, kw, e", [("top_k", dict(k=3), 8), ("top_p", dict(p=0.5, max_k=3), 8),
+                                         ("top_p", dict(p=0.5, renormalize=True), 8), ("top_p", dict(p=0.7), 64)])
+def test_gradients_equal_the_reference(rule, kw, e):
+    """Through the router weights (logits = x @ W): a loss on the weights, the probabilities and the
+    aux losses; then through the logits with a NaN token, whose gradient is NaN in both."""
+    kx, kw_, kc = jax.random.split(jax.random.PRNGKey(e), 3)
+    x, w = jax.random.normal(kx, (40, 12)), jax.random.normal(kw_, (12, e))
+    slots = kw.get("k", kw.get("max_k", e))
+    c_w, c_p = jax.random.normal(kc, (40, slots)), jnp.sin(jnp.arange(40 * e).reshape(40, e))
+    fused = lambda l: fused_route(l, rule, block_tokens=16, **kw)
+    ref = lambda l: fused_route_reference(l, rule, **kw)
 
-    def loss(route_fn):
-        def f(w, x):
-            r = route_fn(x @ w)
-            return jnp.sum(r.weights * c_w) + jnp.sum(r.probs * c_p) + moe.aux_losses(r)["total"]
+    def loss(route_fn, aux=True):
+        def f(logits):
+            r = route_fn(logits)
+            ok = jnp.isfinite(r.probs).all(-1, keepdims=True)
+            out = jnp.sum(jnp.where(ok, r.weights * c_w, 0.0)) + jnp.sum(jnp.where(ok, r.probs * c_p, 0.0))
+            return out + (moe.aux_losses(r)["total"] if aux else 0.0)
         return f
 
-    for rule, kw in (("top_k", dict(k=3)), ("top_p", dict(p=0.5, max_k=3))):
-        got = jax.jit(jax.grad(loss(lambda l: fused_route(l, rule, block_tokens=16, **kw)), (0, 1)))(w, x)
-        want = jax.grad(loss(lambda l: fused_route_reference(l, rule, **kw)), (0, 1))(w, x)
-        assert_trees_close(got, want)
+    through_w = lambda route_fn: jax.grad(lambda w, x: loss(route_fn)(x @ w), (0, 1))
+    assert_trees_close(jax.jit(through_w(fused))(w, x), through_w(ref)(w, x))
+    logits = (x @ w).at[3, 1].set(jnp.nan)
+    got, want = jax.jit(jax.grad(loss(fused, aux=False)))(logits), jax.grad(loss(ref, aux=False))(logits)
+    assert np.all(np.isnan(np.asarray(got)[3])) and np.all(np.isnan(np.asarray(want)[3]))
+    assert_trees_close(np.delete(np.asarray(got), 3, 0), np.delete(np.asarray(want), 3, 0))
 
 
 def test_traced_and_vmapped_threshold():
@@ -142,22 +155,35 @@ def test_traced_and_vmapped_threshold():
             np.testing.assert_array_equal(np.asarray(getattr(batched, f))[i], np.asarray(getattr(one, f)), err_msg=f)
 
 
-def test_moe_layer_with_fused_dispatch_equals_argsort():
+@pytest.mark.parametrize("router", ["top_k", "top_p"])
+def test_moe_layer_with_fused_dispatch_equals_argsort(router):
+    """The back-ends that take the kernel's positions (capacity with drops, so priority order counts)."""
     params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 8)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 20, 16))
-    for backend in ("dropless", "capacity"):  # the back-ends that take the kernel's positions
-        kw = dict(router="top_p", p=0.5, backend=backend, capacity_factor=8.0)
+    for backend in ("dropless", "capacity", "ragged"):
+        kw = dict(router=router, k=2, p=0.5, backend=backend, capacity_factor=0.5, capacity_k=1.0)
         got = jax.jit(lambda x: moe.moe_apply(params, x, dispatch="fused", **kw))(x)
         want = jax.jit(lambda x: moe.moe_apply(params, x, **kw))(x)
         assert_trees_close(got, want)
+        if backend == "capacity":
+            assert float(got[2]["dropped_fraction"]) > 0.1
+    loss = lambda dispatch: lambda p, x: jnp.mean(moe.moe_apply(p, x, router=router, p=0.5, dispatch=dispatch)[0] ** 2)
+    assert_trees_close(jax.jit(jax.grad(loss("fused"), (0, 1)))(params, x), jax.grad(loss("argsort"), (0, 1))(params, x))
+
+
+def test_no_silent_fallback_on_gpu(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(NotImplementedError, match="does not lower for gpu yet"):
+        fused_route(jnp.zeros((4, 8)), "top_k", k=2)
 
 
 def test_bad_arguments_fail_clearly():
     logits = jnp.zeros((4, 8))
     with pytest.raises(ValueError, match="unknown routing rule 'top_q'"):
         fused_route(logits, "top_q")
-    with pytest.raises(ValueError, match="block_tokens must be a positive multiple of 8, got 12"):
-        fused_route(logits, "top_k", k=2, block_tokens=12)
+    for bad in (12, 2048):
+        with pytest.raises(ValueError, match=rf"block_tokens must be a multiple of 8 in \[8, 1024\], got {bad}"):
+            fused_route(logits, "top_k", k=2, block_tokens=bad)
     with pytest.raises(ValueError, match=r"k must be in \[1, E=8\]"):
         fused_route(logits, "top_k", k=9)
     with pytest.raises(ValueError, match=r"p must be in \(0, 1\]"):
