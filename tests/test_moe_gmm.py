@@ -43,7 +43,7 @@ def test_values_and_gradients_equal_the_loop(impl):
     assert_trees_close(got, jax.grad(loop, (0, 1))(lhs, rhs), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "ragged_dot"])  # ragged_dot: test_moe_dispatch
 def test_ragged_backend_with_each_impl_equals_the_loop_reference(impl):
     params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 4)
     x = jax.random.normal(jax.random.PRNGKey(1), (30, 16))
