@@ -38,7 +38,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from psec_jax.moe import routing
-from psec_jax.moe.grouped import sort_assignments
+from psec_jax.moe.grouped import invert_permutation, sort_assignments
 from psec_jax.moe.routing import RouteOutput
 
 RULES = ("top_k", "top_p")
@@ -83,8 +83,7 @@ def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None,
     r = routing.top_k(logits, k, **kw) if rule == "top_k" else routing.top_p(logits, p, max_k, **kw)
     t, kk = r.expert_ids.shape
     order, sizes, _ = sort_assignments(r)  # the back-ends' stable argsort; positions invert it
-    positions = jnp.zeros((t * kk,), jnp.int32).at[order].set(jnp.arange(t * kk, dtype=jnp.int32))
-    return r.replace(positions=positions.reshape(kk, t).T, counts=sizes)
+    return r.replace(positions=invert_permutation(order).reshape(kk, t).T, counts=sizes)
 
 
 def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, trunc_ref, counts_ref, *,

@@ -73,6 +73,12 @@ class Sorted(NamedTuple):
     starts: jax.Array  # [E] first sorted position of each expert's group
 
 
+def invert_permutation(perm: jax.Array) -> jax.Array:
+    """[n] int permutation -> [n] int32 inverse (inverse[perm[i]] = i), one scatter."""
+    n = perm.shape[0]
+    return jnp.zeros((n,), jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+
+
 def sort_assignments(route: RouteOutput) -> Sorted:
     """Sort the valid (token, slot) assignments of a route by expert (see `Sorted`).
 
@@ -81,9 +87,7 @@ def sort_assignments(route: RouteOutput) -> Sorted:
     """
     e = route.num_experts
     if route.positions is not None and route.counts is not None:
-        n = route.positions.size
-        order = jnp.zeros((n,), jnp.int32).at[route.positions.T.reshape(-1)].set(
-            jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+        order = invert_permutation(route.positions.T.reshape(-1))
         sizes = route.counts.astype(jnp.int32)
         return Sorted(order, sizes, (jnp.cumsum(sizes) - sizes).astype(jnp.int32))
     ids = jnp.where(route.mask, route.expert_ids, e).T.reshape(-1)  # [K*T], slot-major

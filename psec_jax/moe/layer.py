@@ -70,20 +70,18 @@ def route(logits: jax.Array, router: str, *, k: int = 2, p: float = 0.4, max_k: 
     (the Pallas routing kernel, `psec_jax.kernels.fused_route`, which also returns each slot's
     expert-grouped position, so back-ends skip the argsort; interpret mode on CPU).
     """
+    if router not in ("top_k", "top_p"):
+        raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")
+    if dispatch not in ROUTING_IMPLS:
+        raise ValueError(f"unknown routing dispatch {dispatch!r}; choose from {ROUTING_IMPLS}")
     if dispatch == "fused":
         from psec_jax.kernels import fused_routing as fused  # kernels build on moe.routing: import late
 
-        if router not in ("top_k", "top_p"):
-            raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")
         return fused.fused_route(logits, router, k=k if router == "top_k" else None,
                                  p=p if router == "top_p" else None, max_k=max_k, renormalize=renormalize)
-    if dispatch != "argsort":
-        raise ValueError(f"unknown routing dispatch {dispatch!r}; choose from {ROUTING_IMPLS}")
     if router == "top_k":
         return routing.top_k(logits, k, renormalize=renormalize)
-    if router == "top_p":
-        return routing.top_p(logits, p, max_k, renormalize=renormalize)
-    raise ValueError(f"unknown router {router!r}; choose from ('top_k', 'top_p')")
+    return routing.top_p(logits, p, max_k, renormalize=renormalize)
 
 
 def routing_stats(r: routing.RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
