@@ -169,6 +169,27 @@ def test_dropless_gradients_with_saved_recomputed_and_mixed_activations(saved_sl
     assert_trees_close(grads(plain), grads(moe.swiglu_expert), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", moe.BACKENDS)
+def test_split_expert_layout_equals_stacked_and_returns_split_gradients(backend):
+    """The split layout (a tuple of per-expert pytrees; dropless unrolls over it) gives the stacked
+    layout's outputs, and gradients in the split layout equal to the stacked gradients' slices."""
+    params, x = setup(4, seed=11)
+    r = make_route(params, x, "top_p")
+    kw = {"block_size": 8} if backend == "dropless" else {}
+    split = moe.split_experts(params["experts"])
+    assert isinstance(split, tuple) and len(split) == 4 and split[2]["up"].shape == params["experts"]["up"].shape[1:]
+    assert_trees_close(moe.stack_experts(split), params["experts"], rtol=0, atol=0)
+    args = (x, params["experts"], params["router"])
+    g_stacked = jax.jit(jax.grad(loss_fn(backend, r, "swiglu", **kw), argnums=(0, 1, 2)))(*args)
+    g_split = jax.jit(jax.grad(loss_fn(backend, r, "swiglu", **kw), argnums=(0, 1, 2)))(x, split, params["router"])
+    assert isinstance(g_split[1], tuple) and len(g_split[1]) == 4
+    assert_trees_close(g_split[0], g_stacked[0], rtol=1e-5, atol=1e-6)
+    assert_trees_close(moe.stack_experts(g_split[1]), g_stacked[1], rtol=1e-5, atol=1e-6)
+    assert_trees_close(g_split[2], g_stacked[2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="route has 4 experts but the expert params hold 3"):
+        moe.dispatch(backend, x, r, moe.swiglu_expert, split[:3], **kw)
+
+
 @pytest.mark.parametrize("router", ["top_k", "top_p"])
 def test_a_non_finite_token_is_nan_in_every_backend_and_leaves_the_others_alone(router):
     """One documented behaviour: the NaN token's output is NaN everywhere, ids stay in [0, E)."""

@@ -12,14 +12,15 @@ kernel of `psec_jax.kernels`).
 """
 
 from psec_jax.moe.backends import BACKENDS, capacity, capacity_of, dense, dispatch, dropless, loop_reference, ragged
-from psec_jax.moe.grouped import SplitExpert, default_block_size, sort_assignments, tail_sizes
+from psec_jax.moe.grouped import (SplitExpert, default_block_size, sort_assignments, split_experts, stack_experts,
+                                  tail_sizes)
 from psec_jax.moe.layer import (EXPERTS, MoE, gelu_expert, init_moe, moe_apply, route, routing_stats,
                                 swiglu_expert)
 from psec_jax.moe.losses import (DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expert_fractions,
                                  load_balance, z_loss)
 from psec_jax.moe.routing import RouteOutput, top_k, top_p
 
-__all__ = ["BACKENDS", "capacity", "capacity_of", "SplitExpert", "default_block_size", "sort_assignments", "tail_sizes", "dense", "dispatch", "dropless",
+__all__ = ["BACKENDS", "capacity", "capacity_of", "SplitExpert", "default_block_size", "sort_assignments", "split_experts", "stack_experts", "tail_sizes", "dense", "dispatch", "dropless",
            "loop_reference", "ragged", "EXPERTS", "MoE", "gelu_expert", "init_moe", "moe_apply", "route",
            "routing_stats", "swiglu_expert", "DEFAULT_WEIGHTS", "aux_losses", "dynamic_loss",
            "expert_fractions", "load_balance", "z_loss", "RouteOutput", "top_k", "top_p"]

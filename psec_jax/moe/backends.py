@@ -5,7 +5,9 @@ Every back-end computes, for tokens x [T, d] (T may be 0) and a RouteOutput with
     y[t] = sum_{slots j valid} weights[t, j] * expert_{ids[t, j]}(x[t])
 
 with `expert_fn(params_e, x_rows [n, d]) -> [n, d_out]` written for ONE expert and
-`params` holding all experts stacked on a leading axis [E, ...].
+`params` holding all experts stacked on a leading axis [E, ...] (or, for any back-end, split into a
+tuple of E per-expert pytrees, `psec_jax.moe.grouped.split_experts`: `dropless` uses each expert's
+own arrays then, the others stack them).
 
 - `dense`: every expert on every token, masked combine. Cost E x; a reference for small E.
 - `capacity`: GShard-style buffers [E, C, d] with C = ceil(capacity_factor * T * k / E);
@@ -31,16 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax.moe import gmm
-from psec_jax.moe.grouped import ExpertFn, expert_params, sort_assignments
+from psec_jax.moe.grouped import ExpertFn, expert_params, is_split, sort_assignments, stack_experts
 from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
 
 
-def _check(x: jax.Array, route: RouteOutput) -> None:
+def _check(x: jax.Array, route: RouteOutput, params: Any = None) -> None:
     if x.ndim != 2:
         raise ValueError(f"dispatch expects tokens x of shape [T, d], got {x.shape}")
     if route.expert_ids.shape[0] != x.shape[0]:
         raise ValueError(f"route has {route.expert_ids.shape[0]} tokens but x has {x.shape[0]}")
+    if params is not None:
+        e = len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
+        if e != route.num_experts:
+            raise ValueError(f"route has {route.num_experts} experts but the expert params hold {e}")
 
 
 def loop_reference(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) -> jax.Array:
@@ -66,8 +72,8 @@ def loop_reference(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params
 
 def dense(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) -> jax.Array:
     """All experts on all tokens ([E, T, d_out] intermediate), combined with the route weights."""
-    _check(x, route)
-    y = jax.vmap(expert_fn, in_axes=(0, None))(params, x)  # [E, T, d_out]
+    _check(x, route, params)
+    y = jax.vmap(expert_fn, in_axes=(0, None))(stack_experts(params), x)  # [E, T, d_out]
     return jnp.einsum("te,etd->td", route.combine_weights().astype(y.dtype), y)
 
 
@@ -85,7 +91,8 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     assignment of expert e in priority order; the gathers and the combine touch E*C rows, not
     T*K, so top-p's many empty slots cost nothing.
     """
-    _check(x, route)
+    _check(x, route, params)
+    params = stack_experts(params)
     if x.shape[0] == 0:  # nothing to buffer: the (empty) dense result, nothing dropped
         return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
     t, e = x.shape[0], route.num_experts
@@ -105,8 +112,11 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
 
 def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
-    """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`)."""
-    _check(x, route)
+    """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`).
+
+    params: stacked ([E, ...] leaves) or split (`psec_jax.moe.grouped.split_experts`: a tuple of E
+    per-expert pytrees, the fastest layout on XLA:CPU; gradients come back in the same layout)."""
+    _check(x, route, params)
     if x.shape[0] == 0:  # no blocks to plan: the (empty) dense result
         return dense(x, route, expert_fn, params)
     return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
@@ -123,7 +133,8 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     `lax.ragged_dot` is a dense masked matmul over all experts (measured ~100x a dense matmul of the
     same rows); use `dropless` there.
     """
-    _check(x, route)
+    _check(x, route, params)
+    params = stack_experts(params)
     t = x.shape[0]
     if t == 0:
         return jnp.zeros((0, params["down"].shape[-1]), x.dtype)

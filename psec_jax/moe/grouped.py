@@ -56,9 +56,35 @@ class SplitExpert:
         return self.outer(p, self.inner(p, x))
 
 
+def is_split(params: Any) -> bool:
+    """Whether expert params are in the split layout: a tuple (or list) of E per-expert pytrees."""
+    return isinstance(params, (tuple, list))
+
+
 def expert_params(params: Any, e: jax.Array | int) -> Any:
-    """The weights of expert e from a pytree stacked on a leading expert axis."""
+    """The weights of expert e: from a pytree stacked on a leading expert axis, or the e-th entry
+    of the split layout (e static there)."""
+    if is_split(params):
+        return params[e]
     return jax.tree.map(lambda w: w[e], params)
+
+
+def split_experts(params: Any) -> tuple[Any, ...]:
+    """Stacked expert params (leaves [E, ...]) -> the split layout: a tuple of E pytrees of [...].
+
+    On XLA:CPU the split layout lets `dropless` hand each expert's own arrays to its matmuls and
+    write its weight gradients in place; slicing the stacked arrays copies them (see dropless).
+    """
+    if is_split(params):
+        return tuple(params)
+    return tuple(expert_params(params, e) for e in range(_num_experts(params)))
+
+
+def stack_experts(params: Any) -> Any:
+    """The split layout (E pytrees of [...]) -> one pytree of [E, ...] leaves (stacked unchanged)."""
+    if not is_split(params):
+        return params
+    return jax.tree.map(lambda *ws: jnp.stack(ws), *params)
 
 
 class Sorted(NamedTuple):
@@ -141,9 +167,11 @@ def _rows(buf: jax.Array, at: jax.Array, n: int) -> jax.Array:
 
 def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accumulate: Accumulate,
                  carry: Any) -> Any:
-    """Run `block_fn` on every block of expert e's rows (full blocks, then one ladder-sized tail)
-    and fold the results into `carry` with `accumulate`.
+    """Run `block_fn` on every block of expert e's rows (one ladder-sized tail first, then the full
+    blocks) and fold the results into `carry` with `accumulate`.
 
+    The tail goes first so that an accumulator can start from its result (the backward pass's
+    weight gradient: no zero-filled expert-sized buffer, no extra add when one block suffices).
     The tail's `lax.switch` branches only compute; the carry is updated outside them, because XLA
     copies a buffer that a conditional branch updates in place.
     """
@@ -153,13 +181,6 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     def rows_at(at, size):
         return _rows(plan.token, at, size), _rows(plan.assignment, at, size)
 
-    def body(c):
-        j, carry = c
-        at = start + j * block
-        rows, assign = rows_at(at, block)
-        return j + 1, accumulate(carry, at, rows, assign, *block_fn(at, rows, assign, None))
-
-    _, carry = jax.lax.while_loop(lambda c: c[0] < full, body, (jnp.int32(0), carry))
     rem, at = n - full * block, start + full * block
     shapes = jax.eval_shape(block_fn, at, *rows_at(at, block), None)
     pad_to_block = lambda a: jnp.pad(a, [(0, block - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
@@ -176,7 +197,15 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     index = jnp.where(rem == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), rem))
     per_row, whole = jax.lax.switch(index, [nothing] + [tail(s) for s in sizes])
     rows, assign = rows_at(at, block)  # beyond the tail: per_row is zero there
-    return accumulate(carry, at, rows, assign, per_row, whole)
+    carry = accumulate(carry, at, rows, assign, per_row, whole)
+
+    def body(c):
+        j, carry = c
+        at = start + j * block
+        rows, assign = rows_at(at, block)
+        return j + 1, accumulate(carry, at, rows, assign, *block_fn(at, rows, assign, None))
+
+    return jax.lax.while_loop(lambda c: c[0] < full, body, (jnp.int32(0), carry))[1]
 
 
 def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
@@ -186,7 +215,20 @@ def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
 
 
 def _num_experts(params: Any) -> int:
-    return jax.tree.leaves(params)[0].shape[0]
+    return len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
+
+
+def _over_experts(per_expert: Callable[[Any, tuple[Any, jax.Array]], tuple[Any, Any]], carry: Any,
+                  params: Any) -> tuple[Any, Any]:
+    """`lax.scan` of per_expert((carry, (params of expert e, e))) over the experts; for the split
+    layout, a loop unrolled at trace time over each expert's own arrays (outputs in that layout)."""
+    if not is_split(params):
+        return jax.lax.scan(per_expert, carry, (params, jnp.arange(_num_experts(params))))
+    outs = []
+    for e, p_e in enumerate(params):
+        carry, out = per_expert(carry, (p_e, jnp.int32(e)))
+        outs.append(out)
+    return carry, type(params)(outs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -231,7 +273,7 @@ def _forward(expert_fn, block, saved_rows, params, x, w_flat, plan):
         return _over_blocks(plan, e, block, block_fn, add, carry), None
 
     out0 = jnp.zeros((x.shape[0], d_out), x.dtype)
-    (out, saved), _ = jax.lax.scan(per_expert, (out0, saved), (params, jnp.arange(_num_experts(params))))
+    (out, saved), _ = _over_experts(per_expert, (out0, saved), params)
     return out, saved
 
 
@@ -274,14 +316,13 @@ def _grouped_bwd(expert_fn, block, saved_rows, res, g):
         def add(c, at, rows, assign, per_row, dpe):
             dp, dx, dw = c
             dxb, dwb = per_row
-            return jax.tree.map(jnp.add, dp, dpe), dx.at[rows].add(dxb), dw.at[assign].add(dwb)
+            dp = dpe if dp is None else jax.tree.map(jnp.add, dp, dpe)  # the tail's gradient starts it
+            return dp, dx.at[rows].add(dxb), dw.at[assign].add(dwb)
 
-        init = (jax.tree.map(jnp.zeros_like, p_e), *carry)
-        dp, dx, dw = _over_blocks(plan, e, block, block_fn, add, init)
+        dp, dx, dw = _over_blocks(plan, e, block, block_fn, add, (None, *carry))
         return (dx, dw), dp
 
-    (dx, dw), dparams = jax.lax.scan(per_expert, (jnp.zeros_like(x), jnp.zeros_like(w_flat)),
-                                     (params, jnp.arange(_num_experts(params))))
+    (dx, dw), dparams = _over_experts(per_expert, (jnp.zeros_like(x), jnp.zeros_like(w_flat)), params)
     zero_ints = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), plan)
     return dparams, dx, dw, zero_ints
 
