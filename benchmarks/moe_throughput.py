@@ -6,7 +6,8 @@
 
 Per (T, E, d): routing alone (router matmul + top-k / top-p) and the layer (routing + dispatch +
 SwiGLU experts + combine), forward and forward+backward, for top-2, top-p(0.4) and top-1, with the
-dense, capacity (factor 1.25, buffers sized for the route's mean experts per token) and dropless
+dense, capacity (factor 1.25, buffers sized for the route's mean experts per token), dropless and, on
+CPU, `dropless-split` (dropless with the experts' weights as separate arrays, `moe.split_experts`)
 back-ends; routing plus grouping by expert, the jnp router and an argsort (`routing+argsort`) against
 the fused Pallas kernel (`routing-fused`; interpret mode on CPU, so there only a correctness path).
 Beside them, in the same run:
@@ -19,7 +20,9 @@ Beside them, in the same run:
   Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
 Dense is skipped where running every expert on every token exceeds --dense_limit_gflop, capacity
 where its buffers would exceed --memory_limit_gb (the 24 GB machine ran out at E=64, T=16k, top-p).
-The JSON is rewritten after every shape (`"complete": false` until the run ends).
+The JSON is rewritten after every shape (`"complete": false` until the run ends). By default the run
+restarts itself with glibc's malloc asking for transparent huge pages (`--malloc default` does not;
+see `use_hugepages` and the A/B in `moe_cpu_levers.py`); the setting is recorded in the JSON.
 Prints a table and writes benchmarks/results/moe_throughput.json.
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +60,15 @@ def add_roofline(row: dict, ceil: dict[str, float]) -> None:
         row["roofline_fraction"] = roof / (row["ms"] / 1e3)
 
 
+SPLIT = "dropless-split"  # dropless with the split expert layout (`moe.split_experts`)
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+
+
 def layer_fn(cfg: dict, backend: str, k_mean: float, grad: bool):
+    """The jitted layer (forward, or the gradient of a scalar loss to params and x) for a back-end;
+    for `dropless-split`, call it with `split_params(params)`."""
+    backend = "dropless" if backend == SPLIT else backend
+
     def fwd(params, x):
         y, aux, _ = moe.moe_apply(params, x, backend=backend, capacity_k=k_mean, **cfg)
         return y, aux
@@ -112,6 +124,23 @@ def torch_loop(params, x, route, grad: bool):
     return run
 
 
+def split_params(params: dict) -> dict:
+    """The layer's params with the experts in the split layout (a tuple of per-expert pytrees)."""
+    return {**params, "experts": moe.split_experts(params["experts"])}
+
+
+def use_hugepages() -> None:
+    """Restart this process with glibc's malloc asking for transparent huge pages, unless it already
+    does: XLA:CPU takes its outputs and temporaries from fresh memory on every call, and on this VM a
+    first touch of fresh memory runs at ~6 GB/s against ~50 GB/s for reused memory (A/B in
+    `moe_cpu_levers.py`). The torch loop, timed in the same process, gets the same allocator."""
+    import sys
+
+    if HUGEPAGES not in os.environ.get("GLIBC_TUNABLES", "") and sys.platform.startswith("linux"):
+        tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), HUGEPAGES) if t)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
+
+
 def d_ff_of(d: int) -> int:
     """Expert hidden size: the paper's 2816 at d = 1024, else 2.75 d rounded to a multiple of 64."""
     return 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
@@ -164,9 +193,13 @@ def grid(name: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", choices=["quick", "target", "full"], default="target")
-    default_backends = [b for b in moe.BACKENDS if b != "ragged" or jax.default_backend() != "cpu"]
+    cpu = jax.default_backend() == "cpu"
+    default_backends = [b for b in moe.BACKENDS if b != "ragged" or not cpu] + ([SPLIT] if cpu else [])
     p.add_argument("--backends", nargs="*", default=default_backends,
-                   help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow)")
+                   help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow; "
+                        f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout)")
+    p.add_argument("--malloc", choices=["hugepages", "default"], default="hugepages",
+                   help=f"hugepages: rerun under GLIBC_TUNABLES={HUGEPAGES} (Linux; see use_hugepages)")
     p.add_argument("--routers", nargs="*", default=list(ROUTERS))
     p.add_argument("--dense_limit_gflop", type=float, default=400.0)
     p.add_argument("--no_torch", action="store_true")
@@ -178,6 +211,8 @@ def main() -> None:
                         "path, its time is not the kernel's)")
     p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args()
+    if args.malloc == "hugepages":
+        use_hugepages()
     ceil = ceilings()
     print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, bandwidth {ceil['bandwidth_bytes'] / 1e9:.1f} GB/s",
           flush=True)
@@ -221,14 +256,12 @@ def main() -> None:
                 candidates = [b for b in args.backends
                               if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)
                               and not (b == "capacity" and cap_gb > args.memory_limit_gb)]
-                timings = {}
-                for backend in candidates:
-                    fn = layer_fn(cfg, backend, k_mean, grad)
-                    timings[backend] = bench.time_call(fn, params, x, reps=3, min_seconds=0.0, slow_seconds=3.0)
-                if not args.no_torch:
-                    run = torch_loop(params, x, route, grad)
-                    if run is not None:
-                        timings["torch-loop"] = bench.time_call(run, reps=3, min_seconds=0.0, slow_seconds=3.0)
+                calls = {b: (layer_fn(cfg, b, k_mean, grad), (split_params(params) if b == SPLIT else params, x))
+                         for b in candidates}
+                run = None if args.no_torch else torch_loop(params, x, route, grad)
+                if run is not None:
+                    calls["torch-loop"] = (run, ())
+                timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0)  # in turns: steadier ratios
                 for backend, secs in timings.items():
                     row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
                            "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
@@ -239,7 +272,8 @@ def main() -> None:
                           f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  {row['roofline_fraction']:.2f} of roofline",
                           flush=True)
         # written after every shape, so a run that dies keeps what it measured
-        bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False})
+        bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False,
+                                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})
     end = ceilings()  # again at the end; the better of the two is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
     for row in rows:
@@ -253,7 +287,7 @@ def main() -> None:
                                       "roofline_fraction", "top_p_vs_top2_per_expert",
                                       "routing_top_p_vs_top_k_same_k", "routing_fused_speedup"], ".3g"))
     path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
-                                                "complete": True})
+                                                "complete": True, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})
     print(f"\nwrote {path}")
 
 

@@ -37,6 +37,28 @@ def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: fl
     return best
 
 
+def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: int = 5,
+                     slow_seconds: float | None = None) -> dict[str, float]:
+    """Best wall time in seconds of each ``fn(*args)`` in ``calls`` (name -> (fn, args)), timed in turns.
+
+    One warm-up call each, then ``reps`` rounds that call every function once, so a slow spell of a
+    shared machine lands on all of them rather than on whichever was being timed then: ratios
+    between them are steadier than from back-to-back ``time_call``s. With ``slow_seconds``, stops
+    after the round in which every best time is longer than that.
+    """
+    for fn, args in calls.values():
+        jax.block_until_ready(fn(*args))
+    best = {name: float("inf") for name in calls}
+    for _ in range(reps):
+        for name, (fn, args) in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[name] = min(best[name], time.perf_counter() - t0)
+        if slow_seconds is not None and min(best.values()) > slow_seconds:
+            break
+    return best
+
+
 def environment() -> dict[str, Any]:
     """Versions and devices, stored with every result file."""
     return {
@@ -47,6 +69,7 @@ def environment() -> dict[str, Any]:
         "devices": [d.device_kind for d in jax.devices()],
         "machine": platform.machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": runs.git_commit(),
     }
 
 
