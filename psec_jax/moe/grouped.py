@@ -2,7 +2,8 @@
 
 XLA on CPU has no grouped matmul (`jax.lax.ragged_dot` runs ~100x slower there than a dense
 matmul), so this back-end loops: a `lax.scan` over experts takes each expert's stacked weights as a
-scanned input (sliced once per expert), and for that expert
+scanned input (sliced, i.e. copied, once per expert; with the split layout of `split_experts` the
+loop is unrolled over the experts' own arrays instead, which is faster on CPU), and for that expert
 
 - a `lax.while_loop` runs its full blocks of `block` rows (trip count = its row count // block, so
   the loop follows the routing: no worst-case padding), then
@@ -57,7 +58,9 @@ class SplitExpert:
 
 
 def is_split(params: Any) -> bool:
-    """Whether expert params are in the split layout: a tuple (or list) of E per-expert pytrees."""
+    """Whether expert params are in the split layout: a tuple (or list) of E per-expert pytrees.
+
+    So stacked expert params must not be a tuple or list at the top (the layer's are a dict)."""
     return isinstance(params, (tuple, list))
 
 
