@@ -5,11 +5,11 @@ matmul), so this back-end loops: a `lax.scan` over experts takes each expert's s
 scanned input (sliced, i.e. copied, once per expert; with the split layout of `split_experts` the
 loop is unrolled over the experts' own arrays instead, which is faster on CPU), and for that expert
 
+- a `lax.switch` runs the rows past its last full block once, in the smallest static size of
+  `tail_sizes(block)` that holds them (a ladder of multiples of 8 growing by ~1.25x), so a group of
+  170 rows costs a 192-row matmul, not a whole block; then
 - a `lax.while_loop` runs its full blocks of `block` rows (trip count = its row count // block, so
-  the loop follows the routing: no worst-case padding), then
-- a `lax.switch` runs the remaining rows once, in the smallest static size of `tail_sizes(block)`
-  that holds them (a ladder of multiples of 8 growing by ~1.25x), so a group of 170 rows costs a
-  192-row matmul, not a whole block.
+  the loop follows the routing: no worst-case padding).
 
 Each block gathers its rows of x, runs the expert function (written for one expert) and
 scatter-adds the weighted result. A `custom_vjp` runs the same loops backwards and emits each
