@@ -27,9 +27,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-HUGEPAGES = "glibc.malloc.hugetlb=1"
+from moe_throughput import HUGEPAGES  # this script's directory is on sys.path
 LEVERS = {  # name -> (layout, GLIBC_TUNABLES, XLA_FLAGS)
     "stacked": ("stacked", "", ""),
     "split": ("split", "", ""),
@@ -47,7 +46,6 @@ def child(layout: str, ts: list[int], reps: int) -> None:
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import moe_throughput as mt
 
     from psec_jax import bench, moe

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax.moe import gmm
-from psec_jax.moe.grouped import ExpertFn, expert_params, is_split, sort_assignments, stack_experts
+from psec_jax.moe.grouped import ExpertFn, expert_params, num_experts, sort_assignments, stack_experts
 from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
 
@@ -44,7 +44,7 @@ def _check(x: jax.Array, route: RouteOutput, params: Any = None) -> None:
     if route.expert_ids.shape[0] != x.shape[0]:
         raise ValueError(f"route has {route.expert_ids.shape[0]} tokens but x has {x.shape[0]}")
     if params is not None:
-        e = len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
+        e = num_experts(params)
         if e != route.num_experts:
             raise ValueError(f"route has {route.num_experts} experts but the expert params hold {e}")
 

@@ -80,7 +80,7 @@ def split_experts(params: Any) -> tuple[Any, ...]:
     """
     if is_split(params):
         return tuple(params)
-    return tuple(expert_params(params, e) for e in range(_num_experts(params)))
+    return tuple(expert_params(params, e) for e in range(num_experts(params)))
 
 
 def stack_experts(params: Any) -> Any:
@@ -220,7 +220,8 @@ def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
     return jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - 1)), values, 0)
 
 
-def _num_experts(params: Any) -> int:
+def num_experts(params: Any) -> int:
+    """E of expert params, stacked ([E, ...] leaves) or split (a tuple of E pytrees)."""
     return len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
 
 
@@ -229,7 +230,7 @@ def _over_experts(per_expert: Callable[[Any, tuple[Any, jax.Array]], tuple[Any, 
     """`lax.scan` of per_expert((carry, (params of expert e, e))) over the experts; for the split
     layout, a loop unrolled at trace time over each expert's own arrays (outputs in that layout)."""
     if not is_split(params):
-        return jax.lax.scan(per_expert, carry, (params, jnp.arange(_num_experts(params))))
+        return jax.lax.scan(per_expert, carry, (params, jnp.arange(num_experts(params))))
     outs = []
     for e, p_e in enumerate(params):
         carry, out = per_expert(carry, (p_e, jnp.int32(e)))
