@@ -261,7 +261,8 @@ def main() -> None:
                 run = None if args.no_torch else torch_loop(params, x, route, grad)
                 if run is not None:
                     calls["torch-loop"] = (run, ())
-                timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0)  # in turns: steadier ratios
+                # in turns (steadier ratios); fast rows get more rounds (15 s of them), slow ones stop after 3
+                timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0, min_seconds=15.0)
                 for backend, secs in timings.items():
                     row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
                            "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,

@@ -38,22 +38,26 @@ def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: fl
 
 
 def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: int = 5,
-                     slow_seconds: float | None = None) -> dict[str, float]:
+                     slow_seconds: float | None = None, min_seconds: float = 0.0) -> dict[str, float]:
     """Best wall time in seconds of each ``fn(*args)`` in ``calls`` (name -> (fn, args)), timed in turns.
 
     One warm-up call each, then ``reps`` rounds that call every function once, so a slow spell of a
     shared machine lands on all of them rather than on whichever was being timed then: ratios
-    between them are steadier than from back-to-back ``time_call``s. With ``slow_seconds``, stops
+    between them are steadier than from back-to-back ``time_call``s. Keeps adding rounds past
+    ``reps`` until the rounds took ``min_seconds`` in all (fast calls get more samples: the minimum
+    of three ~0.3 s calls still moved by 10-20% between runs here). With ``slow_seconds``, stops
     after the round in which every best time is longer than that.
     """
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
     best = {name: float("inf") for name in calls}
-    for _ in range(reps):
+    rounds, start = 0, time.perf_counter()
+    while rounds < reps or time.perf_counter() - start < min_seconds:
         for name, (fn, args) in calls.items():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(*args))
             best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
         if slow_seconds is not None and min(best.values()) > slow_seconds:
             break
     return best

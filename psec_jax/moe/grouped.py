@@ -126,16 +126,20 @@ def sort_assignments(route: RouteOutput) -> Sorted:
 
 
 def default_block_size(num_tokens: int) -> int:
-    """Rows per full block: 512, or the power of two covering T when that is smaller.
+    """Rows per full block: 512 from T = 2048 tokens, else 256, or the power of two covering T when
+    that is smaller.
 
     Every full block reads the expert's weights again and, in the backward pass, adds a weight-sized
     gradient; on this CPU a [512, 1024] x [1024, 2816] matmul also runs faster per row than a
     256-row one, and the layer's forward+backward at T=4096, E=16 (split layout) took 3.2-3.4 s with
-    512-row blocks against 3.9-4.2 s with 256 (two probes, timed in turns). Larger blocks lengthen
-    the tail ladder (compile time). Groups smaller than a block run once in a ladder-sized tail, and
-    no group exceeds T rows (an expert takes a token at most once).
+    512-row blocks against 3.9-4.2 s with 256 (two probes, timed in turns). Below T = 2048 a group
+    rarely fills 256 rows (at T = 1024, E = 16 the largest of the benchmark's was 189), so 512 would
+    only lengthen the tail ladder (compile time) and pad each tail's outputs to twice the rows.
+    Groups smaller than a block run once in a ladder-sized tail, and no group exceeds T rows (an
+    expert takes a token at most once).
     """
-    return int(min(512, 2 ** math.ceil(math.log2(max(8, num_tokens)))))
+    cap = 512 if num_tokens >= 2048 else 256
+    return int(min(cap, 2 ** math.ceil(math.log2(max(8, num_tokens)))))
 
 
 def tail_sizes(block: int) -> tuple[int, ...]:
