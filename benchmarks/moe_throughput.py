@@ -14,10 +14,12 @@ Beside them, in the same run:
 - `torch-loop`: the top-p paper's dispatch (a Python loop over experts gathering the tokens that
   chose each one) in PyTorch on CPU, with the same weights and routing decisions (optional: needs
   `torch`, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`);
-- the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth),
-  both ceilings measured here, at the start and the end of the run, the better one kept (fp32 matmul
-  2048^3; a reduction over a 512 MB array). Weight bytes count the experts that received tokens.
-  Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
+- the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth).
+  The matmul ceiling (fp32 2048^3) is timed in turns with the layer rows it judges, in the same
+  rounds (`matmul_ceiling` per row), since this shared machine's speed moves by up to 2x within a run;
+  the bandwidth (a reduction over a 512 MB array) at the start and the end of the run, the better
+  one kept (both run-wide ceilings are recorded). Weight bytes count the experts that received
+  tokens. Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
 Dense is skipped where running every expert on every token exceeds --dense_limit_gflop, capacity
 where its buffers would exceed --memory_limit_gb (the 24 GB machine ran out at E=64, T=16k, top-p).
 The JSON is rewritten after every shape (`"complete": false` until the run ends). By default the run
@@ -42,21 +44,31 @@ from psec_jax.moe.grouped import sort_assignments
 ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p=0.4), "top1": dict(router="top_k", k=1)}
 
 
+CEILING_N = 2048  # the matmul ceiling's size
+
+
+def ceiling_matmul():
+    """(jitted fn, args) of the matmul ceiling: an fp32 [N, N] x [N, N] matmul, 2 N^3 FLOPs."""
+    return jax.jit(lambda a: a @ a), (jnp.ones((CEILING_N, CEILING_N), jnp.float32),)
+
+
 def ceilings() -> dict[str, float]:
     """Measured fp32 matmul FLOP/s and memory read bandwidth (bytes/s) of this device (best of many
     calls: noise on a shared machine only ever lowers them)."""
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    t = bench.time_call(jax.jit(lambda a: a @ a), a, reps=20, min_seconds=2.0)
+    n = CEILING_N
+    fn, args = ceiling_matmul()
+    t = bench.time_call(fn, *args, reps=20, min_seconds=2.0)
     big = jnp.ones((128 * 1024 * 1024,), jnp.float32)  # 512 MB
     tb = bench.time_call(jax.jit(jnp.sum), big, reps=20, min_seconds=2.0)
     return {"matmul_flops": 2 * n**3 / t, "bandwidth_bytes": big.nbytes / tb}
 
 
 def add_roofline(row: dict, ceil: dict[str, float]) -> None:
-    """roofline_fraction = max(FLOPs / matmul FLOP/s, weight bytes / bandwidth) / measured time."""
+    """roofline_fraction = max(FLOPs / matmul FLOP/s, weight bytes / bandwidth) / measured time, with
+    the row's own matmul ceiling (timed in the same rounds) where it has one."""
     if "flops" in row:
-        roof = max(row["flops"] / ceil["matmul_flops"], row["bytes"] / ceil["bandwidth_bytes"])
+        peak = row.get("matmul_ceiling", ceil["matmul_flops"])
+        roof = max(row["flops"] / peak, row["bytes"] / ceil["bandwidth_bytes"])
         row["roofline_fraction"] = roof / (row["ms"] / 1e3)
 
 
@@ -262,11 +274,14 @@ def main() -> None:
                 if run is not None:
                     calls["torch-loop"] = (run, ())
                 # in turns (steadier ratios); fast rows get more rounds (15 s of them), slow ones stop after 3
-                timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0, min_seconds=15.0)
+                calls["ceiling"] = ceiling_matmul()
+                timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0, min_seconds=15.0, probes=("ceiling",))
+                local_peak = 2 * CEILING_N ** 3 / timings.pop("ceiling")
                 for backend, secs in timings.items():
                     row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
                            "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
-                           "flops": flops * (3 if grad else 1), "bytes": active * expert_bytes * (3 if grad else 1)}
+                           "flops": flops * (3 if grad else 1), "bytes": active * expert_bytes * (3 if grad else 1),
+                           "matmul_ceiling": local_peak}
                     add_roofline(row, ceil)
                     rows.append(row)
                     print(f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "

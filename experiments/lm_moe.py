@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from psec_jax import config_check as cc
-from psec_jax import loop, prng, runs
+from psec_jax import loop, parallel, prng, runs
 from psec_jax.models import pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
@@ -171,11 +171,8 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
     ps = jnp.asarray(stage.ps, jnp.float32)
-    if config.train.members == "vmap":
-        members_chunk = jax.vmap(trainer.chunk, in_axes=(0, None, 0))
-    else:  # lax.map: members one after another in one program (vmap batches the dropless while_loops)
-        members_chunk = lambda st, b, p: jax.lax.map(lambda a: trainer.chunk(a[0], b, a[1]), (st, p))
-    members_chunk = jax.jit(members_chunk)
+    # members split over the devices; "map": one after another on each (vmap batches dropless's while_loops)
+    members_chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=config.train.members)
     steps = config.train.log_every
 
     def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:
@@ -184,7 +181,7 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
         return states, _flatten(jax.device_get(metrics), stage.members, trainer.spec.num_groups)
 
     states, records = loop.run_chunks(
-        chunk, jax.jit(jax.vmap(trainer.init))(keys), num_chunks=config.train.num_steps // steps,
+        chunk, parallel.sweep(trainer.init)(keys), num_chunks=config.train.num_steps // steps,
         steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=stage_config(config, stage, data),
         checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
         desc=f"lm_moe {stage.name}", tensorboard=True)

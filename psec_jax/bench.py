@@ -38,7 +38,8 @@ def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: fl
 
 
 def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: int = 5,
-                     slow_seconds: float | None = None, min_seconds: float = 0.0) -> dict[str, float]:
+                     slow_seconds: float | None = None, min_seconds: float = 0.0,
+                     probes: Sequence[str] = ()) -> dict[str, float]:
     """Best wall time in seconds of each ``fn(*args)`` in ``calls`` (name -> (fn, args)), timed in turns.
 
     One warm-up call each, then ``reps`` rounds that call every function once, so a slow spell of a
@@ -46,7 +47,8 @@ def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: i
     between them are steadier than from back-to-back ``time_call``s. Keeps adding rounds past
     ``reps`` until the rounds took ``min_seconds`` in all (fast calls get more samples: the minimum
     of three ~0.3 s calls still moved by 10-20% between runs here). With ``slow_seconds``, stops
-    after the round in which every best time is longer than that.
+    after the round in which every best time is longer than that, not counting the ``probes``
+    (short reference calls timed alongside, e.g. a matmul ceiling).
     """
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
@@ -58,7 +60,7 @@ def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: i
             jax.block_until_ready(fn(*args))
             best[name] = min(best[name], time.perf_counter() - t0)
         rounds += 1
-        if slow_seconds is not None and min(best.values()) > slow_seconds:
+        if slow_seconds is not None and min(v for k, v in best.items() if k not in probes) > slow_seconds:
             break
     return best
 

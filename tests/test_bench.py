@@ -24,5 +24,9 @@ def test_time_interleaved_times_every_call_in_turns_and_keeps_the_best():
     bench.time_interleaved({"a": (make("a", 0.01), ()), "b": (make("b", 0.01), ())}, reps=5, slow_seconds=0.005)
     assert order == ["a", "b"] * 2  # stops after the first round in which both exceeded slow_seconds
     order.clear()
+    bench.time_interleaved({"a": (make("a", 0.01), ()), "probe": (make("probe", 0.0), ())}, reps=5,
+                           slow_seconds=0.005, probes=("probe",))
+    assert order == ["a", "probe"] * 2  # a fast probe does not keep the slow call running
+    order.clear()
     bench.time_interleaved({"a": (make("a", 0.01), ())}, reps=2, min_seconds=0.1)
     assert 3 < len(order) <= 12  # warm-up + rounds until 0.1 s had passed (~10 of 10 ms each), not 2

@@ -44,6 +44,7 @@ class Trainer(NamedTuple):
     chunk: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]  # S steps on Batch [S, B, T] -> chunk means
     evaluate: Callable[[Any, Batch, jax.Array, jax.Array], dict]  # (params, Batch [N, B, T], text rows [N, B], p)
     train: Callable[[jax.Array, jax.Array], tuple[TrainState, dict]]  # (key, p) -> (state, [chunks] metrics)
+    tx: optax.GradientTransformation  # the optimizer (its state's layout shards like the params)
 
 
 def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
@@ -169,4 +170,4 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         return jax.lax.scan(one_chunk, init(key), None, length=tc.num_steps // tc.log_every)
 
     return Trainer(spec, init, chunk, lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
-                   train)
+                   train, tx)

@@ -29,8 +29,10 @@ from psec_jax.moe import layer as moe_layer
 
 ROUTERS = ("top_k", "top_p")
 # Dispatch back-ends that keep the model causal. "capacity" is not among them: which assignments it
-# drops depends on every token in the batch, later positions included.
-BACKENDS = ("dropless", "dense", "ragged")
+# drops depends on every token in the batch, later positions included. "expert_parallel" (experts
+# sharded over the mesh's expert axis; run under `jax.set_mesh`) is given buffers that hold every
+# token a device has (capacity T_local per expert), so it drops nothing either.
+BACKENDS = ("dropless", "dense", "ragged", "expert_parallel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +199,9 @@ def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | fl
     scalar aux losses and the layer's routing statistics (experts_per_token [B, T])."""
     x = _attend(p, x, spec)
     h = rms_norm(p["ffn_norm"], x)
+    no_drop = {"capacity_factor": float(spec.num_experts), "capacity_k": 1.0}  # C = T: nothing dropped
     y, aux, stats = moe_layer.moe_apply(p["moe"], h, router=spec.router, k=spec.k, p=top_p, max_k=spec.max_k,
-                                        backend=spec.backend, aux_weights=spec.aux_weights)
+                                        backend=spec.backend, aux_weights=spec.aux_weights, **no_drop)
     return x + y, aux, stats
 
 

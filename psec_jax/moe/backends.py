@@ -18,6 +18,8 @@ own arrays then, the others stack them).
   Nothing is dropped.
 - `ragged`: the same sort, then grouped matmuls (`psec_jax.moe.gmm`: megablox, tokamax or
   `lax.ragged_dot`; only for the layer's matmul experts).
+- `expert_parallel`: experts sharded over the mesh's `expert` axis, tokens exchanged by `all_to_all`
+  in fixed-capacity buffers, as `capacity` per device (`psec_jax.moe.expert_parallel`).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
   the test reference.
 """
@@ -25,7 +27,6 @@ own arrays then, the others stack them).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -33,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax.moe import gmm
-from psec_jax.moe.grouped import ExpertFn, expert_params, num_experts, sort_assignments, stack_experts
+from psec_jax.moe.expert_parallel import expert_parallel
+from psec_jax.moe.grouped import ExpertFn, capacity_of, expert_params, num_experts, sort_assignments, stack_experts
 from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
 
@@ -75,11 +77,6 @@ def dense(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) ->
     _check(x, route, params)
     y = jax.vmap(expert_fn, in_axes=(0, None))(stack_experts(params), x)  # [E, T, d_out]
     return jnp.einsum("te,etd->td", route.combine_weights().astype(y.dtype), y)
-
-
-def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: float) -> int:
-    """Static per-expert capacity ceil(capacity_factor * T * k / E) (at least 1)."""
-    return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
 
 
 def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
@@ -154,7 +151,8 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     return jnp.zeros((t, y.shape[-1]), y.dtype).at[order % t].add(y * weight[:, None])
 
 
-BACKENDS = ("dense", "capacity", "dropless", "ragged")
+BACKENDS = ("dense", "capacity", "dropless", "ragged")  # one device (or the SPMD partitioner's choice)
+MESH_BACKENDS = ("expert_parallel",)  # need a mesh (`jax.set_mesh`)
 
 
 def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
@@ -164,7 +162,8 @@ def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn
     """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
 
     `block_size` and `saved_slots` only matter for "dropless" (see there), `capacity_factor` and
-    `capacity_k` for "capacity", `activation` and `grouped_matmul` for "ragged", which needs the
+    `capacity_k` for "capacity" and "expert_parallel" (which needs a mesh, set by `jax.set_mesh`;
+    `psec_jax.moe.expert_parallel`), `activation` and `grouped_matmul` for "ragged", which needs the
     layer's matmul experts.
     """
     if backend == "dense":
@@ -176,4 +175,6 @@ def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn
         return y, jnp.zeros((), jnp.float32)
     if backend == "ragged":
         return ragged(x, route, params, activation, grouped_matmul), jnp.zeros((), jnp.float32)
-    raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS}")
+    if backend == "expert_parallel":
+        return expert_parallel(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k)
+    raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS + MESH_BACKENDS}")

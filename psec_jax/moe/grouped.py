@@ -102,6 +102,12 @@ class Sorted(NamedTuple):
     starts: jax.Array  # [E] first sorted position of each expert's group
 
 
+def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: float) -> int:
+    """Static per-expert capacity ceil(capacity_factor * T * k / E) (at least 1) of a fixed-size buffer
+    (the `capacity` back-end; `expert_parallel`, per device)."""
+    return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
+
+
 def invert_permutation(perm: jax.Array) -> jax.Array:
     """[n] int permutation -> [n] int32 inverse (inverse[perm[i]] = i), one scatter."""
     n = perm.shape[0]

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psec_jax import loop, prng
+from psec_jax import loop, parallel, prng
 from psec_jax.data.offline import OfflineData
 from psec_jax.rl import train
 
@@ -39,12 +39,13 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
               ) -> tuple[train.StageState, list[dict]]:
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
-    with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records."""
+    with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records.
+    The seeds are split over the devices (`parallel.sweep`: as many as divide the seed count)."""
     check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
-    init = jax.jit(lambda k, f: jax.lax.map(lambda kf: trainer.init(*kf), (k, f)))
-    chunk = jax.jit(jax.vmap(trainer.chunk, in_axes=(0, 0, None)))
+    init = parallel.sweep(trainer.init, members="map")
+    chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None))
     state = init(keys, inputs)
     return loop.run_chunks(lambda s: chunk(s, inputs, data), state, num_chunks=trainer.num_chunks,
                            steps_per_chunk=trainer.steps_per_chunk, workdir=workdir, config=config,
