@@ -14,12 +14,13 @@ Beside them, in the same run:
 - `torch-loop`: the top-p paper's dispatch (a Python loop over experts gathering the tokens that
   chose each one) in PyTorch on CPU, with the same weights and routing decisions (optional: needs
   `torch`, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`);
-- the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth).
-  The matmul ceiling (fp32 2048^3) is timed in turns with the layer rows it judges, in the same
-  rounds (`matmul_ceiling` per row), since this shared machine's speed moves by up to 2x within a run;
-  the bandwidth (a reduction over a 512 MB array) at the start and the end of the run, the better
-  one kept (both run-wide ceilings are recorded). Weight bytes count the experts that received
-  tokens. Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
+- the roofline: max(activated-expert FLOPs / matmul FLOP/s, expert-weight bytes / memory bandwidth),
+  both ceilings measured here (fp32 matmul 2048^3; a reduction over a 512 MB array) at the start and
+  the end of the run, and the matmul also in turns with every set of layer rows; the best of all is
+  the ceiling. Each row records the matmul ceiling of its own rounds (`matmul_ceiling`) and its ratio
+  to the best (`machine_speed`): this shared machine's speed moved by up to 2x within a run, and a
+  row timed in a slow spell has a lower roofline fraction for it. Weight bytes count the experts that
+  received tokens. Backward counts 2x the forward FLOPs more and reads + writes the weights twice more.
 Dense is skipped where running every expert on every token exceeds --dense_limit_gflop, capacity
 where its buffers would exceed --memory_limit_gb (the 24 GB machine ran out at E=64, T=16k, top-p).
 The JSON is rewritten after every shape (`"complete": false` until the run ends). By default the run
@@ -65,10 +66,12 @@ def ceilings() -> dict[str, float]:
 
 def add_roofline(row: dict, ceil: dict[str, float]) -> None:
     """roofline_fraction = max(FLOPs / matmul FLOP/s, weight bytes / bandwidth) / measured time, with
-    the row's own matmul ceiling (timed in the same rounds) where it has one."""
+    the run's best ceilings (so never flattering); machine_speed = the matmul ceiling timed in the
+    same rounds as the row over that best (below 1: the shared machine was slow while the row ran)."""
     if "flops" in row:
-        peak = row.get("matmul_ceiling", ceil["matmul_flops"])
-        roof = max(row["flops"] / peak, row["bytes"] / ceil["bandwidth_bytes"])
+        roof = max(row["flops"] / ceil["matmul_flops"], row["bytes"] / ceil["bandwidth_bytes"])
+        if "matmul_ceiling" in row:
+            row["machine_speed"] = row["matmul_ceiling"] / ceil["matmul_flops"]
         row["roofline_fraction"] = roof / (row["ms"] / 1e3)
 
 
@@ -172,7 +175,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 continue
             best = min(layer, key=lambda r: r["ms"])
             row = {"T": t, "E": e, "d": d, "mode": mode, "best_backend": best["backend"], "best_ms": best["ms"],
-                   "roofline_fraction": best["roofline_fraction"]}
+                   "roofline_fraction": best["roofline_fraction"], "machine_speed": best.get("machine_speed")}
             if torch_rows:
                 row["speedup_vs_torch"] = torch_rows[0]["ms"] / best["ms"]
             # layer cost per activated (token, expert) pair, top-p over top-2, best back-end each
@@ -290,17 +293,18 @@ def main() -> None:
         # written after every shape, so a run that dies keeps what it measured
         bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False,
                                              "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})
-    end = ceilings()  # again at the end; the better of the two is the ceiling
+    end = ceilings()  # again at the end; the best of these and the in-turn probes is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
+    ceil["matmul_flops"] = max([ceil["matmul_flops"]] + [r["matmul_ceiling"] for r in rows if "matmul_ceiling" in r])
     for row in rows:
         add_roofline(row, ceil)
     print()
     print(runs.format_table(rows, ["T", "E", "d", "router", "experts_per_token", "backend", "mode", "ms",
-                                   "tokens_per_s", "gflop_per_s", "roofline_fraction"], ".4g"))
+                                   "tokens_per_s", "gflop_per_s", "roofline_fraction", "machine_speed"], ".4g"))
     summary = summarize(rows)
     print("\nTargets (top-p 0.4; best back-end per row):")
     print(runs.format_table(summary, ["T", "E", "d", "mode", "best_backend", "best_ms", "speedup_vs_torch",
-                                      "roofline_fraction", "top_p_vs_top2_per_expert",
+                                      "roofline_fraction", "machine_speed", "top_p_vs_top2_per_expert",
                                       "routing_top_p_vs_top_k_same_k", "routing_fused_speedup"], ".3g"))
     path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
                                                 "complete": True, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})

@@ -18,11 +18,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, runs
+from psec_jax.parallel import distributed
 from psec_jax.models import pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
@@ -87,8 +89,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def load_data(config: ml_collections.ConfigDict) -> text.TextData:
     """The tokenized corpus and task mixture of `config.data`, built into the data cache on first use."""
     d = config.data
-    return text.get(vocab_size=d.vocab_size, max_corpus_bytes=d.max_corpus_bytes or None, seq_len=d.seq_len,
-                    num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples, seed=d.seed)
+    get = lambda: text.get(vocab_size=d.vocab_size, max_corpus_bytes=d.max_corpus_bytes or None, seq_len=d.seq_len,
+                           num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples,
+                           seed=d.seed)
+    if jax.process_count() == 1:
+        return get()
+    if distributed.is_main():  # one process builds the cache, the others wait and read it
+        data = get()
+    multihost_utils.sync_global_devices("lm_moe data built")
+    return data if distributed.is_main() else get()
 
 
 def chunk_validation(config: ml_collections.ConfigDict, data: text.TextData) -> pipeline.Batch:
@@ -154,11 +163,13 @@ def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, sta
         saved = json.loads(path.read_text())
         if saved.get("step") == step:
             return saved["members"]
-    fn = jax.jit(lambda st, b, rows, ps: jax.lax.map(lambda a: trainer.evaluate(a[0].params, b, rows, a[1]), (st, ps)))
-    metrics = jax.device_get(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
-                                jnp.asarray(stage.ps, jnp.float32)))
+    fn = parallel.sweep(lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p), in_axes=(0, None, None, 0),
+                        members="map")
+    metrics = distributed.to_host(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
+                                     jnp.asarray(stage.ps, jnp.float32)))
     members = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
-    runs.write_json_atomic(path, {"step": step, "members": members})
+    if distributed.is_main():
+        runs.write_json_atomic(path, {"step": step, "members": members})
     return members
 
 
@@ -176,9 +187,9 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
     steps = config.train.log_every
 
     def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:
-        b = jax.tree.map(jnp.asarray, batches.chunk(int(states.step[0]), steps))
+        b = jax.tree.map(jnp.asarray, batches.chunk(int(distributed.to_host(states.step)[0]), steps))
         states, metrics = members_chunk(states, b, ps)
-        return states, _flatten(jax.device_get(metrics), stage.members, trainer.spec.num_groups)
+        return states, _flatten(distributed.to_host(metrics), stage.members, trainer.spec.num_groups)
 
     states, records = loop.run_chunks(
         chunk, parallel.sweep(trainer.init)(keys), num_chunks=config.train.num_steps // steps,
@@ -192,7 +203,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains every stage in `workdir` (resuming), writes results.{json,md,png} and returns the summary."""
     check_config(config)
     counts = tf.parameter_counts(lm_train.model_spec(config, "top1"))
-    print(f"model: {counts['total'] / 1e6:.2f}M parameters, {counts['active_top1'] / 1e6:.2f}M active with one "
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    say(f"model: {counts['total'] / 1e6:.2f}M parameters, {counts['active_top1'] / 1e6:.2f}M active with one "
           f"expert per layer (experts {counts['experts'] / 1e6:.2f}M)", flush=True)
     if config.dry_run:
         return counts
@@ -210,8 +222,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         histories[stage.name] = (stage, records, final)
     results = report.summarize(config, histories, data.meta, counts, unigram=unigram,
                                seconds=time.perf_counter() - started, commit=commit)
-    table = report.write(workdir, results)
-    print(table)
+    if distributed.is_main():  # in a multi-process run every process has the results, process 0 writes them
+        print(report.write(workdir, results))
     return results["summary"]
 
 

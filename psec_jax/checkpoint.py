@@ -96,7 +96,10 @@ class Checkpoints:
     def _seal_uncommitted(self) -> None:
         """Orbax's post-finalization hook (its save thread): the step's files are final but still in
         ``<step>.orbax-checkpoint-tmp*``; record their checksums there, so the rename commits both.
-        Orbax rewrites its step metadata at the commit: those files are added by ``wait``."""
+        Orbax rewrites its step metadata at the commit: those files are added by ``wait``. In a
+        multi-process run process 0 writes the record (Orbax has every process's files by then)."""
+        if jax.process_index() != 0:
+            return
         with self._lock:
             steps = list(self._pending)
         for step in steps:
@@ -119,7 +122,7 @@ class Checkpoints:
             raise CheckpointError(f"a save to {self.directory} failed: {one_line(e)}") from e
         with self._lock:
             steps, self._pending = self._pending, []
-        for step in steps:
+        for step in steps if jax.process_index() == 0 else ():
             step_dir = self.directory / str(step)
             if step_dir.is_dir():  # (max_to_keep may have removed it already)
                 self._write_checksums(step, step_dir)
@@ -191,6 +194,9 @@ class Checkpoints:
             raise CheckpointError(f"no intact checkpoint in {self.directory} ({details}); "
                                   f"use a new --workdir to start again")
         for bad, problem in broken:
+            if jax.process_index() != 0:  # process 0 moves it; the others only skip it
+                report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; resuming from step {step}")
+                continue
             dest = self._reject(bad)
             report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; moved it to "
                    f"{dest.relative_to(self.directory)}, resuming from step {step}")

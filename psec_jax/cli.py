@@ -86,6 +86,8 @@ def _usage() -> str:
         "  --workdir=DIR              where the run writes config.json, metrics.jsonl, checkpoints/",
         "  --[no]compilation_cache    JAX persistent compilation cache (default: on)",
         "  --compilation_cache_dir=D  cache location (default: $PSEC_JAX_CACHE_DIR or ~/.cache/psec_jax/jax)",
+        "  --coordinator_address=H:P  multi-process run (with --num_processes, --process_id; or $JAX_COORDINATOR_ADDRESS,",
+        "                             $JAX_NUM_PROCESSES, $JAX_PROCESS_ID): jax.distributed.initialize",
         "",
         f"`{PROG} <command> --help` lists a command's flags.",
     ]
@@ -201,6 +203,12 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     from psec_jax import workdir as workdir_lib
 
     config, workdir, fv = parse_experiment_flags(name, argv)
+    from psec_jax.parallel import distributed
+
+    try:  # before anything starts the backend
+        distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+    except ValueError as e:
+        raise UsageError(f"{name}: {e}") from None
     try:
         workdir = workdir_lib.prepare(workdir)
     except workdir_lib.WorkdirError as e:

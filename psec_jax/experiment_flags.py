@@ -133,6 +133,12 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
     flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).", flag_values=fv)
     flags.DEFINE_boolean("compilation_cache", True, "Use JAX's persistent compilation cache.", flag_values=fv)
     flags.DEFINE_string("compilation_cache_dir", None, "Compilation cache directory.", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of process 0's coordinator "
+                        "(default $JAX_COORDINATOR_ADDRESS).", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes (default "
+                         "$JAX_NUM_PROCESSES).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index (default $JAX_PROCESS_ID).",
+                         flag_values=fv)
 
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(f"usage: {PROG} {name} --config=PATH [--config.FIELD=VALUE ...] --workdir=DIR\n")

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
 from psec_jax import config_check, runs, workdir as workdir_lib
 from psec_jax.checkpoint import CheckpointError, Checkpoints
+from psec_jax.parallel import distributed
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -92,23 +92,27 @@ def run_chunks(
     workdir = workdir_lib.prepare(workdir)
     total = num_chunks * steps_per_chunk
     ckpt_dir = workdir / CHECKPOINT_DIR
-    with workdir_lib.lock(workdir), Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=True) as ckpts:
+    with workdir_lib.lock(workdir), Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=distributed.is_main()) as ckpts:
         state, step = init_state, ckpts.resume_step(report=warn)
         if step is None:
             step = 0
         else:
             _check_resume(ckpts, step, total, steps_per_chunk, config, resume_may_change)
             state, _ = ckpts.restore(step, target=init_state, verify=False)  # resume_step verified it
-        runs.save_config(workdir, config)  # only now: this config is what runs from here on
-        history = runs.rewind_metrics(workdir, step)
+        main = distributed.is_main()  # in a multi-process run only process 0 writes logs and metrics
+        if main:
+            runs.save_config(workdir, config)  # only now: this config is what runs from here on
+            history = runs.rewind_metrics(workdir, step)
+        else:
+            history = []
         try:
             tb_from = step if tensorboard else None
-            with runs.MetricsWriter(workdir, tensorboard_from=tb_from) as writer, \
-                    runs.progress(total, desc=desc, initial=step) as bar:
+            writer_cm = runs.MetricsWriter(workdir, tensorboard_from=tb_from) if main else _Records()
+            with writer_cm as writer, runs.progress(total, desc=desc, initial=step, disable=not main) as bar:
                 for c in range(step // steps_per_chunk, num_chunks):
                     t0 = time.perf_counter()
                     new_state, metrics = chunk(state)
-                    metrics = jax.device_get(metrics)  # also waits for the chunk to finish
+                    metrics = distributed.to_host(metrics)  # also waits for the chunk to finish
                     seconds = time.perf_counter() - t0
                     means = {k: float(np.mean(v)) for k, v in metrics.items()}
                     rate = {"steps_per_sec": steps_per_chunk / seconds}
@@ -121,9 +125,23 @@ def run_chunks(
                         ckpts.save(step, state, config, force=True)
         except KeyboardInterrupt:
             interrupted = _checkpoint_on_interrupt(ckpts, step, state, config)
-            runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
+            if distributed.is_main():
+                runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
     return state, history
+
+
+class _Records:
+    """What a process other than 0 keeps of the metrics: the records, written nowhere."""
+
+    def __enter__(self) -> "_Records":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"step": int(step), "wall_time": time.time(), **runs.to_jsonable(dict(metrics))}
 
 
 def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: int,

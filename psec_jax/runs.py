@@ -208,9 +208,11 @@ def rewind_metrics(workdir: str | os.PathLike, last_step: int, filename: str = M
     return records
 
 
-def progress(total: int, desc: str = "", initial: int = 0, unit: str = "step") -> tqdm:
-    """A progress bar on stderr for long loops; silent when stderr is not a terminal (CI, logs)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
+def progress(total: int, desc: str = "", initial: int = 0, unit: str = "step", disable: bool = False) -> tqdm:
+    """A progress bar on stderr for long loops; silent when stderr is not a terminal (CI, logs) or
+    when `disable` (e.g. every process of a multi-process run but the first)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=True if disable else None,
+                dynamic_ncols=True)
 
 
 def _fmt(value: Any, floatfmt: str) -> str:

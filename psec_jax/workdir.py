@@ -16,6 +16,7 @@ import datetime
 import fcntl
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -69,6 +70,11 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
     Raises WorkdirBusy (naming the holder's pid, host and start time) if another process holds it.
     """
     key = Path(path).resolve()
+    lock_file = LOCK_FILE
+    jax = sys.modules.get("jax")  # never imported here: a run that has not started jax is one process
+    if jax is not None and jax.distributed.is_initialized() and jax.process_index() > 0:
+        # a multi-process run: its processes share the workdir; process 0 holds the usual lock
+        lock_file = f"{LOCK_FILE}.{jax.process_index()}"
     if key in _held:
         _held[key][1] += 1
         try:
@@ -77,7 +83,7 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
             _held[key][1] -= 1
         return
     try:
-        f = open(key / LOCK_FILE, "a+", encoding="utf-8")
+        f = open(key / lock_file, "a+", encoding="utf-8")
     except OSError as e:
         raise WorkdirError(f"cannot lock workdir {path}: {_reason(e)}") from None
     try:

@@ -37,3 +37,8 @@ def test_math_modules_import_no_simulator(module):
 def test_the_probe_sees_heavy_imports():
     """The check above can fail: asking for the registry does import MuJoCo."""
     assert "mujoco" in heavy(imported_by("psec_jax.envs.registry"))
+
+
+def test_parallel_imports_no_simulator_and_no_models():
+    mods = imported_by("psec_jax.parallel")
+    assert heavy(mods) == [] and not any(m.startswith(("psec_jax.models", "psec_jax.rl")) for m in mods)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from psec_jax.parallel import distributed
 from psec_jax.parallel.mesh import make_mesh
 
 InAxes = int | None | Sequence[int | None]
@@ -77,20 +78,25 @@ def sweep(fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = No
             raise ValueError(f"mapped arguments must share one member count, got {sorted(sizes)}")
         count = sizes.pop()
         m = mesh
-        if m is None:
-            m = make_mesh({"data": -1}, jax.devices()[:largest_divisor_at_most(count, jax.device_count())])
+        if m is None:  # every process must take part in a multi-process run: all devices then
+            n = jax.device_count() if jax.process_count() > 1 else largest_divisor_at_most(count, jax.device_count())
+            m = make_mesh({"data": -1}, jax.devices()[:n])
         if count % m.shape[axis]:
             raise ValueError(f"{count} members do not split over the {m.shape[axis]} devices of mesh axis "
                              f"{axis!r}; use a multiple of {m.shape[axis]}")
+        specs = tuple(P() if ax is None else P(*(None,) * ax, axis) for ax in axes)
         key = (axes, m, jax.tree.structure(args))
         if key not in compiled:
             local = jax.vmap(fn, in_axes=axes) if members == "vmap" else map_members(fn, axes)
-            specs = tuple(P() if ax is None else P(*(None,) * ax, axis) for ax in axes)
             compiled[key] = jax.jit(jax.shard_map(local, mesh=m, in_specs=specs, out_specs=P(axis), check_vma=False))
-        return compiled[key], m
+        return compiled[key], m, specs
 
     def run(*args: Any) -> Any:
-        return build(args)[0](*args)
+        fn_, m, specs = build(args)
+        if jax.process_count() > 1:  # host values every process holds whole -> global arrays
+            args = tuple(jax.tree.map(lambda leaf, s=NamedSharding(m, spec): distributed.global_array(leaf, s), arg)
+                         for arg, spec in zip(args, specs))
+        return fn_(*args)
 
     run.lower = lambda *args: build(args)[0].lower(*args)
     run.mesh = lambda *args: build(args)[1]
