@@ -65,7 +65,6 @@ def main() -> None:
 def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None) -> dict:
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from experiments.configs import lm_moe as lm_config
     from psec_jax import parallel
@@ -83,7 +82,7 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None) ->
     state_sh = sharding.state_shardings(trainer, mesh)
     state = memory.abstract(jax.eval_shape(trainer.init, jax.random.key(0)), state_sh)
     b, t = config.data.batch_size, config.data.seq_len
-    batch_sh = NamedSharding(mesh, P(None, parallel.logical_spec(("batch",))[0]))
+    batch_sh = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
     shapes = pipeline.Batch(*(jax.ShapeDtypeStruct((1, b, t), dt) for dt in (jnp.int32, jnp.int32, jnp.float32, jnp.int8)))
     batch = memory.abstract(shapes, batch_sh)
     with jax.set_mesh(mesh):

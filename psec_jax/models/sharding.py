@@ -71,6 +71,9 @@ def sharded_init(trainer: Any, mesh: Mesh) -> Callable[[jax.Array], Any]:
     return jax.jit(trainer.init, out_shardings=state_shardings(trainer, mesh))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding of a [B, T, ...] batch: B over every data-like axis (`batch` rule)."""
-    return NamedSharding(mesh, pmesh.logical_spec(("batch",) + (None,) * (ndim - 1)))
+def batch_sharding(mesh: Mesh, ndim: int = 2, batch_dim: int = 0) -> NamedSharding:
+    """Sharding of a batch array of rank `ndim` (e.g. [B, T], or [S, B, T] chunks with batch_dim=1):
+    its batch dimension over every data-like axis (the `batch` rule), the rest replicated."""
+    axes = [None] * ndim
+    axes[batch_dim] = "batch"
+    return NamedSharding(mesh, pmesh.logical_spec(axes))

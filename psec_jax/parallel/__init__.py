@@ -5,7 +5,8 @@
     with jax.set_mesh(mesh): ...                           # e.g. moe_apply(..., backend="expert_parallel")
 
 Modules: mesh (mesh from a config, logical-axis rules, sharding pytrees), sweep (vmapped members
-split over the data axis).
+split over the data axis), distributed (multi-process runs: `jax.distributed`, process-0 logging,
+gathering to the host), memory (per-device memory of a compiled program from abstract inputs).
 """
 
 from psec_jax.parallel.mesh import (AXES, RULES, fit_spec, get_config, logical_spec, make_mesh, mesh_shape, shard,

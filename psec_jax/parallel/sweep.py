@@ -47,6 +47,14 @@ def map_members(fn: Callable[..., Any], in_axes: Sequence[int | None]) -> Callab
     return run
 
 
+def _place(leaf: Any, sharding: NamedSharding) -> Any:
+    """A concrete value placed with `sharding` (a global array across processes); traced values (under
+    jit, eval_shape) pass through."""
+    if isinstance(leaf, (jax.core.Tracer, jax.ShapeDtypeStruct)):
+        return leaf
+    return distributed.global_array(leaf, sharding)
+
+
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The largest d <= limit that divides n (>= 1)."""
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
@@ -93,9 +101,11 @@ def sweep(fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = No
 
     def run(*args: Any) -> Any:
         fn_, m, specs = build(args)
-        if jax.process_count() > 1:  # host values every process holds whole -> global arrays
-            args = tuple(jax.tree.map(lambda leaf, s=NamedSharding(m, spec): distributed.global_array(leaf, s), arg)
-                         for arg, spec in zip(args, specs))
+        # every argument onto the sweep's devices (one committed to another device, e.g. a frozen base
+        # policy made on device 0, would be refused by jit); in a multi-process run, host values every
+        # process holds whole become global arrays
+        args = tuple(jax.tree.map(lambda leaf, s=NamedSharding(m, spec): _place(leaf, s), arg)
+                     for arg, spec in zip(args, specs))
         return fn_(*args)
 
     run.lower = lambda *args: build(args)[0].lower(*args)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments.configs import lm_moe as lm_config
 from psec_jax import parallel
@@ -24,7 +23,7 @@ def test_memory_of_a_sharded_lm_step_holds_each_device_s_shards():
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
     state_sh = sharding.state_shardings(trainer, mesh)
     state = memory.abstract(jax.eval_shape(trainer.init, jax.random.key(0)), state_sh)
-    batch_sh = NamedSharding(mesh, P(None, ("data", "fsdp", "expert")))
+    batch_sh = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
     batch = memory.abstract(pipeline.Batch(*(jax.ShapeDtypeStruct((1, 8, 16), t)
                                              for t in (jnp.int32, jnp.int32, jnp.float32, jnp.int8))), batch_sh)
     with jax.set_mesh(mesh):

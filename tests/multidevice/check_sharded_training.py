@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from experiments.configs import lm_moe as lm_config
 from psec_jax import parallel
@@ -35,6 +35,9 @@ def test_psec_stage_sweep_splits_seeds_over_devices_and_equals_one_device():
     leaf = out[1]["bc_loss"]
     assert len({s.device for s in leaf.addressable_shards}) == 8 and leaf.addressable_shards[0].data.shape[0] == 1
     assert_trees_close((out[0].params, out[0].ema, out[1]), (ref[0].params, ref[0].ema, ref[1]))
+    # arguments committed to one device (a frozen base made there) are moved onto the sweep's devices
+    on_one = jax.device_put(keys, one)
+    assert_trees_close(run(on_one, train.PretrainInputs(), jax.device_put(data, one))[1], ref[1])
     # 6 seeds: the default mesh takes the 6 devices that divide them; a given 8-device mesh refuses
     assert parallel.sweep(trainer.train, (0, None, None)).mesh(keys[:6], train.PretrainInputs(), data).size == 6
     with pytest.raises(ValueError, match="6 members do not split over the 8 devices of mesh axis 'data'"):
@@ -65,11 +68,13 @@ def test_lm_chunk_sharded_fsdp_data_expert_equals_one_device(backend):
     else:  # the reference: the same model with dropless dispatch on one device
         ref_state, ref = jax.jit(tiny_lm("dropless").chunk)(state, batches, jnp.float32(0.4))
     state_sh = sharding.state_shardings(trainer, mesh)
-    batch_sh = NamedSharding(mesh, P(None, ("data", "fsdp", "expert")))
+    batch_sh = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
+    assert batch_sh.spec == P(None, ("data", "fsdp", "expert"), None)
+    sharded = sharding.sharded_init(trainer, mesh)(jax.random.key(0))  # created sharded, equal to init
+    assert_trees_close(sharded.params, state.params)
     with jax.set_mesh(mesh):
         chunk = jax.jit(trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None))
-        new_state, metrics = chunk(jax.device_put(state, state_sh), jax.device_put(batches, batch_sh),
-                                   jnp.float32(0.4))
+        new_state, metrics = chunk(sharded, jax.device_put(batches, batch_sh), jnp.float32(0.4))
     gate = new_state.params["groups"]["moe"]["moe"]["experts"]["gate"]  # [G, E, d, f]
     assert gate.sharding.spec == P(None, "expert", "fsdp", None) and gate.addressable_shards[0].data.shape == (2, 2, 16, 32)
     assert_trees_close((metrics["loss"], metrics["total_loss"]), (ref["loss"], ref["total_loss"]))
