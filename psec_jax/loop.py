@@ -125,7 +125,7 @@ def run_chunks(
                         ckpts.save(step, state, config, force=True)
         except KeyboardInterrupt:
             interrupted = _checkpoint_on_interrupt(ckpts, step, state, config)
-            if distributed.is_main():
+            if main:
                 runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
     return state, history
@@ -141,7 +141,7 @@ class _Records:
         return None
 
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {"step": int(step), "wall_time": time.time(), **runs.to_jsonable(dict(metrics))}
+        return runs.metrics_record(step, metrics)
 
 
 def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: int,

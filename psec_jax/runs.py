@@ -117,6 +117,11 @@ class MetricsError(ValueError):
 TENSORBOARD_DIR = "tensorboard"
 
 
+def metrics_record(step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of one logged chunk: ``{"step": step, "wall_time": unix seconds, **metrics}`` (JSON-able)."""
+    return {"step": int(step), "wall_time": time.time(), **to_jsonable(dict(metrics))}
+
+
 class MetricsWriter:
     """Appends one JSON line per call to ``workdir/metrics.jsonl``; flushed on every write.
 
@@ -139,7 +144,7 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``{"step": step, "wall_time": unix seconds, **metrics}`` and returns that record."""
-        record = {"step": int(step), "wall_time": time.time(), **to_jsonable(dict(metrics))}
+        record = metrics_record(step, metrics)
         self._file.write(dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -35,20 +35,10 @@ import numpy as np
 
 from psec_jax.moe import gmm
 from psec_jax.moe.expert_parallel import expert_parallel
-from psec_jax.moe.grouped import ExpertFn, capacity_of, expert_params, num_experts, sort_assignments, stack_experts
+from psec_jax.moe.grouped import ExpertFn, capacity_of, expert_params, sort_assignments, stack_experts
+from psec_jax.moe.grouped import check_dispatch_inputs as _check
 from psec_jax.moe.grouped import dropless as _dropless
 from psec_jax.moe.routing import RouteOutput
-
-
-def _check(x: jax.Array, route: RouteOutput, params: Any = None) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"dispatch expects tokens x of shape [T, d], got {x.shape}")
-    if route.expert_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"route has {route.expert_ids.shape[0]} tokens but x has {x.shape[0]}")
-    if params is not None:
-        e = num_experts(params)
-        if e != route.num_experts:
-            raise ValueError(f"route has {route.num_experts} experts but the expert params hold {e}")
 
 
 def loop_reference(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) -> jax.Array:

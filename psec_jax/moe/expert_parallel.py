@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from psec_jax.moe.grouped import ExpertFn, capacity_of, num_experts, sort_assignments, stack_experts
+from psec_jax.moe.grouped import ExpertFn, capacity_of, check_dispatch_inputs, sort_assignments, stack_experts
 from psec_jax.moe.routing import RouteOutput
 
 TOKEN_AXES = ("data", "fsdp", "expert")  # mesh axes the tokens are sharded over (those the mesh has)
@@ -75,13 +75,8 @@ def expert_parallel(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, param
     (E must divide by its size). k sizes the buffers as in `capacity` (default the route's slot count).
     mesh: default the one set by `jax.set_mesh` (an error names the problem when there is none).
     """
-    if x.ndim != 2:
-        raise ValueError(f"dispatch expects tokens x of shape [T, d], got {x.shape}")
-    if route.expert_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"route has {route.expert_ids.shape[0]} tokens but x has {x.shape[0]}")
+    check_dispatch_inputs(x, route, params)
     e = route.num_experts
-    if num_experts(params) != e:
-        raise ValueError(f"route has {e} experts but the expert params hold {num_experts(params)}")
     mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         raise ValueError("expert_parallel dispatch needs a device mesh: pass mesh=... or call it under "

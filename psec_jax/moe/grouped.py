@@ -230,6 +230,19 @@ def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
     return jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - 1)), values, 0)
 
 
+def check_dispatch_inputs(x: jax.Array, route: RouteOutput, params: Any = None) -> None:
+    """ValueError naming the problem when tokens x are not [T, d], the route's token count differs
+    from x's, or the expert params hold another number of experts than the route (every back-end)."""
+    if x.ndim != 2:
+        raise ValueError(f"dispatch expects tokens x of shape [T, d], got {x.shape}")
+    if route.expert_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"route has {route.expert_ids.shape[0]} tokens but x has {x.shape[0]}")
+    if params is not None:
+        e = num_experts(params)
+        if e != route.num_experts:
+            raise ValueError(f"route has {route.num_experts} experts but the expert params hold {e}")
+
+
 def num_experts(params: Any) -> int:
     """E of expert params, stacked ([E, ...] leaves) or split (a tuple of E pytrees)."""
     return len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
