@@ -6,7 +6,8 @@
 Lowers and compiles (nothing of full size is allocated: every input is a ShapeDtypeStruct carrying its
 sharding) one training step of
 - the `paper` LM (24 layers, d 1024, 16 experts of 2816, bf16 activations, remat) at the paper's
-  batch of 512 x 2048 tokens and at 32 x 2048 (a microbatch of it), parameters and AdamW moments sharded FSDP-style over `fsdp` and experts over `expert`,
+  batch of 512 x 2048 tokens, the same batch in 16 accumulated microbatches (`train.microbatches`),
+  and 32 x 2048 alone, parameters and AdamW moments sharded FSDP-style over `fsdp` and experts over `expert`,
   tokens over every data-like axis, MoE dispatch `expert_parallel` (all_to_all) or another back-end;
 - the PSEC `paper` stages (pretrain: diffusion BC at batch 2048; expand: a LoRA skill with its IQL
   critic at batch 256), `--seeds` seeds split over the `data` axis by `parallel.sweep`, the paper's
@@ -28,8 +29,8 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=8, help="emulated CPU devices (set before jax starts)")
     p.add_argument("--lm_mesh", default="data=2,fsdp=2,expert=2", help="LM mesh axis sizes, e.g. data=2,fsdp=2,expert=2")
     p.add_argument("--lm_backend", default="expert_parallel", help="MoE dispatch of the LM")
-    p.add_argument("--lm_batch", type=int, nargs="*", default=[512, 32],
-                   help="LM rows of 2048 tokens per step, one report each (paper: 512)")
+    p.add_argument("--lm_batch", nargs="*", default=["512", "512/16", "32"],
+                   help="LM rows of 2048 tokens per step, optionally /microbatches; one report each (paper: 512)")
     p.add_argument("--seeds", type=int, default=8, help="PSEC seeds in the sweep (split over data)")
     p.add_argument("--transitions", type=int, default=1_000_000, help="PSEC dataset size (replicated)")
     p.add_argument("--skip", nargs="*", default=[], choices=["lm", "pretrain", "expand"])
@@ -47,7 +48,9 @@ def main() -> None:
     rows = []
     if "lm" not in args.skip:
         for batch in args.lm_batch:
-            rows.append(lm_row(dict(kv.split("=") for kv in args.lm_mesh.split(",")), args.lm_backend, batch))
+            b, _, m = batch.partition("/")
+            rows.append(lm_row(dict(kv.split("=") for kv in args.lm_mesh.split(",")), args.lm_backend, int(b),
+                               int(m or 1)))
             print(rows[-1], flush=True)
     for stage in ("pretrain", "expand"):
         if stage not in args.skip:
@@ -62,7 +65,7 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None) -> dict:
+def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None, microbatches: int = 1) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -77,6 +80,7 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None) ->
     config.model.backend = backend
     if batch_rows:
         config.data.batch_size = batch_rows
+    config.train.microbatches = microbatches
     trainer = lm_train.make_train(config, "top_p")
     mesh = parallel.make_mesh({k: int(v) for k, v in axes.items()})
     state_sh = sharding.state_shardings(trainer, mesh)
@@ -89,9 +93,10 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None) ->
         step = jax.jit(trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
                        donate_argnums=0)
         report = memory.compiled_memory(step, state, batch, jax.ShapeDtypeStruct((), jnp.float32))
-    return {"model": f"lm paper ({backend}, batch {b} x {t})", "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
+    micro = f" in {microbatches} microbatches" if microbatches > 1 else ""
+    return {"model": f"lm paper ({backend}, batch {b} x {t}{micro})", "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
             "params_total": memory.tree_bytes(state.params), "state_per_device": memory.per_device_bytes(state),
-            "tokens_per_step": b * t, **report}
+            "tokens_per_step": b * t, "microbatches": microbatches, **report}
 
 
 def psec_row(stage: str, seeds: int, transitions: int) -> dict:

@@ -68,6 +68,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.multiple_of(config, "train.num_steps", "train.log_every")
     cc.multiple_of(config, "train.checkpoint_every", "train.log_every")
     cc.one_of(config, "train.members", ("map", "vmap"))
+    cc.positive_int(config, "train.microbatches")
+    if config.data.batch_size % config.train.microbatches:
+        raise cc.ConfigError(f"train.microbatches={config.train.microbatches} must divide "
+                             f"data.batch_size={config.data.batch_size}")
     if config.data.task_rows > config.data.batch_size:
         raise cc.ConfigError(f"data.task_rows={config.data.task_rows} exceeds data.batch_size={config.data.batch_size}")
     if not config.train.routers or set(config.train.routers) - set(lm_train.ROUTERS):

@@ -3,11 +3,13 @@
 It is the template every training experiment follows: ``make_train(config)`` returns pure functions;
 ``train(key)`` runs the whole loop in one ``lax.scan`` (so ``jit(vmap(train))(keys)`` trains many seeds
 at once), and ``main`` drives the same ``chunk`` function through ``psec_jax.loop.run_chunks`` for
-metrics, progress and checkpoints.
+metrics, progress and checkpoints, ``num_seeds`` members at once split over the devices
+(``psec_jax.parallel.sweep``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -18,7 +20,8 @@ import ml_collections
 import optax
 from flax import struct
 
-from psec_jax import config_check, loop, prng, runs
+from psec_jax import config_check, loop, parallel, prng, runs
+from psec_jax.parallel import distributed
 
 
 class Data(NamedTuple):
@@ -54,7 +57,7 @@ class MLP(nn.Module):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError (one line) for values that cannot train; run before anything is compiled."""
-    config_check.positive_int(config, "data.num_examples", "data.input_dim", "model.hidden_sizes",
+    config_check.positive_int(config, "num_seeds", "data.num_examples", "data.input_dim", "model.hidden_sizes",
                               "train.batch_size", "train.max_to_keep")
     config_check.multiple_of(config, "train.num_steps", "train.log_every")
     config_check.multiple_of(config, "train.checkpoint_every", "train.log_every")
@@ -105,15 +108,24 @@ def make_train(config: ml_collections.ConfigDict) -> Trainer:
     return Trainer(make_data, init, chunk, train, loss_fn)
 
 
-def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains with logging and checkpoints in ``workdir`` (resuming if it has any); prints a summary."""
+def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
+    """[num_seeds] root keys of the members: key(seed + i) for member i (member 0 is a 1-seed run)."""
+    return jax.vmap(jax.random.key)(config.seed + jnp.arange(config.num_seeds))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        wrap: Callable[[Callable], Callable] = lambda chunk: chunk) -> tuple[Trainer, Data, TrainState, list[dict]]:
+    """Trains the ``num_seeds`` members with ``loop.run_chunks`` (metrics, progress, checkpoints in
+    ``workdir``, resumed if present). The members are one program split over the devices
+    (`parallel.sweep`: as many as divide num_seeds). ``wrap`` decorates the chunk function (tests
+    interrupt it). Returns (trainer, data [N, ...], final state [N, ...], metric records)."""
     trainer = make_train(config)
-    root = jax.random.key(config.seed)
-    data = jax.jit(trainer.make_data)(prng.stream(root, "data"))
-    state = jax.jit(trainer.init)(prng.stream(root, "init"))
-    chunk = jax.jit(trainer.chunk)
+    keys = seed_keys(config)
+    data = parallel.sweep(lambda k: trainer.make_data(prng.stream(k, "data")))(keys)
+    state = parallel.sweep(lambda k: trainer.init(prng.stream(k, "init")))(keys)
+    chunk = parallel.sweep(trainer.chunk)
     state, records = loop.run_chunks(
-        lambda s: chunk(s, data),
+        wrap(lambda s: chunk(s, data)),
         state,
         num_chunks=config.train.num_steps // config.train.log_every,
         steps_per_chunk=config.train.log_every,
@@ -124,14 +136,25 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         resume_may_change=("train.num_steps",),
         desc="smoke",
     )
-    mse = float(jax.jit(trainer.loss)(state.params, data))
+    return trainer, data, state, records
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains with logging and checkpoints in ``workdir`` (resuming if it has any); prints a summary
+    (process 0 of a multi-process run) and returns it: means over the seeds, and per seed."""
+    trainer, data, state, records = run(config, workdir)
+    mse = distributed.to_host(parallel.sweep(trainer.loss)(state.params, data))  # [num_seeds]
+    variance = distributed.to_host(parallel.sweep(lambda d: jnp.var(d.y))(data))
     summary = {
-        "steps": int(state.step),
-        "final_train_mse": mse,
-        "target_variance": float(jnp.var(data.y)),
+        "steps": int(distributed.to_host(state.step)[0]),
+        "num_seeds": int(config.num_seeds),
+        "final_train_mse": float(mse.mean()),
+        "target_variance": float(variance.mean()),
+        "final_train_mse_per_seed": [float(m) for m in mse],
         "steps_per_sec": records[-1]["steps_per_sec"] if records else None,  # the last chunk's rate
     }
-    print(runs.write_summary(workdir, summary))
+    if distributed.is_main():
+        print(runs.write_summary(workdir, summary))
     return summary
 
 

@@ -1,10 +1,7 @@
 """The tiny smoke-experiment run shared by the training-loop tests."""
 
-import jax
-
 from experiments import smoke
 from experiments.configs import smoke as smoke_config
-from psec_jax import loop, prng
 
 
 def tiny_config(**train):
@@ -18,16 +15,7 @@ def tiny_config(**train):
 
 
 def run(config, workdir, wrap=lambda chunk: chunk):
-    """``loop.run_chunks`` over the smoke trainer, as ``smoke.main`` drives it; ``wrap`` decorates the
-    jitted chunk function (to interrupt it). Returns ``(final state, metric records)``."""
-    trainer = smoke.make_train(config)
-    root = jax.random.key(config.seed)
-    data = trainer.make_data(prng.stream(root, "data"))
-    chunk = jax.jit(trainer.chunk)
-    return loop.run_chunks(
-        wrap(lambda s: chunk(s, data)), trainer.init(prng.stream(root, "init")),
-        num_chunks=config.train.num_steps // config.train.log_every,
-        steps_per_chunk=config.train.log_every, workdir=workdir, config=config,
-        checkpoint_every_chunks=config.train.checkpoint_every // config.train.log_every,
-        resume_may_change=("train.num_steps",),
-    )
+    """``smoke.run`` (what ``smoke.main`` trains with); ``wrap`` decorates the chunk function (to
+    interrupt it). Returns ``(final state [num_seeds, ...], metric records)``."""
+    _, _, state, records = smoke.run(config, workdir, wrap)
+    return state, records

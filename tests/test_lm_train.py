@@ -3,6 +3,7 @@ bit-identical resume, train(key) = the chunked loop, members in one program, out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -183,3 +184,27 @@ def test_stage_config_ignores_other_stages_and_pins_the_data(finished):
     assert lm_moe.loop.config_differences(lm_moe.stage_config(config, stage, data),
                                           lm_moe.stage_config(config, stage, data._replace(meta=meta))) == [
         "data_identity.train_npy"]
+
+
+def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
+    config = tiny()
+    batches, _ = pipeline_of(config)
+    batch = jax.tree.map(lambda a: jnp.asarray(a[0]), batches.chunk(0, 1))  # [B=4, T]
+    spec = lm_train.model_spec(config, "top_p")
+    params = lm_train.make_train(config, "top_p").init(jax.random.key(0)).params
+    p = jnp.float32(0.4)
+    grads = jax.jit(lm_train.accumulate_gradients, static_argnums=(0, 4))
+    g1, m1 = grads(spec, params, batch, p, 1)
+    g2, m2 = grads(spec, params, batch, p, 2)
+    # the LM loss (a token-weighted mean) is the same function of the batch; only the aux losses see
+    # two slices of 2 rows instead of 4 rows: without them the gradients agree
+    testing.assert_trees_close(m2["loss"], m1["loss"])
+    assert float(m2["load_balance"]) != float(m1["load_balance"])
+    np.testing.assert_allclose(m2["experts_per_layer"], m1["experts_per_layer"], rtol=1e-6)
+    no_aux = dataclasses.replace(spec, load_balance_weight=0.0, dynamic_weight=0.0, z_weight=0.0)
+    testing.assert_trees_close(grads(no_aux, params, batch, p, 2)[0], grads(no_aux, params, batch, p, 1)[0])
+    with pytest.raises(ValueError, match="train.microbatches=3 must be >= 1 and divide the batch's 4 rows"):
+        lm_train.accumulate_gradients(spec, params, batch, p, 3)
+    bad = tiny(microbatches=3)
+    with pytest.raises(Exception, match="train.microbatches=3 must divide data.batch_size=4"):
+        lm_moe.check_config(bad)

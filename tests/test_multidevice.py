@@ -11,13 +11,25 @@ import pytest
 HERE = Path(__file__).parent
 
 
-def test_multidevice_checks_pass_on_eight_emulated_devices():
+def _run_checks(marker: str) -> None:
+    """pytest -m `marker` over every check file, in a subprocess with 8 emulated CPU devices."""
     checks = sorted(str(p) for p in (HERE / "multidevice").glob("check_*.py"))
     assert checks, "no multi-device checks found"
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(HERE.parent),
-                           *checks], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=1500)
+                           "-m", marker, *checks], cwd=HERE.parent, env=env, capture_output=True, text=True,
+                          timeout=1500)
     if proc.returncode != 0:
         pytest.fail(f"multi-device checks failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2], proc.stdout[-2000:]
+
+
+def test_multidevice_checks_pass_on_eight_emulated_devices():
+    _run_checks("not slow")
+
+
+@pytest.mark.slow
+def test_slow_multidevice_checks_pass_on_eight_emulated_devices():
+    """More meshes, the dropless LM under FSDP, the paper configs' compiles (`make test-all`)."""
+    _run_checks("slow")

@@ -26,6 +26,7 @@ def _params(env, seed):
             0.1 * jax.random.normal(k2, (SEEDS, HIDDEN, env.action_size))]
 
 
+@pytest.mark.slow  # three walker rollouts compiled (~60-80 s on 2 cores); `make test-all`
 def test_method_results_do_not_depend_on_the_table():
     env = envs.make("walker-walk", episode_length=STEPS)
     key, a, b = jax.random.key(7), _params(env, 1), _params(env, 2)

@@ -37,7 +37,7 @@ def test_resume_continues_identically(tmp_path):
     run(tiny_config(num_steps=20), tmp_path / "resumed")
     resumed, records = run(tiny_config(), tmp_path / "resumed")  # picks up at step 20
     assert [r["step"] for r in records] == [10, 20, 30, 40]  # the whole run's records
-    assert int(resumed.step) == 40
+    assert resumed.step.tolist() == [40]  # one member (config.num_seeds = 1)
     testing.assert_trees_close(resumed.params, straight.params, rtol=0, atol=0)
     steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")]
     assert steps == [10, 20, 30, 40]
@@ -63,3 +63,13 @@ def test_main_writes_the_workdir(tmp_path, capsys):
 def test_bad_chunking_is_rejected():
     with pytest.raises(ValueError, match=r"train.num_steps \(45\) must be a multiple of train.log_every"):
         smoke.make_train(tiny_config(num_steps=45))
+
+
+def test_main_trains_several_seeds_as_one_sweep(tmp_path):
+    config = tiny_config()
+    config.num_seeds = 2
+    summary = smoke.main(config, str(tmp_path))
+    one = smoke.main(tiny_config(), str(tmp_path / "one"))  # seed 0 alone is member 0 of the sweep
+    assert summary["num_seeds"] == 2 and len(summary["final_train_mse_per_seed"]) == 2
+    assert summary["final_train_mse_per_seed"][0] == pytest.approx(one["final_train_mse"], rel=1e-6)
+    assert summary["final_train_mse_per_seed"][0] != summary["final_train_mse_per_seed"][1]

@@ -81,6 +81,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.train.sweep_p = (0.2, 0.3, 0.5)  # extra top-p thresholds (seed 0), one stage; () for none
     config.train.members = "map"  # run a stage's members in one program: "map" (lax.map) or "vmap"
     config.train.num_steps = 1000  # gradient steps per member (a multiple of log_every)
+    config.train.microbatches = 1  # gradient accumulation: each step's batch in this many sequential slices
     config.train.log_every = 50  # steps per jitted lax.scan chunk; metrics and validation once per chunk
     config.train.checkpoint_every = 100  # steps between checkpoints (a multiple of log_every)
     config.train.max_to_keep = 2  # checkpoints kept per stage

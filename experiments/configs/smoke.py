@@ -9,6 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # root PRNG seed; data, init and per-step keys are named streams of it
+    config.num_seeds = 1  # members seed, seed+1, ... trained as one program, split over the devices
 
     config.data = ml_collections.ConfigDict()
     config.data.num_examples = 1024  # size of the synthetic regression set (kept on device)

@@ -117,6 +117,55 @@ def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Arra
     return eval_metrics(sums)
 
 
+def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array, microbatches: int = 1
+                         ) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradients of the training loss on Batch [B, T], in `microbatches` sequential slices of B / m rows
+    (every m-th row)
+    (a `lax.scan`: activation memory of one slice; gradients summed in the params' dtype).
+
+    The LM loss is the batch's token-weighted mean whatever m (each slice's mean is weighted by its share
+    of the tokens); the aux losses (load balance, dynamic, z) are means over the slices of each slice's
+    value, as in Megatron / MaxText gradient accumulation: with m > 1 they see B / m rows at a time, so
+    they, and only they, differ from m = 1. Returns (grads, metrics): loss, total_loss, load_balance,
+    dynamic_loss, truncated_fraction, dropped_fraction, max_expert_load (means over slices) and
+    experts_per_layer [G] (sum over target tokens of the experts used)."""
+    rows = batch.inputs.shape[0]
+    if microbatches < 1 or rows % microbatches:
+        raise ValueError(f"train.microbatches={microbatches} must be >= 1 and divide the batch's {rows} rows")
+    total_weight = jnp.maximum(batch.weights.sum(), 1.0)
+
+    def one(params: Any, mb: Batch) -> tuple[jax.Array, dict]:
+        _, (out, lm) = tf.loss(params, mb.inputs, mb.targets, mb.weights, spec, p)
+        share = mb.weights.sum() / total_weight  # this slice's part of the batch's token-weighted mean
+        objective = share * lm + jnp.sum(out.aux["total"]) / microbatches
+        s = out.stats
+        metrics = {"loss": share * lm, "total_loss": objective,
+                   "load_balance": out.aux["load_balance"].mean() / microbatches,
+                   "dynamic_loss": out.aux["dynamic"].mean() / microbatches,
+                   "truncated_fraction": s["truncated_fraction"].mean() / microbatches,
+                   "dropped_fraction": s["dropped_fraction"].mean() / microbatches,
+                   "max_expert_load": s["expert_load"].max(-1).mean() / microbatches,
+                   # experts per token, summed over the positions whose target is not padding
+                   "experts_per_layer": jnp.einsum("gbt,bt->g", s["experts_per_token"].astype(jnp.float32),
+                                                   mb.weights)}
+        return objective, metrics
+
+    grad_fn = jax.grad(one, has_aux=True)
+    if microbatches == 1:
+        return grad_fn(params, batch)
+    # slice i = rows i, i + m, i + 2m, ...: with rows split over devices in contiguous blocks, every
+    # device holds its share of every slice, so slicing moves nothing between devices
+    slices = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((rows // microbatches, microbatches) + a.shape[1:]), 0, 1),
+                          batch)
+
+    def add(acc: tuple[Any, dict], mb: Batch) -> tuple[tuple[Any, dict], None]:
+        return jax.tree.map(jnp.add, acc, grad_fn(params, mb)), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, batch))
+    (grads, metrics), _ = jax.lax.scan(add, zeros, slices)
+    return grads, metrics
+
+
 def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Callable[[int], Batch] | None = None,
                validation: Batch | None = None) -> Trainer:
     """Pure functions for training one member with the named router.
@@ -136,19 +185,12 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
     def step(state: TrainState, batch: Batch, p: jax.Array) -> tuple[TrainState, dict]:
-        grad_fn = jax.value_and_grad(tf.loss, has_aux=True)
-        (total, (out, lm)), grads = grad_fn(state.params, batch.inputs, batch.targets, batch.weights, spec, p)
+        grads, sums = accumulate_gradients(spec, state.params, batch, p, tc.microbatches)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        s = out.stats
-        # experts per token over the positions whose target is not padding
-        per_layer = jnp.einsum("gbt,bt->g", s["experts_per_token"].astype(jnp.float32), batch.weights)
-        per_layer = per_layer / jnp.maximum(batch.weights.sum(), 1.0)
-        metrics = {"loss": lm, "total_loss": total, "load_balance": out.aux["load_balance"].mean(),
-                   "dynamic_loss": out.aux["dynamic"].mean(), "experts": per_layer.mean(),
-                   "experts_per_layer": per_layer, "truncated_fraction": s["truncated_fraction"].mean(),
-                   "dropped_fraction": s["dropped_fraction"].mean(), "max_expert_load": s["expert_load"].max(-1).mean(),
-                   "grad_norm": optax.tree.norm(grads)}
+        per_layer = sums["experts_per_layer"] / jnp.maximum(batch.weights.sum(), 1.0)
+        metrics = {**{k: v for k, v in sums.items() if k != "experts_per_layer"}, "experts": per_layer.mean(),
+                   "experts_per_layer": per_layer, "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     def chunk(state: TrainState, batches: Batch, p: jax.Array) -> tuple[TrainState, dict]:

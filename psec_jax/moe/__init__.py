@@ -13,7 +13,7 @@ kernel of `psec_jax.kernels`).
 
 from psec_jax.moe.backends import (BACKENDS, MESH_BACKENDS, capacity, capacity_of, dense, dispatch, dropless,
                                    loop_reference, ragged)
-from psec_jax.moe.expert_parallel import expert_parallel
+from psec_jax.moe.expert_parallel import EXCHANGES, expert_parallel, ragged_all_to_all_emulated, ragged_supported
 from psec_jax.moe.grouped import (SplitExpert, default_block_size, sort_assignments, split_experts, stack_experts,
                                   tail_sizes)
 from psec_jax.moe.layer import (EXPERTS, MoE, gelu_expert, init_moe, moe_apply, route, routing_stats,
@@ -22,7 +22,7 @@ from psec_jax.moe.losses import (DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expe
                                  load_balance, z_loss)
 from psec_jax.moe.routing import RouteOutput, top_k, top_p
 
-__all__ = ["BACKENDS", "MESH_BACKENDS", "expert_parallel", "capacity", "capacity_of", "SplitExpert", "default_block_size", "sort_assignments", "split_experts", "stack_experts", "tail_sizes", "dense", "dispatch", "dropless",
+__all__ = ["BACKENDS", "MESH_BACKENDS", "EXCHANGES", "expert_parallel", "ragged_all_to_all_emulated", "ragged_supported", "capacity", "capacity_of", "SplitExpert", "default_block_size", "sort_assignments", "split_experts", "stack_experts", "tail_sizes", "dense", "dispatch", "dropless",
            "loop_reference", "ragged", "EXPERTS", "MoE", "gelu_expert", "init_moe", "moe_apply", "route",
            "routing_stats", "swiglu_expert", "DEFAULT_WEIGHTS", "aux_losses", "dynamic_loss",
            "expert_fractions", "load_balance", "z_loss", "RouteOutput", "top_k", "top_p"]

@@ -148,12 +148,12 @@ MESH_BACKENDS = ("expert_parallel",)  # need a mesh (`jax.set_mesh`)
 def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
              capacity_factor: float = 1.25, capacity_k: float | None = None,
              block_size: int | None = None, saved_slots: float | None = 4.0, activation: str = "swiglu",
-             grouped_matmul: str = "auto") -> tuple[jax.Array, jax.Array]:
+             grouped_matmul: str = "auto", exchange: str = "auto") -> tuple[jax.Array, jax.Array]:
     """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
 
     `block_size` and `saved_slots` only matter for "dropless" (see there), `capacity_factor` and
     `capacity_k` for "capacity" and "expert_parallel" (which needs a mesh, set by `jax.set_mesh`;
-    `psec_jax.moe.expert_parallel`), `activation` and `grouped_matmul` for "ragged", which needs the
+    `psec_jax.moe.expert_parallel`, whose token `exchange` is chosen there), `activation` and `grouped_matmul` for "ragged", which needs the
     layer's matmul experts.
     """
     if backend == "dense":
@@ -166,5 +166,6 @@ def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn
     if backend == "ragged":
         return ragged(x, route, params, activation, grouped_matmul), jnp.zeros((), jnp.float32)
     if backend == "expert_parallel":
-        return expert_parallel(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k)
+        return expert_parallel(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k,
+                               exchange=exchange)
     raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS + MESH_BACKENDS}")

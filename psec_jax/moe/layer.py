@@ -99,14 +99,16 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
               activation: str = "swiglu", capacity_factor: float = 1.25, capacity_k: float | None = None,
               block_size: int | None = None, saved_slots: float | None = 4.0,
               aux_weights: dict[str, float] | None = None, dispatch: str = "argsort",
-              grouped_matmul: str = "auto") -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+              grouped_matmul: str = "auto", exchange: str = "auto"
+              ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Route the tokens of x [..., d] (any number of leading axes, of any size including 0) and run
     the experts.
 
     Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"},
     stats from `routing_stats`, with experts_per_token shaped [...] like x's tokens).
     `dispatch` chooses how the route is computed and grouped by expert (see `route`);
-    `grouped_matmul` the "ragged" back-end's kernel (`psec_jax.moe.gmm`).
+    `grouped_matmul` the "ragged" back-end's kernel (`psec_jax.moe.gmm`); `exchange` how
+    "expert_parallel" moves tokens between devices (`psec_jax.moe.expert_parallel`).
     """
     if jnp.ndim(x) < 1:
         raise ValueError(f"MoE input must be tokens [..., d], got a rank-0 array of shape {jnp.shape(x)}")
@@ -119,7 +121,8 @@ def moe_apply(params: dict[str, Any], x: jax.Array, *, router: str = "top_p", k:
     r = route(logits, router, k=k, p=p, max_k=max_k, renormalize=renormalize, dispatch=dispatch)
     y, dropped = run_dispatch(backend, tokens, r, EXPERTS[activation], params["experts"],
                              capacity_factor=capacity_factor, capacity_k=capacity_k, block_size=block_size,
-                             saved_slots=saved_slots, activation=activation, grouped_matmul=grouped_matmul)
+                             saved_slots=saved_slots, activation=activation, grouped_matmul=grouped_matmul,
+                             exchange=exchange)
     stats = routing_stats(r, dropped)
     stats["experts_per_token"] = stats["experts_per_token"].reshape(x.shape[:-1])
     return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, aux_weights), stats
@@ -144,6 +147,7 @@ class MoE(nn.Module):
     param_dtype: Any = jnp.float32
     dispatch: str = "argsort"
     grouped_matmul: str = "auto"
+    exchange: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
@@ -155,4 +159,4 @@ class MoE(nn.Module):
                          capacity_factor=self.capacity_factor, capacity_k=self.capacity_k,
                          block_size=self.block_size, saved_slots=self.saved_slots,
                          aux_weights=self.aux_weights, dispatch=self.dispatch,
-                         grouped_matmul=self.grouped_matmul)
+                         grouped_matmul=self.grouped_matmul, exchange=self.exchange)

@@ -57,7 +57,7 @@ def random_batches(steps=2, rows=8, length=16, vocab=384):
                           np.full((steps, rows, length), -1, np.int8))
 
 
-@pytest.mark.parametrize("backend", ["dropless", "expert_parallel"])
+@pytest.mark.parametrize("backend", [pytest.param("dropless", marks=pytest.mark.slow), "expert_parallel"])
 def test_lm_chunk_sharded_fsdp_data_expert_equals_one_device(backend):
     trainer = tiny_lm(backend)
     batches = jax.tree.map(jnp.asarray, random_batches())
