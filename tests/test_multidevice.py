@@ -15,13 +15,17 @@ def _run_checks(marker: str) -> None:
     """pytest -m `marker` over every check file, in a subprocess with 8 emulated CPU devices."""
     checks = sorted(str(p) for p in (HERE / "multidevice").glob("check_*.py"))
     assert checks, "no multi-device checks found"
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
+    # 8 device threads on CI's 2 cores: a collective's threads can arrive far apart, and XLA:CPU aborts
+    # the process (SIGABRT) when they take longer than its rendezvous timeout; seen here under load
+    flags = ("--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=1200 "
+             "--xla_cpu_collective_timeout_seconds=1200")
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(HERE.parent),
                            "-m", marker, *checks], cwd=HERE.parent, env=env, capture_output=True, text=True,
                           timeout=1500)
     if proc.returncode != 0:
-        pytest.fail(f"multi-device checks failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(f"multi-device checks failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n"
+                    f"stderr:\n{proc.stderr[:3000]}\n...\n{proc.stderr[-3000:]}")
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2], proc.stdout[-2000:]
 
 

@@ -77,3 +77,15 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, batch_dim: int = 0) -> NamedShardi
     axes = [None] * ndim
     axes[batch_dim] = "batch"
     return NamedSharding(mesh, pmesh.logical_spec(axes))
+
+
+# FSDP: a layer's weights are gathered whole (over fsdp) where they are used, so its matmuls keep the
+# activations split by batch, and the weight gradients are reduce-scattered back to their shards
+GATHERED_RULES = tuple((name, None if name == "embed" else axes) for name, axes in pmesh.RULES)
+
+
+def gather_weights(params: Any) -> Any:
+    """params (any subtree of the LM's, e.g. one layer group's slice) constrained to their shardings
+    without the fsdp split (`parallel.constrain`; a no-op without a mesh)."""
+    return jax.tree.map(lambda w, axes: pmesh.constrain(w, axes, GATHERED_RULES), params, logical_axes(params),
+                        is_leaf=lambda x: isinstance(x, tuple))

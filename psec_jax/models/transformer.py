@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from psec_jax import parallel
+from psec_jax.models import sharding
 from psec_jax.moe import layer as moe_layer
 
 ROUTERS = ("top_k", "top_p")
@@ -242,11 +244,16 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
     """
     _check_tokens(tokens, spec)
     top_p = spec.p if p is None else p
-    body = lambda x, g: group_block(g, x, spec, top_p)
+    # FSDP: each layer's weights are gathered where used and the activations [B, T, d] pinned to the
+    # batch split; otherwise the partitioner follows the d-split weights into the weight-gradient
+    # matmuls and replicates the activations to get there ("involuntary full rematerialization")
+    act = lambda x: parallel.constrain(x, ("batch", "seq", None))
+    body = lambda x, g: (lambda out: (act(out[0]), out[1]))(group_block(sharding.gather_weights(g), act(x), spec, top_p))
     if spec.remat:
         body = jax.checkpoint(body)
-    x, (aux, stats) = jax.lax.scan(body, embed(params, tokens, spec), params["groups"])
-    return Output(logits_of(params, x), aux, stats)
+    outer = sharding.gather_weights({k: v for k, v in params.items() if k != "groups"})
+    x, (aux, stats) = jax.lax.scan(body, act(embed(outer, tokens, spec)), params["groups"])
+    return Output(logits_of(outer, act(x)), aux, stats)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:

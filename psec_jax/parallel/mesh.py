@@ -130,3 +130,18 @@ def shardings(tree: Any, specs: Any, mesh: Mesh) -> Any:
 def shard(tree: Any, specs: Any, mesh: Mesh) -> Any:
     """Place every leaf of `tree` on `mesh` by its PartitionSpec in `specs` (a matching tree)."""
     return jax.device_put(tree, shardings(tree, specs, mesh))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: Sequence[tuple[str, Any]] = RULES) -> jax.Array:
+    """`jax.lax.with_sharding_constraint` of x to the logical `axes`, on the mesh set by `jax.set_mesh`:
+    only its Auto axes (inside `shard_map` the manual ones are split already), only where they divide
+    the dimension (`fit_spec`); dimensions left unnamed are replicated (gathered). A no-op without a
+    mesh or when no Auto axis has more than one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types)
+            if t == jax.sharding.AxisType.Auto and mesh.shape[n] > 1} if not mesh.empty else set()
+    if not auto:
+        return x
+    keep = lambda names: tuple(n for n in (names if isinstance(names, tuple) else (names,)) if n in auto)
+    spec = PartitionSpec(*(keep(a) or None if a is not None else None for a in logical_spec(axes, rules)))
+    return jax.lax.with_sharding_constraint(x, fit_spec(spec, x.shape, mesh))

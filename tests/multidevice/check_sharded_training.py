@@ -79,3 +79,21 @@ def test_lm_chunk_sharded_fsdp_data_expert_equals_one_device(backend):
     assert gate.sharding.spec == P(None, "expert", "fsdp", None) and gate.addressable_shards[0].data.shape == (2, 2, 16, 32)
     assert_trees_close((metrics["loss"], metrics["total_loss"]), (ref["loss"], ref["total_loss"]))
     assert_trees_close(new_state.params, ref_state.params)  # after 2 AdamW steps
+
+
+def test_constrain_pins_logical_axes_on_auto_axes_only():
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
+    x = jnp.zeros((8, 4, 6))
+    with jax.set_mesh(mesh):
+        y = jax.jit(lambda a: parallel.constrain(a, ("batch", None, "embed")))(x)
+        w = jax.jit(lambda a: parallel.constrain(a, ("batch", None, None)))(jnp.zeros((3, 4)))  # 3 rows: not split
+    want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp", "expert"), None, None))  # fsdp taken by batch
+    assert y.sharding.is_equivalent_to(want, 3)
+    assert w.sharding.is_fully_replicated
+    assert parallel.constrain(x, ("batch", None, None)) is x  # no mesh: unchanged
+
+    def inside(a):  # inside shard_map over data, only fsdp and expert are left to constrain
+        return parallel.constrain(a, ("batch", None, None))
+    with jax.set_mesh(mesh):
+        out = jax.jit(jax.shard_map(inside, mesh=mesh, in_specs=P("data"), out_specs=P("data"), axis_names={"data"}))(x)
+    assert out.shape == x.shape
