@@ -81,6 +81,7 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None, mi
     if batch_rows:
         config.data.batch_size = batch_rows
     config.train.microbatches = microbatches
+    config.model.gather_weights = True  # as on GPU / TPU meshes (only compiled here, never run)
     trainer = lm_train.make_train(config, "top_p")
     mesh = parallel.make_mesh({k: int(v) for k, v in axes.items()})
     state_sh = sharding.state_shardings(trainer, mesh)

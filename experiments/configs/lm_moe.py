@@ -59,6 +59,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)
+    config.model.gather_weights = None  # FSDP: gather layer weights where used; None: yes, except on CPU meshes
 
     config.router = ml_collections.ConfigDict()
     config.router.p = 0.4  # top-p threshold of the main top-p run (the paper's)

@@ -58,7 +58,8 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
         num_experts=m.num_experts, d_ff_expert=m.d_ff_expert, d_ff=m.d_ff, moe_every=m.moe_every,
         router=kind[0], k=kind[1], p=r.p, max_k=m.max_k or None, backend=m.backend,
         load_balance_weight=r.load_balance_weight, dynamic_weight=r.dynamic_weight if router == "top_p" else 0.0,
-        z_weight=r.z_weight, dtype=m.dtype, rope_base=m.rope_base, remat=m.remat)
+        z_weight=r.z_weight, dtype=m.dtype, rope_base=m.rope_base, remat=m.remat,
+        gather_weights=m.gather_weights)
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -60,6 +60,10 @@ class Spec:
     dtype: str = "bfloat16"  # activation dtype
     rope_base: float = 10000.0
     remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+    # FSDP under a mesh: gather each layer's weights where used, activations pinned to the batch split.
+    # None = yes, except on a mesh of CPU devices: there XLA:CPU runs the resulting independent
+    # collectives in different orders on different devices and can deadlock (seen with 8 emulated ones)
+    gather_weights: bool | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_experts", "d_ff_expert", "moe_every"):
@@ -236,6 +240,16 @@ def logits_of(params: dict[str, Any], x: jax.Array) -> jax.Array:
     return jnp.matmul(h, params["unembed"].astype(h.dtype), preferred_element_type=jnp.float32)
 
 
+def _gathers_weights(spec: Spec) -> bool:
+    if spec.gather_weights is not None:
+        return spec.gather_weights
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    platform = getattr(getattr(mesh, "abstract_device", None), "platform", None) or jax.default_backend()
+    return platform != "cpu"
+
+
 def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | float | None = None) -> Output:
     """Forward pass: tokens [B, T] int -> Output (logits [B, T, V], per-MoE-layer aux and stats).
 
@@ -247,11 +261,13 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
     # FSDP: each layer's weights are gathered where used and the activations [B, T, d] pinned to the
     # batch split; otherwise the partitioner follows the d-split weights into the weight-gradient
     # matmuls and replicates the activations to get there ("involuntary full rematerialization")
-    act = lambda x: parallel.constrain(x, ("batch", "seq", None))
-    body = lambda x, g: (lambda out: (act(out[0]), out[1]))(group_block(sharding.gather_weights(g), act(x), spec, top_p))
+    gather = _gathers_weights(spec)
+    act = (lambda x: parallel.constrain(x, ("batch", "seq", None))) if gather else (lambda x: x)
+    weights = sharding.gather_weights if gather else (lambda w: w)
+    body = lambda x, g: (lambda out: (act(out[0]), out[1]))(group_block(weights(g), act(x), spec, top_p))
     if spec.remat:
         body = jax.checkpoint(body)
-    outer = sharding.gather_weights({k: v for k, v in params.items() if k != "groups"})
+    outer = weights({k: v for k, v in params.items() if k != "groups"})
     x, (aux, stats) = jax.lax.scan(body, act(embed(outer, tokens, spec)), params["groups"])
     return Output(logits_of(outer, act(x)), aux, stats)
 
