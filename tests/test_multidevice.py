@@ -15,10 +15,12 @@ def _run_checks(marker: str) -> None:
     """pytest -m `marker` over every check file, in a subprocess with 8 emulated CPU devices."""
     checks = sorted(str(p) for p in (HERE / "multidevice").glob("check_*.py"))
     assert checks, "no multi-device checks found"
-    # 8 device threads on CI's 2 cores: a collective's threads can arrive far apart, and XLA:CPU aborts
-    # the process (SIGABRT) when they take longer than its rendezvous timeout; seen here under load
-    flags = ("--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=1200 "
-             "--xla_cpu_collective_timeout_seconds=1200")
+    # XLA:CPU aborts the process (SIGABRT, no Python traceback) when a collective's device threads do not
+    # all arrive within its rendezvous timeout. The aborts seen here were a real deadlock (the gathered-
+    # weight LM path, now off on CPU meshes), but 8 device threads on CI's 2 cores can also arrive far
+    # apart: 300 s tolerates slow spells and still fails a deadlock well inside the subprocess timeout
+    flags = ("--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=300 "
+             "--xla_cpu_collective_timeout_seconds=300")
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(HERE.parent),
                            "-m", marker, *checks], cwd=HERE.parent, env=env, capture_output=True, text=True,

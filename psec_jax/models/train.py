@@ -121,8 +121,8 @@ def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Arra
 def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array, microbatches: int = 1
                          ) -> tuple[Any, dict[str, jax.Array]]:
     """Gradients of the training loss on Batch [B, T], in `microbatches` sequential slices of B / m rows
-    (every m-th row)
-    (a `lax.scan`: activation memory of one slice; gradients summed in the params' dtype).
+    each (slice i: every m-th row from row i), run by a `lax.scan` (activation memory of one slice;
+    gradients summed in the params' dtype).
 
     The LM loss is the batch's token-weighted mean whatever m (each slice's mean is weighted by its share
     of the tokens); the aux losses (load balance, dynamic, z) are means over the slices of each slice's

@@ -264,11 +264,11 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
     gather = _gathers_weights(spec)
     act = (lambda x: parallel.constrain(x, ("batch", "seq", None))) if gather else (lambda x: x)
     weights = sharding.gather_weights if gather else (lambda w: w)
-    body = lambda x, g: (lambda out: (act(out[0]), out[1]))(group_block(weights(g), act(x), spec, top_p))
+    body = lambda x, g: group_block(weights(g), act(x), spec, top_p)
     if spec.remat:
         body = jax.checkpoint(body)
     outer = weights({k: v for k, v in params.items() if k != "groups"})
-    x, (aux, stats) = jax.lax.scan(body, act(embed(outer, tokens, spec)), params["groups"])
+    x, (aux, stats) = jax.lax.scan(body, embed(outer, tokens, spec), params["groups"])
     return Output(logits_of(outer, act(x)), aux, stats)
 
 

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from psec_jax.moe.grouped import (ExpertFn, capacity_of, check_dispatch_inputs, dropless, sort_assignments,
-                                  stack_experts)
+from psec_jax.moe.grouped import (ExpertFn, capacity_of, check_dispatch_inputs, dropless, masked,
+                                  sort_assignments, stack_experts)
 from psec_jax.moe.routing import RouteOutput
 
 TOKEN_AXES = ("data", "fsdp", "expert")  # mesh axes the tokens are sharded over (those the mesh has)
@@ -64,16 +64,12 @@ def ragged_all_to_all_emulated(operand: jax.Array, output: jax.Array, input_offs
         raise ValueError(f"{k} slices do not split over the {axis_name!r} axis of size {n}")
     r = jnp.arange(rows)
     src = jnp.minimum(input_offsets[:, None] + r[None], rows - 1)  # [K, rows]
-    packed = jnp.where(_expand(r[None] < send_sizes[:, None], operand.ndim + 1), operand[src], 0)
+    packed = masked(r[None] < send_sizes[:, None], operand[src])  # [K, rows, ...], zero past each slice
     recv = jax.lax.all_to_all(packed.reshape((n, k // n) + packed.shape[1:]), axis_name, 0, 0)
     recv = recv.reshape((k * rows,) + operand.shape[1:])
     at = jax.lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)  # where my received slices go
     dest = jnp.where(r[None] < recv_sizes[:, None], at[:, None] + r[None], output.shape[0])  # past the end: dropped
     return output.at[dest.reshape(-1)].set(recv, mode="drop")
-
-
-def _expand(mask: jax.Array, ndim: int) -> jax.Array:
-    return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
 
 
 @functools.cache

@@ -224,10 +224,11 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
     return jax.lax.while_loop(lambda c: c[0] < full, body, (jnp.int32(0), carry))[1]
 
 
-def _masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
+def masked(valid: jax.Array | None, values: jax.Array) -> jax.Array:
+    """values with the entries where `valid` (its leading dimensions; None = all valid) is False zeroed."""
     if valid is None:
         return values
-    return jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - 1)), values, 0)
+    return jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - valid.ndim)), values, 0)
 
 
 def check_dispatch_inputs(x: jax.Array, route: RouteOutput, params: Any = None) -> None:
@@ -286,10 +287,10 @@ def _forward(expert_fn, block, saved_rows, params, x, w_flat, plan):
         def block_fn(at, rows, assign, valid):
             w = w_flat[assign][:, None].astype(x.dtype)
             if not saved_rows:
-                return (_masked(valid, expert_fn(p_e, x[rows]) * w),), None
+                return (masked(valid, expert_fn(p_e, x[rows]) * w),), None
             z = expert_fn.inner(p_e, x[rows])
             y = expert_fn.outer(p_e, z)
-            return (_masked(valid, y * w), z, y), None
+            return (masked(valid, y * w), z, y), None
 
         def add(carry, at, rows, assign, per_row, _):
             out, saved = carry
@@ -321,19 +322,19 @@ def _grouped_bwd(expert_fn, block, saved_rows, res, g):
 
         def recompute(at, rows, assign, valid):
             y, vjp = jax.vjp(expert_fn, p_e, x[rows])
-            g_rows = _masked(valid, g[rows])
+            g_rows = masked(valid, g[rows])
             dpe, dxb = vjp(g_rows * w_flat[assign][:, None].astype(y.dtype))
-            return (_masked(valid, dxb), jnp.sum(g_rows * y, -1).astype(w_flat.dtype)), dpe
+            return (masked(valid, dxb), jnp.sum(g_rows * y, -1).astype(w_flat.dtype)), dpe
 
         def from_saved(at, rows, assign, valid):
             n = rows.shape[0]
             z, y = jax.tree.map(lambda b: _rows(b, at, n), saved)
-            g_rows = _masked(valid, g[rows])
+            g_rows = masked(valid, g[rows])
             # the primal outputs of these vjps are unused, so XLA drops their matmuls
             dp_out, dz = jax.vjp(expert_fn.outer, p_e, z)[1](g_rows * w_flat[assign][:, None].astype(g.dtype))
             dp_in, dxb = jax.vjp(expert_fn.inner, p_e, x[rows])[1](dz)
             dwb = jnp.sum(g_rows * y.astype(g.dtype), -1).astype(w_flat.dtype)
-            return (_masked(valid, dxb), dwb), jax.tree.map(jnp.add, dp_out, dp_in)
+            return (masked(valid, dxb), dwb), jax.tree.map(jnp.add, dp_out, dp_in)
 
         if not saved_rows:
             block_fn = recompute
