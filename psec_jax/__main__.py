@@ -2,7 +2,7 @@
 
 import sys
 
-from psec_jax.cli import main
+from psec_jax.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

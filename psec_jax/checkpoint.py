@@ -14,13 +14,17 @@ instead of restoring wrong numbers::
     state, config = ckpts.restore(step, target=state)   # target: a concrete or abstract tree
     config = Checkpoints.read_config(directory)   # no arrays needed
 
-A broken step is never deleted: ``resume_step`` moves it to ``<directory>/rejected/<step>``.
+A broken step is never deleted: ``resume_step`` moves it to ``<directory>/rejected/<step>``. Orbax
+takes every directory with a number for a name as a step, and retention deletes old steps: a numbered
+directory that psec_jax did not write (a user's ``checkpoints/1/`` of notes) is refused when the
+directory is opened, so it is neither deleted nor mistaken for the newest step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -42,6 +46,16 @@ _AT_COMMIT = ("_CHECKPOINT_METADATA", "commit_success.txt")  # step-level files 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or does not match the requested structure."""
+
+
+def _failure(e: BaseException) -> str:
+    """One line for a failed Orbax save or restore; TensorStore buries the OS error at the end of a
+    long message (``... [os_error_code='28']``), so it is named first."""
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    if code is None:
+        return one_line(e)
+    path = re.search(r'Failed writing: "([^"]+)"', str(e))
+    return os.strerror(int(code.group(1))) + (f" (writing {path.group(1)})" if path else f": {one_line(e)}")
 
 
 def _abstract(tree: Any) -> Any:
@@ -66,6 +80,12 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} does not exist")
+        self._cleanup_tmp = cleanup_tmp
+        foreign = self._foreign_entries()
+        if foreign:
+            raise CheckpointError(
+                f"{self.directory / foreign[0]} is not a checkpoint psec_jax wrote (no Orbax metadata, no "
+                f"{CHECKSUM_FILE}); move it out of {self.directory}: old steps there are deleted")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=create,
             cleanup_tmp_directories=cleanup_tmp,
@@ -74,6 +94,33 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
         self._lock = threading.Lock()
         self._pending: list[int] = []  # steps handed to Orbax whose checksums are not written yet
+        self._failed = False  # a save failed (waiting on Orbax again after that prints tracebacks)
+
+    def _foreign_entries(self) -> list[str]:
+        """Names in the directory that Orbax would take for steps but that no save of ours made."""
+        try:
+            entries = sorted(self.directory.iterdir()) if self.directory.is_dir() else []
+        except OSError:
+            return []
+        mine = ("_CHECKPOINT_METADATA", CHECKSUM_FILE, "state")
+        return [e.name for e in entries
+                if e.name.isdigit() and (not e.is_dir() or not any((e / n).exists() for n in mine))]
+
+    def discard_unfinished(self) -> None:
+        """Removes the temporary directories of saves that failed (a full disk, a file-size limit), so
+        a failure leaves nothing half-written; only for the directory's owner (``cleanup_tmp``)."""
+        if not self._cleanup_tmp:
+            return
+        if not self._failed:  # a save still in flight is not unfinished yet
+            try:
+                self.wait()
+            except CheckpointError:
+                pass
+        try:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
 
     # ----- saving -----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict | dict, *, force: bool = False) -> bool:
@@ -91,7 +138,7 @@ class Checkpoints:
         try:
             return self._manager.save(int(step), args=args, force=force)
         except Exception as e:
-            raise CheckpointError(f"could not save step {step} to {self.directory}: {one_line(e)}") from e
+            raise CheckpointError(f"could not save step {step} to {self.directory}: {_failure(e)}") from e
 
     def _seal_uncommitted(self) -> None:
         """Orbax's post-finalization hook (its save thread): the step's files are final but still in
@@ -119,7 +166,8 @@ class Checkpoints:
         try:
             self._manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointError(f"a save to {self.directory} failed: {one_line(e)}") from e
+            self._failed = True
+            raise CheckpointError(f"a save to {self.directory} failed: {_failure(e)}") from e
         with self._lock:
             steps, self._pending = self._pending, []
         for step in steps if jax.process_index() == 0 else ():

@@ -13,12 +13,16 @@ checkpoints, datasets or saved artifacts, 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import logging
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
+from psec_jax import signals
 from psec_jax.experiment_flags import PROG, UsageError
 from psec_jax.experiment_flags import parse as _parse_flags
 
@@ -95,8 +99,28 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code. SIGINT,
+    SIGTERM and SIGHUP stop it at any moment with one line and 128 + the signal number."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with signals.handled():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:  # before a run started (flags, imports): nothing was written
+            signum = getattr(e, "signum", None) or signals.received()
+            _say(f"{PROG}: interrupted by {signals.name(signals.exit_code(signum) - 128)} before a run "
+                 f"started; nothing was written")
+            return signals.exit_code(signum)
+
+
+def _say(line: str) -> None:
+    """The one line of an expected failure on stderr (a closed terminal cannot turn it into a traceback)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: list[str]) -> int:
     try:
         if not argv or argv[0] in ("-h", "--help", "help"):
             print(_usage())
@@ -110,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_experiment(command, rest)
         raise UsageError(f"unknown command {command!r} (choose from: info, dataset, {', '.join(EXPERIMENTS)})")
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _say(f"{PROG}: error: {e}")
         return 2
 
 
@@ -196,10 +220,59 @@ def parse_experiment_flags(name: str, argv: Sequence[str]):
 
 
 def run_experiment(name: str, argv: Sequence[str]) -> int:
-    """Parses and checks flags and config, prepares and locks the workdir, enables the compilation
-    cache, and runs ``EXPERIMENTS[name].module.main``. Expected failures are one line on stderr: exit 2
-    for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints, datasets, metrics or artifacts,
-    130 for Ctrl-C (after the training loop checkpointed what it had)."""
+    """Parses and checks flags and config, prepares and locks the workdir, refuses one that holds another
+    run's records, enables the compilation cache, and runs ``EXPERIMENTS[name].module.main``. Expected
+    failures are one line on stderr: exit 2 for mistakes in the command (flags, config, workdir), 1 for
+    unusable checkpoints, datasets, metrics or artifacts and for the machine refusing (disk, file size,
+    permissions, memory), 128 + the signal for SIGINT / SIGTERM / SIGHUP (after the training loop
+    checkpointed what it had)."""
+    with signals.deferred():  # imports of C extensions (jax, the simulators) are not cut in half
+        config, workdir, fv, module = _start(name, argv)
+    from psec_jax import workdir as workdir_lib
+
+    quiet = _OrbaxErrorsReported()
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        with workdir_lib.lock(workdir):
+            _claim_workdir(workdir, config, getattr(module, "RESUME_MAY_CHANGE", ()))
+            module.main(config, str(workdir))
+    except workdir_lib.WorkdirError as e:
+        raise UsageError(f"{name}: {e}") from None
+    except KeyboardInterrupt as e:  # loop.Interrupted says what was saved
+        from psec_jax.loop import Interrupted
+
+        signum = getattr(e, "signum", None) or signals.received()
+        text = str(e) if isinstance(e, Interrupted) else (
+            f"interrupted by {signals.name(signals.exit_code(signum) - 128)}; every finished stage and "
+            f"checkpoint in {workdir} is kept (rerun to resume)")
+        _say(f"{PROG} {name}: {text}")
+        return signals.exit_code(signum)
+    except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
+        _say(f"{PROG} {name}: error: {' '.join(str(e).split())}")
+        return 1
+    except (OSError, MemoryError) as e:
+        problem = _environment_failure(e)
+        if problem is None:
+            raise
+        _say(f"{PROG} {name}: error: {problem}")
+        return 1
+    except Exception as e:  # XLA's out-of-memory is a runtime error of its own type
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        _say(f"{PROG} {name}: error: out of memory: {' '.join(str(e).split())[:300]}")
+        return 1
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
+    if signals.received():  # stopped after the last chunk, by a signal something swallowed
+        _say(f"{PROG} {name}: interrupted by {signals.name(signals.received())} after the run finished; "
+             f"its results in {workdir} are complete")
+        return signals.exit_code()
+    return 0
+
+
+def _start(name: str, argv: Sequence[str]):
+    """Flags, config, multi-process set-up, the workdir, the compilation cache and the experiment's
+    module: ``(config, workdir, flag_values, module)``; UsageError for mistakes."""
     from psec_jax import workdir as workdir_lib
 
     config, workdir, fv = parse_experiment_flags(name, argv)
@@ -219,19 +292,48 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
         compilation_cache.enable(fv.compilation_cache_dir)
     elif fv.compilation_cache:
         compilation_cache.enable()
-    module = importlib.import_module(EXPERIMENTS[name].module)
-    try:
-        with workdir_lib.lock(workdir):
-            module.main(config, str(workdir))
-    except workdir_lib.WorkdirError as e:
-        raise UsageError(f"{name}: {e}") from None
-    except KeyboardInterrupt as e:  # loop.Interrupted says what was saved
-        print(f"{PROG} {name}: {e or 'interrupted'}", file=sys.stderr)
-        return 130
-    except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
-        print(f"{PROG} {name}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    return 0
+    return config, workdir, fv, importlib.import_module(EXPERIMENTS[name].module)
+
+
+def _claim_workdir(workdir: Path, config, may_change: Sequence[str]) -> None:
+    """Refuses a workdir whose records belong to another run (``loop.check_workdir_config``), before
+    any data is generated; records this config as the workdir's when no checkpoint there has its own
+    say (the training loop checks those)."""
+    from psec_jax import loop, runs
+    from psec_jax.parallel import distributed
+
+    loop.check_workdir_config(workdir, config, may_change)
+    ckpts = workdir / loop.CHECKPOINT_DIR
+    if distributed.is_main() and not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        runs.save_config(workdir, config)
+
+
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit: ulimit -f)", errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system", errno.EIO: "input/output error",
+    errno.EMFILE: "too many open files (ulimit -n)", errno.ENFILE: "too many open files on the system",
+    errno.ENOMEM: "out of memory",
+}
+
+
+def _environment_failure(e: BaseException) -> str | None:
+    """One line for a failure of the machine a run writes to or runs on, or None for other errors."""
+    if isinstance(e, MemoryError):
+        return "out of memory (MemoryError); use a smaller batch or model, or a machine with more memory"
+    what = _ENVIRONMENT_ERRNOS.get(getattr(e, "errno", None))
+    if what is None:
+        return None
+    where = " -> ".join(str(f) for f in (e.filename, getattr(e, "filename2", None)) if f)
+    return f"{what}{f' writing {where}' if where else ''}; the workdir keeps the last checkpoint (rerun to resume)"
+
+
+class _OrbaxErrorsReported(logging.Filter):
+    """Drops Orbax's logged tracebacks: every failed save reaches the run as an exception that the CLI
+    reports in one line (a full disk otherwise prints 300-400 lines of them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:

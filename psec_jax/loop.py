@@ -9,14 +9,16 @@ latest intact one. It never retraces ``chunk`` (test with ``psec_jax.testing.ass
 What it guarantees about the workdir: one run at a time (a lock); ``config.json`` is written only once
 the run is going ahead with that config; ``metrics.jsonl`` holds each step once, however often the run
 was killed and resumed; a corrupt newest checkpoint is reported and the run falls back to the newest
-intact one; Ctrl-C checkpoints the last finished chunk and raises ``Interrupted``.
+intact one; a workdir holding another run's records (``config.json`` of another config, metrics without
+a config) is refused, checkpoints or not; Ctrl-C, SIGTERM and SIGHUP checkpoint the last finished chunk
+and raise ``Interrupted``; any other failure (a full disk during a save) cuts ``metrics.jsonl`` back to
+the newest checkpoint, so the records never run ahead of what can be resumed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,30 +26,56 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from psec_jax import config_check, runs, workdir as workdir_lib
+from psec_jax import config_check, progress, runs, signals, workdir as workdir_lib
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 from psec_jax.parallel import distributed
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``run_chunks``; the last finished chunk was checkpointed (``step``, or None when
-    no chunk had finished). Rerunning with the same workdir resumes from there."""
+class Interrupted(signals.Stopped):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped ``run_chunks``; the last finished chunk was
+    checkpointed (``step``, or None when no chunk had finished). Rerunning resumes from there."""
 
-    def __init__(self, step: int | None, directory: Path, problem: str = ""):
+    def __init__(self, step: int | None, directory: Path, problem: str = "", signum: int = signal.SIGINT):
+        super().__init__(signum)
         self.step, self.directory = step, directory
+        by = f"interrupted by {signals.name(signum)}"
         if step is None:
-            text = f"interrupted before the first chunk finished{problem}; nothing was saved"
+            text = f"{by} before the first chunk finished{problem}; nothing was saved"
         else:
-            text = f"interrupted; step {step} is checkpointed in {directory}{problem} (rerun to resume)"
-        super().__init__(text)
+            text = f"{by}; step {step} is checkpointed in {directory}{problem} (rerun to resume)"
+        self.args = (text,)
 
 
 def warn(message: str) -> None:
     """One line on stderr (checkpoint fallbacks and other things a user must see but that do not stop
     the run)."""
-    print(f"psec_jax: warning: {message}", file=sys.stderr, flush=True)
+    progress.say(f"psec_jax: warning: {message}")
+
+
+def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                         may_change: Sequence[str] = ()) -> None:
+    """WorkdirError (one line) unless ``workdir``'s records can belong to a run of ``config``: its
+    ``config.json``, if any, differs from ``config`` only in ``may_change``, and a workdir with
+    ``metrics.jsonl`` records has a ``config.json`` to say whose they are. Checkpoints or not."""
+    workdir = Path(workdir)
+    fresh = f"use a new --workdir, or empty {workdir} to start fresh"
+    path = workdir / runs.CONFIG_FILE
+    if path.exists():
+        try:
+            saved = runs.load_config(path)
+        except (ValueError, OSError) as e:
+            raise workdir_lib.WorkdirError(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
+                                           f"({runs.one_line(e, with_type=False)}); {fresh}") from None
+        changed = [k for k in config_differences(saved, config) if k not in may_change]
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise workdir_lib.WorkdirError(f"workdir {workdir} holds a run with another config ({shown} "
+                                           f"differ from its {runs.CONFIG_FILE}); {fresh}")
+    elif (workdir / runs.METRICS_FILE).is_file() and (workdir / runs.METRICS_FILE).stat().st_size:
+        raise workdir_lib.WorkdirError(f"workdir {workdir} holds {runs.METRICS_FILE} records but no "
+                                       f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
 
 
 def config_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
@@ -69,7 +97,7 @@ def run_chunks(
     max_to_keep: int | None = 3,
     resume_may_change: Sequence[str] = (),
     desc: str = "train",
-    tensorboard: bool = False,
+    tensorboard: bool = True,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Runs ``chunk`` ``num_chunks`` times from ``init_state`` (or the latest intact checkpoint) and logs.
 
@@ -80,9 +108,11 @@ def run_chunks(
     On resume the saved config must equal ``config`` except for the dotted fields listed in
     ``resume_may_change`` (e.g. ``"train.num_steps"`` to extend a run), and the checkpoint must not be
     past the ``num_chunks * steps_per_chunk`` steps asked for; otherwise CheckpointError, with
-    ``config.json`` and ``metrics.jsonl`` left as they were. Returns the final state and every metric record of the run (earlier
-    sessions' included). Ctrl-C raises ``Interrupted`` after checkpointing the last finished chunk.
-    ``tensorboard``: also write every metric to TensorBoard event files in ``workdir/tensorboard``.
+    ``config.json`` and ``metrics.jsonl`` left as they were. Without a checkpoint the workdir's
+    ``config.json`` must match as well (``check_workdir_config``; WorkdirError). Returns the final state
+    and every metric record of the run (earlier sessions' included). Ctrl-C, SIGTERM and SIGHUP raise
+    ``Interrupted`` after checkpointing the last finished chunk. ``tensorboard``: also write every metric
+    to TensorBoard event files in ``workdir/tensorboard``.
     """
     if num_chunks < 0 or steps_per_chunk < 1 or checkpoint_every_chunks < 1:
         raise ValueError(
@@ -93,8 +123,10 @@ def run_chunks(
     total = num_chunks * steps_per_chunk
     ckpt_dir = workdir / CHECKPOINT_DIR
     with workdir_lib.lock(workdir), Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=distributed.is_main()) as ckpts:
+        signals.raise_if_received()  # a stop requested while this stage was being built
         state, step = init_state, ckpts.resume_step(report=warn)
         if step is None:
+            check_workdir_config(workdir, config, resume_may_change)
             step = 0
         else:
             _check_resume(ckpts, step, total, steps_per_chunk, config, resume_may_change)
@@ -108,27 +140,48 @@ def run_chunks(
         try:
             tb_from = step if tensorboard else None
             writer_cm = runs.MetricsWriter(workdir, tensorboard_from=tb_from) if main else _Records()
+            if main:
+                progress.say(f"{desc}: {'resuming at' if step else 'starting at'} step {step} of {total}")
             with writer_cm as writer, runs.progress(total, desc=desc, initial=step, disable=not main) as bar:
                 for c in range(step // steps_per_chunk, num_chunks):
+                    signals.raise_if_received()  # even if something swallowed the signal's exception
                     t0 = time.perf_counter()
                     new_state, metrics = chunk(state)
                     metrics = distributed.to_host(metrics)  # also waits for the chunk to finish
                     seconds = time.perf_counter() - t0
-                    means = {k: float(np.mean(v)) for k, v in metrics.items()}
-                    rate = {"steps_per_sec": steps_per_chunk / seconds}
-                    record = writer.write((c + 1) * steps_per_chunk, {**means, **rate})
-                    history.append(record)
-                    state, step = new_state, record["step"]  # only now is this chunk done
-                    bar.update(steps_per_chunk)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
-                    if (c + 1) % checkpoint_every_chunks == 0 or c + 1 == num_chunks:
-                        ckpts.save(step, state, config, force=True)
-        except KeyboardInterrupt:
-            interrupted = _checkpoint_on_interrupt(ckpts, step, state, config)
+                    with signals.deferred():  # the record, the state and its save go together
+                        means = {k: float(np.mean(v)) for k, v in metrics.items()}
+                        rate = {"steps_per_sec": steps_per_chunk / seconds}
+                        record = writer.write((c + 1) * steps_per_chunk, {**means, **rate})
+                        history.append(record)
+                        state, step = new_state, record["step"]  # only now is this chunk done
+                        bar.update(steps_per_chunk, means)
+                        if (c + 1) % checkpoint_every_chunks == 0 or c + 1 == num_chunks:
+                            ckpts.save(step, state, config, force=True)
+                ckpts.wait()  # a failed last save is this run's failure, not a later reader's
+            if main:
+                progress.say(f"{desc}: done, step {step} of {total}")
+        except KeyboardInterrupt as e:
+            interrupted = _checkpoint_on_interrupt(ckpts, step, state, config, getattr(e, "signum", signal.SIGINT))
             if main:
                 runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
+        except BaseException:  # e.g. a full disk: keep only the records a rerun can resume from
+            with signals.deferred(raise_at_exit=False):
+                ckpts.discard_unfinished()
+                if main:
+                    _rewind_quietly(workdir, ckpts)
+            raise
     return state, history
+
+
+def _rewind_quietly(workdir: Path, ckpts: Checkpoints) -> None:
+    """Cuts metrics.jsonl back to the newest committed checkpoint, if the disk lets it (the failure
+    being reported matters more than this cleanup's own)."""
+    try:
+        runs.rewind_metrics(workdir, ckpts.latest_step() or 0)
+    except (OSError, runs.MetricsError):
+        pass
 
 
 class _Records:
@@ -165,23 +218,18 @@ def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: in
         )
 
 
-def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict
-                             ) -> Interrupted:
-    """Saves the last finished chunk's ``state`` (at ``step``) unless it is saved already; a second
-    Ctrl-C during this save is ignored so that it cannot leave a half-written checkpoint."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        previous = None
+def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict,
+                             signum: int) -> Interrupted:
+    """Saves the last finished chunk's ``state`` (at ``step``) unless it is saved already; further
+    signals during this save are held, so they cannot leave a half-written checkpoint."""
     problem = ""
-    try:
-        ckpts.wait()
-        if step > 0 and step not in ckpts.all_steps():
-            ckpts.save(step, state, config, force=True)
+    with signals.deferred(raise_at_exit=False):
+        try:
             ckpts.wait()
-    except Exception as e:  # report it, and the newest checkpoint that is there
-        problem, step = f" (saving step {step} failed: {runs.one_line(e)})", ckpts.latest_step() or 0
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    return Interrupted(step if step > 0 else None, ckpts.directory, problem)
+            if step > 0 and step not in ckpts.all_steps():
+                ckpts.save(step, state, config, force=True)
+                ckpts.wait()
+        except Exception as e:  # report it, and the newest checkpoint that is there
+            problem, step = f" (saving step {step} failed: {runs.one_line(e)})", ckpts.latest_step() or 0
+            ckpts.discard_unfinished()
+    return Interrupted(step if step > 0 else None, ckpts.directory, problem, signum)

@@ -20,7 +20,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -85,10 +84,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Writes ``obj`` as indented JSON via a temporary file and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def replace_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
+    new one, and a failed write (full disk, file-size limit) leaves the old file and no temporary."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> Path:
@@ -207,17 +216,17 @@ def rewind_metrics(workdir: str | os.PathLike, last_step: int, filename: str = M
             kept.append(line if line.endswith("\n") else line + "\n")
             records.append(record)
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        replace_atomic(path, "".join(kept))
     return records
 
 
-def progress(total: int, desc: str = "", initial: int = 0, unit: str = "step", disable: bool = False) -> tqdm:
-    """A progress bar on stderr for long loops; silent when stderr is not a terminal (CI, logs) or
-    when `disable` (e.g. every process of a multi-process run but the first)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=True if disable else None,
-                dynamic_ncols=True)
+def progress(total: int, desc: str = "", initial: int = 0, unit: str = "step", disable: bool = False):
+    """Progress on stderr for long loops (``psec_jax.progress.Progress``): a bar on a terminal, one
+    flushed line per update (at most one a second) in a log file; nothing when ``disable`` (every
+    process of a multi-process run but the first)."""
+    from psec_jax.progress import Progress
+
+    return Progress(total, desc=desc, initial=initial, unit=unit, disable=disable)
 
 
 def _fmt(value: Any, floatfmt: str) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import fcntl
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -40,8 +41,13 @@ def _reason(e: OSError) -> str:
 def prepare(path: str | os.PathLike) -> Path:
     """Creates ``path`` (and its parents) if needed and checks that a run can write there.
 
-    Raises WorkdirError when ``path`` is a file, lies below a file, or cannot be created or written.
+    Raises WorkdirError when ``path`` is a file, lies below a file, or cannot be created or written, and
+    for a URL (``gs://bucket/run``): runs write through the local file system only, and a URL would
+    otherwise become a local directory named ``gs:``.
     """
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(path)):
+        raise WorkdirError(f"workdir {os.fspath(path)} is a URL: remote workdirs are not supported; use a "
+                           f"local path or a mounted bucket (e.g. gcsfuse)")
     path = Path(path)
     try:  # exists() itself raises when a parent cannot be entered
         if path.exists() and not path.is_dir():
@@ -98,10 +104,15 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
         f.close()
         raise WorkdirError(f"cannot lock workdir {path}: {_reason(e)}") from None
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+        f.flush()
+    except OSError as e:  # a full disk at start
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+        raise WorkdirError(f"cannot lock workdir {path}: writing {key / lock_file}: {_reason(e)}") from None
     _held[key] = [f, 1]
     try:
         yield Path(path)

@@ -160,8 +160,7 @@ def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
         curve.append({"env_steps": int(state.env_steps), "return": ret, "wall_time": time.time() - t0, **last})
         if log is not None:
             log(curve[-1])
-        bar.update(1)
-        bar.set_postfix(ret=f"{ret:.1f}", steps=int(state.env_steps))
+        bar.update(1, {"return": ret, "env_steps": int(state.env_steps)})
     bar.close()
     returns = [c["return"] for c in curve]
     levels = select_levels(returns, config.num_replay_snapshots)

@@ -1,0 +1,40 @@
+"""The ``psec-jax`` console script and ``python -m psec_jax``: signals are handled from the first line.
+
+Only the standard library is loaded before the handlers are in place, and a signal while numpy, jax or
+an experiment is being imported is held until the import is done (raised inside a C extension's import
+it crashed the interpreter), so Ctrl-C, SIGTERM or SIGHUP at start-up is the same one line and exit
+code as during training. A stopped run ends with ``os._exit``: by then its checkpoint is committed and its files
+are closed, and letting the interpreter tear down XLA's and Orbax's threads mid-work crashed it
+(segmentation faults, "cannot schedule new futures after interpreter shutdown" tracebacks).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from psec_jax import signals
+
+
+def main() -> int:
+    """Runs ``psec_jax.cli.main`` on ``sys.argv[1:]``; returns its exit code (a stopped run exits here)."""
+    with signals.handled():
+        try:
+            with signals.deferred():  # a signal inside a C extension's import crashed the interpreter
+                from psec_jax import cli
+            code = cli.main()
+        except KeyboardInterrupt as e:  # still importing: nothing can have been written
+            code = signals.exit_code(getattr(e, "signum", None))
+            try:
+                print(f"psec-jax: interrupted by {signals.name(code - 128)} while starting; nothing was written",
+                      file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                pass
+    if code > 128:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
