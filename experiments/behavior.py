@@ -26,7 +26,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise WorkdirError(f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
                            f"behavior runs do not resume: use a new --workdir")
     runs.save_config(workdir, config)
-    with runs.MetricsWriter(workdir) as metrics:  # one line per evaluation, for watching a run
+    with runs.MetricsWriter(workdir, tensorboard_from=0) as metrics:  # one line per evaluation, for watching a run
         policies, info = behavior.train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))
     path = behavior.save(Path(workdir) / "policy", policies, info)
     summary = {f"return/{name}": lvl["return"] for name, lvl in info["levels"].items()}

@@ -24,6 +24,9 @@ from psec_jax import config_check, loop, parallel, prng, runs
 from psec_jax.parallel import distributed
 
 
+RESUME_MAY_CHANGE = ("train.num_steps",)  # a rerun may extend the run; any other change needs a new workdir
+
+
 class Data(NamedTuple):
     x: jax.Array  # [num_examples, input_dim]
     y: jax.Array  # [num_examples]
@@ -133,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         config=config,
         checkpoint_every_chunks=config.train.checkpoint_every // config.train.log_every,
         max_to_keep=config.train.max_to_keep,
-        resume_may_change=("train.num_steps",),
+        resume_may_change=RESUME_MAY_CHANGE,
         desc="smoke",
     )
     return trainer, data, state, records

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import threading
 from pathlib import Path
@@ -133,12 +134,32 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config))
         )
         self.wait()
+        self._preflight(step, state)
         with self._lock:
             self._pending.append(int(step))  # before Orbax sees it: a Ctrl-C inside save() keeps it here
         try:
             return self._manager.save(int(step), args=args, force=force)
         except Exception as e:
             raise CheckpointError(f"could not save step {step} to {self.directory}: {_failure(e)}") from e
+
+    def _preflight(self, step: int, state: Any) -> None:
+        """CheckpointError (one line) when the step cannot fit: less free space than its bytes, or a
+        file-size limit (``ulimit -f``) below them. Checked before Orbax starts writing, since a save that
+        fails halfway leaves Orbax's threads printing tracebacks after the failure is reported."""
+        leaves = jax.tree.leaves(state)
+        need = sum(getattr(x, "nbytes", 0) for x in leaves) + 16_384 + 512 * len(leaves)  # + Orbax metadata
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and limit < need:
+            raise CheckpointError(f"could not save step {step} to {self.directory}: File too large: the "
+                                  f"file-size limit (ulimit -f) of {limit} bytes is below the ~{need} bytes "
+                                  f"of the checkpoint")
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return
+        if free < need:
+            raise CheckpointError(f"could not save step {step} to {self.directory}: No space left on device "
+                                  f"(~{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
 
     def _seal_uncommitted(self) -> None:
         """Orbax's post-finalization hook (its save thread): the step's files are final but still in
@@ -305,7 +326,8 @@ class Checkpoints:
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's resources."""
         try:
-            self.wait()
+            if not self._failed:  # (the failure was raised already)
+                self.wait()
         finally:
             self._manager.close()
 

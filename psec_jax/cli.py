@@ -236,6 +236,9 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
         with workdir_lib.lock(workdir):
             _claim_workdir(workdir, config, getattr(module, "RESUME_MAY_CHANGE", ()))
             module.main(config, str(workdir))
+    except workdir_lib.RecordsConflict as e:  # as resuming a checkpoint with another config: exit 1
+        _say(f"{PROG} {name}: error: {e}")
+        return 1
     except workdir_lib.WorkdirError as e:
         raise UsageError(f"{name}: {e}") from None
     except KeyboardInterrupt as e:  # loop.Interrupted says what was saved

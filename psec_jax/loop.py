@@ -56,7 +56,7 @@ def warn(message: str) -> None:
 
 def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                          may_change: Sequence[str] = ()) -> None:
-    """WorkdirError (one line) unless ``workdir``'s records can belong to a run of ``config``: its
+    """RecordsConflict (one line) unless ``workdir``'s records can belong to a run of ``config``: its
     ``config.json``, if any, differs from ``config`` only in ``may_change``, and a workdir with
     ``metrics.jsonl`` records has a ``config.json`` to say whose they are. Checkpoints or not."""
     workdir = Path(workdir)
@@ -66,15 +66,15 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
         try:
             saved = runs.load_config(path)
         except (ValueError, OSError) as e:
-            raise workdir_lib.WorkdirError(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
+            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
                                            f"({runs.one_line(e, with_type=False)}); {fresh}") from None
         changed = [k for k in config_differences(saved, config) if k not in may_change]
         if changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            raise workdir_lib.WorkdirError(f"workdir {workdir} holds a run with another config ({shown} "
+            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config ({shown} "
                                            f"differ from its {runs.CONFIG_FILE}); {fresh}")
     elif (workdir / runs.METRICS_FILE).is_file() and (workdir / runs.METRICS_FILE).stat().st_size:
-        raise workdir_lib.WorkdirError(f"workdir {workdir} holds {runs.METRICS_FILE} records but no "
+        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {runs.METRICS_FILE} records but no "
                                        f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
 
 
@@ -109,7 +109,7 @@ def run_chunks(
     ``resume_may_change`` (e.g. ``"train.num_steps"`` to extend a run), and the checkpoint must not be
     past the ``num_chunks * steps_per_chunk`` steps asked for; otherwise CheckpointError, with
     ``config.json`` and ``metrics.jsonl`` left as they were. Without a checkpoint the workdir's
-    ``config.json`` must match as well (``check_workdir_config``; WorkdirError). Returns the final state
+    ``config.json`` must match as well (``check_workdir_config``; RecordsConflict). Returns the final state
     and every metric record of the run (earlier sessions' included). Ctrl-C, SIGTERM and SIGHUP raise
     ``Interrupted`` after checkpointing the last finished chunk. ``tensorboard``: also write every metric
     to TensorBoard event files in ``workdir/tensorboard``.

@@ -37,8 +37,9 @@ def say(message: str) -> None:
 
 
 def loss_first(metrics: Mapping[str, Any]) -> list[str]:
-    """Metric names with the losses first: ``loss`` itself, then every ``*loss*``, then the rest."""
-    rank = lambda k: (0 if k.rsplit("/", 1)[-1] == "loss" else 1 if "loss" in k else 2)
+    """Metric names with the losses first: ``loss`` itself, ``<prefix>/loss``, every other ``*loss*``,
+    then the rest."""
+    rank = lambda k: (0 if k == "loss" else 1 if k.rsplit("/", 1)[-1] == "loss" else 2 if "loss" in k else 3)
     return sorted(metrics, key=rank)  # stable: the others keep their order
 
 

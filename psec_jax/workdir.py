@@ -34,6 +34,10 @@ class WorkdirBusy(WorkdirError):
     """Another process is running in this workdir."""
 
 
+class RecordsConflict(WorkdirError):
+    """The workdir holds the records of another run (another config, or metrics nobody can vouch for)."""
+
+
 def _reason(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
@@ -109,10 +113,13 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
         f.flush()
-    except OSError as e:  # a full disk at start
+    except OSError as e:  # a full disk at start: the machine's failure, named with the file
         fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-        raise WorkdirError(f"cannot lock workdir {path}: writing {key / lock_file}: {_reason(e)}") from None
+        try:
+            f.close()  # (flushes again, and fails again)
+        except OSError:
+            pass
+        raise OSError(e.errno, e.strerror, str(key / lock_file)) from None
     _held[key] = [f, 1]
     try:
         yield Path(path)
