@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from psec_jax import config_check as cc
-from psec_jax import loop, parallel, prng, runs
+from psec_jax import loop, parallel, prng, progress, runs
 from psec_jax.parallel import distributed
 from psec_jax.models import pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
@@ -169,8 +169,9 @@ def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, sta
             return saved["members"]
     fn = parallel.sweep(lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p), in_axes=(0, None, None, 0),
                         members="map")
-    metrics = distributed.to_host(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
-                                     jnp.asarray(stage.ps, jnp.float32)))
+    with progress.phase(f"lm_moe {stage.name}: final evaluation", disable=not distributed.is_main()):
+        metrics = distributed.to_host(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
+                                         jnp.asarray(stage.ps, jnp.float32)))
     members = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
     if distributed.is_main():
         runs.write_json_atomic(path, {"step": step, "members": members})

@@ -23,6 +23,8 @@ def main() -> int:
             with signals.deferred():  # a signal inside a C extension's import crashed the interpreter
                 from psec_jax import cli
             code = cli.main()
+        except BrokenPipeError:  # `psec-jax info | head -1`: the reader left, as SIGPIPE would end us
+            code = 128 + 13
         except KeyboardInterrupt as e:  # still importing: nothing can have been written
             code = signals.exit_code(getattr(e, "signum", None))
             try:
@@ -30,8 +32,8 @@ def main() -> int:
                       file=sys.stderr, flush=True)
             except (OSError, ValueError):
                 pass
-    if code > 128:
-        for stream in (sys.stdout, sys.stderr):
+    if code > 128:  # (no flush of a broken pipe's stdout: it would fail again at exit)
+        for stream in (sys.stdout, sys.stderr) if code != 141 else (sys.stderr,):
             try:
                 stream.flush()
             except (OSError, ValueError):
