@@ -203,8 +203,8 @@ def dataset(argv: Sequence[str]) -> int:
     try:
         path = datasets.get(args.name, seed=args.seed, noise=args.noise, regenerate=args.regenerate,
                             directory=args.dir)
-    except behavior.PolicyError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except (behavior.PolicyError, formats.DatasetError) as e:
+        _say(f"{PROG}: error: {' '.join(str(e).split())}")
         return 1
     data, meta = formats.load_d4rl(path)
     print(f"{path}\n  {meta['num_transitions']} transitions, {meta['num_episodes']} episodes, "

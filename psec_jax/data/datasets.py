@@ -15,10 +15,12 @@ A dataset name is `{env}[:{variant}]-{kind}[-{N}traj]`, for example
 | medium-expert | half medium, half expert (D4RL concatenates the two) |
 | medium-replay | equal shares of the snapshots from random up to medium (D4RL's is the replay buffer up to medium) |
 
-N defaults to 1000 episodes. Actions are the policy's own stochastic samples plus optional Gaussian
-`noise`. Variants reuse the nominal env's policies (the dynamics change, the behaviour does not).
-Files are written to `cache_dir()` with a `.sha256` sidecar holding the file's checksum and the
-checksum of the policy manifest it was generated from; `get` regenerates a file whose checksum does
+N defaults to 1000 episodes (at most `MAX_EPISODES`). Actions are the policy's own stochastic samples
+plus optional Gaussian `noise`. Variants reuse the nominal env's policies (the dynamics change, the
+behaviour does not). Files are written to `cache_dir()`, named by the request exactly (a noisy
+dataset's name ends in a hash of the request: `-noise0.5-1a2b3c4d.hdf5`, as `0.5` and `0.5000001`
+print alike), with a `.sha256` sidecar holding the file's checksum and the checksum of the policy
+manifest it was generated from; `get` regenerates a file whose checksum does
 not match or whose policies changed. Rollout keys derive from the full dataset name, so different
 datasets of one env never share episodes (a 10-trajectory target set is not a slice of a
 1000-trajectory base set). Generation is deterministic for a given name, seed and noise on one
@@ -28,8 +30,13 @@ machine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
+import numbers
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,11 +45,12 @@ import jax
 import numpy as np
 
 import psec_jax
-from psec_jax import artifacts, envs as envs_lib, prng
+from psec_jax import artifacts, envs as envs_lib, prng, progress
 from psec_jax.data import behavior, collect, formats
 
 KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
 DEFAULT_EPISODES = 1000
+MAX_EPISODES = 100_000  # 100x D4RL's largest; 10**8 transitions of 1000-step episodes
 _NAME = re.compile(r"^(?P<env>[a-z0-9-]+?)(?::(?P<variant>[\w.]+))?-(?P<kind>random|medium-replay|"
                    r"medium-expert|medium|expert)(?:-(?P<n>\d+)traj)?$")
 
@@ -64,9 +72,18 @@ class Recipe:
         return f"{env}-{self.kind}-{self.num_episodes}traj"
 
     @property
+    def key(self) -> str:
+        """Short hex hash of the whole request (the noise as its exact ``repr``)."""
+        request = [self.env, self.variant, self.kind, self.num_episodes, self.seed, repr(self.noise)]
+        return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:8]
+
+    @property
     def filename(self) -> str:
-        extra = (f"-seed{self.seed}" if self.seed else "") + (f"-noise{self.noise:g}" if self.noise else "")
-        return f"{self.name.replace(':', '@')}{extra}.hdf5"
+        """The cache file: the name, seed and noise, and the request's hash where the readable noise
+        (``:g``) is not exact. Files without noise keep the names of earlier versions."""
+        seed = f"-seed{self.seed}" if self.seed else ""
+        noise = f"-noise{self.noise:g}-{self.key}" if self.noise else ""
+        return f"{self.name.replace(':', '@')}{seed}{noise}.hdf5"
 
     def segments(self, levels: list[str]) -> list[tuple[str, int]]:
         """(policy level, episodes) pairs making up the dataset."""
@@ -91,9 +108,17 @@ def parse(name: str, *, seed: int = 0, noise: float = 0.0) -> Recipe:
     n = int(m["n"]) if m["n"] else DEFAULT_EPISODES
     if n < 1:
         raise ValueError(f"dataset {name!r}: the number of trajectories must be >= 1")
+    if n > MAX_EPISODES:
+        raise ValueError(f"dataset {name!r}: {n} trajectories; at most {MAX_EPISODES} can be generated")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"dataset {name!r}: seed must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**32:  # PRNGKey keeps the low 32 bits: 2**32 would be seed 0 again
+        raise ValueError(f"dataset {name!r}: seed must be in [0, 2**32), got {seed}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise):
+        raise ValueError(f"dataset {name!r}: noise must be a finite number, got {noise!r}")
     if noise < 0:
         raise ValueError(f"dataset {name!r}: noise must be >= 0, got {noise}")
-    return Recipe(env, variant, m["kind"], n, seed, float(noise))
+    return Recipe(env, variant, m["kind"], n, int(seed), float(noise) + 0.0)  # + 0.0: -0.0 is 0.0
 
 
 def cache_dir() -> Path:
@@ -103,7 +128,7 @@ def cache_dir() -> Path:
 
 def command(recipe: Recipe) -> str:
     """The shell command that regenerates this dataset."""
-    flags = (f" --seed={recipe.seed}" if recipe.seed else "") + (f" --noise={recipe.noise:g}" if recipe.noise else "")
+    flags = (f" --seed={recipe.seed}" if recipe.seed else "") + (f" --noise={recipe.noise!r}" if recipe.noise else "")
     return f"psec-jax dataset {recipe.name}{flags}"
 
 
@@ -151,10 +176,23 @@ def policy_checksum(env_name: str) -> str:
     return artifacts.sha256(manifest)
 
 
+def _check_writable(directory: Path) -> None:
+    """DatasetError naming ``directory`` and the system's reason unless a file can be created in it:
+    found before minutes of rollouts, not after."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise formats.DatasetError(f"cannot write the dataset cache {directory}: {e.strerror or e}; choose "
+                                   f"another with $PSEC_JAX_DATA_DIR or --dir") from None
+
+
 def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = False,
         directory: str | os.PathLike | None = None) -> Path:
     """Path of the named dataset in the cache, generating it first when absent, corrupt or made
-    from other policies than the committed ones."""
+    from other policies than the committed ones. DatasetError before generating when the cache
+    directory cannot be written."""
     recipe = parse(name, seed=seed, noise=noise)
     policies = policy_checksum(recipe.env)
     path = Path(directory or cache_dir()) / recipe.filename
@@ -164,8 +202,9 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
         if recorded[:1] == [artifacts.sha256(path)] and recorded[2:3] == [policies]:
             return path
         warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generate(recipe, path)
+    _check_writable(path.parent)
+    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}"):
+        generate(recipe, path)
     side.write_text(f"{artifacts.sha256(path)}  {path.name} {policies}\n")
     return path
 

@@ -23,6 +23,7 @@ from psec_jax.lora.core import (
     path_str,
     rank_of,
     target_paths,
+    tree_sha256,
     unflatten,
     unmerge,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "path_str",
     "rank_of",
     "target_paths",
+    "tree_sha256",
     "unflatten",
     "unmerge",
     "LORA_COLLECTION",

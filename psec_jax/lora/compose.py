@@ -15,6 +15,10 @@ weights times each skill's scale: ``library.coefficients(w)``), and returns an a
   that agree with it.
 - ``dare``: drop each entry of each delta with probability ``1 - density``, rescale survivors by
   ``1/density``, then the weighted sum ``sum_k c_k (m_k * A_k B_k) / density``.
+
+A non-finite coefficient is an error when the coefficients are concrete, and makes every entry of the
+result NaN when they are traced: left alone, ``ties`` would drop that skill's delta (a NaN never agrees
+with the elected sign) and return finite weights without the skill.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from psec_jax.lora import core
 from psec_jax.lora.core import LoRAPair
@@ -92,6 +97,10 @@ def combine(
     folded in by path). Returns a tree of dense deltas (exact/ties/dare) or rank-reduced ``LoRAPair``s
     (cat/svd); either goes into ``lora.merge(base, result)``.
     """
+    try:
+        concrete = np.asarray(coefficients)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        concrete = None  # traced: checked below by turning the result into NaN
     coefficients = jnp.asarray(coefficients)
     if method not in METHODS:
         raise ValueError(f"unknown composition method {method!r}; choose from {METHODS}")
@@ -99,10 +108,14 @@ def combine(
     k = next(iter(flat.values())).a.shape[0]
     if coefficients.shape != (k,):
         raise ValueError(f"coefficients must have shape ({k},) for {k} skills, got {coefficients.shape}")
-    if method in ("ties", "dare") and not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    if method == "svd" and (rank is None or rank < 1):
-        raise ValueError(f"method 'svd' needs a target rank >= 1, got {rank}")
+    if concrete is not None and not np.isfinite(concrete).all():
+        bad = [i for i, c in enumerate(concrete) if not np.isfinite(c)]
+        raise ValueError(f"non-finite coefficient(s) {concrete[bad].tolist()} of skill {', '.join(map(str, bad))}: "
+                         f"a skill weight or scale is NaN or infinite")
+    if method in ("ties", "dare") and (isinstance(density, bool) or not 0.0 < density <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    if method == "svd" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"method 'svd' needs a target rank, an integer >= 1, got {rank!r}")
     if method == "dare" and key is None:
         raise ValueError("method 'dare' needs a PRNG key")
     out = {}
@@ -117,4 +130,8 @@ def combine(
             out[path] = _ties(pair, coefficients, density)
         else:
             out[path] = _dare(pair, coefficients, density, jax.random.fold_in(key, i))
+    if concrete is None:
+        nan_if_bad = jnp.where(jnp.all(jnp.isfinite(coefficients)), 1.0, jnp.nan)
+        out = {p: (LoRAPair(x.a * nan_if_bad.astype(x.a.dtype), x.b) if isinstance(x, LoRAPair)
+                   else x * nan_if_bad.astype(x.dtype)) for p, x in out.items()}
     return core.unflatten(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from typing import Any, Literal
 
@@ -32,6 +33,9 @@ class LoRAConfig:
       (std ``init_std``) or ``"zeros"``. b_init: ``"zeros"`` (a fresh skill is an exact no-op) or
       ``"normal"``.
     dtype: adapter dtype; None uses each base kernel's dtype.
+
+    Checked at construction (ValueError): rank an integer >= 1, alpha finite > 0, init_std finite >= 0;
+    a bool or a string is not a number here.
     """
 
     rank: int = 8
@@ -45,8 +49,11 @@ class LoRAConfig:
     dtype: Any = None
 
     def __post_init__(self):
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LoRAConfig.rank must be a positive int, got {self.rank!r}")
+        # True passes for an int and float("nan") for a float, so each number's type and range is
+        # checked; numpy numbers are accepted and stored as plain int / float (to_dict writes JSON)
+        object.__setattr__(self, "rank", _int("rank", self.rank, 1))
+        object.__setattr__(self, "alpha", _float("alpha", self.alpha, positive=True))
+        object.__setattr__(self, "init_std", _float("init_std", self.init_std, positive=False))
         if self.scaling not in _SCALINGS:
             raise ValueError(f"LoRAConfig.scaling must be one of {_SCALINGS}, got {self.scaling!r}")
         if self.a_init not in _A_INITS:
@@ -55,16 +62,28 @@ class LoRAConfig:
             raise ValueError(f"LoRAConfig.b_init must be one of {_B_INITS}, got {self.b_init!r}")
         if self.a_init == "zeros" and self.b_init == "zeros":
             raise ValueError("LoRAConfig: a_init and b_init cannot both be 'zeros' (gradients would stay zero)")
+        if isinstance(self.targets, str):  # tuple("kernel") would be six one-letter patterns
+            raise ValueError(f"LoRAConfig.targets must be a tuple of regular expressions, got the string "
+                             f"{self.targets!r} (write ({self.targets!r},))")
         object.__setattr__(self, "targets", tuple(self.targets))
-        object.__setattr__(self, "in_axes", tuple((str(p), int(n)) for p, n in self.in_axes))
+        if not all(isinstance(p, str) for p in self.targets):
+            raise ValueError(f"LoRAConfig.targets must be regular expressions (strings), got {self.targets!r}")
+        in_axes = []
+        for item in self.in_axes:
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
+                raise ValueError(f"LoRAConfig.in_axes must be (regex, n) pairs, got {item!r}")
+            in_axes.append((item[0], _int(f"in_axes n of {item[0]!r}", item[1], 1)))
+        object.__setattr__(self, "in_axes", tuple(in_axes))
         for pattern in self.targets + tuple(p for p, _ in self.in_axes):
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"LoRAConfig: invalid regular expression {pattern!r}: {e}") from None
-        for pattern, n in self.in_axes:
-            if n < 1:
-                raise ValueError(f"LoRAConfig.in_axes: n must be >= 1, got {n} for {pattern!r}")
+        if self.dtype is not None:
+            try:
+                jnp.dtype(self.dtype)
+            except TypeError:
+                raise ValueError(f"LoRAConfig.dtype must be None or a dtype, got {self.dtype!r}") from None
 
     @property
     def scale(self) -> float:
@@ -101,3 +120,18 @@ class LoRAConfig:
         d["targets"] = tuple(d.get("targets", cls.targets))
         d["in_axes"] = tuple(tuple(x) for x in d.get("in_axes", ()))
         return cls(**d)
+
+
+def _int(field: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; ValueError for a bool, a float, a string or a smaller int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"LoRAConfig.{field} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _float(field: str, value: Any, *, positive: bool) -> float:
+    """``value`` as a finite float (> 0, or >= 0 unless ``positive``); ValueError for a bool or a string."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(f"LoRAConfig.{field} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)

@@ -12,10 +12,12 @@ which is what the static composition methods ``exact``/``ties``/``dare`` return.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from psec_jax import prng
 from psec_jax.lora.config import LoRAConfig
@@ -52,6 +54,21 @@ def flatten(tree: Any) -> dict[str, Any]:
     """``{path: leaf}`` of a parameter tree, or ``{path: LoRAPair}`` of an adapter tree."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, LoRAPair))[0]
     return {path_str(p): leaf for p, leaf in leaves}
+
+
+def tree_sha256(tree: Any) -> str:
+    """Hex sha256 of a parameter tree's values: each leaf's path, dtype, shape and bytes, in sorted path
+    order (so dict order, ``FrozenDict`` vs dict and host vs device arrays do not change it).
+
+    What a skill library or composer records of the pi_0 it was built on: two seeds' pi_0 have the same
+    paths and shapes, and only their values tell them apart."""
+    leaves = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    h = hashlib.sha256()
+    for path in sorted(leaves):
+        x = np.ascontiguousarray(np.asarray(leaves[path]))
+        h.update(f"{path}\0{x.dtype.name}\0{x.shape}\0".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,14 +7,17 @@ rows of B are zero, so every forward pass, merge and gradient is exactly that of
 
 On disk (a directory)::
 
-    library.json          format, skills' metadata, base-model fingerprint, adapted paths, sha256 of
-                          every array file
+    library.json          format, skills' metadata, base-model fingerprint (paths, shapes, dtypes) and
+                          sha256 of its weights, adapted paths, sha256 of every array file
     library.json.sha256   sha256 of library.json, so an edited scale or rank is caught at load
     arrays/               the stacked adapter tree (Orbax standard checkpoint)
 
 ``save`` writes to a temporary sibling directory and renames it into place, so a failed save never
 leaves a half-written library where a good one was; it replaces only a library it wrote, never other
-files. ``load`` checks every checksum and the metadata's types before building anything.
+files. ``load`` checks every checksum and the metadata's types before building anything, and with a
+base model that it is the one the skills were trained on: its paths, shapes and dtypes, and then its
+weights (``tree_sha256``), since the pi_0 of another seed has the same shapes and would take the
+skills without complaint.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from psec_jax.lora import core
 from psec_jax.lora.config import LoRAConfig
 from psec_jax.lora.core import LoRAPair
 
-FORMAT = "psec_jax.skill_library/2"  # 2: manifest written by psec_jax.artifacts
+FORMAT = "psec_jax.skill_library/3"  # 2: manifest written by psec_jax.artifacts; 3: base_sha256
 META_FILE = "library.json"
 
 
@@ -74,6 +77,18 @@ def _fingerprint_mismatch(saved: Sequence, current: Sequence) -> str | None:
     return None
 
 
+def _base_mismatch(saved_sha256: str, base_params: Any) -> str | None:
+    got = core.tree_sha256(base_params)
+    if got == saved_sha256:
+        return None
+    return (f"the base weights differ (sha256 {saved_sha256[:12]}... expected, got {got[:12]}...): same "
+            f"shapes, other values, e.g. another seed's pi_0")
+
+
+def _is_sha256(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -88,6 +103,8 @@ def _check_metadata(meta: Any, where: Path) -> None:
             fail(key, f"a {kind.__name__}", meta.get(key, "nothing"))
     if not meta["skills"]:
         fail("skills", "a non-empty list", [])
+    if not _is_sha256(meta.get("base_sha256")):
+        fail("base_sha256", "the hex sha256 of the base weights", meta.get("base_sha256", "nothing"))
     fields = {f.name for f in dataclasses.fields(SkillInfo)}
     for i, skill in enumerate(meta["skills"]):
         if not isinstance(skill, dict) or set(skill) != fields:
@@ -135,18 +152,20 @@ class SkillLibrary:
     """
 
     def __init__(self, adapters: Any, skills: Sequence[SkillInfo], base_fingerprint: Sequence,
-                 paths: Mapping[str, int]):
+                 paths: Mapping[str, int], base_sha256: str):
         self.adapters = adapters  # adapter tree, LoRAPair(a [K, *in, r_max], b [K, r_max, *out]) leaves
         self.skills = tuple(skills)
-        self.base_fingerprint = [tuple(x) for x in base_fingerprint]
+        self.base_fingerprint = [tuple(x) for x in base_fingerprint]  # [(path, shape, dtype)] of the base
         self.paths = dict(paths)  # adapted kernel path -> number of input axes
+        self.base_sha256 = base_sha256  # core.tree_sha256 of the base weights the skills were trained on
+        self.directory: Path | None = None  # where ``load`` read it from, for messages
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
     def create(cls, base_params: Any, name: str, adapter: Any, config: LoRAConfig, **meta: Any) -> "SkillLibrary":
         """A library holding one skill (``adapter`` from ``lora.init`` / training, unstacked)."""
         paths = core.target_paths(base_params, config)
-        lib = cls(None, (), fingerprint(base_params), paths)
+        lib = cls(None, (), fingerprint(base_params), paths, core.tree_sha256(base_params))
         return lib.add(name, adapter, config, **meta)
 
     def _check_adapter(self, adapter: Any) -> None:
@@ -180,16 +199,16 @@ class SkillLibrary:
         else:
             old = core.pad_rank(self.adapters, r_max, axis_offset=1)
             stacked = jax.tree.map(lambda o, n: jnp.concatenate([o, n.astype(o.dtype)]), old, new)
-        return SkillLibrary(stacked, self.skills + (info,), self.base_fingerprint, self.paths)
+        return SkillLibrary(stacked, self.skills + (info,), self.base_fingerprint, self.paths, self.base_sha256)
 
     def _take(self, indices: list[int]) -> "SkillLibrary":
         skills = tuple(self.skills[i] for i in indices)
         if not indices:
-            return SkillLibrary(None, (), self.base_fingerprint, self.paths)
+            return SkillLibrary(None, (), self.base_fingerprint, self.paths, self.base_sha256)
         idx = jnp.asarray(indices)
         r_max = max(s.rank for s in skills)
         adapters = core.map_pairs(lambda p: LoRAPair(p.a[idx][..., :r_max], p.b[idx][:, :r_max]), self.adapters)
-        return SkillLibrary(adapters, skills, self.base_fingerprint, self.paths)
+        return SkillLibrary(adapters, skills, self.base_fingerprint, self.paths, self.base_sha256)
 
     def remove(self, name: str) -> "SkillLibrary":
         """A new library without the skill ``name``."""
@@ -256,10 +275,13 @@ class SkillLibrary:
         return core.merge(base_params, self.adapters, self.coefficients(w))
 
     def check_base(self, base_params: Any) -> None:
-        """Raises LibraryError naming the first difference between ``base_params`` and the library's base."""
-        problem = _fingerprint_mismatch(self.base_fingerprint, fingerprint(base_params))
+        """Raises LibraryError naming the first difference between ``base_params`` and the library's base:
+        a parameter's path, shape or dtype, else its weights."""
+        problem = (_fingerprint_mismatch(self.base_fingerprint, fingerprint(base_params))
+                   or _base_mismatch(self.base_sha256, base_params))
         if problem:
-            raise LibraryError(f"skill library does not fit this base model: {problem}")
+            where = f" {self.directory}" if self.directory else ""
+            raise LibraryError(f"skill library{where} does not fit this base model: {problem}")
 
     # ----- persistence --------------------------------------------------------------------------
     def _metadata(self) -> dict[str, Any]:
@@ -267,6 +289,7 @@ class SkillLibrary:
             "format": FORMAT,
             "skills": [dataclasses.asdict(s) for s in self.skills],
             "base_fingerprint": [[p, list(s), d] for p, s, d in self.base_fingerprint],
+            "base_sha256": self.base_sha256,
             "paths": self.paths,
         }
 
@@ -281,20 +304,24 @@ class SkillLibrary:
     @classmethod
     def load(cls, directory: str | os.PathLike, base_params: Any = None) -> "SkillLibrary":
         """Reads a library saved by ``save``; verifies every file's checksum, and with ``base_params``
-        that the library was built on a model with the same parameter paths, shapes and dtypes.
+        that the library was built on that model: the same parameter paths, shapes, dtypes and weights.
         """
         meta = artifacts.read_manifest(directory, manifest=META_FILE, error=LibraryError)
+        if meta.get("format") == "psec_jax.skill_library/2":
+            raise LibraryError(f"{Path(directory) / META_FILE}: saved by an older psec_jax that did not record "
+                               f"the base weights' sha256, so it cannot be checked against a base; re-create it")
         if meta.get("format") != FORMAT:
             raise LibraryError(f"{Path(directory) / META_FILE}: unknown format {meta.get('format')!r} "
                                f"(expected {FORMAT})")
         _check_metadata(meta, Path(directory) / META_FILE)
         if base_params is not None:
-            problem = _fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
+            problem = (_fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
+                       or _base_mismatch(meta["base_sha256"], base_params))
             if problem:
                 raise LibraryError(f"skill library {directory} does not fit this base model: {problem}")
         arrays = artifacts.load_arrays(directory, meta, error=LibraryError)
         skills = [SkillInfo(**s) for s in meta["skills"]]
-        lib = cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"])
+        lib = cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"], meta["base_sha256"])
         pairs = core.flatten(lib.adapters)
         if set(pairs) != set(lib.paths):
             raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: the arrays adapt "
@@ -303,4 +330,5 @@ class SkillLibrary:
             if pair.a.shape[0] != len(skills) or pair.a.shape[-1] < lib.max_rank:
                 raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: {len(skills)} skills "
                                    f"of rank <= {lib.max_rank}, but {path!r} has A of shape {pair.a.shape}")
+        lib.directory = Path(directory)
         return lib

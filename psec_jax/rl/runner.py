@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from psec_jax import artifacts, runs
+from psec_jax import artifacts, progress, runs
 from psec_jax.data.normalize import Normalizer
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -122,8 +122,10 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
                     data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
         base = pipeline.repeat_seeds(pre.ema, n) if config.share_pretrain else pre.ema
-        saving.save_base(workdir / "policies" / "pi0", saving.take_seed(base, 0), config.network, obs_dim,
-                         act_dim, normalizer, data=prep.pretrain_name)
+        # library_seed{i} is built on seed i's pi_0, so each seed's own is saved where they differ
+        for i in range(1 if config.share_pretrain else n):
+            saving.save_base(workdir / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"), saving.take_seed(base, i),
+                             config.network, obs_dim, act_dim, normalizer, data=prep.pretrain_name)
 
     # each skill's critic trains alongside its first kind; later kinds and scratch reuse it, frozen
     skills: dict[str, policy.Skills] = {}
@@ -167,7 +169,9 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
 
     t_eval = time.perf_counter()
     evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
-    results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
+    with progress.phase(f"{setting.name}: evaluating {len(methods)} methods, {n} seeds x {config.eval.episodes} "
+                        f"episodes"):
+        results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
     results = {m: results[m] for m in methods}
     rep = prep.report
     reps = config.eval.bootstrap_reps
@@ -241,5 +245,6 @@ def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: pol
                         train.ComposeInputs(base, skills, actions), data, f"compose_{name}").params
         for i in range(n):
             saving.save_composer(workdir / "policies" / f"composer_{name}_seed{i}", saving.take_seed(cparams, i),
-                                 mode=m.mode, kind="context", skills=names, skill_kind=m.skill_kind)
+                                 base=saving.take_seed(base, i), skills=saving.take_seed(skills, i), names=names,
+                                 mode=m.mode, kind="context", skill_kind=m.skill_kind)
     return {"base": base, "skills": skills, "composer": cparams}, {"mode": m.mode, "composer": composer}

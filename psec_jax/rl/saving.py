@@ -1,7 +1,9 @@
 """What the PSEC runner saves: pi_0 (with its observation normaliser), skill libraries, composers.
 
 Each is a checksummed artifact directory (``psec_jax.artifacts``) holding everything needed to rebuild
-it: ``load_base`` returns a ready actor, ``lora.SkillLibrary.load`` the skills.
+it: ``load_base`` returns a ready actor, ``lora.SkillLibrary.load`` the skills, ``load_composer`` a
+composer. What is built on pi_0 records the sha256 of its weights (``lora.tree_sha256``), and a composer
+that of its skills too, and loading refuses other ones: the pi_0 of another seed has the same shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from psec_jax.rl import policy
 from psec_jax.rl.policy import Actor, Skills
 
 POLICY_FORMAT = "psec_jax.diffusion_policy/1"
-COMPOSER_FORMAT = "psec_jax.composer/1"
+COMPOSER_FORMAT = "psec_jax.composer/2"  # 2: base_sha256 and skills_sha256
 
 
 def take_seed(tree: Any, i: int) -> Any:
@@ -63,8 +65,30 @@ def library_of(base: Any, skills: Skills, names: list[str], config: lora.LoRACon
     return lib
 
 
-def save_composer(directory: str | os.PathLike, params: Any, *, mode: str, kind: str,
-                  skills: list[str], **meta: Any) -> Path:
-    """A trained composer with how it composes (``mode``, composer ``kind``, skill names)."""
-    info = {"format": COMPOSER_FORMAT, "mode": mode, "kind": kind, "skills": skills, **meta}
+def _skills_tree(skills: Skills) -> dict[str, Any]:
+    return {"params": skills.params, "scales": skills.scales}
+
+
+def save_composer(directory: str | os.PathLike, params: Any, *, base: Any, skills: Skills, names: list[str],
+                  mode: str, kind: str, **meta: Any) -> Path:
+    """A trained composer with how it composes (``mode``, composer ``kind``, skill ``names``) and the
+    sha256 of the pi_0 weights ``base`` and the ``skills`` (one seed, no seed axis) it was fitted on."""
+    info = {"format": COMPOSER_FORMAT, "mode": mode, "kind": kind, "skills": names,
+            "base_sha256": lora.tree_sha256(base), "skills_sha256": lora.tree_sha256(_skills_tree(skills)), **meta}
     return artifacts.save_tree(directory, {"params": params}, info)
+
+
+def load_composer(directory: str | os.PathLike, base: Any, skills: Skills) -> tuple[Any, dict]:
+    """(params, metadata) of a composer saved with ``save_composer``; ArtifactError unless ``base`` and
+    ``skills`` are the weights it was fitted on (a composer's weights mean nothing on other skills)."""
+    tree, meta = artifacts.load_tree(directory)
+    if meta.get("format") != COMPOSER_FORMAT:
+        raise artifacts.ArtifactError(f"{directory}: not a psec_jax composer of format {COMPOSER_FORMAT} "
+                                      f"(format {meta.get('format')!r}); re-create it")
+    for what, fitted_on, key in (("base weights", base, "base_sha256"),
+                                 ("skills", _skills_tree(skills), "skills_sha256")):
+        got, want = lora.tree_sha256(fitted_on), str(meta.get(key))
+        if got != want:
+            raise artifacts.ArtifactError(f"composer {directory} does not fit: the {what} differ from those it was "
+                                          f"fitted on (sha256 {want[:12]}... expected, got {got[:12]}...)")
+    return tree["params"], meta
