@@ -67,15 +67,15 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
             saved = runs.load_config(path)
         except (ValueError, OSError) as e:
             raise workdir_lib.RecordsConflict(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
-                                           f"({runs.one_line(e, with_type=False)}); {fresh}") from None
+                                              f"({runs.one_line(e, with_type=False)}); {fresh}") from None
         changed = [k for k in config_differences(saved, config) if k not in may_change]
         if changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config ({shown} "
-                                           f"differ from its {runs.CONFIG_FILE}); {fresh}")
+            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config (its "
+                                              f"{runs.CONFIG_FILE} differs in {shown}); {fresh}")
     elif (workdir / runs.METRICS_FILE).is_file() and (workdir / runs.METRICS_FILE).stat().st_size:
         raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {runs.METRICS_FILE} records but no "
-                                       f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
+                                          f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
 
 
 def config_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
@@ -164,22 +164,22 @@ def run_chunks(
         except KeyboardInterrupt as e:
             interrupted = _checkpoint_on_interrupt(ckpts, step, state, config, getattr(e, "signum", signal.SIGINT))
             if main:
-                runs.rewind_metrics(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
+                _rewind_quietly(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
         except BaseException:  # e.g. a full disk: keep only the records a rerun can resume from
             with signals.deferred(raise_at_exit=False):
                 ckpts.discard_unfinished()
                 if main:
-                    _rewind_quietly(workdir, ckpts)
+                    _rewind_quietly(workdir, ckpts.latest_step() or 0)
             raise
     return state, history
 
 
-def _rewind_quietly(workdir: Path, ckpts: Checkpoints) -> None:
-    """Cuts metrics.jsonl back to the newest committed checkpoint, if the disk lets it (the failure
-    being reported matters more than this cleanup's own)."""
+def _rewind_quietly(workdir: Path, step: int) -> None:
+    """Cuts metrics.jsonl back to ``step`` if the disk lets it: the failure being reported matters more
+    than this cleanup's own, and a rerun cuts the same records anyway."""
     try:
-        runs.rewind_metrics(workdir, ckpts.latest_step() or 0)
+        runs.rewind_metrics(workdir, step)
     except (OSError, runs.MetricsError):
         pass
 

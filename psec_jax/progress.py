@@ -76,8 +76,11 @@ class Progress:
         metrics = metrics or {}
         names = loss_first(metrics)[: self.shown]
         if self._bar is not None:
-            self._bar.update(n)
-            self._bar.set_postfix({k: f"{metrics[k]:.4g}" for k in names}, refresh=False)
+            try:
+                self._bar.update(n)
+                self._bar.set_postfix({k: f"{metrics[k]:.4g}" for k in names}, refresh=False)
+            except (OSError, ValueError):  # the terminal went away (SIGHUP under nohup): go on without it
+                self._bar = None
             return
         now = time.perf_counter()
         if self.disable or (now - self._last < self.min_interval and self.done < self.total):
@@ -91,7 +94,10 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.close()
+            try:
+                self._bar.close()
+            except (OSError, ValueError):
+                pass
 
     def __enter__(self) -> "Progress":
         return self
