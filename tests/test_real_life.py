@@ -5,7 +5,6 @@ it in one line."""
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -28,8 +27,22 @@ def _smoke(workdir, *args):
     return ["smoke", f"--config={CONFIG}", f"--workdir={workdir}", *TINY, *args]
 
 
-def _console(*args):  # the console script's own code path: python -m psec_jax == psec-jax
-    return [sys.executable, "-m", "psec_jax", *args]
+def _console(*args, setup=""):
+    """``python -m psec_jax ARGS`` (the console script's own code path), after running ``setup`` in a
+    Python that then execs it (what preexec_fn would do, without forking a multithreaded pytest)."""
+    if not setup:
+        return [sys.executable, "-m", "psec_jax", *args]
+    exec_it = "os.execv(sys.executable, [sys.executable, '-m', 'psec_jax', *sys.argv[1:]])"
+    return [sys.executable, "-c", f"import os, resource, signal, sys; {setup}; {exec_it}", *args]
+
+
+# A shell without job control starts background jobs (`make test &`) with SIGINT ignored, and an ignored
+# SIGINT stays ignored in the child, in Python and in psec-jax: give the child a terminal's.
+SIGINT_DEFAULT = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
+
+
+def _file_size_limit(n):
+    return f"resource.setrlimit(resource.RLIMIT_FSIZE, ({n}, {n}))"
 
 
 def _messages(err):
@@ -80,7 +93,7 @@ def test_ctrl_c_while_starting_is_one_line_and_130(tmp_path, delay):
     the imports of numpy and jax (0 s), the flags and the experiment's import (~0.4 s) and the first
     compilation (~1.5 s on this machine). Before, these gave a traceback, an empty message, a
     segmentation fault or nothing at all."""
-    proc = subprocess.Popen(_console(*_smoke(tmp_path, "--config.train.num_steps=400000")),
+    proc = subprocess.Popen(_console(*_smoke(tmp_path, "--config.train.num_steps=400000"), setup=SIGINT_DEFAULT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not _handles_sigterm(proc.pid) and time.time() < deadline and proc.poll() is None:
@@ -203,13 +216,9 @@ def test_a_url_workdir_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
 
 # ----- the machine refusing ------------------------------------------------------------------------------------
 
-def _limited(limit_bytes):
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-
 def test_a_file_size_limit_during_a_save_is_one_line_and_leaves_nothing_half_written(tmp_path):
-    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40")), capture_output=True,
-                         text=True, preexec_fn=_limited(2_000), timeout=300)
+    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(2_000)),
+                         capture_output=True, text=True, timeout=300)
     lines = _messages(out.stderr)
     assert out.returncode == 1, out.stderr
     assert len(lines) == 1 and "File too large" in lines[0] and str(tmp_path / "checkpoints") in lines[0], out.stderr
@@ -230,8 +239,8 @@ def test_a_full_disk_before_a_save_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_full_disk_at_start_is_one_line(tmp_path):
-    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40")), capture_output=True,
-                         text=True, preexec_fn=_limited(0), timeout=300)
+    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(0)),
+                         capture_output=True, text=True, timeout=300)
     lines = _messages(out.stderr)
     assert out.returncode == 1, out.stderr
     assert len(lines) == 1 and "file too large" in lines[0] and ".psec_jax.lock" in lines[0], out.stderr
