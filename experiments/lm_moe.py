@@ -11,6 +11,7 @@ written into the workdir (see `psec_jax.models.report`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.in_range(config, "optim.b2", 0.0, 0.999999)
     cc.non_negative(config, "seed", "data.seed")
     cc.one_of(config, "model.backend", tf.BACKENDS)
+    cc.one_of(config, "model.dtype", tf.DTYPES)
     cc.multiple_of(config, "train.num_steps", "train.log_every")
     cc.multiple_of(config, "train.checkpoint_every", "train.log_every")
     cc.one_of(config, "train.members", ("map", "vmap"))
@@ -76,6 +78,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise cc.ConfigError(f"data.task_rows={config.data.task_rows} exceeds data.batch_size={config.data.batch_size}")
     if not config.train.routers or set(config.train.routers) - set(lm_train.ROUTERS):
         raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}")
+    if len(set(config.train.routers)) != len(config.train.routers):
+        raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} repeats a router")
     if any(not 0.0 < p <= 1.0 for p in config.train.sweep_p):
         raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)}: every threshold must be in (0, 1]")
     if len({f"{p:g}" for p in config.train.sweep_p}) != len(config.train.sweep_p):
@@ -88,6 +92,65 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             lm_train.model_spec(config, router)
     except ValueError as e:
         raise cc.ConfigError(f"model: {e}") from None
+    # a chunk's batches are built on the host at once: int32 inputs and targets, float32 weights, int8 labels
+    chunk_bytes = config.train.log_every * config.data.batch_size * config.data.seq_len * 13
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if chunk_bytes > memory:
+        raise cc.ConfigError(f"train.log_every={config.train.log_every} steps of data.batch_size="
+                             f"{config.data.batch_size} rows of data.seq_len={config.data.seq_len} tokens make "
+                             f"{chunk_bytes / 2**30:.0f} GiB of batches per chunk, more than this machine's "
+                             f"{memory / 2**30:.0f} GiB of memory: lower train.log_every")
+    check_data_sizes(config)
+
+
+def check_data_sizes(config: ml_collections.ConfigDict) -> None:
+    """ConfigError (one line) for `config.data` sizes the corpus and task mixture cannot supply, from the
+    stdlib's file sizes alone (nothing is read or tokenized): a token is at least one byte, so a split of
+    N bytes in F files has at most N + F - 1 tokens, and a task example of b bytes at most b tokens."""
+    d = config.data
+    if d.seq_len + 1 < tasks.MAX_EXAMPLE_BYTES:
+        raise cc.ConfigError(f"data.seq_len={d.seq_len} must be >= {tasks.MAX_EXAMPLE_BYTES - 1}: task rows of "
+                             f"seq_len + 1 tokens must hold the longest task example ({tasks.MAX_EXAMPLE_BYTES} "
+                             f"bytes) whatever the vocabulary")
+    if d.val_task_rows > d.num_val_task_examples:
+        raise cc.ConfigError(f"data.val_task_rows={d.val_task_rows} exceeds data.num_val_task_examples="
+                             f"{d.num_val_task_examples} (each row holds at least one example)")
+    minimum = text.min_corpus_bytes()
+    if 0 < d.max_corpus_bytes < minimum:
+        raise cc.ConfigError(f"data.max_corpus_bytes={d.max_corpus_bytes} leaves a split of the stdlib corpus "
+                             f"without a file for the tokenizer: use >= {minimum} (0: the whole corpus)")
+    sizes, t1, cap = text.corpus_sizes(d.max_corpus_bytes or None), d.seq_len + 1, _corpus_cap(config)
+    most = {split: size + files - 1 for split, (files, size) in sizes.items()}  # tokens
+    why = lambda split: f"at most {most[split]} tokens ({sizes[split][1]} bytes in {sizes[split][0]} file(s))"
+    if most["train"] < t1:
+        raise cc.ConfigError(f"a training window of data.seq_len + 1 = {t1} tokens is longer than the train split "
+                             f"of {cap} can be: {why('train')}")
+    if most["val"] < d.val_corpus_rows * t1:
+        raise cc.ConfigError(f"data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} tokens "
+                             f"need {d.val_corpus_rows * t1}, more than the val split of {cap} can have: {why('val')}")
+
+
+def check_data(config: ml_collections.ConfigDict, data: text.TextData) -> None:
+    """UsageError (one line) when the built data has fewer tokens or task rows than `config.data` asks
+    for (`check_data_sizes` bounds them by bytes before the build; BPE merges leave fewer tokens)."""
+    from psec_jax.experiment_flags import UsageError
+
+    d, t1, cap = config.data, config.data.seq_len + 1, _corpus_cap(config)
+    if data.train.size < t1:
+        raise UsageError(f"lm_moe: a training window of data.seq_len + 1 = {t1} tokens is longer than the train "
+                         f"split of {cap} ({data.train.size} tokens in {data.path})")
+    if data.val.size < d.val_corpus_rows * t1:
+        raise UsageError(f"lm_moe: data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} "
+                         f"tokens need {d.val_corpus_rows * t1}, more than the val split of {cap} has "
+                         f"({data.val.size} tokens in {data.path})")
+    if data.tasks_val_tokens.shape[0] < d.val_task_rows:
+        raise UsageError(f"lm_moe: data.val_task_rows={d.val_task_rows} exceeds the {data.tasks_val_tokens.shape[0]} "
+                         f"rows that data.num_val_task_examples={d.num_val_task_examples} fill ({data.path})")
+
+
+def _corpus_cap(config: ml_collections.ConfigDict) -> str:
+    cap = config.data.max_corpus_bytes
+    return f"data.max_corpus_bytes={cap}" + ("" if cap else " (the whole corpus)")
 
 
 def load_data(config: ml_collections.ConfigDict) -> text.TextData:
@@ -115,11 +178,17 @@ def chunk_validation(config: ml_collections.ConfigDict, data: text.TextData) -> 
 
 def full_validation(data: text.TextData, seq_len: int, rows_per_batch: int = 64
                     ) -> tuple[pipeline.Batch, np.ndarray, float]:
-    """The whole validation split (every task row, and the non-overlapping text windows less the few that
-    would leave a partial batch) as Batch [N, rows_per_batch, T], its text-row mask [N, rows_per_batch],
-    and the unigram baseline (train unigram, add-one) on exactly its text targets."""
+    """The whole validation split (every task row and non-overlapping text window, less the rows past the
+    last whole batch: text windows while more of them remain, else task rows) as Batch [N, rows_per_batch, T]
+    (one batch of every row where there are fewer), its text-row mask [N, rows_per_batch], and the unigram
+    baseline (train unigram, add-one) on exactly its text targets."""
     corpus_rows, task_rows = pipeline.max_rows(data, seq_len)
-    corpus_rows -= (corpus_rows + task_rows) % rows_per_batch  # every task row, and whole batches
+    rows_per_batch = min(rows_per_batch, corpus_rows + task_rows)
+    extra = (corpus_rows + task_rows) % rows_per_batch  # rows past the last whole batch
+    if corpus_rows > extra:
+        corpus_rows -= extra
+    else:
+        task_rows -= extra
     full = pipeline.validation(data, rows_per_batch, seq_len, corpus_rows, task_rows)
     rows = pipeline.validation_text_rows(corpus_rows, task_rows, rows_per_batch)
     unigram = text.unigram_loss(data.train, full.targets[rows].reshape(-1), data.vocab_size)
@@ -145,12 +214,16 @@ def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int)
     return out
 
 
+# What a rerun in the same workdir may change: it adds (or drops) stages; every stage keeps its own config.
+RESUME_MAY_CHANGE = ("train.routers", "train.seeds", "train.sweep_p")
+
+
 def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData) -> ml_collections.ConfigDict:
     """What a stage's checkpoints are checked against on resume: the config without the other stages'
     fields (so adding a router or a threshold keeps finished stages), this stage's members, and the
     identity of the data (a different Python build or tokenizer gives other tokens: refuse to resume)."""
     c = config.to_dict()
-    c["train"] = {k: v for k, v in c["train"].items() if k not in ("routers", "seeds", "sweep_p")}
+    c["train"] = {k: v for k, v in c["train"].items() if "train." + k not in RESUME_MAY_CHANGE}
     c["stage"] = {"name": stage.name, "router": stage.router, "members": stage.members, "seeds": stage.seeds,
                   "ps": stage.ps}
     sha = data.meta["sha256"]
@@ -215,6 +288,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return counts
     started, commit = time.perf_counter(), runs.git_commit()  # the code that runs, read before it does
     data = load_data(config)
+    check_data(config, data)
     d = config.data
     batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
     val = chunk_validation(config, data)

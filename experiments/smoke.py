@@ -66,6 +66,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     config_check.multiple_of(config, "train.checkpoint_every", "train.log_every")
     config_check.positive(config, "optim.learning_rate")
     config_check.non_negative(config, "optim.weight_decay", "data.noise_std")
+    if config.seed + config.num_seeds - 1 > config_check.INT32_MAX:  # member i's key is key(seed + i), in int32
+        raise config_check.ConfigError(f"config field seed ({config.seed}) + num_seeds ({config.num_seeds}) - 1 "
+                                       f"must fit in int32 (at most {config_check.INT32_MAX})")
 
 
 def make_train(config: ml_collections.ConfigDict) -> Trainer:

@@ -7,6 +7,9 @@
 
 Fields are named by dotted path. Every function raises ``ConfigError`` (a ValueError) naming the field,
 the rule and the value; the CLI prints it as one line and exits with code 2.
+
+``psec_jax.experiment_flags`` runs the rules every config shares (``same_fields``, ``same_types``,
+``finite``, ``int32``, ``seeds``) before the experiment's own ``check_config``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 from typing import Any, Iterable
 
 import ml_collections
+
+INT32_MAX = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -53,6 +58,55 @@ def finite(config: ml_collections.ConfigDict) -> None:
         for x in _numbers(value):
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"config field {field} must be finite, got {x}")
+
+
+def int32(config: ml_collections.ConfigDict) -> None:
+    """Every int in the config (tuples included) fits int32: counts and sizes become JAX int32 values
+    (scan lengths, step counters, shapes), where a larger one overflows or wraps around."""
+    for field, value in leaves(config).items():
+        for x in _numbers(value):
+            if isinstance(x, int) and not isinstance(x, bool) and not -INT32_MAX - 1 <= x <= INT32_MAX:
+                raise ConfigError(f"config field {field} must fit in int32 (at most {INT32_MAX}), got {x}")
+
+
+def seeds(config: ml_collections.ConfigDict) -> None:
+    """Every field named ``seed`` is an int in [0, 2**31): ``jax.random.key`` keeps the low 32 bits of
+    a larger seed (``key(2**32)`` is ``key(0)``) and JAX's int32 arithmetic on seeds would overflow."""
+    for field, value in leaves(config).items():
+        if field.rpartition(".")[2] == "seed" and (isinstance(value, bool) or not isinstance(value, int)
+                                                    or not 0 <= value <= INT32_MAX):
+            raise ConfigError(f"config field {field} must be an integer in [0, {INT32_MAX}], got {value!r}")
+
+
+# the type a config value stands for (an int field takes no float or bool, a float field any number),
+# as (singular, plural) for the messages
+_KINDS = {bool: ("a bool", "bools"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), tuple: ("a tuple", "tuples"), list: ("a tuple", "tuples")}
+
+
+def _kind(x: Any) -> tuple[str, str] | None:
+    return None if x is None else _KINDS.get(type(x), (type(x).__name__,) * 2)
+
+
+def _fits(x: Any, kind: tuple[str, str] | None) -> bool:
+    return kind is None or _kind(x) == kind or kind == _KINDS[float] and _kind(x) == _KINDS[int]
+
+
+def same_types(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
+    """Each field of ``config`` has the type of that field in ``reference`` (the experiment's default
+    config): an integer field an int (not a bool, not a float), a number field an int or a float, a bool
+    a bool, and a tuple a tuple whose entries have the type of the reference's entries. A field that is
+    None in the reference, or absent from it, takes anything."""
+    want = leaves(reference)
+    for field, value in leaves(config).items():
+        ref = want.get(field)
+        if not _fits(value, _kind(ref)):
+            raise ConfigError(f"config field {field} must be {_kind(ref)[0]}, got {value!r}")
+        if isinstance(ref, (tuple, list)) and ref:
+            kinds = {_kind(r) for r in ref}
+            entry = _KINDS[float] if kinds == {_KINDS[float], _KINDS[int]} else kinds.pop() if len(kinds) == 1 else None
+            if entry and not all(_fits(x, entry) for x in value):
+                raise ConfigError(f"config field {field} must be a tuple of {entry[1]}, got {tuple(value)!r}")
 
 
 def positive_int(config: ml_collections.ConfigDict, *fields: str) -> None:

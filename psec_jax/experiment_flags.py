@@ -2,8 +2,9 @@
 
 ``parse(name, argv, experiment)`` loads ``--config=PATH[:PRESET]`` (ml-collections, locked), applies
 ``--config.FIELD=VALUE`` overrides, and checks the result before anything is compiled: the experiment's
-own fields exactly (a config written for another experiment is refused), every float finite, and the
-experiment module's ``check_config``. Mistakes raise ``UsageError`` with a one-line message.
+own fields exactly (a config written for another experiment is refused), each of its default's type,
+every float finite, every int within int32, every seed in [0, 2**31), and the experiment module's
+``check_config``. Mistakes raise ``UsageError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -79,17 +80,22 @@ def _reference_config(experiment: Any) -> Any:
 
 def check_config(name: str, experiment: Any, config: Any, config_value: str) -> None:
     """UsageError (one line) unless ``config`` is a config of experiment ``name`` that can run: the
-    experiment's fields exactly, every float finite, and the experiment's own ``check_config``."""
+    experiment's fields exactly, each of its default's type, every float finite, every int within int32,
+    every seed in [0, 2**31), and the experiment's own ``check_config``."""
     from psec_jax import config_check
 
     module = importlib.import_module(experiment.module)
+    reference = _reference_config(experiment)
     try:
-        config_check.same_fields(config, _reference_config(experiment), name)
+        config_check.same_fields(config, reference, name)
     except ValueError as e:
         raise UsageError(f"{name}: config {config_value}: {e} (start from "
                          f"{experiment.default_config})") from None
     try:
+        config_check.same_types(config, reference)
         config_check.finite(config)
+        config_check.seeds(config)
+        config_check.int32(config)
         getattr(module, "check_config", lambda c: None)(config)
     except ValueError as e:
         raise UsageError(f"{name}: {e}") from None

@@ -193,9 +193,19 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
     from psec_jax import cli
     from experiments import psec_continual_sweep as sweep
 
-    for parent in {r.after for r in sweep.RUNS.values() if r.after}:  # check_config wants the saved pi_0
-        (tmp_path / parent / "policies" / "pi0").mkdir(parents=True)
-        (tmp_path / parent / "policies" / "pi0" / "manifest.json").write_text("{}")
+    from pathlib import Path
+
+    from psec_jax.data.normalize import Normalizer
+    from psec_jax.rl import saving
+
+    # check_config reads the saved pi_0 of each run's parent: the committed one (s2w_paper's) re-saved with
+    # the parent's pi_0 data and kind of normaliser
+    _, params, _, meta = saving.load_base(Path(__file__).resolve().parents[1] / continual_config.DEMO_PI0)
+    for parent in {r.after for r in sweep.RUNS.values() if r.after}:
+        c = continual_config.get_config(sweep.RUNS[parent].arg)
+        normalizer = Normalizer(np.zeros(24), 2 * np.ones(24)) if c.obs_norm else Normalizer.identity(24)
+        saving.save_base(tmp_path / parent / "policies" / "pi0", params, ml_collections.ConfigDict(meta["network"]),
+                         24, 6, normalizer, data=c.base_data)
     for name in sweep.RUNS:
         cmd = sweep.command(name, tmp_path)
         config, _, _ = cli.parse_experiment_flags(cmd[1], cmd[2:])

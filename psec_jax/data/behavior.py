@@ -104,6 +104,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.positive(config, "sac.learning_rate", "sac.reward_scale", "sac.init_alpha")
     cc.in_range(config, "sac.discount", 0.0, 1.0)
     cc.in_range(config, "sac.tau", 0.0, 1.0, low_open=True)
+    for small, large in (("sac.num_envs", "sac.replay_size"), ("sac.batch_size", "sac.min_replay")):
+        if cc.get(config, small) > cc.get(config, large):  # (sac.make_train's rules, before the env is built)
+            raise cc.ConfigError(f"config field {small} ({cc.get(config, small)}) must not exceed {large} "
+                                 f"({cc.get(config, large)})")
 
 
 def _snapshot(state: sac.SACState) -> BehaviorPolicy:

@@ -53,6 +53,10 @@ MAX_REDRAWS = 1000  # consecutive excluded prompts of one variant before `genera
 
 _COPY_LETTERS = {False: 3, True: 12}
 _SORT_DIGITS = {False: 3, True: 10}
+# the longest example, prompt + answer + terminator, in bytes (copy/hard: "copy a ... l =" -> " a ... l"):
+# a row of this many tokens holds any example whole, whatever the vocabulary (a token is at least a byte)
+_LETTERS = " ".join("x" * _COPY_LETTERS[True])
+MAX_EXAMPLE_BYTES = len(f"copy {_LETTERS} =" + f" {_LETTERS}" + TERMINATOR)
 _SORT_EASY = {split: [d for d in itertools.product(range(10), repeat=3) if (sum(d) % 5 == 0) == (split == "val")]
               for split in SPLITS}
 _MODULAR_EASY = {split: [(a, b) for a in range(10) for b in range(10) if ((a + 2 * b) % 5 == 0) == (split == "val")]

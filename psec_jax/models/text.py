@@ -126,10 +126,11 @@ class _Split(NamedTuple):
     checksum: str  # sha256 over the sorted "path sha256" lines
 
 
-def _corpus(max_corpus_bytes: int | None) -> dict[str, _Split]:
-    """Train and val splits, each cut to its first files totalling at most `max_corpus_bytes`."""
+def _select(max_corpus_bytes: int | None) -> dict[str, list[tuple[str, Path, int]]]:
+    """(relative path, path, bytes) of the files each split keeps: its first files in sorted order
+    totalling at most `max_corpus_bytes`, chosen from the file sizes alone (nothing is read)."""
     root = stdlib_root()
-    chosen: dict[str, list[tuple[str, bytes]]] = {"train": [], "val": []}
+    chosen: dict[str, list[tuple[str, Path, int]]] = {"train": [], "val": []}
     totals = {"train": 0, "val": 0}
     full = set()
     for path in stdlib_files(root):
@@ -139,12 +140,37 @@ def _corpus(max_corpus_bytes: int | None) -> dict[str, _Split]:
         if split in full or max_corpus_bytes is not None and totals[split] + size > max_corpus_bytes:
             full.add(split)  # a prefix of the sorted files, so a larger cap only adds files
             continue
-        chosen[split].append((rel, path.read_bytes()))
+        chosen[split].append((rel, path, size))
         totals[split] += size
+    return chosen
+
+
+def corpus_sizes(max_corpus_bytes: int | None) -> dict[str, tuple[int, int]]:
+    """{split: (files, bytes)} that the build would take for `max_corpus_bytes`, from the file sizes
+    alone. A split's token count is at most its bytes plus one `<|endoftext|>` between files (byte-level
+    BPE: a token is at least one byte)."""
+    return {split: (len(files), sum(size for *_, size in files))
+            for split, files in _select(max_corpus_bytes).items()}
+
+
+def min_corpus_bytes() -> int:
+    """The least `max_corpus_bytes` that leaves the tokenizer a file in both splits: the larger of the
+    two splits' first files (from the file sizes alone)."""
+    root, first = stdlib_root(), {}
+    for path in stdlib_files(root):
+        first.setdefault("val" if is_validation(path.relative_to(root).as_posix()) else "train", path.stat().st_size)
+    return max(first.values(), default=0)
+
+
+def _corpus(max_corpus_bytes: int | None) -> dict[str, _Split]:
+    """Train and val splits, each cut to its first files totalling at most `max_corpus_bytes`."""
+    chosen = {split: [(rel, path.read_bytes()) for rel, path, _ in files]
+              for split, files in _select(max_corpus_bytes).items()}
     out = {}
     for split, files in chosen.items():
         if not files:
-            raise ValueError(f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes}, stdlib at {root})")
+            raise ValueError(f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes}, stdlib at "
+                             f"{stdlib_root()})")
         lines = "".join(f"{rel} {_sha256_bytes(raw)}\n" for rel, raw in files)
         out[split] = _Split([rel for rel, _ in files], [_decode(raw) for _, raw in files],
                             sum(len(raw) for _, raw in files), _sha256_bytes(lines.encode()))

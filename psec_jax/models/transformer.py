@@ -35,6 +35,9 @@ ROUTERS = ("top_k", "top_p")
 # sharded over the mesh's expert axis; run under `jax.set_mesh`) is given buffers that hold every
 # token a device has (capacity T_local per expert), so it drops nothing either.
 BACKENDS = ("dropless", "dense", "ragged", "expert_parallel")
+# Activation dtypes the model runs in. float64 is not among them: with JAX's default 32-bit mode it
+# would silently run in float32.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +91,8 @@ class Spec:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.max_k is not None and not 1 <= self.max_k <= self.num_experts:
             raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.max_k}")
-        jnp.dtype(self.dtype)  # raises on an unknown dtype name
+        if self.dtype not in DTYPES:
+            raise ValueError(f"activation dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     @property
     def head_dim(self) -> int:

@@ -45,10 +45,34 @@ def skill_data_name(config: ml_collections.ConfigDict, task: str) -> str:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a task, dataset name or template this setting cannot use (names only:
+    nothing is generated)."""
+    from psec_jax.data import datasets
+
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
     if config.skill_trajectories < 1:
         raise ValueError(f"config.skill_trajectories must be >= 1, got {config.skill_trajectories}")
+    prior, target = TASKS[config.task]
+    names = {"base_data": (config.base_data, "walker-stand")}
+    for task in (*prior, target):
+        try:
+            names[f"skill_data ({task})"] = (skill_data_name(config, task), f"walker-{task}")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"config.skill_data={config.skill_data!r} is not a template with {{task}} and {{n}} "
+                             f"({type(e).__name__}: {e})") from None
+    for field, (name, env) in names.items():
+        try:
+            recipe = datasets.parse(name)
+        except ValueError as e:
+            raise ValueError(f"config.{field}: {e}") from None
+        if recipe.env != env:
+            raise ValueError(f"config.{field}={name!r} is data of {recipe.env}, not {env}")
+
+
+def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(pi_0's data name, evaluation environment) of a run without overrides."""
+    return config.base_data, f"walker-{TASKS[config.task][1]}"
 
 
 def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData] | None = None,
@@ -73,7 +97,7 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
                            compose=target, critics={"reward": target}, report=runner.Report(title))
 
 
-SETTING = runner.Setting("continual", TABLE, "argmax_q", check, prepare)
+SETTING = runner.Setting("continual", TABLE, "argmax_q", check, prepare, pi0_source=pi0_source)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -42,6 +42,9 @@ def data_names(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a body, dynamics variant, fraction or dataset name this setting cannot use
+    (names only: nothing is generated)."""
+    from psec_jax import envs
     from psec_jax.data import datasets
     from psec_jax.envs import variants
 
@@ -52,6 +55,25 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.kind must be one of {datasets.KINDS}, got {config.kind!r}")
     if not 0.0 < config.target_fraction <= 1.0:
         raise ValueError(f"config.target_fraction must be in (0, 1], got {config.target_fraction}")
+    if config.env not in envs.names():
+        raise ValueError(f"config.env must be one of {envs.names()}, got {config.env!r}")
+    try:
+        names = data_names(config)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"config.source_data / target_data: not a template with {{env}}, {{variant}} and {{kind}} "
+                         f"({type(e).__name__}: {e})") from None
+    for field, name, variant in (("source_data", names[0], config.variant), ("target_data", names[1], "nominal")):
+        try:
+            recipe = datasets.parse(name)
+        except ValueError as e:
+            raise ValueError(f"config.{field}: {e}") from None
+        if recipe.env != config.env or recipe.variant != variant:
+            raise ValueError(f"config.{field}={name!r} is not {config.env} with {variant} dynamics")
+
+
+def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(pi_0's data name, evaluation environment) of a run without overrides."""
+    return data_names(config)[0], config.env
 
 
 def target_subset(data: OfflineData, config: ml_collections.ConfigDict) -> OfflineData:
@@ -112,7 +134,8 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
                            target=SKILL, compose="target", critics={"reward": SKILL}, report=rep)
 
 
-SETTING = runner.Setting("dynamics", TABLE, "argmax_q", check, prepare, expand_key="expand/{name}")
+SETTING = runner.Setting("dynamics", TABLE, "argmax_q", check, prepare, expand_key="expand/{name}",
+                         pi0_source=pi0_source)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

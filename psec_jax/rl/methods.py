@@ -52,9 +52,11 @@ def check_table(table: dict[str, Method]) -> None:
 
 
 def check_methods(methods: tuple[str, ...], table: dict[str, Method]) -> None:
-    """ValueError naming unknown entries of ``config.methods`` (or an empty list)."""
+    """ValueError naming unknown entries of ``config.methods`` (or an empty or repeating list)."""
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown} in config.methods; choose from {tuple(table)}")
     if not methods:
         raise ValueError("config.methods is empty")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"config.methods={tuple(methods)} repeats a method")

@@ -5,7 +5,6 @@ config checks every setting shares.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -55,18 +54,18 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
 def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], critic_fields: tuple[str, ...]
                  ) -> None:
     """ConfigError (one line) for values no PSEC setting can train with: seeds, evaluation, the protocol
-    switches (obs_norm, expand.objective, compose.alpha_reg, a missing config.pretrained), the network,
-    every training stage in ``stages`` and every critic config in ``critic_fields`` (dotted names).
-    Runs before any data is loaded or anything compiled, so a bad compose stage fails in a second,
-    not after pretraining."""
+    switches (obs_norm, expand.objective, compose.alpha_reg and its targets), the network, every training
+    stage in ``stages`` and every critic config in ``critic_fields`` (dotted names). Runs before any data
+    is loaded or anything compiled, so a bad compose stage fails in a second, not after pretraining."""
     from psec_jax import config_check as cc
 
     cc.positive_int(config, "num_seeds", "eval.episodes", "eval.candidates", "eval.episode_length")
     cc.non_negative(config, "eval.bootstrap_reps", "compose.alpha_reg")
     cc.one_of(config, "obs_norm", (True, False))
     cc.one_of(config, "expand.objective", train.OBJECTIVES)
-    if config.pretrained and not (Path(config.pretrained) / "manifest.json").is_file():
-        raise ValueError(f"config.pretrained: no saved pi_0 at {config.pretrained} (expected a run's policies/pi0)")
+    if len(config.compose.alpha_targets) != 2:
+        raise cc.ConfigError(f"config field compose.alpha_targets must be (t0, t1), got "
+                             f"{tuple(config.compose.alpha_targets)}")
     cc.positive_int(config, *(f"network.{f}" for f in ("hidden", "ff", "num_blocks", "time_features",
                                                        "time_hidden", "diffusion_steps", "lora_rank",
                                                        "mlp_adapter_hidden")))

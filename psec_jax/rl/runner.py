@@ -10,14 +10,16 @@ learn on which data and how to report. Every method of a table is trained and ev
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from psec_jax import artifacts, progress, runs
 from psec_jax.data.normalize import Normalizer
@@ -68,10 +70,15 @@ class Setting:
     check: Callable[[ml_collections.ConfigDict], None]  # the setting's own config checks (ValueError)
     prepare: Callable[..., Prepared]  # (config, **run kwargs) -> Prepared
     expand_key: str = "expand/{kind}/{name}"  # PRNG stream of each skill's stage (fixed: results reproduce)
+    # config -> (pi_0's data name, evaluation env name) that ``prepare`` uses without overrides; a given
+    # pi_0 (config.pretrained) is checked against them before anything is loaded
+    pi0_source: Callable[[ml_collections.ConfigDict], tuple[str, str]] | None = None
 
 
-def check_config(setting: Setting, config: ml_collections.ConfigDict) -> None:
-    """ValueError (one line) for a config ``setting`` cannot run; nothing is loaded or compiled."""
+def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Collection[str] = ()) -> None:
+    """ValueError (one line) for a config ``setting`` cannot run; nothing is generated or compiled (a given
+    pi_0 is read). ``given``: the ``prepare`` overrides of a run (``"data"``, ``"env"``), which replace the
+    data name and environment a given pi_0 is checked against."""
     check_table(dict(setting.methods))
     check_methods(tuple(config.methods), dict(setting.methods))
     acting.check_rule(setting.rule)
@@ -80,6 +87,9 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict) -> None:
         if config.critics[kind].kind != kind:
             raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
     setting.check(config)
+    data_name, env_name = setting.pi0_source(config) if setting.pi0_source else (None, None)
+    check_pretrained(config, None if "data" in given else data_name,
+                     None if "env" in given or env_name is None else recorded_sizes(env_name))
 
 
 def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any
@@ -89,7 +99,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     ``kwargs`` go to ``setting.prepare`` (data / env / reference overrides). Returns ``{"methods":
     summary, "raw": unnormalised summary, "improvement": P(psec > each other method), "seconds",
     **report.extra}``."""
-    check_config(setting, config)
+    check_config(setting, config, given=[k for k, v in kwargs.items() if v is not None])
     workdir, t_start, commit = Path(workdir), time.perf_counter(), runs.git_commit()  # the code that runs
     prep = setting.prepare(config, **kwargs)
     methods = {m: setting.methods[m] for m in config.methods}
@@ -201,27 +211,62 @@ def observation_normalizer(config: ml_collections.ConfigDict, observations: jax.
 PI0_FIELDS = ("hidden", "ff", "num_blocks", "time_features", "time_hidden", "dropout", "diffusion_steps")
 
 
+def recorded_sizes(env_name: str) -> tuple[int, int] | None:
+    """(observation size, action size) of environment ``env_name`` as its committed behaviour policies
+    recorded them (a small JSON: the environment is not built); None where there are none."""
+    from psec_jax.data import behavior
+
+    try:
+        meta = json.loads((behavior.policy_dir(env_name) / behavior.MANIFEST).read_text())
+        return int(meta["observation_size"]), int(meta["action_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = None,
+                     sizes: tuple[int, int] | None = None) -> None:
+    """ValueError (one line naming config.pretrained and what differs) unless ``config.pretrained`` is ""
+    or an intact pi_0 saved by an earlier run (its workdir's policies/pi0) that this config can build on:
+    the same noise network (``PI0_FIELDS`` of config.network), a standardising normaliser iff
+    ``config.obs_norm``, and, where given, the data ``data_name`` and the (observation, action) ``sizes``.
+    Reads the saved files; compiles nothing."""
+    if not config.pretrained:
+        return
+    where, hint = f"config.pretrained {config.pretrained}", "(expected a run's policies/pi0)"
+    if not Path(config.pretrained).is_dir():
+        raise ValueError(f"{where}: no such directory {hint}")
+    try:
+        meta = artifacts.read_manifest(config.pretrained)
+        if meta.get("format") != saving.POLICY_FORMAT:
+            raise ValueError(f"{where}: not a saved pi_0 but format {meta.get('format')!r} {hint}")
+        arrays = artifacts.load_arrays(config.pretrained, meta)
+        mean, std = np.asarray(arrays["obs_mean"]), np.asarray(arrays["obs_std"])
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: not a usable saved pi_0: {runs.one_line(e, with_type=False)} {hint}") from None
+    theirs, ours = meta.get("network") if isinstance(meta.get("network"), dict) else {}, runs.to_jsonable(config.network)
+    differ = sorted(f for f in PI0_FIELDS if theirs.get(f) != ours.get(f))  # skill fields may differ
+    if differ:
+        raise ValueError(f"{where}: its network differs from config.network in "
+                         + ", ".join(f"{f} ({theirs.get(f)} vs {ours.get(f)})" for f in differ))
+    if sizes is not None and (meta.get("obs_dim"), meta.get("act_dim")) != tuple(sizes):
+        raise ValueError(f"{where}: made for observations {meta.get('obs_dim')} / actions {meta.get('act_dim')}, "
+                         f"the environment has {sizes[0]} / {sizes[1]}")
+    if data_name is not None and meta.get("data") != data_name:
+        raise ValueError(f"{where}: pretrained on {meta.get('data')!r}, this config's pi_0 data is {data_name!r}")
+    identity = bool(np.all(mean == 0) and np.all(std == 1))
+    if identity == bool(config.obs_norm):
+        raise ValueError(f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
+                         f", but config.obs_norm is {config.obs_norm}")
+
+
 def load_pretrained(config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
                     ) -> tuple[Any, Normalizer]:
     """(pi_0's params [1, ...], its observation normaliser) from ``config.pretrained``; ValueError naming
     what differs when its network, sizes, data or kind of normaliser (standardising iff
-    ``config.obs_norm``) are not this config's: the skills would build on another policy."""
-    _, params, saved, meta = saving.load_base(config.pretrained)
-    where = f"config.pretrained {config.pretrained}"
-    ours = runs.to_jsonable(config.network)
-    differ = sorted(f for f in PI0_FIELDS if meta["network"].get(f) != ours.get(f))  # skill fields may differ
-    if differ:
-        raise ValueError(f"{where}: its network differs from config.network in "
-                         + ", ".join(f"{f} ({meta['network'].get(f)} vs {ours.get(f)})" for f in differ))
-    if (meta["obs_dim"], meta["act_dim"]) != (obs_dim, act_dim):
-        raise ValueError(f"{where}: made for observations {meta['obs_dim']} / actions {meta['act_dim']}, "
-                         f"the environment has {obs_dim} / {act_dim}")
-    if meta.get("data") != data_name:
-        raise ValueError(f"{where}: pretrained on {meta.get('data')!r}, this config's pi_0 data is {data_name!r}")
-    identity = bool(jnp.all(saved.mean == 0) and jnp.all(saved.std == 1))
-    if identity == bool(config.obs_norm):
-        raise ValueError(f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
-                         f", but config.obs_norm is {config.obs_norm}")
+    ``config.obs_norm``) are not this config's (``check_pretrained``): the skills would build on another
+    policy."""
+    check_pretrained(config, data_name, (obs_dim, act_dim))
+    _, params, saved, _ = saving.load_base(config.pretrained)
     return jax.tree.map(lambda x: jnp.asarray(x)[None], params), saved
 
 

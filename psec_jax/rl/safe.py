@@ -60,8 +60,36 @@ def safe_subset(data: OfflineData, cost_limit: float) -> tuple[OfflineData, dict
 
 
 def check(config: ml_collections.ConfigDict) -> None:
+    """ValueError (one line) for a cost limit, body or dataset name this setting cannot use (names only:
+    nothing is generated)."""
+    from psec_jax import envs
+    from psec_jax.data import datasets
+
     if not config.cost_limit > 0:
         raise ValueError(f"config.cost_limit must be > 0, got {config.cost_limit}")
+    if config.env not in envs.VELOCITY_THRESHOLDS:
+        raise ValueError(f"config.env={config.env!r} has no cost; use one of {list(envs.VELOCITY_THRESHOLDS)}")
+    try:
+        name = data_name(config)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"config.data={config.data!r} is not a template with {{env}} ({type(e).__name__}: {e})"
+                         ) from None
+    try:
+        recipe = datasets.parse(name)
+    except ValueError as e:
+        raise ValueError(f"config.data: {e}") from None
+    if recipe.env != config.env:
+        raise ValueError(f"config.data={name!r} is not data of config.env={config.env!r}")
+
+
+def data_name(config: ml_collections.ConfigDict) -> str:
+    """The name of the offline dataset: ``config.data`` with ``{env}`` filled in."""
+    return config.data.format(env=config.env)
+
+
+def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(pi_0's data name, evaluation environment) of a run without overrides."""
+    return data_name(config), config.env
 
 
 def prepare(config: ml_collections.ConfigDict, *, data: OfflineData | None = None, env: Env | None = None,
@@ -117,7 +145,8 @@ def prepare(config: ml_collections.ConfigDict, *, data: OfflineData | None = Non
                            compose="safe", critics={"reward": "reward", "cost": "cost"}, report=rep)
 
 
-SETTING = runner.Setting("safe", TABLE, "feasible_then_reward", check, prepare, expand_key="expand/{name}")
+SETTING = runner.Setting("safe", TABLE, "feasible_then_reward", check, prepare, expand_key="expand/{name}",
+                         pi0_source=pi0_source)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
