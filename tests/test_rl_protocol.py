@@ -239,3 +239,36 @@ def test_readme_psec_tables_are_the_committed_results():
     readme = (root / "README.md").read_text()
     table_lines = [line for line in summary.summary(root / summary.RESULTS).splitlines() if line.startswith("|")]
     assert table_lines and all(line in readme for line in table_lines), "rerun the sweep summary into the README"
+
+
+def test_alpha_regulariser_pairs_form_has_the_official_minimum_for_any_number_of_skills():
+    t = (8.0, 16.0)
+    reg = lambda a, form="pairs": float(train.alpha_regulariser(jnp.asarray(a, jnp.float32)[None], t, form))
+    # K = 2 is the official formula: ((a0 + a1) / 2 - 8)^2 + (a1 - 16)^2, e.g. a = (4, 20): 16 + 16
+    assert reg([4.0, 20.0]) == reg([4.0, 20.0], "mean") == pytest.approx(32.0)
+    # the unique minima, derived by hand: newest at 16, older ones at 2 * 8 - 16 = 0 (K = 1: just 16)
+    for minimum in ([16.0], [0.0, 16.0], [0.0, 0.0, 16.0]):
+        assert reg(minimum) == 0.0
+        grad = jax.grad(lambda a: train.alpha_regulariser(a[None], t, "pairs"))(jnp.asarray(minimum))
+        assert np.allclose(grad, 0.0)
+        for i in range(len(minimum)):  # strictly larger off the minimum along every axis
+            moved = list(minimum)
+            moved[i] += 1.0
+            assert reg(moved) > 0.0
+    # K = 3 by hand: a = (2, -2, 16): pairs (9 - 8)^2 + (7 - 8)^2 = 2 (the mean form would call it 0)
+    assert reg([2.0, -2.0, 16.0]) == pytest.approx(2.0)
+    assert reg([12.0], "mean") == pytest.approx(32.0) and reg([16.0], "mean") == pytest.approx(64.0)
+    with pytest.raises(ValueError, match="form"):
+        train.alpha_regulariser(jnp.ones((2, 2)), t, "sum")
+
+
+def test_rank_test_by_hand():
+    # x all below y, 3 vs 3: U = 0, and of the C(6, 3) = 20 equally likely splits only this one and its
+    # mirror are as extreme: two-sided p = 2 / 20
+    r = stats.rank_test(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]))
+    assert r == {"u": 0.0, "p": pytest.approx(0.1), "exact": True, "separated": True}
+    # x = (1, 4, 5), y = (2, 3, 6): U counts pairs with x > y: 4 > 2, 4 > 3, 5 > 2, 5 > 3 -> 4; splits with
+    # U <= 4 are 10 of 20 (U is symmetric about 4.5), so p = 2 * 10 / 20 = 1.0
+    r = stats.rank_test(np.array([1.0, 4.0, 5.0]), np.array([2.0, 3.0, 6.0]))
+    assert r["u"] == 4.0 and r["p"] == pytest.approx(1.0) and not r["separated"]
+    assert not stats.rank_test(np.array([1.0, 1.0]), np.array([1.0, 2.0]))["exact"]  # ties: normal approximation

@@ -121,6 +121,10 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # alpha_new that of the newest skill; official: 1 with targets (8, 16). 0 = off
     c.compose.alpha_reg = 0.0
     c.compose.alpha_targets = (8.0, 16.0)  # (t0, t1) of the regulariser, in LoRA-scale units
+    # "mean": (mean alpha - t0)^2 + (mean alpha_new - t1)^2 over all skills, the port behind the committed
+    # results (one skill: pinned at 12); "pairs": the official semantics for any number of skills (each
+    # older skill paired with the newest; minimum at the newest = t1, older = 2 t0 - t1; official for K = 2)
+    c.compose.alpha_reg_form = "mean"
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = c.eval.candidates = c.eval.episode_length = c.eval.bootstrap_reps = 0  # sizes table
     return apply_sizes(c, {k: v for k, v in SIZES.items() if not k.startswith("network.")}, size)

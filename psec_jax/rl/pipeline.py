@@ -63,6 +63,7 @@ def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], cri
     cc.non_negative(config, "eval.bootstrap_reps", "compose.alpha_reg")
     cc.one_of(config, "obs_norm", (True, False))
     cc.one_of(config, "expand.objective", train.OBJECTIVES)
+    cc.one_of(config, "compose.alpha_reg_form", train.ALPHA_REG_FORMS)
     if len(config.compose.alpha_targets) != 2:
         raise cc.ConfigError(f"config field compose.alpha_targets must be (t0, t1), got "
                              f"{tuple(config.compose.alpha_targets)}")

@@ -1,5 +1,7 @@
 """Statistics of RL evaluations with rliable (Agarwal et al. 2021): the mean and the interquartile mean
-(IQM) over runs with stratified-bootstrap 95% confidence intervals, and the probability of improvement.
+(IQM) over runs with stratified-bootstrap 95% confidence intervals, and the probability of improvement;
+beside them an exact rank test (Mann-Whitney U) of two methods' runs, and whether their runs are
+completely separated (then a bootstrap interval of P(X > Y) is [0, 0] or [1, 1] by construction).
 
 A *run* is one training seed; its score is the mean return of its evaluation episodes (episodes of one
 seed share its policy, so they are not independent runs). One task per table, so the bootstrap
@@ -76,3 +78,18 @@ def probability_of_improvement(per_seed: Mapping[str, np.ndarray], pairs: list[t
     scores = {f"{x}>{y}": [_check(x, per_seed[x])[:, None], _check(y, per_seed[y])[:, None]] for x, y in pairs}
     point, ci = _estimates(scores, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed)
     return {k: {"p": float(point[k][0]), "ci": [float(ci[k][0, 0]), float(ci[k][1, 0])]} for k in scores}
+
+
+def rank_test(x: np.ndarray, y: np.ndarray) -> dict[str, float | bool]:
+    """Two-sided Mann-Whitney U test of per-seed scores ``x`` [n] against ``y`` [m]: ``{"u": U of x,
+    "p": p-value, "exact": bool, "separated": bool}``. The p-value is exact (the permutation distribution
+    of U) when there are no ties and n, m <= 50; otherwise the normal approximation with tie correction.
+    ``separated``: every run of one method scores above every run of the other (U = 0 or n m), where the
+    smallest p-value the test can give is 2 / C(n + m, n) (0.0079 for 5 vs 5 seeds, 1.1e-5 for 10 vs 10)."""
+    from scipy import stats as sps
+
+    a, b = _check("x", x), _check("y", y)
+    exact = len(np.unique(np.concatenate([a, b]))) == a.size + b.size and max(a.size, b.size) <= 50
+    res = sps.mannwhitneyu(a, b, alternative="two-sided", method="exact" if exact else "asymptotic")
+    u = float(res.statistic)
+    return {"u": u, "p": float(res.pvalue), "exact": bool(exact), "separated": u in (0.0, float(a.size * b.size))}

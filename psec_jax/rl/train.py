@@ -194,12 +194,29 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_co
     return _assemble(init, step, c)
 
 
-def alpha_regulariser(alpha: jax.Array, targets: tuple[float, float]) -> jax.Array:
-    """``(mean alpha - t0)^2 + (mean alpha[:, -1] - t1)^2`` of composition scales alpha [B, K]: the
-    official PSEC composer's term (its alpha_1 is the newest skill's, the one trained for the target)."""
+ALPHA_REG_FORMS = ("mean", "pairs")
+
+
+def alpha_regulariser(alpha: jax.Array, targets: tuple[float, float], form: str = "mean") -> jax.Array:
+    """The official PSEC composer's pull of composition scales alpha [B, K] (newest skill last) towards
+    the scale the newest skill was trained at. With ``(t0, t1) = targets``:
+
+    ``"pairs"`` (the official semantics for any K): ``sum_i<K (mean (alpha_i + alpha_K) / 2 - t0)^2 +
+    (mean alpha_K - t1)^2``. For K = 2 this is the official ``(mean alpha - t0)^2 + (mean alpha_1 - t1)^2``
+    exactly; its unique minimum is alpha_K = t1 and every older alpha_i = 2 t0 - t1 (16 and 0 for the
+    official (8, 16)); for K = 1 it is alpha = t1.
+    ``"mean"`` (the earlier port, kept so its results reproduce): ``(mean alpha - t0)^2 + (mean alpha_K -
+    t1)^2`` over all K skills; for K = 1 both terms act on one alpha and pin it at (t0 + t1) / 2 = 12.
+    """
     if alpha.ndim != 2:
         raise ValueError(f"alpha_regulariser: alpha must be [batch, skills], got shape {alpha.shape}")
-    return (jnp.mean(alpha) - targets[0]) ** 2 + (jnp.mean(alpha[:, -1]) - targets[1]) ** 2
+    if form not in ALPHA_REG_FORMS:
+        raise ValueError(f"alpha_regulariser: form must be one of {ALPHA_REG_FORMS}, got {form!r}")
+    newest = jnp.mean(alpha[:, -1])
+    if form == "mean":
+        return (jnp.mean(alpha) - targets[0]) ** 2 + (newest - targets[1]) ** 2
+    pairs = (jnp.mean(alpha[:, :-1], axis=0) + newest) / 2  # [K-1] mean of each (older, newest) pair
+    return jnp.sum((pairs - targets[0]) ** 2) + (newest - targets[1]) ** 2
 
 
 class _ComposeBatch(NamedTuple):
@@ -217,13 +234,14 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
     (``policy.component_actions``), sampled once rather than at every step. Inputs: ``ComposeInputs``.
 
     ``alpha_reg`` > 0 (``"param"`` mode only, where a weight scales a skill's LoRA update) adds
-    ``alpha_reg * ((mean alpha - t0)^2 + (mean alpha_K - t1)^2)``, ``alpha = w * skill scale`` and
-    ``(t0, t1) = alpha_targets``: the official composer's pull towards the LoRA scale it was trained at."""
+    ``alpha_reg * alpha_regulariser(alpha, alpha_targets, alpha_reg_form)``, ``alpha = w * skill scale``:
+    the official composer's pull towards the LoRA scale it was trained at."""
     _check_steps(c, "compose")
     policy.num_outputs(mode, 1)  # validates mode
     tx = optax.adam(c.learning_rate)
     alpha_reg = float(c.get("alpha_reg", 0.0)) if mode == "param" else 0.0
     targets = tuple(c.get("alpha_targets", (8.0, 16.0)))
+    form = c.get("alpha_reg_form", "mean")
 
     def init(key, inputs: ComposeInputs):
         params = composer.init(prng.stream(key, "composer"))
@@ -243,7 +261,7 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
         loss = diffusion.noise_loss(eps_hat, eps)
         if not alpha_reg:
             return loss, {"weight_mean": jnp.mean(w)}
-        reg = alpha_regulariser(w * inputs.skills.scales, targets)
+        reg = alpha_regulariser(w * inputs.skills.scales, targets, form)
         return loss + alpha_reg * reg, {"weight_mean": jnp.mean(w), "alpha_reg": reg, "noise_loss": loss}
 
     def step(state, inputs: ComposeInputs, data):
