@@ -35,7 +35,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from psec_jax import artifacts
+from psec_jax import artifacts, signals
 from psec_jax.runs import one_line, to_jsonable
 
 _ITEMS = ("state", "config")
@@ -147,12 +147,14 @@ class Checkpoints:
         file-size limit (``ulimit -f``) below them. Checked before Orbax starts writing, since a save that
         fails halfway leaves Orbax's threads printing tracebacks after the failure is reported."""
         leaves = jax.tree.leaves(state)
-        need = sum(getattr(x, "nbytes", 0) for x in leaves) + 16_384 + 512 * len(leaves)  # + Orbax metadata
+        sizes = [int(getattr(x, "nbytes", 0)) for x in leaves] or [0]
+        need = sum(sizes) + 16_384 + 512 * len(leaves)  # + Orbax's metadata files
+        largest = max(sizes) + 16_384  # the file-size limit is per file: the largest array must fit in one
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY and limit < need:
+        if limit != resource.RLIM_INFINITY and limit < largest:
             raise CheckpointError(f"could not save step {step} to {self.directory}: File too large: the "
-                                  f"file-size limit (ulimit -f) of {limit} bytes is below the ~{need} bytes "
-                                  f"of the checkpoint")
+                                  f"file-size limit (ulimit -f) of {limit} bytes is below the checkpoint's "
+                                  f"~{largest}-byte files")
         try:
             free = shutil.disk_usage(self.directory).free
         except OSError:
@@ -324,12 +326,14 @@ class Checkpoints:
             return ckpts.restore_config(step)
 
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's resources."""
-        try:
-            if not self._failed:  # (the failure was raised already)
-                self.wait()
-        finally:
-            self._manager.close()
+        """Waits for pending saves and releases Orbax's resources (a signal meanwhile is held: a save is
+        not cut in half, and the run still stops, at its next check)."""
+        with signals.deferred(raise_at_exit=False):
+            try:
+                if not self._failed:  # (the failure was raised already)
+                    self.wait()
+            finally:
+                self._manager.close()
 
     def __enter__(self) -> "Checkpoints":
         return self

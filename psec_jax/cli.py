@@ -105,10 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals.handled():
         try:
             return _main(argv)
-        except KeyboardInterrupt as e:  # before a run started (flags, imports): nothing was written
+        except KeyboardInterrupt as e:  # info, or dataset (whose files are replaced atomically)
             signum = getattr(e, "signum", None) or signals.received()
-            _say(f"{PROG}: interrupted by {signals.name(signals.exit_code(signum) - 128)} before a run "
-                 f"started; nothing was written")
+            _say(f"{PROG}: interrupted by {signals.name(signals.exit_code(signum) - 128)}; nothing was written")
             return signals.exit_code(signum)
 
 
@@ -221,21 +220,27 @@ def parse_experiment_flags(name: str, argv: Sequence[str]):
 
 def run_experiment(name: str, argv: Sequence[str]) -> int:
     """Parses and checks flags and config, prepares and locks the workdir, refuses one that holds another
-    run's records, enables the compilation cache, and runs ``EXPERIMENTS[name].module.main``. Expected
-    failures are one line on stderr: exit 2 for mistakes in the command (flags, config, workdir), 1 for
-    unusable checkpoints, datasets, metrics or artifacts and for the machine refusing (disk, file size,
-    permissions, memory), 128 + the signal for SIGINT / SIGTERM / SIGHUP (after the training loop
+    run's records, enables the compilation cache, and runs ``EXPERIMENTS[name].module.main``; records
+    the config in the workdir's ``config.json`` once it ran. Expected failures are one line on stderr:
+    exit 2 for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints, datasets,
+    metrics or artifacts, a workdir holding another run's records, and the machine refusing (disk, file
+    size, permissions, memory), 128 + the signal for SIGINT / SIGTERM / SIGHUP (after the training loop
     checkpointed what it had)."""
-    with signals.deferred():  # imports of C extensions (jax, the simulators) are not cut in half
-        config, workdir, fv, module = _start(name, argv)
     from psec_jax import workdir as workdir_lib
 
+    workdir = None  # until the workdir is prepared, a stop has written nothing
     quiet = _OrbaxErrorsReported()
     logging.getLogger("absl").addFilter(quiet)
     try:
+        config, fv, module = _start(name, argv)
+        workdir = _prepare(name, fv.workdir)
         with workdir_lib.lock(workdir):
-            _claim_workdir(workdir, config, getattr(module, "RESUME_MAY_CHANGE", ()))
+            from psec_jax import loop
+
+            may_change = getattr(module, "RESUME_MAY_CHANGE", ())
+            loop.check_workdir_config(workdir, config, may_change)  # before any data is generated
             module.main(config, str(workdir))
+            _record_config(workdir, config)
     except workdir_lib.RecordsConflict as e:  # as resuming a checkpoint with another config: exit 1
         _say(f"{PROG} {name}: error: {e}")
         return 1
@@ -245,9 +250,13 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
         from psec_jax.loop import Interrupted
 
         signum = getattr(e, "signum", None) or signals.received()
-        text = str(e) if isinstance(e, Interrupted) else (
-            f"interrupted by {signals.name(signals.exit_code(signum) - 128)}; every finished stage and "
-            f"checkpoint in {workdir} is kept (rerun to resume)")
+        by = f"interrupted by {signals.name(signals.exit_code(signum) - 128)}"
+        if isinstance(e, Interrupted):
+            text = str(e)
+        elif workdir is None:
+            text = f"{by} before the run started; nothing was written"
+        else:
+            text = f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
         _say(f"{PROG} {name}: {text}")
         return signals.exit_code(signum)
     except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
@@ -274,40 +283,43 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
 
 
 def _start(name: str, argv: Sequence[str]):
-    """Flags, config, multi-process set-up, the workdir, the compilation cache and the experiment's
-    module: ``(config, workdir, flag_values, module)``; UsageError for mistakes."""
-    from psec_jax import workdir as workdir_lib
+    """Flags and config, the experiment's module, multi-process set-up and the compilation cache:
+    ``(config, flag_values, module)``; UsageError for mistakes."""
+    with signals.deferred():  # a signal inside a C extension's import (jax, the simulators) crashed Python
+        config, _, fv = parse_experiment_flags(name, argv)  # (imports the experiment to check its config)
+        from psec_jax import compilation_cache
+        from psec_jax.parallel import distributed
 
-    config, workdir, fv = parse_experiment_flags(name, argv)
-    from psec_jax.parallel import distributed
-
+        module = importlib.import_module(EXPERIMENTS[name].module)
     try:  # before anything starts the backend
         distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
     except ValueError as e:
         raise UsageError(f"{name}: {e}") from None
-    try:
-        workdir = workdir_lib.prepare(workdir)
-    except workdir_lib.WorkdirError as e:
-        raise UsageError(f"{name}: {e}") from None
-    from psec_jax import compilation_cache
-
     if fv.compilation_cache_dir:
         compilation_cache.enable(fv.compilation_cache_dir)
     elif fv.compilation_cache:
         compilation_cache.enable()
-    return config, workdir, fv, importlib.import_module(EXPERIMENTS[name].module)
+    return config, fv, module
 
 
-def _claim_workdir(workdir: Path, config, may_change: Sequence[str]) -> None:
-    """Refuses a workdir whose records belong to another run (``loop.check_workdir_config``), before
-    any data is generated; records this config as the workdir's when no checkpoint there has its own
-    say (the training loop checks those)."""
-    from psec_jax import loop, runs
+def _prepare(name: str, path: str) -> Path:
+    from psec_jax import workdir as workdir_lib
+
+    try:
+        return workdir_lib.prepare(path)
+    except workdir_lib.WorkdirError as e:
+        raise UsageError(f"{name}: {e}") from None
+
+
+def _record_config(workdir: Path, config) -> None:
+    """Writes the config that ran to the workdir's ``config.json`` (the training loop wrote it already
+    where it trains in the workdir itself; PSEC and the LM train in stages/ below it): later runs there
+    are checked against it. Only after the run: a run stopped or failed before it did anything leaves
+    nothing that would refuse a corrected config."""
+    from psec_jax import runs
     from psec_jax.parallel import distributed
 
-    loop.check_workdir_config(workdir, config, may_change)
-    ckpts = workdir / loop.CHECKPOINT_DIR
-    if distributed.is_main() and not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+    if distributed.is_main():
         runs.save_config(workdir, config)
 
 
@@ -328,7 +340,7 @@ def _environment_failure(e: BaseException) -> str | None:
     if what is None:
         return None
     where = " -> ".join(str(f) for f in (e.filename, getattr(e, "filename2", None)) if f)
-    return f"{what}{f' writing {where}' if where else ''}; the workdir keeps the last checkpoint (rerun to resume)"
+    return f"{what}{f': {where}' if where else ''}"
 
 
 class _OrbaxErrorsReported(logging.Filter):

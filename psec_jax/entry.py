@@ -18,20 +18,23 @@ from psec_jax import signals
 
 def main() -> int:
     """Runs ``psec_jax.cli.main`` on ``sys.argv[1:]``; returns its exit code (a stopped run exits here)."""
+    started = False
     with signals.handled():
         try:
             with signals.deferred():  # a signal inside a C extension's import crashed the interpreter
                 from psec_jax import cli
+            started = True
             code = cli.main()
         except BrokenPipeError:  # `psec-jax info | head -1`: the reader left, as SIGPIPE would end us
             code = 128 + 13
-        except KeyboardInterrupt as e:  # still importing: nothing can have been written
+        except KeyboardInterrupt as e:  # still importing (nothing written), or cli.main had returned
             code = signals.exit_code(getattr(e, "signum", None))
-            try:
-                print(f"psec-jax: interrupted by {signals.name(code - 128)} while starting; nothing was written",
-                      file=sys.stderr, flush=True)
-            except (OSError, ValueError):
-                pass
+            if not started:
+                try:
+                    print(f"psec-jax: interrupted by {signals.name(code - 128)} while starting; nothing was "
+                          f"written", file=sys.stderr, flush=True)
+                except (OSError, ValueError):
+                    pass
     if code > 128:  # (no flush of a broken pipe's stdout: it would fail again at exit)
         for stream in (sys.stdout, sys.stderr) if code != 141 else (sys.stderr,):
             try:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -54,28 +55,48 @@ def warn(message: str) -> None:
     progress.say(f"psec_jax: warning: {message}")
 
 
+# what a run leaves in its workdir besides config.json: a config.json beside any of them speaks for them
+RECORDS = (runs.METRICS_FILE, runs.SUMMARY_FILE, "results.json", CHECKPOINT_DIR, "stages", "policies")
+
+
+def holds_records(workdir: str | os.PathLike) -> list[str]:
+    """The names of ``RECORDS`` that ``workdir`` holds (non-empty files and directories); a directory
+    holding only a ``config.json`` holds none (a run stopped before it did anything)."""
+    found = []
+    for name in RECORDS:
+        path = Path(workdir) / name
+        try:
+            if path.is_file() and path.stat().st_size or path.is_dir() and any(path.iterdir()):
+                found.append(name)
+        except OSError:
+            found.append(name)
+    return found
+
+
 def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                          may_change: Sequence[str] = ()) -> None:
-    """RecordsConflict (one line) unless ``workdir``'s records can belong to a run of ``config``: its
-    ``config.json``, if any, differs from ``config`` only in ``may_change``, and a workdir with
-    ``metrics.jsonl`` records has a ``config.json`` to say whose they are. Checkpoints or not."""
+    """RecordsConflict (one line) when ``workdir`` holds another run's records (``holds_records``),
+    checkpoints or not: its ``config.json`` differs from ``config`` in a field not in ``may_change``, or
+    there is no ``config.json`` to say whose they are."""
     workdir = Path(workdir)
+    records = holds_records(workdir)
+    if not records:
+        return
     fresh = f"use a new --workdir, or empty {workdir} to start fresh"
     path = workdir / runs.CONFIG_FILE
-    if path.exists():
-        try:
-            saved = runs.load_config(path)
-        except (ValueError, OSError) as e:
-            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
-                                              f"({runs.one_line(e, with_type=False)}); {fresh}") from None
-        changed = [k for k in config_differences(saved, config) if k not in may_change]
-        if changed:
-            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config (its "
-                                              f"{runs.CONFIG_FILE} differs in {shown}); {fresh}")
-    elif (workdir / runs.METRICS_FILE).is_file() and (workdir / runs.METRICS_FILE).stat().st_size:
-        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {runs.METRICS_FILE} records but no "
+    if not path.exists():
+        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {', '.join(records)} but no "
                                           f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
+    try:
+        saved = runs.load_config(path)
+    except (ValueError, OSError) as e:
+        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
+                                          f"({runs.one_line(e, with_type=False)}); {fresh}") from None
+    changed = [k for k in config_differences(saved, config) if k not in may_change]
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config (its "
+                                          f"{runs.CONFIG_FILE} differs in {shown}); {fresh}")
 
 
 def config_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
@@ -162,9 +183,10 @@ def run_chunks(
             if main:
                 progress.say(f"{desc}: done, step {step} of {total}")
         except KeyboardInterrupt as e:
-            interrupted = _checkpoint_on_interrupt(ckpts, step, state, config, getattr(e, "signum", signal.SIGINT))
-            if main:
-                _rewind_quietly(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
+            with signals.deferred(raise_at_exit=False):  # a second signal does not cut the clean-up
+                interrupted = _checkpoint_on_interrupt(ckpts, step, state, config, getattr(e, "signum", signal.SIGINT))
+                if main:
+                    _rewind_quietly(workdir, interrupted.step or 0)  # a chunk logged but not checkpointed
             raise interrupted from None
         except BaseException:  # e.g. a full disk: keep only the records a rerun can resume from
             with signals.deferred(raise_at_exit=False):
@@ -221,8 +243,13 @@ def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: in
 def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict,
                              signum: int) -> Interrupted:
     """Saves the last finished chunk's ``state`` (at ``step``) unless it is saved already; further
-    signals during this save are held, so they cannot leave a half-written checkpoint."""
+    signals during this save are held, so they cannot leave a half-written checkpoint. In a multi-process
+    run nothing is saved (a save is collective, and the processes may have stopped at different chunks):
+    the newest periodic checkpoint is what a rerun resumes from."""
     problem = ""
+    if jax.process_count() > 1:
+        return Interrupted(ckpts.latest_step(), ckpts.directory, " (the newest periodic checkpoint: a "
+                           "multi-process run saves nothing more on a stop)", signum)
     with signals.deferred(raise_at_exit=False):
         try:
             ckpts.wait()

@@ -163,9 +163,13 @@ class MetricsWriter:
         return record
 
     def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        """Closes the file and flushes the TensorBoard events (a signal meanwhile is held, not lost)."""
+        from psec_jax import signals
+
+        with signals.deferred(raise_at_exit=False):
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
 
     def __enter__(self) -> "MetricsWriter":
         return self

@@ -170,7 +170,7 @@ def test_values_that_cannot_train_are_rejected_before_compiling(tmp_path, capsys
 def test_behavior_refuses_a_workdir_holding_an_earlier_run(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 40000, "return": 12.0}\n')
     line = _one_line_error(capsys, 1, ["behavior", f"--config={CONFIGS}/behavior.py", f"--workdir={tmp_path}"])
-    assert "holds metrics.jsonl records but no config.json" in line
+    assert "holds metrics.jsonl but no config.json" in line
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 40000, "return": 12.0}\n'
 
 

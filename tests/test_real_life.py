@@ -191,6 +191,15 @@ def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path, capsys):
     assert (tmp_path / "metrics.jsonl").read_bytes() == records["metrics.jsonl"]
 
 
+def test_a_run_that_did_nothing_does_not_claim_its_workdir(tmp_path, capsys):
+    """Stopped (or failed) before its first record, a run leaves at most its config.json: a corrected
+    config runs there (a dry run, or a typo found at start-up, must not lock the workdir)."""
+    runs.save_config(tmp_path, tiny_config(num_steps=20))  # all a run stopped at start-up leaves
+    (tmp_path / "checkpoints").mkdir()
+    assert cli.main(_smoke(tmp_path, "--config.train.num_steps=20", "--config.optim.learning_rate=0.1")) == 0
+    assert runs.load_config(tmp_path).optim.learning_rate == 0.1
+
+
 @pytest.mark.parametrize("name", ["1", "999999"])
 def test_numbered_directories_psec_jax_did_not_write_are_never_deleted_or_rejected(tmp_path, capsys, name):
     assert cli.main(_smoke(tmp_path, "--config.train.num_steps=40", "--config.train.max_to_keep=1")) == 0

@@ -203,7 +203,8 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
             return path
         warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating")
     _check_writable(path.parent)
-    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}"):
+    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}",
+                        disable=jax.process_index() != 0):
         generate(recipe, path)
     side.write_text(f"{artifacts.sha256(path)}  {path.name} {policies}\n")
     return path

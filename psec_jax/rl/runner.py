@@ -180,7 +180,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     t_eval = time.perf_counter()
     evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
     with progress.phase(f"{setting.name}: evaluating {len(methods)} methods, {n} seeds x {config.eval.episodes} "
-                        f"episodes"):
+                        f"episodes", disable=jax.process_index() != 0):
         results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
     results = {m: results[m] for m in methods}
     rep = prep.report
