@@ -164,7 +164,8 @@ def info(argv: Sequence[str] = ()) -> int:
     for d in jax.devices():
         print(f"device       {d.id}: {d.device_kind} ({d.platform})")
     if cache is None:
-        print(f"compile cache  off ({compilation_cache.ENV_SWITCH}=0)")
+        why = f"{compilation_cache.ENV_SWITCH}=0" if not compilation_cache.enabled_by_env() else "not usable"
+        print(f"compile cache  off ({why})")
     else:
         entries = sum(1 for _ in cache.iterdir()) if cache.is_dir() else 0
         print(f"compile cache  {cache} ({entries} entries)")

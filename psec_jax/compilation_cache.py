@@ -12,6 +12,7 @@ turns it off.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ENV_DIR = "PSEC_JAX_CACHE_DIR"
@@ -36,15 +37,25 @@ def enabled_by_env() -> bool:
 def enable(directory: str | os.PathLike | None = None) -> Path | None:
     """Points JAX's persistent compilation cache at ``directory`` (or the default) and returns it.
 
-    Returns None, leaving JAX untouched, when the cache is switched off by the environment. Safe to
-    call more than once; must be called before the first compilation to cover it.
+    Returns None, leaving JAX untouched, when the cache is switched off by the environment, or when the
+    directory cannot be created or written (one warning line on stderr: the cache only saves time, so a
+    run goes on without it). Safe to call more than once; must be called before the first compilation
+    to cover it.
     """
     if directory is None and not enabled_by_env():
         return None
     import jax
 
     path = Path(directory).expanduser() if directory is not None else default_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".psec_jax.write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        print(f"psec_jax: warning: compilation cache {path} is not usable ({e.strerror or type(e).__name__}); "
+              f"compiling without it", file=sys.stderr, flush=True)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
 

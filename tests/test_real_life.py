@@ -223,6 +223,21 @@ def test_a_url_workdir_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "gs:").exists()
 
 
+def test_an_unusable_compilation_cache_is_one_warning_and_the_run_goes_on(tmp_path, capsys):
+    from psec_jax import compilation_cache
+
+    before = compilation_cache.current()
+    try:
+        args = _smoke(tmp_path, "--config.train.num_steps=20", f"--compilation_cache_dir={tmp_path / 'f' / 'c'}")
+        (tmp_path / "f").write_text("a file where the cache's parent should be")
+        assert cli.main(args) == 0
+        lines = _messages(capsys.readouterr().err)
+        assert len(lines) == 1 and "compilation cache" in lines[0] and "compiling without it" in lines[0], lines
+    finally:
+        if before is not None:
+            compilation_cache.enable(before)
+
+
 # ----- the machine refusing ------------------------------------------------------------------------------------
 
 def test_a_file_size_limit_during_a_save_is_one_line_and_leaves_nothing_half_written(tmp_path):
