@@ -13,7 +13,6 @@ checkpoints, datasets or saved artifacts, 130 for Ctrl-C.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import platform
@@ -22,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from psec_jax import signals
+from psec_jax import failures, signals
 from psec_jax.experiment_flags import PROG, UsageError
 from psec_jax.experiment_flags import parse as _parse_flags
 
@@ -230,7 +229,7 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     from psec_jax import workdir as workdir_lib
 
     workdir = None  # until the workdir is prepared, a stop has written nothing
-    quiet = _OrbaxErrorsReported()
+    quiet = failures.OrbaxErrorsReported()
     logging.getLogger("absl").addFilter(quiet)
     try:
         config, fv, module = _start(name, argv)
@@ -263,16 +262,11 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
         _say(f"{PROG} {name}: error: {' '.join(str(e).split())}")
         return 1
-    except (OSError, MemoryError) as e:
-        problem = _environment_failure(e)
+    except Exception as e:  # the machine refusing (disk, file size, permissions, memory), else a bug
+        problem = failures.environment_failure(e)
         if problem is None:
             raise
         _say(f"{PROG} {name}: error: {problem}")
-        return 1
-    except Exception as e:  # XLA's out-of-memory is a runtime error of its own type
-        if "RESOURCE_EXHAUSTED" not in str(e):
-            raise
-        _say(f"{PROG} {name}: error: out of memory: {' '.join(str(e).split())[:300]}")
         return 1
     finally:
         logging.getLogger("absl").removeFilter(quiet)
@@ -322,34 +316,6 @@ def _record_config(workdir: Path, config) -> None:
 
     if distributed.is_main():
         runs.save_config(workdir, config)
-
-
-_ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (a file-size limit: ulimit -f)", errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system", errno.EIO: "input/output error",
-    errno.EMFILE: "too many open files (ulimit -n)", errno.ENFILE: "too many open files on the system",
-    errno.ENOMEM: "out of memory",
-}
-
-
-def _environment_failure(e: BaseException) -> str | None:
-    """One line for a failure of the machine a run writes to or runs on, or None for other errors."""
-    if isinstance(e, MemoryError):
-        return "out of memory (MemoryError); use a smaller batch or model, or a machine with more memory"
-    what = _ENVIRONMENT_ERRNOS.get(getattr(e, "errno", None))
-    if what is None:
-        return None
-    where = " -> ".join(str(f) for f in (e.filename, getattr(e, "filename2", None)) if f)
-    return f"{what}{f': {where}' if where else ''}"
-
-
-class _OrbaxErrorsReported(logging.Filter):
-    """Drops Orbax's logged tracebacks: every failed save reaches the run as an exception that the CLI
-    reports in one line (a full disk otherwise prints 300-400 lines of them)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:

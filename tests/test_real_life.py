@@ -289,3 +289,15 @@ def test_a_run_logging_to_a_file_says_where_it_is_and_writes_tensorboard_events(
     assert lines[0] == "smoke: starting at step 0 of 40" and lines[-1] == "smoke: done, step 40 of 40", lines
     assert any(l.startswith("smoke: step 40/40 (100%) loss ") for l in lines), lines
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_environment_failures_are_named_in_one_line():
+    from psec_jax import failures
+
+    full = OSError(28, "No space left on device", "/runs/x/metrics.jsonl")
+    assert failures.environment_failure(full) == "no space left on the device: /runs/x/metrics.jsonl"
+    assert failures.environment_failure(MemoryError()).startswith("out of memory")
+    assert failures.environment_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory\n allocating")) == \
+        "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating"
+    assert failures.environment_failure(OSError(2, "No such file or directory", "x")) is None  # a bug or a typo
+    assert failures.environment_failure(ValueError("bad")) is None
