@@ -185,6 +185,11 @@ def dataset(argv: Sequence[str]) -> int:
     parser.add_argument("--regenerate", action="store_true", help="regenerate even if cached")
     parser.add_argument("--dir", default=None, help="cache directory (default $PSEC_JAX_DATA_DIR "
                         "or ~/.cache/psec_jax/datasets)")
+    moves = parser.add_mutually_exclusive_group()
+    moves.add_argument("--export", metavar="DIR", default=None, help="copy the dataset and its checksum "
+                       "record to DIR (the exact bytes, for a machine that would generate others)")
+    moves.add_argument("--import", dest="import_file", metavar="FILE", default=None, help="install FILE, "
+                       "written by --export (its .sha256 beside it), into the cache as this dataset")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:
@@ -199,9 +204,14 @@ def dataset(argv: Sequence[str]) -> int:
     compilation_cache.enable()
     from psec_jax.data import behavior
 
+    request = dict(seed=args.seed, noise=args.noise, directory=args.dir)
     try:
-        path = datasets.get(args.name, seed=args.seed, noise=args.noise, regenerate=args.regenerate,
-                            directory=args.dir)
+        if args.import_file:
+            path = datasets.import_(args.import_file, args.name, **request)
+        else:
+            path = datasets.get(args.name, regenerate=args.regenerate, **request)
+        if args.export:
+            path = datasets.export(args.name, args.export, **request)
     except (behavior.PolicyError, formats.DatasetError) as e:
         _say(f"{PROG}: error: {' '.join(str(e).split())}")
         return 1

@@ -201,3 +201,28 @@ def test_summary_json_holds_no_bare_nan(tmp_path, capsys):
     assert summary["final_train_mse"] is None
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=no_constants)
+
+
+def test_dataset_export_and_import_move_the_exact_bytes(tmp_path, capsys):
+    name, here, there, moved = "walker-stand-medium-expert-2traj", tmp_path / "here", tmp_path / "there", tmp_path / "usb"
+    assert cli.main(["dataset", name, "--dir", str(here), "--export", str(moved)]) == 0
+    file = moved / f"{name}.hdf5"
+    assert file.read_bytes() == (here / f"{name}.hdf5").read_bytes()
+    assert cli.main(["dataset", name, "--dir", str(there), "--import", str(file)]) == 0
+    assert (there / f"{name}.hdf5").read_bytes() == file.read_bytes()
+    capsys.readouterr()
+    # another dataset's name, a damaged copy, other behaviour policies: one line each, nothing installed
+    line = _one_line_error(capsys, 1, ["dataset", "walker-stand-medium-expert-3traj", "--dir", str(tmp_path / "x"),
+                                       "--import", str(file)])
+    assert "holds walker-stand-medium-expert-2traj" in line
+    side = moved / f"{name}.hdf5.sha256"
+    sha, fname, policies = side.read_text().split()
+    side.write_text(f"{sha}  {fname} {'0' * 64}\n")
+    assert "other behaviour policies" in _one_line_error(capsys, 1, ["dataset", name, "--dir", str(tmp_path / "y"),
+                                                                      "--import", str(file)])
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 1
+    file.write_bytes(bytes(data))
+    assert "damaged in transfer" in _one_line_error(capsys, 1, ["dataset", name, "--dir", str(tmp_path / "z"),
+                                                               "--import", str(file)])
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

@@ -36,6 +36,7 @@ import math
 import numbers
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -208,6 +209,70 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
         generate(recipe, path)
     side.write_text(f"{artifacts.sha256(path)}  {path.name} {policies}\n")
     return path
+
+
+def _copy_atomic(source: Path, dest: Path) -> None:
+    """``source``'s bytes at ``dest`` through a temporary file and a rename (never half a file there)."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export(name: str, destination: str | os.PathLike, *, seed: int = 0, noise: float = 0.0,
+           directory: str | os.PathLike | None = None) -> Path:
+    """Copies the named dataset (from the cache, generated first if absent) into the directory
+    ``destination`` with its ``.sha256`` record (the file's sha256, its name, the behaviour policies'
+    checksum): the exact bytes, for ``import_`` on a machine whose XLA would generate other ones.
+    Returns the copy's path."""
+    path = get(name, seed=seed, noise=noise, directory=directory)
+    dest = Path(destination)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(path, dest / path.name)
+        _copy_atomic(_sidecar(path), _sidecar(dest / path.name))
+    except OSError as e:
+        raise formats.DatasetError(f"cannot export {name} to {dest}: {e.strerror or e}") from None
+    return dest / path.name
+
+
+def import_(file: str | os.PathLike, name: str, *, seed: int = 0, noise: float = 0.0,
+            directory: str | os.PathLike | None = None) -> Path:
+    """Installs ``file``, a dataset written by ``export`` (its ``.sha256`` record beside it), into the
+    cache as the named dataset, so ``get`` returns these bytes instead of generating its own. DatasetError
+    (one line) unless the file matches its recorded sha256, holds the dataset ``name`` / ``seed`` /
+    ``noise`` asks for, and was generated from the behaviour policies this checkout has. Returns the
+    cached path."""
+    recipe = parse(name, seed=seed, noise=noise)
+    file, side = Path(file), _sidecar(Path(file))
+    if not file.is_file() or not side.is_file():
+        raise formats.DatasetError(f"cannot import {file}: it needs the file and its {side.name} beside it "
+                                   f"(as `psec-jax dataset NAME --export DIR` writes them)")
+    recorded = side.read_text().split()
+    if len(recorded) != 3:
+        raise formats.DatasetError(f"cannot import {file}: {side} is not a dataset record (sha256, name, "
+                                   f"policies)")
+    if artifacts.sha256(file) != recorded[0]:
+        raise formats.DatasetError(f"cannot import {file}: its sha256 {artifacts.sha256(file)[:12]}... is not "
+                                   f"the {recorded[0][:12]}... recorded in {side.name} (damaged in transfer?)")
+    _, meta = formats.load_d4rl(file)
+    theirs = (meta.get("name"), int(meta.get("seed", -1)), float(meta.get("noise", math.nan)))
+    if theirs != (recipe.name, recipe.seed, recipe.noise):
+        raise formats.DatasetError(f"cannot import {file}: it holds {theirs[0]} (seed {theirs[1]}, noise "
+                                   f"{theirs[2]!r}), not {recipe.name} (seed {recipe.seed}, noise {recipe.noise!r})")
+    policies = policy_checksum(recipe.env)
+    if recorded[2] != policies:
+        raise formats.DatasetError(f"cannot import {file}: it was generated from other behaviour policies "
+                                   f"({recorded[2][:12]}...) than this checkout's ({policies[:12]}...)")
+    dest = Path(directory or cache_dir()) / recipe.filename
+    _check_writable(dest.parent)
+    _copy_atomic(file, dest)
+    dest_side = _sidecar(dest)
+    dest_side.write_text(f"{recorded[0]}  {dest.name} {policies}\n")
+    return dest
 
 
 def load(name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
