@@ -220,3 +220,12 @@ def test_combine_under_jit_propagates_nan(bases, stacked, method):
             assert np.isnan(np.asarray(kernel)).all(), (method, name)
     for kernel in lora.flatten(merged(jnp.array([1.0, 0.2, 0.5]))).values():
         assert np.isfinite(np.asarray(kernel)).all()
+
+
+@pytest.mark.parametrize("factor", [True, 0.0, -1.0, float("nan"), float("inf"), "1.25"])
+def test_capacity_factor_refuses_values_that_are_not_a_positive_number(factor):
+    from psec_jax.moe import grouped
+
+    with pytest.raises(ValueError, match="capacity_factor"):
+        grouped.capacity_of(64, 8, factor, 2)
+    assert grouped.capacity_of(64, 8, 1.25, 2) == 20  # ceil(1.25 * 64 * 2 / 8)

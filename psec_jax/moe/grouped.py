@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -104,7 +105,11 @@ class Sorted(NamedTuple):
 
 def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: float) -> int:
     """Static per-expert capacity ceil(capacity_factor * T * k / E) (at least 1) of a fixed-size buffer
-    (the `capacity` back-end; `expert_parallel`, per device)."""
+    (the `capacity` back-end; `expert_parallel`, per device). ValueError for a capacity_factor or k that
+    is not a finite number > 0 (a bool, NaN or 0 would quietly become capacity 1)."""
+    for name, v in (("capacity_factor", capacity_factor), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
 
 
