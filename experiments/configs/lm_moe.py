@@ -59,7 +59,9 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)
-    config.model.gather_weights = None  # FSDP: gather layer weights where used; None: yes, except on CPU meshes
+    # FSDP: gather layer weights where used; None: yes, except on CPU meshes (a placeholder, so that
+    # --config.model.gather_weights=true|false can set it: ml-collections refuses to override a plain None)
+    config.model.gather_weights = ml_collections.config_dict.placeholder(bool)
 
     config.router = ml_collections.ConfigDict()
     config.router.p = 0.4  # top-p threshold of the main top-p run (the paper's)
