@@ -284,3 +284,10 @@ def test_the_duplicate_methods_of_a_psec_table_are_refused(tmp_path, capsys):
 ])
 def test_behavior_refuses_sac_sizes_before_building_the_env(tmp_path, capsys, overrides, message):
     assert message in refused(capsys, tmp_path, "behavior", BEHAVIOR, *overrides)
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])
+def test_lm_gather_weights_can_be_set_from_the_command_line(value, expected):
+    config, _, _ = cli.parse_experiment_flags("lm_moe", ["--config=experiments/configs/lm_moe.py:tiny", "--workdir=w",
+                                                         f"--config.model.gather_weights={value}"])
+    assert config.model.gather_weights is expected
