@@ -288,6 +288,7 @@ def test_behavior_refuses_sac_sizes_before_building_the_env(tmp_path, capsys, ov
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])
 def test_lm_gather_weights_can_be_set_from_the_command_line(value, expected):
-    config, _, _ = cli.parse_experiment_flags("lm_moe", ["--config=experiments/configs/lm_moe.py:tiny", "--workdir=w",
+    lm_config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "lm_moe.py"
+    config, _, _ = cli.parse_experiment_flags("lm_moe", [f"--config={lm_config}:tiny", "--workdir=w",
                                                          f"--config.model.gather_weights={value}"])
     assert config.model.gather_weights is expected
