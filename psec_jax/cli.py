@@ -266,7 +266,10 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
         elif workdir is None:
             text = f"{by} before the run started; nothing was written"
         else:
-            text = f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
+            from psec_jax.loop import holds_records
+
+            text = (f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
+                    if holds_records(workdir) else f"{by} before anything was saved in {workdir}")
         _say(f"{PROG} {name}: {text}")
         return signals.exit_code(signum)
     except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
