@@ -3,7 +3,6 @@ moment, reused workdirs, directories the run did not write, full disks and file-
 log files, TensorBoard events, URL workdirs. Each CLI case checks the exit code and that stderr says
 it in one line."""
 
-import json
 import os
 import signal
 import subprocess
