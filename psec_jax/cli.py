@@ -249,6 +249,8 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
 
             may_change = getattr(module, "RESUME_MAY_CHANGE", ())
             loop.check_workdir_config(workdir, config, may_change)  # before any data is generated
+            if not loop.holds_records(workdir):  # a run stopped halfway resumes against it
+                _record_config(workdir, config)
             module.main(config, str(workdir))
             _record_config(workdir, config)
     except workdir_lib.RecordsConflict as e:  # as resuming a checkpoint with another config: exit 1
@@ -320,10 +322,11 @@ def _prepare(name: str, path: str) -> Path:
 
 
 def _record_config(workdir: Path, config) -> None:
-    """Writes the config that ran to the workdir's ``config.json`` (the training loop wrote it already
-    where it trains in the workdir itself; PSEC and the LM train in stages/ below it): later runs there
-    are checked against it. Only after the run: a run stopped or failed before it did anything leaves
-    nothing that would refuse a corrected config."""
+    """Writes the config of the run to the workdir's ``config.json``: at the start of a workdir without
+    records (a PSEC or LM run stopped halfway resumes against it; a config.json without records refuses
+    nothing, so a corrected config can follow a run stopped at start-up), and after the run (where it
+    changed fields a rerun may change). Where there are records, their config.json is what the checks
+    before and the training loop's own compare with, and a refused run leaves it as it was."""
     from psec_jax import runs
     from psec_jax.parallel import distributed
 

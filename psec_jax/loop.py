@@ -57,6 +57,9 @@ def warn(message: str) -> None:
 
 # what a run leaves in its workdir besides config.json: a config.json beside any of them speaks for them
 RECORDS = (runs.METRICS_FILE, runs.SUMMARY_FILE, "results.json", CHECKPOINT_DIR, "stages", "policies")
+# the records only the workdir's config.json can vouch for (each of stages/ keeps its own config.json and
+# checkpoints, which the training loop checks; a workdir of an older psec_jax has no top-level one)
+OWNED_BY_CONFIG = (runs.METRICS_FILE, runs.SUMMARY_FILE, CHECKPOINT_DIR)
 
 
 def holds_records(workdir: str | os.PathLike) -> list[str]:
@@ -77,7 +80,7 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
                          may_change: Sequence[str] = ()) -> None:
     """RecordsConflict (one line) when ``workdir`` holds another run's records (``holds_records``),
     checkpoints or not: its ``config.json`` differs from ``config`` in a field not in ``may_change``, or
-    there is no ``config.json`` to say whose they are."""
+    there is no ``config.json`` to say whose its ``OWNED_BY_CONFIG`` records are."""
     workdir = Path(workdir)
     records = holds_records(workdir)
     if not records:
@@ -85,8 +88,11 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
     fresh = f"use a new --workdir, or empty {workdir} to start fresh"
     path = workdir / runs.CONFIG_FILE
     if not path.exists():
-        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {', '.join(records)} but no "
-                                          f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
+        unowned = [r for r in records if r in OWNED_BY_CONFIG]
+        if unowned:
+            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {', '.join(unowned)} but no "
+                                              f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
+        return
     try:
         saved = runs.load_config(path)
     except (ValueError, OSError) as e:

@@ -300,3 +300,18 @@ def test_environment_failures_are_named_in_one_line():
         "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating"
     assert failures.environment_failure(OSError(2, "No such file or directory", "x")) is None  # a bug or a typo
     assert failures.environment_failure(ValueError("bad")) is None
+
+
+def test_a_multi_stage_workdir_resumes_and_one_of_an_older_psec_jax_is_not_refused(tmp_path):
+    """A PSEC / LM workdir keeps its records in stages/ (each with its own config.json and checkpoints):
+    one stopped halfway has the top-level config.json written at its start; one written before
+    config.json existed at the top is left to the stages' own checks."""
+    config = tiny_config(num_steps=20)
+    (tmp_path / "stages" / "pretrain").mkdir(parents=True)
+    (tmp_path / "stages" / "pretrain" / "config.json").write_text("{}")
+    loop.check_workdir_config(tmp_path, config)  # an older psec_jax's workdir: no top-level config.json
+    runs.save_config(tmp_path, config)
+    loop.check_workdir_config(tmp_path, config)  # resuming with the same config
+    config.optim.learning_rate = 0.5
+    with pytest.raises(loop.workdir_lib.RecordsConflict, match="optim.learning_rate"):
+        loop.check_workdir_config(tmp_path, config)
