@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from psec_jax import workdir
+
 ENV_DIR = "PSEC_JAX_CACHE_DIR"
 ENV_SWITCH = "PSEC_JAX_COMPILATION_CACHE"
 
@@ -47,11 +49,8 @@ def enable(directory: str | os.PathLike | None = None) -> Path | None:
     import jax
 
     path = Path(directory).expanduser() if directory is not None else default_cache_dir()
-    probe = path / f".psec_jax.write-test-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        workdir.check_writable(path)
     except OSError as e:
         print(f"psec_jax: warning: compilation cache {path} is not usable ({e.strerror or type(e).__name__}); "
               f"compiling without it", file=sys.stderr, flush=True)

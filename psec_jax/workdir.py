@@ -64,13 +64,22 @@ def prepare(path: str | os.PathLike) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"workdir {path} cannot be created: {_reason(e)}") from None
-    probe = path / f".psec_jax.write-test-{os.getpid()}"
-    try:  # os.access is not enough: root passes it on read-only mounts, ACLs can refuse it
-        probe.write_bytes(b"")
-        probe.unlink()
+    try:
+        check_writable(path)
     except OSError as e:
         raise WorkdirError(f"workdir {path} is not writable: {_reason(e)}") from None
     return path
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Creates ``directory`` (and its parents) if needed and a file in it, then removes the file; OSError
+    when the system refuses. os.access is not enough: root passes it on read-only mounts, ACLs can
+    refuse it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".psec_jax.write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 @contextlib.contextmanager

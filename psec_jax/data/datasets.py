@@ -37,7 +37,6 @@ import numbers
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ import jax
 import numpy as np
 
 import psec_jax
-from psec_jax import artifacts, envs as envs_lib, prng, progress
+from psec_jax import artifacts, envs as envs_lib, prng, progress, workdir
 from psec_jax.data import behavior, collect, formats
 
 KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
@@ -181,9 +180,7 @@ def _check_writable(directory: Path) -> None:
     """DatasetError naming ``directory`` and the system's reason unless a file can be created in it:
     found before minutes of rollouts, not after."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
+        workdir.check_writable(directory)
     except OSError as e:
         raise formats.DatasetError(f"cannot write the dataset cache {directory}: {e.strerror or e}; choose "
                                    f"another with $PSEC_JAX_DATA_DIR or --dir") from None
