@@ -243,7 +243,7 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     logging.getLogger("absl").addFilter(quiet)
     try:
         config, fv, module = _start(name, argv)
-        workdir = _prepare(name, fv.workdir)
+        workdir = workdir_lib.prepare(fv.workdir)  # (a WorkdirError is a UsageError, below)
         with workdir_lib.lock(workdir):
             from psec_jax import loop
 
@@ -259,19 +259,17 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     except workdir_lib.WorkdirError as e:
         raise UsageError(f"{name}: {e}") from None
     except KeyboardInterrupt as e:  # loop.Interrupted says what was saved
-        from psec_jax.loop import Interrupted
+        from psec_jax import loop
 
         signum = getattr(e, "signum", None) or signals.received()
         by = f"interrupted by {signals.name(signals.exit_code(signum) - 128)}"
-        if isinstance(e, Interrupted):
+        if isinstance(e, loop.Interrupted):
             text = str(e)
         elif workdir is None:
             text = f"{by} before the run started; nothing was written"
         else:
-            from psec_jax.loop import holds_records
-
             text = (f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
-                    if holds_records(workdir) else f"{by} before anything was saved in {workdir}")
+                    if loop.holds_records(workdir) else f"{by} before anything was saved in {workdir}")
         _say(f"{PROG} {name}: {text}")
         return signals.exit_code(signum)
     except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
@@ -310,15 +308,6 @@ def _start(name: str, argv: Sequence[str]):
     elif fv.compilation_cache:
         compilation_cache.enable()
     return config, fv, module
-
-
-def _prepare(name: str, path: str) -> Path:
-    from psec_jax import workdir as workdir_lib
-
-    try:
-        return workdir_lib.prepare(path)
-    except workdir_lib.WorkdirError as e:
-        raise UsageError(f"{name}: {e}") from None
 
 
 def _record_config(workdir: Path, config) -> None:

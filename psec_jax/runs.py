@@ -16,10 +16,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+
+from psec_jax import signals
+from psec_jax.progress import Progress
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -84,16 +87,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Writes ``obj`` as indented JSON via a temporary file and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
+    text = dumps(obj, indent=2, sort_keys=True) + "\n"
+    replace_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 
-def replace_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
-    new one, and a failed write (full disk, file-size limit) leaves the old file and no temporary."""
+def replace_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` into a temporary sibling of ``path``, then a rename onto ``path``: readers see the
+    old file or the new one, and a failed write (full disk, file-size limit) leaves the old file and no
+    temporary."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -164,8 +169,6 @@ class MetricsWriter:
 
     def close(self) -> None:
         """Closes the file and flushes the TensorBoard events (a signal meanwhile is held, not lost)."""
-        from psec_jax import signals
-
         with signals.deferred(raise_at_exit=False):
             self._file.close()
             if self._tb is not None:
@@ -220,7 +223,7 @@ def rewind_metrics(workdir: str | os.PathLike, last_step: int, filename: str = M
             kept.append(line if line.endswith("\n") else line + "\n")
             records.append(record)
     if len(kept) != len(lines):
-        replace_atomic(path, "".join(kept))
+        replace_atomic(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
     return records
 
 
@@ -228,8 +231,6 @@ def progress(total: int, desc: str = "", initial: int = 0, unit: str = "step", d
     """Progress on stderr for long loops (``psec_jax.progress.Progress``): a bar on a terminal, one
     flushed line per update (at most one a second) in a log file; nothing when ``disable`` (every
     process of a multi-process run but the first)."""
-    from psec_jax.progress import Progress
-
     return Progress(total, desc=desc, initial=initial, unit=unit, disable=disable)
 
 

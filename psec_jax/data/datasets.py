@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 import psec_jax
-from psec_jax import artifacts, envs as envs_lib, prng, progress, workdir
+from psec_jax import artifacts, envs as envs_lib, prng, progress, runs, workdir
 from psec_jax.data import behavior, collect, formats
 
 KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
@@ -209,14 +209,8 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
 
 
 def _copy_atomic(source: Path, dest: Path) -> None:
-    """``source``'s bytes at ``dest`` through a temporary file and a rename (never half a file there)."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``source``'s bytes at ``dest``, never half a file there (``runs.replace_atomic``)."""
+    runs.replace_atomic(dest, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def export(name: str, destination: str | os.PathLike, *, seed: int = 0, noise: float = 0.0,
@@ -252,8 +246,9 @@ def import_(file: str | os.PathLike, name: str, *, seed: int = 0, noise: float =
     if len(recorded) != 3:
         raise formats.DatasetError(f"cannot import {file}: {side} is not a dataset record (sha256, name, "
                                    f"policies)")
-    if artifacts.sha256(file) != recorded[0]:
-        raise formats.DatasetError(f"cannot import {file}: its sha256 {artifacts.sha256(file)[:12]}... is not "
+    sha = artifacts.sha256(file)
+    if sha != recorded[0]:
+        raise formats.DatasetError(f"cannot import {file}: its sha256 {sha[:12]}... is not "
                                    f"the {recorded[0][:12]}... recorded in {side.name} (damaged in transfer?)")
     _, meta = formats.load_d4rl(file)
     theirs = (meta.get("name"), int(meta.get("seed", -1)), float(meta.get("noise", math.nan)))
