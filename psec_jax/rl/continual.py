@@ -18,7 +18,7 @@ import ml_collections
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
 from psec_jax.rl import methods as M
-from psec_jax.rl import runner
+from psec_jax.rl import pipeline, runner
 
 # task name -> (skills learned before the target, target task); pi_0 is always pretrained on stand
 TASKS = {
@@ -47,8 +47,6 @@ def skill_data_name(config: ml_collections.ConfigDict, task: str) -> str:
 def check(config: ml_collections.ConfigDict) -> None:
     """ValueError (one line) for a task, dataset name or template this setting cannot use (names only:
     nothing is generated)."""
-    from psec_jax.data import datasets
-
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {sorted(TASKS)}")
     if config.skill_trajectories < 1:
@@ -62,10 +60,7 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.skill_data={config.skill_data!r} is not a template with {{task}} and {{n}} "
                              f"({type(e).__name__}: {e})") from None
     for field, (name, env) in names.items():
-        try:
-            recipe = datasets.parse(name)
-        except ValueError as e:
-            raise ValueError(f"config.{field}: {e}") from None
+        recipe = pipeline.data_recipe(field, name)
         if recipe.env != env:
             raise ValueError(f"config.{field}={name!r} is data of {recipe.env}, not {env}")
 

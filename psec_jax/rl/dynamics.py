@@ -27,7 +27,7 @@ from psec_jax import prng
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import EPISODE_LENGTH, Env
 from psec_jax.rl import methods as M
-from psec_jax.rl import report, runner
+from psec_jax.rl import pipeline, report, runner
 from psec_jax.rl.continual import load_data
 
 SKILL = "target"  # name of the skill in the saved library
@@ -63,10 +63,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.source_data / target_data: not a template with {{env}}, {{variant}} and {{kind}} "
                          f"({type(e).__name__}: {e})") from None
     for field, name, variant in (("source_data", names[0], config.variant), ("target_data", names[1], "nominal")):
-        try:
-            recipe = datasets.parse(name)
-        except ValueError as e:
-            raise ValueError(f"config.{field}: {e}") from None
+        recipe = pipeline.data_recipe(field, name)
         if recipe.env != config.env or recipe.variant != variant:
             raise ValueError(f"config.{field}={name!r} is not {config.env} with {variant} dynamics")
 

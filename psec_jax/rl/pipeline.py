@@ -51,6 +51,17 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
                            desc=desc)
 
 
+def data_recipe(field: str, name: str):
+    """The ``datasets.Recipe`` of dataset ``name``, given by ``config.<field>``; ValueError naming the field
+    when it does not parse (a name only: nothing is generated)."""
+    from psec_jax.data import datasets
+
+    try:
+        return datasets.parse(name)
+    except ValueError as e:
+        raise ValueError(f"config.{field}: {e}") from None
+
+
 def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], critic_fields: tuple[str, ...]
                  ) -> None:
     """ConfigError (one line) for values no PSEC setting can train with: seeds, evaluation, the protocol

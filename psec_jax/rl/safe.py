@@ -27,7 +27,7 @@ import numpy as np
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import EPISODE_LENGTH, Env
 from psec_jax.rl import methods as M
-from psec_jax.rl import report, runner
+from psec_jax.rl import pipeline, report, runner
 from psec_jax.rl.continual import load_data
 
 SKILLS = ("reward", "cost")  # order of the skills in the composed stack
@@ -63,7 +63,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     """ValueError (one line) for a cost limit, body or dataset name this setting cannot use (names only:
     nothing is generated)."""
     from psec_jax import envs
-    from psec_jax.data import datasets
 
     if not config.cost_limit > 0:
         raise ValueError(f"config.cost_limit must be > 0, got {config.cost_limit}")
@@ -74,10 +73,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"config.data={config.data!r} is not a template with {{env}} ({type(e).__name__}: {e})"
                          ) from None
-    try:
-        recipe = datasets.parse(name)
-    except ValueError as e:
-        raise ValueError(f"config.data: {e}") from None
+    recipe = pipeline.data_recipe("data", name)
     if recipe.env != config.env:
         raise ValueError(f"config.data={name!r} is not data of config.env={config.env!r}")
 
