@@ -26,44 +26,43 @@ from experiments import psec_continual_summary
 from experiments.psec_continual_summary import RESULTS
 
 CONFIG = "experiments/configs/psec_continual.py"
-SCRATCH_AND_PSEC = "--config.methods=scratch,psec"
 
 
 class Run(NamedTuple):
     arg: str  # SIZE,PROTOCOL of the config
     flags: tuple[str, ...] = ()  # --config.* overrides
-    after: str = ""  # the run whose pi_0 this one builds on (same protocol and pi_0 data)
+    after: str = ""  # the run whose pi_0s this one builds on (same protocol, pi_0 data and seeds)
+    library: str = ""  # the run whose LoRA skills this one loads instead of training them (its skills' names)
+
+
+PAPER = "small,paper_protocol"
+HEADLINE = "scratch,asec,nsec,psec_fixed,psec"  # psec_mlp (an MLP adapter per skill) is left to a later round
 
 
 def _runs() -> dict[str, Run]:
+    """Round two: every seed trains its own pi_0 (in s2w_paper and s2w_default; the others build on
+    s2w_paper's, seed by seed) and skills learned once are loaded where a later run needs them (the same
+    pi_0, data and stage keys would train them again bit for bit)."""
     runs: dict[str, Run] = {}
-    for protocol, arg in (("default", "small"), ("paper", "small,paper_protocol")):
-        for task, short in (("stand_walk", "s2w"), ("stand_run", "s2r"), ("stand_walk_run", "sw2r")):
-            flags = () if task == "stand_walk" else (f"--config.task={task}",)
-            runs[f"{short}_{protocol}"] = Run(arg, flags, "" if task == "stand_walk" else f"s2w_{protocol}")
-        for n in (1, 3, 30, 50, 100):  # target data (10 = the s2w run)
-            runs[f"data{n}_{protocol}"] = Run(arg, (f"--config.skill_trajectories={n}", SCRATCH_AND_PSEC),
-                                              f"s2w_{protocol}")
-    for rank in (4, 16, 32):  # LoRA rank under the paper protocol (8 = the s2w run)
-        runs[f"rank{rank}_paper"] = Run("small,paper_protocol", (f"--config.network.lora_rank={rank}",
-                                                                 "--config.methods=psec"), "s2w_paper")
-    # why the learned composer trails fixed weights under the paper protocol: its alpha regulariser
-    runs["noreg_paper"] = Run("small,paper_protocol", ("--config.compose.alpha_reg=0.0", "--config.methods=psec"),
-                              "s2w_paper")
-    # return vs gradient steps of each new skill (6000 = the s2w run): what reaching a return costs
-    for steps in (1000, 2000):
-        runs[f"steps{steps}_paper"] = Run("small,paper_protocol", (
-            f"--config.expand.steps={steps}", "--config.methods=scratch,psec_mlp,psec_fixed,psec"), "s2w_paper")
-    # what decides scratch vs PSEC: observation normalisation x pi_0 strength, the rest of the paper
-    # protocol fixed (raw + strong is s2w_paper). Raw scratch does not depend on pi_0; standardised scratch
-    # does (its normaliser is fitted on pi_0's data), so norm_weak trains its own
-    weak = ("--config.base_data=walker-stand-medium-expert-40traj", "--config.pretrain.steps=10000")
-    # (PSEC-fixed beside PSEC: the same skill without the composer, whose regulariser decides on its own)
-    runs["norm_strong_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True",
-                                                             "--config.methods=scratch,psec_fixed,psec"))
-    runs["raw_weak_paper"] = Run("small,paper_protocol", (*weak, "--config.methods=psec_fixed,psec"))
-    runs["norm_weak_paper"] = Run("small,paper_protocol", ("--config.obs_norm=True", *weak,
-                                                           "--config.methods=scratch,psec_fixed,psec"))
+    # the headline tables: 10 independent seeds x 10 episodes
+    runs["s2w_paper"] = Run(PAPER, (f"--config.methods={HEADLINE}",))
+    runs["sw2r_paper"] = Run(PAPER, ("--config.task=stand_walk_run", "--config.methods=scratch,asec,psec_fixed,psec"),
+                             "s2w_paper", "s2w_paper")  # trains the run skill, loads walk
+    # stand -> run composes sw2r's run skill alone; its scratch baseline is sw2r's (the same target data)
+    runs["s2r_paper"] = Run(PAPER, ("--config.task=stand_run", "--config.methods=asec,psec_fixed,psec"),
+                            "s2w_paper", "sw2r_paper")
+    runs["s2w_default"] = Run("small", ("--config.methods=scratch,psec_fixed,psec",))
+    # does the composer find its regulariser's optimum given more steps? stand + walk -> run, batch 256
+    for steps in (1000, 5000, 20000):
+        runs[f"compose{steps}_paper"] = Run(PAPER, (
+            "--config.task=stand_walk_run", f"--config.compose.steps={steps}", "--config.compose.batch_size=256",
+            "--config.num_seeds=5", "--config.methods=psec"), "s2w_paper", "sw2r_paper")
+    # when is scratch as weak as the paper's (58.9 on stand -> walk)? its gradient steps x target data
+    for n in (1, 10):
+        for steps in (1000, 2000, 6000, 20000):
+            runs[f"scratch{steps}_data{n}_paper"] = Run(PAPER, (
+                f"--config.skill_trajectories={n}", f"--config.expand.steps={steps}", "--config.num_seeds=5",
+                "--config.methods=scratch"))
     return runs
 
 
@@ -73,8 +72,9 @@ RUNS = _runs()
 def command(name: str, root: Path) -> list[str]:
     """The `psec-jax psec_continual` command line of run ``name`` with its workdir under ``root``."""
     run = RUNS[name]
-    pretrained = [f"--config.pretrained={root / run.after / 'policies' / 'pi0'}"] if run.after else []
-    return ["psec-jax", "psec_continual", f"--config={CONFIG}:{run.arg}", *run.flags, *pretrained,
+    given = [f"--config.pretrained={root / run.after / 'policies' / 'pi0'}"] if run.after else []
+    given += [f"--config.library={root / run.library / 'policies' / 'library_seed0'}"] if run.library else []
+    return ["psec-jax", "psec_continual", f"--config={CONFIG}:{run.arg}", *run.flags, *given,
             f"--workdir={root / name}"]
 
 
@@ -123,6 +123,8 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
         saved = json.loads((root / name / "results.json").read_text())
         row = {}
         for method, stage in (("psec", "expand_lora_walk"), ("psec_mlp", "expand_mlp_walk"), ("scratch", "scratch")):
+            if method not in saved["methods"] or not (stages / stage / "metrics.jsonl").is_file():
+                continue
             records = [json.loads(line) for line in (stages / stage / "metrics.jsonl").read_text().splitlines()]
             steps = records[-1]["step"]
             seconds = sum((b["step"] - a) / b["steps_per_sec"] for a, b in zip([0] + [r["step"] for r in records], records))

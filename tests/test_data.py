@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from psec_jax import envs
-from psec_jax.data import OfflineData, behavior, collect, datasets, formats, sac
+from psec_jax.data import OfflineData, behavior, collect, datasets, formats, pinned, sac
 from psec_jax.data.normalize import Normalizer, RunningMoments
 from psec_jax.testing import assert_no_recompile, count_compilations
 
@@ -197,6 +197,7 @@ def test_generate_cache_and_verify(tmp_path, monkeypatch):
     calls = []
     real = datasets.generate
     monkeypatch.setattr(datasets, "generate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(pinned, "applies", lambda: False)  # generate in this process
     path = datasets.get("walker-stand-medium-expert-2traj", directory=tmp_path)
     data, meta = formats.load_d4rl(path)
     assert meta["num_episodes"] == 2 and len(data["rewards"]) == 2000 == meta["num_transitions"]

@@ -12,7 +12,7 @@ import pytest
 
 from lora_helpers import TwoLayer, random_library
 from psec_jax import artifacts, lora
-from psec_jax.data import datasets, formats
+from psec_jax.data import datasets, formats, pinned
 from psec_jax.rl import policy, saving
 
 X = jax.random.normal(jax.random.key(42), (6, 8))
@@ -114,6 +114,7 @@ def _fake_generate(calls):
 def test_nearby_noises_get_their_own_cache_files(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(datasets, "generate", _fake_generate(calls))
+    monkeypatch.setattr(pinned, "applies", lambda: False)  # generate in this process
     a = datasets.get("walker-stand-expert-2traj", noise=0.5, directory=tmp_path)
     b = datasets.get("walker-stand-expert-2traj", noise=0.5000001, directory=tmp_path)
     assert a != b and len(calls) == 2 and [r.noise for r in calls] == [0.5, 0.5000001]
@@ -151,12 +152,14 @@ def test_parse_refuses_bad_noise_and_seed(kwargs, message):
 ])
 def test_impossible_trajectory_counts_fail_before_any_rollout(name, message, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setattr(pinned, "applies", lambda: False)  # generate in this process
     with pytest.raises(ValueError, match=message):
         datasets.get(name, directory=tmp_path)
 
 
 def test_unwritable_cache_fails_before_generating(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    monkeypatch.setattr(pinned, "applies", lambda: False)  # generate in this process
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(formats.DatasetError, match="cannot write the dataset cache") as err:

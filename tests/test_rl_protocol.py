@@ -143,10 +143,14 @@ def test_sweep_commands_and_summary(tmp_path):
     from experiments import psec_continual_summary
     from experiments import psec_continual_sweep as sweep
 
-    cmd = sweep.command("data3_paper", Path("runs/x"))
-    assert "--config.skill_trajectories=3" in cmd and "--config.pretrained=runs/x/s2w_paper/policies/pi0" in cmd
-    assert cmd[2].endswith(":small,paper_protocol") and cmd[-1] == "--workdir=runs/x/data3_paper"
+    cmd = sweep.command("s2r_paper", Path("runs/x"))
+    assert "--config.task=stand_run" in cmd and "--config.pretrained=runs/x/s2w_paper/policies/pi0" in cmd
+    assert "--config.library=runs/x/sw2r_paper/policies/library_seed0" in cmd
+    assert cmd[2].endswith(":small,paper_protocol") and cmd[-1] == "--workdir=runs/x/s2r_paper"
     assert all(sweep.RUNS[r.after].after == "" for r in sweep.RUNS.values() if r.after)  # one level deep
+    # a library is loaded onto the pi_0s it was trained on
+    assert all(r.library in (r.after, *[n for n, o in sweep.RUNS.items() if o.after == r.after])
+               for r in sweep.RUNS.values() if r.library)
 
     def fake(methods, value):
         row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2],
@@ -204,8 +208,12 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
     for parent in {r.after for r in sweep.RUNS.values() if r.after}:
         c = continual_config.get_config(sweep.RUNS[parent].arg)
         normalizer = Normalizer(np.zeros(24), 2 * np.ones(24)) if c.obs_norm else Normalizer.identity(24)
-        saving.save_base(tmp_path / parent / "policies" / "pi0", params, ml_collections.ConfigDict(meta["network"]),
-                         24, 6, normalizer, data=c.base_data)
+        for i in range(c.num_seeds):  # each seed's own pi_0, as a run with independent seeds saves them
+            saving.save_base(tmp_path / parent / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"), params,
+                             ml_collections.ConfigDict(meta["network"]), 24, 6, normalizer, data=c.base_data)
+    for parent in {r.library for r in sweep.RUNS.values() if r.library}:  # check_config looks for each seed's
+        for i in range(10):
+            (tmp_path / parent / "policies" / f"library_seed{i}").mkdir(parents=True, exist_ok=True)
     for name in sweep.RUNS:
         cmd = sweep.command(name, tmp_path)
         config, _, _ = cli.parse_experiment_flags(cmd[1], cmd[2:])

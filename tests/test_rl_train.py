@@ -141,6 +141,31 @@ def test_resume_continues_identically(setup, tmp_path):
     assert_trees_close(resumed.critic, full.critic)
 
 
+def test_independent_pi0s_then_skills_trained_again_or_loaded_give_the_same_returns(tmp_path):
+    c = continual_config.get_config("tiny")
+    c.num_seeds, c.share_pretrain, c.methods = 2, False, ("psec_fixed",)
+    c.eval.episode_length, c.eval.candidates = 6, 1  # loaded skills come without critics: one candidate
+    data = {"base": random_data(256, 1), "walk": random_data(256, 2)}
+    first = continual.run(c, tmp_path / "first", data=data, env=point_env(6))
+    pi0 = [saving.load_base(tmp_path / "first" / "policies" / d) for d in ("pi0", "pi0_seed1")]
+    assert pi0[0][3]["data"] == pi0[1][3]["data"]  # the same data, each seed its own pi_0
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pi0[0][1]), jax.tree.leaves(pi0[1][1])))
+    again = c.copy_and_resolve_references()
+    again.pretrained = str(tmp_path / "first" / "policies" / "pi0")  # seed by seed: pi0, pi0_seed1
+    trained = continual.run(again, tmp_path / "trained", data=data, env=point_env(6))
+    again.library = str(tmp_path / "first" / "policies" / "library_seed0")
+    loaded = continual.run(again, tmp_path / "loaded", data=data, env=point_env(6))
+    assert not (tmp_path / "loaded" / "stages" / "expand_lora_walk").exists()
+    assert (first["raw"]["psec_fixed"]["return_per_seed"] == trained["raw"]["psec_fixed"]["return_per_seed"]
+            == loaded["raw"]["psec_fixed"]["return_per_seed"])
+    again.num_seeds = 3  # a third seed has no library nor pi_0 of its own there: refused, naming what is missing
+    with pytest.raises(ValueError, match="library_seed2 is missing"):
+        continual.run(again, tmp_path / "three", data=data, env=point_env(6))
+    again.library = ""
+    with pytest.raises(ValueError, match="pi0_seed2"):
+        continual.run(again, tmp_path / "three", data=data, env=point_env(6))
+
+
 def test_continual_end_to_end_tiny(tmp_path):
     c = continual_config.get_config("tiny")
     c.num_seeds = 2

@@ -18,7 +18,7 @@ from psec_jax.rl.continual import METHODS
 
 # field -> (tiny, small, paper), where this setting differs from psec_jax.rl.config.SIZES
 SIZES = {
-    "num_seeds": (2, 5, 5),
+    "num_seeds": (2, 10, 10),  # independent seeds (each its own pi_0 unless share_pretrain)
     "eval.episodes": (2, 10, 10),
     "pretrain.steps": (200, 10_000, 1_000_000),
     "expand.steps": (200, 6000, 100_000),
@@ -49,17 +49,19 @@ PROTOCOLS = {
         "expand.weight_decay": (1e-4,) * 3,  # official adamw weight decay
         "expand.objective": ("advantage",) * 3,  # official main branch: exp_adv
         "critics.reward.beta": (1.0,) * 3,  # official main / gymnasium: temperature 1 on raw rewards
-        "compose.alpha_reg": (1.0,) * 3,  # official composer: (mean alpha - 8)^2 + (mean alpha_1 - 16)^2
+        "compose.alpha_reg": (1.0,) * 3,  # official composer regulariser (compose.alpha_reg_form "pairs")
         "compose.learning_rate": (3e-4,) * 3,  # official adam 3e-4 (1k steps)
+        "compose.batch_size": (32, 2048, 2048),  # official composer batch (its launcher's 512 is misspelt)
     },
 }
 
 
-# `make demo`: the paper protocol at small size on the committed pi_0 (made by the s2w_paper run of
+# `make demo`: the paper protocol at small size on the committed pi_0 (seed 0's of the s2w_paper run of
 # experiments/psec_continual_sweep.py: 30k steps on 1000 expert stand trajectories, raw observations),
-# one LoRA skill against scratch, shortened to fit 20 minutes on a 2-core CPU
+# one LoRA skill against scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
 DEMO_PI0 = "experiments/pretrained/walker_stand_small_paper_pi0"
-DEMO = {"pretrained": DEMO_PI0, "methods": ("scratch", "psec"), "expand.steps": 2000}
+DEMO = {"pretrained": DEMO_PI0, "share_pretrain": True, "num_seeds": 5, "methods": ("scratch", "psec"),
+        "expand.steps": 2000}
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:

@@ -23,8 +23,10 @@ print alike), with a `.sha256` sidecar holding the file's checksum and the check
 manifest it was generated from; `get` regenerates a file whose checksum does
 not match or whose policies changed. Rollout keys derive from the full dataset name, so different
 datasets of one env never share episodes (a 10-trajectory target set is not a slice of a
-1000-trajectory base set). Generation is deterministic for a given name, seed and noise on one
-machine.
+1000-trajectory base set). Generation is deterministic for a given name, seed and noise; on x86-64 it
+runs in a child process pinned to one instruction set (``psec_jax.data.pinned``), so every such machine
+writes the same bytes, and a file whose sha256 differs from the one recorded in
+``psec_jax.data.references`` is reported in one warning line.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import numpy as np
 
 import psec_jax
 from psec_jax import artifacts, envs as envs_lib, prng, progress, runs, workdir
-from psec_jax.data import behavior, collect, formats
+from psec_jax.data import behavior, collect, formats, pinned, references
 
 KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
 DEFAULT_EPISODES = 1000
@@ -201,10 +203,17 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
             return path
         warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating")
     _check_writable(path.parent)
-    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}",
+    pin = pinned.applies() and not pinned.in_pinned_process()
+    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}"
+                        + (f" (XLA pinned to {pinned.ISA} in a child process)" if pin else ""),
                         disable=jax.process_index() != 0):
-        generate(recipe, path)
-    side.write_text(f"{artifacts.sha256(path)}  {path.name} {policies}\n")
+        if pin:
+            runs.replace_atomic(path, lambda tmp: pinned.generate_in_child(recipe.name, recipe.seed, recipe.noise, tmp))
+        else:
+            runs.replace_atomic(path, lambda tmp: generate(recipe, tmp))
+    sha = artifacts.sha256(path)
+    side.write_text(f"{sha}  {path.name} {policies}\n")
+    references.check(path.name, sha, command(recipe))
     return path
 
 

@@ -20,7 +20,9 @@ SIZES = {
     "network.time_features": (8, 32, 64),  # Fourier features of the diffusion step
     "network.time_hidden": (16, 64, 128),  # width of the time MLP (2 layers)
     "network.mlp_adapter_hidden": ((16,), (128, 128), (256, 256)),  # MLP-adapter skill widths (ablation)
-    "share_pretrain": (True, True, False),  # one pi_0 (seed 0's) for all seeds: the given pretrained policy
+    # one pi_0 (seed 0's) for all seeds, else each seed trains its own (independent seeds: the spread
+    # includes pi_0's); tiny shares one to keep tests fast
+    "share_pretrain": (True, False, False),
     "pretrain.steps": (200, 6000, 1_000_000),  # gradient steps of diffusion BC
     "pretrain.batch_size": (32, 256, 2048),
     "pretrain.ema": (0.005, 0.005, 0.001),  # Polyak rate of the sampling copy
@@ -100,6 +102,11 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # pretraining (one pi_0 for every seed); its network, data and normaliser must match this config
     # ("" = pretrain here)
     c.pretrained = ""
+    # path of a skill library saved by an earlier run (its workdir's policies/library_seed0, with
+    # library_seed{i} beside it for each further seed) built on the same pi_0s (``pretrained`` of that
+    # run's): its LoRA skills of this setting's names are loaded, not trained (they come without their
+    # critics, so acting must sample one candidate); "" = train every skill here
+    c.library = ""
     c.network = network_config(size)
     c.methods = ()  # columns of the table (the setting's method table)
     c.pretrain = _stage()  # diffusion BC of pi_0
@@ -121,10 +128,11 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # alpha_new that of the newest skill; official: 1 with targets (8, 16). 0 = off
     c.compose.alpha_reg = 0.0
     c.compose.alpha_targets = (8.0, 16.0)  # (t0, t1) of the regulariser, in LoRA-scale units
-    # "mean": (mean alpha - t0)^2 + (mean alpha_new - t1)^2 over all skills, the port behind the committed
-    # results (one skill: pinned at 12); "pairs": the official semantics for any number of skills (each
-    # older skill paired with the newest; minimum at the newest = t1, older = 2 t0 - t1; official for K = 2)
-    c.compose.alpha_reg_form = "mean"
+    # "pairs": the official semantics for any number of skills (each older skill paired with the newest;
+    # minimum at the newest = t1, older = 2 t0 - t1; official for K = 2; one skill: t1); "mean": (mean alpha
+    # - t0)^2 + (mean alpha_new - t1)^2 over all skills, the earlier port (one skill: pinned at 12), kept
+    # so results made with it reproduce
+    c.compose.alpha_reg_form = "pairs"
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = c.eval.candidates = c.eval.episode_length = c.eval.bootstrap_reps = 0  # sizes table
     return apply_sizes(c, {k: v for k, v in SIZES.items() if not k.startswith("network.")}, size)

@@ -18,7 +18,8 @@ def summarize(results: Mapping[str, Mapping[str, Any]], normalizers: Mapping[str
               ) -> dict[str, dict[str, Any]]:
     """Per method and field ("return", "cost"): the per-seed scores (each the mean over that seed's
     episodes; ``results[m][field]`` is [seeds, episodes]) as ``{field}_per_seed``, their mean and std,
-    and with ``reps`` > 0 rliable's 95% stratified-bootstrap intervals of the mean (``{field}_ci``) and
+    the split of their variance between seeds and episodes (``{field}_variance``,
+    ``stats.variance_split``; with >= 2 seeds and episodes), and with ``reps`` > 0 rliable's 95% stratified-bootstrap intervals of the mean (``{field}_ci``) and
     the interquartile mean (``{field}_iqm``, ``{field}_iqm_ci``). ``normalizers`` / ``offsets``:
     optional ``{"return": ..., "cost": ...}``; each per-seed score becomes ``(x - offset) / scale``
     first (e.g. normalised scores, see ``reference_normalization``)."""
@@ -32,6 +33,9 @@ def summarize(results: Mapping[str, Mapping[str, Any]], normalizers: Mapping[str
             row = out[name]
             row[field], row[f"{field}_std"] = float(x.mean()), float(x.std())
             row[f"{field}_per_seed"] = [float(v) for v in x]
+            episodes = (np.asarray(results[name][field], np.float64) - offsets.get(field, 0.0)) / normalizers.get(field, 1.0)
+            if episodes.ndim == 2 and min(episodes.shape) >= 2:
+                row[f"{field}_variance"] = stats.variance_split(episodes)
             if name in est:
                 row[f"{field}_ci"] = est[name]["mean_ci"]
                 row[f"{field}_iqm"], row[f"{field}_iqm_ci"] = est[name]["iqm"], est[name]["iqm_ci"]
@@ -40,11 +44,36 @@ def summarize(results: Mapping[str, Mapping[str, Any]], normalizers: Mapping[str
 
 def improvements(summary: Mapping[str, Mapping[str, Any]], pairs: list[tuple[str, str]], field: str = "return",
                  *, reps: int = stats.REPS, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """``{"x>y": {"p", "ci"}}``: rliable's probability that a seed of x scores above a seed of y on
-    ``field`` (of ``summarize``'s per-seed scores), for the pairs whose methods are both in ``summary``."""
+    """``{"x>y": {"p", "ci", "rank_p", "separated"}}`` for the pairs whose methods are both in
+    ``summary``: rliable's probability that a seed of x scores above a seed of y on ``field`` (of
+    ``summarize``'s per-seed scores) with its bootstrap interval, and the two-sided Mann-Whitney p-value
+    of the same per-seed scores (``stats.rank_test``, exact without ties) with its complete-separation
+    flag (where the interval [0, 0] or [1, 1] says only that, not a 95% bound)."""
     pairs = [(x, y) for x, y in pairs if x in summary and y in summary]
     per_seed = {m: np.asarray(summary[m][f"{field}_per_seed"]) for m in {*sum(pairs, ())}}
-    return stats.probability_of_improvement(per_seed, pairs, reps=reps, seed=seed) if reps else {}
+    if not reps:
+        return {}
+    out = stats.probability_of_improvement(per_seed, pairs, reps=reps, seed=seed)
+    for x, y in pairs:
+        test = stats.rank_test(per_seed[x], per_seed[y])
+        out[f"{x}>{y}"].update(rank_p=test["p"], rank_exact=test["exact"], separated=test["separated"])
+    return out
+
+
+def improvement_lines(improvement: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The markdown table of ``improvements`` and, where a pair is completely separated, the sentence
+    saying what its interval means."""
+    lines = ["| probability of improvement (per seed, on the first column) | P [95% CI] | Mann-Whitney p |",
+             "|---|---|---|"]
+    for k, v in improvement.items():
+        rank = (f"{v['rank_p']:.2g}" + ("" if v.get("rank_exact", True) else " (approx.)")) if "rank_p" in v else "-"
+        lines.append(f"| P({k.replace('>', ' > ')}) | {v['p']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | {rank} |")
+    separated = [k.replace(">", " > ") for k, v in improvement.items() if v.get("separated")]
+    if separated:
+        lines += ["", f"Complete separation in {', '.join(f'P({k})' for k in separated)}: every seed of one method "
+                  "scores above every seed of the other, so the bootstrap interval collapses to [0, 0] or [1, 1]; "
+                  "that is the separation, not a 95% bound. The Mann-Whitney p-value is the evidence."]
+    return lines
 
 
 def reference_normalization(reference: tuple[float, float], episode_length: int, *,
@@ -94,9 +123,7 @@ def write(workdir: str | os.PathLike, summary: Mapping[str, Mapping[str, Any]], 
             cells.append(", ".join(f"{x:.3g}" for x in row[f"{f}_per_seed"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if improvement:
-        lines += ["", "| probability of improvement (per seed, on the first column) | P [95% CI] |", "|---|---|"]
-        lines += [f"| P({k.replace('>', ' > ')}) | {v['p']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] |"
-                  for k, v in improvement.items()]
+        lines += ["", *improvement_lines(improvement)]
     table = "\n".join(lines) + "\n"
     (workdir / "results.md").write_text(table + note)
     _plot(workdir / "results.png", summary, fields, title, label)

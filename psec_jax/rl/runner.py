@@ -87,6 +87,16 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
         if config.critics[kind].kind != kind:
             raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
     setting.check(config)
+    if config.library:
+        if not config.pretrained:
+            raise ValueError("config.library needs config.pretrained: the pi_0s its skills were trained on")
+        if config.eval.candidates != 1:
+            raise ValueError(f"config.library: loaded skills come without their critics, so acting cannot rank "
+                             f"{config.eval.candidates} candidates; set config.eval.candidates=1")
+        missing = [p.name for p in saving.library_paths(config.library, config.num_seeds) if not p.is_dir()]
+        if missing:
+            raise ValueError(f"config.library {config.library}: {', '.join(missing[:3])} is missing (each of the "
+                             f"{config.num_seeds} seeds loads its own library)")
     data_name, env_name = setting.pi0_source(config) if setting.pi0_source else (None, None)
     check_pretrained(config, None if "data" in given else data_name,
                      None if "env" in given or env_name is None else recorded_sizes(env_name))
@@ -127,7 +137,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         kinds = ["lora"]
     base = None
     if config.pretrained and any(m.policy != "scratch" for m in methods.values()):
-        base = pipeline.repeat_seeds(pretrained, n)
+        base = pipeline.repeat_seeds(pretrained, n) if config.share_pretrain else pretrained
     elif any(m.policy != "scratch" for m in methods.values()):
         pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
                     data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
@@ -137,12 +147,18 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
             saving.save_base(workdir / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"), saving.take_seed(base, i),
                              config.network, obs_dim, act_dim, normalizer, data=prep.pretrain_name)
 
-    # each skill's critic trains alongside its first kind; later kinds and scratch reuse it, frozen
+    # each skill's critic trains alongside its first kind; later kinds and scratch reuse it, frozen. LoRA
+    # skills of a given library are loaded instead (without critics: scratch then trains its own)
     skills: dict[str, policy.Skills] = {}
     critic_of: dict[str, critics.CriticState] = {}
+    loaded = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills],
+                                         actors["lora"].lora_config) if config.library and "lora" in kinds else {})
     for kind in kinds:
         parts = []
         for s in prep.skills:
+            if kind == "lora" and s.name in loaded:
+                parts.append(loaded[s.name])
+                continue
             trainer = train.make_expand(actors[kind], config.expand, config.critics[s.critic], kind)
             st = stage(trainer, setting.expand_key.format(kind=kind, name=s.name),
                        train.ExpandInputs(base, critic_of.get(s.name)), data[s.data], f"expand_{kind}_{s.name}")
@@ -193,6 +209,8 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
              "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
     if config.pretrained:
         extra["pretrained_sha256"] = artifacts.sha256(Path(config.pretrained) / "manifest.json")
+        if not config.share_pretrain:  # each seed's own pi_0
+            extra["pretrained_seeds_sha256"] = [artifacts.sha256(p / "manifest.json") for p in pretrained_paths(config)]
     table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels,
                          note=rep.note, improvement=improvement)
     print(table + rep.note)
@@ -223,23 +241,51 @@ def recorded_sizes(env_name: str) -> tuple[int, int] | None:
         return None
 
 
+def pretrained_paths(config: ml_collections.ConfigDict) -> list[Path]:
+    """The saved pi_0 of each seed that ``config.pretrained`` (a run's policies/pi0) provides: that one
+    for every seed when ``config.share_pretrain``, else seed i's own, ``pi0`` for seed 0 and its sibling
+    ``pi0_seed{i}`` for the others (as a run with independent seeds saves them); [] when not given."""
+    if not config.pretrained:
+        return []
+    first = Path(config.pretrained)
+    if config.share_pretrain:
+        return [first]
+    return [first] + [first.with_name(f"pi0_seed{i}") for i in range(1, config.num_seeds)]
+
+
 def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = None,
                      sizes: tuple[int, int] | None = None) -> None:
     """ValueError (one line naming config.pretrained and what differs) unless ``config.pretrained`` is ""
-    or an intact pi_0 saved by an earlier run (its workdir's policies/pi0) that this config can build on:
-    the same noise network (``PI0_FIELDS`` of config.network), a standardising normaliser iff
-    ``config.obs_norm``, and, where given, the data ``data_name`` and the (observation, action) ``sizes``.
-    Reads the saved files; compiles nothing."""
-    if not config.pretrained:
+    or intact pi_0s saved by an earlier run (its workdir's policies/pi0, with ``pi0_seed{i}`` beside it for
+    every further seed unless ``config.share_pretrain``) that this config can build on: the same noise
+    network (``PI0_FIELDS`` of config.network), a standardising normaliser iff ``config.obs_norm``, and,
+    where given, the data ``data_name`` and the (observation, action) ``sizes``. Reads the saved files;
+    compiles nothing."""
+    paths = pretrained_paths(config)
+    if not paths:
         return
-    where, hint = f"config.pretrained {config.pretrained}", "(expected a run's policies/pi0)"
-    if not Path(config.pretrained).is_dir():
-        raise ValueError(f"{where}: no such directory {hint}")
+    if not paths[0].is_dir():
+        raise ValueError(f"config.pretrained {config.pretrained}: no such directory (expected a run's policies/pi0)")
+    _check_one_pretrained(config, paths[0], data_name, sizes)
+    missing = [p.name for p in paths if not p.is_dir()]
+    if missing:
+        raise ValueError(f"config.pretrained {config.pretrained}: config.share_pretrain is False, so each of the "
+                         f"{config.num_seeds} seeds builds on its own pi_0, but {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''} is not beside it (made by a run with fewer "
+                         f"independent seeds, or with share_pretrain=True); set config.share_pretrain=True to "
+                         f"build every seed on this one")
+    for path in paths[1:]:
+        _check_one_pretrained(config, path, data_name, sizes)
+
+
+def _check_one_pretrained(config: ml_collections.ConfigDict, path: Path, data_name: str | None,
+                          sizes: tuple[int, int] | None) -> None:
+    where, hint = f"config.pretrained {path}", "(expected a run's policies/pi0)"
     try:
-        meta = artifacts.read_manifest(config.pretrained)
+        meta = artifacts.read_manifest(path)
         if meta.get("format") != saving.POLICY_FORMAT:
             raise ValueError(f"{where}: not a saved pi_0 but format {meta.get('format')!r} {hint}")
-        arrays = artifacts.load_arrays(config.pretrained, meta)
+        arrays = artifacts.load_arrays(path, meta)
         mean, std = np.asarray(arrays["obs_mean"]), np.asarray(arrays["obs_std"])
     except (artifacts.ArtifactError, KeyError, TypeError) as e:
         raise ValueError(f"{where}: not a usable saved pi_0: {runs.one_line(e, with_type=False)} {hint}") from None
@@ -261,13 +307,21 @@ def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = 
 
 def load_pretrained(config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
                     ) -> tuple[Any, Normalizer]:
-    """(pi_0's params [1, ...], its observation normaliser) from ``config.pretrained``; ValueError naming
-    what differs when its network, sizes, data or kind of normaliser (standardising iff
-    ``config.obs_norm``) are not this config's (``check_pretrained``): the skills would build on another
+    """(pi_0's params [S, ...], its observation normaliser) from ``config.pretrained``: S = 1 (one pi_0 for
+    every seed) when ``config.share_pretrain``, else S = ``config.num_seeds``, seed i's own pi_0
+    (``pretrained_paths``). ValueError naming what differs when a network, sizes, data or kind of
+    normaliser (standardising iff ``config.obs_norm``) is not this config's (``check_pretrained``), or
+    when the seeds' pi_0s were fitted with different normalisers: the skills would build on another
     policy."""
     check_pretrained(config, data_name, (obs_dim, act_dim))
-    _, params, saved, _ = saving.load_base(config.pretrained)
-    return jax.tree.map(lambda x: jnp.asarray(x)[None], params), saved
+    loaded = [saving.load_base(p) for p in pretrained_paths(config)]
+    normalizer = loaded[0][2]
+    for path, (_, _, other, _) in zip(pretrained_paths(config), loaded):
+        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(normalizer))):
+            raise ValueError(f"config.pretrained {path}: its observation normaliser is not that of "
+                             f"{config.pretrained}; every seed must see the same observations")
+    params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[p for _, p, _, _ in loaded])
+    return params, normalizer
 
 
 def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: policy.Actor, base: Any,

@@ -69,6 +69,46 @@ def _skills_tree(skills: Skills) -> dict[str, Any]:
     return {"params": skills.params, "scales": skills.scales}
 
 
+def library_paths(first: str | os.PathLike, num_seeds: int) -> list[Path]:
+    """Seed i's saved skill library for i < ``num_seeds``: ``first`` (a run's policies/library_seed0) and
+    its siblings ``library_seed{i}``."""
+    first = Path(first)
+    return [first] + [first.with_name(f"library_seed{i}") for i in range(1, num_seeds)]
+
+
+def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], lora_config: lora.LoRAConfig
+                        ) -> dict[str, Skills]:
+    """The LoRA skills ``names`` (those the libraries hold) of each seed's saved library (``library_paths``)
+    as ``Skills`` with leaves [S, 1, ...], S the seed axis of ``bases`` (seed i's pi_0 params). ValueError
+    (one line) when a library is missing, was built on another pi_0 than seed i's, holds none of
+    ``names``, or a skill's rank or scale is not ``lora_config``'s."""
+    n = jax.tree.leaves(bases)[0].shape[0]
+    where = f"config.library {first}"
+    libs = []
+    for i, path in enumerate(library_paths(first, n)):
+        if not path.is_dir():
+            raise ValueError(f"{where}: {path.name} is missing (the library of seed {i}; expected the policies/"
+                             f"library_seed0 of a run with at least {n} seeds)")
+        try:
+            libs.append(lora.SkillLibrary.load(path, base_params=take_seed(bases, i)))
+        except (lora.LibraryError, artifacts.ArtifactError) as e:
+            raise ValueError(f"{where}: seed {i}: {runs.one_line(e, with_type=False)} (set config.pretrained to "
+                             f"the pi_0 of the run that saved it)") from None
+    found = [name for name in names if name in libs[0].names]
+    if not found:
+        raise ValueError(f"{where}: it holds the skills {libs[0].names}, none of {names}")
+    out = {}
+    for name in found:
+        info = [lib.skills[lib.index(name)] for lib in libs]
+        if {(s.rank, s.scale) for s in info} != {(lora_config.rank, lora_config.scale)}:
+            raise ValueError(f"{where}: skill {name!r} has rank / scale {info[0].rank} / {info[0].scale}, this "
+                             f"config's LoRA is {lora_config.rank} / {lora_config.scale}")
+        adapters = [lib.select([name]).adapters for lib in libs]  # [1, ...] each
+        params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *adapters)
+        out[name] = Skills(params, jnp.full((n, 1), lora_config.scale, jnp.float32))
+    return out
+
+
 def save_composer(directory: str | os.PathLike, params: Any, *, base: Any, skills: Skills, names: list[str],
                   mode: str, kind: str, **meta: Any) -> Path:
     """A trained composer with how it composes (``mode``, composer ``kind``, skill ``names``) and the

@@ -93,3 +93,20 @@ def rank_test(x: np.ndarray, y: np.ndarray) -> dict[str, float | bool]:
     res = sps.mannwhitneyu(a, b, alternative="two-sided", method="exact" if exact else "asymptotic")
     u = float(res.statistic)
     return {"u": u, "p": float(res.pvalue), "exact": bool(exact), "separated": u in (0.0, float(a.size * b.size))}
+
+
+def variance_split(scores: np.ndarray) -> dict[str, float]:
+    """How much of the spread of per-seed means comes from episodes, for ``scores`` [seeds, episodes]
+    (one-way random-effects ANOVA): ``episode_sd``, the pooled standard deviation between episodes of one
+    seed; ``seed_sd``, the standard deviation of the seeds' true means (``var(seed means) - episode_var /
+    episodes``, floored at 0); ``episode_share``, the fraction of the variance of a seed's mean that its
+    finite episodes add (``episode_var / episodes / var(seed means)``, capped at 1). A share near 1 says
+    more episodes, not more seeds, would narrow the intervals."""
+    x = np.asarray(scores, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(f"variance_split: scores must be [seeds >= 2, episodes >= 2], got shape {x.shape}")
+    episode_var = float(np.mean(np.var(x, axis=1, ddof=1)))
+    means_var = float(np.var(x.mean(axis=1), ddof=1))
+    noise = episode_var / x.shape[1]
+    share = 1.0 if means_var <= noise else noise / means_var
+    return {"episode_sd": episode_var ** 0.5, "seed_sd": max(means_var - noise, 0.0) ** 0.5, "episode_share": share}
