@@ -7,6 +7,7 @@ them and writes their plot, summary.png (``experiments.psec_continual_summary``)
     python -m experiments.psec_continual_sweep run s2w_paper s2w_default --root=runs/continual
     python -m experiments.psec_continual_sweep summary                       # tables + summary.png
     python -m experiments.psec_continual_sweep cost --root=runs/continual   # what a new skill costs
+    python -m experiments.psec_continual_sweep weights --root=runs/continual  # where the composers put weight
 
 Ablation runs build on the pi_0 of the run named in their ``after`` (``--config.pretrained``), so they
 differ from it only in what they ablate; run that one first.
@@ -136,10 +137,43 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
     return out
 
 
+def composer_weights(root: Path, names: list[str]) -> dict:
+    """Where each finished run's PSEC composer put its weight: per seed, the mean composition scale alpha
+    = weight x LoRA scale of every skill over the states of the data it was fitted on (the target's, as
+    every stage saw them), read from the saved composers (policies/composer_psec_seed{i}). The official
+    regulariser's optimum is the newest skill at its training scale (16) and older skills at 0."""
+    import numpy as np
+
+    from psec_jax import artifacts, runs
+    from psec_jax.rl import continual, policy, saving
+
+    out = {"commit": runs.git_commit(), "runs": {}}
+    for name in names:
+        work = root / name
+        if not (work / "results.json").is_file() or not (work / "policies" / "composer_psec_seed0").is_dir():
+            continue
+        c = runs.load_config(work)
+        prior, target = continual.TASKS[c.task]
+        skills = [*prior, target]
+        data = continual.load_data(continual.skill_data_name(c, target))
+        normalizer = saving.load_base(c.pretrained or work / "policies" / "pi0")[2]
+        obs = normalizer(data.observations)
+        composer = policy.make_composer("context", obs.shape[-1], len(skills), tuple(c.compose.hidden))
+        per_seed = []
+        for i in range(c.num_seeds):
+            tree, meta = artifacts.load_tree(work / "policies" / f"composer_psec_seed{i}")
+            assert meta["skills"] == skills, (name, meta["skills"], skills)
+            w = np.asarray(composer.apply(tree["params"], obs))  # [N, K]
+            per_seed.append((w.mean(axis=0) * c.network.lora_alpha).tolist())
+        out["runs"][name] = {"skills": skills, "alpha_per_seed": per_seed,
+                             "alpha_mean": np.mean(per_seed, axis=0).tolist(), "data": data.checksum()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.psec_continual_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "run", "summary", "cost"))
+    parser.add_argument("action", choices=("list", "run", "summary", "cost", "weights"))
     parser.add_argument("names", nargs="*", help="runs (see `list`)")
     parser.add_argument("--root", default="runs/continual", help="parent of the runs' workdirs")
     a = parser.parse_args(argv)
@@ -151,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<20} {' '.join(command(name, Path(a.root)))}")
     elif a.action == "run":
         run(a.names, Path(a.root))
+    elif a.action == "weights":
+        weights = composer_weights(Path(a.root), a.names or list(RUNS))
+        (RESULTS / "composer_weights.json").write_text(json.dumps(weights, indent=1) + "\n")
+        print(json.dumps({k: v["alpha_mean"] for k, v in weights["runs"].items()}, indent=1))
     elif a.action == "cost":
         cost = expansion_cost(Path(a.root))
         (RESULTS / "expansion_cost.json").write_text(json.dumps(cost, indent=1) + "\n")

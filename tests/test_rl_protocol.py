@@ -152,43 +152,36 @@ def test_sweep_commands_and_summary(tmp_path):
     assert all(r.library in (r.after, *[n for n, o in sweep.RUNS.items() if o.after == r.after])
                for r in sweep.RUNS.values() if r.library)
 
-    def fake(methods, value):
+    def fake(methods, value, seeds=3):
         row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2],
-                         "return_per_seed": [v - 1, v, v + 1]}
-        return {"methods": {m: row(value + i) for i, m in enumerate(methods)}, "config": {"num_seeds": 3, "eval": {"bootstrap_reps": 50, "episodes": 2}},
-                "improvement": {"psec>scratch": {"p": 0.9, "ci": [0.6, 1.0]}}}
+                         "return_per_seed": [v - 1, v, v + 1],
+                         "return_variance": {"seed_sd": 1.0, "episode_sd": 3.0, "episode_share": 0.5}}
+        return {"methods": {m: row(value + i) for i, m in enumerate(methods)},
+                "config": {"num_seeds": seeds, "eval": {"bootstrap_reps": 50, "episodes": 2}}}
 
-    for name, methods, v in (("s2w_paper", continual.METHODS, 100), ("data3_paper", ("scratch", "psec"), 200),
-                             ("rank4_paper", ("psec",), 300), ("noreg_paper", ("psec",), 50),
-                             ("demo", ("scratch", "psec"), 20), ("raw_weak_paper", ("psec_fixed", "psec"), 30),
-                             ("norm_strong_paper", ("scratch", "psec_fixed", "psec"), 400),
-                             ("norm_weak_paper", ("scratch", "psec_fixed", "psec"), 10)):
+    headline = sweep.HEADLINE.split(",")
+    for name, methods, v in (("s2w_paper", headline, 100), ("sw2r_paper", ("scratch", "asec", "psec_fixed", "psec"), 200),
+                             ("s2r_paper", ("asec", "psec_fixed", "psec"), 300), ("compose1000_paper", ("psec",), 150),
+                             ("compose20000_paper", ("psec",), 250), ("scratch1000_data1_paper", ("scratch",), 10),
+                             ("scratch20000_data10_paper", ("scratch",), 500)):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
     text = psec_continual_summary.summary(tmp_path)
+    assert "#### stand -> walk, paper protocol: return over 3 independent seeds x 2 episodes (smallest" in text
+    # psec (104: the 5th method) beats every other seed of s2w: complete separation, marked and explained
+    assert "| scratch | 100 [99, 101] | 100 [98, 102] | 1.00 [1.00, 1.00]* | 0.1 | 1 | 3 | 0.50 |" in text
+    assert "| psec | 104 [103, 105] | 104 [102, 106] | - | - | 1 | 3 | 0.50 |" in text
+    assert psec_continual_summary.SEPARATION in text
+    # stand -> run has no scratch of its own: sw2r's (200), against which s2r's psec (302) always wins
+    assert "| scratch (of sw2r_paper) | 200 [199, 201] | 200 [198, 202] | 1.00 [1.00, 1.00]* |" in text
+    # composer steps against sw2r's scratch (200) and fixed weights (202)
+    assert "| 1000 | 3 | 150 [149, 151] | 150 [148, 152] | 0.00 [0.00, 0.00]* | 0.1 | 0.00 [0.00, 0.00]* | 0.1 |" in text
+    assert "| 20000 | 3 | 250 [249, 251] |" in text
+    # scratch budgets: 6000 steps on 10 trajectories is s2w's scratch
+    assert "| 1000 | 10 [9, 11] (3) | - |" in text and "| 6000 | - | 100 [99, 101] (3) |" in text
+    assert "| 20000 | - | 500 [499, 501] (3) |" in text
+    assert "PSEC-fixed 103 [102, 104], PSEC 104 [103, 105]" in text
     done = psec_continual_summary.load(tmp_path)
-    got = {title: ([x for x, _ in rows], methods) for title, _, rows, methods, _ in psec_continual_summary.panels(done)}
-    assert got == {"target data, paper protocol": ([3, 10], ("scratch", "psec")),
-                   "LoRA rank, paper protocol": ([4, 8], ("psec",)),
-                   "gradient steps of the new skill, paper": ([2000, 6000], psec_continual_summary.STEPS_METHODS)}
     assert psec_continual_summary.plot(done, tmp_path / "summary.png") and (tmp_path / "summary.png").stat().st_size
-    assert "| 2000 | 20 [19, 21] | - | - | 21 [20, 22] |" in text  # demo: scratch and psec only
-    assert "| psec | 105 [104, 106] | 105 [103, 107] |" in text  # s2w: psec is the 6th method
-    assert "| 3 | 200 [199, 201] | 200 [198, 202] | 201 [200, 202] | 201 [199, 203] | 0.90 [0.60, 1.00] |" in text
-    assert "| 4 | 300 [299, 301] | 300 [298, 302] | 1.00 [1.00, 1.00] |" in text  # vs s2w's scratch (99-101)
-    assert "| 8 | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
-    # across runs: noreg's psec (49, 50, 51) never beats s2w's scratch (99, 100, 101); s2w's psec always does
-    assert "| context composer, alpha_reg 0 | 50 [49, 51] | 50 [48, 52] | 0.00 [0.00, 0.00] |" in text
-    assert "| context composer, alpha_reg 1 (official) | 105 [104, 106] | 105 [103, 107] | 1.00 [1.00, 1.00] |" in text
-    # normalisation x pi_0: raw weak (no scratch of its own) against raw strong's scratch (s2w), norm weak
-    # against its own scratch (its normaliser is fitted on the weak pi_0's data), not norm strong's (400)
-    assert ("| raw | weak | 100 [99, 101] | 100 [98, 102] | 30 [29, 31] | 30 [28, 32] | 0.00 [0.00, 0.00] "
-            "| 31 [30, 32] | 31 [29, 33] | 0.00 [0.00, 0.00] |") in text
-    assert "| norm | weak | 10 [9, 11] | 10 [8, 12] | 11 [10, 12] |" in text
-    assert "| norm | strong | 400 [399, 401] | 400 [398, 402] | 401 [400, 402] |" in text
-    # a standardised cell without its own scratch is left out, not compared with another pi_0's scratch
-    (tmp_path / "norm_weak_paper.json").write_text(json.dumps(fake(("psec_fixed", "psec"), 10)))
-    again = psec_continual_summary.summary(tmp_path)
-    assert "| norm | weak |" not in again and "| norm | strong | 400" in again and "| raw | weak | 100" in again
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
@@ -280,3 +273,34 @@ def test_rank_test_by_hand():
     r = stats.rank_test(np.array([1.0, 4.0, 5.0]), np.array([2.0, 3.0, 6.0]))
     assert r["u"] == 4.0 and r["p"] == pytest.approx(1.0) and not r["separated"]
     assert not stats.rank_test(np.array([1.0, 1.0]), np.array([1.0, 2.0]))["exact"]  # ties: normal approximation
+
+
+def test_variance_split_by_hand():
+    # two seeds x two episodes: seed means 1 and 3 (var 2, ddof 1); within-seed variances 2 and 2, so the
+    # episodes add 2 / 2 = 1 to the variance of a seed mean: seed sd sqrt(2 - 1) = 1, episode share 1 / 2
+    v = stats.variance_split(np.array([[0.0, 2.0], [2.0, 4.0]]))
+    assert v == {"episode_sd": pytest.approx(2 ** 0.5), "seed_sd": pytest.approx(1.0), "episode_share": pytest.approx(0.5)}
+    # identical seed means: all of the spread is the episodes'
+    assert stats.variance_split(np.array([[0.0, 2.0], [2.0, 0.0]]))["episode_share"] == 1.0
+    with pytest.raises(ValueError, match="episodes >= 2"):
+        stats.variance_split(np.ones((3, 1)))
+
+
+def test_report_names_rank_tests_and_complete_separation():
+    from psec_jax.rl import report
+
+    results = {"psec": {"return": np.array([[4.0, 4.2], [5.0, 5.2], [6.0, 6.2]]), "cost": np.zeros((3, 2))},
+               "scratch": {"return": np.array([[1.0, 1.2], [2.0, 2.2], [3.0, 3.2]]), "cost": np.zeros((3, 2))}}
+    summary = report.summarize(results, reps=50)
+    assert summary["psec"]["return_variance"]["episode_sd"] == pytest.approx(np.std([4.0, 4.2], ddof=1))
+    imp = report.improvements(summary, [("psec", "scratch")], reps=50)["psec>scratch"]
+    assert imp["p"] == 1.0 and imp["rank_p"] == pytest.approx(0.1) and imp["separated"] and imp["rank_exact"]
+    lines = report.improvement_lines({"psec>scratch": imp})
+    assert lines[2] == "| P(psec > scratch) | 1.00 [1.00, 1.00] | 0.1 |"
+    assert lines[-1].startswith("Complete separation in P(psec > scratch)")
+
+
+def test_detectable_improvement_by_noethers_formula():
+    # 10 vs 10, alpha 0.05, power 0.8: (1.95996 + 0.84162)^2 / (12 * 0.25 * 20) = 0.13088 -> 0.5 + 0.36178
+    assert stats.detectable_improvement(10, 10) == pytest.approx(0.86178, abs=1e-4)
+    assert stats.detectable_improvement(5, 5) > 1.0  # 5 vs 5 seeds cannot detect any effect at 80% power

@@ -56,9 +56,9 @@ PROTOCOLS = {
 }
 
 
-# `make demo`: the paper protocol at small size on the committed pi_0 (seed 0's of the s2w_paper run of
-# experiments/psec_continual_sweep.py: 30k steps on 1000 expert stand trajectories, raw observations),
-# one LoRA skill against scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
+# `make demo`: the paper protocol at small size on the committed pi_0 (made by round one's s2w_paper run:
+# 30k steps on walker-stand-expert-1000traj as generated then, raw observations), one LoRA skill against
+# scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
 DEMO_PI0 = "experiments/pretrained/walker_stand_small_paper_pi0"
 DEMO = {"pretrained": DEMO_PI0, "share_pretrain": True, "num_seeds": 5, "methods": ("scratch", "psec"),
         "expand.steps": 2000}

@@ -110,3 +110,16 @@ def variance_split(scores: np.ndarray) -> dict[str, float]:
     noise = episode_var / x.shape[1]
     share = 1.0 if means_var <= noise else noise / means_var
     return {"episode_sd": episode_var ** 0.5, "seed_sd": max(means_var - noise, 0.0) ** 0.5, "episode_share": share}
+
+
+def detectable_improvement(n: int, m: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest probability of improvement P(X > Y) that a two-sided Mann-Whitney test of ``n`` vs
+    ``m`` seeds detects at level ``alpha`` with probability ``power`` (Noether's approximation:
+    (P - 1/2)^2 = (z_{1-alpha/2} + z_power)^2 / (12 c (1 - c) N), N = n + m, c = n / N); above 1 means
+    no effect is detectable that reliably. 10 vs 10 seeds: 0.86, about 1.5 seed standard deviations
+    between two normal means."""
+    from scipy import stats as sps
+
+    total, c = n + m, n / (n + m)
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    return 0.5 + float(np.sqrt(z ** 2 / (12 * c * (1 - c) * total)))
