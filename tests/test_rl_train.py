@@ -158,6 +158,16 @@ def test_independent_pi0s_then_skills_trained_again_or_loaded_give_the_same_retu
     assert not (tmp_path / "loaded" / "stages" / "expand_lora_walk").exists()
     assert (first["raw"]["psec_fixed"]["return_per_seed"] == trained["raw"]["psec_fixed"]["return_per_seed"]
             == loaded["raw"]["psec_fixed"]["return_per_seed"])
+    # the re-saved library records how its loaded skill was trained, not this run's config
+    lib = lambda d: lora.SkillLibrary.load(tmp_path / d / "policies" / "library_seed1").skills[0].train_config
+    assert lib("loaded") == lib("first")
+    changed = again.copy_and_resolve_references()
+    changed.expand.steps = 100  # another skill than the one this config would train: refused
+    with pytest.raises(ValueError, match="skill 'walk' was trained with other expand settings"):
+        continual.run(changed, tmp_path / "changed", data=data, env=point_env(6))
+    changed.library = str(tmp_path / "first" / "policies" / "library_seed1")
+    with pytest.raises(ValueError, match="give seed 0's"):
+        continual.run(changed, tmp_path / "changed", data=data, env=point_env(6))
     again.num_seeds = 3  # a third seed has no library nor pi_0 of its own there: refused, naming what is missing
     with pytest.raises(ValueError, match="library_seed2 is missing"):
         continual.run(again, tmp_path / "three", data=data, env=point_env(6))

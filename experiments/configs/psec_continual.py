@@ -19,6 +19,7 @@ from psec_jax.rl.continual import METHODS
 # field -> (tiny, small, paper), where this setting differs from psec_jax.rl.config.SIZES
 SIZES = {
     "num_seeds": (2, 10, 10),  # independent seeds (each its own pi_0 unless share_pretrain)
+    "share_pretrain": (True, False, False),  # tiny shares one pi_0 to keep tests fast
     "eval.episodes": (2, 10, 10),
     "pretrain.steps": (200, 10_000, 1_000_000),
     "expand.steps": (200, 6000, 100_000),

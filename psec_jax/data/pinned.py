@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from psec_jax.data.formats import DatasetError
+
 ISA = "SSE4_2"  # the instruction set every x86-64 CPU has
 FLAG = f"--xla_cpu_max_isa={ISA}"
 CHILD = "psec_jax.data._generate"  # the module the child runs: python -m CHILD NAME SEED NOISE PATH
@@ -50,14 +52,15 @@ def error_file(path: Path) -> Path:
 
 def generate_in_child(name: str, seed: int, noise: float, path: Path) -> None:
     """Runs ``CHILD`` to write dataset ``name`` (``seed``, ``noise``) to ``path`` under ``environment()``;
-    its progress goes to this process's stderr. RuntimeError (one line with the child's error) if it
-    fails; a signal that stops this process stops the child too (``subprocess.run`` kills it)."""
+    its progress goes to this process's stderr. DatasetError (one line with the child's error) if it
+    fails. The child runs in its own session, so a Ctrl-C reaches this process alone, which then kills it
+    (``subprocess.run`` does); it also dies with this process (``_generate`` asks Linux for that)."""
     error = error_file(path)
     try:
         code = subprocess.run([sys.executable, "-m", CHILD, name, str(seed), repr(noise), str(path)],
-                              env=environment(), stdin=subprocess.DEVNULL).returncode
+                              env=environment(), stdin=subprocess.DEVNULL, start_new_session=True).returncode
         if code:
-            why = error.read_text().strip() if error.is_file() else "it wrote no error (killed?)"
-            raise RuntimeError(f"generating {name} pinned to {ISA} in a child process failed (exit {code}): {why}")
+            why = error.read_text().strip() if error.is_file() else "it wrote no error (killed, out of memory?)"
+            raise DatasetError(f"generating {name} pinned to {ISA} in a child process failed (exit {code}): {why}")
     finally:
         error.unlink(missing_ok=True)

@@ -21,8 +21,8 @@ SIZES = {
     "network.time_hidden": (16, 64, 128),  # width of the time MLP (2 layers)
     "network.mlp_adapter_hidden": ((16,), (128, 128), (256, 256)),  # MLP-adapter skill widths (ablation)
     # one pi_0 (seed 0's) for all seeds, else each seed trains its own (independent seeds: the spread
-    # includes pi_0's); tiny shares one to keep tests fast
-    "share_pretrain": (True, False, False),
+    # includes pi_0's); a setting's config may override it (psec_continual: independent at small size)
+    "share_pretrain": (True, True, False),
     "pretrain.steps": (200, 6000, 1_000_000),  # gradient steps of diffusion BC
     "pretrain.batch_size": (32, 256, 2048),
     "pretrain.ema": (0.005, 0.005, 0.001),  # Polyak rate of the sampling copy

@@ -151,8 +151,9 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     # skills of a given library are loaded instead (without critics: scratch then trains its own)
     skills: dict[str, policy.Skills] = {}
     critic_of: dict[str, critics.CriticState] = {}
-    loaded = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills],
-                                         actors["lora"].lora_config) if config.library and "lora" in kinds else {})
+    loaded = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills], actors["lora"].lora_config,
+                                         {s.name: {"expand": config.expand, "critic": config.critics[s.critic]}
+                                          for s in prep.skills}) if config.library and "lora" in kinds else {})
     for kind in kinds:
         parts = []
         for s in prep.skills:
@@ -168,6 +169,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     names = [s.name for s in prep.skills]
     if "lora" in skills:
         train_configs = {s.name: {"expand": config.expand, "critic": config.critics[s.critic]} for s in prep.skills}
+        train_configs.update({name: info for name, info in saving.loaded_train_configs(config.library, loaded).items()})
         for i in range(n):
             saving.library_of(saving.take_seed(base, i), saving.take_seed(skills["lora"], i), names,
                               actors["lora"].lora_config, train_configs).save(workdir / "policies" / f"library_seed{i}")
@@ -266,6 +268,9 @@ def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = 
         return
     if not paths[0].is_dir():
         raise ValueError(f"config.pretrained {config.pretrained}: no such directory (expected a run's policies/pi0)")
+    if not config.share_pretrain and paths[0].name != "pi0":
+        raise ValueError(f"config.pretrained {config.pretrained}: with independent seeds (share_pretrain False) give "
+                         f"seed 0's, a run's policies/pi0; seed i's is its sibling pi0_seed{{i}}")
     _check_one_pretrained(config, paths[0], data_name, sizes)
     missing = [p.name for p in paths if not p.is_dir()]
     if missing:

@@ -76,14 +76,19 @@ def library_paths(first: str | os.PathLike, num_seeds: int) -> list[Path]:
     return [first] + [first.with_name(f"library_seed{i}") for i in range(1, num_seeds)]
 
 
-def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], lora_config: lora.LoRAConfig
-                        ) -> dict[str, Skills]:
+def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], lora_config: lora.LoRAConfig,
+                        train_configs: Mapping[str, Any] | None = None) -> dict[str, Skills]:
     """The LoRA skills ``names`` (those the libraries hold) of each seed's saved library (``library_paths``)
     as ``Skills`` with leaves [S, 1, ...], S the seed axis of ``bases`` (seed i's pi_0 params). ValueError
-    (one line) when a library is missing, was built on another pi_0 than seed i's, holds none of
-    ``names``, or a skill's rank or scale is not ``lora_config``'s."""
+    (one line) when ``first`` is not a ``library_seed0``, a library is missing, was built on another pi_0
+    than seed i's, holds none of ``names`` or not all seeds hold a skill, a skill's rank or scale is not
+    ``lora_config``'s, or, where ``train_configs[name]`` is given, the skill was trained with another
+    stage or critic config than it."""
     n = jax.tree.leaves(bases)[0].shape[0]
     where = f"config.library {first}"
+    if Path(first).name != "library_seed0":
+        raise ValueError(f"{where}: give seed 0's, a run's policies/library_seed0 (seed i's is its sibling "
+                         f"library_seed{{i}})")
     libs = []
     for i, path in enumerate(library_paths(first, n)):
         if not path.is_dir():
@@ -97,16 +102,33 @@ def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], 
     found = [name for name in names if name in libs[0].names]
     if not found:
         raise ValueError(f"{where}: it holds the skills {libs[0].names}, none of {names}")
+    want = runs.to_jsonable(dict(train_configs or {}))
     out = {}
     for name in found:
+        missing = [i for i, lib in enumerate(libs) if name not in lib.names]
+        if missing:
+            raise ValueError(f"{where}: seed {missing[0]}'s library has no skill {name!r}")
         info = [lib.skills[lib.index(name)] for lib in libs]
         if {(s.rank, s.scale) for s in info} != {(lora_config.rank, lora_config.scale)}:
             raise ValueError(f"{where}: skill {name!r} has rank / scale {info[0].rank} / {info[0].scale}, this "
                              f"config's LoRA is {lora_config.rank} / {lora_config.scale}")
+        if name in want and info[0].train_config and info[0].train_config != want[name]:
+            differ = sorted(k for k in want[name] if info[0].train_config.get(k) != want[name][k])
+            raise ValueError(f"{where}: skill {name!r} was trained with other {' and '.join(differ)} settings than "
+                             f"this config's (config.expand / config.critics)")
         adapters = [lib.select([name]).adapters for lib in libs]  # [1, ...] each
         params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *adapters)
         out[name] = Skills(params, jnp.full((n, 1), lora_config.scale, jnp.float32))
     return out
+
+
+def loaded_train_configs(first: str | os.PathLike, loaded: Mapping[str, Skills]) -> dict[str, Any]:
+    """The recorded training config of each skill in ``loaded`` (``load_library_skills``), read from seed
+    0's library: what a library that re-saves them records, rather than this run's config."""
+    if not loaded:
+        return {}
+    lib = lora.SkillLibrary.load(first)
+    return {name: lib.skills[lib.index(name)].train_config for name in loaded}
 
 
 def save_composer(directory: str | os.PathLike, params: Any, *, base: Any, skills: Skills, names: list[str],
