@@ -113,7 +113,7 @@ def _task_tables(done: dict) -> list[str]:
             cmp = _fmt(_compare(s, "psec", owner, m)) if m != "psec" else "- | -"
             out.append(f"| {label} | {_row(owner, m)} | {cmp} | {spread} |")
         out.append("")
-    return out + ([SEPARATION, ""] if out else [])
+    return out + ([SEPARATION, ""] if any("]* |" in line for line in out) else [])
 
 
 def _compose_table(done: dict) -> list[str]:
@@ -131,6 +131,23 @@ def _compose_table(done: dict) -> list[str]:
     for k, s in rows:
         out.append(f"| {k} | {s['config']['num_seeds']} | {_row(s, 'psec')} | {_fmt(_compare(s, 'psec', sw2r, 'scratch'))} "
                    f"| {_fmt(_compare(s, 'psec', sw2r, 'psec_fixed'))} |")
+    return out + [""] + ([SEPARATION, ""] if any("]* |" in line for line in out) else [])
+
+
+def _weights_table(weights: dict | None) -> list[str]:
+    """Where each run's PSEC composer put its weight (``psec_continual_sweep weights``): per skill the mean
+    composition scale over the target states, its range over seeds and its spread over states."""
+    if not weights or not weights.get("runs"):
+        return []
+    out = ["#### where the PSEC composer puts its weight: composition scale alpha over the target data's states "
+           "(the regulariser's optimum: newest skill 16, older skills 0; fixed weights: 16 each)", "",
+           "| run | skill | alpha, mean over seeds | range over seeds | sd over states (mean over seeds) |",
+           "|---|---|---|---|---|"]
+    for name, w in weights["runs"].items():
+        alpha, sd = np.asarray(w["alpha_per_seed"]), np.asarray(w["alpha_sd_over_states_per_seed"])
+        for k, skill in enumerate(w["skills"]):
+            out.append(f"| {name} | {skill} | {alpha[:, k].mean():.1f} | {alpha[:, k].min():.1f} - {alpha[:, k].max():.1f} "
+                       f"| {sd[:, k].mean():.1f} |")
     return out + [""]
 
 
@@ -174,8 +191,11 @@ def tables(done: dict) -> str:
 
 
 def summary(results: Path = RESULTS) -> str:
-    """``tables`` of every finished run in ``results``."""
-    return tables(load(results))
+    """``tables`` of every finished run in ``results``, then where the composers put their weight (its
+    ``composer_weights.json``, when written)."""
+    weights = results / "composer_weights.json"
+    extra = _weights_table(json.loads(weights.read_text()) if weights.is_file() else None)
+    return "\n".join([tables(load(results)), *extra])
 
 
 # ---------------------------------------------------------------------------------------------- plot

@@ -140,7 +140,7 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
 def composer_weights(root: Path, names: list[str]) -> dict:
     """Where each finished run's PSEC composer put its weight: per seed, the mean composition scale alpha
     = weight x LoRA scale of every skill over the states of the data it was fitted on (the target's, as
-    every stage saw them), read from the saved composers (policies/composer_psec_seed{i}). The official
+    every stage saw them) and its standard deviation over those states, read from the saved composers (policies/composer_psec_seed{i}). The official
     regulariser's optimum is the newest skill at its training scale (16) and older skills at 0."""
     import numpy as np
 
@@ -159,13 +159,15 @@ def composer_weights(root: Path, names: list[str]) -> dict:
         normalizer = saving.load_base(c.pretrained or work / "policies" / "pi0")[2]
         obs = normalizer(data.observations)
         composer = policy.make_composer("context", obs.shape[-1], len(skills), tuple(c.compose.hidden))
-        per_seed = []
+        per_seed, spread = [], []
         for i in range(c.num_seeds):
             tree, meta = artifacts.load_tree(work / "policies" / f"composer_psec_seed{i}")
-            assert meta["skills"] == skills, (name, meta["skills"], skills)
-            w = np.asarray(composer.apply(tree["params"], obs))  # [N, K]
-            per_seed.append((w.mean(axis=0) * c.network.lora_alpha).tolist())
-        out["runs"][name] = {"skills": skills, "alpha_per_seed": per_seed,
+            if meta["skills"] != skills:
+                raise ValueError(f"{name}: composer of seed {i} composes {meta['skills']}, the task's skills are {skills}")
+            alpha = np.asarray(composer.apply(tree["params"], obs)) * c.network.lora_alpha  # [N, K]
+            per_seed.append(alpha.mean(axis=0).tolist())
+            spread.append(alpha.std(axis=0).tolist())
+        out["runs"][name] = {"skills": skills, "alpha_per_seed": per_seed, "alpha_sd_over_states_per_seed": spread,
                              "alpha_mean": np.mean(per_seed, axis=0).tolist(), "data": data.checksum()}
     return out
 
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(cost, indent=1))
     else:
         done = psec_continual_summary.load()
-        print(psec_continual_summary.tables(done))
+        print(psec_continual_summary.summary())
         if psec_continual_summary.plot(done, RESULTS / "summary.png"):
             print(f"wrote {RESULTS / 'summary.png'}")
 

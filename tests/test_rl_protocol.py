@@ -180,8 +180,13 @@ def test_sweep_commands_and_summary(tmp_path):
     assert "| 1000 | 10 [9, 11] (3) | - |" in text and "| 6000 | - | 100 [99, 101] (3) |" in text
     assert "| 20000 | - | 500 [499, 501] (3) |" in text
     assert "PSEC-fixed 103 [102, 104], PSEC 104 [103, 105]" in text
+    weights = {"runs": {"sw2r_paper": {"skills": ["walk", "run"], "alpha_per_seed": [[1.0, 15.0], [3.0, 17.0]],
+                                       "alpha_sd_over_states_per_seed": [[0.5, 2.0], [1.5, 4.0]]}}}
+    (tmp_path / "composer_weights.json").write_text(json.dumps(weights))
+    text = psec_continual_summary.summary(tmp_path)
+    assert "| sw2r_paper | walk | 2.0 | 1.0 - 3.0 | 1.0 |" in text and "| sw2r_paper | run | 16.0 | 15.0 - 17.0 | 3.0 |" in text
     done = psec_continual_summary.load(tmp_path)
-    assert psec_continual_summary.plot(done, tmp_path / "summary.png") and (tmp_path / "summary.png").stat().st_size
+    assert "composer_weights" not in done and psec_continual_summary.plot(done, tmp_path / "summary.png") and (tmp_path / "summary.png").stat().st_size
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
