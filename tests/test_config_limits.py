@@ -238,7 +238,7 @@ def test_the_committed_pi0_fits_the_config_it_was_made_for(tmp_path):
 
     c = continual_config.get_config("small,paper_protocol")
     c.pretrained = str(PI0)
-    with pytest.raises(ValueError, match="pi0_seed1"):  # one pi_0, but each seed builds on its own
+    with pytest.raises(ValueError, match="give seed 0's"):  # one pi_0, but each seed builds on its own
         continual.check_config(c)
     c.share_pretrain = True
     continual.check_config(c)

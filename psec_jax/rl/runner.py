@@ -268,10 +268,10 @@ def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = 
         return
     if not paths[0].is_dir():
         raise ValueError(f"config.pretrained {config.pretrained}: no such directory (expected a run's policies/pi0)")
+    _check_one_pretrained(config, paths[0], data_name, sizes)
     if not config.share_pretrain and paths[0].name != "pi0":
         raise ValueError(f"config.pretrained {config.pretrained}: with independent seeds (share_pretrain False) give "
                          f"seed 0's, a run's policies/pi0; seed i's is its sibling pi0_seed{{i}}")
-    _check_one_pretrained(config, paths[0], data_name, sizes)
     missing = [p.name for p in paths if not p.is_dir()]
     if missing:
         raise ValueError(f"config.pretrained {config.pretrained}: config.share_pretrain is False, so each of the "
