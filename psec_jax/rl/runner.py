@@ -151,9 +151,10 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     # skills of a given library are loaded instead (without critics: scratch then trains its own)
     skills: dict[str, policy.Skills] = {}
     critic_of: dict[str, critics.CriticState] = {}
-    loaded = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills], actors["lora"].lora_config,
-                                         {s.name: {"expand": config.expand, "critic": config.critics[s.critic]}
-                                          for s in prep.skills}) if config.library and "lora" in kinds else {})
+    train_configs = {s.name: {"expand": config.expand, "critic": config.critics[s.critic]} for s in prep.skills}
+    loaded, loaded_configs = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills],
+                                                         actors["lora"].lora_config, train_configs)
+                              if config.library and "lora" in kinds else ({}, {}))
     for kind in kinds:
         parts = []
         for s in prep.skills:
@@ -168,11 +169,9 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         skills[kind] = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)  # [S, K, ...]
     names = [s.name for s in prep.skills]
     if "lora" in skills:
-        train_configs = {s.name: {"expand": config.expand, "critic": config.critics[s.critic]} for s in prep.skills}
-        train_configs.update({name: info for name, info in saving.loaded_train_configs(config.library, loaded).items()})
         for i in range(n):
             saving.library_of(saving.take_seed(base, i), saving.take_seed(skills["lora"], i), names,
-                              actors["lora"].lora_config, train_configs).save(workdir / "policies" / f"library_seed{i}")
+                              actors["lora"].lora_config, {**train_configs, **loaded_configs}).save(workdir / "policies" / f"library_seed{i}")
 
     acts, params = {}, {}
     target = skill_of[prep.target]

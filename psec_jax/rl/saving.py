@@ -77,9 +77,11 @@ def library_paths(first: str | os.PathLike, num_seeds: int) -> list[Path]:
 
 
 def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], lora_config: lora.LoRAConfig,
-                        train_configs: Mapping[str, Any] | None = None) -> dict[str, Skills]:
+                        train_configs: Mapping[str, Any] | None = None
+                        ) -> tuple[dict[str, Skills], dict[str, Any]]:
     """The LoRA skills ``names`` (those the libraries hold) of each seed's saved library (``library_paths``)
-    as ``Skills`` with leaves [S, 1, ...], S the seed axis of ``bases`` (seed i's pi_0 params). ValueError
+    as ``Skills`` with leaves [S, 1, ...], S the seed axis of ``bases`` (seed i's pi_0 params), and the
+    training config each was recorded with (what a library that re-saves them records). ValueError
     (one line) when ``first`` is not a ``library_seed0``, a library is missing, was built on another pi_0
     than seed i's, holds none of ``names`` or not all seeds hold a skill, a skill's rank or scale is not
     ``lora_config``'s, or, where ``train_configs[name]`` is given, the skill was trained with another
@@ -103,7 +105,7 @@ def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], 
     if not found:
         raise ValueError(f"{where}: it holds the skills {libs[0].names}, none of {names}")
     want = runs.to_jsonable(dict(train_configs or {}))
-    out = {}
+    out, recorded = {}, {}
     for name in found:
         missing = [i for i, lib in enumerate(libs) if name not in lib.names]
         if missing:
@@ -119,16 +121,8 @@ def load_library_skills(first: str | os.PathLike, bases: Any, names: list[str], 
         adapters = [lib.select([name]).adapters for lib in libs]  # [1, ...] each
         params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *adapters)
         out[name] = Skills(params, jnp.full((n, 1), lora_config.scale, jnp.float32))
-    return out
-
-
-def loaded_train_configs(first: str | os.PathLike, loaded: Mapping[str, Skills]) -> dict[str, Any]:
-    """The recorded training config of each skill in ``loaded`` (``load_library_skills``), read from seed
-    0's library: what a library that re-saves them records, rather than this run's config."""
-    if not loaded:
-        return {}
-    lib = lora.SkillLibrary.load(first)
-    return {name: lib.skills[lib.index(name)].train_config for name in loaded}
+        recorded[name] = info[0].train_config
+    return out, recorded
 
 
 def save_composer(directory: str | os.PathLike, params: Any, *, base: Any, skills: Skills, names: list[str],
