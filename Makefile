@@ -26,12 +26,12 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
 # PSEC continual policy shift on walker (stand -> walk) under the paper's protocol: a LoRA skill on the
-# committed pi_0 (experiments/pretrained) against a scratch policy, 5 seeds x 10 episodes; regenerates
+# shipped pi_0 (psec_jax/rl/pretrained) against a scratch policy, 5 seeds x 10 episodes; regenerates
 # its walk dataset from the committed behaviour policies if absent. Rerunning with the same DEMO_DIR
 # resumes (finished stages are not retrained).
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(BIN)/psec-jax psec_continual --config=experiments/configs/psec_continual.py:demo --workdir=$(DEMO_DIR)
+	$(BIN)/psec-jax psec_continual --config=psec_continual:demo --workdir=$(DEMO_DIR)
 
 info: $(STAMP)
 	$(BIN)/psec-jax info

@@ -12,11 +12,14 @@ Prints a table and writes benchmarks/results/env_throughput.json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import time
 
 import jax
 
 from psec_jax import bench, envs, runs
+
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
 
 def measure(env: envs.Env, batch: int, steps: int) -> dict:
@@ -59,7 +62,7 @@ def main() -> None:
                       f"compile {row['compile_s']:.1f} s", flush=True)
     print()
     print(runs.format_table(rows, ["env", "batch", "steps_per_s", "compile_s", "ms_per_batched_step"], ".4g"))
-    path = bench.write_results("env_throughput", rows, {"args": vars(args)})
+    path = bench.write_results("env_throughput", rows, {"args": vars(args)}, directory=RESULTS)
     print(f"\nwrote {path}")
 
 

@@ -23,10 +23,12 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.configs import lm_moe as lm_config  # noqa: E402
+from psec_jax.configs import lm_moe as lm_config  # noqa: E402
 from psec_jax import bench  # noqa: E402
 from psec_jax.models import pipeline, transformer  # noqa: E402
 from psec_jax.models import train as lm_train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
 
 def random_batches(config, steps: int) -> pipeline.Batch:
@@ -92,7 +94,7 @@ def main() -> None:
              "parameters": counts, "train_state_bytes_per_member": 16 * counts["total"]}
     paper = transformer.parameter_counts(lm_train.model_spec(lm_config.get_config("paper"), "top1"))
     extra["paper_train_state_gb_per_member"] = 16 * paper["total"] / 1e9
-    path = bench.write_results("lm_moe_throughput", rows, extra, Path(args.out_dir) if args.out_dir else None)
+    path = bench.write_results("lm_moe_throughput", rows, extra, directory=args.out_dir or RESULTS)
     print(f"train state per member: {extra['train_state_bytes_per_member'] / 1e6:.0f} MB here, "
           f"{extra['paper_train_state_gb_per_member']:.1f} GB at the paper's size; wrote {path}")
 

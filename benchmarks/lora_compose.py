@@ -17,12 +17,15 @@ The FLOP model of the factored overhead is ``1 + 2Kr/d``; the target is a measur
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import itertools
 
 import jax
 import jax.numpy as jnp
 
 from psec_jax import bench, lora, runs
+
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
 
 def _fns():
@@ -97,7 +100,7 @@ def main() -> None:
     }
     print(f"\nfactored overhead within 1.25 x (1 + 2Kr/d): {met}/{len(rows)} points; worst "
           f"{summary['worst_point']} at {summary['worst_overhead_over_bound']:.2f} x the bound")
-    path = bench.write_results(args.out, rows, {"summary": summary})
+    path = bench.write_results(args.out, rows, {"summary": summary}, directory=RESULTS)
     print(f"wrote {path}")
 
 

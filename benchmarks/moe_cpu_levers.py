@@ -23,12 +23,15 @@ Prints a table and writes benchmarks/results/moe_cpu_levers.json (speedup = torc
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import os
 import subprocess
 import sys
 
 from moe_throughput import HUGEPAGES  # this script's directory is on sys.path
+
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 LEVERS = {  # name -> (layout, GLIBC_TUNABLES, XLA_FLAGS)
     "stacked": ("stacked", "", ""),
     "split": ("split", "", ""),
@@ -96,10 +99,10 @@ def main() -> None:
                 print(f"{name:<30} T={row['T']:<6} {row['mode']:<8} dropless {row['dropless_ms']:8.1f} ms  "
                       f"torch {row['torch_ms'] or float('nan'):8.1f} ms  {row['speedup_vs_torch'] or float('nan'):.2f}x",
                       flush=True)
-        bench.write_results(args.out, rows, {"args": vars(args), "complete": False})
+        bench.write_results(args.out, rows, {"args": vars(args), "complete": False}, directory=RESULTS)
     print()
     print(runs.format_table(rows, ["lever", "T", "mode", "dropless_ms", "torch_ms", "speedup_vs_torch"], ".3g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "complete": True})
+    path = bench.write_results(args.out, rows, {"args": vars(args), "complete": True}, directory=RESULTS)
     print(f"\nwrote {path}")
 
 

@@ -22,6 +22,8 @@ from moe_throughput import d_ff_of, summarize  # noqa: E402
 
 from psec_jax import bench, runs  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
+
 LINE = re.compile(r"^T=(\d+)\s+E=(\d+)\s+d=(\d+)\s+(\S+)\s+(\S+)\s+(fwd\+bwd|fwd)\s+([\d.]+) ms\s+(\d+) tok/s\s+([\d.]+) of roofline")
 CEIL = re.compile(r"^ceilings: matmul (\d+) GFLOP/s, bandwidth ([\d.]+) GB/s")
 
@@ -48,7 +50,7 @@ def main() -> None:
     print(runs.format_table(summary, None, ".3g"))
     path = bench.write_results(args.out, rows, {"ceilings_at_start": ceil, "summary": summary,
                                                 "source": f"rebuilt from the printed rows of {args.log}",
-                                                "complete": False})
+                                                "complete": False}, directory=RESULTS)
     print(f"wrote {path}")
 
 

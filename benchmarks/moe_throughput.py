@@ -32,6 +32,7 @@ Prints a table and writes benchmarks/results/moe_throughput.json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import itertools
 import os
 
@@ -41,6 +42,8 @@ import numpy as np
 
 from psec_jax import bench, moe, runs
 from psec_jax.moe.grouped import sort_assignments
+
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
 ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p=0.4), "top1": dict(router="top_k", k=1)}
 
@@ -292,7 +295,7 @@ def main() -> None:
                           flush=True)
         # written after every shape, so a run that dies keeps what it measured
         bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False,
-                                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})
+                                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}, directory=RESULTS)
     end = ceilings()  # again at the end; the best of these and the in-turn probes is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
     ceil["matmul_flops"] = max([ceil["matmul_flops"]] + [r["matmul_ceiling"] for r in rows if "matmul_ceiling" in r])
@@ -307,7 +310,7 @@ def main() -> None:
                                       "roofline_fraction", "machine_speed", "top_p_vs_top2_per_expert",
                                       "routing_top_p_vs_top_k_same_k", "routing_fused_speedup"], ".3g"))
     path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
-                                                "complete": True, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")})
+                                                "complete": True, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}, directory=RESULTS)
     print(f"\nwrote {path}")
 
 

@@ -23,6 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -61,7 +63,7 @@ def main() -> None:
              for r in rows]
     print(runs.format_table(table, ["model", "mesh", "params_total_GiB", "arguments_GiB", "temporaries_GiB",
                                     "outputs_GiB", "peak_GiB", "compile_seconds"], ".3g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "devices": args.devices, "memory": "per device"})
+    path = bench.write_results(args.out, rows, {"args": vars(args), "devices": args.devices, "memory": "per device"}, directory=RESULTS)
     print(f"wrote {path}")
 
 
@@ -69,7 +71,7 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None, mi
     import jax
     import jax.numpy as jnp
 
-    from experiments.configs import lm_moe as lm_config
+    from psec_jax.configs import lm_moe as lm_config
     from psec_jax import parallel
     from psec_jax.models import pipeline, sharding
     from psec_jax.models import train as lm_train

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -47,7 +49,7 @@ def main() -> None:
         base = next(b for b in rows if b["kind"] == r["kind"] and b["devices"] == 1)
         r["time_vs_1_device"] = r["seconds"] / base["seconds"]
     print(runs.format_table(rows, ["kind", "devices", "work", "seconds", "time_vs_1_device"], ".4g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "emulated": jax.default_backend() == "cpu"})
+    path = bench.write_results(args.out, rows, {"args": vars(args), "emulated": jax.default_backend() == "cpu"}, directory=RESULTS)
     print(f"wrote {path}")
 
 

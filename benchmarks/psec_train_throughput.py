@@ -44,6 +44,8 @@ from psec_jax.data.offline import OfflineData
 from psec_jax.rl import acting, critics, policy, train
 from psec_jax.rl import config as rl_config
 
+RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
+
 OBS, ACT = 24, 6  # walker
 STAGES = ("pretrain", "expand", "compose_param", "compose_noise", "act")
 NUM_SKILLS = 2  # skills composed in compose_* and act
@@ -61,7 +63,7 @@ OFFICIAL = {
 
 
 def mlp_hidden(size: str) -> tuple[int, ...]:
-    """Critic and AlphaNet widths, as experiments/configs/psec_continual.py sets them."""
+    """Critic and AlphaNet widths, as psec_jax/configs/psec_continual.py sets them."""
     return (16,) if size == "tiny" else (256, 256)
 
 
@@ -208,7 +210,7 @@ def main() -> None:
     args.data = args.data or (4096 if quick else 100_000)
     args.act_batch = args.act_batch or (16 if quick else 256)
     out = Path(args.out or (Path(tempfile.gettempdir()) / "psec_train_throughput_quick.json" if quick
-                            else bench.RESULTS_DIR / "psec_train_throughput.json"))
+                            else RESULTS / "psec_train_throughput.json"))
 
     data = OfflineData.synthetic(args.data, OBS, ACT)
     rows, sizes = [], {}

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from experiments import psec_continual_summary
 from experiments.psec_continual_summary import RESULTS
 
-CONFIG = "experiments/configs/psec_continual.py"
+CONFIG = "psec_continual"
 
 
 class Run(NamedTuple):
@@ -116,7 +116,7 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
     """What a new walk skill costs in each finished run under ``root``: trainable parameters, and the
     measured wall time and rate of its stage (all seeds at once, from the stages' metrics.jsonl), for the
     LoRA skill, the MLP adapter and scratch; each method's return from its results."""
-    from experiments.configs import psec_continual as cfg
+    from psec_jax.configs import psec_continual as cfg
 
     out = {"parameters": {size: trainable_parameters(cfg.get_config(size).network) for size in ("small", "paper")}}
     for name in names:

@@ -13,7 +13,6 @@ import jax
 
 from psec_jax import runs
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2,
@@ -79,8 +78,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
-                  directory: Path | None = None) -> Path:
-    """Writes ``{"environment", "rows", **extra}`` to ``benchmarks/results/<name>.json``."""
-    path = (directory or RESULTS_DIR) / f"{name}.json"
+def write_results(name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None, *,
+                  directory: str | Path) -> Path:
+    """Writes ``{"environment", "rows", **extra}`` to ``<directory>/<name>.json`` (the benchmarks write
+    into the checkout's ``benchmarks/results``)."""
+    path = Path(directory) / f"{name}.json"
     return runs.write_json_atomic(path, {"environment": environment(), **(extra or {}), "rows": list(rows)})

@@ -1,11 +1,11 @@
 """The ``psec-jax`` command line (also ``python -m psec_jax``).
 
     psec-jax info                                   versions, devices, compilation cache
-    psec-jax <experiment> --config=experiments/configs/<name>.py [--config.field=value ...] --workdir=DIR
+    psec-jax <experiment> --config=<name>[:<preset>] [--config.field=value ...] --workdir=DIR
 
-Each experiment is a module in ``experiments/`` exposing ``main(config, workdir) -> dict`` (its
-summary) and optionally ``check_config(config)`` (ValueError for values that cannot run). Configs are
-ml-collections ``get_config()`` files, locked, so an override of a field that does not exist is an
+The experiments are the table in ``psec_jax.registry`` (each has ``run(config, workdir) -> dict`` and
+``check_config(config)``). Configs are the shipped ``psec_jax/configs/<name>.py`` by name, or any
+ml-collections ``get_config()`` file by path, locked, so an override of a field that does not exist is an
 error, and must have exactly the fields of the experiment's default config. Every expected failure is
 one line on stderr: exit 2 for mistakes in the command (flags, config, workdir), 1 for unusable
 checkpoints, datasets or saved artifacts, 130 for Ctrl-C.
@@ -13,56 +13,18 @@ checkpoints, datasets or saved artifacts, 130 for Ctrl-C.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from psec_jax import failures, signals
+from psec_jax import registry
+from psec_jax.registry import EXPERIMENTS
 from psec_jax.experiment_flags import PROG, UsageError
 from psec_jax.experiment_flags import parse as _parse_flags
-
-class Experiment(NamedTuple):
-    module: str  # importable module with main(config, workdir) -> dict
-    help: str  # one line for `psec-jax --help`
-    default_config: str  # config file used in the help text's example
-
-
-EXPERIMENTS: dict[str, Experiment] = {
-    "smoke": Experiment(
-        "experiments.smoke",
-        "tiny regression run: checks install, configs, jit(scan) training, metrics, checkpoints, resume",
-        "experiments/configs/smoke.py",
-    ),
-    "behavior": Experiment(
-        "experiments.behavior",
-        "train SAC behaviour policies (random/medium/expert snapshots) for one task",
-        "experiments/configs/behavior.py",
-    ),
-    "psec_continual": Experiment(
-        "experiments.psec_continual",
-        "PSEC continual policy shift on walker (stand -> walk/run): all stages, baselines, results table",
-        "experiments/configs/psec_continual.py:small",
-    ),
-    "psec_safe": Experiment(
-        "experiments.psec_safe",
-        "PSEC safe composition (reward + cost skills) on a velocity task: normalized reward and cost",
-        "experiments/configs/psec_safe.py:small",
-    ),
-    "lm_moe": Experiment(
-        "experiments.lm_moe",
-        "MoE language model on stdlib text + task mixture: top-1 vs top-2 vs top-p routing, p sweep, plots",
-        "experiments/configs/lm_moe.py:small",
-    ),
-    "psec_dynamics": Experiment(
-        "experiments.psec_dynamics",
-        "PSEC dynamics shift (shifted-dynamics pi_0 + LoRA on 5% nominal data): normalized scores",
-        "experiments/configs/psec_dynamics.py:small",
-    ),
-}
 
 # Packages whose versions `psec-jax info` reports.
 _PACKAGES = (
@@ -83,7 +45,7 @@ def _usage() -> str:
     lines += [
         "",
         "experiment flags:",
-        "  --config=PATH              ml-collections config file (required), e.g. "
+        "  --config=NAME[:PRESET]     a shipped config (or PATH[:PRESET] of a config file; required), e.g. "
         + next(iter(EXPERIMENTS.values())).default_config,
         "  --config.FIELD=VALUE       override a config field (the field must exist)",
         "  --workdir=DIR              where the run writes config.json, metrics.jsonl, checkpoints/",
@@ -230,7 +192,7 @@ def parse_experiment_flags(name: str, argv: Sequence[str]):
 
 def run_experiment(name: str, argv: Sequence[str]) -> int:
     """Parses and checks flags and config, prepares and locks the workdir, refuses one that holds another
-    run's records, enables the compilation cache, and runs ``EXPERIMENTS[name].module.main``; records
+    run's records, enables the compilation cache, and runs the experiment's ``run`` (``psec_jax.registry``); records
     the config in the workdir's ``config.json`` once it ran. Expected failures are one line on stderr:
     exit 2 for mistakes in the command (flags, config, workdir), 1 for unusable checkpoints, datasets,
     metrics or artifacts, a workdir holding another run's records, and the machine refusing (disk, file
@@ -251,7 +213,7 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
             loop.check_workdir_config(workdir, config, may_change)  # before any data is generated
             if not loop.holds_records(workdir):  # a run stopped halfway resumes against it
                 _record_config(workdir, config)
-            module.main(config, str(workdir))
+            module.run(config, str(workdir))
             _record_config(workdir, config)
     except workdir_lib.RecordsConflict as e:  # as resuming a checkpoint with another config: exit 1
         _say(f"{PROG} {name}: error: {e}")
@@ -298,7 +260,7 @@ def _start(name: str, argv: Sequence[str]):
         from psec_jax import compilation_cache
         from psec_jax.parallel import distributed
 
-        module = importlib.import_module(EXPERIMENTS[name].module)
+        module = registry.load(name)
     try:  # before anything starts the backend
         distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
     except ValueError as e:

@@ -1,6 +1,6 @@
 """Flags and configs of ``psec-jax <experiment>``: every way they can be wrong becomes one line.
 
-``parse(name, argv, experiment)`` loads ``--config=PATH[:PRESET]`` (ml-collections, locked), applies
+``parse(name, argv, experiment)`` loads ``--config=NAME|PATH[:PRESET]`` (a shipped config or a file) (ml-collections, locked), applies
 ``--config.FIELD=VALUE`` overrides, and checks the result before anything is compiled: the experiment's
 own fields exactly (a config written for another experiment is refused), each of its default's type,
 every float finite, every int within int32, every seed in [0, 2**31), and the experiment module's
@@ -9,7 +9,6 @@ every float finite, every int within int32, every seed in [0, 2**31), and the ex
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from psec_jax import configs, registry
 from psec_jax.runs import one_line
 
 PROG = "psec-jax"
@@ -38,15 +38,28 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _with_config(argv: Sequence[str], value: str) -> list[str]:
+    """``argv`` with --config's value replaced by ``value`` (a shipped config's name by its file path)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith("--config="):
+            out.append(f"--config={value}")
+        elif arg == "--config" and i + 1 < len(argv):
+            out.append(f"--config={value}")
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def _load_config_file(name: str, value: str) -> Any:
-    """Runs ``get_config(preset)`` of ``--config=PATH[:PRESET]`` as ml-collections will, turning each
+    """Runs ``get_config(preset)`` of ``--config=NAME|PATH[:PRESET]`` as ml-collections will, turning each
     way it can fail into one line (absl would print the config file's traceback)."""
-    path, args = value, []
-    if not os.path.isfile(path) and ":" in value:  # config_flags passes `path:arg` on to get_config(arg)
-        path, preset = value.split(":", 1)
-        args = [preset]
+    path, args = configs.resolve(value)
     if not os.path.isfile(path):
-        raise UsageError(f"{name}: config file not found: {path}")
+        raise UsageError(f"{name}: config file not found: {path} (shipped configs: {', '.join(configs.names())})")
     loader = importlib.machinery.SourceFileLoader("psec_jax_user_config", path)  # any suffix, as absl
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     try:
@@ -71,21 +84,14 @@ def _load_config_file(name: str, value: str) -> Any:
     return config
 
 
-def _reference_config(experiment: Any) -> Any:
-    """The experiment's own default config (``Experiment.default_config``), to compare fields with."""
-    path, _, preset = experiment.default_config.partition(":")
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return module.get_config(*([preset] if preset else []))
-
-
 def check_config(name: str, experiment: Any, config: Any, config_value: str) -> None:
     """UsageError (one line) unless ``config`` is a config of experiment ``name`` that can run: the
     experiment's fields exactly, each of its default's type, every float finite, every int within int32,
     every seed in [0, 2**31), and the experiment's own ``check_config``."""
     from psec_jax import config_check
 
-    module = importlib.import_module(experiment.module)
-    reference = _reference_config(experiment)
+    module = registry.load(name)
+    reference = registry.reference_config(name)
     try:
         config_check.same_fields(config, reference, name)
     except ValueError as e:
@@ -131,6 +137,10 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
     from absl import flags
     from ml_collections import config_flags
 
+    given = _config_path(argv)
+    if given is not None:  # config_flags loads files by path: a shipped config's name becomes its file
+        path, args = configs.resolve(given)
+        argv = _with_config(argv, ":".join([path, *args]))
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
         "config", None, "ml-collections config file; --config.FIELD=VALUE overrides a field.",
@@ -147,11 +157,11 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
                          flag_values=fv)
 
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(f"usage: {PROG} {name} --config=PATH [--config.FIELD=VALUE ...] --workdir=DIR\n")
+        print(f"usage: {PROG} {name} --config=NAME|PATH[:PRESET] [--config.FIELD=VALUE ...] --workdir=DIR\n")
         print(fv.get_help())
         raise SystemExit(0)
 
-    config_value = _config_path(argv)
+    config_value = given
     if config_value is None:
         raise UsageError(f"{name}: --config is required (e.g. --config={experiment.default_config})")
     file_config = _load_config_file(name, config_value)  # (the config before overrides)

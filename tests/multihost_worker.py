@@ -1,5 +1,5 @@
 """One process of the 2-process test (tests/test_multihost.py): joins the run from the JAX_* environment
-variables, trains the tiny LM with `experiments/lm_moe.py` and prints its summary as one JSON line."""
+variables, trains the tiny LM with `psec_jax.models.runner` and prints its summary as one JSON line."""
 
 import json
 import sys
@@ -10,11 +10,11 @@ assert distributed.initialize(), "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 
 import jax  # noqa: E402
 
-from experiments import lm_moe  # noqa: E402
-from experiments.configs import lm_moe as lm_config  # noqa: E402
+from psec_jax.models import runner as lm_moe  # noqa: E402
+from psec_jax.configs import lm_moe as lm_config  # noqa: E402
 
 config = lm_config.get_config("tiny")
 config.train.update({"routers": ("top_p",), "seeds": 2, "sweep_p": ()})
-summary = lm_moe.main(config, sys.argv[1])
+summary = lm_moe.run(config, sys.argv[1])
 print("SUMMARY " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                                "devices": jax.device_count(), "summary": summary}, sort_keys=True), flush=True)

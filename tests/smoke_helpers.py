@@ -1,7 +1,7 @@
 """The tiny smoke-experiment run shared by the training-loop tests."""
 
-from experiments import smoke
-from experiments.configs import smoke as smoke_config
+from psec_jax import smoke
+from psec_jax.configs import smoke as smoke_config
 
 
 def tiny_config(**train):
@@ -15,7 +15,7 @@ def tiny_config(**train):
 
 
 def run(config, workdir, wrap=lambda chunk: chunk):
-    """``smoke.run`` (what ``smoke.main`` trains with); ``wrap`` decorates the chunk function (to
+    """``smoke.train_in`` (what ``smoke.run`` trains with); ``wrap`` decorates the chunk function (to
     interrupt it). Returns ``(final state [num_seeds, ...], metric records)``."""
-    _, _, state, records = smoke.run(config, workdir, wrap)
+    _, _, state, records = smoke.train_in(config, workdir, wrap)
     return state, records

@@ -10,7 +10,7 @@ import pytest
 from psec_jax import cli, compilation_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "experiments", "configs", "smoke.py")
+CONFIG = os.path.join(ROOT, "psec_jax", "configs", "smoke.py")
 
 
 def test_module_help_and_info_run_in_a_fresh_process(tmp_path):
@@ -30,6 +30,25 @@ def test_bad_override_is_one_line_exit_2_in_a_fresh_process(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"psec-jax: error: smoke: unknown config field 'nope' in --config.train.nope=1 (config {CONFIG})"
     ]
+
+
+def test_shipped_configs_are_addressed_by_name_from_any_directory(tmp_path, capsys, monkeypatch):
+    """`--config=lm_moe:tiny` is the shipped file's `tiny` preset wherever the command runs; a path that
+    exists wins over a name; an unknown name lists the shipped ones."""
+    from psec_jax import configs
+    from psec_jax.configs import lm_moe
+
+    monkeypatch.chdir(tmp_path)
+    config, _, _ = cli.parse_experiment_flags("lm_moe", ["--config=lm_moe:tiny", "--config.train.seeds=2",
+                                                         "--workdir=w"])
+    expected = lm_moe.get_config("tiny")
+    expected.train.seeds = 2
+    assert config.to_dict() == expected.to_dict()
+    (tmp_path / "lm_moe").write_text("")  # a local file of that name is the path, not the shipped config
+    assert configs.resolve("lm_moe") == ("lm_moe", [])
+    assert configs.resolve("smoke")[0] == str(configs.DIRECTORY / "smoke.py")
+    assert cli.main(["smoke", "--config=smok", "--workdir=w"]) == 2
+    assert "config file not found: smok (shipped configs: behavior, lm_moe," in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -128,7 +147,7 @@ def test_unusable_workdirs_are_one_line_exit_2(tmp_path, capsys, where, message)
     assert (tmp_path / "plain").read_text() == "user data"
 
 
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
+CONFIGS = os.path.join(ROOT, "psec_jax", "configs")
 
 
 @pytest.mark.parametrize("name, config, message", [

@@ -13,10 +13,10 @@ from psec_jax import artifacts, cli, config_check
 from psec_jax.models import tasks, text
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "experiments" / "configs"
+CONFIGS = ROOT / "psec_jax" / "configs"
 SMOKE, LM, BEHAVIOR = f"{CONFIGS}/smoke.py", f"{CONFIGS}/lm_moe.py:tiny", f"{CONFIGS}/behavior.py"
 CONTINUAL, SAFE, DYNAMICS = (f"{CONFIGS}/psec_{name}.py:tiny" for name in ("continual", "safe", "dynamics"))
-PI0 = ROOT / "experiments" / "pretrained" / "walker_stand_small_paper_pi0"  # small network, raw observations
+PI0 = ROOT / "psec_jax" / "rl" / "pretrained" / "walker_stand_small_paper_pi0"  # small network, raw observations
 BIG = 10**12
 
 
@@ -67,14 +67,14 @@ def test_seeds_and_counts_beyond_int32_are_refused(tmp_path, capsys, name, confi
 ])
 def test_config_files_must_keep_the_types_of_the_defaults(tmp_path, capsys, edit, message):
     path = tmp_path / "config.py"  # written from scratch, as a user might: no ConfigDict type checks on the way
-    path.write_text(f"import ml_collections\nfrom experiments.configs import smoke\n\ndef get_config():\n"
+    path.write_text(f"import ml_collections\nfrom psec_jax.configs import smoke\n\ndef get_config():\n"
                     f"    c = smoke.get_config().to_dict()\n    {edit}\n    return ml_collections.ConfigDict(c)\n")
     assert message in refused(capsys, tmp_path, "smoke", path)
 
 
 def test_every_preset_has_the_types_of_its_experiments_default():
-    from experiments.configs import behavior, lm_moe, psec_continual, psec_dynamics, psec_safe, smoke
-    from psec_jax import experiment_flags
+    from psec_jax.configs import behavior, lm_moe, psec_continual, psec_dynamics, psec_safe, smoke
+    from psec_jax import registry
 
     presets = {"smoke": [smoke.get_config()], "behavior": [behavior.get_config()],
                "lm_moe": [lm_moe.get_config(p) for p in lm_moe.SIZES],
@@ -83,7 +83,7 @@ def test_every_preset_has_the_types_of_its_experiments_default():
                "psec_safe": [psec_safe.get_config(s) for s in ("tiny", "small", "paper")],
                "psec_dynamics": [psec_dynamics.get_config(s) for s in ("tiny", "small", "paper")]}
     for name, configs in presets.items():
-        reference = experiment_flags._reference_config(cli.EXPERIMENTS[name])
+        reference = registry.reference_config(name)
         for config in configs:
             config_check.same_types(config, reference)
             config_check.seeds(config)
@@ -162,8 +162,8 @@ def _text_data(train_tokens, val_tokens, val_task_rows, seq_len):
 
 
 def test_lm_moe_checks_the_built_data_in_one_line():
-    from experiments import lm_moe
-    from experiments.configs import lm_moe as lm_config
+    from psec_jax.models import runner as lm_moe
+    from psec_jax.configs import lm_moe as lm_config
     from psec_jax.experiment_flags import UsageError
 
     config = lm_config.get_config("tiny")  # seq_len 64, val_corpus_rows 4, val_task_rows 4
@@ -183,7 +183,7 @@ def test_lm_moe_checks_the_built_data_in_one_line():
     (2, 10, 12, (2, 10)),  # fewer rows than a batch: one batch of all of them
 ])
 def test_full_validation_is_whole_batches_whatever_the_split_sizes(text_rows, task_rows, batch, want):
-    from experiments import lm_moe
+    from psec_jax.models import runner as lm_moe
 
     full, rows, unigram = lm_moe.full_validation(_text_data(50, 5 * text_rows, task_rows, 4), 4, batch)
     n = sum(want)
@@ -233,21 +233,21 @@ def test_a_given_pi0_that_does_not_fit_is_refused_naming_what_differs(tmp_path, 
 
 
 def test_the_committed_pi0_fits_the_config_it_was_made_for(tmp_path):
-    from experiments.configs import psec_continual as continual_config
+    from psec_jax.configs import psec_continual as continual_config
     from psec_jax.rl import continual
 
     c = continual_config.get_config("small,paper_protocol")
     c.pretrained = str(PI0)
     with pytest.raises(ValueError, match="give seed 0's"):  # one pi_0, but each seed builds on its own
-        continual.check_config(c)
+        continual.SETTING.check_config(c)
     c.share_pretrain = True
-    continual.check_config(c)
+    continual.SETTING.check_config(c)
     c.pretrained = str(_restandardised(tmp_path, "walker-stand-expert-1000traj"))
     c.obs_norm = True
-    continual.check_config(c)
+    continual.SETTING.check_config(c)
     c.base_data = "walker-stand-expert-200traj"  # ... but a run given its data is not checked against the name
     with pytest.raises(ValueError, match="pretrained on"):
-        continual.check_config(c)
+        continual.SETTING.check_config(c)
     from psec_jax.rl import runner
 
     runner.check_config(continual.SETTING, c, given=("data",))
@@ -291,7 +291,7 @@ def test_behavior_refuses_sac_sizes_before_building_the_env(tmp_path, capsys, ov
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])
 def test_lm_gather_weights_can_be_set_from_the_command_line(value, expected):
-    lm_config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "lm_moe.py"
+    lm_config = Path(__file__).resolve().parents[1] / "psec_jax" / "configs" / "lm_moe.py"
     config, _, _ = cli.parse_experiment_flags("lm_moe", [f"--config={lm_config}:tiny", "--workdir=w",
                                                          f"--config.model.gather_weights={value}"])
     assert config.model.gather_weights is expected

@@ -282,7 +282,7 @@ def test_own_envs_have_measured_reference_returns():
 
 def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     """`psec-jax behavior`'s main: training chunks, levels, policy directory, metrics, summary."""
-    import experiments.behavior as entry
+    from psec_jax.data import behavior as entry
     from psec_jax import runs
 
     monkeypatch.setattr(behavior.envs_lib, "make", lambda name: point_env())
@@ -290,7 +290,7 @@ def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     config.env = "walker-stand"  # any registry name; make() is replaced by the toy env
     config.sac = small_sac_config()
     config.total_steps, config.eval_every, config.eval_episodes = 2000, 400, 4
-    summary = entry.main(config, str(tmp_path))
+    summary = entry.run(config, str(tmp_path))
     records = runs.read_metrics(tmp_path / "metrics.jsonl")
     assert len(records) == 5 and records[-1]["env_steps"] == summary["env_steps"] >= 2000
     actor, pols, meta = behavior.load(tmp_path / "policy")

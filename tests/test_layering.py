@@ -42,3 +42,72 @@ def test_the_probe_sees_heavy_imports():
 def test_parallel_imports_no_simulator_and_no_models():
     mods = imported_by("psec_jax.parallel")
     assert heavy(mods) == [] and not any(m.startswith(("psec_jax.models", "psec_jax.rl")) for m in mods)
+
+
+# --- the library names nothing above it -----------------------------------------------------------------
+
+import ast  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PACKAGE = Path(__file__).resolve().parents[1] / "psec_jax"
+ABOVE = re.compile(r"^(experiments|benchmarks|tests)(\.|:|$)")  # importable names outside the library
+# a string that names a module above ("experiments.smoke", "benchmarks:main"); a bare word may be a directory name
+ABOVE_STRING = re.compile(r"^(experiments|benchmarks|tests)[.:]\w")
+# package -> subpackages of psec_jax it must not import (the layering is one-way)
+BELOW = {"lora": ("rl", "models"), "moe": ("rl", "models"), "kernels": ("rl", "models"), "envs": ("rl", "models"),
+         "data": ("rl", "models"), "parallel": ("rl", "models")}
+
+
+def imports_and_names(path: Path) -> tuple[set[str], set[str]]:
+    """The modules a source file imports (at any depth, late imports included) and every string constant in it
+    that could name a module (importlib strings, "module:attribute" targets)."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules, names = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[\w.:]+", node.value):
+            names.add(node.value)
+    return modules, names
+
+
+def test_the_library_names_nothing_above_it():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        modules, names = imports_and_names(path)
+        offenders += [f"{path.relative_to(PACKAGE.parent)}: {m}" for m in sorted(modules) if ABOVE.match(m)]
+        offenders += [f"{path.relative_to(PACKAGE.parent)}: {n!r}" for n in sorted(names) if ABOVE_STRING.match(n)]
+    assert offenders == []
+
+
+def test_the_scan_sees_a_late_import_and_an_importlib_string(tmp_path):
+    """The check above can fail: a late import and a string naming a module above are both found."""
+    source = tmp_path / "bad.py"
+    source.write_text("def f():\n    import experiments.smoke\n    return importlib.import_module('benchmarks.x')\n")
+    modules, names = imports_and_names(source)
+    assert any(ABOVE.match(m) for m in modules) and any(ABOVE_STRING.match(n) for n in names)
+
+
+@pytest.mark.parametrize("package", sorted(BELOW))
+def test_lower_packages_never_import_rl_or_models(package):
+    bad = []
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        modules, _ = imports_and_names(path)
+        bad += [f"{path.name}: {m}" for m in sorted(modules)
+                if any(m == f"psec_jax.{up}" or m.startswith(f"psec_jax.{up}.") for up in BELOW[package])]
+    assert bad == []
+
+
+def test_every_registered_experiment_lives_in_the_library():
+    from psec_jax import registry
+
+    mods = imported_by("psec_jax.registry")
+    assert not any(ABOVE.match(m) for m in mods)
+    for name, experiment in registry.EXPERIMENTS.items():
+        assert experiment.target.startswith("psec_jax."), name
+        obj = registry.load(name)
+        assert callable(obj.run) and callable(obj.check_config), name
+        registry.reference_config(name)  # its shipped default config loads

@@ -1,4 +1,4 @@
-"""Training the MoE language model (psec_jax.models.train, experiments/lm_moe.py): no recompilation,
+"""Training the MoE language model (psec_jax.models.train, psec_jax.models.runner): no recompilation,
 bit-identical resume, train(key) = the chunked loop, members in one program, outputs and config errors."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import lm_moe
-from experiments.configs import lm_moe as lm_config
+from psec_jax.models import runner as lm_moe
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax import cli, testing
 from psec_jax.checkpoint import Checkpoints
 from psec_jax.models import pipeline
@@ -44,7 +44,7 @@ def finished(tmp_path_factory):
     """One tiny run of the experiment (top-p, 2 seeds, 2 chunks of 4 steps)."""
     workdir = tmp_path_factory.mktemp("lm")
     config = tiny()
-    summary = lm_moe.main(config, str(workdir))
+    summary = lm_moe.run(config, str(workdir))
     return config, workdir, summary
 
 
@@ -72,7 +72,7 @@ def test_resume_continues_bit_identically(finished, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir, resumed)
     shutil.rmtree(resumed / "stages" / "top_p" / "checkpoints" / "8")
-    lm_moe.main(config, str(resumed))
+    lm_moe.run(config, str(resumed))
     step_a, a = final_params(workdir)
     step_b, b = final_params(resumed)
     assert step_a == step_b == 8
@@ -130,7 +130,7 @@ def test_vmap_and_map_members_agree():
 
 
 def test_paper_preset_counts_parameters_without_allocating(capsys):
-    counts = lm_moe.main(lm_config.get_config("paper"), "/nonexistent/never/written")
+    counts = lm_moe.run(lm_config.get_config("paper"), "/nonexistent/never/written")
     assert 3.45e9 < counts["total"] < 3.55e9 and 3.70e8 < counts["active_top1"] < 3.78e8
     assert "3488." in capsys.readouterr().out
 
@@ -140,7 +140,7 @@ def test_paper_preset_counts_parameters_without_allocating(capsys):
     ("--config.train.sweep_p=(0.0,)", "sweep_p"), ("--config.model.num_heads=3", "heads"),
     ("--config.router.p=1.5", "router.p"), ("--config.train.members=pmap", "train.members")])
 def test_bad_config_is_one_line_exit_2(override, message, tmp_path, capsys):
-    code = cli.main(["lm_moe", "--config=experiments/configs/lm_moe.py:tiny", override, f"--workdir={tmp_path / 'w'}"])
+    code = cli.main(["lm_moe", "--config=psec_jax/configs/lm_moe.py:tiny", override, f"--workdir={tmp_path / 'w'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "w").exists()

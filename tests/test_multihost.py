@@ -70,7 +70,7 @@ def test_multi_process_settings_come_from_flags_or_environment_and_are_checked(m
 def test_cli_rejects_an_incomplete_multi_process_command(tmp_path, capsys, monkeypatch):
     for var in distributed.ENV.values():
         monkeypatch.delenv(var, raising=False)
-    code = cli.main(["smoke", "--config=experiments/configs/smoke.py", f"--workdir={tmp_path / 'w'}",
+    code = cli.main(["smoke", "--config=psec_jax/configs/smoke.py", f"--workdir={tmp_path / 'w'}",
                      "--num_processes=2"])
     assert code == 2
     assert "needs --coordinator_address (or $JAX_COORDINATOR_ADDRESS), --process_id" in capsys.readouterr().err

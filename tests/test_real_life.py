@@ -17,7 +17,7 @@ from psec_jax import cli, loop, progress, runs, signals
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "experiments" / "configs" / "smoke.py")
+CONFIG = str(ROOT / "psec_jax" / "configs" / "smoke.py")
 TINY = ["--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32", "--config.train.batch_size=16",
         "--config.train.log_every=10", "--config.train.checkpoint_every=20", "--config.train.max_to_keep=3"]
 

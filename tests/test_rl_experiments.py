@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import psec_continual as continual_config
-from experiments.configs import psec_dynamics as dynamics_config
-from experiments.configs import psec_safe as safe_config
+from psec_jax.configs import psec_continual as continual_config
+from psec_jax.configs import psec_dynamics as dynamics_config
+from psec_jax.configs import psec_safe as safe_config
 from psec_jax import cli, lora
 from psec_jax.rl import dynamics, report, safe, saving
 from rl_helpers import assert_table_complete, point_env, random_data
@@ -68,7 +68,7 @@ def test_configs(module):
 def test_experiments_are_registered_with_the_cli(tmp_path):
     for name, config_module in (("psec_safe", safe_config), ("psec_dynamics", dynamics_config)):
         assert name in cli.EXPERIMENTS
-        path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
+        path = os.path.join(ROOT, "psec_jax", "configs", f"{name}.py")
         config, workdir, _ = cli.parse_experiment_flags(
             name, [f"--config={path}:tiny", f"--workdir={tmp_path}", "--config.num_seeds=2"])
         assert config.num_seeds == 2 and config.size == "tiny" and workdir == str(tmp_path)
@@ -87,7 +87,7 @@ def test_safe_end_to_end_tiny(tmp_path):
     c = tiny(safe_config)
     c.cost_limit = 8.0
     data = with_episodes(random_data(256, 1), 32)  # 8 episodes of ~10 cost each
-    out = safe.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
+    out = safe.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
     assert list(out["methods"]) == list(safe.METHODS)
     for m, row in out["methods"].items():
         for f in ("return", "cost"):
@@ -115,7 +115,7 @@ def test_safe_end_to_end_tiny(tmp_path):
         setattr(parent, name, value)
         with pytest.raises(ValueError, match=message):
             env = None if field == "env" else point_env(6)  # walker-walk is refused before it is built
-            safe.run(bad, tmp_path / "bad", data=data, env=env, reference=REFERENCE)
+            safe.SETTING.run(bad, tmp_path / "bad", data=data, env=env, reference=REFERENCE)
 
 
 def test_dynamics_end_to_end_tiny(tmp_path):
@@ -123,7 +123,7 @@ def test_dynamics_end_to_end_tiny(tmp_path):
     # shapes as in the safe test (256 transitions to pretrain on and to expand from), so the stages'
     # programs come from the persistent compilation cache the first test filled
     data = {"source": random_data(256, 1), "target": with_episodes(random_data(5120, 2), 256)}  # 20 episodes
-    out = dynamics.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
+    out = dynamics.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
     assert list(out["methods"]) == list(dynamics.METHODS)
     assert out["target_data"]["episodes"] == 20 and out["target_data"]["kept_episodes"] == 1  # 5%
     assert out["target_data"]["kept_transitions"] == 256
@@ -145,4 +145,4 @@ def test_dynamics_end_to_end_tiny(tmp_path):
         bad = tiny(dynamics_config)
         setattr(bad, field, value)
         with pytest.raises(ValueError, match=message):
-            dynamics.run(bad, tmp_path / "bad", data=data, env=point_env(6), reference=REFERENCE)
+            dynamics.SETTING.run(bad, tmp_path / "bad", data=data, env=point_env(6), reference=REFERENCE)

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.configs import psec_continual as continual_config
+from psec_jax.configs import psec_continual as continual_config
 from psec_jax.rl import config as rl_config
 from psec_jax.rl import continual, critics, policy, report, runner, stats, train
 from rl_helpers import ACT, OBS, random_data
@@ -64,10 +64,10 @@ def test_presets():
     assert continual.skill_data_name(c, "walk") == "walker-walk-expert-3traj"
     c.skill_trajectories = 0
     with pytest.raises(ValueError, match="skill_trajectories"):
-        continual.check_config(c)
+        continual.SETTING.check_config(c)
     c.skill_trajectories, c.expand.objective = 10, "magic"
     with pytest.raises(ValueError, match="objective"):
-        continual.check_config(c)
+        continual.SETTING.check_config(c)
 
 
 def test_obs_norm_feeds_raw_or_standardised_observations():
@@ -202,7 +202,7 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
 
     # check_config reads the saved pi_0 of each run's parent: the committed one (s2w_paper's) re-saved with
     # the parent's pi_0 data and kind of normaliser
-    _, params, _, meta = saving.load_base(Path(__file__).resolve().parents[1] / continual_config.DEMO_PI0)
+    _, params, _, meta = saving.load_base(runner.SHIPPED_PI0 / continual_config.DEMO_PI0)
     for parent in {r.after for r in sweep.RUNS.values() if r.after}:
         c = continual_config.get_config(sweep.RUNS[parent].arg)
         normalizer = Normalizer(np.zeros(24), 2 * np.ones(24)) if c.obs_norm else Normalizer.identity(24)
@@ -220,20 +220,18 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
         assert list(config.methods) == methods, name  # `a,b` is the tuple (a, b), not ("a,b",)
 
 
-def test_demo_builds_on_the_committed_pi0():
-    import os
-
+def test_demo_builds_on_the_shipped_pi0_from_any_directory(tmp_path, monkeypatch):
     from psec_jax.rl import saving
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(tmp_path)  # the name resolves to the package's copy, wherever the run starts
     c = continual_config.get_config("demo")
     assert c.protocol == "demo" and tuple(c.methods) == ("scratch", "psec") and not c.obs_norm
-    c.pretrained = os.path.join(root, c.pretrained)
-    continual.check_config(c)
+    assert runner.pretrained_paths(c) == [runner.SHIPPED_PI0 / c.pretrained]
+    continual.SETTING.check_config(c)
     params, normalizer = runner.load_pretrained(c, c.base_data, 24, 6)  # the walker's sizes
     assert jax.tree.leaves(params)[0].shape[0] == 1
     assert float(jnp.abs(normalizer.mean).max()) == 0.0 and float(normalizer.std.min()) == 1.0
-    assert saving.load_base(c.pretrained)[3]["data"] == "walker-stand-expert-1000traj"
+    assert saving.load_base(runner.pretrained_paths(c)[0])[3]["data"] == "walker-stand-expert-1000traj"
 
 
 def test_readme_psec_tables_are_the_committed_results():

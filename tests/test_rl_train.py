@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.configs import psec_continual as continual_config
+from psec_jax.configs import psec_continual as continual_config
 from psec_jax import loop, lora
 from psec_jax.lora.core import LoRAPair
 from psec_jax.rl import continual, critics, pipeline, policy, saving, train
@@ -146,15 +146,15 @@ def test_independent_pi0s_then_skills_trained_again_or_loaded_give_the_same_retu
     c.num_seeds, c.share_pretrain, c.methods = 2, False, ("psec_fixed",)
     c.eval.episode_length, c.eval.candidates = 6, 1  # loaded skills come without critics: one candidate
     data = {"base": random_data(256, 1), "walk": random_data(256, 2)}
-    first = continual.run(c, tmp_path / "first", data=data, env=point_env(6))
+    first = continual.SETTING.run(c, tmp_path / "first", data=data, env=point_env(6))
     pi0 = [saving.load_base(tmp_path / "first" / "policies" / d) for d in ("pi0", "pi0_seed1")]
     assert pi0[0][3]["data"] == pi0[1][3]["data"]  # the same data, each seed its own pi_0
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pi0[0][1]), jax.tree.leaves(pi0[1][1])))
     again = c.copy_and_resolve_references()
     again.pretrained = str(tmp_path / "first" / "policies" / "pi0")  # seed by seed: pi0, pi0_seed1
-    trained = continual.run(again, tmp_path / "trained", data=data, env=point_env(6))
+    trained = continual.SETTING.run(again, tmp_path / "trained", data=data, env=point_env(6))
     again.library = str(tmp_path / "first" / "policies" / "library_seed0")
-    loaded = continual.run(again, tmp_path / "loaded", data=data, env=point_env(6))
+    loaded = continual.SETTING.run(again, tmp_path / "loaded", data=data, env=point_env(6))
     assert not (tmp_path / "loaded" / "stages" / "expand_lora_walk").exists()
     assert (first["raw"]["psec_fixed"]["return_per_seed"] == trained["raw"]["psec_fixed"]["return_per_seed"]
             == loaded["raw"]["psec_fixed"]["return_per_seed"])
@@ -164,16 +164,16 @@ def test_independent_pi0s_then_skills_trained_again_or_loaded_give_the_same_retu
     changed = again.copy_and_resolve_references()
     changed.expand.steps = 100  # another skill than the one this config would train: refused
     with pytest.raises(ValueError, match="skill 'walk' was trained with other expand settings"):
-        continual.run(changed, tmp_path / "changed", data=data, env=point_env(6))
+        continual.SETTING.run(changed, tmp_path / "changed", data=data, env=point_env(6))
     changed.library = str(tmp_path / "first" / "policies" / "library_seed1")
     with pytest.raises(ValueError, match="give seed 0's"):
-        continual.run(changed, tmp_path / "changed", data=data, env=point_env(6))
+        continual.SETTING.run(changed, tmp_path / "changed", data=data, env=point_env(6))
     again.num_seeds = 3  # a third seed has no library nor pi_0 of its own there: refused, naming what is missing
     with pytest.raises(ValueError, match="library_seed2 is missing"):
-        continual.run(again, tmp_path / "three", data=data, env=point_env(6))
+        continual.SETTING.run(again, tmp_path / "three", data=data, env=point_env(6))
     again.library = ""
     with pytest.raises(ValueError, match="pi0_seed2"):
-        continual.run(again, tmp_path / "three", data=data, env=point_env(6))
+        continual.SETTING.run(again, tmp_path / "three", data=data, env=point_env(6))
 
 
 def test_continual_end_to_end_tiny(tmp_path):
@@ -181,7 +181,7 @@ def test_continual_end_to_end_tiny(tmp_path):
     c.num_seeds = 2
     c.eval.episode_length = 6
     data = {"base": random_data(256, 1), "walk": random_data(256, 2)}
-    out = continual.run(c, tmp_path, data=data, env=point_env(6))
+    out = continual.SETTING.run(c, tmp_path, data=data, env=point_env(6))
     assert list(out["methods"]) == list(continual.METHODS)
     for row in out["methods"].values():
         assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
@@ -196,14 +196,14 @@ def test_continual_end_to_end_tiny(tmp_path):
     # rerun building on the saved pi_0 (``config.pretrained``): the same seeds give bit-identical returns
     again = c.copy_and_resolve_references()
     again.methods, again.pretrained = ("scratch", "psec"), str(tmp_path / "policies" / "pi0")
-    out2 = continual.run(again, tmp_path / "again", data=data, env=point_env(6))
+    out2 = continual.SETTING.run(again, tmp_path / "again", data=data, env=point_env(6))
     for m in again.methods:
         assert out2["raw"][m]["return_per_seed"] == out["raw"][m]["return_per_seed"]
         assert out2["methods"][m]["return_ci"] == out["methods"][m]["return_ci"]
     assert json.loads((tmp_path / "again" / "results.json").read_text())["pretrained_sha256"]
     again.obs_norm = False  # pi_0 was trained on standardised observations: refused, naming why
     with pytest.raises(ValueError, match="normaliser"):
-        continual.run(again, tmp_path / "raw", data=data, env=point_env(6))
+        continual.SETTING.run(again, tmp_path / "raw", data=data, env=point_env(6))
     with pytest.raises(ValueError, match="unknown method"):
         c.methods = ("psec", "magic")
-        continual.run(c, tmp_path / "bad", data=data, env=point_env(6))
+        continual.SETTING.run(c, tmp_path / "bad", data=data, env=point_env(6))

@@ -13,13 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import smoke
+from psec_jax import smoke
 from smoke_helpers import run, tiny_config
 from psec_jax import cli, loop, runs, testing
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "experiments" / "configs" / "smoke.py")
+CONFIG = str(ROOT / "psec_jax" / "configs" / "smoke.py")
 TINY = ["--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32", "--config.train.batch_size=16",
         "--config.train.log_every=10", "--config.train.checkpoint_every=20", "--config.train.max_to_keep=3"]
 
@@ -56,10 +56,10 @@ def test_refused_resume_leaves_config_json_as_it_was(tmp_path):
 
 
 def test_rerunning_a_finished_run_keeps_its_record(tmp_path, capsys):
-    smoke.main(tiny_config(), str(tmp_path))
+    smoke.run(tiny_config(), str(tmp_path))
     first = json.loads((tmp_path / "summary.json").read_text())
     metrics = (tmp_path / "metrics.jsonl").read_text()
-    smoke.main(tiny_config(), str(tmp_path))  # nothing left to train
+    smoke.run(tiny_config(), str(tmp_path))  # nothing left to train
     again = json.loads((tmp_path / "summary.json").read_text())
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
     assert again == first and isinstance(again["steps_per_sec"], float)

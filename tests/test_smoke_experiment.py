@@ -6,7 +6,7 @@ import os
 import jax
 import pytest
 
-from experiments import smoke
+from psec_jax import smoke
 from smoke_helpers import run, tiny_config
 from psec_jax import runs, testing
 from psec_jax.checkpoint import CheckpointError
@@ -52,7 +52,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 
 def test_main_writes_the_workdir(tmp_path, capsys):
-    summary = smoke.main(tiny_config(), str(tmp_path))
+    summary = smoke.run(tiny_config(), str(tmp_path))
     assert summary["steps"] == 40 and summary["final_train_mse"] < summary["target_variance"]
     assert "final_train_mse" in capsys.readouterr().out
     assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 40
@@ -68,8 +68,8 @@ def test_bad_chunking_is_rejected():
 def test_main_trains_several_seeds_as_one_sweep(tmp_path):
     config = tiny_config()
     config.num_seeds = 2
-    summary = smoke.main(config, str(tmp_path))
-    one = smoke.main(tiny_config(), str(tmp_path / "one"))  # seed 0 alone is member 0 of the sweep
+    summary = smoke.run(config, str(tmp_path))
+    one = smoke.run(tiny_config(), str(tmp_path / "one"))  # seed 0 alone is member 0 of the sweep
     assert summary["num_seeds"] == 2 and len(summary["final_train_mse_per_seed"]) == 2
     assert summary["final_train_mse_per_seed"][0] == pytest.approx(one["final_train_mse"], rel=1e-6)
     assert summary["final_train_mse_per_seed"][0] != summary["final_train_mse_per_seed"][1]

@@ -27,6 +27,7 @@ import numpy as np
 from psec_jax import artifacts, envs as envs_lib, prng, runs
 from psec_jax.data import sac
 from psec_jax.data.normalize import Normalizer
+from psec_jax.workdir import WorkdirError
 
 POLICY_DIR = Path(__file__).parent / "policies"
 MANIFEST = "policy.json"
@@ -187,6 +188,29 @@ def save(directory: str | os.PathLike, policies: dict[str, BehaviorPolicy], info
             for name, p in policies.items()}
     meta = {"format": FORMAT, **runs.to_jsonable(info)}
     return artifacts.save_tree(directory, tree, meta, manifest=MANIFEST, error=PolicyError)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`psec-jax behavior`: trains SAC on ``config.env`` and saves its behaviour policies (random / replay /
+    medium / expert snapshots) to ``<workdir>/policy``; each evaluation is appended to ``metrics.jsonl`` as
+    it happens, the level returns go to ``summary.json``. Installing a new policy into the package is
+    deliberately manual: review the returns, then copy ``<workdir>/policy`` to
+    ``psec_jax/data/policies/<env>/`` and commit it. Returns the summary."""
+    earlier = [f for f in (runs.METRICS_FILE, "policy") if (Path(workdir) / f).exists()]
+    if earlier:  # SAC training keeps no checkpoints: a second run would mix its files with the first's
+        raise WorkdirError(f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
+                           f"behavior runs do not resume: use a new --workdir")
+    runs.save_config(workdir, config)
+    with runs.MetricsWriter(workdir, tensorboard_from=0) as metrics:  # one line per evaluation, for watching a run
+        policies, info = train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))
+    path = save(Path(workdir) / "policy", policies, info)
+    summary = {f"return/{name}": lvl["return"] for name, lvl in info["levels"].items()}
+    summary["train_seconds"] = info["train_seconds"]
+    summary["env_steps"] = info["curve"][-1]["env_steps"]
+    runs.write_summary(workdir, summary)
+    print(runs.format_table([{"level": n, **l} for n, l in info["levels"].items()]))
+    print(f"saved {path}")
+    return summary
 
 
 def policy_dir(env_name: str) -> Path:

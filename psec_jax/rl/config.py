@@ -1,5 +1,5 @@
 """The base config of the PSEC settings, with one table of sizes; each setting's config
-(experiments/configs/psec_*.py) starts from ``base_config(size)`` and overrides what differs.
+(psec_jax/configs/psec_*.py) starts from ``base_config(size)`` and overrides what differs.
 
     c = base_config("small")          # the CPU sizes; "tiny" for tests, "paper" for PSEC's own
 """
@@ -98,8 +98,8 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # standardise observations with pi_0's data statistics (every stage and acting); the official code
     # feeds raw observations (False)
     c.obs_norm = True
-    # path of a pi_0 saved by an earlier run (its workdir's policies/pi0) to build on instead of
-    # pretraining (one pi_0 for every seed); its network, data and normaliser must match this config
+    # path of a pi_0 saved by an earlier run (its workdir's policies/pi0), or the name of one shipped in
+    # psec_jax/rl/pretrained, to build on instead of pretraining; its network, data and normaliser must match this config
     # ("" = pretrain here)
     c.pretrained = ""
     # path of a skill library saved by an earlier run (its workdir's policies/library_seed0, with

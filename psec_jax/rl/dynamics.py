@@ -134,12 +134,3 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
 SETTING = runner.Setting("dynamics", TABLE, "argmax_q", check, prepare, expand_key="expand/{name}",
                          pi0_source=pi0_source)
 
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """ValueError (one line) for a config this setting cannot run; nothing is loaded or compiled."""
-    runner.check_config(SETTING, config)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """``runner.run`` of this setting; ``kwargs``: ``data`` / ``env`` / ``reference`` (``prepare``)."""
-    return runner.run(SETTING, config, workdir, **kwargs)

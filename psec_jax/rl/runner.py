@@ -74,6 +74,14 @@ class Setting:
     # pi_0 (config.pretrained) is checked against them before anything is loaded
     pi0_source: Callable[[ml_collections.ConfigDict], tuple[str, str]] | None = None
 
+    def check_config(self, config: ml_collections.ConfigDict, given: Collection[str] = ()) -> None:
+        """``check_config(self, ...)``: what the CLI runs before anything is loaded or compiled."""
+        check_config(self, config, given)
+
+    def run(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+        """``run(self, ...)``: the experiment's entry point (``psec-jax <setting>``)."""
+        return run(self, config, workdir, **kwargs)
+
 
 def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Collection[str] = ()) -> None:
     """ValueError (one line) for a config ``setting`` cannot run; nothing is generated or compiled (a given
@@ -209,7 +217,7 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": commit,
              "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
     if config.pretrained:
-        extra["pretrained_sha256"] = artifacts.sha256(Path(config.pretrained) / "manifest.json")
+        extra["pretrained_sha256"] = artifacts.sha256(pretrained_paths(config)[0] / "manifest.json")
         if not config.share_pretrain:  # each seed's own pi_0
             extra["pretrained_seeds_sha256"] = [artifacts.sha256(p / "manifest.json") for p in pretrained_paths(config)]
     table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels,
@@ -242,13 +250,25 @@ def recorded_sizes(env_name: str) -> tuple[int, int] | None:
         return None
 
 
+SHIPPED_PI0 = Path(__file__).resolve().parent / "pretrained"  # pi_0s installed with the package (the demo's)
+
+
+def pretrained_root(value: str) -> Path:
+    """``config.pretrained`` as a directory: a path, or the name of a pi_0 shipped in ``SHIPPED_PI0``
+    (``walker_stand_small_paper_pi0``) when no such path exists, so the demo runs from any directory."""
+    path = Path(value)
+    if not path.exists() and path.name == value and (SHIPPED_PI0 / value).is_dir():
+        return SHIPPED_PI0 / value
+    return path
+
+
 def pretrained_paths(config: ml_collections.ConfigDict) -> list[Path]:
     """The saved pi_0 of each seed that ``config.pretrained`` (a run's policies/pi0) provides: that one
     for every seed when ``config.share_pretrain``, else seed i's own, ``pi0`` for seed 0 and its sibling
     ``pi0_seed{i}`` for the others (as a run with independent seeds saves them); [] when not given."""
     if not config.pretrained:
         return []
-    first = Path(config.pretrained)
+    first = pretrained_root(config.pretrained)
     if config.share_pretrain:
         return [first]
     return [first] + [first.with_name(f"pi0_seed{i}") for i in range(1, config.num_seeds)]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.configs import lm_moe as lm_config
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax import parallel
 from psec_jax.models import pipeline, sharding
 from psec_jax.models import train as lm_train

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from experiments.configs import lm_moe as lm_config
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax import parallel
 from psec_jax.models import pipeline, sharding
 from psec_jax.models import train as lm_train

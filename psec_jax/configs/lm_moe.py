@@ -1,8 +1,8 @@
 """Config for `psec-jax lm_moe`: top-1 vs top-2 vs top-p MoE language models ("Harder Tasks Need More
 Experts") on the Python standard library's source plus a controlled task mixture.
 
-    psec-jax lm_moe --config=experiments/configs/lm_moe.py:small --workdir=runs/lm_moe_small
-    psec-jax lm_moe --config=experiments/configs/lm_moe.py:paper --workdir=/tmp/paper   # counts only
+    psec-jax lm_moe --config=psec_jax/configs/lm_moe.py:small --workdir=runs/lm_moe_small
+    psec-jax lm_moe --config=psec_jax/configs/lm_moe.py:paper --workdir=/tmp/paper   # counts only
 
 Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `paper` (the
 paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).

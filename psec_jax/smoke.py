@@ -2,7 +2,7 @@
 
 It is the template every training experiment follows: ``make_train(config)`` returns pure functions;
 ``train(key)`` runs the whole loop in one ``lax.scan`` (so ``jit(vmap(train))(keys)`` trains many seeds
-at once), and ``main`` drives the same ``chunk`` function through ``psec_jax.loop.run_chunks`` for
+at once), and ``run`` drives the same ``chunk`` function through ``psec_jax.loop.run_chunks`` for
 metrics, progress and checkpoints, ``num_seeds`` members at once split over the devices
 (``psec_jax.parallel.sweep``).
 """
@@ -10,7 +10,6 @@ metrics, progress and checkpoints, ``num_seeds`` members at once split over the 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -72,7 +71,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_train(config: ml_collections.ConfigDict) -> Trainer:
-    """Builds the pure functions of the smoke run from ``config`` (see experiments/configs/smoke.py);
+    """Builds the pure functions of the smoke run from ``config`` (see psec_jax/configs/smoke.py);
     ConfigError if the config cannot train."""
     check_config(config)
     tc = config.train
@@ -119,8 +118,8 @@ def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
     return jax.vmap(jax.random.key)(config.seed + jnp.arange(config.num_seeds))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-        wrap: Callable[[Callable], Callable] = lambda chunk: chunk) -> tuple[Trainer, Data, TrainState, list[dict]]:
+def train_in(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+             wrap: Callable[[Callable], Callable] = lambda chunk: chunk) -> tuple[Trainer, Data, TrainState, list[dict]]:
     """Trains the ``num_seeds`` members with ``loop.run_chunks`` (metrics, progress, checkpoints in
     ``workdir``, resumed if present). The members are one program split over the devices
     (`parallel.sweep`: as many as divide num_seeds). ``wrap`` decorates the chunk function (tests
@@ -145,10 +144,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return trainer, data, state, records
 
 
-def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains with logging and checkpoints in ``workdir`` (resuming if it has any); prints a summary
     (process 0 of a multi-process run) and returns it: means over the seeds, and per seed."""
-    trainer, data, state, records = run(config, workdir)
+    trainer, data, state, records = train_in(config, workdir)
     mse = distributed.to_host(parallel.sweep(trainer.loss)(state.params, data))  # [num_seeds]
     variance = distributed.to_host(parallel.sweep(lambda d: jnp.var(d.y))(data))
     summary = {
@@ -163,8 +162,3 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         print(runs.write_summary(workdir, summary))
     return summary
 
-
-if __name__ == "__main__":
-    from psec_jax.cli import main as cli_main
-
-    sys.exit(cli_main(["smoke", *sys.argv[1:]]))

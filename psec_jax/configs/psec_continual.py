@@ -1,7 +1,7 @@
 """Config of `psec-jax psec_continual`: continual policy shift on the DeepMind Control walker.
 
-    psec-jax psec_continual --config=experiments/configs/psec_continual.py:small --workdir=runs/s2w
-    psec-jax psec_continual --config=experiments/configs/psec_continual.py:small,paper_protocol --workdir=...
+    psec-jax psec_continual --config=psec_jax/configs/psec_continual.py:small --workdir=runs/s2w
+    psec-jax psec_continual --config=psec_jax/configs/psec_continual.py:small,paper_protocol --workdir=...
     ... --config.task=stand_run   (or stand_walk_run)   --config.skill_trajectories=3
 
 The argument is ``SIZE[,PROTOCOL]`` or ``demo`` (``DEMO``: what `make demo` runs). Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network
@@ -60,7 +60,7 @@ PROTOCOLS = {
 # `make demo`: the paper protocol at small size on the committed pi_0 (made by round one's s2w_paper run:
 # 30k steps on walker-stand-expert-1000traj as generated then, raw observations), one LoRA skill against
 # scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
-DEMO_PI0 = "experiments/pretrained/walker_stand_small_paper_pi0"
+DEMO_PI0 = "walker_stand_small_paper_pi0"  # shipped in psec_jax/rl/pretrained (rl.runner.pretrained_root)
 DEMO = {"pretrained": DEMO_PI0, "share_pretrain": True, "num_seeds": 5, "methods": ("scratch", "psec"),
         "expand.steps": 2000}
 

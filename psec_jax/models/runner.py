@@ -1,4 +1,4 @@
-"""`psec-jax lm_moe`: top-1 vs top-2 vs top-p MoE language models at equal steps on equal data.
+"""The LM experiment (`psec-jax lm_moe`): top-1 vs top-2 vs top-p MoE language models at equal steps on equal data.
 
 Stages (each its own workdir under `stages/`, resumable, skipped once finished): one per router in
 `train.routers`, whose members are `train.seeds` initialisations, and `top_p_sweep`, whose members are
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -277,7 +276,7 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
     return records, states, trainer
 
 
-def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains every stage in `workdir` (resuming), writes results.{json,md,png} and returns the summary."""
     check_config(config)
     counts = tf.parameter_counts(lm_train.model_spec(config, "top1"))
@@ -305,8 +304,3 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         print(report.write(workdir, results))
     return results["summary"]
 
-
-if __name__ == "__main__":
-    from psec_jax.cli import main as cli_main
-
-    sys.exit(cli_main(["lm_moe", *sys.argv[1:]]))
