@@ -56,6 +56,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.moe_every = 1  # every moe_every-th layer is MoE (1: all layers, as in the paper)
     config.model.max_k = 0  # top-p slots per token (0: all experts, never truncated)
     config.model.backend = "dropless"  # "dropless" (exact, fastest on CPU), "dense" or "ragged" (GPU/TPU)
+    config.model.dispatch = "argsort"  # routing: "argsort" (jnp routers) or "fused" (Pallas kernel; interpret mode on CPU)
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)
@@ -88,6 +89,13 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.train.log_every = 50  # steps per jitted lax.scan chunk; metrics and validation once per chunk
     config.train.checkpoint_every = 100  # steps between checkpoints (a multiple of log_every)
     config.train.max_to_keep = 2  # checkpoints kept per stage
+    # the device mesh (psec_jax.models.members): with fsdp = expert = model = 1 a stage's members are split
+    # over the devices; otherwise each member in turn is sharded over data x fsdp x expert x model
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # batch (data-parallel) axis; -1: the devices the other axes leave
+    config.mesh.fsdp = 1  # weights' d_model and the batch split over this axis (FSDP)
+    config.mesh.expert = 1  # experts split over this axis (and the batch)
+    config.mesh.model = 1  # hidden widths (mlp, heads, vocab) split over this axis (tensor parallel)
     for dotted, value in SIZES[preset].items():
         section, _, field = dotted.rpartition(".")
         (config[section] if section else config)[field] = value

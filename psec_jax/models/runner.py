@@ -24,8 +24,9 @@ import numpy as np
 
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, progress, runs
+from psec_jax.experiment_flags import UsageError
 from psec_jax.parallel import distributed
-from psec_jax.models import pipeline, report, tasks, text
+from psec_jax.models import members, pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
 
@@ -100,6 +101,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                              f"{chunk_bytes / 2**30:.0f} GiB of batches per chunk, more than this machine's "
                              f"{memory / 2**30:.0f} GiB of memory: lower train.log_every")
     check_data_sizes(config)
+    check_mesh(config)
+
+
+def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """ConfigError (one line) for a `config.mesh` that cannot be laid out: sizes positive or -1 (at most
+    one), and with `num_devices` given (the run knows them once the backend is up) a product that uses
+    exactly those devices."""
+    for axis in parallel.AXES:
+        size = config.mesh[axis]
+        if size != -1 and size < 1:
+            raise cc.ConfigError(f"mesh.{axis}={size} must be a positive int or -1 (the devices the others leave)")
+    if num_devices is not None and members.is_sharded(config.mesh):
+        try:
+            parallel.mesh_shape(config.mesh, num_devices)
+        except ValueError as e:
+            raise cc.ConfigError(f"config.mesh: {e}") from None
 
 
 def check_data_sizes(config: ml_collections.ConfigDict) -> None:
@@ -132,8 +149,6 @@ def check_data_sizes(config: ml_collections.ConfigDict) -> None:
 def check_data(config: ml_collections.ConfigDict, data: text.TextData) -> None:
     """UsageError (one line) when the built data has fewer tokens or task rows than `config.data` asks
     for (`check_data_sizes` bounds them by bytes before the build; BPE merges leave fewer tokens)."""
-    from psec_jax.experiment_flags import UsageError
-
     d, t1, cap = config.data, config.data.seq_len + 1, _corpus_cap(config)
     if data.train.size < t1:
         raise UsageError(f"lm_moe: a training window of data.seq_len + 1 = {t1} tokens is longer than the train "
@@ -213,8 +228,10 @@ def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int)
     return out
 
 
-# What a rerun in the same workdir may change: it adds (or drops) stages; every stage keeps its own config.
-RESUME_MAY_CHANGE = ("train.routers", "train.seeds", "train.sweep_p")
+# What a rerun in the same workdir may change: it adds (or drops) stages, every stage keeps its own config;
+# and the mesh (checkpoints restore into the new layout, the numbers stay those of one device)
+RESUME_MAY_CHANGE = ("train.routers", "train.seeds", "train.sweep_p", "mesh.data", "mesh.fsdp", "mesh.expert",
+                     "mesh.model")
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData) -> ml_collections.ConfigDict:
@@ -223,6 +240,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.Tex
     identity of the data (a different Python build or tokenizer gives other tokens: refuse to resume)."""
     c = config.to_dict()
     c["train"] = {k: v for k, v in c["train"].items() if "train." + k not in RESUME_MAY_CHANGE}
+    c.pop("mesh")
     c["stage"] = {"name": stage.name, "router": stage.router, "members": stage.members, "seeds": stage.seeds,
                   "ps": stage.ps}
     sha = data.meta["sha256"]
@@ -231,7 +249,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.Tex
     return ml_collections.ConfigDict(c)
 
 
-def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, stage: Stage, full: pipeline.Batch,
+def final_evaluation(program: members.Program, states: lm_train.TrainState, stage: Stage, full: pipeline.Batch,
                      text_rows: np.ndarray, path: Path, step: int) -> dict[str, dict]:
     """Every member evaluated on the whole validation split (cached in `path` for `step`):
     {member: eval_metrics as lists}."""
@@ -239,41 +257,38 @@ def final_evaluation(trainer: lm_train.Trainer, states: lm_train.TrainState, sta
         saved = json.loads(path.read_text())
         if saved.get("step") == step:
             return saved["members"]
-    fn = parallel.sweep(lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p), in_axes=(0, None, None, 0),
-                        members="map")
     with progress.phase(f"lm_moe {stage.name}: final evaluation", disable=not distributed.is_main()):
-        metrics = distributed.to_host(fn(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
-                                         jnp.asarray(stage.ps, jnp.float32)))
-    members = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
+        metrics = distributed.to_host(program.evaluate(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
+                                                       jnp.asarray(stage.ps, jnp.float32)))
+    members_ = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
     if distributed.is_main():
-        runs.write_json_atomic(path, {"step": step, "members": members})
-    return members
+        runs.write_json_atomic(path, {"step": step, "members": members_})
+    return members_
 
 
 def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData, batches: pipeline.Batches,
               val: pipeline.Batch, workdir: Path
-              ) -> tuple[list[dict[str, Any]], lm_train.TrainState, lm_train.Trainer]:
-    """Trains one stage's members (resuming from its checkpoints); returns its metric records, the final
-    states and the stage's Trainer."""
+              ) -> tuple[list[dict[str, Any]], lm_train.TrainState, members.Program]:
+    """Trains one stage's members (resuming from its checkpoints) in the layout `config.mesh` asks for
+    (`psec_jax.models.members`); returns its metric records, the final states and the stage's Program."""
     trainer = lm_train.make_train(config, stage.router, validation=val)
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
     ps = jnp.asarray(stage.ps, jnp.float32)
-    # members split over the devices; "map": one after another on each (vmap batches dropless's while_loops)
-    members_chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=config.train.members)
+    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size)
     steps = config.train.log_every
 
     def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:
-        b = jax.tree.map(jnp.asarray, batches.chunk(int(distributed.to_host(states.step)[0]), steps))
-        states, metrics = members_chunk(states, b, ps)
+        b = batches.chunk(int(distributed.to_host(states.step)[0]), steps)
+        states, metrics = program.chunk(states, b, ps)
         return states, _flatten(distributed.to_host(metrics), stage.members, trainer.spec.num_groups)
 
     states, records = loop.run_chunks(
-        chunk, parallel.sweep(trainer.init)(keys), num_chunks=config.train.num_steps // steps,
+        chunk, program.init(keys), num_chunks=config.train.num_steps // steps,
         steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=stage_config(config, stage, data),
         checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
         desc=f"lm_moe {stage.name}", tensorboard=True)
-    return records, states, trainer
+    return records, states, program
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -286,6 +301,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.dry_run:
         return counts
     started, commit = time.perf_counter(), runs.git_commit()  # the code that runs, read before it does
+    try:
+        check_mesh(config, jax.device_count())
+    except cc.ConfigError as e:
+        raise UsageError(f"lm_moe: {e}") from None
+    if members.is_sharded(config.mesh):
+        shape = parallel.mesh_shape(config.mesh, jax.device_count())
+        say(f"mesh: {' x '.join(f'{a} {n}' for a, n in shape.items())}; members one after another, each sharded",
+            flush=True)
     data = load_data(config)
     check_data(config, data)
     d = config.data
@@ -294,8 +317,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     full, text_rows, unigram = full_validation(data, d.seq_len)
     histories = {}
     for stage in stages(config):
-        records, states, trainer = run_stage(config, stage, data, batches, val, Path(workdir))
-        final = final_evaluation(trainer, states, stage, full, text_rows,
+        records, states, program = run_stage(config, stage, data, batches, val, Path(workdir))
+        final = final_evaluation(program, states, stage, full, text_rows,
                                  Path(workdir) / "stages" / stage.name / "final_eval.json", config.train.num_steps)
         histories[stage.name] = (stage, records, final)
     results = report.summarize(config, histories, data.meta, counts, unigram=unigram,
