@@ -94,6 +94,10 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     c.size = size  # which preset this is
     c.seed = 0  # root seed; seed s of a stage uses key(seed + s)
     c.num_seeds = 3  # seeds trained at once (vmapped) and evaluated
+    c.mesh = ml_collections.ConfigDict()
+    # devices every stage's seeds are split over (parallel.sweep's data axis; a divisor of num_seeds);
+    # -1: as many devices as divide num_seeds
+    c.mesh.data = -1
     c.share_pretrain = False  # sizes table
     # standardise observations with pi_0's data statistics (every stage and acting); the official code
     # feeds raw observations (False)

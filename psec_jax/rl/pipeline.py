@@ -39,16 +39,29 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
     with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records.
-    The seeds are split over the devices (`parallel.sweep`: as many as divide the seed count)."""
+    The seeds are split over ``config.mesh.data`` devices (`parallel.sweep`; -1: as many as divide the
+    seed count)."""
     check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
+    mesh = seed_mesh(config)
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
-    init = parallel.sweep(trainer.init, members="map")
-    chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None))
+    init = parallel.sweep(trainer.init, members="map", mesh=mesh)
+    chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None), mesh=mesh)
     state = init(keys, inputs)
     return loop.run_chunks(lambda s: chunk(s, inputs, data), state, num_chunks=trainer.num_chunks,
                            steps_per_chunk=trainer.steps_per_chunk, workdir=workdir, config=config,
                            desc=desc)
+
+
+def seed_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
+    """The mesh whose ``data`` axis the seeds are split over: ``config.mesh.data`` devices, or None (the
+    sweep's default) for -1; ValueError when there are fewer devices."""
+    n = config.mesh.data
+    if n == -1:
+        return None
+    if n > jax.device_count():
+        raise ValueError(f"config.mesh.data={n}: only {jax.device_count()} devices are available")
+    return parallel.make_mesh({"data": n}, jax.devices()[:n])
 
 
 def data_recipe(field: str, name: str):
@@ -73,6 +86,9 @@ def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], cri
     cc.positive_int(config, "num_seeds", "eval.episodes", "eval.candidates", "eval.episode_length")
     cc.non_negative(config, "eval.bootstrap_reps", "compose.alpha_reg")
     cc.one_of(config, "obs_norm", (True, False))
+    if config.mesh.data != -1 and (config.mesh.data < 1 or config.num_seeds % config.mesh.data):
+        raise cc.ConfigError(f"mesh.data={config.mesh.data} must be -1 or a positive divisor of "
+                             f"num_seeds={config.num_seeds}")
     cc.one_of(config, "expand.objective", train.OBJECTIVES)
     cc.one_of(config, "compose.alpha_reg_form", train.ALPHA_REG_FORMS)
     if len(config.compose.alpha_targets) != 2:
