@@ -28,7 +28,7 @@ from psec_jax.experiment_flags import parse as _parse_flags
 
 # Packages whose versions `psec-jax info` reports.
 _PACKAGES = (
-    "psec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "brax", "mujoco",
+    "psec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "brax", "mujoco",
     "mujoco-mjx", "playground", "ml-collections", "numpy", "h5py",
 )
 

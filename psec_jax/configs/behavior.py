@@ -1,6 +1,6 @@
 """Config for `psec-jax behavior`: train the SAC behaviour policies of one task.
 
-    psec-jax behavior --config=psec_jax/configs/behavior.py --config.env=walker-walk --workdir=runs/sac-walk
+    psec-jax behavior --config=behavior --config.env=walker-walk --workdir=runs/sac-walk
 
 Per-task budgets used for the committed policies are in `psec_jax.data.behavior.BUDGETS`; pass
 `--config.total_steps` to change them.

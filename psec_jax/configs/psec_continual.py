@@ -1,7 +1,7 @@
 """Config of `psec-jax psec_continual`: continual policy shift on the DeepMind Control walker.
 
-    psec-jax psec_continual --config=psec_jax/configs/psec_continual.py:small --workdir=runs/s2w
-    psec-jax psec_continual --config=psec_jax/configs/psec_continual.py:small,paper_protocol --workdir=...
+    psec-jax psec_continual --config=psec_continual:small --workdir=runs/s2w
+    psec-jax psec_continual --config=psec_continual:small,paper_protocol --workdir=...
     ... --config.task=stand_run   (or stand_walk_run)   --config.skill_trajectories=3
 
 The argument is ``SIZE[,PROTOCOL]`` or ``demo`` (``DEMO``: what `make demo` runs). Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network

@@ -1,8 +1,8 @@
 """Config of `psec-jax psec_dynamics`: dynamics shift (pi_0 on shifted dynamics, a LoRA skill on 5% of
 nominal-dynamics data, evaluated on the nominal environment).
 
-    psec-jax psec_dynamics --config=psec_jax/configs/psec_dynamics.py:small --workdir=runs/dyn-hc
-    psec-jax psec_dynamics --config=psec_jax/configs/psec_dynamics.py:paper --workdir=runs/dyn-hc-paper
+    psec-jax psec_dynamics --config=psec_dynamics:small --workdir=runs/dyn-hc
+    psec-jax psec_dynamics --config=psec_dynamics:paper --workdir=runs/dyn-hc-paper
     ... --config.env=walker2d --config.variant=thigh_2 --config.kind=medium-expert
 
 `small` fits this 2-core CPU; `paper` uses PSEC's network and step counts and 1000-episode datasets

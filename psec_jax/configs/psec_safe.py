@@ -1,7 +1,7 @@
 """Config of `psec-jax psec_safe`: multi-objective (safe) composition on a velocity-constrained body.
 
-    psec-jax psec_safe --config=psec_jax/configs/psec_safe.py:small --workdir=runs/safe-hc
-    psec-jax psec_safe --config=psec_jax/configs/psec_safe.py:paper --workdir=runs/safe-hc-paper
+    psec-jax psec_safe --config=psec_safe:small --workdir=runs/safe-hc
+    psec-jax psec_safe --config=psec_safe:paper --workdir=runs/safe-hc-paper
     ... --config.env=ant   (halfcheetah, hopper, walker2d or ant: the bodies with a velocity cost)
 
 `small` fits this 2-core CPU; `paper` uses PSEC's network and step counts; `tiny` is for tests. The

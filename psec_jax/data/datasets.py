@@ -173,7 +173,7 @@ def policy_checksum(env_name: str) -> str:
     if not manifest.is_file():
         raise behavior.PolicyError(
             f"no committed behaviour policies for {env_name!r} (missing {manifest}); train them with "
-            f"`psec-jax behavior --config=psec_jax/configs/behavior.py --config.env={env_name} "
+            f"`psec-jax behavior --config=behavior --config.env={env_name} "
             f"--workdir=DIR` and copy DIR/policy to {manifest.parent}")
     return artifacts.sha256(manifest)
 
