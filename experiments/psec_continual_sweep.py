@@ -1,4 +1,4 @@
-"""The continual-shift runs behind the README's PSEC tables: every run is one `psec-jax psec_continual`
+"""The continual-shift runs behind the docs/psec.md's round-two tables: every run is one `psec-jax psec_continual`
 command (``RUNS``: name -> config and overrides), resumable, its results copied to
 experiments/results/psec_continual/<name>.{json,md,png}; ``summary`` prints the ablation tables built from
 them and writes their plot, summary.png (``experiments.psec_continual_summary``).

@@ -234,15 +234,19 @@ def test_demo_builds_on_the_shipped_pi0_from_any_directory(tmp_path, monkeypatch
     assert saving.load_base(runner.pretrained_paths(c)[0])[3]["data"] == "walker-stand-expert-1000traj"
 
 
-def test_readme_psec_tables_are_the_committed_results():
+def test_psec_docs_tables_are_the_committed_results():
     from pathlib import Path
 
     from experiments import psec_continual_summary as summary
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
+    page = (root / "docs" / "psec.md").read_text()
+    start, end = "<!-- ROUND TWO RESULTS -->", "<!-- END ROUND TWO RESULTS -->"
+    assert page.count(start) == page.count(end) == 1, f"docs/psec.md must hold one {start} ... {end} block"
+    block = page.split(start)[1].split(end)[0]
     table_lines = [line for line in summary.summary(root / summary.RESULTS).splitlines() if line.startswith("|")]
-    assert table_lines and all(line in readme for line in table_lines), "rerun the sweep summary into the README"
+    assert table_lines and all(line in block for line in table_lines), (
+        "rerun `python -m experiments.psec_continual_sweep summary` into docs/psec.md's round-two block")
 
 
 def test_alpha_regulariser_pairs_form_has_the_official_minimum_for_any_number_of_skills():
