@@ -59,7 +59,7 @@ def child(layout: str, ts: list[int], reps: int) -> None:
     mine = params if layout == "stacked" else {**params, "experts": moe.split_experts(params["experts"])}
     for t in ts:
         x = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
-        route = moe.route(x @ params["router"], **cfg)
+        route = moe.route(x @ params["router"], cfg)
         k_mean = float(route.experts_per_token.mean())
         for grad in (False, True):
             calls = {"dropless": (mt.layer_fn(cfg, "dropless", k_mean, grad), (mine, x))}

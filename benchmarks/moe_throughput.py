@@ -32,6 +32,7 @@ Prints a table and writes benchmarks/results/moe_throughput.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 import itertools
 import os
@@ -41,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax import bench, moe, runs
-from psec_jax.moe.grouped import sort_assignments
+from psec_jax.routing import sort_assignments
 
 RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
-ROUTERS = {"top2": dict(router="top_k", k=2), "top_p0.4": dict(router="top_p", p=0.4), "top1": dict(router="top_k", k=1)}
+ROUTERS = {"top2": moe.MoEConfig(router="top_k", k=2), "top_p0.4": moe.MoEConfig(router="top_p", p=0.4),
+           "top1": moe.MoEConfig(router="top_k", k=1)}
 
 
 CEILING_N = 2048  # the matmul ceiling's size
@@ -82,13 +84,13 @@ SPLIT = "dropless-split"  # dropless with the split expert layout (`moe.split_ex
 HUGEPAGES = "glibc.malloc.hugetlb=1"
 
 
-def layer_fn(cfg: dict, backend: str, k_mean: float, grad: bool):
+def layer_fn(cfg: moe.MoEConfig, backend: str, k_mean: float, grad: bool):
     """The jitted layer (forward, or the gradient of a scalar loss to params and x) for a back-end;
     for `dropless-split`, call it with `split_params(params)`."""
-    backend = "dropless" if backend == SPLIT else backend
+    config = dataclasses.replace(cfg, backend="dropless" if backend == SPLIT else backend, capacity_k=k_mean)
 
     def fwd(params, x):
-        y, aux, _ = moe.moe_apply(params, x, backend=backend, capacity_k=k_mean, **cfg)
+        y, aux, _ = moe.moe_apply(params, x, config)
         return y, aux
 
     if not grad:
@@ -212,7 +214,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", choices=["quick", "target", "full"], default="target")
     cpu = jax.default_backend() == "cpu"
-    default_backends = [b for b in moe.BACKENDS if b != "ragged" or not cpu] + ([SPLIT] if cpu else [])
+    one_device = [b for b, info in moe.BACKENDS.items() if not info.mesh]
+    default_backends = [b for b in one_device if b != "ragged" or not cpu] + ([SPLIT] if cpu else [])
     p.add_argument("--backends", nargs="*", default=default_backends,
                    help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow; "
                         f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout)")
@@ -243,22 +246,22 @@ def main() -> None:
         for rname in args.routers:
             cfg = ROUTERS[rname]
             logits = x @ params["router"]
-            route = moe.route(logits, **cfg)
+            route = moe.route(logits, cfg)
             k_mean = float(route.experts_per_token.mean())
-            route_fn = jax.jit(lambda p, x: moe.route(x @ p["router"], **cfg).weights)
+            route_fn = jax.jit(lambda p, x: moe.route(x @ p["router"], cfg).weights)
             t_route = bench.time_call(route_fn, params, x, reps=10)
             base = {"T": t, "E": e, "d": d, "f": f, "router": rname, "experts_per_token": k_mean}
             rows.append({**base, "backend": "routing-only", "mode": "fwd", "ms": 1e3 * t_route,
                          "tokens_per_s": t / t_route})
             if not args.no_fused and jax.default_backend() in ("cpu", "tpu"):  # the kernel does not lower for GPU yet
-                group_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], **cfg)).order)
-                fused_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], **cfg,
-                                                                           dispatch="fused")).order)
+                fused = dataclasses.replace(cfg, dispatch="fused")
+                group_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], cfg)).order)
+                fused_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], fused)).order)
                 for name, fn in (("routing+argsort", group_fn), ("routing-fused", fused_fn)):
                     secs = bench.time_call(fn, params, x, reps=10)
                     rows.append({**base, "backend": name, "mode": "fwd", "ms": 1e3 * secs, "tokens_per_s": t / secs,
                                  "interpret": name == "routing-fused" and jax.default_backend() == "cpu"})
-            if cfg["router"] == "top_p":  # top-k routing with k = top-p's mean experts per token, rounded up
+            if cfg.router == "top_p":  # top-k routing with k = top-p's mean experts per token, rounded up
                 k_same = min(e, int(np.ceil(k_mean)))
                 same_fn = jax.jit(lambda p, x: moe.top_k(x @ p["router"], k_same).weights)
                 t_same = bench.time_call(same_fn, params, x, reps=10)

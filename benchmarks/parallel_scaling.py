@@ -89,7 +89,7 @@ def expert_rows(n: int, per_device: int) -> list[dict]:
 
     def grad_fn(backend, **kw):
         def loss(params, x):
-            y, aux, _ = moe.moe_apply(params, x, router="top_p", p=0.4, backend=backend, **kw)
+            y, aux, _ = moe.moe_apply(params, x, moe.MoEConfig(router="top_p", p=0.4, backend=backend, **kw))
             return jnp.mean(y ** 2) + aux["total"]
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 

@@ -7,6 +7,8 @@ reduction over a block can round the denominator differently from one over all t
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 from psec_jax import moe
 from psec_jax.kernels import fused_route, fused_route_reference
-from psec_jax.moe.grouped import sort_assignments
+from psec_jax.routing import sort_assignments
 from psec_jax.testing import assert_trees_close, tolerance
 
 FIELDS = ("expert_ids", "weights", "mask", "experts_per_token", "truncated", "positions", "counts")
@@ -162,13 +164,14 @@ def test_moe_layer_with_fused_dispatch_equals_argsort(router):
     params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 8)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 20, 16))
     for backend in ("dropless", "capacity", "ragged"):
-        kw = dict(router=router, k=2, p=0.5, backend=backend, capacity_factor=0.5, capacity_k=1.0)
-        got = jax.jit(lambda x: moe.moe_apply(params, x, dispatch="fused", **kw))(x)
-        want = jax.jit(lambda x: moe.moe_apply(params, x, **kw))(x)
+        config = moe.MoEConfig(router=router, k=2, p=0.5, backend=backend, capacity_factor=0.5, capacity_k=1.0)
+        apply = jax.jit(moe.moe_apply, static_argnums=2)
+        got, want = apply(params, x, dataclasses.replace(config, dispatch="fused")), apply(params, x, config)
         assert_trees_close(got, want)
         if backend == "capacity":
             assert float(got[2]["dropped_fraction"]) > 0.1
-    loss = lambda dispatch: lambda p, x: jnp.mean(moe.moe_apply(p, x, router=router, p=0.5, dispatch=dispatch)[0] ** 2)
+    config = lambda dispatch: moe.MoEConfig(router=router, p=0.5, dispatch=dispatch)
+    loss = lambda dispatch: lambda p, x: jnp.mean(moe.moe_apply(p, x, config(dispatch))[0] ** 2)
     assert_trees_close(jax.jit(jax.grad(loss("fused"), (0, 1)))(params, x), jax.grad(loss("argsort"), (0, 1))(params, x))
 
 
@@ -192,7 +195,7 @@ def test_bad_arguments_fail_clearly():
     with pytest.raises(TypeError, match="floating point"):
         fused_route(logits.astype(jnp.int32), "top_p", p=0.5)
     with pytest.raises(ValueError, match="unknown routing dispatch 'sorted'"):
-        moe.route(logits, "top_p", dispatch="sorted")
+        moe.MoEConfig(dispatch="sorted")
 
 
 @pytest.mark.parametrize("rule, kw, e", [("top_p", dict(p=0.4), 16), ("top_k", dict(k=2), 16),

@@ -3,6 +3,8 @@ overfitting with each router, parameter counts of the paper's model."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from psec_jax import testing
 from psec_jax.models import transformer as tf
+from psec_jax.moe import MoEConfig
 
 TINY = dict(vocab_size=64, d_model=32, num_layers=4, num_heads=4, num_experts=4, d_ff_expert=48, d_ff=40,
             moe_every=2, dtype="float32")
@@ -47,7 +50,7 @@ def test_forward_equals_loop_over_layers(moe_every):
 
 @pytest.mark.parametrize("backend", tf.BACKENDS[:2])  # ragged is the same sort as dropless, slow on CPU
 def test_changing_a_future_token_never_changes_earlier_logits(backend):
-    spec = tf.Spec(**{**TINY, "backend": backend})
+    spec = tf.Spec(**TINY, moe=dataclasses.replace(tf.Spec.moe, backend=backend))
     params = tf.init(jax.random.key(0), spec)
     toks = tokens((1, 16))
     apply = jax.jit(lambda t: tf.apply(params, t, spec).logits)
@@ -86,7 +89,7 @@ def test_routing_statistics_equal_what_the_router_probabilities_imply():
 
 @pytest.mark.parametrize("router,k", [("top_k", 1), ("top_k", 2), ("top_p", 2)])
 def test_overfits_a_tiny_batch_with_each_router(router, k):
-    spec = tf.Spec(**{**TINY, "router": router, "k": k})
+    spec = tf.Spec(**TINY, moe=dataclasses.replace(tf.Spec.moe, router=router, k=k))
     params = tf.init(jax.random.key(0), spec)
     toks = tokens((2, 17))
     inputs, targets, weights = toks[:, :-1], toks[:, 1:], jnp.ones((2, 16))
@@ -121,12 +124,18 @@ def test_the_paper_model_has_3_5b_parameters_and_374m_active_with_one_expert():
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(num_layers=3), "multiple of moe_every"), (dict(num_heads=5), "heads"), (dict(router="top3"), "router"),
-    (dict(max_k=9), "max_k"), (dict(d_ff=0), "d_ff"), (dict(dtype="float33"), "float33"),
-    (dict(backend="capacity"), "causality"), (dict(p=0.0), "threshold")])
+    (dict(num_layers=3), "multiple of moe_every"), (dict(num_heads=5), "heads"),
+    (dict(moe=dict(router="top3")), "router"), (dict(moe=dict(max_k=9)), "max_k"), (dict(d_ff=0), "d_ff"),
+    (dict(dtype="float33"), "float33"),
+    (dict(moe=dict(backend="capacity")), "causality"), (dict(moe=dict(p=0.0)), "threshold"),
+    (dict(moe=dict(router="top_k", k=5)), "k <= num_experts=4"), (dict(moe=dict(k=5)), None)])
 def test_bad_spec_is_rejected_in_one_line(change, message):
+    make = lambda: tf.Spec(**{**TINY, **change, **({"moe": MoEConfig(**change["moe"])} if "moe" in change else {})})
+    if message is None:  # k is only checked for routers that use it
+        make()
+        return
     with pytest.raises(Exception, match=message):
-        tf.Spec(**{**TINY, **change})
+        make()
 
 
 def test_bad_tokens_are_rejected():

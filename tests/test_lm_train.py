@@ -201,7 +201,8 @@ def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
     testing.assert_trees_close(m2["loss"], m1["loss"])
     assert float(m2["load_balance"]) != float(m1["load_balance"])
     np.testing.assert_allclose(m2["experts_per_layer"], m1["experts_per_layer"], rtol=1e-6)
-    no_aux = dataclasses.replace(spec, load_balance_weight=0.0, dynamic_weight=0.0, z_weight=0.0)
+    no_aux = dataclasses.replace(spec, moe=dataclasses.replace(spec.moe, load_balance_weight=0.0, dynamic_weight=0.0,
+                                                               z_weight=0.0))
     testing.assert_trees_close(grads(no_aux, params, batch, p, 2)[0], grads(no_aux, params, batch, p, 1)[0])
     with pytest.raises(ValueError, match="train.microbatches=3 must be >= 1 and divide the batch's 4 rows"):
         lm_train.accumulate_gradients(spec, params, batch, p, 3)

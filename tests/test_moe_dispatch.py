@@ -11,6 +11,7 @@ from psec_jax import moe
 from psec_jax.testing import assert_no_recompile, assert_trees_close, tolerance
 
 T, D, F = 48, 16, 24
+ONE_DEVICE = [name for name, b in moe.BACKENDS.items() if not b.mesh]  # expert_parallel: tests/multidevice
 
 
 def setup(e: int, activation: str = "swiglu", dtype=jnp.float32, seed: int = 0):
@@ -22,7 +23,8 @@ def setup(e: int, activation: str = "swiglu", dtype=jnp.float32, seed: int = 0):
 
 def make_route(params, x, router: str):
     logits = x.astype(jnp.float32) @ params["router"]
-    return moe.route(logits * 3.0, router, k=min(2, logits.shape[-1]), p=0.4)  # sharper logits: a mix of 1..E experts
+    config = moe.MoEConfig(router=router, k=min(2, logits.shape[-1]), p=0.4)
+    return moe.route(logits * 3.0, config)  # sharper logits: a mix of 1..E experts
 
 
 def loss_fn(backend: str, fixed: moe.RouteOutput, activation: str, **kw):
@@ -36,7 +38,7 @@ def loss_fn(backend: str, fixed: moe.RouteOutput, activation: str, **kw):
         if backend == "loop":
             y = moe.loop_reference(x, r, expert_fn, experts)
         else:
-            y = moe.dispatch(backend, x, r, expert_fn, experts, **kw)[0]
+            y = moe.dispatch(x, r, expert_fn, experts, moe.MoEConfig(backend=backend, **kw))[0]
         return jnp.sum(y.astype(jnp.float32) * jnp.cos(jnp.arange(D)))
 
     return loss
@@ -51,7 +53,8 @@ def test_backend_equals_loop_reference(backend, router, e):
     kw = {"capacity_factor": float(e * r.num_slots), "block_size": 8} if backend != "dense" else {}
     kw = {k: v for k, v in kw.items() if (k == "capacity_factor") == (backend == "capacity")}
     ref = moe.loop_reference(x, r, moe.swiglu_expert, params["experts"])
-    y, dropped = jax.jit(lambda x, p: moe.dispatch(backend, x, r, moe.swiglu_expert, p, **kw))(x, params["experts"])
+    config = moe.MoEConfig(backend=backend, **kw)
+    y, dropped = jax.jit(lambda x, p: moe.dispatch(x, r, moe.swiglu_expert, p, config))(x, params["experts"])
     rtol, atol = tolerance(jnp.float32)
     assert_trees_close(y, ref, rtol=rtol, atol=atol)
     assert float(dropped) == 0.0
@@ -88,13 +91,14 @@ def test_capacity_drops_and_reports_it():
 @pytest.mark.parametrize("backend", ["dense", "capacity", "dropless"])
 def test_no_recompile_when_routing_changes(backend):
     params, x = setup(8)
-    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(moe.moe_apply(p, x, router="top_p", backend=backend)[0] ** 2)))
+    config = moe.MoEConfig(router="top_p", backend=backend)
+    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(moe.moe_apply(p, x, config)[0] ** 2)))
     x2 = jax.random.normal(jax.random.PRNGKey(9), x.shape) * 3.0  # different group sizes
     assert_no_recompile(fn, params, x, next_args=lambda out: (params, x2 + out["router"].sum() * 0))
 
 
 def test_moe_layer_under_jit_grad_vmap_and_bf16():
-    layer = moe.MoE(num_experts=4, d_ff=F, router="top_p", p=0.4)
+    layer = moe.MoE(num_experts=4, d_ff=F, config=moe.MoEConfig(router="top_p", p=0.4))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, D))
     variables = layer.init(jax.random.PRNGKey(1), x)
     y, aux, stats = jax.jit(layer.apply)(variables, x)
@@ -126,13 +130,24 @@ def test_moe_layer_under_jit_grad_vmap_and_bf16():
 def test_bad_arguments_fail_clearly():
     params, x = setup(4)
     with pytest.raises(ValueError, match="unknown dispatch back-end 'sparse'"):
-        moe.moe_apply(params, x, backend="sparse")
+        moe.MoEConfig(backend="sparse")
     with pytest.raises(ValueError, match="unknown router 'top_q'"):
-        moe.moe_apply(params, x, router="top_q")
+        moe.MoEConfig(router="top_q")
     with pytest.raises(ValueError, match="x has d=7 but the router expects d=16"):
         moe.moe_apply(params, jnp.zeros((3, 7)))
     with pytest.raises(ValueError, match="saved_slots must be >= 0"):
-        moe.moe_apply(params, x, saved_slots=-1.0)
+        moe.MoEConfig(saved_slots=-1.0)
+    with pytest.raises(ValueError, match="unknown routing dispatch 'sorted'"):
+        moe.MoEConfig(dispatch="sorted")
+    with pytest.raises(ValueError, match=r"top-p threshold p must be in \(0, 1\]"):
+        moe.MoEConfig(p=1.5)
+    with pytest.raises(ValueError, match="k must be a Python int"):
+        moe.MoEConfig(k=2.0)
+    with pytest.raises(ValueError, match="capacity_factor must be a finite number > 0"):
+        moe.MoEConfig(capacity_factor=float("nan"))
+    with pytest.raises(ValueError, match="unknown grouped matmul 'cutlass'"):
+        moe.MoEConfig(grouped_matmul="cutlass")
+    assert hash(moe.MoEConfig(k=3)) == hash(moe.MoEConfig(k=3))  # a jit static argument, a Flax field
     with pytest.raises(ValueError, match="unknown expert activation"):
         moe.init_moe(jax.random.PRNGKey(0), D, F, 4, activation="relu")
 
@@ -188,7 +203,7 @@ def test_split_expert_layout_equals_stacked_and_returns_split_gradients(backend)
     assert_trees_close(moe.stack_experts(g_split[1]), g_stacked[1], rtol=1e-5, atol=1e-6)
     assert_trees_close(g_split[2], g_stacked[2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="route has 4 experts but the expert params hold 3"):
-        moe.dispatch(backend, x, r, moe.swiglu_expert, split[:3], **kw)
+        moe.dispatch(x, r, moe.swiglu_expert, split[:3], moe.MoEConfig(backend=backend, **kw))
 
 
 @pytest.mark.parametrize("router", ["top_k", "top_p"])
@@ -196,23 +211,25 @@ def test_a_non_finite_token_is_nan_in_every_backend_and_leaves_the_others_alone(
     """One documented behaviour: the NaN token's output is NaN everywhere, ids stay in [0, E)."""
     params, x = setup(4)
     logits = (x.astype(jnp.float32) @ params["router"]).at[5, 1].set(jnp.nan).at[9].set(-jnp.inf)
-    r = moe.route(logits, router, k=2, p=0.6)
+    config = moe.MoEConfig(router=router, k=2, p=0.6)
+    r = moe.route(logits, config)
     ok = np.ones(T, bool)
     ok[[5, 9]] = False
-    ref = moe.loop_reference(x[ok], moe.route(logits[ok], router, k=2, p=0.6), moe.swiglu_expert, params["experts"])
-    for backend in moe.BACKENDS:
+    ref = moe.loop_reference(x[ok], moe.route(logits[ok], config), moe.swiglu_expert, params["experts"])
+    for backend in ONE_DEVICE:
         kw = {"capacity_factor": 8.0} if backend == "capacity" else {}
-        y, dropped = moe.dispatch(backend, x, r, moe.swiglu_expert, params["experts"], **kw)
+        y, dropped = moe.dispatch(x, r, moe.swiglu_expert, params["experts"], moe.MoEConfig(backend=backend, **kw))
         y = np.asarray(y)
         assert np.all(np.isnan(y[~ok])), backend
         np.testing.assert_allclose(y[ok], ref, *tolerance(jnp.float32), err_msg=backend)
 
 
-@pytest.mark.parametrize("backend", moe.BACKENDS)
+@pytest.mark.parametrize("backend", ONE_DEVICE)
 def test_zero_tokens_give_an_empty_output_and_zero_losses(backend):
     params, _ = setup(4)
     for router in ("top_k", "top_p"):
-        y, aux, stats = jax.jit(lambda x: moe.moe_apply(params, x, router=router, backend=backend))(jnp.zeros((2, 0, D)))
+        config = moe.MoEConfig(router=router, backend=backend)
+        y, aux, stats = jax.jit(moe.moe_apply, static_argnums=2)(params, jnp.zeros((2, 0, D)), config)
         assert y.shape == (2, 0, D) and stats["experts_per_token"].shape == (2, 0)
         assert all(float(v) == 0.0 for v in aux.values())
         assert float(stats["experts_per_token_max"]) == float(stats["truncated_fraction"]) == 0.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from psec_jax import moe
-from psec_jax.moe import gmm
+from psec_jax.kernels import gmm
 from psec_jax.testing import assert_trees_close
 
 IMPLS = ["ragged_dot", "megablox"] + (["tokamax"] if gmm.tokamax_available() else [])
@@ -48,7 +48,8 @@ def test_ragged_backend_with_each_impl_equals_the_loop_reference(impl):
     params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 4)
     x = jax.random.normal(jax.random.PRNGKey(1), (30, 16))
     r = moe.top_p(x @ params["router"] * 3, 0.5)
-    y = jax.jit(lambda x: moe.dispatch("ragged", x, r, moe.swiglu_expert, params["experts"], grouped_matmul=impl)[0])(x)
+    config = moe.MoEConfig(backend="ragged", grouped_matmul=impl)
+    y = jax.jit(lambda x: moe.dispatch(x, r, moe.swiglu_expert, params["experts"], config)[0])(x)
     np.testing.assert_allclose(y, moe.loop_reference(x, r, moe.swiglu_expert, params["experts"]), rtol=1e-5, atol=1e-5)
 
 

@@ -147,7 +147,7 @@ def test_balanced_routing_has_load_balance_one():
 
 @pytest.mark.parametrize("e", [3, 16, 32])
 def test_pairwise_sort_equals_top_k_including_ties(e):
-    from psec_jax.moe.routing import sort_descending
+    from psec_jax.routing.routers import sort_descending
 
     probs = jax.nn.softmax(jnp.asarray(adversarial_logits(e)), -1)
     probs = probs.at[0].set(jnp.full((e,), 1.0 / e))  # all tied

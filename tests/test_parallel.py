@@ -40,16 +40,20 @@ def test_logical_rules_never_reuse_a_mesh_axis_and_fit_any_shape():
 
 @pytest.mark.parametrize("preset", [dict(moe_every=1), dict(moe_every=2, d_ff=64)])
 def test_every_lm_parameter_has_logical_axes(preset):
+    """The axes are declared where init creates each parameter (`tf.init_boxed`); `tf.param_axes` holds them."""
     spec = tf.Spec(vocab_size=64, d_model=16, num_layers=2, num_heads=2, num_experts=4, d_ff_expert=32, **preset)
     shapes = jax.eval_shape(lambda: tf.init(jax.random.key(0), spec))
-    axes = sharding.logical_axes(shapes)
+    declared = jax.eval_shape(lambda: tf.init_boxed(jax.random.key(0), spec))
+    axes = sharding.logical_axes(declared)
+    assert axes == tf.param_axes(spec)
     flat = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
     assert all(len(a) == s.ndim for a, s in zip(flat, jax.tree.leaves(shapes)))
+    assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(shapes)
     assert axes["groups"]["moe"]["moe"]["experts"]["gate"] == ("layers", "expert", "embed", "mlp")
-    assert sharding.param_specs(shapes)["embed"] == P("model", "fsdp")
+    assert sharding.param_specs(declared)["embed"] == P("model", "fsdp")
     if "dense" in shapes["groups"]:
         assert axes["groups"]["dense"]["ffn"]["down"] == ("layers", None, "mlp", "embed")
-    with pytest.raises(ValueError, match=r"no sharding rule for parameter \['bias'\]"):
+    with pytest.raises(ValueError, match=r"parameter \['bias'\] of shape \(3,\) declares no logical axes"):
         sharding.logical_axes({"bias": jnp.zeros(3)})
 
 
@@ -68,4 +72,4 @@ def test_sweep_on_one_device_equals_jit_vmap_in_both_member_modes():
 def test_expert_parallel_without_a_mesh_is_a_clear_error():
     params = moe.init_moe(jax.random.key(0), 8, 16, 4)
     with pytest.raises(ValueError, match="expert_parallel dispatch needs a device mesh"):
-        moe.moe_apply(params, jnp.ones((8, 8)), backend="expert_parallel")
+        moe.moe_apply(params, jnp.ones((8, 8)), moe.MoEConfig(backend="expert_parallel"))

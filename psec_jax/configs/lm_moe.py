@@ -1,8 +1,8 @@
 """Config for `psec-jax lm_moe`: top-1 vs top-2 vs top-p MoE language models ("Harder Tasks Need More
 Experts") on the Python standard library's source plus a controlled task mixture.
 
-    psec-jax lm_moe --config=psec_jax/configs/lm_moe.py:small --workdir=runs/lm_moe_small
-    psec-jax lm_moe --config=psec_jax/configs/lm_moe.py:paper --workdir=/tmp/paper   # counts only
+    psec-jax lm_moe --config=lm_moe:small --workdir=runs/lm_moe_small
+    psec-jax lm_moe --config=lm_moe:paper --workdir=/tmp/paper   # counts only
 
 Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `paper` (the
 paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).
@@ -56,7 +56,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.moe_every = 1  # every moe_every-th layer is MoE (1: all layers, as in the paper)
     config.model.max_k = 0  # top-p slots per token (0: all experts, never truncated)
     config.model.backend = "dropless"  # "dropless" (exact, fastest on CPU), "dense" or "ragged" (GPU/TPU)
-    config.model.dispatch = "argsort"  # routing: "argsort" (jnp routers) or "fused" (Pallas kernel; interpret mode on CPU)
+    config.model.dispatch = "argsort"  # routing: "argsort" (jnp routers) or "fused" (Pallas kernel; interpreted on CPU)
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)

@@ -13,7 +13,7 @@ global argsort. Grid steps are independent (no carry between blocks), so the gri
 
 Selection: Pallas has no sort lowering, so the kernel runs rounds of max extraction (the largest
 remaining probability, ties to the lower expert id, as `lax.top_k`), accumulating the top-p
-cumulative sum left to right as `psec_jax.moe.routing.sequential_cumsum` does, which makes the
+cumulative sum left to right as `psec_jax.routing.routers.sequential_cumsum` does, which makes the
 kernel's kept set the reference's exactly, given the same probabilities. Top-p stops as soon as
 every token of the block has crossed p (the remaining slots are unused and their layout is known),
 so a block costs its largest kept count of rounds, not max_k. A round is two vector reductions over
@@ -22,7 +22,7 @@ matmul (a strictly lower-triangular mask times the slot's one-hot keys), which s
 tensor cores.
 
 Both return a `RouteOutput` with `positions` [T, K] and `counts` [E] set.
-`fused_route_reference` is the pure-jnp statement of the same outputs (the `psec_jax.moe` routers
+`fused_route_reference` is the pure-jnp statement of the same outputs (the `psec_jax.routing` routers
 and a stable argsort); tests compare the two in interpret mode on CPU. The kernel's `custom_vjp`
 passes gradients to the logits through the probabilities (weights are probabilities at the kept ids).
 """
@@ -37,11 +37,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from psec_jax.moe import routing
-from psec_jax.moe.grouped import invert_permutation, sort_assignments
-from psec_jax.moe.routing import RouteOutput
+from psec_jax.routing import ROUTERS, RouteOutput, invert_permutation, routers, sort_assignments
 
-RULES = ("top_k", "top_p")
 MAX_BLOCK_TOKENS = 1024  # the kernel holds a [B, B] float32 mask for the within-block ranks
 
 
@@ -59,28 +56,32 @@ class _KernelOut(NamedTuple):
 
 def _check(logits: jax.Array, rule: str, k: int | None, p, max_k: int | None) -> int:
     """Validates the arguments; returns the slot count K."""
-    routing.check_logits(logits)
+    if rule not in ROUTERS or not ROUTERS[rule].fused:
+        raise ValueError(f"unknown routing rule {rule!r}; choose from {fused_rules()}")
+    routers.check_logits(logits)
     e = logits.shape[-1]
     if rule == "top_k":
-        return routing.check_count("k", k, e)
-    if rule == "top_p":
-        routing.check_p(p)
-        return e if max_k is None else routing.check_count("max_k", max_k, e)
-    raise ValueError(f"unknown routing rule {rule!r}; choose from {RULES}")
+        return routers.check_count("k", k, e)
+    routers.check_p(p)
+    return e if max_k is None else routers.check_count("max_k", max_k, e)
+
+
+def fused_rules() -> tuple[str, ...]:
+    """The routers of `psec_jax.routing.ROUTERS` this kernel implements (those marked `fused`)."""
+    return tuple(name for name, r in ROUTERS.items() if r.fused)
 
 
 def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None, p=None,
                           max_k: int | None = None, renormalize: bool = False,
                           probs: jax.Array | None = None) -> RouteOutput:
-    """The pure-jnp reference: `psec_jax.moe` top-k / top-p and a stable argsort by expert.
+    """The pure-jnp reference: the table's top-k / top-p router and a stable argsort by expert.
 
     logits [T, E]; rule "top_k" (k slots) or "top_p" (threshold p, max_k slots, default E).
     probs: [T, E] probabilities to select from instead of the softmax of logits; given the kernel's
     own, the selection (ids, mask, positions, counts, truncated, weights) must match it bit for bit.
     """
     _check(logits, rule, k, p, max_k)
-    kw = dict(renormalize=renormalize, probs=probs)
-    r = routing.top_k(logits, k, **kw) if rule == "top_k" else routing.top_p(logits, p, max_k, **kw)
+    r = ROUTERS[rule].route(logits, k=k, p=p, max_k=max_k, renormalize=renormalize, probs=probs)
     t, kk = r.expert_ids.shape
     order, sizes, _ = sort_assignments(r)  # the back-ends' stable argsort; positions invert it
     return r.replace(positions=invert_permutation(order).reshape(kk, t).T, counts=sizes)
@@ -195,7 +196,7 @@ _route_arrays.defvjp(_route_fwd, _route_bwd)
 def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, max_k: int | None = None,
                 renormalize: bool = False, block_tokens: int = 256, interpret: bool | None = None) -> RouteOutput:
     """Route with the fused kernel: a `RouteOutput` with `positions` and `counts` set (the layout of
-    `psec_jax.moe.grouped.Sorted`: slot j of token t is assignment j * T + t, valid assignments
+    `psec_jax.routing.Sorted`: slot j of token t is assignment j * T + t, valid assignments
     grouped by expert, slot-major then by token within an expert, unused slots after them all).
     Given the same probabilities its selection equals `fused_route_reference`'s bit for bit; its
     softmax may differ from `jax.nn.softmax` by an ulp, so near the threshold the two can keep
@@ -203,7 +204,8 @@ def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, m
 
     Args:
       logits: [T, E] router logits (any float dtype; T may be 0 and need not divide the block).
-      rule: "top_k" (k slots) or "top_p" (threshold p in (0, 1], max_k slots, default E).
+      rule: a router of `psec_jax.routing.ROUTERS` marked `fused`: "top_k" (k slots) or "top_p"
+        (threshold p in (0, 1], max_k slots, default E).
       renormalize: weights sum to 1 over the kept experts (applied after the kernel).
       block_tokens: tokens per grid step, a multiple of 8 up to MAX_BLOCK_TOKENS.
       interpret: run the kernel in Pallas interpret mode; default: on CPU (the only way there), not
@@ -225,7 +227,7 @@ def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, m
                                                                          interpret)
     mask = mask == 1
     if renormalize:  # masked: a bad token's NaN must stay in its one slot
-        weights = jnp.where(mask, routing.renormalize_weights(weights), 0.0)
+        weights = jnp.where(mask, routers.renormalize_weights(weights), 0.0)
     totals = block_counts.sum(0)  # [K, E + 1] per (slot, key)
     group = totals.sum(0)  # [E + 1] assignments per key
     base = (jnp.cumsum(group) - group)[None, None, :]  # where each key's group starts

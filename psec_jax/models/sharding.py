@@ -1,64 +1,65 @@
-"""How the language model's arrays map to mesh axes: logical axis names for every parameter, and
-sharded train states (`psec_jax.parallel` turns the names into PartitionSpecs).
+"""How the language model's arrays map to mesh axes: the logical axis names every parameter declares
+where it is created, and sharded train states (`psec_jax.parallel` turns the names into PartitionSpecs).
 
-    specs = param_specs(params)                           # PartitionSpec per leaf (FSDP + experts + model)
+    specs = param_specs(jax.eval_shape(lambda: tf.init_boxed(key, spec)))   # PartitionSpec per leaf
     init = sharded_init(trainer, mesh)                    # key -> TrainState placed on the mesh
+
+The names come from the parameters themselves: `psec_jax.models.transformer.init_boxed` (and
+`psec_jax.moe.init_moe(..., boxed=True)`) create each one in a `flax.linen.LogicallyPartitioned` box with
+its axis names, and `transformer.param_axes(spec)` / `Trainer.param_axes` hold them as a tree like the
+plain parameters. Nothing here matches parameter names.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from psec_jax.parallel import mesh as pmesh
 
-# Logical names of each leaf's trailing dimensions, by its key; leading dimensions beyond them are the
-# stacked layer groups (`layers`, never sharded; a group's stacked dense layers are a second, unnamed one).
-_TRAILING: dict[str, tuple[str | None, ...]] = {
-    "embed": ("vocab", "embed"),
-    "unembed": ("embed", "vocab"),
-    "final_norm": ("norm",), "attn_norm": ("norm",), "ffn_norm": ("norm",),
-    "wq": ("embed", "heads", "head_dim"), "wk": ("embed", "heads", "head_dim"), "wv": ("embed", "heads", "head_dim"),
-    "wo": ("heads", "head_dim", "embed"),
-    "router": ("embed", None),  # [d, E]: small, replicated over the expert axis (every device routes its tokens)
-    "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed"),
-}
+
+def _is_axes(x: Any) -> bool:
+    return isinstance(x, tuple)
 
 
 def logical_axes(params: Any) -> Any:
-    """A tree like params (arrays or ShapeDtypeStructs) of logical axis-name tuples, one per dimension.
+    """A tree like params of logical axis-name tuples, one name (str or None) per dimension.
 
-    Expert weights ([..., E, d, f] under "experts") get `expert` on their expert dimension."""
+    params: declared parameters, each leaf a `nn.Partitioned` box (e.g. `transformer.init_boxed`, or its
+    `jax.eval_shape`) whose names are read; a plain leaf declares nothing and is a ValueError."""
     def names(path, leaf):
-        keys = [getattr(k, "key", None) for k in path]
-        if keys[-1] not in _TRAILING:
-            raise ValueError(f"no sharding rule for parameter {jax.tree_util.keystr(path)} of shape {leaf.shape}")
-        tail = _TRAILING[keys[-1]]
-        if "experts" in keys:
-            tail = ("expert",) + tail
-        if len(tail) > leaf.ndim:
-            raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {leaf.shape}, fewer dimensions "
-                             f"than its axes {tail}")
-        extra = leaf.ndim - len(tail)  # [G] or [G, moe_every - 1] stacked layers: only the first is named
-        return (("layers",) + (None,) * (extra - 1) if extra else ()) + tail
+        if not isinstance(leaf, nn.Partitioned):
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} of shape {getattr(leaf, 'shape', None)} declares "
+                             "no logical axes (create it in a flax.linen.LogicallyPartitioned box)")
+        axes = tuple(leaf.names)
+        if len(axes) != leaf.value.ndim:
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {leaf.value.shape} but declares "
+                             f"the axes {axes}")
+        return axes
 
-    return jax.tree_util.tree_map_with_path(names, params)
+    return jax.tree_util.tree_map_with_path(names, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def _specs(axes: Any, rules) -> Any:
+    return jax.tree.map(lambda a: pmesh.logical_spec(a, rules), axes, is_leaf=_is_axes)
 
 
 def param_specs(params: Any, rules=pmesh.RULES) -> Any:
-    """PartitionSpec of every parameter leaf (from `logical_axes` and the mesh rules)."""
-    return jax.tree.map(lambda axes: pmesh.logical_spec(axes, rules), logical_axes(params),
-                        is_leaf=lambda x: isinstance(x, tuple))
+    """PartitionSpec of every parameter leaf of declared params (from `logical_axes` and the mesh rules)."""
+    return _specs(logical_axes(params), rules)
 
 
 def state_shardings(trainer: Any, mesh: Mesh) -> Any:
     """NamedShardings of the trainer's TrainState: parameters and the optimizer's parameter-shaped
-    moments by `param_specs` (fitted to each shape), counters replicated."""
+    moments by their declared axes (`trainer.param_axes`; fitted to each shape), counters replicated."""
     abstract = jax.eval_shape(trainer.init, jax.random.key(0))
-    pspecs = param_specs(abstract.params)
+    pspecs = _specs(trainer.param_axes, pmesh.RULES)
     opt_specs = optax.tree_map_params(trainer.tx, lambda _, spec: spec, abstract.opt_state, pspecs,
                                       transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
     specs = abstract.replace(params=pspecs, opt_state=opt_specs, step=P())
@@ -84,8 +85,13 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, batch_dim: int = 0) -> NamedShardi
 GATHERED_RULES = tuple((name, None if name == "embed" else axes) for name, axes in pmesh.RULES)
 
 
-def gather_weights(params: Any) -> Any:
+def gather_weights(params: Any, axes: Any = None) -> Any:
     """params (any subtree of the LM's, e.g. one layer group's slice) constrained to their shardings
-    without the fsdp split (`parallel.constrain`; a no-op without a mesh)."""
-    return jax.tree.map(lambda w, axes: pmesh.constrain(w, axes, GATHERED_RULES), params, logical_axes(params),
-                        is_leaf=lambda x: isinstance(x, tuple))
+    without the fsdp split (`parallel.constrain`; a no-op without a mesh).
+
+    axes: their logical axis names, a tree like params (`transformer.param_axes`, cut to the subtree);
+    default: read from params, which must then be declared (boxed, see `logical_axes`) and are unboxed."""
+    if axes is None:
+        axes = logical_axes(params)
+        params = jax.tree.map(lambda b: b.value, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return jax.tree.map(lambda a, w: pmesh.constrain(w, a, GATHERED_RULES), axes, params, is_leaf=_is_axes)

@@ -10,8 +10,10 @@ thresholds and seeds vmap into one compiled program). Every member sees the same
 order (equal data): batches come from the host pipeline (`psec_jax.models.pipeline`), a pure
 function of (config.seed, step), so a run resumed from a checkpoint at step s continues exactly.
 
-Routers: "top1" and "top2" (top-k with raw softmax weights, load-balance loss) and "top_p" (the
-paper's dynamic routing: threshold p, load-balance and dynamic-entropy losses).
+Stages (`STAGES`, named in `config.train.routers`, workdirs and results): "top1" and "top2" (the top-k
+router with raw softmax weights, load-balance loss) and "top_p" (the paper's dynamic routing: threshold
+p, load-balance and dynamic-entropy losses). A stage name is not a router name: each stage is a set of
+`MoEConfig` overrides (router and k) on the config's model and router sections.
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ from flax import struct
 from psec_jax.models import transformer as tf
 from psec_jax.models.pipeline import Batch
 from psec_jax.models.tasks import NUM_LABELS
+from psec_jax.moe import MoEConfig
+from psec_jax.routing import get_router
 
-ROUTERS = ("top1", "top2", "top_p")
+# The LM's stages by name -> MoEConfig overrides. The names are the experiment's (workdirs, committed
+# results), not router names: the router is the override's `router`, a name in psec_jax.routing.ROUTERS.
+STAGES: dict[str, dict[str, Any]] = {
+    "top1": {"router": "top_k", "k": 1},
+    "top2": {"router": "top_k", "k": 2},
+    "top_p": {"router": "top_p"},
+}
+ROUTERS = tuple(STAGES)  # the stage names (`config.train.routers` chooses among them)
 
 
 @struct.dataclass
@@ -45,20 +56,32 @@ class Trainer(NamedTuple):
     evaluate: Callable[[Any, Batch, jax.Array, jax.Array], dict]  # (params, Batch [N, B, T], text rows [N, B], p)
     train: Callable[[jax.Array, jax.Array], tuple[TrainState, dict]]  # (key, p) -> (state, [chunks] metrics)
     tx: optax.GradientTransformation  # the optimizer (its state's layout shards like the params)
+    param_axes: Any  # logical axis names of every parameter as `tf.init` declares them (`tf.param_axes`)
+
+
+def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
+    """The MoE layers' config of a stage (a name in `STAGES`): `config.model`'s dispatch choices,
+    `config.router`'s threshold and loss weights, and the stage's overrides. The dynamic (entropy) loss
+    only weighs on routers that use p (a variable expert count); 0 for the others."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown router {stage!r}; choose from {tuple(STAGES)}")
+    m, r = config.model, config.router
+    overrides = STAGES[stage]
+    dynamic = get_router(overrides.get("router", MoEConfig.router)).uses_p
+    base = dict(p=r.p, max_k=m.max_k or None, dispatch=m.dispatch, backend=m.backend,
+                load_balance_weight=r.load_balance_weight, dynamic_weight=r.dynamic_weight if dynamic else 0.0,
+                z_weight=r.z_weight)
+    return MoEConfig(**{**base, **overrides})
 
 
 def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
-    """The transformer Spec of `config.model` with the named router ("top1", "top2" or "top_p")."""
-    if router not in ROUTERS:
-        raise ValueError(f"unknown router {router!r}; choose from {ROUTERS}")
-    m, r = config.model, config.router
-    kind = {"top1": ("top_k", 1), "top2": ("top_k", 2), "top_p": ("top_p", 2)}[router]
+    """The transformer Spec of `config.model` for the stage named `router` (a name in `STAGES`:
+    "top1", "top2" or "top_p")."""
+    m = config.model
     return tf.Spec(
         vocab_size=config.data.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
         num_experts=m.num_experts, d_ff_expert=m.d_ff_expert, d_ff=m.d_ff, moe_every=m.moe_every,
-        router=kind[0], k=kind[1], p=r.p, max_k=m.max_k or None, backend=m.backend,
-        load_balance_weight=r.load_balance_weight, dynamic_weight=r.dynamic_weight if router == "top_p" else 0.0,
-        z_weight=r.z_weight, dtype=m.dtype, rope_base=m.rope_base, remat=m.remat,
+        moe=moe_config(config, router), dtype=m.dtype, rope_base=m.rope_base, remat=m.remat,
         gather_weights=m.gather_weights)
 
 
@@ -213,4 +236,4 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         return jax.lax.scan(one_chunk, init(key), None, length=tc.num_steps // tc.log_every)
 
     return Trainer(spec, init, chunk, lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
-                   train, tx)
+                   train, tx, tf.param_axes(spec))

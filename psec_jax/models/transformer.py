@@ -1,8 +1,10 @@
 """A decoder-only language model whose FFNs are `psec_jax.moe` layers (pure `init` / `apply`).
 
-    spec = Spec(vocab_size=2048, d_model=128, num_layers=4, num_heads=4, num_experts=8, d_ff_expert=256)
+    spec = Spec(vocab_size=2048, d_model=128, num_layers=4, num_heads=4, num_experts=8, d_ff_expert=256,
+                moe=MoEConfig(router="top_p", backend="dropless", dispatch="argsort"))
     params = init(key, spec)
     out = apply(params, tokens, spec, p=0.4)      # logits [B, T, V], aux/stats stacked [G, ...]
+    axes = param_axes(spec)                       # logical axis names of every parameter, declared by init
 
 Pre-norm blocks: x += Attention(RMSNorm(x)); x += FFN(RMSNorm(x)), causal multi-head attention with
 rotary position embeddings (RoPE, rotate-half form), SwiGLU FFNs. Every `moe_every`-th layer's FFN is
@@ -19,22 +21,25 @@ the logits are float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from psec_jax import parallel
 from psec_jax.models import sharding
-from psec_jax.moe import layer as moe_layer
+from psec_jax.moe import BACKENDS as MOE_BACKENDS
+from psec_jax.moe import MoEConfig, experts, moe_apply
+from psec_jax.routing import ROUTERS
 
-ROUTERS = ("top_k", "top_p")
-# Dispatch back-ends that keep the model causal. "capacity" is not among them: which assignments it
-# drops depends on every token in the batch, later positions included. "expert_parallel" (experts
-# sharded over the mesh's expert axis; run under `jax.set_mesh`) is given buffers that hold every
-# token a device has (capacity T_local per expert), so it drops nothing either.
-BACKENDS = ("dropless", "dense", "ragged", "expert_parallel")
+# Dispatch back-ends that keep the model causal (`Backend.causal` in the back-end table): not "capacity",
+# whose drops depend on every token in the batch, later positions included. "expert_parallel" (experts
+# sharded over the mesh's expert axis; run under `jax.set_mesh`) is given buffers that hold every token
+# a device has (capacity T_local per expert), so it drops nothing.
+BACKENDS = tuple(name for name, b in MOE_BACKENDS.items() if b.causal)
 # Activation dtypes the model runs in. float64 is not among them: with JAX's default 32-bit mode it
 # would silently run in float32.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -52,14 +57,9 @@ class Spec:
     d_ff_expert: int  # hidden width of each SwiGLU expert
     d_ff: int = 0  # hidden width of the dense SwiGLU FFNs between MoE layers (unused when moe_every = 1)
     moe_every: int = 1  # every moe_every-th layer is MoE (layers moe_every-1, 2*moe_every-1, ...)
-    router: str = "top_p"  # "top_k" or "top_p"
-    k: int = 2  # experts per token of the top-k router
-    p: float = 0.4  # default top-p threshold (apply's `p` argument overrides it, also traced)
-    max_k: int | None = None  # top-p slots per token (None: all E, never truncates)
-    backend: str = "dropless"  # psec_jax.moe dispatch back-end, one of BACKENDS
-    load_balance_weight: float = 1e-2  # a in LM + a * load_balance + b * dynamic + c * z (per MoE layer)
-    dynamic_weight: float = 1e-4  # b, the top-p paper's entropy ("dynamic") loss
-    z_weight: float = 0.0  # c, ST-MoE router z-loss
+    # routing, dispatch back-end and aux-loss weights of every MoE layer (per MoE layer: LM loss + the
+    # weighted aux losses); `apply`'s `p` overrides moe.p, also traced
+    moe: MoEConfig = MoEConfig(z_weight=0.0)
     dtype: str = "bfloat16"  # activation dtype
     rope_base: float = 10000.0
     remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
@@ -78,19 +78,18 @@ class Spec:
             raise ValueError(f"moe_every={self.moe_every} needs the dense FFN width d_ff >= 1, got {self.d_ff}")
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
             raise ValueError(f"d_model={self.d_model} must split into num_heads={self.num_heads} heads of even size")
-        if self.router not in ROUTERS:
-            raise ValueError(f"unknown router {self.router!r}; choose from {ROUTERS}")
-        if self.router == "top_k" and not 1 <= self.k <= self.num_experts:
-            raise ValueError(f"top-k router needs 1 <= k <= num_experts={self.num_experts}, got k={self.k}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"Spec.moe must be a psec_jax.moe.MoEConfig, got {type(self.moe).__name__}")
+        if ROUTERS[self.moe.router].uses_k and not self.moe.k <= self.num_experts:
+            raise ValueError(f"router {self.moe.router!r} needs k <= num_experts={self.num_experts}, "
+                             f"got k={self.moe.k}")
+        if self.moe.backend not in BACKENDS:
+            raise ValueError(f"backend {self.moe.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
                              "depending on later positions, which breaks causality)")
-        if not 0.0 < self.p <= 1.0:
-            raise ValueError(f"top-p threshold p must be in (0, 1], got {self.p}")
         if not self.rope_base > 0:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
-        if self.max_k is not None and not 1 <= self.max_k <= self.num_experts:
-            raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.max_k}")
+        if self.moe.max_k is not None and not self.moe.max_k <= self.num_experts:
+            raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.moe.max_k}")
         if self.dtype not in DTYPES:
             raise ValueError(f"activation dtype must be one of {DTYPES}, got {self.dtype!r}")
 
@@ -103,8 +102,10 @@ class Spec:
         return self.num_layers // self.moe_every
 
     @property
-    def aux_weights(self) -> dict[str, float]:
-        return {"load_balance": self.load_balance_weight, "dynamic": self.dynamic_weight, "z": self.z_weight}
+    def layer_config(self) -> MoEConfig:
+        """The MoE layers' config: `moe` with capacity buffers of every token (C = T), so that the
+        "expert_parallel" back-end never drops."""
+        return dataclasses.replace(self.moe, capacity_factor=float(self.num_experts), capacity_k=1.0)
 
 
 class Output(NamedTuple):
@@ -120,45 +121,83 @@ def _normal(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     return jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(fan_in)
 
 
-def _init_attention(key: jax.Array, spec: Spec) -> dict[str, jax.Array]:
+# Every parameter is created as a box holding its value and the logical names of its axes (the mesh rules
+# of `psec_jax.parallel` map them to mesh axes; `psec_jax.models.sharding` reads them), so its sharding is
+# declared here, beside its shape. `init` returns the values; `param_axes` the names.
+_box = nn.LogicallyPartitioned
+
+
+def _norm(d: int) -> nn.LogicallyPartitioned:
+    return _box(jnp.ones((d,)), ("norm",))
+
+
+def _init_attention(key: jax.Array, spec: Spec) -> dict[str, Any]:
     d, h, dh = spec.d_model, spec.num_heads, spec.head_dim
     kq, kk, kv, ko = jax.random.split(key, 4)
-    return {"wq": _normal(kq, (d, h, dh), d), "wk": _normal(kk, (d, h, dh), d), "wv": _normal(kv, (d, h, dh), d),
-            "wo": _normal(ko, (h, dh, d), d) / jnp.sqrt(2.0 * spec.num_layers)}
+    heads_in = ("embed", "heads", "head_dim")
+    return {"wq": _box(_normal(kq, (d, h, dh), d), heads_in), "wk": _box(_normal(kk, (d, h, dh), d), heads_in),
+            "wv": _box(_normal(kv, (d, h, dh), d), heads_in),
+            "wo": _box(_normal(ko, (h, dh, d), d) / jnp.sqrt(2.0 * spec.num_layers), ("heads", "head_dim", "embed"))}
 
 
 def _init_dense_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
     ka, kg, ku, kd = jax.random.split(key, 4)
     d, f = spec.d_model, spec.d_ff
-    return {"attn_norm": jnp.ones((d,)), "attn": _init_attention(ka, spec), "ffn_norm": jnp.ones((d,)),
-            "ffn": {"gate": _normal(kg, (d, f), d), "up": _normal(ku, (d, f), d),
-                    "down": _normal(kd, (f, d), f) / jnp.sqrt(2.0 * spec.num_layers)}}
+    return {"attn_norm": _norm(d), "attn": _init_attention(ka, spec), "ffn_norm": _norm(d),
+            "ffn": {"gate": _box(_normal(kg, (d, f), d), ("embed", "mlp")),
+                    "up": _box(_normal(ku, (d, f), d), ("embed", "mlp")),
+                    "down": _box(_normal(kd, (f, d), f) / jnp.sqrt(2.0 * spec.num_layers), ("mlp", "embed"))}}
 
 
 def _init_moe_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
     ka, km = jax.random.split(key)
     d = spec.d_model
-    moe = moe_layer.init_moe(km, d, spec.d_ff_expert, spec.num_experts)
-    moe["experts"]["down"] = moe["experts"]["down"] / jnp.sqrt(2.0 * spec.num_layers)
-    return {"attn_norm": jnp.ones((d,)), "attn": _init_attention(ka, spec), "ffn_norm": jnp.ones((d,)), "moe": moe}
+    moe = experts.init_moe(km, d, spec.d_ff_expert, spec.num_experts, boxed=True)  # declares its axes
+    down = moe["experts"]["down"]
+    moe["experts"]["down"] = down.replace_boxed(down.value / jnp.sqrt(2.0 * spec.num_layers))
+    return {"attn_norm": _norm(d), "attn": _init_attention(ka, spec), "ffn_norm": _norm(d), "moe": moe}
+
+
+def _stacked(tree: Any, name: str | None) -> Any:
+    """Boxes made under `jax.vmap`: their values gained a leading axis, named `name` here."""
+    return jax.tree.map(lambda b: b.replace(names=(name,) + tuple(b.names)), tree, is_leaf=experts.is_boxed)
 
 
 def _init_group(key: jax.Array, spec: Spec) -> dict[str, Any]:
     kd, km = jax.random.split(key)
     group = {"moe": _init_moe_layer(km, spec)}
-    if spec.moe_every > 1:
-        group["dense"] = jax.vmap(lambda k: _init_dense_layer(k, spec))(jax.random.split(kd, spec.moe_every - 1))
+    if spec.moe_every > 1:  # a group's dense layers: a second stacked axis, not sharded
+        dense = jax.vmap(lambda k: _init_dense_layer(k, spec))(jax.random.split(kd, spec.moe_every - 1))
+        group["dense"] = _stacked(dense, None)
     return group
+
+
+def init_boxed(key: jax.Array, spec: Spec) -> dict[str, Any]:
+    """`init`'s parameters, each in a `nn.LogicallyPartitioned` box with the logical names of its axes."""
+    ke, kg, ku = jax.random.split(key, 3)
+    d = spec.d_model
+    groups = jax.vmap(lambda k: _init_group(k, spec))(jax.random.split(kg, spec.num_groups))
+    return {"embed": _box(jax.random.normal(ke, (spec.vocab_size, d), jnp.float32), ("vocab", "embed")),
+            "groups": _stacked(groups, "layers"),  # the stacked layer groups, never sharded
+            "final_norm": _norm(d), "unembed": _box(_normal(ku, (d, spec.vocab_size), d), ("embed", "vocab"))}
 
 
 def init(key: jax.Array, spec: Spec) -> dict[str, Any]:
     """float32 parameters: embed [V, d], groups (each leaf [G, ...]; dense layers [G, moe_every-1, ...]),
     final_norm [d], unembed [d, V] (not tied to the embedding)."""
-    ke, kg, ku = jax.random.split(key, 3)
-    d = spec.d_model
-    return {"embed": jax.random.normal(ke, (spec.vocab_size, d), jnp.float32),
-            "groups": jax.vmap(lambda k: _init_group(k, spec))(jax.random.split(kg, spec.num_groups)),
-            "final_norm": jnp.ones((d,)), "unembed": _normal(ku, (d, spec.vocab_size), d)}
+    return experts.unbox(init_boxed(key, spec))
+
+
+def param_axes(spec: Spec) -> dict[str, Any]:
+    """The logical axis names of every parameter, as `init_boxed` declares them: a tree like `init`'s
+    with a tuple of names (str or None) per leaf (from shapes only, nothing allocated)."""
+    return jax.tree.map(lambda a: a, _declared_axes(spec), is_leaf=lambda a: isinstance(a, tuple))  # a fresh tree
+
+
+@functools.lru_cache(maxsize=64)  # apply reads them at every trace
+def _declared_axes(spec: Spec) -> dict[str, Any]:
+    boxed = jax.eval_shape(lambda: init_boxed(jax.random.key(0), spec))
+    return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=experts.is_boxed)
 
 
 # ------------------------------------------------------------------------------------------- layers
@@ -200,7 +239,7 @@ def _attend(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
 def dense_layer(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
     """One dense block on x [B, T, d]."""
     x = _attend(p, x, spec)
-    return x + moe_layer.swiglu_expert(p["ffn"], rms_norm(p["ffn_norm"], x))  # the experts' SwiGLU, dense
+    return x + experts.swiglu_expert(p["ffn"], rms_norm(p["ffn_norm"], x))  # the experts' SwiGLU, dense
 
 
 def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
@@ -209,9 +248,7 @@ def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | fl
     scalar aux losses and the layer's routing statistics (experts_per_token [B, T])."""
     x = _attend(p, x, spec)
     h = rms_norm(p["ffn_norm"], x)
-    no_drop = {"capacity_factor": float(spec.num_experts), "capacity_k": 1.0}  # C = T: nothing dropped
-    y, aux, stats = moe_layer.moe_apply(p["moe"], h, router=spec.router, k=spec.k, p=top_p, max_k=spec.max_k,
-                                        backend=spec.backend, aux_weights=spec.aux_weights, **no_drop)
+    y, aux, stats = moe_apply(p["moe"], h, spec.layer_config, p=top_p)
     return x + y, aux, stats
 
 
@@ -258,20 +295,23 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
     """Forward pass: tokens [B, T] int -> Output (logits [B, T, V], per-MoE-layer aux and stats).
 
     p: top-p threshold, a Python float or a traced scalar (so a sweep over p can be vmapped);
-    default spec.p. Ignored by the top-k router.
+    default spec.moe.p. Ignored by routers that do not use p (top-k).
     """
     _check_tokens(tokens, spec)
-    top_p = spec.p if p is None else p
+    top_p = spec.moe.p if p is None else p
     # FSDP: each layer's weights are gathered where used and the activations [B, T, d] pinned to the
     # batch split; otherwise the partitioner follows the d-split weights into the weight-gradient
     # matmuls and replicates the activations to get there ("involuntary full rematerialization")
     gather = _gathers_weights(spec)
     act = (lambda x: parallel.constrain(x, ("batch", "seq", None))) if gather else (lambda x: x)
-    weights = sharding.gather_weights if gather else (lambda w: w)
-    body = lambda x, g: group_block(weights(g), act(x), spec, top_p)
+    axes = param_axes(spec)
+    weights = sharding.gather_weights if gather else (lambda w, _: w)
+    group_axes = jax.tree.map(lambda a: a[1:], axes["groups"], is_leaf=lambda a: isinstance(a, tuple))  # one group
+    body = lambda x, g: group_block(weights(g, group_axes), act(x), spec, top_p)
     if spec.remat:
         body = jax.checkpoint(body)
-    outer = weights({k: v for k, v in params.items() if k != "groups"})
+    outer, outer_axes = ({k: v for k, v in tree.items() if k != "groups"} for tree in (params, axes))
+    outer = weights(outer, outer_axes)
     x, (aux, stats) = jax.lax.scan(body, embed(outer, tokens, spec), params["groups"])
     return Output(logits_of(outer, act(x)), aux, stats)
 

@@ -16,29 +16,33 @@ own arrays then, the others stack them).
 - `dropless`: sort the assignments by expert and run each expert on exactly its rows, in blocks
   (`psec_jax.moe.grouped`: loops over static shapes, since XLA on CPU has no grouped matmul).
   Nothing is dropped.
-- `ragged`: the same sort, then grouped matmuls (`psec_jax.moe.gmm`: megablox, tokamax or
+- `ragged`: the same sort, then grouped matmuls (`psec_jax.kernels.gmm`: megablox, tokamax or
   `lax.ragged_dot`; only for the layer's matmul experts).
 - `expert_parallel`: experts sharded over the mesh's `expert` axis, tokens exchanged by `all_to_all`
   in fixed-capacity buffers, as `capacity` per device (`psec_jax.moe.expert_parallel`).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
   the test reference.
+
+`BACKENDS` is the table of them by name (`MoEConfig.backend`); `dispatch` runs the configured one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psec_jax.moe import gmm
+from psec_jax.kernels import gmm
 from psec_jax.moe.expert_parallel import expert_parallel
-from psec_jax.moe.grouped import ExpertFn, capacity_of, expert_params, sort_assignments, stack_experts
+from psec_jax.moe.grouped import ExpertFn, capacity_of, expert_params, stack_experts
 from psec_jax.moe.grouped import check_dispatch_inputs as _check
 from psec_jax.moe.grouped import dropless as _dropless
-from psec_jax.moe.routing import RouteOutput
+from psec_jax.routing import RouteOutput, sort_assignments
 
 
 def loop_reference(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) -> jax.Array:
@@ -111,7 +115,7 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
 
 def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu",
            grouped_matmul: str = "auto") -> jax.Array:
-    """Dropless dispatch with grouped matmuls (for GPU/TPU; `psec_jax.moe.gmm`).
+    """Dropless dispatch with grouped matmuls (for GPU/TPU; `psec_jax.kernels.gmm`).
 
     Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
     "gate"). Sorts all T*K slots by expert (invalid slots last, in no group), so the buffers are
@@ -141,31 +145,65 @@ def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activ
     return jnp.zeros((t, y.shape[-1]), y.dtype).at[order % t].add(y * weight[:, None])
 
 
-BACKENDS = ("dense", "capacity", "dropless", "ragged")  # one device (or the SPMD partitioner's choice)
-MESH_BACKENDS = ("expert_parallel",)  # need a mesh (`jax.set_mesh`)
+Dropped = jax.Array  # [] float32, the fraction of assignments a back-end dropped (0 unless it has buffers)
+# (x, route, expert_fn, params, config: a `psec_jax.moe.MoEConfig`, which imports this table, so `Any` here)
+RunFn = Callable[[jax.Array, RouteOutput, ExpertFn, Any, Any], tuple[jax.Array, Dropped]]
 
 
-def dispatch(backend: str, x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             capacity_factor: float = 1.25, capacity_k: float | None = None,
-             block_size: int | None = None, saved_slots: float | None = 4.0, activation: str = "swiglu",
-             grouped_matmul: str = "auto", exchange: str = "auto") -> tuple[jax.Array, jax.Array]:
-    """Run a back-end by name. Returns (y [T, d_out], dropped fraction [] (0 unless capacity)).
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A dispatch back-end and what its callers need to know about it."""
 
-    `block_size` and `saved_slots` only matter for "dropless" (see there), `capacity_factor` and
-    `capacity_k` for "capacity" and "expert_parallel" (which needs a mesh, set by `jax.set_mesh`;
-    `psec_jax.moe.expert_parallel`, whose token `exchange` is chosen there), `activation` and `grouped_matmul` for "ragged", which needs the
-    layer's matmul experts.
+    run: RunFn  # (x [T, d], route, expert_fn, params, config) -> (y [T, d_out], dropped fraction [])
+    mesh: bool = False  # needs a device mesh (`jax.set_mesh`)
+    # a causal LM may use it: a token's output never depends on other tokens. Not capacity's, whose drops
+    # depend on the whole batch; the LM gives expert_parallel buffers of every local token, so it drops nothing
+    causal: bool = True
+
+
+def _none_dropped(y: jax.Array) -> tuple[jax.Array, Dropped]:
+    return y, jnp.zeros((), jnp.float32)
+
+
+def _run_dense(x, route, expert_fn, params, config):
+    return _none_dropped(dense(x, route, expert_fn, params))
+
+
+def _run_capacity(x, route, expert_fn, params, config):
+    return capacity(x, route, expert_fn, params, capacity_factor=config.capacity_factor, k=config.capacity_k)
+
+
+def _run_dropless(x, route, expert_fn, params, config):
+    return _none_dropped(dropless(x, route, expert_fn, params, block_size=config.block_size,
+                                  saved_slots=config.saved_slots))
+
+
+def _run_ragged(x, route, expert_fn, params, config):
+    return _none_dropped(ragged(x, route, params, config.activation, config.grouped_matmul))
+
+
+def _run_expert_parallel(x, route, expert_fn, params, config):
+    return expert_parallel(x, route, expert_fn, params, capacity_factor=config.capacity_factor, k=config.capacity_k,
+                           exchange=config.exchange)
+
+
+BACKENDS: dict[str, Backend] = {
+    "dense": Backend(_run_dense),
+    "capacity": Backend(_run_capacity, causal=False),
+    "dropless": Backend(_run_dropless),
+    "ragged": Backend(_run_ragged),  # the layer's matmul experts only
+    "expert_parallel": Backend(_run_expert_parallel, mesh=True),
+}
+
+
+def dispatch(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, config: Any
+             ) -> tuple[jax.Array, jax.Array]:
+    """Run the back-end that `config` (a `psec_jax.moe.MoEConfig`) names. Returns (y [T, d_out], dropped
+    fraction [] (0 unless capacity or expert_parallel)).
+
+    Of the config it reads the back-end options: `block_size` and `saved_slots` ("dropless"),
+    `capacity_factor` and `capacity_k` ("capacity" and "expert_parallel", which needs a mesh, set by
+    `jax.set_mesh`, and moves tokens by `exchange`; `psec_jax.moe.expert_parallel`), `activation` and
+    `grouped_matmul` ("ragged", which needs the layer's matmul experts).
     """
-    if backend == "dense":
-        return dense(x, route, expert_fn, params), jnp.zeros((), jnp.float32)
-    if backend == "capacity":
-        return capacity(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k)
-    if backend == "dropless":
-        y = dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
-        return y, jnp.zeros((), jnp.float32)
-    if backend == "ragged":
-        return ragged(x, route, params, activation, grouped_matmul), jnp.zeros((), jnp.float32)
-    if backend == "expert_parallel":
-        return expert_parallel(x, route, expert_fn, params, capacity_factor=capacity_factor, k=capacity_k,
-                               exchange=exchange)
-    raise ValueError(f"unknown dispatch back-end {backend!r}; choose from {BACKENDS + MESH_BACKENDS}")
+    return BACKENDS[config.backend].run(x, route, expert_fn, params, config)

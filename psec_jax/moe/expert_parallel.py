@@ -44,9 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from psec_jax.moe.grouped import (ExpertFn, capacity_of, check_dispatch_inputs, dropless, masked,
-                                  sort_assignments, stack_experts)
-from psec_jax.moe.routing import RouteOutput
+from psec_jax.moe.grouped import ExpertFn, capacity_of, check_dispatch_inputs, dropless, masked, stack_experts
+from psec_jax.routing import RouteOutput, sort_assignments
 
 TOKEN_AXES = ("data", "fsdp", "expert")  # mesh axes the tokens are sharded over (those the mesh has)
 EXCHANGES = ("auto", "capacity", "ragged", "ragged_emulated")

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psec_jax.moe.routing import RouteOutput
+from psec_jax.routing import RouteOutput, sort_assignments
 
 ExpertFn = Callable[[Any, jax.Array], jax.Array]  # (params of one expert, x [n, d]) -> [n, d_out]
 
@@ -91,18 +91,6 @@ def stack_experts(params: Any) -> Any:
     return jax.tree.map(lambda *ws: jnp.stack(ws), *params)
 
 
-class Sorted(NamedTuple):
-    """The route's (token, slot) assignments stably sorted by expert (int32 arrays).
-
-    Assignment a = j * T + t is slot j of token t (slot-major, so sorting keeps every token's
-    slot 0 ahead of any slot 1 within an expert); invalid slots sort last, in no group.
-    """
-
-    order: jax.Array  # [T*K] assignment at each sorted position
-    sizes: jax.Array  # [E] valid assignments per expert
-    starts: jax.Array  # [E] first sorted position of each expert's group
-
-
 def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: float) -> int:
     """Static per-expert capacity ceil(capacity_factor * T * k / E) (at least 1) of a fixed-size buffer
     (the `capacity` back-end; `expert_parallel`, per device). ValueError for a capacity_factor or k that
@@ -111,29 +99,6 @@ def capacity_of(num_tokens: int, num_experts: int, capacity_factor: float, k: fl
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
-
-
-def invert_permutation(perm: jax.Array) -> jax.Array:
-    """[n] int permutation -> [n] int32 inverse (inverse[perm[i]] = i), one scatter."""
-    n = perm.shape[0]
-    return jnp.zeros((n,), jnp.int32).at[perm].set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
-
-
-def sort_assignments(route: RouteOutput) -> Sorted:
-    """Sort the valid (token, slot) assignments of a route by expert (see `Sorted`).
-
-    A route from the fused routing kernel carries each slot's position and the per-expert counts:
-    then the order is one scatter (the inverse permutation), no argsort.
-    """
-    e = route.num_experts
-    if route.positions is not None and route.counts is not None:
-        order = invert_permutation(route.positions.T.reshape(-1))
-        sizes = route.counts.astype(jnp.int32)
-        return Sorted(order, sizes, (jnp.cumsum(sizes) - sizes).astype(jnp.int32))
-    ids = jnp.where(route.mask, route.expert_ids, e).T.reshape(-1)  # [K*T], slot-major
-    order = jnp.argsort(ids, stable=True).astype(jnp.int32)
-    sizes = jnp.bincount(ids, length=e + 1)[:e].astype(jnp.int32)
-    return Sorted(order, sizes, (jnp.cumsum(sizes) - sizes).astype(jnp.int32))
 
 
 def default_block_size(num_tokens: int) -> int:

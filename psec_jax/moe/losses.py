@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from psec_jax.moe.routing import RouteOutput
+from psec_jax.routing import RouteOutput
 
 DEFAULT_WEIGHTS = {"load_balance": 1e-2, "dynamic": 1e-4, "z": 1e-3}
 

@@ -14,7 +14,7 @@ E, D, F, T = 8, 16, 32, 64
 
 def loss_fn(backend, **kw):
     def loss(params, x):
-        y, aux, stats = moe.moe_apply(params, x, router="top_p", p=0.6, backend=backend, **kw)
+        y, aux, stats = moe.moe_apply(params, x, moe.MoEConfig(router="top_p", p=0.6, backend=backend, **kw))
         return jnp.sum(y ** 2) + aux["total"], (y, stats["dropped_fraction"])
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
@@ -47,7 +47,7 @@ def test_expert_parallel_rejects_experts_that_do_not_split_over_the_axis():
     x = jax.random.normal(jax.random.key(1), (T, D))
     with jax.set_mesh(parallel.make_mesh({"data": 2, "expert": 4})):
         with pytest.raises(ValueError, match="6 experts do not split over the 'expert' axis of size 4"):
-            moe.moe_apply(params, x, backend="expert_parallel")
+            moe.moe_apply(params, x, moe.MoEConfig(backend="expert_parallel"))
 
 
 def test_emulated_ragged_all_to_all_matches_the_documented_example():
@@ -85,6 +85,6 @@ def test_exchange_choice_on_cpu():
     assert not moe.ragged_supported("cpu")  # XLA:CPU: "ragged-all-to-all is not supported"
     with jax.set_mesh(parallel.make_mesh({"data": 2, "expert": 4})):
         with pytest.raises(ValueError, match="ragged_all_to_all, which 'cpu' does not compile"):
-            moe.moe_apply(params, x, backend="expert_parallel", exchange="ragged")
+            moe.moe_apply(params, x, moe.MoEConfig(backend="expert_parallel", exchange="ragged"))
         with pytest.raises(ValueError, match="unknown exchange 'magic'"):
-            moe.moe_apply(params, x, backend="expert_parallel", exchange="magic")
+            moe.MoEConfig(backend="expert_parallel", exchange="magic")

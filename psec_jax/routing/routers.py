@@ -31,36 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
-
-@struct.dataclass
-class RouteOutput:
-    """Routing decision for T tokens over E experts with K slots per token."""
-
-    expert_ids: jax.Array  # [T, K] int32, experts by descending probability (invalid slots: unspecified)
-    weights: jax.Array  # [T, K] float32, combine weights (0 where mask is False)
-    mask: jax.Array  # [T, K] bool, slot in use
-    experts_per_token: jax.Array  # [T] int32, number of valid slots
-    probs: jax.Array  # [T, E] float32, softmax of the logits
-    logits: jax.Array  # [T, E], as given
-    truncated: jax.Array  # [T] bool, top-p wanted more than max_k experts (always False for top-k)
-    # Set by the fused routing kernel (`psec_jax.kernels`), else None (dispatch argsorts instead):
-    positions: jax.Array | None = None  # [T, K] int32, each slot's row in expert-grouped order
-    counts: jax.Array | None = None  # [E] int32, valid assignments per expert
-
-    @property
-    def num_experts(self) -> int:
-        return self.probs.shape[-1]
-
-    @property
-    def num_slots(self) -> int:
-        return self.expert_ids.shape[-1]
-
-    def combine_weights(self) -> jax.Array:
-        """[T, E] dense combine weights (0 for experts a token does not use)."""
-        onehot = jax.nn.one_hot(self.expert_ids, self.num_experts, dtype=self.weights.dtype)
-        return jnp.einsum("tk,tke->te", self.weights, onehot)
+from psec_jax.routing.types import RouteOutput
 
 
 def check_logits(logits: jax.Array) -> None:
