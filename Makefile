@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo lock info clean
+.PHONY: install test test-all format demo lock info clean
 
 install: $(STAMP)
 
@@ -17,13 +17,25 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	touch $@
 
-# The default suite (no `slow` tests; `accelerator` tests skip themselves on CPU).
+# pytest-xdist workers: one per core, at most 4 (each compiles on its own); a test file stays on one
+# worker, so its module fixtures are built once
+PYTEST_PARALLEL ?= -n auto --maxprocesses=4 --dist loadfile
+
+# Lint and format checks (ruff), then the default suite (no `slow` tests; `accelerator` tests skip
+# themselves on CPU), printing the slowest tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+
+# Rewrite the code as ruff formats it and apply ruff's safe fixes.
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Everything, slow tests included.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ""
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m ""
 
 # PSEC continual policy shift on walker (stand -> walk) under the paper's protocol: a LoRA skill on the
 # shipped pi_0 (psec_jax/rl/pretrained) against a scratch policy, 5 seeds x 10 episodes; regenerates

@@ -12,8 +12,8 @@ Prints a table and writes benchmarks/results/env_throughput.json.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import time
+from pathlib import Path
 
 import jax
 
@@ -39,8 +39,14 @@ def measure(env: envs.Env, batch: int, steps: int) -> dict:
     jax.block_until_ready(run(key))
     first = time.perf_counter() - t0
     best = bench.time_call(run, key, reps=3)
-    return {"env": env.id, "batch": batch, "steps": steps, "compile_s": max(first - best, 0.0),
-            "steps_per_s": batch * steps / best, "ms_per_batched_step": 1e3 * best / steps}
+    return {
+        "env": env.id,
+        "batch": batch,
+        "steps": steps,
+        "compile_s": max(first - best, 0.0),
+        "steps_per_s": batch * steps / best,
+        "ms_per_batched_step": 1e3 * best / steps,
+    }
 
 
 def main() -> None:
@@ -58,8 +64,11 @@ def main() -> None:
             for batch in args.batch:
                 row = measure(env, batch, args.steps)
                 rows.append(row)
-                print(f"{row['env']:<28} batch {batch:<5} {row['steps_per_s']:>9.0f} steps/s  "
-                      f"compile {row['compile_s']:.1f} s", flush=True)
+                print(
+                    f"{row['env']:<28} batch {batch:<5} {row['steps_per_s']:>9.0f} steps/s  "
+                    f"compile {row['compile_s']:.1f} s",
+                    flush=True,
+                )
     print()
     print(runs.format_table(rows, ["env", "batch", "steps_per_s", "compile_s", "ms_per_batched_step"], ".4g"))
     path = bench.write_results("env_throughput", rows, {"args": vars(args)}, directory=RESULTS)

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from psec_jax.configs import lm_moe as lm_config  # noqa: E402
 from psec_jax import bench  # noqa: E402
+from psec_jax.configs import lm_moe as lm_config  # noqa: E402
 from psec_jax.models import pipeline, transformer  # noqa: E402
 from psec_jax.models import train as lm_train  # noqa: E402
 
@@ -34,7 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark w
 def random_batches(config, steps: int) -> pipeline.Batch:
     b, t, v = config.data.batch_size, config.data.seq_len, config.data.vocab_size
     tokens = jax.random.randint(jax.random.key(1), (steps, b, t + 1), 0, v)
-    return pipeline.Batch(tokens[..., :-1], tokens[..., 1:], jnp.ones((steps, b, t)), jnp.full((steps, b, t), -1, jnp.int8))
+    return pipeline.Batch(
+        tokens[..., :-1], tokens[..., 1:], jnp.ones((steps, b, t)), jnp.full((steps, b, t), -1, jnp.int8)
+    )
 
 
 def time_router(config, router: str, batches: pipeline.Batch, m: int, modes) -> list[dict]:
@@ -53,7 +55,9 @@ def time_router(config, router: str, batches: pipeline.Batch, m: int, modes) -> 
         fn, state, members = fns[mode]
         seconds = bench.time_call(fn, state, reps=2, min_seconds=0.0)
         base = base or seconds / members
-        out.append({"mode": mode, "members": members, "seconds": seconds, "relative_to_single": seconds / members / base})
+        out.append(
+            {"mode": mode, "members": members, "seconds": seconds, "relative_to_single": seconds / members / base}
+        )
     return out
 
 
@@ -63,8 +67,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed chunk")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--backends", default="dropless,dense")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="activation dtypes; the first is also timed "
-                        "with members")
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help="activation dtypes; the first is also timed with members"
+    )
     parser.add_argument("--routers", default="top1,top2,top_p")
     parser.add_argument("--out_dir", default=None, help="results directory (default benchmarks/results)")
     args = parser.parse_args()
@@ -82,21 +87,35 @@ def main() -> None:
                 # members are timed for the config's own dtype only; other dtypes as single models
                 modes = ("single", "lax.map", "vmap") if dtype == args.dtypes.split(",")[0] else ("single",)
                 for row in time_router(config, router, batches, args.members, modes):
-                    row.update(router=router, backend=backend, dtype=dtype,
-                               tokens_per_sec_per_member=tokens / row["seconds"] * row["members"])
+                    row.update(
+                        router=router,
+                        backend=backend,
+                        dtype=dtype,
+                        tokens_per_sec_per_member=tokens / row["seconds"] * row["members"],
+                    )
                     row["ms_per_member_step"] = 1e3 * row["seconds"] / row["members"] / args.steps
                     rows.append(row)
-                    print(f"| {router} | {backend} | {dtype} | {row['mode']} | {row['members']} | "
-                          f"{row['ms_per_member_step']:.0f} | {row['tokens_per_sec_per_member']:,.0f} | "
-                          f"{row['relative_to_single']:.2f}x |", flush=True)
+                    print(
+                        f"| {router} | {backend} | {dtype} | {row['mode']} | {row['members']} | "
+                        f"{row['ms_per_member_step']:.0f} | {row['tokens_per_sec_per_member']:,.0f} | "
+                        f"{row['relative_to_single']:.2f}x |",
+                        flush=True,
+                    )
     counts = transformer.parameter_counts(lm_train.model_spec(config, "top1"))
-    extra = {"preset": args.preset, "steps": args.steps, "tokens_per_step": tokens // args.steps,
-             "parameters": counts, "train_state_bytes_per_member": 16 * counts["total"]}
+    extra = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "tokens_per_step": tokens // args.steps,
+        "parameters": counts,
+        "train_state_bytes_per_member": 16 * counts["total"],
+    }
     paper = transformer.parameter_counts(lm_train.model_spec(lm_config.get_config("paper"), "top1"))
     extra["paper_train_state_gb_per_member"] = 16 * paper["total"] / 1e9
     path = bench.write_results("lm_moe_throughput", rows, extra, directory=args.out_dir or RESULTS)
-    print(f"train state per member: {extra['train_state_bytes_per_member'] / 1e6:.0f} MB here, "
-          f"{extra['paper_train_state_gb_per_member']:.1f} GB at the paper's size; wrote {path}")
+    print(
+        f"train state per member: {extra['train_state_bytes_per_member'] / 1e6:.0f} MB here, "
+        f"{extra['paper_train_state_gb_per_member']:.1f} GB at the paper's size; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

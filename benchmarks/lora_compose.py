@@ -17,8 +17,8 @@ The FLOP model of the factored overhead is ``1 + 2Kr/d``; the target is a measur
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import itertools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -76,18 +76,30 @@ def main() -> None:
             t_merge = bench.time_call(merge_fn, x, w, b, a, bb, c, reps=2) if merge_gb <= args.merge_limit_gb else None
             model = 1 + 2 * k * r / d
             overhead = t_fact / t_base
-            rows.append({
-                "d": d, "batch": batch, "K": k, "r": r,
-                "base_ms": 1e3 * t_base, "factored_ms": 1e3 * t_fact,
-                "merge_ms": None if t_merge is None else 1e3 * t_merge, "output_ms": 1e3 * t_out,
-                "overhead": overhead, "flop_model": model, "bound": 1.25 * model,
-                "within_target": overhead <= 1.25 * model,
-            })
+            rows.append(
+                {
+                    "d": d,
+                    "batch": batch,
+                    "K": k,
+                    "r": r,
+                    "base_ms": 1e3 * t_base,
+                    "factored_ms": 1e3 * t_fact,
+                    "merge_ms": None if t_merge is None else 1e3 * t_merge,
+                    "output_ms": 1e3 * t_out,
+                    "overhead": overhead,
+                    "flop_model": model,
+                    "bound": 1.25 * model,
+                    "within_target": overhead <= 1.25 * model,
+                }
+            )
             row = rows[-1]
-            print(f"d={d:5d} batch={batch:5d} K={k:3d} r={r:3d}  base {row['base_ms']:8.3f} ms  "
-                  f"factored {row['factored_ms']:8.3f} ms  x{overhead:5.2f} (model {model:5.2f})  "
-                  f"output {row['output_ms']:8.3f} ms  merge "
-                  f"{'-' if t_merge is None else format(1e3 * t_merge, '.1f')} ms", flush=True)
+            print(
+                f"d={d:5d} batch={batch:5d} K={k:3d} r={r:3d}  base {row['base_ms']:8.3f} ms  "
+                f"factored {row['factored_ms']:8.3f} ms  x{overhead:5.2f} (model {model:5.2f})  "
+                f"output {row['output_ms']:8.3f} ms  merge "
+                f"{'-' if t_merge is None else format(1e3 * t_merge, '.1f')} ms",
+                flush=True,
+            )
     table_rows = [{**r, "merge_ms": "skipped" if r["merge_ms"] is None else r["merge_ms"]} for r in rows]
     print()
     print(runs.format_table(table_rows, floatfmt=".3g"))
@@ -98,8 +110,10 @@ def main() -> None:
         "worst_overhead_over_bound": worst["overhead"] / worst["bound"],
         "worst_point": {k: worst[k] for k in ("d", "batch", "K", "r", "overhead", "flop_model")},
     }
-    print(f"\nfactored overhead within 1.25 x (1 + 2Kr/d): {met}/{len(rows)} points; worst "
-          f"{summary['worst_point']} at {summary['worst_overhead_over_bound']:.2f} x the bound")
+    print(
+        f"\nfactored overhead within 1.25 x (1 + 2Kr/d): {met}/{len(rows)} points; worst "
+        f"{summary['worst_point']} at {summary['worst_overhead_over_bound']:.2f} x the bound"
+    )
     path = bench.write_results(args.out, rows, {"summary": summary}, directory=RESULTS)
     print(f"wrote {path}")
 

@@ -23,11 +23,11 @@ Prints a table and writes benchmarks/results/moe_cpu_levers.json (speedup = torc
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from moe_throughput import HUGEPAGES  # this script's directory is on sys.path
 
@@ -48,7 +48,6 @@ def child(layout: str, ts: list[int], reps: int) -> None:
     """Time dropless (in `layout`) and the torch loop at each T; one JSON row per (T, mode) on stdout."""
     import jax
     import jax.numpy as jnp
-
     import moe_throughput as mt
 
     from psec_jax import bench, moe
@@ -68,8 +67,18 @@ def child(layout: str, ts: list[int], reps: int) -> None:
                 calls["torch"] = (run, ())
             best = bench.time_interleaved(calls, reps=reps)
             ms, torch_ms = 1e3 * best["dropless"], 1e3 * best["torch"] if run else None
-            print(json.dumps({"T": t, "mode": "fwd+bwd" if grad else "fwd", "dropless_ms": ms, "torch_ms": torch_ms,
-                              "speedup_vs_torch": torch_ms / ms if torch_ms else None}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "T": t,
+                        "mode": "fwd+bwd" if grad else "fwd",
+                        "dropless_ms": ms,
+                        "torch_ms": torch_ms,
+                        "speedup_vs_torch": torch_ms / ms if torch_ms else None,
+                    }
+                ),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -93,12 +102,19 @@ def main() -> None:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         for line in out.splitlines():
             if line.startswith("{"):
-                row = {"lever": name, "layout": layout, "GLIBC_TUNABLES": tunables, "XLA_FLAGS": flags,
-                       **json.loads(line)}
+                row = {
+                    "lever": name,
+                    "layout": layout,
+                    "GLIBC_TUNABLES": tunables,
+                    "XLA_FLAGS": flags,
+                    **json.loads(line),
+                }
                 rows.append(row)
-                print(f"{name:<30} T={row['T']:<6} {row['mode']:<8} dropless {row['dropless_ms']:8.1f} ms  "
-                      f"torch {row['torch_ms'] or float('nan'):8.1f} ms  {row['speedup_vs_torch'] or float('nan'):.2f}x",
-                      flush=True)
+                print(
+                    f"{name:<30} T={row['T']:<6} {row['mode']:<8} dropless {row['dropless_ms']:8.1f} ms  "
+                    f"torch {row['torch_ms'] or float('nan'):8.1f} ms  {row['speedup_vs_torch'] or float('nan'):.2f}x",
+                    flush=True,
+                )
         bench.write_results(args.out, rows, {"args": vars(args), "complete": False}, directory=RESULTS)
     print()
     print(runs.format_table(rows, ["lever", "T", "mode", "dropless_ms", "torch_ms", "speedup_vs_torch"], ".3g"))

@@ -24,7 +24,9 @@ from psec_jax import bench, runs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
-LINE = re.compile(r"^T=(\d+)\s+E=(\d+)\s+d=(\d+)\s+(\S+)\s+(\S+)\s+(fwd\+bwd|fwd)\s+([\d.]+) ms\s+(\d+) tok/s\s+([\d.]+) of roofline")
+LINE = re.compile(
+    r"^T=(\d+)\s+E=(\d+)\s+d=(\d+)\s+(\S+)\s+(\S+)\s+(fwd\+bwd|fwd)\s+([\d.]+) ms\s+(\d+) tok/s\s+([\d.]+) of roofline"
+)
 CEIL = re.compile(r"^ceilings: matmul (\d+) GFLOP/s, bandwidth ([\d.]+) GB/s")
 
 
@@ -42,15 +44,34 @@ def main() -> None:
             ceil = {"matmul_flops": float(m[1]) * 1e9, "bandwidth_bytes": float(m[2]) * 1e9}
         if m := LINE.match(line):
             t, e, d = int(m[1]), int(m[2]), int(m[3])
-            rows.append({"T": t, "E": e, "d": d, "f": d_ff_of(d),
-                         "router": m[4], "experts_per_token": k_of[(t, e, d, m[4])], "backend": m[5],
-                         "mode": m[6], "ms": float(m[7]), "tokens_per_s": float(m[8]),
-                         "roofline_fraction": float(m[9])})
+            rows.append(
+                {
+                    "T": t,
+                    "E": e,
+                    "d": d,
+                    "f": d_ff_of(d),
+                    "router": m[4],
+                    "experts_per_token": k_of[(t, e, d, m[4])],
+                    "backend": m[5],
+                    "mode": m[6],
+                    "ms": float(m[7]),
+                    "tokens_per_s": float(m[8]),
+                    "roofline_fraction": float(m[9]),
+                }
+            )
     summary = summarize(rows)
     print(runs.format_table(summary, None, ".3g"))
-    path = bench.write_results(args.out, rows, {"ceilings_at_start": ceil, "summary": summary,
-                                                "source": f"rebuilt from the printed rows of {args.log}",
-                                                "complete": False}, directory=RESULTS)
+    path = bench.write_results(
+        args.out,
+        rows,
+        {
+            "ceilings_at_start": ceil,
+            "summary": summary,
+            "source": f"rebuilt from the printed rows of {args.log}",
+            "complete": False,
+        },
+        directory=RESULTS,
+    )
     print(f"wrote {path}")
 
 

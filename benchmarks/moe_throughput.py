@@ -1,6 +1,6 @@
 """MoE throughput: routing alone and the whole layer, every back-end, beside a PyTorch loop and the roofline.
 
-    .venv/bin/python benchmarks/moe_throughput.py                 # the issue's target point: E=16, d=1024, f=2816, all T
+    .venv/bin/python benchmarks/moe_throughput.py      # the issue's target point: E=16, d=1024, f=2816, all T
     .venv/bin/python benchmarks/moe_throughput.py --grid full     # T x E x d x router x back-end (long)
     .venv/bin/python benchmarks/moe_throughput.py --grid quick    # small shapes, a smoke run
 
@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 import itertools
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,11 @@ from psec_jax.routing import sort_assignments
 
 RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
 
-ROUTERS = {"top2": moe.MoEConfig(router="top_k", k=2), "top_p0.4": moe.MoEConfig(router="top_p", p=0.4),
-           "top1": moe.MoEConfig(router="top_k", k=1)}
+ROUTERS = {
+    "top2": moe.MoEConfig(router="top_k", k=2),
+    "top_p0.4": moe.MoEConfig(router="top_p", p=0.4),
+    "top1": moe.MoEConfig(router="top_k", k=1),
+}
 
 
 CEILING_N = 2048  # the matmul ceiling's size
@@ -116,8 +119,9 @@ def torch_loop(params, x, route, grad: bool):
     except ImportError:
         return None
     t = lambda a: torch.from_numpy(np.array(a, np.float32))
-    experts = [{k: t(v[e]).requires_grad_(grad) for k, v in params["experts"].items()}
-               for e in range(route.num_experts)]
+    experts = [
+        {k: t(v[e]).requires_grad_(grad) for k, v in params["experts"].items()} for e in range(route.num_experts)
+    ]
     xt = t(x).requires_grad_(grad)
     ids, mask = np.asarray(route.expert_ids), np.asarray(route.mask)
     weights = t(route.weights)
@@ -171,21 +175,35 @@ def summarize(rows: list[dict]) -> list[dict]:
     and what top-p costs over top-k at the same mean experts per token."""
     out = []
     by = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
-    for (t, e, d) in sorted({(r["T"], r["E"], r["d"]) for r in rows}):
+    for t, e, d in sorted({(r["T"], r["E"], r["d"]) for r in rows}):
         for mode in ("fwd", "fwd+bwd"):
-            layer = [r for r in by(T=t, E=e, d=d, router="top_p0.4", mode=mode)
-                     if not r["backend"].startswith(("routing", "torch-loop"))]
+            layer = [
+                r
+                for r in by(T=t, E=e, d=d, router="top_p0.4", mode=mode)
+                if not r["backend"].startswith(("routing", "torch-loop"))
+            ]
             torch_rows = by(T=t, E=e, d=d, router="top_p0.4", mode=mode, backend="torch-loop")
             if not layer:
                 continue
             best = min(layer, key=lambda r: r["ms"])
-            row = {"T": t, "E": e, "d": d, "mode": mode, "best_backend": best["backend"], "best_ms": best["ms"],
-                   "roofline_fraction": best["roofline_fraction"], "machine_speed": best.get("machine_speed")}
+            row = {
+                "T": t,
+                "E": e,
+                "d": d,
+                "mode": mode,
+                "best_backend": best["backend"],
+                "best_ms": best["ms"],
+                "roofline_fraction": best["roofline_fraction"],
+                "machine_speed": best.get("machine_speed"),
+            }
             if torch_rows:
                 row["speedup_vs_torch"] = torch_rows[0]["ms"] / best["ms"]
             # layer cost per activated (token, expert) pair, top-p over top-2, best back-end each
-            top2 = [r for r in by(T=t, E=e, d=d, router="top2", mode=mode)
-                    if not r["backend"].startswith(("routing", "torch-loop"))]
+            top2 = [
+                r
+                for r in by(T=t, E=e, d=d, router="top2", mode=mode)
+                if not r["backend"].startswith(("routing", "torch-loop"))
+            ]
             if top2:
                 b2 = min(top2, key=lambda r: r["ms"])
                 row["top_p_vs_top2_per_expert"] = (best["ms"] / best["experts_per_token"]) / (b2["ms"] / 2.0)
@@ -216,27 +234,45 @@ def main() -> None:
     cpu = jax.default_backend() == "cpu"
     one_device = [b for b, info in moe.BACKENDS.items() if not info.mesh]
     default_backends = [b for b in one_device if b != "ragged" or not cpu] + ([SPLIT] if cpu else [])
-    p.add_argument("--backends", nargs="*", default=default_backends,
-                   help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow; "
-                        f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout)")
-    p.add_argument("--malloc", choices=["hugepages", "default"], default="hugepages",
-                   help=f"hugepages: rerun under GLIBC_TUNABLES={HUGEPAGES} (Linux; see use_hugepages)")
+    p.add_argument(
+        "--backends",
+        nargs="*",
+        default=default_backends,
+        help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow; "
+        f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout)",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=["hugepages", "default"],
+        default="hugepages",
+        help=f"hugepages: rerun under GLIBC_TUNABLES={HUGEPAGES} (Linux; see use_hugepages)",
+    )
     p.add_argument("--routers", nargs="*", default=list(ROUTERS))
     p.add_argument("--dense_limit_gflop", type=float, default=400.0)
     p.add_argument("--no_torch", action="store_true")
-    p.add_argument("--memory_limit_gb", type=float, default=16.0,
-                   help="skip capacity runs whose expert buffers [E, C, d_ff] (x4 with the backward) exceed this")
+    p.add_argument(
+        "--memory_limit_gb",
+        type=float,
+        default=16.0,
+        help="skip capacity runs whose expert buffers [E, C, d_ff] (x4 with the backward) exceed this",
+    )
     p.add_argument("--routing_only", action="store_true", help="time the routers only (seconds)")
-    p.add_argument("--no_fused", action="store_true",
-                   help="skip the fused routing kernel (on CPU it runs in Pallas interpret mode: a correctness "
-                        "path, its time is not the kernel's)")
+    p.add_argument(
+        "--no_fused",
+        action="store_true",
+        help="skip the fused routing kernel (on CPU it runs in Pallas interpret mode: a correctness "
+        "path, its time is not the kernel's)",
+    )
     p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
     args = p.parse_args()
     if args.malloc == "hugepages":
         use_hugepages()
     ceil = ceilings()
-    print(f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, bandwidth {ceil['bandwidth_bytes'] / 1e9:.1f} GB/s",
-          flush=True)
+    print(
+        f"ceilings: matmul {ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, "
+        f"bandwidth {ceil['bandwidth_bytes'] / 1e9:.1f} GB/s",
+        flush=True,
+    )
     rows = []
     for t, e, d in grid(args.grid):
         f = d_ff_of(d)
@@ -251,22 +287,39 @@ def main() -> None:
             route_fn = jax.jit(lambda p, x: moe.route(x @ p["router"], cfg).weights)
             t_route = bench.time_call(route_fn, params, x, reps=10)
             base = {"T": t, "E": e, "d": d, "f": f, "router": rname, "experts_per_token": k_mean}
-            rows.append({**base, "backend": "routing-only", "mode": "fwd", "ms": 1e3 * t_route,
-                         "tokens_per_s": t / t_route})
+            rows.append(
+                {**base, "backend": "routing-only", "mode": "fwd", "ms": 1e3 * t_route, "tokens_per_s": t / t_route}
+            )
             if not args.no_fused and jax.default_backend() in ("cpu", "tpu"):  # the kernel does not lower for GPU yet
                 fused = dataclasses.replace(cfg, dispatch="fused")
                 group_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], cfg)).order)
                 fused_fn = jax.jit(lambda p, x: sort_assignments(moe.route(x @ p["router"], fused)).order)
                 for name, fn in (("routing+argsort", group_fn), ("routing-fused", fused_fn)):
                     secs = bench.time_call(fn, params, x, reps=10)
-                    rows.append({**base, "backend": name, "mode": "fwd", "ms": 1e3 * secs, "tokens_per_s": t / secs,
-                                 "interpret": name == "routing-fused" and jax.default_backend() == "cpu"})
+                    rows.append(
+                        {
+                            **base,
+                            "backend": name,
+                            "mode": "fwd",
+                            "ms": 1e3 * secs,
+                            "tokens_per_s": t / secs,
+                            "interpret": name == "routing-fused" and jax.default_backend() == "cpu",
+                        }
+                    )
             if cfg.router == "top_p":  # top-k routing with k = top-p's mean experts per token, rounded up
                 k_same = min(e, int(np.ceil(k_mean)))
                 same_fn = jax.jit(lambda p, x: moe.top_k(x @ p["router"], k_same).weights)
                 t_same = bench.time_call(same_fn, params, x, reps=10)
-                rows.append({**base, "backend": "routing-only(top_k same k)", "mode": "fwd", "ms": 1e3 * t_same,
-                             "tokens_per_s": t / t_same, "k": k_same})
+                rows.append(
+                    {
+                        **base,
+                        "backend": "routing-only(top_k same k)",
+                        "mode": "fwd",
+                        "ms": 1e3 * t_same,
+                        "tokens_per_s": t / t_same,
+                        "k": k_same,
+                    }
+                )
             flops = 6 * d * f * t * k_mean  # SwiGLU: three [d, f] matmuls per activated expert
             active = int(np.unique(np.asarray(route.expert_ids)[np.asarray(route.mask)]).size)
             for grad in (False, True):
@@ -274,46 +327,115 @@ def main() -> None:
                 if args.routing_only:
                     break
                 cap_gb = 4 * e * moe.capacity_of(t, e, 1.25, k_mean) * f * 4 * (4 if grad else 1) / 1e9
-                candidates = [b for b in args.backends
-                              if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)
-                              and not (b == "capacity" and cap_gb > args.memory_limit_gb)]
-                calls = {b: (layer_fn(cfg, b, k_mean, grad), (split_params(params) if b == SPLIT else params, x))
-                         for b in candidates}
+                candidates = [
+                    b
+                    for b in args.backends
+                    if not (b == "dense" and 6 * d * f * t * e * (3 if grad else 1) > args.dense_limit_gflop * 1e9)
+                    and not (b == "capacity" and cap_gb > args.memory_limit_gb)
+                ]
+                calls = {
+                    b: (layer_fn(cfg, b, k_mean, grad), (split_params(params) if b == SPLIT else params, x))
+                    for b in candidates
+                }
                 run = None if args.no_torch else torch_loop(params, x, route, grad)
                 if run is not None:
                     calls["torch-loop"] = (run, ())
                 # in turns (steadier ratios); fast rows get more rounds (15 s of them), slow ones stop after 3
                 calls["ceiling"] = ceiling_matmul()
                 timings = bench.time_interleaved(calls, reps=3, slow_seconds=3.0, min_seconds=15.0, probes=("ceiling",))
-                local_peak = 2 * CEILING_N ** 3 / timings.pop("ceiling")
+                local_peak = 2 * CEILING_N**3 / timings.pop("ceiling")
                 for backend, secs in timings.items():
-                    row = {**base, "backend": backend, "mode": mode, "ms": 1e3 * secs, "tokens_per_s": t / secs,
-                           "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
-                           "flops": flops * (3 if grad else 1), "bytes": active * expert_bytes * (3 if grad else 1),
-                           "matmul_ceiling": local_peak}
+                    row = {
+                        **base,
+                        "backend": backend,
+                        "mode": mode,
+                        "ms": 1e3 * secs,
+                        "tokens_per_s": t / secs,
+                        "gflop_per_s": flops * (3 if grad else 1) / secs / 1e9,
+                        "flops": flops * (3 if grad else 1),
+                        "bytes": active * expert_bytes * (3 if grad else 1),
+                        "matmul_ceiling": local_peak,
+                    }
                     add_roofline(row, ceil)
                     rows.append(row)
-                    print(f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "
-                          f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  {row['roofline_fraction']:.2f} of roofline",
-                          flush=True)
+                    print(
+                        f"T={t:<6} E={e:<3} d={d:<5} {rname:<9} {backend:<12} {mode:<8} "
+                        f"{row['ms']:9.1f} ms {row['tokens_per_s']:10.0f} tok/s  "
+                        f"{row['roofline_fraction']:.2f} of roofline",
+                        flush=True,
+                    )
         # written after every shape, so a run that dies keeps what it measured
-        bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "complete": False,
-                                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}, directory=RESULTS)
+        bench.write_results(
+            args.out,
+            rows,
+            {
+                "ceilings": ceil,
+                "args": vars(args),
+                "complete": False,
+                "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+            },
+            directory=RESULTS,
+        )
     end = ceilings()  # again at the end; the best of these and the in-turn probes is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
     ceil["matmul_flops"] = max([ceil["matmul_flops"]] + [r["matmul_ceiling"] for r in rows if "matmul_ceiling" in r])
     for row in rows:
         add_roofline(row, ceil)
     print()
-    print(runs.format_table(rows, ["T", "E", "d", "router", "experts_per_token", "backend", "mode", "ms",
-                                   "tokens_per_s", "gflop_per_s", "roofline_fraction", "machine_speed"], ".4g"))
+    print(
+        runs.format_table(
+            rows,
+            [
+                "T",
+                "E",
+                "d",
+                "router",
+                "experts_per_token",
+                "backend",
+                "mode",
+                "ms",
+                "tokens_per_s",
+                "gflop_per_s",
+                "roofline_fraction",
+                "machine_speed",
+            ],
+            ".4g",
+        )
+    )
     summary = summarize(rows)
     print("\nTargets (top-p 0.4; best back-end per row):")
-    print(runs.format_table(summary, ["T", "E", "d", "mode", "best_backend", "best_ms", "speedup_vs_torch",
-                                      "roofline_fraction", "machine_speed", "top_p_vs_top2_per_expert",
-                                      "routing_top_p_vs_top_k_same_k", "routing_fused_speedup"], ".3g"))
-    path = bench.write_results(args.out, rows, {"ceilings": ceil, "args": vars(args), "summary": summary,
-                                                "complete": True, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}, directory=RESULTS)
+    print(
+        runs.format_table(
+            summary,
+            [
+                "T",
+                "E",
+                "d",
+                "mode",
+                "best_backend",
+                "best_ms",
+                "speedup_vs_torch",
+                "roofline_fraction",
+                "machine_speed",
+                "top_p_vs_top2_per_expert",
+                "routing_top_p_vs_top_k_same_k",
+                "routing_fused_speedup",
+            ],
+            ".3g",
+        )
+    )
+    path = bench.write_results(
+        args.out,
+        rows,
+        {
+            "ceilings": ceil,
+            "args": vars(args),
+            "summary": summary,
+            "complete": True,
+            "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+        },
+        directory=RESULTS,
+    )
     print(f"\nwrote {path}")
 
 

@@ -29,10 +29,16 @@ RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark w
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--devices", type=int, default=8, help="emulated CPU devices (set before jax starts)")
-    p.add_argument("--lm_mesh", default="data=2,fsdp=2,expert=2", help="LM mesh axis sizes, e.g. data=2,fsdp=2,expert=2")
+    p.add_argument(
+        "--lm_mesh", default="data=2,fsdp=2,expert=2", help="LM mesh axis sizes, e.g. data=2,fsdp=2,expert=2"
+    )
     p.add_argument("--lm_backend", default="expert_parallel", help="MoE dispatch of the LM")
-    p.add_argument("--lm_batch", nargs="*", default=["512", "512/16", "32"],
-                   help="LM rows of 2048 tokens per step, optionally /microbatches; one report each (paper: 512)")
+    p.add_argument(
+        "--lm_batch",
+        nargs="*",
+        default=["512", "512/16", "32"],
+        help="LM rows of 2048 tokens per step, optionally /microbatches; one report each (paper: 512)",
+    )
     p.add_argument("--seeds", type=int, default=8, help="PSEC seeds in the sweep (split over data)")
     p.add_argument("--transitions", type=int, default=1_000_000, help="PSEC dataset size (replicated)")
     p.add_argument("--skip", nargs="*", default=[], choices=["lm", "pretrain", "expand"])
@@ -51,19 +57,38 @@ def main() -> None:
     if "lm" not in args.skip:
         for batch in args.lm_batch:
             b, _, m = batch.partition("/")
-            rows.append(lm_row(dict(kv.split("=") for kv in args.lm_mesh.split(",")), args.lm_backend, int(b),
-                               int(m or 1)))
+            rows.append(
+                lm_row(dict(kv.split("=") for kv in args.lm_mesh.split(",")), args.lm_backend, int(b), int(m or 1))
+            )
             print(rows[-1], flush=True)
     for stage in ("pretrain", "expand"):
         if stage not in args.skip:
             rows.append(psec_row(stage, args.seeds, args.transitions))
             print(rows[-1], flush=True)
-    gib = lambda b: b / 2 ** 30
-    table = [{**r, **{k + "_GiB": gib(r[k]) for k in ("arguments", "temporaries", "outputs", "peak", "params_total")}}
-             for r in rows]
-    print(runs.format_table(table, ["model", "mesh", "params_total_GiB", "arguments_GiB", "temporaries_GiB",
-                                    "outputs_GiB", "peak_GiB", "compile_seconds"], ".3g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "devices": args.devices, "memory": "per device"}, directory=RESULTS)
+    gib = lambda b: b / 2**30
+    table = [
+        {**r, **{k + "_GiB": gib(r[k]) for k in ("arguments", "temporaries", "outputs", "peak", "params_total")}}
+        for r in rows
+    ]
+    print(
+        runs.format_table(
+            table,
+            [
+                "model",
+                "mesh",
+                "params_total_GiB",
+                "arguments_GiB",
+                "temporaries_GiB",
+                "outputs_GiB",
+                "peak_GiB",
+                "compile_seconds",
+            ],
+            ".3g",
+        )
+    )
+    path = bench.write_results(
+        args.out, rows, {"args": vars(args), "devices": args.devices, "memory": "per device"}, directory=RESULTS
+    )
     print(f"wrote {path}")
 
 
@@ -71,8 +96,8 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None, mi
     import jax
     import jax.numpy as jnp
 
-    from psec_jax.configs import lm_moe as lm_config
     from psec_jax import parallel
+    from psec_jax.configs import lm_moe as lm_config
     from psec_jax.models import pipeline, sharding
     from psec_jax.models import train as lm_train
     from psec_jax.parallel import memory
@@ -90,21 +115,29 @@ def lm_row(axes: dict[str, str], backend: str, batch_rows: int | None = None, mi
     state = memory.abstract(jax.eval_shape(trainer.init, jax.random.key(0)), state_sh)
     b, t = config.data.batch_size, config.data.seq_len
     batch_sh = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
-    shapes = pipeline.Batch(*(jax.ShapeDtypeStruct((1, b, t), dt) for dt in (jnp.int32, jnp.int32, jnp.float32, jnp.int8)))
+    shapes = pipeline.Batch(
+        *(jax.ShapeDtypeStruct((1, b, t), dt) for dt in (jnp.int32, jnp.int32, jnp.float32, jnp.int8))
+    )
     batch = memory.abstract(shapes, batch_sh)
     with jax.set_mesh(mesh):
-        step = jax.jit(trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
-                       donate_argnums=0)
+        step = jax.jit(
+            trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None), donate_argnums=0
+        )
         report = memory.compiled_memory(step, state, batch, jax.ShapeDtypeStruct((), jnp.float32))
     micro = f" in {microbatches} microbatches" if microbatches > 1 else ""
-    return {"model": f"lm paper ({backend}, batch {b} x {t}{micro})", "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
-            "params_total": memory.tree_bytes(state.params), "state_per_device": memory.per_device_bytes(state),
-            "tokens_per_step": b * t, "microbatches": microbatches, **report}
+    return {
+        "model": f"lm paper ({backend}, batch {b} x {t}{micro})",
+        "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
+        "params_total": memory.tree_bytes(state.params),
+        "state_per_device": memory.per_device_bytes(state),
+        "tokens_per_step": b * t,
+        "microbatches": microbatches,
+        **report,
+    }
 
 
 def psec_row(stage: str, seeds: int, transitions: int) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from psec_jax import parallel
     from psec_jax.data.offline import OfflineData
@@ -130,9 +163,12 @@ def psec_row(stage: str, seeds: int, transitions: int) -> dict:
     run = parallel.sweep(trainer.chunk, in_axes=(0, 0 if stage == "expand" else None, None))
     report = memory.compiled_memory(run, state_shapes, inputs, data)
     mesh = run.mesh(state_shapes, inputs, data)
-    return {"model": f"psec {stage} paper (batch {batch}, {seeds} seeds)",
-            "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
-            "params_total": memory.tree_bytes(state_shapes.params), **report}
+    return {
+        "model": f"psec {stage} paper (batch {batch}, {seeds} seeds)",
+        "mesh": ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
+        "params_total": memory.tree_bytes(state_shapes.params),
+        **report,
+    }
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def main() -> None:
         base = next(b for b in rows if b["kind"] == r["kind"] and b["devices"] == 1)
         r["time_vs_1_device"] = r["seconds"] / base["seconds"]
     print(runs.format_table(rows, ["kind", "devices", "work", "seconds", "time_vs_1_device"], ".4g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "emulated": jax.default_backend() == "cpu"}, directory=RESULTS)
+    path = bench.write_results(
+        args.out, rows, {"args": vars(args), "emulated": jax.default_backend() == "cpu"}, directory=RESULTS
+    )
     print(f"wrote {path}")
 
 
@@ -62,8 +64,18 @@ def sweep_row(n: int, per_device: int) -> dict:
     from psec_jax.rl import config as rl_config
     from psec_jax.rl import critics, policy, train
 
-    c = ml_collections.ConfigDict(dict(steps=50, log_every=50, batch_size=256, learning_rate=1e-3, weight_decay=0.0,
-                                       ema=0.005, cosine=False, network_dropout=False))
+    c = ml_collections.ConfigDict(
+        dict(
+            steps=50,
+            log_every=50,
+            batch_size=256,
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            ema=0.005,
+            cosine=False,
+            network_dropout=False,
+        )
+    )
     c.critic = critics.default_config("reward")
     actor = policy.make_actor(rl_config.network_config("tiny"), 24, 6, "lora")
     trainer = train.make_pretrain(actor, c)
@@ -90,7 +102,8 @@ def expert_rows(n: int, per_device: int) -> list[dict]:
     def grad_fn(backend, **kw):
         def loss(params, x):
             y, aux, _ = moe.moe_apply(params, x, moe.MoEConfig(router="top_p", p=0.4, backend=backend, **kw))
-            return jnp.mean(y ** 2) + aux["total"]
+            return jnp.mean(y**2) + aux["total"]
+
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
     mesh = parallel.make_mesh({"data": 1, "expert": n}, jax.devices()[:n])
@@ -100,8 +113,9 @@ def expert_rows(n: int, per_device: int) -> list[dict]:
     rows = [{"kind": "expert_parallel fwd+bwd", "devices": n, "work": f"{n * per_device} tokens", "seconds": t_ep}]
     one = jax.devices()[0]  # the same tokens on one device, for reference
     t_one = bench.time_call(grad_fn("dropless"), jax.device_put(params, one), jax.device_put(x, one), reps=3)
-    rows.append({"kind": "dropless fwd+bwd, one device", "devices": n, "work": f"{n * per_device} tokens",
-                 "seconds": t_one})
+    rows.append(
+        {"kind": "dropless fwd+bwd, one device", "devices": n, "work": f"{n * per_device} tokens", "seconds": t_one}
+    )
     return rows
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/psec_train_throughput.py                       # small + paper, batch 256 and 2048
     .venv/bin/python benchmarks/psec_train_throughput.py --sizes paper --batches 2048 --steps 200
-    .venv/bin/python benchmarks/psec_train_throughput.py --quick              # tiny shapes, a smoke run (~1-2 min, compiling)
+    .venv/bin/python benchmarks/psec_train_throughput.py --quick    # tiny shapes, a smoke run (~1-2 min, compiling)
 
 Walker shapes (obs 24, action 6) and synthetic offline data (``--data`` transitions of random
 observations / actions / rewards, on device). For each network size (``psec_jax.rl.config.network_config``)
@@ -68,9 +68,18 @@ def mlp_hidden(size: str) -> tuple[int, ...]:
 
 
 def stage_config(stage: str, size: str, batch: int, steps: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(steps=steps, log_every=steps, batch_size=batch, weight_decay=0.0,
-                                       ema=0.005, learning_rate=1e-3 if stage.startswith("compose") else 3e-4,
-                                       cosine=True, network_dropout=False))
+    c = ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            log_every=steps,
+            batch_size=batch,
+            weight_decay=0.0,
+            ema=0.005,
+            learning_rate=1e-3 if stage.startswith("compose") else 3e-4,
+            cosine=True,
+            network_dropout=False,
+        )
+    )
     c.critic = critics.default_config("reward")
     c.critic.hidden = mlp_hidden(size)
     return c
@@ -118,15 +127,19 @@ class Setup:
         if stage == "expand":
             return train.make_expand(self.actor, c, c.critic, "lora"), train.ExpandInputs(self.base, None)
         mode = stage.split("_", 1)[1]
-        return train.make_compose(self.actor, self.composer(mode), mode, c), train.ComposeInputs(self.base, self.skills, None)
+        return train.make_compose(self.actor, self.composer(mode), mode, c), train.ComposeInputs(
+            self.base, self.skills, None
+        )
 
     def sizes(self) -> dict:
         key = jax.random.key(0)
-        return {"noise_net_params": num_params(self.actor.init_base, key),
-                "lora_skill_params": num_params(lambda k: self.actor.init_skill(k, self.base).params, key),
-                "critic_params": num_params(lambda k: (lambda s: (s.q, s.v))(self.critic.init(k)), key),
-                "alphanet_params": num_params(self.composer("param").init, key),
-                "network": runs.to_jsonable(self.net)}
+        return {
+            "noise_net_params": num_params(self.actor.init_base, key),
+            "lora_skill_params": num_params(lambda k: self.actor.init_skill(k, self.base).params, key),
+            "critic_params": num_params(lambda k: (lambda s: (s.q, s.v))(self.critic.init(k)), key),
+            "alphanet_params": num_params(self.composer("param").init, key),
+            "network": runs.to_jsonable(self.net),
+        }
 
 
 def with_official(row: dict, key) -> dict:
@@ -146,9 +159,19 @@ def measure_stage(setup: Setup, stage: str, batch: int, steps: int, seeds: int, 
         keys = jax.random.split(keys, seeds)
     state = jax.jit(init)(keys, frozen)
     compile_s, best = compile_and_time(chunk, state, frozen, setup.data, reps=reps)
-    row = {"stage": stage, "size": setup.size, "batch": batch, "steps": steps, "seeds": seeds,
-           "rate": steps / best, "unit": "steps/s", "ms_per_step": 1e3 * best / steps, "compile_s": compile_s,
-           "steps_per_s": steps / best, "samples_per_s": seeds * batch * steps / best}
+    row = {
+        "stage": stage,
+        "size": setup.size,
+        "batch": batch,
+        "steps": steps,
+        "seeds": seeds,
+        "rate": steps / best,
+        "unit": "steps/s",
+        "ms_per_step": 1e3 * best / steps,
+        "compile_s": compile_s,
+        "steps_per_s": steps / best,
+        "samples_per_s": seeds * batch * steps / best,
+    }
     return with_official(row, (stage, batch))
 
 
@@ -156,13 +179,24 @@ def measure_act(setup: Setup, states: int, candidates: int, reps: int) -> dict:
     composer = setup.composer("param")
     sampler = policy.make_sampler(setup.actor, "param", composer)
     act = acting.make_act(sampler, {"reward": setup.critic}, "argmax_q", candidates)
-    params = {"policy": {"base": setup.base, "skills": setup.skills, "composer": jax.jit(composer.init)(jax.random.key(4))},
-              "critics": {"reward": jax.jit(setup.critic.init)(jax.random.key(5))}}
+    params = {
+        "policy": {"base": setup.base, "skills": setup.skills, "composer": jax.jit(composer.init)(jax.random.key(4))},
+        "critics": {"reward": jax.jit(setup.critic.init)(jax.random.key(5))},
+    }
     obs = setup.data.observations[:states]
     compile_s, best = compile_and_time(act, params, obs, jax.random.key(6), reps=reps)
-    row = {"stage": "act", "size": setup.size, "batch": states, "candidates": candidates,
-           "rate": states / best, "unit": "states/s", "ms_per_call": 1e3 * best, "compile_s": compile_s,
-           "states_per_s": states / best, "samples_per_s": states * candidates / best}
+    row = {
+        "stage": "act",
+        "size": setup.size,
+        "batch": states,
+        "candidates": candidates,
+        "rate": states / best,
+        "unit": "states/s",
+        "ms_per_call": 1e3 * best,
+        "compile_s": compile_s,
+        "states_per_s": states / best,
+        "samples_per_s": states * candidates / best,
+    }
     return with_official(row, ("act", 1 if states == 1 else None))
 
 
@@ -177,14 +211,27 @@ def measure_sample(setup: Setup, states: int, reps: int) -> dict:
     params = {"base": setup.base, "skills": setup.skills, "composer": jax.jit(composer.init)(jax.random.key(4))}
     obs = jnp.resize(setup.data.observations, (states, OBS))
     compile_s, best = compile_and_time(sample, params, obs, jax.random.key(6), reps=reps)
-    return {"stage": "sample", "size": setup.size, "batch": states, "rate": states / best,
-            "unit": "samples/s", "ms_per_call": 1e3 * best, "compile_s": compile_s, "samples_per_s": states / best}
+    return {
+        "stage": "sample",
+        "size": setup.size,
+        "batch": states,
+        "rate": states / best,
+        "unit": "samples/s",
+        "ms_per_call": 1e3 * best,
+        "compile_s": compile_s,
+        "samples_per_s": states / best,
+    }
 
 
 def report(row: dict) -> None:
-    extra = f"  {row['x_official']:.2f}x official {row['official']} (target {row['target']})" if "official" in row else ""
-    print(f"{row['stage']:<14} {row['size']:<6} batch {row['batch']:<6} {row['rate']:>10.4g} {row['unit']:<10} "
-          f"compile {row['compile_s']:5.1f} s{extra}", flush=True)
+    extra = (
+        f"  {row['x_official']:.2f}x official {row['official']} (target {row['target']})" if "official" in row else ""
+    )
+    print(
+        f"{row['stage']:<14} {row['size']:<6} batch {row['batch']:<6} {row['rate']:>10.4g} {row['unit']:<10} "
+        f"compile {row['compile_s']:5.1f} s{extra}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -199,8 +246,11 @@ def main() -> None:
     p.add_argument("--data", type=int, help="synthetic transitions (default 100000)")
     p.add_argument("--candidates", type=int, default=64, help="actions sampled per state when acting")
     p.add_argument("--act_batch", type=int, help="states per call of batched acting (default 256)")
-    p.add_argument("--out", help="result JSON (default benchmarks/results/psec_train_throughput.json; "
-                                 "with --quick, psec_train_throughput_quick.json in the temp directory)")
+    p.add_argument(
+        "--out",
+        help="result JSON (default benchmarks/results/psec_train_throughput.json; "
+        "with --quick, psec_train_throughput_quick.json in the temp directory)",
+    )
     args = p.parse_args()
     quick = args.quick
     args.sizes = args.sizes or (["tiny"] if quick else ["small", "paper"])
@@ -209,33 +259,64 @@ def main() -> None:
     args.reps = args.reps or (1 if quick else 3)
     args.data = args.data or (4096 if quick else 100_000)
     args.act_batch = args.act_batch or (16 if quick else 256)
-    out = Path(args.out or (Path(tempfile.gettempdir()) / "psec_train_throughput_quick.json" if quick
-                            else RESULTS / "psec_train_throughput.json"))
+    out = Path(
+        args.out
+        or (
+            Path(tempfile.gettempdir()) / "psec_train_throughput_quick.json"
+            if quick
+            else RESULTS / "psec_train_throughput.json"
+        )
+    )
 
     data = OfflineData.synthetic(args.data, OBS, ACT)
     rows, sizes = [], {}
     for size in args.sizes:
         setup = Setup(size, data)
         sizes[size] = setup.sizes()
-        print(f"{size}: noise net {sizes[size]['noise_net_params']:,} params, LoRA skill "
-              f"{sizes[size]['lora_skill_params']:,}, critic {sizes[size]['critic_params']:,}", flush=True)
+        print(
+            f"{size}: noise net {sizes[size]['noise_net_params']:,} params, LoRA skill "
+            f"{sizes[size]['lora_skill_params']:,}, critic {sizes[size]['critic_params']:,}",
+            flush=True,
+        )
         for stage in args.stages:
             if stage == "act":
-                measured = [measure_act(setup, 1, args.candidates, args.reps),
-                            measure_act(setup, args.act_batch, args.candidates, args.reps),
-                            measure_sample(setup, args.act_batch * args.candidates, args.reps)]
+                measured = [
+                    measure_act(setup, 1, args.candidates, args.reps),
+                    measure_act(setup, args.act_batch, args.candidates, args.reps),
+                    measure_sample(setup, args.act_batch * args.candidates, args.reps),
+                ]
             else:
                 measured = [measure_stage(setup, stage, b, args.steps, args.seeds, args.reps) for b in args.batches]
             for row in measured:
                 rows.append(row)
                 report(row)
     print()
-    columns = ["stage", "size", "batch", *(["seeds"] if args.seeds > 1 else []), "rate", "unit", "compile_s",
-               "official", "x_official", "target", "meets"]
+    columns = [
+        "stage",
+        "size",
+        "batch",
+        *(["seeds"] if args.seeds > 1 else []),
+        "rate",
+        "unit",
+        "compile_s",
+        "official",
+        "x_official",
+        "target",
+        "meets",
+    ]
     print(runs.format_table(rows, columns, ".4g"))
-    path = bench.write_results(out.stem, rows, {"args": vars(args), "obs_dim": OBS, "act_dim": ACT,
-                                                "sizes": sizes, "official": {f"{k[0]}/{k[1]}": v for k, v in OFFICIAL.items()}},
-                               directory=out.parent)
+    path = bench.write_results(
+        out.stem,
+        rows,
+        {
+            "args": vars(args),
+            "obs_dim": OBS,
+            "act_dim": ACT,
+            "sizes": sizes,
+            "official": {f"{k[0]}/{k[1]}": v for k, v in OFFICIAL.items()},
+        },
+        directory=out.parent,
+    )
     print(f"\nwrote {path}")
 
 

@@ -18,8 +18,12 @@ import numpy as np
 
 RESULTS = Path("experiments/results/psec_continual")
 ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
-TASKS = (("s2w_paper", "stand -> walk, paper protocol"), ("s2r_paper", "stand -> run, paper protocol"),
-         ("sw2r_paper", "stand + walk -> run, paper protocol"), ("s2w_default", "stand -> walk, default protocol"))
+TASKS = (
+    ("s2w_paper", "stand -> walk, paper protocol"),
+    ("s2r_paper", "stand -> run, paper protocol"),
+    ("sw2r_paper", "stand + walk -> run, paper protocol"),
+    ("s2w_default", "stand -> walk, default protocol"),
+)
 # a run without its own scratch compares with this run's (the same target data and seeds)
 SCRATCH_FROM = {"s2r_paper": "sw2r_paper"}
 COMPOSE_STEPS = (1000, 5000, 20000)
@@ -28,8 +32,11 @@ SCRATCH_STEPS, SCRATCH_DATA = (1000, 2000, 6000, 20000), (1, 10)
 
 def load(results: Path = RESULTS) -> dict[str, dict]:
     """Run name -> its results JSON, for every finished run in ``results``."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))
-            if p.stem not in ("expansion_cost", "composer_weights")}
+    return {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(results.glob("*.json"))
+        if p.stem not in ("expansion_cost", "composer_weights")
+    }
 
 
 # --------------------------------------------------------------------------------------------- cells
@@ -78,8 +85,10 @@ def _fmt(p: dict | None) -> str:
     return f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]{'*' if p.get('separated') else ''} | {rank}"
 
 
-SEPARATION = ("`*`: complete separation, every seed of one method above every seed of the other; the interval "
-              "[0, 0] or [1, 1] says only that, and the Mann-Whitney p-value is the evidence.")
+SEPARATION = (
+    "`*`: complete separation, every seed of one method above every seed of the other; the interval "
+    "[0, 0] or [1, 1] says only that, and the Mann-Whitney p-value is the evidence."
+)
 
 
 # -------------------------------------------------------------------------------------------- tables
@@ -96,19 +105,24 @@ def _task_tables(done: dict) -> list[str]:
         if s is None:
             continue
         c, n = s["config"], s["config"]["num_seeds"]
-        out += [f"#### {title}: return over {n} independent seeds x {c['eval']['episodes']} episodes (smallest P(PSEC > "
-                f"method) a Mann-Whitney test of {n} vs {n} seeds detects at 80% power: "
-                f"{stats.detectable_improvement(n, n):.2f})", "",
-                "| method | mean [95% CI] | IQM [95% CI] | P(PSEC > method) [95% CI] | Mann-Whitney p "
-                "| seed sd | episode sd | episode share |", "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"#### {title}: return over {n} independent seeds x {c['eval']['episodes']} episodes (smallest P(PSEC > "
+            f"method) a Mann-Whitney test of {n} vs {n} seeds detects at 80% power: "
+            f"{stats.detectable_improvement(n, n):.2f})",
+            "",
+            "| method | mean [95% CI] | IQM [95% CI] | P(PSEC > method) [95% CI] | Mann-Whitney p "
+            "| seed sd | episode sd | episode share |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         base = done.get(SCRATCH_FROM.get(name, name))
         for m in ORDER:
             owner = s if m in s["methods"] else base if m == "scratch" else None
             if owner is None or m not in owner["methods"]:
                 continue
             var = owner["methods"][m].get("return_variance")
-            spread = (f"{var['seed_sd']:.0f} | {var['episode_sd']:.0f} | {var['episode_share']:.2f}" if var
-                      else "- | - | -")
+            spread = (
+                f"{var['seed_sd']:.0f} | {var['episode_sd']:.0f} | {var['episode_share']:.2f}" if var else "- | - | -"
+            )
             label = m if owner is s else f"{m} (of {SCRATCH_FROM[name]})"
             cmp = _fmt(_compare(s, "psec", owner, m)) if m != "psec" else "- | -"
             out.append(f"| {label} | {_row(owner, m)} | {cmp} | {spread} |")
@@ -124,13 +138,19 @@ def _compose_table(done: dict) -> list[str]:
     if not rows:
         return []
     sw2r = done.get("sw2r_paper")
-    out = ["#### composer gradient steps, stand + walk -> run, paper protocol (batch 256; the headline run: 1000 "
-           "at batch 2048)", "",
-           "| composer steps | seeds | PSEC mean [95% CI] | IQM [95% CI] | P(PSEC > scratch) | Mann-Whitney p "
-           "| P(PSEC > fixed) | Mann-Whitney p |", "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "#### composer gradient steps, stand + walk -> run, paper protocol (batch 256; the headline run: 1000 "
+        "at batch 2048)",
+        "",
+        "| composer steps | seeds | PSEC mean [95% CI] | IQM [95% CI] | P(PSEC > scratch) | Mann-Whitney p "
+        "| P(PSEC > fixed) | Mann-Whitney p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for k, s in rows:
-        out.append(f"| {k} | {s['config']['num_seeds']} | {_row(s, 'psec')} | {_fmt(_compare(s, 'psec', sw2r, 'scratch'))} "
-                   f"| {_fmt(_compare(s, 'psec', sw2r, 'psec_fixed'))} |")
+        out.append(
+            f"| {k} | {s['config']['num_seeds']} | {_row(s, 'psec')} | {_fmt(_compare(s, 'psec', sw2r, 'scratch'))} "
+            f"| {_fmt(_compare(s, 'psec', sw2r, 'psec_fixed'))} |"
+        )
     return out + [""] + ([SEPARATION, ""] if any("]* |" in line for line in out) else [])
 
 
@@ -139,15 +159,20 @@ def _weights_table(weights: dict | None) -> list[str]:
     composition scale over the target states, its range over seeds and its spread over states."""
     if not weights or not weights.get("runs"):
         return []
-    out = ["#### where the PSEC composer puts its weight: composition scale alpha over the target data's states "
-           "(the regulariser's optimum: newest skill 16, older skills 0; fixed weights: 16 each)", "",
-           "| run | skill | alpha, mean over seeds | range over seeds | sd over states (mean over seeds) |",
-           "|---|---|---|---|---|"]
+    out = [
+        "#### where the PSEC composer puts its weight: composition scale alpha over the target data's states "
+        "(the regulariser's optimum: newest skill 16, older skills 0; fixed weights: 16 each)",
+        "",
+        "| run | skill | alpha, mean over seeds | range over seeds | sd over states (mean over seeds) |",
+        "|---|---|---|---|---|",
+    ]
     for name, w in weights["runs"].items():
         alpha, sd = np.asarray(w["alpha_per_seed"]), np.asarray(w["alpha_sd_over_states_per_seed"])
         for k, skill in enumerate(w["skills"]):
-            out.append(f"| {name} | {skill} | {alpha[:, k].mean():.1f} | {alpha[:, k].min():.1f} - {alpha[:, k].max():.1f} "
-                       f"| {sd[:, k].mean():.1f} |")
+            out.append(
+                f"| {name} | {skill} | {alpha[:, k].mean():.1f} | {alpha[:, k].min():.1f} - {alpha[:, k].max():.1f} "
+                f"| {sd[:, k].mean():.1f} |"
+            )
     return out + [""]
 
 
@@ -157,7 +182,9 @@ def scratch_cells(done: dict) -> dict[tuple[int, int], dict]:
     cells = {}
     for steps in SCRATCH_STEPS:
         for n in SCRATCH_DATA:
-            s = done.get(f"scratch{steps}_data{n}_paper") or (done.get("s2w_paper") if (steps, n) == (6000, 10) else None)
+            s = done.get(f"scratch{steps}_data{n}_paper") or (
+                done.get("s2w_paper") if (steps, n) == (6000, 10) else None
+            )
             if s is not None:
                 cells[steps, n] = s
     return cells
@@ -170,16 +197,24 @@ def _scratch_table(done: dict) -> list[str]:
         return []
     s2w = done.get("s2w_paper")
     seeds = lambda s: s["config"]["num_seeds"]
-    out = ["#### scratch at matched budgets, stand -> walk, paper protocol: return, mean [95% CI] (seeds)", "",
-           "| scratch steps | " + " | ".join(f"{n} target trajectories" for n in SCRATCH_DATA) + " |",
-           "|---|" + "---|" * len(SCRATCH_DATA)]
+    out = [
+        "#### scratch at matched budgets, stand -> walk, paper protocol: return, mean [95% CI] (seeds)",
+        "",
+        "| scratch steps | " + " | ".join(f"{n} target trajectories" for n in SCRATCH_DATA) + " |",
+        "|---|" + "---|" * len(SCRATCH_DATA),
+    ]
     for steps in SCRATCH_STEPS:
-        row = [f"{_mean(cells[steps, n], 'scratch')} ({seeds(cells[steps, n])})" if (steps, n) in cells else "-"
-               for n in SCRATCH_DATA]
+        row = [
+            f"{_mean(cells[steps, n], 'scratch')} ({seeds(cells[steps, n])})" if (steps, n) in cells else "-"
+            for n in SCRATCH_DATA
+        ]
         out.append(f"| {steps} | " + " | ".join(row) + " |")
     if s2w is not None:
-        out += ["", f"The skill beside it (s2w_paper, 6000 steps on 10 trajectories, {seeds(s2w)} seeds): "
-                f"PSEC-fixed {_mean(s2w, 'psec_fixed')}, PSEC {_mean(s2w, 'psec')}; the paper's scratch: 58.9."]
+        out += [
+            "",
+            f"The skill beside it (s2w_paper, 6000 steps on 10 trajectories, {seeds(s2w)} seeds): "
+            f"PSEC-fixed {_mean(s2w, 'psec_fixed')}, PSEC {_mean(s2w, 'psec')}; the paper's scratch: 58.9.",
+        ]
     return out + [""]
 
 
@@ -209,9 +244,14 @@ def plot(done: dict, path: Path) -> bool:
     scratch = {n: [(k, _ci(cells[k, n], "scratch")) for k in SCRATCH_STEPS if (k, n) in cells] for n in SCRATCH_DATA}
     compose = [(k, _ci(done.get(f"compose{k}_paper"), "psec")) for k in COMPOSE_STEPS]
     compose = [(k, c) for k, c in compose if c is not None]
-    panels = [(title, lines) for title, lines in (
-        ("scratch vs its gradient steps", {f"{n} target traj.": pts for n, pts in scratch.items() if len(pts) > 1}),
-        ("PSEC vs composer steps (stand + walk -> run)", {"psec": compose} if len(compose) > 1 else {})) if lines]
+    panels = [
+        (title, lines)
+        for title, lines in (
+            ("scratch vs its gradient steps", {f"{n} target traj.": pts for n, pts in scratch.items() if len(pts) > 1}),
+            ("PSEC vs composer steps (stand + walk -> run)", {"psec": compose} if len(compose) > 1 else {}),
+        )
+        if lines
+    ]
     if not panels:
         return False
     import matplotlib

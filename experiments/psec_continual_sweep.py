@@ -47,25 +47,45 @@ def _runs() -> dict[str, Run]:
     runs: dict[str, Run] = {}
     # the headline tables: 10 independent seeds x 10 episodes
     runs["s2w_paper"] = Run(PAPER, (f"--config.methods={HEADLINE}",))
-    runs["sw2r_paper"] = Run(PAPER, ("--config.task=stand_walk_run", "--config.methods=scratch,asec,psec_fixed,psec"),
-                             "s2w_paper", "s2w_paper")  # trains the run skill, loads walk
+    runs["sw2r_paper"] = Run(
+        PAPER,
+        ("--config.task=stand_walk_run", "--config.methods=scratch,asec,psec_fixed,psec"),
+        "s2w_paper",
+        "s2w_paper",
+    )  # trains the run skill, loads walk
     # stand -> run composes sw2r's run skill alone; its scratch baseline is sw2r's (the same target data)
-    runs["s2r_paper"] = Run(PAPER, ("--config.task=stand_run", "--config.methods=asec,psec_fixed,psec"),
-                            "s2w_paper", "sw2r_paper")
+    runs["s2r_paper"] = Run(
+        PAPER, ("--config.task=stand_run", "--config.methods=asec,psec_fixed,psec"), "s2w_paper", "sw2r_paper"
+    )
     runs["s2w_default"] = Run("small", ("--config.methods=scratch,psec_fixed,psec",))
     # does the composer find its regulariser's optimum given more steps? stand + walk -> run, batch 256
     for steps in (1000, 5000, 20000):
-        runs[f"compose{steps}_paper"] = Run(PAPER, (
-            "--config.task=stand_walk_run", f"--config.compose.steps={steps}", "--config.compose.batch_size=256",
-            "--config.num_seeds=5", "--config.methods=psec"), "s2w_paper", "sw2r_paper")
+        runs[f"compose{steps}_paper"] = Run(
+            PAPER,
+            (
+                "--config.task=stand_walk_run",
+                f"--config.compose.steps={steps}",
+                "--config.compose.batch_size=256",
+                "--config.num_seeds=5",
+                "--config.methods=psec",
+            ),
+            "s2w_paper",
+            "sw2r_paper",
+        )
     # when is scratch as weak as the paper's (58.9 on stand -> walk)? its gradient steps x target data
     for n in (1, 10):
         for steps in (1000, 2000, 6000, 20000):
             if (steps, n) == (6000, 10):  # s2w_paper's scratch (10 seeds)
                 continue
-            runs[f"scratch{steps}_data{n}_paper"] = Run(PAPER, (
-                f"--config.skill_trajectories={n}", f"--config.expand.steps={steps}", "--config.num_seeds=5",
-                "--config.methods=scratch"))
+            runs[f"scratch{steps}_data{n}_paper"] = Run(
+                PAPER,
+                (
+                    f"--config.skill_trajectories={n}",
+                    f"--config.expand.steps={steps}",
+                    "--config.num_seeds=5",
+                    "--config.methods=scratch",
+                ),
+            )
     return runs
 
 
@@ -77,8 +97,14 @@ def command(name: str, root: Path) -> list[str]:
     run = RUNS[name]
     given = [f"--config.pretrained={root / run.after / 'policies' / 'pi0'}"] if run.after else []
     given += [f"--config.library={root / run.library / 'policies' / 'library_seed0'}"] if run.library else []
-    return ["psec-jax", "psec_continual", f"--config={CONFIG}:{run.arg}", *run.flags, *given,
-            f"--workdir={root / name}"]
+    return [
+        "psec-jax",
+        "psec_continual",
+        f"--config={CONFIG}:{run.arg}",
+        *run.flags,
+        *given,
+        f"--workdir={root / name}",
+    ]
 
 
 def run(names: list[str], root: Path) -> None:
@@ -130,11 +156,18 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
                 continue
             records = [json.loads(line) for line in (stages / stage / "metrics.jsonl").read_text().splitlines()]
             steps = records[-1]["step"]
-            seconds = sum((b["step"] - a) / b["steps_per_sec"] for a, b in zip([0] + [r["step"] for r in records], records))
-            row[method] = {"steps": steps, "seconds": seconds, "seeds": saved["config"]["num_seeds"],
-                           # the first skill kind's stage trains the target critic too; later ones reuse it
-                           "trains_critic": "q_loss" in records[-1],
-                           "return": saved["methods"][method]["return"], "return_ci": saved["methods"][method]["return_ci"]}
+            seconds = sum(
+                (b["step"] - a) / b["steps_per_sec"] for a, b in zip([0] + [r["step"] for r in records], records)
+            )
+            row[method] = {
+                "steps": steps,
+                "seconds": seconds,
+                "seeds": saved["config"]["num_seeds"],
+                # the first skill kind's stage trains the target critic too; later ones reuse it
+                "trains_critic": "q_loss" in records[-1],
+                "return": saved["methods"][method]["return"],
+                "return_ci": saved["methods"][method]["return_ci"],
+            }
         out[name] = row
     return out
 
@@ -142,7 +175,8 @@ def expansion_cost(root: Path, names: tuple[str, ...] = ("s2w_paper", "s2w_defau
 def composer_weights(root: Path, names: list[str]) -> dict:
     """Where each finished run's PSEC composer put its weight: per seed, the mean composition scale alpha
     = weight x LoRA scale of every skill over the states of the data it was fitted on (the target's, as
-    every stage saw them) and its standard deviation over those states, read from the saved composers (policies/composer_psec_seed{i}). The official
+    every stage saw them) and its standard deviation over those states, read from the saved composers
+    (policies/composer_psec_seed{i}). The official
     regulariser's optimum is the newest skill at its training scale (16) and older skills at 0."""
     import numpy as np
 
@@ -165,18 +199,28 @@ def composer_weights(root: Path, names: list[str]) -> dict:
         for i in range(c.num_seeds):
             tree, meta = artifacts.load_tree(work / "policies" / f"composer_psec_seed{i}")
             if meta["skills"] != skills:
-                raise ValueError(f"{name}: composer of seed {i} composes {meta['skills']}, the task's skills are {skills}")
+                raise ValueError(
+                    f"{name}: composer of seed {i} composes {meta['skills']}, the task's skills are {skills}"
+                )
             alpha = np.asarray(composer.apply(tree["params"], obs)) * c.network.lora_alpha  # [N, K]
             per_seed.append(alpha.mean(axis=0).tolist())
             spread.append(alpha.std(axis=0).tolist())
-        out["runs"][name] = {"skills": skills, "alpha_per_seed": per_seed, "alpha_sd_over_states_per_seed": spread,
-                             "alpha_mean": np.mean(per_seed, axis=0).tolist(), "data": data.checksum()}
+        out["runs"][name] = {
+            "skills": skills,
+            "alpha_per_seed": per_seed,
+            "alpha_sd_over_states_per_seed": spread,
+            "alpha_mean": np.mean(per_seed, axis=0).tolist(),
+            "data": data.checksum(),
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.psec_continual_sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.psec_continual_sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=("list", "run", "summary", "cost", "weights"))
     parser.add_argument("names", nargs="*", help="runs (see `list`)")
     parser.add_argument("--root", default="runs/continual", help="parent of the runs' workdirs")

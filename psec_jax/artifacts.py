@@ -24,8 +24,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -50,8 +51,11 @@ def sha256(path: str | os.PathLike) -> str:
 def record_files(root: Path, skip: Callable[[str], bool] = lambda name: False) -> dict[str, dict]:
     """``{path relative to root: {"sha256", "bytes"}}`` of every file below ``root`` whose name
     ``skip`` does not exclude."""
-    return {str(f.relative_to(root)): {"sha256": sha256(f), "bytes": f.stat().st_size}
-            for f in sorted(root.rglob("*")) if f.is_file() and not skip(f.name)}
+    return {
+        str(f.relative_to(root)): {"sha256": sha256(f), "bytes": f.stat().st_size}
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and not skip(f.name)
+    }
 
 
 def check_files(root: Path, record: Any) -> str | None:
@@ -92,8 +96,8 @@ def _shapes(tree: Any) -> Any:
 def _abstract(shapes: Any) -> Any:
     def is_leaf(x: Any) -> bool:
         return isinstance(x, dict) and set(x) == {"shape", "dtype"}
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s["shape"]), s["dtype"]), shapes,
-                        is_leaf=is_leaf)
+
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s["shape"]), s["dtype"]), shapes, is_leaf=is_leaf)
 
 
 def _sidecar(manifest: str) -> str:
@@ -121,20 +125,30 @@ def _check_replaceable(directory: Path, manifest: str, fmt: Any, error: type[Exc
         ours = set(meta["files"]) | {manifest, _sidecar(manifest)}
         same_kind = _kind(meta.get("format")) == _kind(fmt)
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise error(f"refusing to replace {directory}: it is not a {what} saved by psec_jax "
-                    f"(no readable {manifest}); choose another path or move it away") from None
+        raise error(
+            f"refusing to replace {directory}: it is not a {what} saved by psec_jax "
+            f"(no readable {manifest}); choose another path or move it away"
+        ) from None
     if not same_kind:
         other = _kind(meta.get("format")).removeprefix("psec_jax.").replace("_", " ")
         raise error(f"refusing to replace {directory}: it holds a {other}, not a {what}")
     foreign = sorted(present - ours)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise error(f"refusing to replace {directory}: it holds {shown}, which the saved {what} does not "
-                    f"include; move them away first")
+        raise error(
+            f"refusing to replace {directory}: it holds {shown}, which the saved {what} does not "
+            f"include; move them away first"
+        )
 
 
-def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], *,
-              manifest: str = "manifest.json", error: type[Exception] = ArtifactError) -> Path:
+def save_tree(
+    directory: str | os.PathLike,
+    tree: Any,
+    meta: Mapping[str, Any],
+    *,
+    manifest: str = "manifest.json",
+    error: type[Exception] = ArtifactError,
+) -> Path:
     """Write `tree` (nested dicts of arrays) and `meta` (JSON-able) to `directory`, atomically.
 
     An existing artifact of the same kind (``meta["format"]``) is replaced; anything else at
@@ -175,8 +189,9 @@ def save_tree(directory: str | os.PathLike, tree: Any, meta: Mapping[str, Any], 
     return directory
 
 
-def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.json",
-                  error: type[Exception] = ArtifactError) -> dict[str, Any]:
+def read_manifest(
+    directory: str | os.PathLike, *, manifest: str = "manifest.json", error: type[Exception] = ArtifactError
+) -> dict[str, Any]:
     """The manifest of an artifact directory, after checking every file against its sha256."""
     directory = Path(directory)
     path = directory / manifest
@@ -184,8 +199,10 @@ def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.jso
         raise error(f"nothing saved at {directory} (missing {manifest})")
     side = directory / _sidecar(manifest)
     if not side.is_file():
-        raise error(f"{directory} has no {side.name} (the checksum of {manifest}): it is incomplete, or was "
-                    f"saved by a psec_jax older than metadata checksums (re-create it with this version)")
+        raise error(
+            f"{directory} has no {side.name} (the checksum of {manifest}): it is incomplete, or was "
+            f"saved by a psec_jax older than metadata checksums (re-create it with this version)"
+        )
     if side.read_text().split()[:1] != [sha256(path)]:
         raise error(f"{path} was changed after it was saved (its checksum in {side.name} does not match)")
     try:
@@ -201,8 +218,9 @@ def read_manifest(directory: str | os.PathLike, *, manifest: str = "manifest.jso
     return meta
 
 
-def load_arrays(directory: str | os.PathLike, meta: Mapping[str, Any], *,
-                error: type[Exception] = ArtifactError) -> Any:
+def load_arrays(
+    directory: str | os.PathLike, meta: Mapping[str, Any], *, error: type[Exception] = ArtifactError
+) -> Any:
     """The array tree of an artifact whose manifest `meta` was read (and checked) already."""
     directory = Path(directory)
     try:
@@ -212,8 +230,9 @@ def load_arrays(directory: str | os.PathLike, meta: Mapping[str, Any], *,
         raise error(f"could not read the arrays of {directory}: {type(e).__name__}: {e}") from e
 
 
-def load_tree(directory: str | os.PathLike, *, manifest: str = "manifest.json",
-              error: type[Exception] = ArtifactError) -> tuple[Any, dict[str, Any]]:
+def load_tree(
+    directory: str | os.PathLike, *, manifest: str = "manifest.json", error: type[Exception] = ArtifactError
+) -> tuple[Any, dict[str, Any]]:
     """Read an artifact written by `save_tree`. Returns (tree of arrays, manifest)."""
     meta = read_manifest(directory, manifest=manifest, error=error)
     return load_arrays(directory, meta, error=error), meta

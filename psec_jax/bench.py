@@ -6,17 +6,18 @@ import datetime
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 
 from psec_jax import runs
 
 
-
-def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2,
-              slow_seconds: float | None = None) -> float:
+def time_call(
+    fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: float = 0.2, slow_seconds: float | None = None
+) -> float:
     """Best wall time in seconds of ``fn(*args)`` (outputs blocked on), after one warm-up call.
 
     Runs at least ``reps`` timed calls and keeps going until ``min_seconds`` have passed; the minimum
@@ -36,9 +37,13 @@ def time_call(fn: Callable[..., Any], *args: Any, reps: int = 5, min_seconds: fl
     return best
 
 
-def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: int = 5,
-                     slow_seconds: float | None = None, min_seconds: float = 0.0,
-                     probes: Sequence[str] = ()) -> dict[str, float]:
+def time_interleaved(
+    calls: dict[str, tuple[Callable[..., Any], tuple]],
+    reps: int = 5,
+    slow_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    probes: Sequence[str] = (),
+) -> dict[str, float]:
     """Best wall time in seconds of each ``fn(*args)`` in ``calls`` (name -> (fn, args)), timed in turns.
 
     One warm-up call each, then ``reps`` rounds that call every function once, so a slow spell of a
@@ -67,7 +72,7 @@ def time_interleaved(calls: dict[str, tuple[Callable[..., Any], tuple]], reps: i
 def environment() -> dict[str, Any]:
     """Versions and devices, stored with every result file."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -78,8 +83,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None, *,
-                  directory: str | Path) -> Path:
+def write_results(
+    name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None, *, directory: str | Path
+) -> Path:
     """Writes ``{"environment", "rows", **extra}`` to ``<directory>/<name>.json`` (the benchmarks write
     into the checkout's ``benchmarks/results``)."""
     path = Path(directory) / f"{name}.json"

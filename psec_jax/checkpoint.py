@@ -28,8 +28,9 @@ import re
 import resource
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -86,9 +87,12 @@ class Checkpoints:
         if foreign:
             raise CheckpointError(
                 f"{self.directory / foreign[0]} is not a checkpoint psec_jax wrote (no Orbax metadata, no "
-                f"{CHECKSUM_FILE}); move it out of {self.directory}: old steps there are deleted")
+                f"{CHECKSUM_FILE}); move it out of {self.directory}: old steps there are deleted"
+            )
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=create,
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            create=create,
             cleanup_tmp_directories=cleanup_tmp,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_uncommitted),
         )
@@ -104,8 +108,9 @@ class Checkpoints:
         except OSError:
             return []
         mine = ("_CHECKPOINT_METADATA", CHECKSUM_FILE, "state")
-        return [e.name for e in entries
-                if e.name.isdigit() and (not e.is_dir() or not any((e / n).exists() for n in mine))]
+        return [
+            e.name for e in entries if e.name.isdigit() and (not e.is_dir() or not any((e / n).exists() for n in mine))
+        ]
 
     def discard_unfinished(self) -> None:
         """Removes the temporary directories of saves that failed (a full disk, a file-size limit), so
@@ -130,9 +135,7 @@ class Checkpoints:
         ``force`` saves even when ``step`` is off the save interval (use it for the final step).
         Raises CheckpointError (one line) when the save cannot be started or the previous one failed.
         """
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config))
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config)))
         self.wait()
         self._preflight(step, state)
         with self._lock:
@@ -152,16 +155,20 @@ class Checkpoints:
         largest = max(sizes) + 16_384  # the file-size limit is per file: the largest array must fit in one
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY and limit < largest:
-            raise CheckpointError(f"could not save step {step} to {self.directory}: File too large: the "
-                                  f"file-size limit (ulimit -f) of {limit} bytes is below the checkpoint's "
-                                  f"~{largest}-byte files")
+            raise CheckpointError(
+                f"could not save step {step} to {self.directory}: File too large: the "
+                f"file-size limit (ulimit -f) of {limit} bytes is below the checkpoint's "
+                f"~{largest}-byte files"
+            )
         try:
             free = shutil.disk_usage(self.directory).free
         except OSError:
             return
         if free < need:
-            raise CheckpointError(f"could not save step {step} to {self.directory}: No space left on device "
-                                  f"(~{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
+            raise CheckpointError(
+                f"could not save step {step} to {self.directory}: No space left on device "
+                f"(~{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)"
+            )
 
     def _seal_uncommitted(self) -> None:
         """Orbax's post-finalization hook (its save thread): the step's files are final but still in
@@ -250,8 +257,10 @@ class Checkpoints:
         if not steps:
             return None
         if not any(self.has_checksums(s) for s in steps):
-            report(f"checkpoints in {self.directory} carry no checksums (written by an older psec_jax); "
-                   f"resuming from step {steps[-1]} unverified")
+            report(
+                f"checkpoints in {self.directory} carry no checksums (written by an older psec_jax); "
+                f"resuming from step {steps[-1]} unverified"
+            )
             return steps[-1]
         broken, step = [], None
         for s in reversed(steps):
@@ -262,15 +271,18 @@ class Checkpoints:
             broken.append((s, problem))
         if step is None:
             details = "; ".join(f"step {s}: {p}" for s, p in broken)
-            raise CheckpointError(f"no intact checkpoint in {self.directory} ({details}); "
-                                  f"use a new --workdir to start again")
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory} ({details}); use a new --workdir to start again"
+            )
         for bad, problem in broken:
             if jax.process_index() != 0:  # process 0 moves it; the others only skip it
                 report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; resuming from step {step}")
                 continue
             dest = self._reject(bad)
-            report(f"checkpoint step {bad} in {self.directory} is unusable: {problem}; moved it to "
-                   f"{dest.relative_to(self.directory)}, resuming from step {step}")
+            report(
+                f"checkpoint step {bad} in {self.directory} is unusable: {problem}; moved it to "
+                f"{dest.relative_to(self.directory)}, resuming from step {step}"
+            )
         return step
 
     # ----- restoring --------------------------------------------------------------------------------
@@ -289,8 +301,9 @@ class Checkpoints:
         if problem is not None:
             raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {problem}")
 
-    def restore(self, step: int | None = None, target: Any = None, *, verify: bool = True
-                ) -> tuple[Any, ml_collections.ConfigDict]:
+    def restore(
+        self, step: int | None = None, target: Any = None, *, verify: bool = True
+    ) -> tuple[Any, ml_collections.ConfigDict]:
         """Returns ``(state, config)`` at ``step`` (default: latest), after checking every file's
         checksum (``verify=False`` skips that, e.g. for checkpoints written before checksums existed).
 
@@ -315,8 +328,7 @@ class Checkpoints:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as e:
-            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: "
-                                  f"{one_line(e)}") from e
+            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: {one_line(e)}") from e
         return ml_collections.ConfigDict(restored.config)
 
     @classmethod
@@ -335,7 +347,7 @@ class Checkpoints:
             finally:
                 self._manager.close()
 
-    def __enter__(self) -> "Checkpoints":
+    def __enter__(self) -> Checkpoints:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,20 +16,30 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
-from psec_jax import failures, signals
-from psec_jax import registry
-from psec_jax.registry import EXPERIMENTS
+from psec_jax import failures, registry, signals
 from psec_jax.experiment_flags import PROG, UsageError
 from psec_jax.experiment_flags import parse as _parse_flags
+from psec_jax.registry import EXPERIMENTS
 
 # Packages whose versions `psec-jax info` reports.
 _PACKAGES = (
-    "psec_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "brax", "mujoco",
-    "mujoco-mjx", "playground", "ml-collections", "numpy", "h5py",
+    "psec_jax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "brax",
+    "mujoco",
+    "mujoco-mjx",
+    "playground",
+    "ml-collections",
+    "numpy",
+    "h5py",
 )
 
 
@@ -51,7 +61,8 @@ def _usage() -> str:
         "  --workdir=DIR              where the run writes config.json, metrics.jsonl, checkpoints/",
         "  --[no]compilation_cache    JAX persistent compilation cache (default: on)",
         "  --compilation_cache_dir=D  cache location (default: $PSEC_JAX_CACHE_DIR or ~/.cache/psec_jax/jax)",
-        "  --coordinator_address=H:P  multi-process run (with --num_processes, --process_id; or $JAX_COORDINATOR_ADDRESS,",
+        "  --coordinator_address=H:P  multi-process run (with --num_processes, --process_id; "
+        "or $JAX_COORDINATOR_ADDRESS,",
         "                             $JAX_NUM_PROCESSES, $JAX_PROCESS_ID): jax.distributed.initialize",
         "",
         f"`{PROG} <command> --help` lists a command's flags.",
@@ -140,18 +151,30 @@ def dataset(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} dataset",
         description="Generate a named dataset from the committed behaviour policies (cached; "
-                    "names: {env}[:{variant}]-{kind}[-{N}traj], e.g. walker-walk-expert-10traj).")
+        "names: {env}[:{variant}]-{kind}[-{N}traj], e.g. walker-walk-expert-10traj).",
+    )
     parser.add_argument("name", help="dataset name")
     parser.add_argument("--seed", type=int, default=0, help="rollout seed (default 0)")
     parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian action noise")
     parser.add_argument("--regenerate", action="store_true", help="regenerate even if cached")
-    parser.add_argument("--dir", default=None, help="cache directory (default $PSEC_JAX_DATA_DIR "
-                        "or ~/.cache/psec_jax/datasets)")
+    parser.add_argument(
+        "--dir", default=None, help="cache directory (default $PSEC_JAX_DATA_DIR or ~/.cache/psec_jax/datasets)"
+    )
     moves = parser.add_mutually_exclusive_group()
-    moves.add_argument("--export", metavar="DIR", default=None, help="copy the dataset and its checksum "
-                       "record to DIR (the exact bytes, for a machine that would generate others)")
-    moves.add_argument("--import", dest="import_file", metavar="FILE", default=None, help="install FILE, "
-                       "written by --export (its .sha256 beside it), into the cache as this dataset")
+    moves.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="copy the dataset and its checksum "
+        "record to DIR (the exact bytes, for a machine that would generate others)",
+    )
+    moves.add_argument(
+        "--import",
+        dest="import_file",
+        metavar="FILE",
+        default=None,
+        help="install FILE, written by --export (its .sha256 beside it), into the cache as this dataset",
+    )
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:
@@ -178,9 +201,11 @@ def dataset(argv: Sequence[str]) -> int:
         _say(f"{PROG}: error: {' '.join(str(e).split())}")
         return 1
     data, meta = formats.load_d4rl(path)
-    print(f"{path}\n  {meta['num_transitions']} transitions, {meta['num_episodes']} episodes, "
-          f"return {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, "
-          f"episode cost {meta['cost_mean']:.1f}")
+    print(
+        f"{path}\n  {meta['num_transitions']} transitions, {meta['num_episodes']} episodes, "
+        f"return {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, "
+        f"episode cost {meta['cost_mean']:.1f}"
+    )
     return 0
 
 
@@ -230,8 +255,11 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
         elif workdir is None:
             text = f"{by} before the run started; nothing was written"
         else:
-            text = (f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
-                    if loop.holds_records(workdir) else f"{by} before anything was saved in {workdir}")
+            text = (
+                f"{by}; every finished stage and checkpoint in {workdir} is kept (rerun to resume)"
+                if loop.holds_records(workdir)
+                else f"{by} before anything was saved in {workdir}"
+            )
         _say(f"{PROG} {name}: {text}")
         return signals.exit_code(signum)
     except _expected_errors() as e:  # e.g. resuming a workdir with another config: say so in one line
@@ -246,8 +274,10 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
     finally:
         logging.getLogger("absl").removeFilter(quiet)
     if signals.received():  # stopped after the last chunk, by a signal something swallowed
-        _say(f"{PROG} {name}: interrupted by {signals.name(signals.received())} after the run finished; "
-             f"its results in {workdir} are complete")
+        _say(
+            f"{PROG} {name}: interrupted by {signals.name(signals.received())} after the run finished; "
+            f"its results in {workdir} are complete"
+        )
         return signals.exit_code()
     return 0
 

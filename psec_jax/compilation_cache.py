@@ -52,8 +52,12 @@ def enable(directory: str | os.PathLike | None = None) -> Path | None:
     try:
         workdir.check_writable(path)
     except OSError as e:
-        print(f"psec_jax: warning: compilation cache {path} is not usable ({e.strerror or type(e).__name__}); "
-              f"compiling without it", file=sys.stderr, flush=True)
+        print(
+            f"psec_jax: warning: compilation cache {path} is not usable ({e.strerror or type(e).__name__}); "
+            f"compiling without it",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path

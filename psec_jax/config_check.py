@@ -15,7 +15,8 @@ the rule and the value; the CLI prints it as one line and exits with code 2.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
@@ -73,15 +74,22 @@ def seeds(config: ml_collections.ConfigDict) -> None:
     """Every field named ``seed`` is an int in [0, 2**31): ``jax.random.key`` keeps the low 32 bits of
     a larger seed (``key(2**32)`` is ``key(0)``) and JAX's int32 arithmetic on seeds would overflow."""
     for field, value in leaves(config).items():
-        if field.rpartition(".")[2] == "seed" and (isinstance(value, bool) or not isinstance(value, int)
-                                                    or not 0 <= value <= INT32_MAX):
+        if field.rpartition(".")[2] == "seed" and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX
+        ):
             raise ConfigError(f"config field {field} must be an integer in [0, {INT32_MAX}], got {value!r}")
 
 
 # the type a config value stands for (an int field takes no float or bool, a float field any number),
 # as (singular, plural) for the messages
-_KINDS = {bool: ("a bool", "bools"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-          str: ("a string", "strings"), tuple: ("a tuple", "tuples"), list: ("a tuple", "tuples")}
+_KINDS = {
+    bool: ("a bool", "bools"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    tuple: ("a tuple", "tuples"),
+    list: ("a tuple", "tuples"),
+}
 
 
 def _kind(x: Any) -> tuple[str, str] | None:
@@ -138,8 +146,7 @@ def non_negative(config: ml_collections.ConfigDict, *fields: str) -> None:
             raise ConfigError(f"config field {field} must be >= 0, got {get(config, field)!r}")
 
 
-def in_range(config: ml_collections.ConfigDict, field: str, low: float, high: float, *,
-             low_open: bool = False) -> None:
+def in_range(config: ml_collections.ConfigDict, field: str, low: float, high: float, *, low_open: bool = False) -> None:
     """``low <= field <= high`` (``low < field`` with ``low_open``)."""
     x = _number(config, field)
     if x > high or x < low or (low_open and x == low):
@@ -151,8 +158,7 @@ def multiple_of(config: ml_collections.ConfigDict, field: str, of: str) -> None:
     """``field`` is a multiple of the (positive int) field ``of`` (checks both are positive ints)."""
     positive_int(config, field, of)
     if get(config, field) % get(config, of):
-        raise ConfigError(f"config field {field} ({get(config, field)}) must be a multiple of {of} "
-                          f"({get(config, of)})")
+        raise ConfigError(f"config field {field} ({get(config, field)}) must be a multiple of {of} ({get(config, of)})")
 
 
 def one_of(config: ml_collections.ConfigDict, field: str, choices: Iterable[Any]) -> None:
@@ -169,6 +175,7 @@ def same_fields(config: ml_collections.ConfigDict, reference: ml_collections.Con
     missing, extra = sorted(want - have), sorted(have - want)
     if missing or extra:
         show = lambda names: ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        parts = ([f"it lacks {show(missing)}"] if missing else []) + ([f"it has {show(extra)}, which "
-                                                                        f"{what} never reads"] if extra else [])
+        parts = ([f"it lacks {show(missing)}"] if missing else []) + (
+            [f"it has {show(extra)}, which {what} never reads"] if extra else []
+        )
         raise ConfigError(f"this is not a {what} config: {'; '.join(parts)}")

@@ -31,8 +31,11 @@ def main() -> int:
             code = signals.exit_code(getattr(e, "signum", None))
             if not started:
                 try:
-                    print(f"psec-jax: interrupted by {signals.name(code - 128)} while starting; nothing was "
-                          f"written", file=sys.stderr, flush=True)
+                    print(
+                        f"psec-jax: interrupted by {signals.name(code - 128)} while starting; nothing was written",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 except (OSError, ValueError):
                     pass
     if code > 128:  # (no flush of a broken pipe's stdout: it would fail again at exit)

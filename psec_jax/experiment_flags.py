@@ -1,6 +1,7 @@
 """Flags and configs of ``psec-jax <experiment>``: every way they can be wrong becomes one line.
 
-``parse(name, argv, experiment)`` loads ``--config=NAME|PATH[:PRESET]`` (a shipped config or a file) (ml-collections, locked), applies
+``parse(name, argv, experiment)`` loads ``--config=NAME|PATH[:PRESET]`` (a shipped config or a file;
+ml-collections, locked), applies
 ``--config.FIELD=VALUE`` overrides, and checks the result before anything is compiled: the experiment's
 own fields exactly (a config written for another experiment is refused), each of its default's type,
 every float finite, every int within int32, every seed in [0, 2**31), and the experiment module's
@@ -14,7 +15,8 @@ import importlib.util
 import inspect
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -95,8 +97,7 @@ def check_config(name: str, experiment: Any, config: Any, config_value: str) -> 
     try:
         config_check.same_fields(config, reference, name)
     except ValueError as e:
-        raise UsageError(f"{name}: config {config_value}: {e} (start from "
-                         f"{experiment.default_config})") from None
+        raise UsageError(f"{name}: config {config_value}: {e} (start from {experiment.default_config})") from None
     try:
         config_check.same_types(config, reference)
         config_check.finite(config)
@@ -124,10 +125,16 @@ def _split_comma_lists(config: Any, file_config: Any) -> None:
     from psec_jax.config_check import leaves
 
     given = leaves(file_config)
-    split = {name: tuple(v.strip() for v in value[0].split(","))
-             for name, value in leaves(config).items()
-             if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]
-             and value != given.get(name) and all(isinstance(v, str) for v in given.get(name, ()))}
+    split = {
+        name: tuple(v.strip() for v in value[0].split(","))
+        for name, value in leaves(config).items()
+        if isinstance(value, tuple)
+        and len(value) == 1
+        and isinstance(value[0], str)
+        and "," in value[0]
+        and value != given.get(name)
+        and all(isinstance(v, str) for v in given.get(name, ()))
+    }
     config.update_from_flattened_dict(split)
 
 
@@ -143,18 +150,28 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
         argv = _with_config(argv, ":".join([path, *args]))
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "ml-collections config file; --config.FIELD=VALUE overrides a field.",
-        flag_values=fv, lock_config=True, sys_argv=[f"{PROG} {name}", *argv],  # not sys.argv: main(argv) is callable
+        "config",
+        None,
+        "ml-collections config file; --config.FIELD=VALUE overrides a field.",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=[f"{PROG} {name}", *argv],  # not sys.argv: main(argv) is callable
     )
     flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).", flag_values=fv)
     flags.DEFINE_boolean("compilation_cache", True, "Use JAX's persistent compilation cache.", flag_values=fv)
     flags.DEFINE_string("compilation_cache_dir", None, "Compilation cache directory.", flag_values=fv)
-    flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of process 0's coordinator "
-                        "(default $JAX_COORDINATOR_ADDRESS).", flag_values=fv)
-    flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes (default "
-                         "$JAX_NUM_PROCESSES).", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index (default $JAX_PROCESS_ID).",
-                         flag_values=fv)
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "Multi-process run: host:port of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Multi-process run: number of processes (default $JAX_NUM_PROCESSES).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "Multi-process run: this process's index (default $JAX_PROCESS_ID).", flag_values=fv
+    )
 
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(f"usage: {PROG} {name} --config=NAME|PATH[:PRESET] [--config.FIELD=VALUE ...] --workdir=DIR\n")
@@ -182,7 +199,7 @@ def parse(name: str, argv: Sequence[str], experiment: Any):
     try:
         config = fv.config
         config.get("__probe__")  # an unloadable file surfaces here as IOError
-    except IOError as e:
+    except OSError as e:
         raise UsageError(f"{name}: could not load config {config_value}: {one_line(e)}") from None
     if not fv.workdir:
         raise UsageError(f"{name}: --workdir is required")

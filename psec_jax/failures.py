@@ -1,7 +1,7 @@
 """Failures of the machine a run uses (disk, file size, permissions, memory) told in one line.
 
-    problem = failures.environment_failure(error)   # None for an error that is not the machine's
-    logging.getLogger("absl").addFilter(failures.OrbaxErrorsReported())
+problem = failures.environment_failure(error)   # None for an error that is not the machine's
+logging.getLogger("absl").addFilter(failures.OrbaxErrorsReported())
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ import errno
 import logging
 
 ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (a file-size limit: ulimit -f)", errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system", errno.EIO: "input/output error",
-    errno.EMFILE: "too many open files (ulimit -n)", errno.ENFILE: "too many open files on the system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit: ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error",
+    errno.EMFILE: "too many open files (ulimit -n)",
+    errno.ENFILE: "too many open files on the system",
     errno.ENOMEM: "out of memory",
 }
 

@@ -20,14 +20,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from psec_jax import config_check, progress, runs, signals, workdir as workdir_lib
+from psec_jax import config_check, progress, runs, signals
+from psec_jax import workdir as workdir_lib
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 from psec_jax.parallel import distributed
 
@@ -76,8 +78,9 @@ def holds_records(workdir: str | os.PathLike) -> list[str]:
     return found
 
 
-def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
-                         may_change: Sequence[str] = ()) -> None:
+def check_workdir_config(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, may_change: Sequence[str] = ()
+) -> None:
     """RecordsConflict (one line) when ``workdir`` holds another run's records (``holds_records``),
     checkpoints or not: its ``config.json`` differs from ``config`` in a field not in ``may_change``, or
     there is no ``config.json`` to say whose its ``OWNED_BY_CONFIG`` records are."""
@@ -90,19 +93,23 @@ def check_workdir_config(workdir: str | os.PathLike, config: ml_collections.Conf
     if not path.exists():
         unowned = [r for r in records if r in OWNED_BY_CONFIG]
         if unowned:
-            raise workdir_lib.RecordsConflict(f"workdir {workdir} holds {', '.join(unowned)} but no "
-                                              f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}")
+            raise workdir_lib.RecordsConflict(
+                f"workdir {workdir} holds {', '.join(unowned)} but no "
+                f"{runs.CONFIG_FILE} to say which run wrote them; {fresh}"
+            )
         return
     try:
         saved = runs.load_config(path)
     except (ValueError, OSError) as e:
-        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} "
-                                          f"({runs.one_line(e, with_type=False)}); {fresh}") from None
+        raise workdir_lib.RecordsConflict(
+            f"workdir {workdir} holds an unreadable {runs.CONFIG_FILE} ({runs.one_line(e, with_type=False)}); {fresh}"
+        ) from None
     changed = [k for k in config_differences(saved, config) if k not in may_change]
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise workdir_lib.RecordsConflict(f"workdir {workdir} holds a run with another config (its "
-                                          f"{runs.CONFIG_FILE} differs in {shown}); {fresh}")
+        raise workdir_lib.RecordsConflict(
+            f"workdir {workdir} holds a run with another config (its {runs.CONFIG_FILE} differs in {shown}); {fresh}"
+        )
 
 
 def config_differences(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> list[str]:
@@ -149,7 +156,10 @@ def run_chunks(
     workdir = workdir_lib.prepare(workdir)
     total = num_chunks * steps_per_chunk
     ckpt_dir = workdir / CHECKPOINT_DIR
-    with workdir_lib.lock(workdir), Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=distributed.is_main()) as ckpts:
+    with (
+        workdir_lib.lock(workdir),
+        Checkpoints(ckpt_dir, max_to_keep=max_to_keep, cleanup_tmp=distributed.is_main()) as ckpts,
+    ):
         signals.raise_if_received()  # a stop requested while this stage was being built
         state, step = init_state, ckpts.resume_step(report=warn)
         if step is None:
@@ -215,7 +225,7 @@ def _rewind_quietly(workdir: Path, step: int) -> None:
 class _Records:
     """What a process other than 0 keeps of the metrics: the records, written nowhere."""
 
-    def __enter__(self) -> "_Records":
+    def __enter__(self) -> _Records:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -225,8 +235,14 @@ class _Records:
         return runs.metrics_record(step, metrics)
 
 
-def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: int,
-                  config: ml_collections.ConfigDict, resume_may_change: Sequence[str]) -> None:
+def _check_resume(
+    ckpts: Checkpoints,
+    step: int,
+    total: int,
+    steps_per_chunk: int,
+    config: ml_collections.ConfigDict,
+    resume_may_change: Sequence[str],
+) -> None:
     if step % steps_per_chunk:
         raise CheckpointError(
             f"checkpoint step {step} in {ckpts.directory} is not a multiple of "
@@ -237,8 +253,9 @@ def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: in
             f"the checkpoint in {ckpts.directory} is at step {step}, past the {total} steps this run "
             f"asks for; ask for at least {step} steps, or use a new --workdir"
         )
-    changed = [k for k in config_differences(ckpts.restore_config(step, verify=False), config)
-               if k not in resume_may_change]
+    changed = [
+        k for k in config_differences(ckpts.restore_config(step, verify=False), config) if k not in resume_may_change
+    ]
     if changed:
         raise CheckpointError(
             f"cannot resume from {ckpts.directory}: config fields changed since the checkpoint: "
@@ -246,16 +263,21 @@ def _check_resume(ckpts: Checkpoints, step: int, total: int, steps_per_chunk: in
         )
 
 
-def _checkpoint_on_interrupt(ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict,
-                             signum: int) -> Interrupted:
+def _checkpoint_on_interrupt(
+    ckpts: Checkpoints, step: int, state: Any, config: ml_collections.ConfigDict, signum: int
+) -> Interrupted:
     """Saves the last finished chunk's ``state`` (at ``step``) unless it is saved already; further
     signals during this save are held, so they cannot leave a half-written checkpoint. In a multi-process
     run nothing is saved (a save is collective, and the processes may have stopped at different chunks):
     the newest periodic checkpoint is what a rerun resumes from."""
     problem = ""
     if jax.process_count() > 1:
-        return Interrupted(ckpts.latest_step(), ckpts.directory, " (the newest periodic checkpoint: a "
-                           "multi-process run saves nothing more on a stop)", signum)
+        return Interrupted(
+            ckpts.latest_step(),
+            ckpts.directory,
+            " (the newest periodic checkpoint: a multi-process run saves nothing more on a stop)",
+            signum,
+        )
     with signals.deferred(raise_at_exit=False):
         try:
             ckpts.wait()

@@ -8,7 +8,7 @@ never changes the others (unlike positional ``split``), and per-step keys come f
 from __future__ import annotations
 
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -39,7 +40,7 @@ def say(message: str) -> None:
 def loss_first(metrics: Mapping[str, Any]) -> list[str]:
     """Metric names with the losses first: ``loss`` itself, ``<prefix>/loss``, every other ``*loss*``,
     then the rest."""
-    rank = lambda k: (0 if k == "loss" else 1 if k.rsplit("/", 1)[-1] == "loss" else 2 if "loss" in k else 3)
+    rank = lambda k: 0 if k == "loss" else 1 if k.rsplit("/", 1)[-1] == "loss" else 2 if "loss" in k else 3
     return sorted(metrics, key=rank)  # stable: the others keep their order
 
 
@@ -60,8 +61,17 @@ class Progress:
     ``disable``: nothing at all (every process of a multi-process run but the first).
     """
 
-    def __init__(self, total: int, desc: str = "", initial: int = 0, unit: str = "step", disable: bool = False,
-                 shown: int = 3, min_interval: float = 1.0, terminal: bool | None = None):
+    def __init__(
+        self,
+        total: int,
+        desc: str = "",
+        initial: int = 0,
+        unit: str = "step",
+        disable: bool = False,
+        shown: int = 3,
+        min_interval: float = 1.0,
+        terminal: bool | None = None,
+    ):
         self.total, self.desc, self.unit, self.shown = int(total), desc, unit, shown
         self.done, self._start_done = int(initial), int(initial)
         self.disable, self.min_interval = disable, min_interval
@@ -99,7 +109,7 @@ class Progress:
             except (OSError, ValueError):
                 pass
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,8 +15,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -73,7 +74,9 @@ def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
         run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout
-        return run("rev-parse", "HEAD").strip() + ("-dirty" if run("status", "--porcelain", "--untracked-files=no").strip() else "")
+        return run("rev-parse", "HEAD").strip() + (
+            "-dirty" if run("status", "--porcelain", "--untracked-files=no").strip() else ""
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -153,8 +156,9 @@ class MetricsWriter:
         if tensorboard_from is not None:
             from tensorboardX import SummaryWriter  # only runs that ask for TensorBoard import it
 
-            self._tb = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), purge_step=int(tensorboard_from) + 1,
-                                     flush_secs=10)
+            self._tb = SummaryWriter(
+                str(Path(workdir) / TENSORBOARD_DIR), purge_step=int(tensorboard_from) + 1, flush_secs=10
+            )
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``{"step": step, "wall_time": unix seconds, **metrics}`` and returns that record."""
@@ -163,7 +167,11 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             for name, value in record.items():
-                if name not in ("step", "wall_time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if (
+                    name not in ("step", "wall_time")
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
                     self._tb.add_scalar(name, value, int(step), walltime=record["wall_time"])
         return record
 
@@ -174,7 +182,7 @@ class MetricsWriter:
             if self._tb is not None:
                 self._tb.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -240,9 +248,7 @@ def _fmt(value: Any, floatfmt: str) -> str:
     return str(value)
 
 
-def format_table(
-    rows: Sequence[Mapping[str, Any]], columns: Iterable[str] | None = None, floatfmt: str = ".4g"
-) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Iterable[str] | None = None, floatfmt: str = ".4g") -> str:
     """A Markdown table of ``rows`` (dicts); ``columns`` defaults to the keys in order of appearance."""
     if columns is None:
         columns = list(dict.fromkeys(k for row in rows for k in row))

@@ -10,7 +10,8 @@ metrics, progress and checkpoints, ``num_seeds`` members at once split over the 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,6 @@ from flax import struct
 
 from psec_jax import config_check, loop, parallel, prng, runs
 from psec_jax.parallel import distributed
-
 
 RESUME_MAY_CHANGE = ("train.num_steps",)  # a rerun may extend the run; any other change needs a new workdir
 
@@ -59,15 +59,24 @@ class MLP(nn.Module):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError (one line) for values that cannot train; run before anything is compiled."""
-    config_check.positive_int(config, "num_seeds", "data.num_examples", "data.input_dim", "model.hidden_sizes",
-                              "train.batch_size", "train.max_to_keep")
+    config_check.positive_int(
+        config,
+        "num_seeds",
+        "data.num_examples",
+        "data.input_dim",
+        "model.hidden_sizes",
+        "train.batch_size",
+        "train.max_to_keep",
+    )
     config_check.multiple_of(config, "train.num_steps", "train.log_every")
     config_check.multiple_of(config, "train.checkpoint_every", "train.log_every")
     config_check.positive(config, "optim.learning_rate")
     config_check.non_negative(config, "optim.weight_decay", "data.noise_std")
     if config.seed + config.num_seeds - 1 > config_check.INT32_MAX:  # member i's key is key(seed + i), in int32
-        raise config_check.ConfigError(f"config field seed ({config.seed}) + num_seeds ({config.num_seeds}) - 1 "
-                                       f"must fit in int32 (at most {config_check.INT32_MAX})")
+        raise config_check.ConfigError(
+            f"config field seed ({config.seed}) + num_seeds ({config.num_seeds}) - 1 "
+            f"must fit in int32 (at most {config_check.INT32_MAX})"
+        )
 
 
 def make_train(config: ml_collections.ConfigDict) -> Trainer:
@@ -118,8 +127,11 @@ def seed_keys(config: ml_collections.ConfigDict) -> jax.Array:
     return jax.vmap(jax.random.key)(config.seed + jnp.arange(config.num_seeds))
 
 
-def train_in(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-             wrap: Callable[[Callable], Callable] = lambda chunk: chunk) -> tuple[Trainer, Data, TrainState, list[dict]]:
+def train_in(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    wrap: Callable[[Callable], Callable] = lambda chunk: chunk,
+) -> tuple[Trainer, Data, TrainState, list[dict]]:
     """Trains the ``num_seeds`` members with ``loop.run_chunks`` (metrics, progress, checkpoints in
     ``workdir``, resumed if present). The members are one program split over the devices
     (`parallel.sweep`: as many as divide num_seeds). ``wrap`` decorates the chunk function (tests
@@ -161,4 +173,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if distributed.is_main():
         print(runs.write_summary(workdir, summary))
     return summary
-

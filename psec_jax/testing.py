@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -174,7 +175,5 @@ def assert_no_recompile(
         with count_compilations() as log:
             out = jax.block_until_ready(fn(*call_args, **kwargs))
         if log.count:
-            raise AssertionError(
-                f"call {i + 1} of {getattr(fn, '__name__', fn)} recompiled: traced {log.traced}"
-            )
+            raise AssertionError(f"call {i + 1} of {getattr(fn, '__name__', fn)} recompiled: traced {log.traced}")
     return out

@@ -18,8 +18,8 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCK_FILE = ".psec_jax.lock"
 
@@ -50,8 +50,10 @@ def prepare(path: str | os.PathLike) -> Path:
     otherwise become a local directory named ``gs:``.
     """
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(path)):
-        raise WorkdirError(f"workdir {os.fspath(path)} is a URL: remote workdirs are not supported; use a "
-                           f"local path or a mounted bucket (e.g. gcsfuse)")
+        raise WorkdirError(
+            f"workdir {os.fspath(path)} is a URL: remote workdirs are not supported; use a "
+            f"local path or a mounted bucket (e.g. gcsfuse)"
+        )
     path = Path(path)
     try:  # exists() itself raises when a parent cannot be entered
         if path.exists() and not path.is_dir():
@@ -111,8 +113,9 @@ def lock(path: str | os.PathLike) -> Iterator[Path]:
         f.seek(0)
         holder = f.read().strip() or "unknown process"
         f.close()
-        raise WorkdirBusy(f"workdir {path} is in use by another run ({holder}); wait for it to finish "
-                          f"or use another --workdir") from None
+        raise WorkdirBusy(
+            f"workdir {path} is in use by another run ({holder}); wait for it to finish or use another --workdir"
+        ) from None
     except OSError as e:  # e.g. a filesystem without flock: say so rather than run unprotected
         f.close()
         raise WorkdirError(f"cannot lock workdir {path}: {_reason(e)}") from None

@@ -25,7 +25,11 @@ def random_library(base_params, ranks, seed=0):
     for i, r in enumerate(ranks):
         cfg = lora.LoRAConfig(rank=r, alpha=2.0 * r + i, b_init="normal", init_std=0.3)
         adapter = lora.init(jax.random.key(seed * 100 + i), base_params, cfg)
-        lib = lora.SkillLibrary.create(base_params, f"s{i}", adapter, cfg) if lib is None else lib.add(f"s{i}", adapter, cfg)
+        lib = (
+            lora.SkillLibrary.create(base_params, f"s{i}", adapter, cfg)
+            if lib is None
+            else lib.add(f"s{i}", adapter, cfg)
+        )
     return lib
 
 

@@ -16,6 +16,7 @@ from psec_jax.testing import assert_trees_close
 # pytest reports as unraisable exceptions; the errors themselves are asserted below.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
+
 def _state(scale=1.0):
     return {"params": {"w": scale * jnp.ones((3, 4)), "b": jnp.arange(4.0)}, "step": jnp.int32(7)}
 
@@ -86,9 +87,10 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(tmp_path):
         assert "\n" not in str(err.value)  # Orbax's message is many lines; ours is one
 
 
-@pytest.mark.parametrize("how, problem", [("flip", "checksum mismatch in"),
-                                          ("truncate", "truncated or changed file"),
-                                          ("delete", "missing file")])
+@pytest.mark.parametrize(
+    "how, problem",
+    [("flip", "checksum mismatch in"), ("truncate", "truncated or changed file"), ("delete", "missing file")],
+)
 def test_damaged_file_is_named_at_restore(tmp_path, how, problem):
     _saved(tmp_path, steps=(1,))
     bad = _largest_array_file(tmp_path / "1")
@@ -184,6 +186,9 @@ def test_a_readable_but_wrong_checksum_record_is_a_problem_not_a_crash(tmp_path)
 def test_checksum_record_lists_every_file(tmp_path):
     _saved(tmp_path, steps=(1,))
     record = json.loads((tmp_path / "1" / CHECKSUM_FILE).read_text())
-    files = {str(f.relative_to(tmp_path / "1")) for f in (tmp_path / "1").rglob("*")
-             if f.is_file() and f.name != CHECKSUM_FILE}
+    files = {
+        str(f.relative_to(tmp_path / "1"))
+        for f in (tmp_path / "1").rglob("*")
+        if f.is_file() and f.name != CHECKSUM_FILE
+    }
     assert set(record["files"]) == files and record["step"] == 1

@@ -23,8 +23,15 @@ def test_module_help_and_info_run_in_a_fresh_process(tmp_path):
 
 
 def test_bad_override_is_one_line_exit_2_in_a_fresh_process(tmp_path):
-    cmd = [sys.executable, "-m", "psec_jax", "smoke", f"--config={CONFIG}", "--config.train.nope=1",
-           f"--workdir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psec_jax",
+        "smoke",
+        f"--config={CONFIG}",
+        "--config.train.nope=1",
+        f"--workdir={tmp_path}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
@@ -39,8 +46,9 @@ def test_shipped_configs_are_addressed_by_name_from_any_directory(tmp_path, caps
     from psec_jax.configs import lm_moe
 
     monkeypatch.chdir(tmp_path)
-    config, _, _ = cli.parse_experiment_flags("lm_moe", ["--config=lm_moe:tiny", "--config.train.seeds=2",
-                                                         "--workdir=w"])
+    config, _, _ = cli.parse_experiment_flags(
+        "lm_moe", ["--config=lm_moe:tiny", "--config.train.seeds=2", "--workdir=w"]
+    )
     expected = lm_moe.get_config("tiny")
     expected.train.seeds = 2
     assert config.to_dict() == expected.to_dict()
@@ -79,9 +87,17 @@ def test_broken_config_file_is_reported(tmp_path, capsys):
 
 
 def test_run_end_to_end_with_overrides(tmp_path, capsys):
-    args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", "--nocompilation_cache",
-            "--config.train.num_steps=20", "--config.train.log_every=10", "--config.train.checkpoint_every=10",
-            "--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32"]
+    args = [
+        "smoke",
+        f"--config={CONFIG}",
+        f"--workdir={tmp_path}",
+        "--nocompilation_cache",
+        "--config.train.num_steps=20",
+        "--config.train.log_every=10",
+        "--config.train.checkpoint_every=10",
+        "--config.model.hidden_sizes=(8,)",
+        "--config.data.num_examples=32",
+    ]
     assert cli.main(args) == 0
     assert "final_train_mse" in capsys.readouterr().out
     assert cli.main(args[:-1] + ["--config.data.num_examples=64"]) == 1  # resume with another config
@@ -105,8 +121,9 @@ def test_compilation_cache_location_and_switch(tmp_path, monkeypatch):
         jax.config.update("jax_compilation_cache_dir", before)
 
 
-@pytest.mark.parametrize("name, message", [("walker-fly-expert", "unknown environment 'walker-fly'"),
-                                           ("hopper-expert-0traj", ">= 1")])
+@pytest.mark.parametrize(
+    "name, message", [("walker-fly-expert", "unknown environment 'walker-fly'"), ("hopper-expert-0traj", ">= 1")]
+)
 def test_dataset_command_rejects_bad_names(name, message, capsys):
     assert cli.main(["dataset", name]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -127,12 +144,15 @@ def _one_line_error(capsys, code, argv):
     return err[0]
 
 
-@pytest.mark.parametrize("where, message", [
-    ("file", "is a file, not a directory"),
-    ("below_file", "cannot be created: {tmp}/plain is a file"),
-    ("read_only", "is not writable"),
-    ("below_read_only", "cannot be created"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("file", "is a file, not a directory"),
+        ("below_file", "cannot be created: {tmp}/plain is a file"),
+        ("read_only", "is not writable"),
+        ("below_read_only", "cannot be created"),
+    ],
+)
 def test_unusable_workdirs_are_one_line_exit_2(tmp_path, capsys, where, message):
     (tmp_path / "plain").write_text("user data")
     if os.geteuid() == 0:  # root writes through chmod; sysfs refuses even root
@@ -140,8 +160,12 @@ def test_unusable_workdirs_are_one_line_exit_2(tmp_path, capsys, where, message)
     else:
         (tmp_path / "ro").mkdir(mode=0o555)
         read_only = str(tmp_path / "ro")
-    workdir = {"file": tmp_path / "plain", "below_file": tmp_path / "plain" / "run",
-               "read_only": read_only, "below_read_only": f"{read_only}/psec_jax_run"}[where]
+    workdir = {
+        "file": tmp_path / "plain",
+        "below_file": tmp_path / "plain" / "run",
+        "read_only": read_only,
+        "below_read_only": f"{read_only}/psec_jax_run",
+    }[where]
     line = _one_line_error(capsys, 2, ["smoke", f"--config={CONFIG}", f"--workdir={workdir}"])
     assert message.format(tmp=tmp_path) in line
     assert (tmp_path / "plain").read_text() == "user data"
@@ -150,16 +174,23 @@ def test_unusable_workdirs_are_one_line_exit_2(tmp_path, capsys, where, message)
 CONFIGS = os.path.join(ROOT, "psec_jax", "configs")
 
 
-@pytest.mark.parametrize("name, config, message", [
-    ("smoke", "{tmp}/no_get_config.py", "has no get_config() function"),
-    ("smoke", "{tmp}/no_get_config.cfg", "has no get_config() function"),  # any suffix, as absl takes
-    ("smoke", f"{CONFIG}:bogus", "has no presets, got"),
-    ("psec_continual", f"{CONFIGS}/psec_continual.py:bogus", "unknown size 'bogus'; choose from ('tiny', 'small', 'paper')"),
-    ("psec_continual", f"{CONFIGS}/psec_continual.py", None),  # valid: only the workdir is missing below
-    ("smoke", f"{CONFIGS}/psec_continual.py:tiny", "this is not a smoke config: it lacks data.input_dim"),
-    ("psec_continual", f"{CONFIGS}/psec_safe.py:tiny", "this is not a psec_continual config"),
-    ("behavior", CONFIG, "this is not a behavior config"),
-])
+@pytest.mark.parametrize(
+    "name, config, message",
+    [
+        ("smoke", "{tmp}/no_get_config.py", "has no get_config() function"),
+        ("smoke", "{tmp}/no_get_config.cfg", "has no get_config() function"),  # any suffix, as absl takes
+        ("smoke", f"{CONFIG}:bogus", "has no presets, got"),
+        (
+            "psec_continual",
+            f"{CONFIGS}/psec_continual.py:bogus",
+            "unknown size 'bogus'; choose from ('tiny', 'small', 'paper')",
+        ),
+        ("psec_continual", f"{CONFIGS}/psec_continual.py", None),  # valid: only the workdir is missing below
+        ("smoke", f"{CONFIGS}/psec_continual.py:tiny", "this is not a smoke config: it lacks data.input_dim"),
+        ("psec_continual", f"{CONFIGS}/psec_safe.py:tiny", "this is not a psec_continual config"),
+        ("behavior", CONFIG, "this is not a behavior config"),
+    ],
+)
 def test_config_files_of_the_wrong_kind_are_one_line_exit_2(tmp_path, capsys, name, config, message):
     for suffix in (".py", ".cfg"):
         (tmp_path / f"no_get_config{suffix}").write_text("learning_rate = 1e-3\n")
@@ -169,19 +200,39 @@ def test_config_files_of_the_wrong_kind_are_one_line_exit_2(tmp_path, capsys, na
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("name, config, override, message", [
-    ("smoke", CONFIG, "train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
-    ("smoke", CONFIG, "optim.learning_rate=nan", "optim.learning_rate must be finite, got nan"),
-    ("smoke", CONFIG, "train.log_every=0", "train.log_every must be a positive integer, got 0"),
-    ("smoke", CONFIG, "train.num_steps=2050", "train.num_steps (2050) must be a multiple of train.log_every (100)"),
-    ("psec_continual", f"{CONFIGS}/psec_continual.py:tiny", "compose.log_every=30", "compose.steps (100) must be a multiple"),
-    ("psec_safe", f"{CONFIGS}/psec_safe.py:tiny", "critics.cost.expectile=1.5", "critics.cost.expectile must be in (0.0, 1.0]"),
-    ("psec_dynamics", f"{CONFIGS}/psec_dynamics.py:tiny", "expand.batch_size=-1", "expand.batch_size must be a positive"),
-    ("behavior", f"{CONFIGS}/behavior.py", "sac.tau=0.0", "sac.tau must be in (0.0, 1.0]"),
-    ("behavior", f"{CONFIGS}/behavior.py", "env=walker-fly", "env must be one of"),
-])
+@pytest.mark.parametrize(
+    "name, config, override, message",
+    [
+        ("smoke", CONFIG, "train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
+        ("smoke", CONFIG, "optim.learning_rate=nan", "optim.learning_rate must be finite, got nan"),
+        ("smoke", CONFIG, "train.log_every=0", "train.log_every must be a positive integer, got 0"),
+        ("smoke", CONFIG, "train.num_steps=2050", "train.num_steps (2050) must be a multiple of train.log_every (100)"),
+        (
+            "psec_continual",
+            f"{CONFIGS}/psec_continual.py:tiny",
+            "compose.log_every=30",
+            "compose.steps (100) must be a multiple",
+        ),
+        (
+            "psec_safe",
+            f"{CONFIGS}/psec_safe.py:tiny",
+            "critics.cost.expectile=1.5",
+            "critics.cost.expectile must be in (0.0, 1.0]",
+        ),
+        (
+            "psec_dynamics",
+            f"{CONFIGS}/psec_dynamics.py:tiny",
+            "expand.batch_size=-1",
+            "expand.batch_size must be a positive",
+        ),
+        ("behavior", f"{CONFIGS}/behavior.py", "sac.tau=0.0", "sac.tau must be in (0.0, 1.0]"),
+        ("behavior", f"{CONFIGS}/behavior.py", "env=walker-fly", "env must be one of"),
+    ],
+)
 def test_values_that_cannot_train_are_rejected_before_compiling(tmp_path, capsys, name, config, override, message):
-    line = _one_line_error(capsys, 2, [name, f"--config={config}", f"--config.{override}", f"--workdir={tmp_path / 'w'}"])
+    line = _one_line_error(
+        capsys, 2, [name, f"--config={config}", f"--config.{override}", f"--workdir={tmp_path / 'w'}"]
+    )
     assert message in line
     assert not (tmp_path / "w").exists()  # rejected before the workdir (or anything) was touched
 
@@ -194,9 +245,16 @@ def test_behavior_refuses_a_workdir_holding_an_earlier_run(tmp_path, capsys):
 
 
 def test_unusable_checkpoints_are_one_line_exit_1(tmp_path, capsys):
-    args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", "--config.train.num_steps=20",
-            "--config.train.log_every=10", "--config.train.checkpoint_every=10", "--config.model.hidden_sizes=(8,)",
-            "--config.data.num_examples=32"]
+    args = [
+        "smoke",
+        f"--config={CONFIG}",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=20",
+        "--config.train.log_every=10",
+        "--config.train.checkpoint_every=10",
+        "--config.model.hidden_sizes=(8,)",
+        "--config.data.num_examples=32",
+    ]
     assert cli.main(args) == 0
     for step in ("10", "20"):  # both checkpoints lose their largest data file
         files = [f for f in (tmp_path / "checkpoints" / step / "state").rglob("*") if f.is_file()]
@@ -207,9 +265,17 @@ def test_unusable_checkpoints_are_one_line_exit_1(tmp_path, capsys):
 
 
 def test_summary_json_holds_no_bare_nan(tmp_path, capsys):
-    args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", "--config.train.num_steps=20",
-            "--config.train.log_every=10", "--config.train.checkpoint_every=10", "--config.model.hidden_sizes=(8,)",
-            "--config.data.num_examples=32", "--config.optim.learning_rate=1e30"]  # diverges to NaN
+    args = [
+        "smoke",
+        f"--config={CONFIG}",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=20",
+        "--config.train.log_every=10",
+        "--config.train.checkpoint_every=10",
+        "--config.model.hidden_sizes=(8,)",
+        "--config.data.num_examples=32",
+        "--config.optim.learning_rate=1e30",
+    ]  # diverges to NaN
     assert cli.main(args) == 0
     assert "nan" in capsys.readouterr().out  # the printed table says what happened
 
@@ -223,7 +289,12 @@ def test_summary_json_holds_no_bare_nan(tmp_path, capsys):
 
 
 def test_dataset_export_and_import_move_the_exact_bytes(tmp_path, capsys):
-    name, here, there, moved = "walker-stand-medium-expert-2traj", tmp_path / "here", tmp_path / "there", tmp_path / "usb"
+    name, here, there, moved = (
+        "walker-stand-medium-expert-2traj",
+        tmp_path / "here",
+        tmp_path / "there",
+        tmp_path / "usb",
+    )
     assert cli.main(["dataset", name, "--dir", str(here), "--export", str(moved)]) == 0
     file = moved / f"{name}.hdf5"
     assert file.read_bytes() == (here / f"{name}.hdf5").read_bytes()
@@ -231,17 +302,20 @@ def test_dataset_export_and_import_move_the_exact_bytes(tmp_path, capsys):
     assert (there / f"{name}.hdf5").read_bytes() == file.read_bytes()
     capsys.readouterr()
     # another dataset's name, a damaged copy, other behaviour policies: one line each, nothing installed
-    line = _one_line_error(capsys, 1, ["dataset", "walker-stand-medium-expert-3traj", "--dir", str(tmp_path / "x"),
-                                       "--import", str(file)])
+    line = _one_line_error(
+        capsys, 1, ["dataset", "walker-stand-medium-expert-3traj", "--dir", str(tmp_path / "x"), "--import", str(file)]
+    )
     assert "holds walker-stand-medium-expert-2traj" in line
     side = moved / f"{name}.hdf5.sha256"
     sha, fname, policies = side.read_text().split()
     side.write_text(f"{sha}  {fname} {'0' * 64}\n")
-    assert "other behaviour policies" in _one_line_error(capsys, 1, ["dataset", name, "--dir", str(tmp_path / "y"),
-                                                                      "--import", str(file)])
+    assert "other behaviour policies" in _one_line_error(
+        capsys, 1, ["dataset", name, "--dir", str(tmp_path / "y"), "--import", str(file)]
+    )
     data = bytearray(file.read_bytes())
     data[len(data) // 2] ^= 1
     file.write_bytes(bytes(data))
-    assert "damaged in transfer" in _one_line_error(capsys, 1, ["dataset", name, "--dir", str(tmp_path / "z"),
-                                                               "--import", str(file)])
+    assert "damaged in transfer" in _one_line_error(
+        capsys, 1, ["dataset", name, "--dir", str(tmp_path / "z"), "--import", str(file)]
+    )
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

@@ -44,6 +44,7 @@ def small_sac_config():
 
 # ----- SAC -------------------------------------------------------------------------------------
 
+
 def test_tanh_gaussian_log_prob_matches_change_of_variables():
     actor = sac.Actor((8,), 3)
     params = actor.init(jax.random.PRNGKey(0), jnp.zeros(4))
@@ -71,8 +72,15 @@ def test_normalizer_matches_numpy_statistics():
 
 
 def test_replay_wraps_around_and_keeps_the_newest_rows():
-    tr = lambda v: envs.Transition(jnp.full((3, 2), v), jnp.zeros((3, 1)), jnp.full((3,), v), jnp.zeros(3),
-                                   jnp.zeros(3, bool), jnp.zeros(3, bool), jnp.zeros((3, 2)))
+    tr = lambda v: envs.Transition(
+        jnp.full((3, 2), v),
+        jnp.zeros((3, 1)),
+        jnp.full((3,), v),
+        jnp.zeros(3),
+        jnp.zeros(3, bool),
+        jnp.zeros(3, bool),
+        jnp.zeros((3, 2)),
+    )
     empty = jax.tree.map(lambda x: jnp.zeros((5, *x.shape[1:]), x.dtype), tr(0.0))
     r = sac.Replay(empty, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
     r = r.add(tr(1.0)).add(tr(2.0))
@@ -104,6 +112,7 @@ def test_select_levels():
 
 # ----- behaviour-policy files ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def point_policies(tmp_path_factory):
     actor = sac.Actor((16,), 1)
@@ -111,9 +120,13 @@ def point_policies(tmp_path_factory):
     for i, level in enumerate(("random", "replay_0", "medium", "expert")):
         params = actor.init(jax.random.PRNGKey(i), jnp.zeros(2))
         pols[level] = behavior.BehaviorPolicy(params, jnp.zeros(2), jnp.ones(2))
-    info = {"env": "point", "levels": {l: {"snapshot": i, "env_steps": 100 * i, "return": float(i)}
-                                       for i, l in enumerate(pols)},
-            "config": {"sac": {"hidden": [16]}}, "action_size": 1, "observation_size": 2}
+    info = {
+        "env": "point",
+        "levels": {l: {"snapshot": i, "env_steps": 100 * i, "return": float(i)} for i, l in enumerate(pols)},
+        "config": {"sac": {"hidden": [16]}},
+        "action_size": 1,
+        "observation_size": 2,
+    }
     path = behavior.save(tmp_path_factory.mktemp("pol") / "point", pols, info)
     return path, pols
 
@@ -126,6 +139,7 @@ def test_policy_round_trip_and_corruption(point_policies, tmp_path):
         for a, b in zip(jax.tree.leaves(pols[level]), jax.tree.leaves(back[level])):
             np.testing.assert_array_equal(a, b)
     import shutil
+
     bad = tmp_path / "bad"
     shutil.copytree(path, bad)
     victim = next(f for f in sorted((bad / "arrays").rglob("*")) if f.is_file() and f.stat().st_size > 100)
@@ -145,6 +159,7 @@ def test_committed_policies_load():
 
 
 # ----- rollouts --------------------------------------------------------------------------------
+
 
 def test_collect_gives_complete_contiguous_episodes(point_policies):
     _, pols = point_policies
@@ -169,6 +184,7 @@ def test_collect_gives_complete_contiguous_episodes(point_policies):
 
 # ----- named datasets --------------------------------------------------------------------------
 
+
 def test_dataset_names():
     r = datasets.parse("walker-stand-medium-expert-1000traj")
     assert (r.env, r.variant, r.kind, r.num_episodes) == ("walker-stand", "nominal", "medium-expert", 1000)
@@ -178,8 +194,12 @@ def test_dataset_names():
     assert datasets.parse("walker-run-expert-10traj", seed=3).filename == "walker-run-expert-10traj-seed3.hdf5"
     with pytest.raises(ValueError, match="empty variant"):
         envs.parse("hopper:")
-    for bad, msg in [("walker-fly-expert", "unknown environment"), ("hopper-great", "bad dataset name"),
-                     ("hopper:heavy-medium", "unknown dynamics variant"), ("hopper-expert-0traj", ">= 1")]:
+    for bad, msg in [
+        ("walker-fly-expert", "unknown environment"),
+        ("hopper-great", "bad dataset name"),
+        ("hopper:heavy-medium", "unknown dynamics variant"),
+        ("hopper-expert-0traj", ">= 1"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             datasets.parse(bad)
 
@@ -231,13 +251,18 @@ def test_generate_cache_and_verify(tmp_path, monkeypatch):
 
 # ----- on-device data --------------------------------------------------------------------------
 
+
 def _toy_transitions(lengths=(3, 4, 2)):
     n = sum(lengths)
     ends = np.cumsum(lengths) - 1
-    return {"observations": np.arange(n, dtype=np.float32)[:, None].repeat(2, 1),
-            "actions": np.zeros((n, 1), np.float32), "rewards": np.arange(n, dtype=np.float32),
-            "terminals": np.isin(np.arange(n), ends[:1]), "timeouts": np.isin(np.arange(n), ends[1:]),
-            "next_observations": np.arange(1, n + 1, dtype=np.float32)[:, None].repeat(2, 1)}
+    return {
+        "observations": np.arange(n, dtype=np.float32)[:, None].repeat(2, 1),
+        "actions": np.zeros((n, 1), np.float32),
+        "rewards": np.arange(n, dtype=np.float32),
+        "terminals": np.isin(np.arange(n), ends[:1]),
+        "timeouts": np.isin(np.arange(n), ends[1:]),
+        "next_observations": np.arange(1, n + 1, dtype=np.float32)[:, None].repeat(2, 1),
+    }
 
 
 def test_offline_sample_inside_scan():
@@ -248,6 +273,7 @@ def test_offline_sample_inside_scan():
         def body(acc, k):
             b = data.sample(k, 16)
             return acc + b.rewards.sum(), b.observations[:, 0] - b.rewards
+
         return jax.lax.scan(body, 0.0, jax.random.split(key, 50))
 
     s, diffs = total(data, jax.random.PRNGKey(0))
@@ -282,8 +308,8 @@ def test_own_envs_have_measured_reference_returns():
 
 def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     """`psec-jax behavior`'s main: training chunks, levels, policy directory, metrics, summary."""
-    from psec_jax.data import behavior as entry
     from psec_jax import runs
+    from psec_jax.data import behavior as entry
 
     monkeypatch.setattr(behavior.envs_lib, "make", lambda name: point_env())
     config = behavior.default_config()

@@ -73,9 +73,7 @@ def write_dsrl(path: Path, data: dict[str, np.ndarray]) -> None:
             f.create_dataset(key, data=value, compression="gzip")
 
 
-def write_minari(
-    dataset_dir: Path, episodes: list[dict], *, order: list[int] | None = None
-) -> None:
+def write_minari(dataset_dir: Path, episodes: list[dict], *, order: list[int] | None = None) -> None:
     """Minari HDF5 backend: data/main_data.hdf5 with episode_<i> groups, data/metadata.json."""
     data_dir = dataset_dir / "data"
     data_dir.mkdir(parents=True)
@@ -88,9 +86,7 @@ def write_minari(
             group.attrs["total_steps"] = len(ep["rewards"])
             for key in ("observations", "actions", "rewards", "terminations", "truncations"):
                 value = ep[key]
-                group.create_dataset(
-                    key, data=value, chunks=True, maxshape=(None, *value.shape[1:])
-                )
+                group.create_dataset(key, data=value, chunks=True, maxshape=(None, *value.shape[1:]))
             group.create_dataset("infos/success", data=np.zeros(len(ep["observations"]), bool))
     box = lambda d: json.dumps(  # noqa: E731 - Minari's serialised Box space
         {"type": "Box", "dtype": "float32", "shape": [d], "low": [-1.0] * d, "high": [1.0] * d}
@@ -323,9 +319,7 @@ def test_load_dsrl(tmp_path):
     assert_same(loaded, data)
     assert meta == {}
     costs = data["costs"]
-    np.testing.assert_allclose(
-        trajectory_returns(loaded, "costs"), [costs[:4].sum(), costs[4:].sum()]
-    )
+    np.testing.assert_allclose(trajectory_returns(loaded, "costs"), [costs[:4].sum(), costs[4:].sum()])
 
 
 @pytest.mark.parametrize("key", ["costs", "next_observations"])
@@ -340,9 +334,7 @@ def test_dsrl_requires_key(tmp_path, key):
 
 def test_dsrl_normalize():
     # (150 - 50) / (250 - 50) = 0.5; threshold 10 -> eps 0: (5 + 0) / (10 + 0) = 0.5
-    reward, cost = dsrl_normalize(
-        150.0, 5.0, min_reward=50.0, max_reward=250.0, cost_threshold=10.0
-    )
+    reward, cost = dsrl_normalize(150.0, 5.0, min_reward=50.0, max_reward=250.0, cost_threshold=10.0)
     assert reward == pytest.approx(0.5) and cost == pytest.approx(0.5)
     # threshold 0 -> eps 1: (2 + 1) / (0 + 1) = 3; (0 + 1) / 1 = 1
     _, cost = dsrl_normalize(0.0, 2.0, min_reward=0.0, max_reward=1.0, cost_threshold=0.0)
@@ -390,15 +382,11 @@ def test_load_minari_flattens_episodes(tmp_path):
 
     assert meta["dataset_id"] == "test/dummy-v0" and meta["total_steps"] == 9
     assert data["observations"].shape == (9, OBS_DIM)
-    np.testing.assert_array_equal(
-        data["observations"], np.concatenate([ep["observations"][:-1] for ep in episodes])
-    )
+    np.testing.assert_array_equal(data["observations"], np.concatenate([ep["observations"][:-1] for ep in episodes]))
     np.testing.assert_array_equal(
         data["next_observations"], np.concatenate([ep["observations"][1:] for ep in episodes])
     )
-    np.testing.assert_array_equal(
-        data["actions"], np.concatenate([ep["actions"] for ep in episodes])
-    )
+    np.testing.assert_array_equal(data["actions"], np.concatenate([ep["actions"] for ep in episodes]))
     assert data["rewards"].dtype == np.float32
     np.testing.assert_array_equal(
         data["rewards"], np.concatenate([ep["rewards"] for ep in episodes]).astype(np.float32)

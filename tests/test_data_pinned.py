@@ -24,8 +24,11 @@ def test_the_child_environment_pins_the_cpu_isa_and_replaces_an_earlier_one(monk
 
 
 def test_a_failing_child_is_one_line_naming_the_dataset(tmp_path):
-    with pytest.raises(formats.DatasetError, match=r"generating walker-fly-expert-2traj pinned to SSE4_2 .*failed \(exit 1\): "
-                                           r"ValueError: .*walker-fly") as e:
+    with pytest.raises(
+        formats.DatasetError,
+        match=r"generating walker-fly-expert-2traj pinned to SSE4_2 .*failed \(exit 1\): "
+        r"ValueError: .*walker-fly",
+    ) as e:
         pinned.generate_in_child("walker-fly-expert-2traj", 0, 0.0, tmp_path / "x.hdf5")
     assert "\n" not in str(e.value) and not list(tmp_path.iterdir())  # no error file left behind
 
@@ -56,19 +59,23 @@ def test_machines_with_other_instruction_sets_generate_the_same_bytes(tmp_path):
     AVX2 the bytes differ. Pinned (the child), a parent under AVX or AVX2 writes the bytes of a whole
     process run on SSE4_2."""
     name = "walker-stand-expert-2traj"
-    direct = ("import sys; from psec_jax.data import datasets; "
-              "datasets.generate(datasets.parse(sys.argv[1]), sys.argv[2])")
+    direct = (
+        "import sys; from psec_jax.data import datasets; datasets.generate(datasets.parse(sys.argv[1]), sys.argv[2])"
+    )
 
     def sha(path):
         return __import__("psec_jax").artifacts.sha256(path)
 
     def run(args, flags, **env):
-        subprocess.run([sys.executable, *args], env={**os.environ, "XLA_FLAGS": flags, **env}, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, *args], env={**os.environ, "XLA_FLAGS": flags, **env}, check=True, capture_output=True
+        )
 
     for isa in ("AVX", "AVX2"):
         run(["-c", direct, name, str(tmp_path / f"unpinned_{isa}.hdf5")], f"--xla_cpu_max_isa={isa}")
         run(["-m", "psec_jax", "dataset", name, "--dir", str(tmp_path / isa)], f"--xla_cpu_max_isa={isa}")
     run(["-c", direct, name, str(tmp_path / "sse.hdf5")], pinned.FLAG, JAX_PLATFORMS="cpu")
     assert sha(tmp_path / "unpinned_AVX.hdf5") != sha(tmp_path / "unpinned_AVX2.hdf5")
-    assert sha(tmp_path / "AVX" / f"{name}.hdf5") == sha(tmp_path / "AVX2" / f"{name}.hdf5") == sha(tmp_path / "sse.hdf5")
+    assert (
+        sha(tmp_path / "AVX" / f"{name}.hdf5") == sha(tmp_path / "AVX2" / f"{name}.hdf5") == sha(tmp_path / "sse.hdf5")
+    )

@@ -59,8 +59,14 @@ def write_blocks(pages: list[Path], which: str, directory: Path) -> Path:
 def run_fresh(page: Path, cwd: Path) -> subprocess.CompletedProcess:
     """mktestdocs on `page` in a new interpreter with 8 emulated CPU devices."""
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_FLAG}=8".strip()}
-    return subprocess.run([sys.executable, "-c", "import sys, mktestdocs; mktestdocs.check_md_file(sys.argv[1])",
-                           str(page)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, mktestdocs; mktestdocs.check_md_file(sys.argv[1])", str(page)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("page", pages_with("default"), ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -150,8 +156,10 @@ def test_relative_links_point_at_files_that_exist(page):
 def test_the_link_check_sees_a_broken_link(tmp_path):
     (tmp_path / "there.md").write_text("# There\n\n## A heading, here\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md) [ok](there.md#a-heading-here) [web](https://example.org/x.md) "
-                    "[gone](missing.md) [no heading](there.md#nowhere)\n")
+    page.write_text(
+        "[ok](there.md) [ok](there.md#a-heading-here) [web](https://example.org/x.md) "
+        "[gone](missing.md) [no heading](there.md#nowhere)\n"
+    )
     with pytest.MonkeyPatch.context() as m:
         m.setattr(sys.modules[__name__], "ROOT", tmp_path)
         expected = r"broken links \['missing.md', 'there.md#nowhere \(no such heading\)'\]"

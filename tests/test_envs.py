@@ -16,8 +16,13 @@ from psec_jax import envs
 from psec_jax.envs import variants
 
 EXPECTED_SIZES = {  # (obs, act)
-    "walker-stand": (24, 6), "walker-walk": (24, 6), "walker-run": (24, 6),
-    "halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "ant": (27, 8),
+    "walker-stand": (24, 6),
+    "walker-walk": (24, 6),
+    "walker-run": (24, 6),
+    "halfcheetah": (17, 6),
+    "hopper": (11, 3),
+    "walker2d": (17, 6),
+    "ant": (27, 8),
 }
 
 
@@ -38,8 +43,9 @@ def rollout(env: envs.Env, actions: jax.Array, key: jax.Array) -> envs.EnvState:
 _DEFAULT_ENVS = ("walker-walk", "hopper")
 
 
-@pytest.mark.parametrize("name", [n if n in _DEFAULT_ENVS else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in envs.names()])
+@pytest.mark.parametrize(
+    "name", [n if n in _DEFAULT_ENVS else pytest.param(n, marks=pytest.mark.slow) for n in envs.names()]
+)
 def test_every_env_resets_and_steps_under_jit_and_vmap(name):
     env = envs.make(name, episode_length=4)
     assert (env.observation_size, env.action_size) == EXPECTED_SIZES[name]
@@ -88,8 +94,7 @@ def test_cost_fires_exactly_above_the_threshold(threshold):
 
 
 def test_safety_gymnasium_thresholds():
-    assert envs.VELOCITY_THRESHOLDS == {"halfcheetah": 3.2096, "hopper": 0.7402, "walker2d": 2.3415,
-                                        "ant": 2.6222}
+    assert envs.VELOCITY_THRESHOLDS == {"halfcheetah": 3.2096, "hopper": 0.7402, "walker2d": 2.3415, "ant": 2.6222}
 
 
 def test_step_autoreset_keeps_the_final_observation_and_flags():
@@ -118,9 +123,11 @@ def test_names_and_variants_are_checked():
 
 # ----- dynamics variants: the model change is the named one -------------------------------------
 
+
 def _spec(body: str) -> mujoco.MjSpec:
     if body == "walker":
         from mujoco_playground._src.dm_control_suite import walker
+
         return mujoco.MjSpec.from_file(str(walker._XML_PATH))
     files = {"halfcheetah": "half_cheetah", "hopper": "hopper", "walker2d": "walker2d", "ant": "ant"}
     path = epath.resource_path("brax") / f"envs/assets/{files[body]}.xml"
@@ -179,8 +186,15 @@ def nominal_hopper_states():
 
 # two variants in the default suite (each compiles the hopper again, ~25 s on CI's 2 cores); the models'
 # changes themselves are checked for every variant and body above and below
-@pytest.mark.parametrize("variant", ["friction_0.25", pytest.param("friction_0.5", marks=pytest.mark.slow),
-                                     "gravity_2", pytest.param("thigh_2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "friction_0.25",
+        pytest.param("friction_0.5", marks=pytest.mark.slow),
+        "gravity_2",
+        pytest.param("thigh_2", marks=pytest.mark.slow),
+    ],
+)
 def test_each_variant_changes_the_trajectory_of_the_same_actions(variant, nominal_hopper_states):
     """Same keys and actions through the jitted Env: the variant's states differ from nominal."""
     actions, nominal = VARIANT_ACTIONS, nominal_hopper_states
@@ -196,7 +210,9 @@ def test_variants_are_installed_in_the_simulators(name):
     env = envs.make(name, "gravity_2")
     nominal = envs.make(name)
     if name == "walker-walk":
-        np.testing.assert_allclose(env.backend.mjx_model.opt.gravity, 2 * np.asarray(nominal.backend.mjx_model.opt.gravity))
+        np.testing.assert_allclose(
+            env.backend.mjx_model.opt.gravity, 2 * np.asarray(nominal.backend.mjx_model.opt.gravity)
+        )
         assert env.backend.mj_model.opt.timestep == nominal.backend.mj_model.opt.timestep
     else:
         np.testing.assert_allclose(env.backend.sys.opt.gravity, 2 * np.asarray(nominal.backend.sys.opt.gravity))

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from lora_helpers import TwoLayer, random_library
+
 from psec_jax import artifacts, lora
 from psec_jax.data import datasets, formats, pinned
 from psec_jax.rl import policy, saving
@@ -25,6 +25,7 @@ def bases():
 
 
 # ----- artifacts built on a base ----------------------------------------------------------------
+
 
 def test_tree_sha256_is_of_the_values_in_path_order(bases):
     base, other = bases
@@ -81,8 +82,9 @@ def test_composer_refuses_another_base_or_other_skills(bases, tmp_path):
     lib = random_library(base, [2, 2])
     skills = policy.Skills(lib.adapters, lib.scales)
     params = {"w": np.arange(4.0, dtype=np.float32)}
-    saving.save_composer(tmp_path / "c", params, base=base, skills=skills, names=lib.names, mode="param",
-                         kind="context")
+    saving.save_composer(
+        tmp_path / "c", params, base=base, skills=skills, names=lib.names, mode="param", kind="context"
+    )
     back, meta = saving.load_composer(tmp_path / "c", base, skills)
     np.testing.assert_array_equal(np.asarray(back["w"]), params["w"])
     assert meta["skills"] == lib.names and meta["base_sha256"] == lora.tree_sha256(base)
@@ -100,14 +102,21 @@ def test_composer_refuses_another_base_or_other_skills(bases, tmp_path):
 
 # ----- dataset requests --------------------------------------------------------------------------
 
+
 def _fake_generate(calls):
     def generate(recipe, path, **kwargs):
         calls.append(recipe)
-        data = {"observations": np.full((2, 1), recipe.noise, np.float32), "actions": np.zeros((2, 1), np.float32),
-                "rewards": np.zeros(2, np.float32), "terminals": np.zeros(2, bool),
-                "timeouts": np.array([False, True]), "next_observations": np.zeros((2, 1), np.float32)}
+        data = {
+            "observations": np.full((2, 1), recipe.noise, np.float32),
+            "actions": np.zeros((2, 1), np.float32),
+            "rewards": np.zeros(2, np.float32),
+            "terminals": np.zeros(2, bool),
+            "timeouts": np.array([False, True]),
+            "next_observations": np.zeros((2, 1), np.float32),
+        }
         formats.save_d4rl(path, data, {"noise": recipe.noise})
         return {}
+
     return generate
 
 
@@ -128,28 +137,34 @@ def test_nearby_noises_get_their_own_cache_files(tmp_path, monkeypatch):
     assert "--noise=0.5000001" in datasets.command(datasets.parse("walker-stand-expert-2traj", noise=0.5000001))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"noise": math.nan}, "noise must be a finite number"),
-    ({"noise": math.inf}, "noise must be a finite number"),
-    ({"noise": True}, "noise must be a finite number"),
-    ({"noise": "0.5"}, "noise must be a finite number"),
-    ({"noise": -0.1}, "noise must be >= 0"),
-    ({"seed": True}, "seed must be an integer"),
-    ({"seed": "3"}, "seed must be an integer"),
-    ({"seed": 1.0}, "seed must be an integer"),
-    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\)"),
-    ({"seed": 2**40}, r"seed must be in \[0, 2\*\*32\)"),  # PRNGKey(2**40) is PRNGKey(0)
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"noise": math.nan}, "noise must be a finite number"),
+        ({"noise": math.inf}, "noise must be a finite number"),
+        ({"noise": True}, "noise must be a finite number"),
+        ({"noise": "0.5"}, "noise must be a finite number"),
+        ({"noise": -0.1}, "noise must be >= 0"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"seed": "3"}, "seed must be an integer"),
+        ({"seed": 1.0}, "seed must be an integer"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*32\)"),
+        ({"seed": 2**40}, r"seed must be in \[0, 2\*\*32\)"),  # PRNGKey(2**40) is PRNGKey(0)
+    ],
+)
 def test_parse_refuses_bad_noise_and_seed(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
         datasets.parse("walker-stand-expert-2traj", **kwargs)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("walker-stand-expert-0traj", ">= 1"),
-    ("walker-stand-expert-1000000000traj", "at most"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("walker-stand-expert-0traj", ">= 1"),
+        ("walker-stand-expert-1000000000traj", "at most"),
+    ],
+)
 def test_impossible_trajectory_counts_fail_before_any_rollout(name, message, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "generate", lambda *a, **k: pytest.fail("generated"))
     monkeypatch.setattr(pinned, "applies", lambda: False)  # generate in this process
@@ -175,13 +190,33 @@ def test_unwritable_cache_fails_before_generating(tmp_path, monkeypatch):
 
 # ----- Python API settings -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [
-    {"alpha": math.nan}, {"alpha": math.inf}, {"alpha": True}, {"alpha": "16"}, {"alpha": 0.0}, {"alpha": -1.0},
-    {"rank": True}, {"rank": "8"}, {"rank": 8.0}, {"rank": 0},
-    {"init_std": math.nan}, {"init_std": -0.1}, {"init_std": "0.02"}, {"init_std": False}, {"init_std": math.inf},
-    {"targets": "kernel"}, {"targets": (1,)}, {"in_axes": (("out", True),)}, {"in_axes": (("out", "2"),)},
-    {"in_axes": (("out", 1.5),)}, {"dtype": "float33"},
-])
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"alpha": math.nan},
+        {"alpha": math.inf},
+        {"alpha": True},
+        {"alpha": "16"},
+        {"alpha": 0.0},
+        {"alpha": -1.0},
+        {"rank": True},
+        {"rank": "8"},
+        {"rank": 8.0},
+        {"rank": 0},
+        {"init_std": math.nan},
+        {"init_std": -0.1},
+        {"init_std": "0.02"},
+        {"init_std": False},
+        {"init_std": math.inf},
+        {"targets": "kernel"},
+        {"targets": (1,)},
+        {"in_axes": (("out", True),)},
+        {"in_axes": (("out", "2"),)},
+        {"in_axes": (("out", 1.5),)},
+        {"dtype": "float33"},
+    ],
+)
 def test_lora_config_refuses_bad_values(kwargs):
     with pytest.raises(ValueError, match="LoRAConfig") as err:
         lora.LoRAConfig(**kwargs)
@@ -196,8 +231,13 @@ def test_lora_config_accepts_numpy_numbers_and_round_trips():
 
 # ----- NaN skill weights -------------------------------------------------------------------------
 
-COMBINE_ARGS = {"exact": {}, "cat": {}, "svd": {"rank": 3}, "ties": {"density": 0.5},
-                "dare": {"density": 0.5, "key": jax.random.key(0)}}
+COMBINE_ARGS = {
+    "exact": {},
+    "cat": {},
+    "svd": {"rank": 3},
+    "ties": {"density": 0.5},
+    "dare": {"density": 0.5, "key": jax.random.key(0)},
+}
 
 
 @pytest.fixture(scope="module")

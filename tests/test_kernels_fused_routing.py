@@ -50,8 +50,13 @@ def assert_same_selection(got, want):
         np.testing.assert_array_equal(a, b, err_msg=f)
 
 
-CASES = [("top_k", dict(k=1)), ("top_k", dict(k=3)), ("top_p", dict(p=0.4)), ("top_p", dict(p=0.9, max_k=2)),
-         ("top_p", dict(p=1.0))]
+CASES = [
+    ("top_k", dict(k=1)),
+    ("top_k", dict(k=3)),
+    ("top_p", dict(p=0.4)),
+    ("top_p", dict(p=0.9, max_k=2)),
+    ("top_p", dict(p=1.0)),
+]
 
 
 @pytest.mark.parametrize("e", [1, 5, 64])  # 64: above the jnp router's pairwise-sort and partial-sort sizes
@@ -119,9 +124,15 @@ def test_bf16_logits_zero_tokens_and_renormalize(rule, kw):
     assert empty.expert_ids.shape == empty.positions.shape == (0, 2) and empty.counts.tolist() == [0] * 6
 
 
-@pytest.mark.parametrize("rule, kw, e", [("top_k", dict(k=3), 8), ("top_p", dict(p=0.5, max_k=3), 8),
-                                         ("top_p", dict(p=0.5, renormalize=True), 8),
-                                         pytest.param("top_p", dict(p=0.7), 64, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "rule, kw, e",
+    [
+        ("top_k", dict(k=3), 8),
+        ("top_p", dict(p=0.5, max_k=3), 8),
+        ("top_p", dict(p=0.5, renormalize=True), 8),
+        pytest.param("top_p", dict(p=0.7), 64, marks=pytest.mark.slow),
+    ],
+)
 def test_gradients_equal_the_reference(rule, kw, e):
     """Through the router weights (logits = x @ W): a loss on the weights, the probabilities and the
     aux losses; then through the logits with a NaN token, whose gradient is NaN in both."""
@@ -138,6 +149,7 @@ def test_gradients_equal_the_reference(rule, kw, e):
             ok = jnp.isfinite(r.probs).all(-1, keepdims=True)
             out = jnp.sum(jnp.where(ok, r.weights * c_w, 0.0)) + jnp.sum(jnp.where(ok, r.probs * c_p, 0.0))
             return out + (moe.aux_losses(r)["total"] if aux else 0.0)
+
         return f
 
     through_w = lambda route_fn: jax.grad(lambda w, x: loss(route_fn)(x @ w), (0, 1))
@@ -172,7 +184,9 @@ def test_moe_layer_with_fused_dispatch_equals_argsort(router):
             assert float(got[2]["dropped_fraction"]) > 0.1
     config = lambda dispatch: moe.MoEConfig(router=router, p=0.5, dispatch=dispatch)
     loss = lambda dispatch: lambda p, x: jnp.mean(moe.moe_apply(p, x, config(dispatch))[0] ** 2)
-    assert_trees_close(jax.jit(jax.grad(loss("fused"), (0, 1)))(params, x), jax.grad(loss("argsort"), (0, 1))(params, x))
+    assert_trees_close(
+        jax.jit(jax.grad(loss("fused"), (0, 1)))(params, x), jax.grad(loss("argsort"), (0, 1))(params, x)
+    )
 
 
 def test_no_silent_fallback_on_gpu(monkeypatch):
@@ -198,8 +212,9 @@ def test_bad_arguments_fail_clearly():
         moe.MoEConfig(dispatch="sorted")
 
 
-@pytest.mark.parametrize("rule, kw, e", [("top_p", dict(p=0.4), 16), ("top_k", dict(k=2), 16),
-                                         ("top_p", dict(p=0.4, max_k=8), 64)])
+@pytest.mark.parametrize(
+    "rule, kw, e", [("top_p", dict(p=0.4), 16), ("top_k", dict(k=2), 16), ("top_p", dict(p=0.4, max_k=8), 64)]
+)
 def test_kernel_lowers_for_mosaic_tpu(rule, kw, e):
     """Cross-platform export runs the Mosaic TPU lowering here, without a TPU (it compiles nothing)."""
     f = jax.jit(lambda l: fused_route(l, rule, interpret=False, **kw).positions)

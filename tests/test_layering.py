@@ -9,8 +9,16 @@ import sys
 import pytest
 
 # top-level packages (or psec_jax modules) that must not be imported as a side effect
-HEAVY = ("mujoco", "mujoco_playground", "brax", "experiments", "psec_jax.data.sac", "psec_jax.data.behavior",
-         "psec_jax.data.collect", "psec_jax.envs.registry")
+HEAVY = (
+    "mujoco",
+    "mujoco_playground",
+    "brax",
+    "experiments",
+    "psec_jax.data.sac",
+    "psec_jax.data.behavior",
+    "psec_jax.data.collect",
+    "psec_jax.envs.registry",
+)
 
 PROBE = """
 import importlib, json, sys
@@ -28,8 +36,20 @@ def heavy(modules: set[str]) -> list[str]:
     return sorted(h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules))
 
 
-@pytest.mark.parametrize("module", ["psec_jax.lora", "psec_jax.moe", "psec_jax.rl.diffusion", "psec_jax.rl.critics",
-                                    "psec_jax.rl.train", "psec_jax.rl.policy", "psec_jax.data", "psec_jax.envs", "psec_jax.kernels"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "psec_jax.lora",
+        "psec_jax.moe",
+        "psec_jax.rl.diffusion",
+        "psec_jax.rl.critics",
+        "psec_jax.rl.train",
+        "psec_jax.rl.policy",
+        "psec_jax.data",
+        "psec_jax.envs",
+        "psec_jax.kernels",
+    ],
+)
 def test_math_modules_import_no_simulator(module):
     assert heavy(imported_by(module)) == []
 
@@ -55,9 +75,15 @@ ABOVE = re.compile(r"^(experiments|benchmarks|tests)(\.|:|$)")  # importable nam
 # a string that names a module above ("experiments.smoke", "benchmarks:main"); a bare word may be a directory name
 ABOVE_STRING = re.compile(r"^(experiments|benchmarks|tests)[.:]\w")
 # package -> subpackages of psec_jax it must not import (the layering is one-way)
-BELOW = {"lora": ("rl", "models"), "moe": ("rl", "models"), "kernels": ("moe", "rl", "models"),
-         "routing": ("kernels", "moe", "rl", "models"), "envs": ("rl", "models"), "data": ("rl", "models"),
-         "parallel": ("rl", "models")}
+BELOW = {
+    "lora": ("rl", "models"),
+    "moe": ("rl", "models"),
+    "kernels": ("moe", "rl", "models"),
+    "routing": ("kernels", "moe", "rl", "models"),
+    "envs": ("rl", "models"),
+    "data": ("rl", "models"),
+    "parallel": ("rl", "models"),
+}
 
 
 def imports_and_names(path: Path) -> tuple[set[str], set[str]]:
@@ -97,8 +123,11 @@ def test_lower_packages_never_import_the_layers_above(package):
     bad = []
     for path in sorted((PACKAGE / package).rglob("*.py")):
         modules, _ = imports_and_names(path)
-        bad += [f"{path.name}: {m}" for m in sorted(modules)
-                if any(m == f"psec_jax.{up}" or m.startswith(f"psec_jax.{up}.") for up in BELOW[package])]
+        bad += [
+            f"{path.name}: {m}"
+            for m in sorted(modules)
+            if any(m == f"psec_jax.{up}" or m.startswith(f"psec_jax.{up}.") for up in BELOW[package])
+        ]
     assert bad == []
 
 

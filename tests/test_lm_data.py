@@ -13,8 +13,9 @@ import pytest
 
 from psec_jax.models import pipeline, tasks, text
 
-ARGS = dict(vocab_size=384, max_corpus_bytes=350_000, seq_len=64, num_task_examples=600,
-            num_val_task_examples=200, seed=3)
+ARGS = dict(
+    vocab_size=384, max_corpus_bytes=350_000, seq_len=64, num_task_examples=600, num_val_task_examples=200, seed=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,23 @@ def data(tmp_path_factory):
 
 
 def _first_doc(tokens, eot_id):
-    return tokens[:int(np.argmax(np.asarray(tokens) == eot_id))].tolist()
+    return tokens[: int(np.argmax(np.asarray(tokens) == eot_id))].tolist()
 
 
 class TestCorpus:
     def test_stdlib_files_excludes_packages_and_tests(self, tmp_path):
-        for rel in ("b.py", "a.py", "notes.txt", "pkg/c.py", "pkg/test_x.py", "site-packages/d.py",
-                    "dist-packages/e.py", "test/f.py", "pkg/tests/g.py", "idlelib/idle_test/h.py"):
+        for rel in (
+            "b.py",
+            "a.py",
+            "notes.txt",
+            "pkg/c.py",
+            "pkg/test_x.py",
+            "site-packages/d.py",
+            "dist-packages/e.py",
+            "test/f.py",
+            "pkg/tests/g.py",
+            "idlelib/idle_test/h.py",
+        ):
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / rel).write_text("x = 1\n")
         got = [p.relative_to(tmp_path).as_posix() for p in text.stdlib_files(tmp_path)]
@@ -47,15 +58,22 @@ class TestCorpus:
         # max_corpus_bytes keeps a prefix of each split's sorted file list
         for split, chosen in (("train", train), ("val", val)):
             files = [p for p in every if text.is_validation(p) == (split == "val")]
-            assert data.meta["splits"][split]["paths"] == files[:len(chosen)]
+            assert data.meta["splits"][split]["paths"] == files[: len(chosen)]
             assert data.meta["splits"][split]["bytes"] <= ARGS["max_corpus_bytes"]
 
     def test_meta_records_sizes_and_checksums(self, data):
         m = data.meta
         assert m["splits"]["train"]["tokens"] == data.train.size and m["splits"]["val"]["tokens"] == data.val.size
         assert m["python"] == sys.version and m["stdlib"] == str(text.stdlib_root())
-        assert set(m["sha256"]) == {"tokenizer.json", "train.npy", "val.npy", "tasks_train_tokens.npy",
-                                    "tasks_train_labels.npy", "tasks_val_tokens.npy", "tasks_val_labels.npy"}
+        assert set(m["sha256"]) == {
+            "tokenizer.json",
+            "train.npy",
+            "val.npy",
+            "tasks_train_tokens.npy",
+            "tasks_train_labels.npy",
+            "tasks_val_tokens.npy",
+            "tasks_val_labels.npy",
+        }
         assert m["args"] == ARGS and data.path.name.startswith("stdlib-v384-")
         assert data.train.dtype == np.uint16 and data.train.ndim == 1 and isinstance(data.train, np.memmap)
         # files joined by <|endoftext|>: one separator fewer than files
@@ -121,7 +139,9 @@ class TestCorruption:
         raw = bytearray(f.read_bytes())
         raw[-7] ^= 1
         f.write_bytes(bytes(raw))
-        with pytest.raises(text.TextDataError, match=r"train\.npy is corrupt \(sha256 mismatch\); delete .* to rebuild"):
+        with pytest.raises(
+            text.TextDataError, match=r"train\.npy is corrupt \(sha256 mismatch\); delete .* to rebuild"
+        ):
             text.get(**ARGS)
 
     def test_missing_file_and_edited_meta(self, cached_copy):
@@ -134,11 +154,14 @@ class TestCorruption:
         with pytest.raises(text.TextDataError, match=r"tokenizer\.json is missing"):
             text.load(cached_copy)
 
-    @pytest.mark.parametrize("edit, match", [
-        (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "lacks sha256"),
-        (lambda m: {k: v for k, v in m.items() if k not in ("pad_id", "eot_id")}, "lacks eot_id, pad_id"),
-        (lambda m: [m], "lacks sha256, vocab_size"),
-    ])
+    @pytest.mark.parametrize(
+        "edit, match",
+        [
+            (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "lacks sha256"),
+            (lambda m: {k: v for k, v in m.items() if k not in ("pad_id", "eot_id")}, "lacks eot_id, pad_id"),
+            (lambda m: [m], "lacks sha256, vocab_size"),
+        ],
+    )
     def test_meta_without_expected_keys_names_the_file(self, cached_copy, edit, match):
         meta = cached_copy / "meta.json"  # rewritten with a matching checksum: well-formed but incomplete
         meta.write_text(json.dumps(edit(json.loads(meta.read_text()))))
@@ -174,9 +197,11 @@ def _val_side(prompt):
 
 def _prompts(data, split):
     """The prompt of every example packed in a split's task rows, recovered from the token text."""
-    rows = (data.tokenizer.decode([int(i) for i in row if i != data.pad_id]) for row in
-            getattr(data, f"tasks_{split}_tokens"))
-    return [line[:line.index("=") + 1] for row in rows for line in row.split("\n")[:-1]]
+    rows = (
+        data.tokenizer.decode([int(i) for i in row if i != data.pad_id])
+        for row in getattr(data, f"tasks_{split}_tokens")
+    )
+    return [line[: line.index("=") + 1] for row in rows for line in row.split("\n")[:-1]]
 
 
 class TestTasks:
@@ -188,7 +213,14 @@ class TestTasks:
             assert e.answer == _parse_answer(e.prompt) and _label_of(e.prompt) == e.label, e
             if e.label in (2, 4):  # sort/easy and modular/easy: the split's side of the problem space
                 assert _val_side(e.prompt) == (split == "val"), e
-        assert tasks.label_names() == ["copy/easy", "copy/hard", "sort/easy", "sort/hard", "modular/easy", "modular/hard"]
+        assert tasks.label_names() == [
+            "copy/easy",
+            "copy/hard",
+            "sort/easy",
+            "sort/hard",
+            "modular/easy",
+            "modular/hard",
+        ]
 
     def test_labels_mark_exactly_the_answer_tokens_and_examples_are_whole(self, data):
         examples = tasks.generate(np.random.default_rng(1), 300)
@@ -209,7 +241,7 @@ class TestTasks:
             for (s, t), e in zip(spans.reshape(-1, 2), row_examples):
                 # the answer without its newline terminator, which follows unlabelled
                 assert decode(row[s:t]) == e.answer[:-1] and (lab[s:t] == e.label).all()
-                assert decode(row[t:t + 1]) == "\n" and lab[t] == -1
+                assert decode(row[t : t + 1]) == "\n" and lab[t] == -1
         assert next(it, None) is None
         # greedy: a row ends only when the next example does not fit in it
         size = lambda e: len(data.tokenizer.encode(e.prompt).ids) + len(data.tokenizer.encode(e.answer).ids)
@@ -280,8 +312,8 @@ class TestPipeline:
         assert (c.labels[:, 3:] == -1).all() and (c.labels[:, :3] >= 0).any()
         rows, offsets = batches.draws(4)
         for i, o in enumerate(offsets):
-            np.testing.assert_array_equal(c.inputs[4, 3 + i], data.train[o:o + 64])
-            np.testing.assert_array_equal(c.targets[4, 3 + i], data.train[o + 1:o + 65])
+            np.testing.assert_array_equal(c.inputs[4, 3 + i], data.train[o : o + 64])
+            np.testing.assert_array_equal(c.targets[4, 3 + i], data.train[o + 1 : o + 65])
         for i, r in enumerate(rows):
             np.testing.assert_array_equal(c.targets[4, i], data.tasks_train_tokens[r, 1:])
             np.testing.assert_array_equal(c.labels[4, i], data.tasks_train_labels[r, 1:])
@@ -293,7 +325,7 @@ class TestPipeline:
         assert mask.shape == (3, 4) and mask.dtype == bool and mask.sum() == 5
         stride = data.val.size // 5
         for k, row in enumerate(v.inputs[mask]):
-            np.testing.assert_array_equal(row, data.val[k * stride:k * stride + 64])
+            np.testing.assert_array_equal(row, data.val[k * stride : k * stride + 64])
         assert (v.labels[mask] == -1).all()
         np.testing.assert_array_equal(v.inputs[~mask], data.tasks_val_tokens[:7, :-1])
         np.testing.assert_array_equal(v.labels[~mask], data.tasks_val_labels[:7, 1:])
@@ -311,13 +343,16 @@ class TestPipeline:
                 pipeline.validation(data, 1, 64, *more)
         assert pipeline.max_rows(data, 32) == (data.val.size // 33, 0)  # the task rows are packed for 64
 
-    @pytest.mark.parametrize("kwargs, match", [
-        (dict(batch_size=0), "batch_size must be >= 1"),
-        (dict(task_rows=9), r"task_rows must be in \[0, batch_size=8\]"),
-        (dict(task_rows=-1), "task_rows must be in"),
-        (dict(seq_len=32), "must equal the seq_len the task rows were packed for"),
-        (dict(seed=-1), "seed must be >= 0"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            (dict(batch_size=0), "batch_size must be >= 1"),
+            (dict(task_rows=9), r"task_rows must be in \[0, batch_size=8\]"),
+            (dict(task_rows=-1), "task_rows must be in"),
+            (dict(seq_len=32), "must equal the seq_len the task rows were packed for"),
+            (dict(seed=-1), "seed must be >= 0"),
+        ],
+    )
     def test_batches_argument_errors(self, data, kwargs, match):
         with pytest.raises(ValueError, match=match):
             pipeline.Batches(data, **{**dict(batch_size=8, seq_len=64, task_rows=2, seed=0), **kwargs})

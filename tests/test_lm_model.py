@@ -15,8 +15,17 @@ from psec_jax import testing
 from psec_jax.models import transformer as tf
 from psec_jax.moe import MoEConfig
 
-TINY = dict(vocab_size=64, d_model=32, num_layers=4, num_heads=4, num_experts=4, d_ff_expert=48, d_ff=40,
-            moe_every=2, dtype="float32")
+TINY = dict(
+    vocab_size=64,
+    d_model=32,
+    num_layers=4,
+    num_heads=4,
+    num_experts=4,
+    d_ff_expert=48,
+    d_ff=40,
+    moe_every=2,
+    dtype="float32",
+)
 
 
 def tokens(shape=(2, 12), vocab=64, seed=1):
@@ -123,12 +132,21 @@ def test_the_paper_model_has_3_5b_parameters_and_374m_active_with_one_expert():
     assert 3.70e8 < counts["active_top1"] < 3.78e8, counts
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(num_layers=3), "multiple of moe_every"), (dict(num_heads=5), "heads"),
-    (dict(moe=dict(router="top3")), "router"), (dict(moe=dict(max_k=9)), "max_k"), (dict(d_ff=0), "d_ff"),
-    (dict(dtype="float33"), "float33"),
-    (dict(moe=dict(backend="capacity")), "causality"), (dict(moe=dict(p=0.0)), "threshold"),
-    (dict(moe=dict(router="top_k", k=5)), "k <= num_experts=4"), (dict(moe=dict(k=5)), None)])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(num_layers=3), "multiple of moe_every"),
+        (dict(num_heads=5), "heads"),
+        (dict(moe=dict(router="top3")), "router"),
+        (dict(moe=dict(max_k=9)), "max_k"),
+        (dict(d_ff=0), "d_ff"),
+        (dict(dtype="float33"), "float33"),
+        (dict(moe=dict(backend="capacity")), "causality"),
+        (dict(moe=dict(p=0.0)), "threshold"),
+        (dict(moe=dict(router="top_k", k=5)), "k <= num_experts=4"),
+        (dict(moe=dict(k=5)), None),
+    ],
+)
 def test_bad_spec_is_rejected_in_one_line(change, message):
     make = lambda: tf.Spec(**{**TINY, **change, **({"moe": MoEConfig(**change["moe"])} if "moe" in change else {})})
     if message is None:  # k is only checked for routers that use it

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psec_jax.models import runner as lm_moe
-from psec_jax.configs import lm_moe as lm_config
 from psec_jax import cli, testing
 from psec_jax.checkpoint import Checkpoints
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax.models import pipeline
+from psec_jax.models import runner as lm_moe
 from psec_jax.models import train as lm_train
 
 
@@ -36,7 +36,9 @@ def tiny(**train):
 def pipeline_of(config):
     data = lm_moe.load_data(config)
     d = config.data
-    return pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed), lm_moe.chunk_validation(config, data)
+    return pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed), lm_moe.chunk_validation(
+        config, data
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,9 @@ def test_chunk_never_recompiles():
     chunk = jax.jit(trainer.chunk)
     b = lambda s: jax.tree.map(jnp.asarray, batches.chunk(int(s.step), config.train.log_every))
     state = trainer.init(jax.random.key(0))
-    testing.assert_no_recompile(chunk, state, b(state), jnp.float32(0.4),
-                                next_args=lambda out: (out[0], b(out[0]), jnp.float32(0.5)))
+    testing.assert_no_recompile(
+        chunk, state, b(state), jnp.float32(0.4), next_args=lambda out: (out[0], b(out[0]), jnp.float32(0.5))
+    )
 
 
 def test_resume_continues_bit_identically(finished, tmp_path):
@@ -86,8 +89,9 @@ def test_resume_continues_bit_identically(finished, tmp_path):
 def test_train_in_one_scan_equals_the_chunked_loop(finished):
     config, workdir, _ = finished
     batches, val = pipeline_of(config)
-    trainer = lm_train.make_train(config, "top_p", host_batches=lambda s: batches.chunk(s, config.train.log_every),
-                                  validation=val)
+    trainer = lm_train.make_train(
+        config, "top_p", host_batches=lambda s: batches.chunk(s, config.train.log_every), validation=val
+    )
     key = jax.random.fold_in(lm_moe.prng.stream(jax.random.key(config.seed), "init"), 0)  # member 0's key
     state, metrics = jax.jit(trainer.train)(key, jnp.float32(config.router.p))
     _, saved = final_params(workdir)
@@ -135,10 +139,17 @@ def test_paper_preset_counts_parameters_without_allocating(capsys):
     assert "3488." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.data.task_rows=9", "task_rows"), ("--config.train.routers=('top3',)", "train.routers"),
-    ("--config.train.sweep_p=(0.0,)", "sweep_p"), ("--config.model.num_heads=3", "heads"),
-    ("--config.router.p=1.5", "router.p"), ("--config.train.members=pmap", "train.members")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.data.task_rows=9", "task_rows"),
+        ("--config.train.routers=('top3',)", "train.routers"),
+        ("--config.train.sweep_p=(0.0,)", "sweep_p"),
+        ("--config.model.num_heads=3", "heads"),
+        ("--config.router.p=1.5", "router.p"),
+        ("--config.train.members=pmap", "train.members"),
+    ],
+)
 def test_bad_config_is_one_line_exit_2(override, message, tmp_path, capsys):
     code = cli.main(["lm_moe", "--config=psec_jax/configs/lm_moe.py:tiny", override, f"--workdir={tmp_path / 'w'}"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -178,12 +189,16 @@ def test_stage_config_ignores_other_stages_and_pins_the_data(finished):
     stage = lm_moe.stages(config)[0]
     wider = tiny(sweep_p=(0.3, 0.5))
     wider.train.routers = ("top1", "top_p")
-    assert lm_moe.loop.config_differences(lm_moe.stage_config(config, stage, data),
-                                          lm_moe.stage_config(wider, stage, data)) == []
+    assert (
+        lm_moe.loop.config_differences(
+            lm_moe.stage_config(config, stage, data), lm_moe.stage_config(wider, stage, data)
+        )
+        == []
+    )
     meta = {**data.meta, "sha256": {**data.meta["sha256"], "train.npy": "0" * 64}}
-    assert lm_moe.loop.config_differences(lm_moe.stage_config(config, stage, data),
-                                          lm_moe.stage_config(config, stage, data._replace(meta=meta))) == [
-        "data_identity.train_npy"]
+    assert lm_moe.loop.config_differences(
+        lm_moe.stage_config(config, stage, data), lm_moe.stage_config(config, stage, data._replace(meta=meta))
+    ) == ["data_identity.train_npy"]
 
 
 def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
@@ -201,8 +216,9 @@ def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
     testing.assert_trees_close(m2["loss"], m1["loss"])
     assert float(m2["load_balance"]) != float(m1["load_balance"])
     np.testing.assert_allclose(m2["experts_per_layer"], m1["experts_per_layer"], rtol=1e-6)
-    no_aux = dataclasses.replace(spec, moe=dataclasses.replace(spec.moe, load_balance_weight=0.0, dynamic_weight=0.0,
-                                                               z_weight=0.0))
+    no_aux = dataclasses.replace(
+        spec, moe=dataclasses.replace(spec.moe, load_balance_weight=0.0, dynamic_weight=0.0, z_weight=0.0)
+    )
     testing.assert_trees_close(grads(no_aux, params, batch, p, 2)[0], grads(no_aux, params, batch, p, 1)[0])
     with pytest.raises(ValueError, match="train.microbatches=3 must be >= 1 and divide the batch's 4 rows"):
         lm_train.accumulate_gradients(spec, params, batch, p, 3)

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from lora_helpers import TwoLayer, np_dense_delta, random_library
+
 from psec_jax import lora
 from psec_jax.testing import assert_trees_close
 

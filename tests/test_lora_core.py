@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lora_helpers import TwoLayer, np_dense_delta, random_library
+
 from psec_jax import lora
 from psec_jax.testing import assert_trees_close, tolerance
 
@@ -58,23 +58,29 @@ def test_one_hot_weights_equal_the_single_skill(base):
         assert_trees_close(y, y_merged)
 
 
-@pytest.mark.parametrize("lead, weight_shape", [
-    ((6,), (3,)),            # global
-    ((6,), (6, 3)),          # per example
-    ((2, 4), (2, 3)),        # per example, broadcast over tokens
-    ((2, 4), (2, 4, 3)),     # per token
-])
+@pytest.mark.parametrize(
+    "lead, weight_shape",
+    [
+        ((6,), (3,)),  # global
+        ((6,), (6, 3)),  # per example
+        ((2, 4), (2, 3)),  # per example, broadcast over tokens
+        ((2, 4), (2, 4, 3)),  # per token
+    ],
+)
 def test_factored_forward_equals_per_example_merged_weights(lead, weight_shape):
     rng = np.random.default_rng(1)
     d_in, d_out, k, r = 8, 5, 3, 2
     x = rng.normal(size=lead + (d_in,)).astype(np.float32)
     w0, b0 = rng.normal(size=(d_in, d_out)).astype(np.float32), rng.normal(size=(d_out,)).astype(np.float32)
-    pair = lora.LoRAPair(jnp.asarray(rng.normal(size=(k, d_in, r)), jnp.float32),
-                         jnp.asarray(rng.normal(size=(k, r, d_out)), jnp.float32))
+    pair = lora.LoRAPair(
+        jnp.asarray(rng.normal(size=(k, d_in, r)), jnp.float32),
+        jnp.asarray(rng.normal(size=(k, r, d_out)), jnp.float32),
+    )
     weights = rng.normal(size=weight_shape).astype(np.float32)
     y = jax.jit(lora.lora_dense)(jnp.asarray(x), jnp.asarray(w0), jnp.asarray(b0), pair, jnp.asarray(weights))
-    full_w = np.broadcast_to(weights.reshape(weights.shape[:-1] + (1,) * (len(lead) + 1 - weights.ndim) + (k,)),
-                             lead + (k,))
+    full_w = np.broadcast_to(
+        weights.reshape(weights.shape[:-1] + (1,) * (len(lead) + 1 - weights.ndim) + (k,)), lead + (k,)
+    )
     ref = np.empty(lead + (d_out,))
     for idx in np.ndindex(*lead):
         merged = w0 + np_dense_delta(pair, full_w[idx])  # this example's (token's) merged kernel
@@ -87,7 +93,8 @@ def test_vmap_over_the_skill_axis(base):
     kernel = lib.adapters["params"]["LoRADense_0"]["kernel"]
     w, b = base["params"]["LoRADense_0"]["kernel"], base["params"]["LoRADense_0"]["bias"]
     per_skill = jax.vmap(lambda p, s: lora.lora_dense(X, w, b, lora.LoRAPair(p.a[None], p.b[None]), s[None]))(
-        kernel, lib.scales)
+        kernel, lib.scales
+    )
     for i in range(3):
         ref = X @ (w + lib.skills[i].scale * kernel.a[i] @ kernel.b[i]) + b
         assert_trees_close(per_skill[i], ref, rtol=1e-4, atol=1e-4)
@@ -103,7 +110,7 @@ def test_gradients_reach_only_adapter_leaves(base):
 
     def loss(t):
         y = TwoLayer().apply({"params": t["base"], "lora": t["lora"]}, X, lib.scales)
-        return jnp.mean(y ** 2)
+        return jnp.mean(y**2)
 
     tx = lora.partition_optimizer(optax.adam(1e-2), tree, trainable=[r"^lora/"])
     state = tx.init(tree)
@@ -134,7 +141,7 @@ def test_dense_general_kernels():
     class Heads(nn.Module):
         @nn.compact
         def __call__(self, x):
-            h = nn.DenseGeneral((2, 3), name="qkv")(x)          # kernel [8, 2, 3]
+            h = nn.DenseGeneral((2, 3), name="qkv")(x)  # kernel [8, 2, 3]
             return nn.DenseGeneral(4, axis=(-2, -1), name="out")(h)  # kernel [2, 3, 4]
 
     params = Heads().init(jax.random.key(0), X)
@@ -204,8 +211,13 @@ def test_config_scaling_and_errors(base):
 
 @settings(max_examples=20, deadline=None)
 @given(
-    d_in=st.integers(1, 12), d_out=st.integers(1, 12), rank=st.integers(1, 4), k=st.integers(1, 4),
-    batch=st.integers(1, 5), per_example=st.booleans(), dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+    d_in=st.integers(1, 12),
+    d_out=st.integers(1, 12),
+    rank=st.integers(1, 4),
+    k=st.integers(1, 4),
+    batch=st.integers(1, 5),
+    per_example=st.booleans(),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
     seed=st.integers(0, 2**16),
 )
 def test_factored_forward_matches_merged_reference(d_in, d_out, rank, k, batch, per_example, dtype, seed):
@@ -220,8 +232,9 @@ def test_factored_forward_matches_merged_reference(d_in, d_out, rank, k, batch, 
     # Reference from the values actually fed in (rounded to dtype), in float64.
     r = lambda v: np.asarray(cast(v), np.float64)
     wfull = np.broadcast_to(r(weights), (batch, k))
-    ref = np.stack([r(x)[i] @ (r(w0) + np_dense_delta(lora.LoRAPair(r(a), r(b)), wfull[i])) + r(b0)
-                    for i in range(batch)])
+    ref = np.stack(
+        [r(x)[i] @ (r(w0) + np_dense_delta(lora.LoRAPair(r(a), r(b)), wfull[i])) + r(b0) for i in range(batch)]
+    )
     scale = 1.0 + np.abs(ref).max()  # bf16 rounds intermediates: tolerance relative to the output scale
     rtol, atol = tolerance(dtype)
     assert_trees_close(np.asarray(y, np.float64) / scale, ref / scale, rtol=rtol, atol=atol)

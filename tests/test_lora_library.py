@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from lora_helpers import TwoLayer, random_library
-from psec_jax import lora
-from psec_jax import artifacts
+
+from psec_jax import artifacts, lora
 from psec_jax.testing import assert_trees_close
 
 X = jax.random.normal(jax.random.key(42), (6, 8))
@@ -63,8 +62,13 @@ def test_library_errors(base):
 
 def test_save_load_round_trip(base, tmp_path):
     lib = random_library(base, [2, 3])
-    lib = lib.add("fresh", lora.init(jax.random.key(5), base, lora.LoRAConfig(rank=1)), lora.LoRAConfig(rank=1),
-                  train_config={"steps": 10}, metrics={"return": 688.0})
+    lib = lib.add(
+        "fresh",
+        lora.init(jax.random.key(5), base, lora.LoRAConfig(rank=1)),
+        lora.LoRAConfig(rank=1),
+        train_config={"steps": 10},
+        metrics={"return": 688.0},
+    )
     lib.save(tmp_path / "lib")
     back = lora.SkillLibrary.load(tmp_path / "lib", base)
     assert back.names == lib.names and back.skills == lib.skills and back.paths == lib.paths
@@ -144,23 +148,27 @@ def _set(path, value):
             del target[last]
         else:
             target[last] = value
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set(["skills", 0, "rank"], KeyError), r"skills\[0\] must be an object with fields"),
-    (_set(["skills", 0, "rank"], "2"), r"skills\[0\]\.rank must be a positive integer, got '2'"),
-    (_set(["skills", 0, "rank"], 0), r"skills\[0\]\.rank must be a positive integer"),
-    (_set(["skills", 0, "scale"], "16"), r"skills\[0\]\.scale must be a finite number"),
-    (_set(["skills", 0, "metrics"], []), r"skills\[0\]\.metrics must be an object"),
-    (_set(["skills", 0, "extra"], 1), r"skills\[0\] must be an object with fields"),
-    (_set(["skills"], {}), "skills must be a list"),
-    (_set(["skills"], []), "skills must be a non-empty list"),
-    (_set(["paths"], KeyError), "paths must be a dict, got 'nothing'"),
-    (_set(["base_fingerprint", 0], ["params/x", "3x4", "float32"]), r"base_fingerprint\[0\] must be"),
-    (lambda m: m["skills"].append(dict(m["skills"][0])), "skills\\[\\]\\.name must be unique"),
-    (lambda m: m["skills"].append(dict(m["skills"][0], name="copy")), "2 skills of rank <= 2, but"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set(["skills", 0, "rank"], KeyError), r"skills\[0\] must be an object with fields"),
+        (_set(["skills", 0, "rank"], "2"), r"skills\[0\]\.rank must be a positive integer, got '2'"),
+        (_set(["skills", 0, "rank"], 0), r"skills\[0\]\.rank must be a positive integer"),
+        (_set(["skills", 0, "scale"], "16"), r"skills\[0\]\.scale must be a finite number"),
+        (_set(["skills", 0, "metrics"], []), r"skills\[0\]\.metrics must be an object"),
+        (_set(["skills", 0, "extra"], 1), r"skills\[0\] must be an object with fields"),
+        (_set(["skills"], {}), "skills must be a list"),
+        (_set(["skills"], []), "skills must be a non-empty list"),
+        (_set(["paths"], KeyError), "paths must be a dict, got 'nothing'"),
+        (_set(["base_fingerprint", 0], ["params/x", "3x4", "float32"]), r"base_fingerprint\[0\] must be"),
+        (lambda m: m["skills"].append(dict(m["skills"][0])), "skills\\[\\]\\.name must be unique"),
+        (lambda m: m["skills"].append(dict(m["skills"][0], name="copy")), "2 skills of rank <= 2, but"),
+    ],
+)
 def test_malformed_metadata_is_a_library_error(base, tmp_path, edit, message):
     random_library(base, [2]).save(tmp_path / "lib")
     path = tmp_path / "lib" / "library.json"
@@ -201,8 +209,9 @@ def test_save_replaces_only_a_library_it_wrote(base, tmp_path):
     with pytest.raises(lora.LibraryError, match="not a skill library saved by psec_jax"):
         lib.save(composer)
     same_manifest_name = tmp_path / "other"
-    artifacts.save_tree(same_manifest_name, {"w": np.ones(2)}, {"format": "psec_jax.composer/1"},
-                        manifest="library.json")
+    artifacts.save_tree(
+        same_manifest_name, {"w": np.ones(2)}, {"format": "psec_jax.composer/1"}, manifest="library.json"
+    )
     with pytest.raises(lora.LibraryError, match="it holds a composer, not a skill library"):
         lib.save(same_manifest_name)
 

@@ -179,8 +179,8 @@ def test_dropless_gradients_with_saved_recomputed_and_mixed_activations(saved_sl
     assert_trees_close(g, g_ref, rtol=1e-4, atol=1e-5)
     plain = lambda p, xs: moe.swiglu_expert(p, xs)
     grads = lambda expert: jax.grad(
-        lambda x, experts: jnp.sum(moe.dropless(x, r, expert, experts, **kw) * jnp.cos(jnp.arange(D))),
-        (0, 1))(x, params["experts"])
+        lambda x, experts: jnp.sum(moe.dropless(x, r, expert, experts, **kw) * jnp.cos(jnp.arange(D))), (0, 1)
+    )(x, params["experts"])
     assert_trees_close(grads(plain), grads(moe.swiglu_expert), rtol=1e-5, atol=1e-6)
 
 

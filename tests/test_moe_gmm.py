@@ -19,7 +19,7 @@ def loop_reference(lhs, rhs, sizes):
     """Group g's rows times rhs[g], one group at a time; rows past the sum are zeros."""
     out, start = np.zeros((lhs.shape[0], rhs.shape[-1]), np.float64), 0
     for g, n in enumerate(np.asarray(sizes)):
-        out[start:start + n] = np.asarray(lhs[start:start + n], np.float64) @ np.asarray(rhs[g], np.float64)
+        out[start : start + n] = np.asarray(lhs[start : start + n], np.float64) @ np.asarray(rhs[g], np.float64)
         start += n
     return out
 
@@ -37,7 +37,7 @@ def test_values_and_gradients_equal_the_loop(impl):
 
     def loop(a, b):  # the per-group loop in jnp, differentiated by autodiff
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        y = jnp.concatenate([a[starts[g]:starts[g + 1]] @ b[g] for g in range(4)] + [jnp.zeros((7, 20))])
+        y = jnp.concatenate([a[starts[g] : starts[g + 1]] @ b[g] for g in range(4)] + [jnp.zeros((7, 20))])
         return jnp.sum(y * cot)
 
     assert_trees_close(got, jax.grad(loop, (0, 1))(lhs, rhs), rtol=1e-5, atol=1e-4)
@@ -63,10 +63,14 @@ def test_auto_and_bad_names():
 
 def test_megablox_lowers_for_tpu_at_the_target_shape():
     """jax.export to the TPU platform runs megablox's Mosaic lowering here (forward and backward)."""
+
     def loss(a, b, g):
         return jnp.sum(gmm.grouped_matmul(a, b, g, impl="megablox", interpret=False).astype(jnp.float32))
 
-    shapes = (jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16), jax.ShapeDtypeStruct((16, 1024, 2816), jnp.bfloat16),
-              jax.ShapeDtypeStruct((16,), jnp.int32))
+    shapes = (
+        jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16),
+        jax.ShapeDtypeStruct((16, 1024, 2816), jnp.bfloat16),
+        jax.ShapeDtypeStruct((16,), jnp.int32),
+    )
     exported = jax.export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=["tpu"])(*shapes)
     assert exported.mlir_module().count("tpu_custom_call") >= 2  # gmm for the input, tgmm for the weights

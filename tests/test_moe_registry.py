@@ -24,13 +24,14 @@ def first2(logits, *, k, p, max_k, renormalize, probs=None):
     probs = jax.nn.softmax(logits.astype(jnp.float32), -1) if probs is None else probs
     t = logits.shape[0]
     ids = jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (t, 2))
-    return routing.RouteOutput(ids, probs[:, :2], jnp.ones((t, 2), bool), jnp.full((t,), 2, jnp.int32), probs, logits,
-                               jnp.zeros((t,), bool))
+    return routing.RouteOutput(
+        ids, probs[:, :2], jnp.ones((t, 2), bool), jnp.full((t,), 2, jnp.int32), probs, logits, jnp.zeros((t,), bool)
+    )
 
 
 @pytest.fixture
 def with_first2(monkeypatch):
-    """"first2" in the router table for one test (and as an LM stage: the stage table maps names to overrides)."""
+    """ "first2" in the router table for one test (and as an LM stage: the stage table maps names to overrides)."""
     monkeypatch.setitem(routing.ROUTERS, "first2", routing.Router(first2, uses_k=False, uses_p=False))
     monkeypatch.setitem(lm_train.STAGES, "first2", {"router": "first2"})
 
@@ -103,6 +104,7 @@ def test_the_lm_reaches_every_dispatch_and_the_fused_kernel(stage):
     want = outputs["dropless", "argsort"]
     for (backend, dispatch), out in outputs.items():
         assert_trees_close((out.logits, out.aux), (want.logits, want.aux))  # the tolerance table
-        np.testing.assert_array_equal(out.stats["experts_per_token"], want.stats["experts_per_token"],
-                                      err_msg=f"{backend}/{dispatch}")
+        np.testing.assert_array_equal(
+            out.stats["experts_per_token"], want.stats["experts_per_token"], err_msg=f"{backend}/{dispatch}"
+        )
     assert dataclasses.replace(spec.moe, dispatch="argsort") != spec.moe  # the spec carries the dispatch

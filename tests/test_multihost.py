@@ -22,13 +22,27 @@ def free_port() -> int:
 
 
 def test_two_processes_train_the_tiny_lm_and_agree(tmp_path):
-    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{free_port()}", "JAX_NUM_PROCESSES": "2",
-           "PSEC_JAX_DATA_DIR": str(tmp_path / "data"), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE.parent)}
+    env = {
+        **os.environ,
+        "JAX_COORDINATOR_ADDRESS": f"localhost:{free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+        "PSEC_JAX_DATA_DIR": str(tmp_path / "data"),
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(HERE.parent),
+    }
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     workdir = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(workdir)], cwd=HERE.parent,
-                              env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "multihost_worker.py"), str(workdir)],
+            cwd=HERE.parent,
+            env={**env, "JAX_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = []
     for p in procs:
         try:
@@ -39,8 +53,9 @@ def test_two_processes_train_the_tiny_lm_and_agree(tmp_path):
             pytest.fail("the 2-process run did not finish in 15 minutes")
         assert p.returncode == 0, f"process exited {p.returncode}:\n{out[-3000:]}\n{err[-5000:]}"
         outs.append(out)
-    summaries = [json.loads(line[len("SUMMARY "):]) for out in outs for line in out.splitlines()
-                 if line.startswith("SUMMARY ")]
+    summaries = [
+        json.loads(line[len("SUMMARY ") :]) for out in outs for line in out.splitlines() if line.startswith("SUMMARY ")
+    ]
     assert [s["process"] for s in summaries] == [0, 1] and {s["devices"] for s in summaries} == {2}
     assert summaries[0]["summary"] == summaries[1]["summary"]  # the same global results on both processes
     saved = json.loads((workdir / "results.json").read_text())
@@ -57,8 +72,11 @@ def test_multi_process_settings_come_from_flags_or_environment_and_are_checked(m
     assert distributed.settings() is None  # a single-process run
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "host0:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
-    assert distributed.settings(process_id=3) == {"coordinator_address": "host0:1234", "num_processes": 4,
-                                                  "process_id": 3}
+    assert distributed.settings(process_id=3) == {
+        "coordinator_address": "host0:1234",
+        "num_processes": 4,
+        "process_id": 3,
+    }
     with pytest.raises(ValueError, match=r"needs --process_id \(or \$JAX_PROCESS_ID\) as well"):
         distributed.settings()
     with pytest.raises(ValueError, match="0 <= process_id < num_processes, got 4 and 4"):
@@ -70,7 +88,6 @@ def test_multi_process_settings_come_from_flags_or_environment_and_are_checked(m
 def test_cli_rejects_an_incomplete_multi_process_command(tmp_path, capsys, monkeypatch):
     for var in distributed.ENV.values():
         monkeypatch.delenv(var, raising=False)
-    code = cli.main(["smoke", "--config=psec_jax/configs/smoke.py", f"--workdir={tmp_path / 'w'}",
-                     "--num_processes=2"])
+    code = cli.main(["smoke", "--config=psec_jax/configs/smoke.py", f"--workdir={tmp_path / 'w'}", "--num_processes=2"])
     assert code == 2
     assert "needs --coordinator_address (or $JAX_COORDINATOR_ADDRESS), --process_id" in capsys.readouterr().err

@@ -15,12 +15,14 @@ from psec_jax.testing import assert_trees_close
 def test_mesh_shape_resolves_the_free_axis_and_names_every_bad_spec():
     assert parallel.mesh_shape({"data": -1, "expert": 4}, 8) == {"data": 2, "fsdp": 1, "expert": 4, "model": 1}
     assert parallel.mesh_shape(parallel.get_config(), 8)["data"] == 8
-    bad = [({"data": 2, "expert": 2}, 8, r"data=2 x fsdp=1 x expert=2 x model=1 needs 4 devices, but 8 are available"),
-           ({"data": -1, "expert": 3}, 8, "the fixed axes take 3 devices, which does not divide the 8"),
-           ({"data": -1, "model": -1}, 8, "only one mesh axis may be -1"),
-           ({"data": 0}, 1, "mesh axis 'data' must be a positive int or -1"),
-           ({"data": 2.0}, 2, "mesh axis 'data' must be a positive int"),
-           ({"tensor": 2}, 2, r"unknown mesh axes \['tensor'\]")]
+    bad = [
+        ({"data": 2, "expert": 2}, 8, r"data=2 x fsdp=1 x expert=2 x model=1 needs 4 devices, but 8 are available"),
+        ({"data": -1, "expert": 3}, 8, "the fixed axes take 3 devices, which does not divide the 8"),
+        ({"data": -1, "model": -1}, 8, "only one mesh axis may be -1"),
+        ({"data": 0}, 1, "mesh axis 'data' must be a positive int or -1"),
+        ({"data": 2.0}, 2, "mesh axis 'data' must be a positive int"),
+        ({"tensor": 2}, 2, r"unknown mesh axes \['tensor'\]"),
+    ]
     for spec, n, message in bad:
         with pytest.raises(ValueError, match=message):
             parallel.mesh_shape(spec, n)

@@ -11,15 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
-
 from smoke_helpers import run, tiny_config
+
 from psec_jax import cli, loop, progress, runs, signals
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "psec_jax" / "configs" / "smoke.py")
-TINY = ["--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32", "--config.train.batch_size=16",
-        "--config.train.log_every=10", "--config.train.checkpoint_every=20", "--config.train.max_to_keep=3"]
+TINY = [
+    "--config.model.hidden_sizes=(8,)",
+    "--config.data.num_examples=32",
+    "--config.train.batch_size=16",
+    "--config.train.log_every=10",
+    "--config.train.checkpoint_every=20",
+    "--config.train.max_to_keep=3",
+]
 
 
 def _smoke(workdir, *args):
@@ -50,6 +56,7 @@ def _messages(err):
 
 
 # ----- signals --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_checkpoint_and_exit_128_plus_signal(tmp_path, sig):
@@ -92,8 +99,12 @@ def test_ctrl_c_while_starting_is_one_line_and_130(tmp_path, delay):
     the imports of numpy and jax (0 s), the flags and the experiment's import (~0.4 s) and the first
     compilation (~1.5 s on this machine). Before, these gave a traceback, an empty message, a
     segmentation fault or nothing at all."""
-    proc = subprocess.Popen(_console(*_smoke(tmp_path, "--config.train.num_steps=400000"), setup=SIGINT_DEFAULT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _console(*_smoke(tmp_path, "--config.train.num_steps=400000"), setup=SIGINT_DEFAULT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not _handles_sigterm(proc.pid) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.001)
@@ -140,6 +151,7 @@ def test_a_swallowed_signal_still_stops_the_run_at_the_next_chunk(tmp_path):
                 except KeyboardInterrupt:
                     pass
             return chunk(state)
+
         return wrapped
 
     with signals.handled(), pytest.raises(loop.Interrupted, match="by SIGTERM; step 20 is checkpointed") as err:
@@ -164,6 +176,7 @@ def test_a_second_signal_during_the_save_does_not_cut_it(tmp_path, monkeypatch):
                 monkeypatch.setattr(Checkpoints, "save", save_and_signal_again)
                 raise signals.Stopped(signal.SIGTERM)
             return chunk(state)
+
         return wrapped
 
     with signals.handled(), pytest.raises(loop.Interrupted, match="step 20 is checkpointed"):
@@ -173,6 +186,7 @@ def test_a_second_signal_during_the_save_does_not_cut_it(tmp_path, monkeypatch):
 
 
 # ----- workdirs that hold other things -----------------------------------------------------------------------
+
 
 def test_a_workdir_without_checkpoints_refuses_another_config(tmp_path, capsys):
     assert cli.main(_smoke(tmp_path, "--config.train.num_steps=40")) == 0
@@ -239,9 +253,14 @@ def test_an_unusable_compilation_cache_is_one_warning_and_the_run_goes_on(tmp_pa
 
 # ----- the machine refusing ------------------------------------------------------------------------------------
 
+
 def test_a_file_size_limit_during_a_save_is_one_line_and_leaves_nothing_half_written(tmp_path):
-    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(2_000)),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        _console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(2_000)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = _messages(out.stderr)
     assert out.returncode == 1, out.stderr
     assert len(lines) == 1 and "File too large" in lines[0] and str(tmp_path / "checkpoints") in lines[0], out.stderr
@@ -262,14 +281,19 @@ def test_a_full_disk_before_a_save_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_full_disk_at_start_is_one_line(tmp_path):
-    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(0)),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        _console(*_smoke(tmp_path, "--config.train.num_steps=40"), setup=_file_size_limit(0)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = _messages(out.stderr)
     assert out.returncode == 1, out.stderr
     assert len(lines) == 1 and "file too large" in lines[0] and ".psec_jax.lock" in lines[0], out.stderr
 
 
 # ----- what a person watching sees --------------------------------------------------------------------------
+
 
 def test_progress_in_a_log_file_is_one_line_per_chunk_with_the_loss_first(capsys):
     with progress.Progress(40, desc="stage", min_interval=0, terminal=False) as bar:
@@ -281,8 +305,9 @@ def test_progress_in_a_log_file_is_one_line_per_chunk_with_the_loss_first(capsys
 
 
 def test_a_run_logging_to_a_file_says_where_it_is_and_writes_tensorboard_events(tmp_path):
-    out = subprocess.run(_console(*_smoke(tmp_path, "--config.train.num_steps=40")), capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        _console(*_smoke(tmp_path, "--config.train.num_steps=40")), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stderr.strip().splitlines()
     assert lines[0] == "smoke: starting at step 0 of 40" and lines[-1] == "smoke: done, step 40 of 40", lines
@@ -296,8 +321,10 @@ def test_environment_failures_are_named_in_one_line():
     full = OSError(28, "No space left on device", "/runs/x/metrics.jsonl")
     assert failures.environment_failure(full) == "no space left on the device: /runs/x/metrics.jsonl"
     assert failures.environment_failure(MemoryError()).startswith("out of memory")
-    assert failures.environment_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory\n allocating")) == \
-        "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating"
+    assert (
+        failures.environment_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory\n allocating"))
+        == "out of memory: RESOURCE_EXHAUSTED: Out of memory allocating"
+    )
     assert failures.environment_failure(OSError(2, "No such file or directory", "x")) is None  # a bug or a typo
     assert failures.environment_failure(ValueError("bad")) is None
 

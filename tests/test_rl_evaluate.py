@@ -21,9 +21,11 @@ def _mlp(params, obs, key):
 
 def _params(env, seed):
     k0, k1, k2 = jax.random.split(jax.random.key(seed), 3)
-    return [0.3 * jax.random.normal(k0, (SEEDS, env.observation_size, HIDDEN)),
-            0.1 * jax.random.normal(k1, (SEEDS, HIDDEN, HIDDEN)),
-            0.1 * jax.random.normal(k2, (SEEDS, HIDDEN, env.action_size))]
+    return [
+        0.3 * jax.random.normal(k0, (SEEDS, env.observation_size, HIDDEN)),
+        0.1 * jax.random.normal(k1, (SEEDS, HIDDEN, HIDDEN)),
+        0.1 * jax.random.normal(k2, (SEEDS, HIDDEN, env.action_size)),
+    ]
 
 
 @pytest.mark.slow  # three walker rollouts compiled (~60-80 s on 2 cores); `make test-all`

@@ -7,13 +7,13 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rl_helpers import assert_table_complete, point_env, random_data
 
+from psec_jax import cli, lora
 from psec_jax.configs import psec_continual as continual_config
 from psec_jax.configs import psec_dynamics as dynamics_config
 from psec_jax.configs import psec_safe as safe_config
-from psec_jax import cli, lora
 from psec_jax.rl import dynamics, report, safe, saving
-from rl_helpers import assert_table_complete, point_env, random_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = (-10.0, 0.0)  # (random, expert) returns of the point env for 1000-step episodes
@@ -35,8 +35,14 @@ def test_safe_subset_and_its_fallback():
     data = data.replace(costs=jnp.asarray(costs))
     np.testing.assert_allclose(safe.episode_costs(data), [16, 3, 0, 8])
     sub, info = safe.safe_subset(data, 8.0)
-    assert info == {"episodes": 4, "kept": 3, "fallback": False, "cost_limit": 8.0, "kept_cost_mean": 11 / 3,
-                    "kept_cost_max": 8.0}
+    assert info == {
+        "episodes": 4,
+        "kept": 3,
+        "fallback": False,
+        "cost_limit": 8.0,
+        "kept_cost_mean": 11 / 3,
+        "kept_cost_max": 8.0,
+    }
     assert sub.size == 48 and float(sub.costs.sum()) == 11.0
     sub, info = safe.safe_subset(data.replace(costs=jnp.asarray(costs) + 1.0), 2.0)  # none within 2
     assert info["fallback"] and info["kept"] == 1 and info["kept_cost_max"] == 16.0  # the cheapest episode
@@ -66,11 +72,12 @@ def test_configs(module):
 
 
 def test_experiments_are_registered_with_the_cli(tmp_path):
-    for name, config_module in (("psec_safe", safe_config), ("psec_dynamics", dynamics_config)):
+    for name in ("psec_safe", "psec_dynamics"):
         assert name in cli.EXPERIMENTS
         path = os.path.join(ROOT, "psec_jax", "configs", f"{name}.py")
         config, workdir, _ = cli.parse_experiment_flags(
-            name, [f"--config={path}:tiny", f"--workdir={tmp_path}", "--config.num_seeds=2"])
+            name, [f"--config={path}:tiny", f"--workdir={tmp_path}", "--config.num_seeds=2"]
+        )
         assert config.num_seeds == 2 and config.size == "tiny" and workdir == str(tmp_path)
         module = __import__(cli.EXPERIMENTS[name].module, fromlist=["main"])
         assert callable(module.main)
@@ -107,8 +114,12 @@ def test_safe_end_to_end_tiny(tmp_path):
     assert lib.names == ["reward", "cost"]
     assert (tmp_path / "policies" / "composer_psec_seed1").is_dir()
 
-    bad_values = (("methods", ("psec", "magic"), "unknown method"), ("cost_limit", 0.0, "cost_limit"),
-                  ("critics.cost.kind", "reward", "critics.cost.kind"), ("env", "walker-walk", "no cost"))
+    bad_values = (
+        ("methods", ("psec", "magic"), "unknown method"),
+        ("cost_limit", 0.0, "cost_limit"),
+        ("critics.cost.kind", "reward", "critics.cost.kind"),
+        ("env", "walker-walk", "no cost"),
+    )
     for field, value, message in bad_values:
         bad = tiny(safe_config)
         parent, name = (bad, field) if "." not in field else (bad.critics.cost, "kind")
@@ -140,8 +151,11 @@ def test_dynamics_end_to_end_tiny(tmp_path):
     a, b = dynamics.target_subset(data["target"], c), dynamics.target_subset(data["target"], c)
     np.testing.assert_array_equal(a.observations, b.observations)
 
-    for field, value, message in (("target_fraction", 0.0, "target_fraction"), ("variant", "nominal", "variant"),
-                                  ("methods", ("nope",), "unknown method")):
+    for field, value, message in (
+        ("target_fraction", 0.0, "target_fraction"),
+        ("variant", "nominal", "variant"),
+        ("methods", ("nope",), "unknown method"),
+    ):
         bad = tiny(dynamics_config)
         setattr(bad, field, value)
         with pytest.raises(ValueError, match=message):

@@ -3,18 +3,19 @@
 import jax
 import numpy as np
 import pytest
-
-from psec_jax import lora
-from psec_jax.rl import policy, saving, train
 from rl_helpers import OBS
 from test_rl_train import setup, stage_config  # noqa: F401 (setup is a fixture)
 
+from psec_jax import lora
+from psec_jax.rl import policy, saving, train
 
-def test_reloaded_library_acts_like_the_trained_policy(setup, tmp_path):
+
+def test_reloaded_library_acts_like_the_trained_policy(setup, tmp_path):  # noqa: F811 (the fixture)
     actor, data, base = setup
     c = stage_config(steps=20, log_every=10)
     state, _ = jax.jit(train.make_expand(actor, c, c.critic, "lora").train)(
-        jax.random.key(3), train.ExpandInputs(base, None), data)
+        jax.random.key(3), train.ExpandInputs(base, None), data
+    )
     assert lora.flatten(state.params)  # the optimised tree is the adapter alone: no scale in it
     trained = actor.as_skills(state.ema)
     assert float(trained.scales[0]) == actor.lora_config.scale == 16.0
@@ -22,12 +23,14 @@ def test_reloaded_library_acts_like_the_trained_policy(setup, tmp_path):
     lib = lora.SkillLibrary.load(tmp_path / "lib", base)
     reloaded = policy.Skills(lib.adapters, lib.scales)
     obs, key = data.observations[:16], jax.random.key(9)
-    np.testing.assert_array_equal(np.asarray(actor.sample(base, reloaded, None, obs, key)),
-                                  np.asarray(actor.sample(base, trained, None, obs, key)))
+    np.testing.assert_array_equal(
+        np.asarray(actor.sample(base, reloaded, None, obs, key)),
+        np.asarray(actor.sample(base, trained, None, obs, key)),
+    )
 
 
 @pytest.mark.parametrize("mode", ["param", "noise"])
-def test_composer_is_fitted_on_the_deterministic_network(setup, mode):
+def test_composer_is_fitted_on_the_deterministic_network(setup, mode):  # noqa: F811 (the fixture)
     """The frozen noise network acts without dropout, so the composer is fitted without it: the same
     composer results whatever the network's (training-only) dropout rate."""
     actor, data, base = setup

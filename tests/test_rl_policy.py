@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from psec_jax.rl import critics, diffusion, policy
-from psec_jax.rl import config as rl_config
-from psec_jax.testing import assert_trees_close
 from rl_helpers import ACT, OBS, random_data
+
+from psec_jax.rl import config as rl_config
+from psec_jax.rl import critics, diffusion, policy
+from psec_jax.testing import assert_trees_close
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_composed_policy_with_one_hot_weights_is_that_skill_alone(actors, mode):
 
     pi0 = alone(None, 0) if mode == "action" else alone(None)
     for j in range(k):
-        one = jax.tree.map(lambda x: x[j:j + 1], skills)
+        one = jax.tree.map(lambda x: x[j : j + 1], skills)
         want = alone(one, j + 1) if mode == "action" else alone(one)
         hot = [float(i == j) for i in range(k)] if mode == "param" else [float(i == j + 1) for i in range(k + 1)]
         assert_trees_close(composed(hot), want)

@@ -6,12 +6,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from rl_helpers import ACT, OBS, random_data
 
 from psec_jax.configs import psec_continual as continual_config
 from psec_jax.rl import config as rl_config
 from psec_jax.rl import continual, critics, policy, report, runner, stats, train
-from rl_helpers import ACT, OBS, random_data
-
 
 # ------------------------------------------------------------------------------------------ statistics
 
@@ -32,8 +31,9 @@ def test_intervals_known_cases():
 
 def test_probability_of_improvement_known_cases():
     x = np.array([1.0, 2.0, 3.0])
-    out = stats.probability_of_improvement({"hi": x + 10, "lo": x, "same": x}, [("hi", "lo"), ("lo", "hi"),
-                                                                               ("same", "lo")], reps=300)
+    out = stats.probability_of_improvement(
+        {"hi": x + 10, "lo": x, "same": x}, [("hi", "lo"), ("lo", "hi"), ("same", "lo")], reps=300
+    )
     assert out["hi>lo"] == {"p": 1.0, "ci": [1.0, 1.0]} and out["lo>hi"]["p"] == 0.0
     assert out["same>lo"]["p"] == 0.5  # ties count half
 
@@ -80,8 +80,18 @@ def test_obs_norm_feeds_raw_or_standardised_observations():
 
 
 def _stage(objective="advantage", cosine=True, steps=4):
-    c = ml_collections.ConfigDict(dict(steps=steps, log_every=steps, batch_size=16, learning_rate=1e-3,
-                                       weight_decay=0.0, ema=0.5, cosine=cosine, objective=objective))
+    c = ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            log_every=steps,
+            batch_size=16,
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            ema=0.5,
+            cosine=cosine,
+            objective=objective,
+        )
+    )
     critic = critics.default_config("reward")
     critic.hidden = (8,)
     return c, critic
@@ -95,7 +105,8 @@ def test_skill_objective_bc_weights_every_sample_one():
     for objective in train.OBJECTIVES:
         c, critic = _stage(objective)
         _, metrics = jax.jit(train.make_expand(actor, c, critic).train)(
-            jax.random.key(1), train.ExpandInputs(base, None), data)
+            jax.random.key(1), train.ExpandInputs(base, None), data
+        )
         weights[objective] = np.asarray(metrics["weight_mean"])
     np.testing.assert_array_equal(weights["bc"], 1.0)
     assert not np.allclose(weights["advantage"], 1.0)
@@ -104,8 +115,10 @@ def test_skill_objective_bc_weights_every_sample_one():
 
 
 def test_learning_rate_constant_or_decayed():
-    decayed, constant = train.learning_rate(_stage(cosine=True, steps=100)[0]), train.learning_rate(
-        _stage(cosine=False, steps=100)[0])
+    decayed, constant = (
+        train.learning_rate(_stage(cosine=True, steps=100)[0]),
+        train.learning_rate(_stage(cosine=False, steps=100)[0]),
+    )
     assert float(decayed(0)) == pytest.approx(1e-3) and float(decayed(100)) == pytest.approx(0.0, abs=1e-9)
     assert float(constant(0)) == float(constant(100)) == pytest.approx(1e-3)
 
@@ -119,17 +132,28 @@ def test_alpha_regulariser_pulls_composition_scales_to_its_targets():
     base = actor.init_base(jax.random.key(0))
     skills = actor.init_skill(jax.random.key(1), base)  # K = 1, scale 16
     composer = policy.make_composer("context", OBS, 1, (8,))
-    c = ml_collections.ConfigDict(dict(steps=300, log_every=300, batch_size=32, learning_rate=1e-2,
-                                       network_dropout=False, alpha_reg=100.0, alpha_targets=(8.0, 16.0)))
+    c = ml_collections.ConfigDict(
+        dict(
+            steps=300,
+            log_every=300,
+            batch_size=32,
+            learning_rate=1e-2,
+            network_dropout=False,
+            alpha_reg=100.0,
+            alpha_targets=(8.0, 16.0),
+        )
+    )
     state, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
-        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128))
+        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128)
+    )
     alpha = composer.apply(state.params, random_data(128).observations) * skills.scales
     # with K = 1 both terms act on the same alpha: (a - 8)^2 + (a - 16)^2 is least at a = 12
     assert float(jnp.mean(alpha)) == pytest.approx(12.0, abs=0.5)
     assert "alpha_reg" in metrics
     c.alpha_reg = 0.0
     _, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
-        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128))
+        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(128)
+    )
     assert "alpha_reg" not in metrics
 
 
@@ -149,21 +173,36 @@ def test_sweep_commands_and_summary(tmp_path):
     assert cmd[2].endswith(":small,paper_protocol") and cmd[-1] == "--workdir=runs/x/s2r_paper"
     assert all(sweep.RUNS[r.after].after == "" for r in sweep.RUNS.values() if r.after)  # one level deep
     # a library is loaded onto the pi_0s it was trained on
-    assert all(r.library in (r.after, *[n for n, o in sweep.RUNS.items() if o.after == r.after])
-               for r in sweep.RUNS.values() if r.library)
+    assert all(
+        r.library in (r.after, *[n for n, o in sweep.RUNS.items() if o.after == r.after])
+        for r in sweep.RUNS.values()
+        if r.library
+    )
 
     def fake(methods, value, seeds=3):
-        row = lambda v: {"return": v, "return_ci": [v - 1, v + 1], "return_iqm": v, "return_iqm_ci": [v - 2, v + 2],
-                         "return_per_seed": [v - 1, v, v + 1],
-                         "return_variance": {"seed_sd": 1.0, "episode_sd": 3.0, "episode_share": 0.5}}
-        return {"methods": {m: row(value + i) for i, m in enumerate(methods)},
-                "config": {"num_seeds": seeds, "eval": {"bootstrap_reps": 50, "episodes": 2}}}
+        row = lambda v: {
+            "return": v,
+            "return_ci": [v - 1, v + 1],
+            "return_iqm": v,
+            "return_iqm_ci": [v - 2, v + 2],
+            "return_per_seed": [v - 1, v, v + 1],
+            "return_variance": {"seed_sd": 1.0, "episode_sd": 3.0, "episode_share": 0.5},
+        }
+        return {
+            "methods": {m: row(value + i) for i, m in enumerate(methods)},
+            "config": {"num_seeds": seeds, "eval": {"bootstrap_reps": 50, "episodes": 2}},
+        }
 
     headline = sweep.HEADLINE.split(",")
-    for name, methods, v in (("s2w_paper", headline, 100), ("sw2r_paper", ("scratch", "asec", "psec_fixed", "psec"), 200),
-                             ("s2r_paper", ("asec", "psec_fixed", "psec"), 300), ("compose1000_paper", ("psec",), 150),
-                             ("compose20000_paper", ("psec",), 250), ("scratch1000_data1_paper", ("scratch",), 10),
-                             ("scratch20000_data10_paper", ("scratch",), 500)):
+    for name, methods, v in (
+        ("s2w_paper", headline, 100),
+        ("sw2r_paper", ("scratch", "asec", "psec_fixed", "psec"), 200),
+        ("s2r_paper", ("asec", "psec_fixed", "psec"), 300),
+        ("compose1000_paper", ("psec",), 150),
+        ("compose20000_paper", ("psec",), 250),
+        ("scratch1000_data1_paper", ("scratch",), 10),
+        ("scratch20000_data10_paper", ("scratch",), 500),
+    ):
         (tmp_path / f"{name}.json").write_text(json.dumps(fake(methods, v)))
     text = psec_continual_summary.summary(tmp_path)
     assert "#### stand -> walk, paper protocol: return over 3 independent seeds x 2 episodes (smallest" in text
@@ -174,29 +213,43 @@ def test_sweep_commands_and_summary(tmp_path):
     # stand -> run has no scratch of its own: sw2r's (200), against which s2r's psec (302) always wins
     assert "| scratch (of sw2r_paper) | 200 [199, 201] | 200 [198, 202] | 1.00 [1.00, 1.00]* |" in text
     # composer steps against sw2r's scratch (200) and fixed weights (202)
-    assert "| 1000 | 3 | 150 [149, 151] | 150 [148, 152] | 0.00 [0.00, 0.00]* | 0.1 | 0.00 [0.00, 0.00]* | 0.1 |" in text
+    assert (
+        "| 1000 | 3 | 150 [149, 151] | 150 [148, 152] | 0.00 [0.00, 0.00]* | 0.1 | 0.00 [0.00, 0.00]* | 0.1 |" in text
+    )
     assert "| 20000 | 3 | 250 [249, 251] |" in text
     # scratch budgets: 6000 steps on 10 trajectories is s2w's scratch
     assert "| 1000 | 10 [9, 11] (3) | - |" in text and "| 6000 | - | 100 [99, 101] (3) |" in text
     assert "| 20000 | - | 500 [499, 501] (3) |" in text
     assert "PSEC-fixed 103 [102, 104], PSEC 104 [103, 105]" in text
-    weights = {"runs": {"sw2r_paper": {"skills": ["walk", "run"], "alpha_per_seed": [[1.0, 15.0], [3.0, 17.0]],
-                                       "alpha_sd_over_states_per_seed": [[0.5, 2.0], [1.5, 4.0]]}}}
+    weights = {
+        "runs": {
+            "sw2r_paper": {
+                "skills": ["walk", "run"],
+                "alpha_per_seed": [[1.0, 15.0], [3.0, 17.0]],
+                "alpha_sd_over_states_per_seed": [[0.5, 2.0], [1.5, 4.0]],
+            }
+        }
+    }
     (tmp_path / "composer_weights.json").write_text(json.dumps(weights))
     text = psec_continual_summary.summary(tmp_path)
-    assert "| sw2r_paper | walk | 2.0 | 1.0 - 3.0 | 1.0 |" in text and "| sw2r_paper | run | 16.0 | 15.0 - 17.0 | 3.0 |" in text
+    assert (
+        "| sw2r_paper | walk | 2.0 | 1.0 - 3.0 | 1.0 |" in text
+        and "| sw2r_paper | run | 16.0 | 15.0 - 17.0 | 3.0 |" in text
+    )
     done = psec_continual_summary.load(tmp_path)
-    assert "composer_weights" not in done and psec_continual_summary.plot(done, tmp_path / "summary.png") and (tmp_path / "summary.png").stat().st_size
+    assert (
+        "composer_weights" not in done
+        and psec_continual_summary.plot(done, tmp_path / "summary.png")
+        and (tmp_path / "summary.png").stat().st_size
+    )
     counts = sweep.trainable_parameters(rl_config.network_config("tiny"))
     assert counts["lora"] < counts["full"] and counts["mlp"] > 0
 
 
 def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
-    from psec_jax import cli
+
     from experiments import psec_continual_sweep as sweep
-
-    from pathlib import Path
-
+    from psec_jax import cli
     from psec_jax.data.normalize import Normalizer
     from psec_jax.rl import saving
 
@@ -207,16 +260,24 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
         c = continual_config.get_config(sweep.RUNS[parent].arg)
         normalizer = Normalizer(np.zeros(24), 2 * np.ones(24)) if c.obs_norm else Normalizer.identity(24)
         for i in range(c.num_seeds):  # each seed's own pi_0, as a run with independent seeds saves them
-            saving.save_base(tmp_path / parent / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"), params,
-                             ml_collections.ConfigDict(meta["network"]), 24, 6, normalizer, data=c.base_data)
+            saving.save_base(
+                tmp_path / parent / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"),
+                params,
+                ml_collections.ConfigDict(meta["network"]),
+                24,
+                6,
+                normalizer,
+                data=c.base_data,
+            )
     for parent in {r.library for r in sweep.RUNS.values() if r.library}:  # check_config looks for each seed's
         for i in range(10):
             (tmp_path / parent / "policies" / f"library_seed{i}").mkdir(parents=True, exist_ok=True)
     for name in sweep.RUNS:
         cmd = sweep.command(name, tmp_path)
         config, _, _ = cli.parse_experiment_flags(cmd[1], cmd[2:])
-        methods = next((f.split("=", 1)[1].split(",") for f in cmd if f.startswith("--config.methods=")),
-                       list(continual.METHODS))
+        methods = next(
+            (f.split("=", 1)[1].split(",") for f in cmd if f.startswith("--config.methods=")), list(continual.METHODS)
+        )
         assert list(config.methods) == methods, name  # `a,b` is the tuple (a, b), not ("a,b",)
 
 
@@ -246,7 +307,8 @@ def test_psec_docs_tables_are_the_committed_results():
     block = page.split(start)[1].split(end)[0]
     table_lines = [line for line in summary.summary(root / summary.RESULTS).splitlines() if line.startswith("|")]
     assert table_lines and all(line in block for line in table_lines), (
-        "rerun `python -m experiments.psec_continual_sweep summary` into docs/psec.md's round-two block")
+        "rerun `python -m experiments.psec_continual_sweep summary` into docs/psec.md's round-two block"
+    )
 
 
 def test_alpha_regulariser_pairs_form_has_the_official_minimum_for_any_number_of_skills():
@@ -286,7 +348,11 @@ def test_variance_split_by_hand():
     # two seeds x two episodes: seed means 1 and 3 (var 2, ddof 1); within-seed variances 2 and 2, so the
     # episodes add 2 / 2 = 1 to the variance of a seed mean: seed sd sqrt(2 - 1) = 1, episode share 1 / 2
     v = stats.variance_split(np.array([[0.0, 2.0], [2.0, 4.0]]))
-    assert v == {"episode_sd": pytest.approx(2 ** 0.5), "seed_sd": pytest.approx(1.0), "episode_share": pytest.approx(0.5)}
+    assert v == {
+        "episode_sd": pytest.approx(2**0.5),
+        "seed_sd": pytest.approx(1.0),
+        "episode_share": pytest.approx(0.5),
+    }
     # identical seed means: all of the spread is the episodes'
     assert stats.variance_split(np.array([[0.0, 2.0], [2.0, 0.0]]))["episode_share"] == 1.0
     with pytest.raises(ValueError, match="episodes >= 2"):
@@ -296,8 +362,10 @@ def test_variance_split_by_hand():
 def test_report_names_rank_tests_and_complete_separation():
     from psec_jax.rl import report
 
-    results = {"psec": {"return": np.array([[4.0, 4.2], [5.0, 5.2], [6.0, 6.2]]), "cost": np.zeros((3, 2))},
-               "scratch": {"return": np.array([[1.0, 1.2], [2.0, 2.2], [3.0, 3.2]]), "cost": np.zeros((3, 2))}}
+    results = {
+        "psec": {"return": np.array([[4.0, 4.2], [5.0, 5.2], [6.0, 6.2]]), "cost": np.zeros((3, 2))},
+        "scratch": {"return": np.array([[1.0, 1.2], [2.0, 2.2], [3.0, 3.2]]), "cost": np.zeros((3, 2))},
+    }
     summary = report.summarize(results, reps=50)
     assert summary["psec"]["return_variance"]["episode_sd"] == pytest.approx(np.std([4.0, 4.2], ddof=1))
     imp = report.improvements(summary, [("psec", "scratch")], reps=50)["psec>scratch"]

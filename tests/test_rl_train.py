@@ -7,19 +7,29 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from psec_jax.configs import psec_continual as continual_config
-from psec_jax import loop, lora
-from psec_jax.lora.core import LoRAPair
-from psec_jax.rl import continual, critics, pipeline, policy, saving, train
-from psec_jax.rl import config as rl_config
-from psec_jax.testing import assert_no_recompile, assert_trees_close
 from rl_helpers import ACT, OBS, assert_table_complete, point_env, random_data
+
+from psec_jax import loop, lora
+from psec_jax.configs import psec_continual as continual_config
+from psec_jax.lora.core import LoRAPair
+from psec_jax.rl import config as rl_config
+from psec_jax.rl import continual, critics, pipeline, policy, saving, train
+from psec_jax.testing import assert_no_recompile, assert_trees_close
 
 
 def stage_config(steps=4, log_every=2, kind="reward"):
-    c = ml_collections.ConfigDict(dict(steps=steps, log_every=log_every, batch_size=16, learning_rate=1e-3,
-                                       weight_decay=0.0, ema=0.5, cosine=True, network_dropout=False))
+    c = ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            log_every=log_every,
+            batch_size=16,
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            ema=0.5,
+            cosine=True,
+            network_dropout=False,
+        )
+    )
     c.critic = critics.default_config(kind)
     c.critic.hidden = (8,)
     return c
@@ -29,7 +39,9 @@ def stage_config(steps=4, log_every=2, kind="reward"):
 def setup():
     actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "lora")
     data = random_data(256)
-    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), train.PretrainInputs(), data)[0].ema
+    base = jax.jit(train.make_pretrain(actor, stage_config()).train)(jax.random.key(0), train.PretrainInputs(), data)[
+        0
+    ].ema
     return actor, data, base
 
 
@@ -68,7 +80,9 @@ def test_expand_trains_only_the_new_skill(setup, kind):
 def test_scratch_and_mlp_adapter(setup):
     actor, data, base = setup
     c = stage_config()
-    state, _ = jax.jit(train.make_expand(actor, c, c.critic, "full").train)(jax.random.key(4), train.ExpandInputs(None, None), data)
+    state, _ = jax.jit(train.make_expand(actor, c, c.critic, "full").train)(
+        jax.random.key(4), train.ExpandInputs(None, None), data
+    )
     assert jax.tree.structure(state.params) == jax.tree.structure(base)
     # the MLP adapter reuses that trained critic, frozen
     mlp_actor = policy.make_actor(rl_config.network_config("tiny"), OBS, ACT, "mlp")
@@ -134,8 +148,9 @@ def test_resume_continues_identically(setup, tmp_path):
     init = jax.jit(jax.vmap(trainer.init))(keys, frozen)
     with pytest.raises(KeyboardInterrupt):
         loop.run_chunks(interrupted, init, num_chunks=3, steps_per_chunk=2, workdir=tmp_path / "cut", config=config)
-    resumed, records = pipeline.run_stage(trainer, keys, frozen, data, workdir=tmp_path / "cut", config=config,
-                                          desc="t")
+    resumed, records = pipeline.run_stage(
+        trainer, keys, frozen, data, workdir=tmp_path / "cut", config=config, desc="t"
+    )
     assert [r["step"] for r in records] == [2, 4, 6]  # the whole run, the interrupted part included
     assert_trees_close(resumed.params, full.params)
     assert_trees_close(resumed.critic, full.critic)
@@ -156,8 +171,11 @@ def test_independent_pi0s_then_skills_trained_again_or_loaded_give_the_same_retu
     again.library = str(tmp_path / "first" / "policies" / "library_seed0")
     loaded = continual.SETTING.run(again, tmp_path / "loaded", data=data, env=point_env(6))
     assert not (tmp_path / "loaded" / "stages" / "expand_lora_walk").exists()
-    assert (first["raw"]["psec_fixed"]["return_per_seed"] == trained["raw"]["psec_fixed"]["return_per_seed"]
-            == loaded["raw"]["psec_fixed"]["return_per_seed"])
+    assert (
+        first["raw"]["psec_fixed"]["return_per_seed"]
+        == trained["raw"]["psec_fixed"]["return_per_seed"]
+        == loaded["raw"]["psec_fixed"]["return_per_seed"]
+    )
     # the re-saved library records how its loaded skill was trained, not this run's config
     lib = lambda d: lora.SkillLibrary.load(tmp_path / d / "policies" / "library_seed1").skills[0].train_config
     assert lib("loaded") == lib("first")

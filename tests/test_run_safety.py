@@ -12,16 +12,21 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from psec_jax import smoke
 from smoke_helpers import run, tiny_config
-from psec_jax import cli, loop, runs, testing
+
+from psec_jax import cli, loop, runs, smoke, testing
 from psec_jax.checkpoint import CheckpointError, Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "psec_jax" / "configs" / "smoke.py")
-TINY = ["--config.model.hidden_sizes=(8,)", "--config.data.num_examples=32", "--config.train.batch_size=16",
-        "--config.train.log_every=10", "--config.train.checkpoint_every=20", "--config.train.max_to_keep=3"]
+TINY = [
+    "--config.model.hidden_sizes=(8,)",
+    "--config.data.num_examples=32",
+    "--config.train.batch_size=16",
+    "--config.train.log_every=10",
+    "--config.train.checkpoint_every=20",
+    "--config.train.max_to_keep=3",
+]
 
 
 def _without_timing(records):
@@ -31,7 +36,9 @@ def _without_timing(records):
 def _final_state(workdir, step):
     with Checkpoints(Path(workdir) / "checkpoints") as ck:
         state, _ = ck.restore(step)
-    as_numpy = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+    as_numpy = lambda x: np.asarray(
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
     return jax.tree.map(as_numpy, state)
 
 
@@ -41,6 +48,7 @@ def _assert_bitwise_equal(a, b):
 
 
 # ----- the training loop ------------------------------------------------------------------------------
+
 
 def test_refused_resume_leaves_config_json_as_it_was(tmp_path):
     run(tiny_config(num_steps=20), tmp_path)
@@ -76,6 +84,7 @@ def test_ctrl_c_checkpoints_the_last_finished_chunk_and_resumes_identically(tmp_
             if len(calls) == 3:
                 raise KeyboardInterrupt  # as Ctrl-C inside the third chunk would
             return chunk(state)
+
         return wrapped
 
     with pytest.raises(loop.Interrupted, match="step 20 is checkpointed") as err:
@@ -100,8 +109,10 @@ def test_resume_drops_the_metrics_of_replayed_steps(tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_with_one_warning(tmp_path, capsys):
     straight, _ = run(tiny_config(num_steps=60), tmp_path / "straight")
     run(tiny_config(), tmp_path / "flipped")
-    bad = max((f for f in (tmp_path / "flipped" / "checkpoints" / "40" / "state").rglob("*") if f.is_file()),
-              key=lambda f: f.stat().st_size)
+    bad = max(
+        (f for f in (tmp_path / "flipped" / "checkpoints" / "40" / "state").rglob("*") if f.is_file()),
+        key=lambda f: f.stat().st_size,
+    )
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0x04
     bad.write_bytes(bytes(data))
@@ -114,6 +125,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_one_warning(tmp_path, capsys)
 
 
 # ----- through the command line ------------------------------------------------------------------------
+
 
 def _cli(*args):
     return [sys.executable, "-m", "psec_jax", "smoke", f"--config={CONFIG}", *TINY, *args]
@@ -147,8 +159,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     args = [f"--workdir={killed}", "--config.train.num_steps=80"]
     for kill_after_save, kill_after_log in ((-1, 50), (60, -1)):  # killed twice, then left to finish
-        cmd = [sys.executable, "-c", KILL_DRIVER, str(kill_after_save), str(kill_after_log),
-               *_cli(*args)[3:]]
+        cmd = [sys.executable, "-c", KILL_DRIVER, str(kill_after_save), str(kill_after_log), *_cli(*args)[3:]]
         out = subprocess.run(cmd, capture_output=True, text=True)
         assert out.returncode == -signal.SIGKILL, out.stderr
     out = subprocess.run(_cli(*args), capture_output=True, text=True)
@@ -165,8 +176,13 @@ def test_sigint_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
     args = _cli(f"--workdir={tmp_path}", "--config.train.num_steps=400000", "--config.train.checkpoint_every=200000")
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
     # ignored SIGINT ignored: the child installs Python's own handler, as in a terminal.
-    cmd = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "from psec_jax.cli import main; sys.exit(main(sys.argv[1:]))", *args[3:]]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from psec_jax.cli import main; sys.exit(main(sys.argv[1:]))",
+        *args[3:],
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -190,9 +206,16 @@ def test_sigint_saves_a_checkpoint_and_exits_130_with_one_line(tmp_path):
 
 def test_a_second_run_on_a_locked_workdir_is_refused_in_one_line(tmp_path, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from psec_jax import workdir\n"
-         "with workdir.lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from psec_jax import workdir\n"
+            "with workdir.lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         args = ["smoke", f"--config={CONFIG}", f"--workdir={tmp_path}", *TINY, "--config.train.num_steps=20"]

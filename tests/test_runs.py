@@ -12,8 +12,9 @@ from psec_jax import runs
 
 def test_to_jsonable_handles_arrays_scalars_and_configs():
     cfg = ml_collections.ConfigDict({"sizes": (1, 2), "lr": 1e-3})
-    out = runs.to_jsonable({"a": jnp.float32(1.5), "b": jnp.arange(3), "c": np.bool_(True),
-                            "d": jnp.bfloat16(2.0), "cfg": cfg})
+    out = runs.to_jsonable(
+        {"a": jnp.float32(1.5), "b": jnp.arange(3), "c": np.bool_(True), "d": jnp.bfloat16(2.0), "cfg": cfg}
+    )
     assert out == {"a": 1.5, "b": [0, 1, 2], "c": True, "d": 2.0, "cfg": {"sizes": [1, 2], "lr": 1e-3}}
     json.dumps(out)
 
@@ -56,8 +57,15 @@ def test_tables_and_summary(tmp_path):
 
 
 def test_json_files_never_hold_a_bare_nan(tmp_path):
-    out = runs.to_jsonable({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": jnp.float32(np.nan),
-                            "d": [float("-inf"), 2], "e": np.array([1, 2])})
+    out = runs.to_jsonable(
+        {
+            "a": float("nan"),
+            "b": np.array([1.0, np.inf]),
+            "c": jnp.float32(np.nan),
+            "d": [float("-inf"), 2],
+            "e": np.array([1, 2]),
+        }
+    )
     assert out == {"a": None, "b": [1.0, None], "c": None, "d": [None, 2], "e": [1, 2]}
     runs.write_json_atomic(tmp_path / "s.json", {"loss": float("nan")})
     assert json.loads((tmp_path / "s.json").read_text()) == {"loss": None}

@@ -5,10 +5,9 @@ import os
 
 import jax
 import pytest
-
-from psec_jax import smoke
 from smoke_helpers import run, tiny_config
-from psec_jax import runs, testing
+
+from psec_jax import runs, smoke, testing
 from psec_jax.checkpoint import CheckpointError
 
 
@@ -28,8 +27,7 @@ def test_chunk_does_not_recompile():
     trainer = smoke.make_train(tiny_config())
     root = jax.random.key(0)
     data = trainer.make_data(root)
-    testing.assert_no_recompile(jax.jit(trainer.chunk), trainer.init(root), data,
-                                next_args=lambda out: (out[0], data))
+    testing.assert_no_recompile(jax.jit(trainer.chunk), trainer.init(root), data, next_args=lambda out: (out[0], data))
 
 
 def test_resume_continues_identically(tmp_path):

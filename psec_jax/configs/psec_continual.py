@@ -4,7 +4,8 @@
     psec-jax psec_continual --config=psec_continual:small,paper_protocol --workdir=...
     ... --config.task=stand_run   (or stand_walk_run)   --config.skill_trajectories=3
 
-The argument is ``SIZE[,PROTOCOL]`` or ``demo`` (``DEMO``: what `make demo` runs). Sizes: `small` fits this 2-core CPU, `paper` uses PSEC's network
+The argument is ``SIZE[,PROTOCOL]`` or ``demo`` (``DEMO``: what `make demo` runs). Sizes: `small` fits
+this 2-core CPU, `paper` uses PSEC's network
 and step counts, `tiny` is for tests. Protocols (``PROTOCOLS``): `default`, the project's own, and
 `paper_protocol`, the official code's semantics as far as the CPU budget allows (its steps are the
 size's). Each protocol field is a switch of its own and can be set alone (``--config.obs_norm=False``).
@@ -61,8 +62,13 @@ PROTOCOLS = {
 # 30k steps on walker-stand-expert-1000traj as generated then, raw observations), one LoRA skill against
 # scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
 DEMO_PI0 = "walker_stand_small_paper_pi0"  # shipped in psec_jax/rl/pretrained (rl.runner.pretrained_root)
-DEMO = {"pretrained": DEMO_PI0, "share_pretrain": True, "num_seeds": 5, "methods": ("scratch", "psec"),
-        "expand.steps": 2000}
+DEMO = {
+    "pretrained": DEMO_PI0,
+    "share_pretrain": True,
+    "num_seeds": 5,
+    "methods": ("scratch", "psec"),
+    "expand.steps": 2000,
+}
 
 
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:

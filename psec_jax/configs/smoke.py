@@ -1,6 +1,6 @@
 """Config for `psec-jax smoke`: a tiny MLP regression run that exercises the whole run machinery.
 
-    psec-jax smoke --config=smoke --workdir=/tmp/smoke --config.train.num_steps=400
+psec-jax smoke --config=smoke --workdir=/tmp/smoke --config.train.num_steps=400
 """
 
 import ml_collections

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from psec_jax import artifacts, envs as envs_lib, prng, runs
+from psec_jax import artifacts, prng, runs
+from psec_jax import envs as envs_lib
 from psec_jax.data import sac
 from psec_jax.data.normalize import Normalizer
 from psec_jax.workdir import WorkdirError
@@ -46,8 +48,9 @@ class BehaviorPolicy(NamedTuple):
     obs_std: jax.Array  # [obs_dim]
 
 
-def policy_action(actor: sac.Actor, policy: BehaviorPolicy, obs: jax.Array, key: jax.Array,
-                  mode: str = "sample", noise: float = 0.0) -> jax.Array:
+def policy_action(
+    actor: sac.Actor, policy: BehaviorPolicy, obs: jax.Array, key: jax.Array, mode: str = "sample", noise: float = 0.0
+) -> jax.Array:
     """Action [act] for one raw obs [obs_dim].
 
     mode: "sample" (the SAC policy's own stochastic action), "mean" (tanh of the mean), or
@@ -99,16 +102,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     from psec_jax import config_check as cc
 
     cc.one_of(config, "env", envs_lib.names())
-    cc.positive_int(config, "total_steps", "eval_every", "eval_episodes", "sac.num_envs", "sac.batch_size",
-                    "sac.updates_per_step", "sac.hidden", "sac.replay_size", "sac.min_replay")
+    cc.positive_int(
+        config,
+        "total_steps",
+        "eval_every",
+        "eval_episodes",
+        "sac.num_envs",
+        "sac.batch_size",
+        "sac.updates_per_step",
+        "sac.hidden",
+        "sac.replay_size",
+        "sac.min_replay",
+    )
     cc.non_negative(config, "num_replay_snapshots")
     cc.positive(config, "sac.learning_rate", "sac.reward_scale", "sac.init_alpha")
     cc.in_range(config, "sac.discount", 0.0, 1.0)
     cc.in_range(config, "sac.tau", 0.0, 1.0, low_open=True)
     for small, large in (("sac.num_envs", "sac.replay_size"), ("sac.batch_size", "sac.min_replay")):
         if cc.get(config, small) > cc.get(config, large):  # (sac.make_train's rules, before the env is built)
-            raise cc.ConfigError(f"config field {small} ({cc.get(config, small)}) must not exceed {large} "
-                                 f"({cc.get(config, large)})")
+            raise cc.ConfigError(
+                f"config field {small} ({cc.get(config, small)}) must not exceed {large} ({cc.get(config, large)})"
+            )
 
 
 def _snapshot(state: sac.SACState) -> BehaviorPolicy:
@@ -126,16 +140,15 @@ def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
     target = r[expert] / 3.0
     medium = int(np.nanargmin(np.abs(r[: expert + 1] - target)))
     levels = {"random": 0, "medium": medium, "expert": expert}
-    between = [i for i in np.unique(np.linspace(0, medium, num_replay + 2).round().astype(int)[1:-1])
-               if 0 < i < medium]
+    between = [i for i in np.unique(np.linspace(0, medium, num_replay + 2).round().astype(int)[1:-1]) if 0 < i < medium]
     for i, idx in enumerate(between):
         levels[f"replay_{i}"] = int(idx)
     return levels
 
 
-def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
-          log: Callable[[dict[str, Any]], Any] | None = None
-          ) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
+def train(
+    config: ml_collections.ConfigDict, *, desc: str | None = None, log: Callable[[dict[str, Any]], Any] | None = None
+) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
     """Train SAC per `config` and return ({level: policy}, info with returns and the curve).
 
     `log`, if given, receives each evaluation's record (env_steps, return, wall_time, losses).
@@ -150,8 +163,7 @@ def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
     eval_key = prng.stream(key, "eval")
 
     def evaluate(state: sac.SACState, i: int) -> float:
-        r = agent.evaluate(state.actor_params, state.normalizer, jax.random.fold_in(eval_key, i),
-                           config.eval_episodes)
+        r = agent.evaluate(state.actor_params, state.normalizer, jax.random.fold_in(eval_key, i), config.eval_episodes)
         return float(np.mean(np.asarray(r)))
 
     snapshots = [_snapshot(state)]
@@ -171,8 +183,10 @@ def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
     levels = select_levels(returns, config.num_replay_snapshots)
     info = {
         "env": config.env,
-        "levels": {name: {"snapshot": idx, "env_steps": curve[idx]["env_steps"], "return": returns[idx]}
-                   for name, idx in levels.items()},
+        "levels": {
+            name: {"snapshot": idx, "env_steps": curve[idx]["env_steps"], "return": returns[idx]}
+            for name, idx in levels.items()
+        },
         "curve": curve,
         "train_seconds": time.time() - t0,
         "config": config.to_dict(),
@@ -184,8 +198,7 @@ def train(config: ml_collections.ConfigDict, *, desc: str | None = None,
 
 def save(directory: str | os.PathLike, policies: dict[str, BehaviorPolicy], info: dict[str, Any]) -> Path:
     """Write the levels and their info to `directory` (atomic, checksummed)."""
-    tree = {name: {"params": p.params, "obs_mean": p.obs_mean, "obs_std": p.obs_std}
-            for name, p in policies.items()}
+    tree = {name: {"params": p.params, "obs_mean": p.obs_mean, "obs_std": p.obs_std} for name, p in policies.items()}
     meta = {"format": FORMAT, **runs.to_jsonable(info)}
     return artifacts.save_tree(directory, tree, meta, manifest=MANIFEST, error=PolicyError)
 
@@ -198,8 +211,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ``psec_jax/data/policies/<env>/`` and commit it. Returns the summary."""
     earlier = [f for f in (runs.METRICS_FILE, "policy") if (Path(workdir) / f).exists()]
     if earlier:  # SAC training keeps no checkpoints: a second run would mix its files with the first's
-        raise WorkdirError(f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
-                           f"behavior runs do not resume: use a new --workdir")
+        raise WorkdirError(
+            f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
+            f"behavior runs do not resume: use a new --workdir"
+        )
     runs.save_config(workdir, config)
     with runs.MetricsWriter(workdir, tensorboard_from=0) as metrics:  # one line per evaluation, for watching a run
         policies, info = train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))
@@ -230,6 +245,8 @@ def load(env_name_or_dir: str | os.PathLike) -> tuple[sac.Actor, dict[str, Behav
     if meta.get("format") != FORMAT:
         raise PolicyError(f"{path / MANIFEST}: unknown format {meta.get('format')!r} (expected {FORMAT})")
     actor = sac.Actor(tuple(meta["config"]["sac"]["hidden"]), int(meta["action_size"]))
-    policies = {name: BehaviorPolicy(t["params"], jnp.asarray(t["obs_mean"]), jnp.asarray(t["obs_std"]))
-                for name, t in tree.items()}
+    policies = {
+        name: BehaviorPolicy(t["params"], jnp.asarray(t["obs_mean"]), jnp.asarray(t["obs_std"]))
+        for name, t in tree.items()
+    }
     return actor, policies, meta

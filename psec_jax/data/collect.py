@@ -8,7 +8,8 @@ D4RL's flags (`terminals` on true termination, `timeouts` on the time limit).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,8 +27,7 @@ def policy_act_fn(actor: sac.Actor, mode: str = "sample", noise: float = 0.0) ->
     return lambda policy, obs, key: behavior.policy_action(actor, policy, obs, key, mode, noise)
 
 
-def make_round(env: envs_lib.Env, act: ActFn, num_envs: int, chunk: int = 50
-               ) -> Callable[[Any, jax.Array], Any]:
+def make_round(env: envs_lib.Env, act: ActFn, num_envs: int, chunk: int = 50) -> Callable[[Any, jax.Array], Any]:
     """A jitted function (params, key) -> (transitions [T, num_envs, ...], valid [T, num_envs]).
 
     One round plays one episode in each of num_envs environments (T = env.episode_length) with
@@ -41,15 +41,17 @@ def make_round(env: envs_lib.Env, act: ActFn, num_envs: int, chunk: int = 50
 
     def one_round(params: Any, key: jax.Array):
         reset_keys = jax.random.split(prng.stream(key, "reset"), num_envs)
-        episodes = rollout.rollout(env, batch_act, params, reset_keys, prng.stream(key, "act"), record=True,
-                                   chunk=chunk)
+        episodes = rollout.rollout(
+            env, batch_act, params, reset_keys, prng.stream(key, "act"), record=True, chunk=chunk
+        )
         return episodes.transitions, episodes.valid
 
     return jax.jit(one_round)
 
 
-def collect(round_fn: Callable[[Any, jax.Array], Any], params: Any, key: jax.Array,
-            num_episodes: int, *, desc: str = "collect") -> dict[str, np.ndarray]:
+def collect(
+    round_fn: Callable[[Any, jax.Array], Any], params: Any, key: jax.Array, num_episodes: int, *, desc: str = "collect"
+) -> dict[str, np.ndarray]:
     """Collect `num_episodes` complete episodes with a `make_round` function and policy params.
 
     Returns the D4RL transition dict (observations, actions, rewards, costs, terminals, timeouts,

@@ -47,14 +47,17 @@ import jax
 import numpy as np
 
 import psec_jax
-from psec_jax import artifacts, envs as envs_lib, prng, progress, runs, workdir
+from psec_jax import artifacts, prng, progress, runs, workdir
+from psec_jax import envs as envs_lib
 from psec_jax.data import behavior, collect, formats, pinned, references
 
 KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
 DEFAULT_EPISODES = 1000
 MAX_EPISODES = 100_000  # 100x D4RL's largest; 10**8 transitions of 1000-step episodes
-_NAME = re.compile(r"^(?P<env>[a-z0-9-]+?)(?::(?P<variant>[\w.]+))?-(?P<kind>random|medium-replay|"
-                   r"medium-expert|medium|expert)(?:-(?P<n>\d+)traj)?$")
+_NAME = re.compile(
+    r"^(?P<env>[a-z0-9-]+?)(?::(?P<variant>[\w.]+))?-(?P<kind>random|medium-replay|"
+    r"medium-expert|medium|expert)(?:-(?P<n>\d+)traj)?$"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +107,10 @@ def parse(name: str, *, seed: int = 0, noise: float = 0.0) -> Recipe:
     """Recipe of a dataset name (see the module docstring); ValueError names what is wrong."""
     m = _NAME.match(name)
     if not m:
-        raise ValueError(f"bad dataset name {name!r}: expected {{env}}[:{{variant}}]-{{kind}}[-{{N}}traj] "
-                         f"with kind in {KINDS}, e.g. walker-walk-expert-10traj")
+        raise ValueError(
+            f"bad dataset name {name!r}: expected {{env}}[:{{variant}}]-{{kind}}[-{{N}}traj] "
+            f"with kind in {KINDS}, e.g. walker-walk-expert-10traj"
+        )
     env, variant = envs_lib.parse(m["env"], m["variant"])
     n = int(m["n"]) if m["n"] else DEFAULT_EPISODES
     if n < 1:
@@ -134,8 +139,9 @@ def command(recipe: Recipe) -> str:
     return f"psec-jax dataset {recipe.name}{flags}"
 
 
-def generate(recipe: Recipe, path: str | os.PathLike, *, policy_dir: str | os.PathLike | None = None,
-             num_envs: int = 64) -> dict[str, Any]:
+def generate(
+    recipe: Recipe, path: str | os.PathLike, *, policy_dir: str | os.PathLike | None = None, num_envs: int = 64
+) -> dict[str, Any]:
     """Roll out the recipe and write it to `path` (D4RL HDF5). Returns the metadata written."""
     actor, policies, info = behavior.load(policy_dir or recipe.env)
     env = envs_lib.make(recipe.env, recipe.variant)
@@ -144,19 +150,36 @@ def generate(recipe: Recipe, path: str | os.PathLike, *, policy_dir: str | os.Pa
     num_envs = min(num_envs, max(n for _, n in segments))
     round_fn = collect.make_round(env, collect.policy_act_fn(actor, "sample", recipe.noise), num_envs)
     key = prng.stream(key, recipe.name)
-    parts = [collect.collect(round_fn, policies[level], prng.stream(key, level), episodes,
-                             desc=f"{recipe.name} [{level}]") for level, episodes in segments]
+    parts = [
+        collect.collect(round_fn, policies[level], prng.stream(key, level), episodes, desc=f"{recipe.name} [{level}]")
+        for level, episodes in segments
+    ]
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     returns = formats.trajectory_returns(data)
     costs = formats.trajectory_returns(data, "costs")
     meta = {
-        "name": recipe.name, "env": recipe.env, "variant": recipe.variant, "kind": recipe.kind,
-        "num_episodes": recipe.num_episodes, "num_transitions": int(len(data["rewards"])),
-        "seed": recipe.seed, "noise": recipe.noise, "cost_threshold": env.cost_threshold,
-        "segments": [{"level": lvl, "episodes": n, "policy_return": info["levels"][lvl]["return"],
-                      "policy_env_steps": info["levels"][lvl]["env_steps"]} for lvl, n in segments],
-        "return_mean": float(returns.mean()), "return_std": float(returns.std()),
-        "cost_mean": float(costs.mean()), "command": command(recipe),
+        "name": recipe.name,
+        "env": recipe.env,
+        "variant": recipe.variant,
+        "kind": recipe.kind,
+        "num_episodes": recipe.num_episodes,
+        "num_transitions": int(len(data["rewards"])),
+        "seed": recipe.seed,
+        "noise": recipe.noise,
+        "cost_threshold": env.cost_threshold,
+        "segments": [
+            {
+                "level": lvl,
+                "episodes": n,
+                "policy_return": info["levels"][lvl]["return"],
+                "policy_env_steps": info["levels"][lvl]["env_steps"],
+            }
+            for lvl, n in segments
+        ],
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "cost_mean": float(costs.mean()),
+        "command": command(recipe),
         "psec_jax_version": psec_jax.__version__,
     }
     formats.save_d4rl(path, data, meta)
@@ -174,7 +197,8 @@ def policy_checksum(env_name: str) -> str:
         raise behavior.PolicyError(
             f"no committed behaviour policies for {env_name!r} (missing {manifest}); train them with "
             f"`psec-jax behavior --config=behavior --config.env={env_name} "
-            f"--workdir=DIR` and copy DIR/policy to {manifest.parent}")
+            f"--workdir=DIR` and copy DIR/policy to {manifest.parent}"
+        )
     return artifacts.sha256(manifest)
 
 
@@ -184,12 +208,20 @@ def _check_writable(directory: Path) -> None:
     try:
         workdir.check_writable(directory)
     except OSError as e:
-        raise formats.DatasetError(f"cannot write the dataset cache {directory}: {e.strerror or e}; choose "
-                                   f"another with $PSEC_JAX_DATA_DIR or --dir") from None
+        raise formats.DatasetError(
+            f"cannot write the dataset cache {directory}: {e.strerror or e}; choose "
+            f"another with $PSEC_JAX_DATA_DIR or --dir"
+        ) from None
 
 
-def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = False,
-        directory: str | os.PathLike | None = None) -> Path:
+def get(
+    name: str,
+    *,
+    seed: int = 0,
+    noise: float = 0.0,
+    regenerate: bool = False,
+    directory: str | os.PathLike | None = None,
+) -> Path:
     """Path of the named dataset in the cache, generating it first when absent, corrupt or made
     from other policies than the committed ones. DatasetError before generating when the cache
     directory cannot be written."""
@@ -201,12 +233,14 @@ def get(name: str, *, seed: int = 0, noise: float = 0.0, regenerate: bool = Fals
         recorded = side.read_text().split()
         if recorded[:1] == [artifacts.sha256(path)] and recorded[2:3] == [policies]:
             return path
-        warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating")
+        warnings.warn(f"{path}: checksum or policies do not match {side.name}; regenerating", stacklevel=2)
     _check_writable(path.parent)
     pin = pinned.applies() and not pinned.in_pinned_process()
-    with progress.phase(f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}"
-                        + (f" (XLA pinned to {pinned.ISA} in a child process)" if pin else ""),
-                        disable=jax.process_index() != 0):
+    with progress.phase(
+        f"dataset {recipe.name}: generating {recipe.num_episodes} trajectories into {path}"
+        + (f" (XLA pinned to {pinned.ISA} in a child process)" if pin else ""),
+        disable=jax.process_index() != 0,
+    ):
         if pin:
             runs.replace_atomic(path, lambda tmp: pinned.generate_in_child(recipe.name, recipe.seed, recipe.noise, tmp))
         else:
@@ -222,8 +256,14 @@ def _copy_atomic(source: Path, dest: Path) -> None:
     runs.replace_atomic(dest, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def export(name: str, destination: str | os.PathLike, *, seed: int = 0, noise: float = 0.0,
-           directory: str | os.PathLike | None = None) -> Path:
+def export(
+    name: str,
+    destination: str | os.PathLike,
+    *,
+    seed: int = 0,
+    noise: float = 0.0,
+    directory: str | os.PathLike | None = None,
+) -> Path:
     """Copies the named dataset (from the cache, generated first if absent) into the directory
     ``destination`` with its ``.sha256`` record (the file's sha256, its name, the behaviour policies'
     checksum): the exact bytes, for ``import_`` on a machine whose XLA would generate other ones.
@@ -239,8 +279,9 @@ def export(name: str, destination: str | os.PathLike, *, seed: int = 0, noise: f
     return dest / path.name
 
 
-def import_(file: str | os.PathLike, name: str, *, seed: int = 0, noise: float = 0.0,
-            directory: str | os.PathLike | None = None) -> Path:
+def import_(
+    file: str | os.PathLike, name: str, *, seed: int = 0, noise: float = 0.0, directory: str | os.PathLike | None = None
+) -> Path:
     """Installs ``file``, a dataset written by ``export`` (its ``.sha256`` record beside it), into the
     cache as the named dataset, so ``get`` returns these bytes instead of generating its own. DatasetError
     (one line) unless the file matches its recorded sha256, holds the dataset ``name`` / ``seed`` /
@@ -249,25 +290,32 @@ def import_(file: str | os.PathLike, name: str, *, seed: int = 0, noise: float =
     recipe = parse(name, seed=seed, noise=noise)
     file, side = Path(file), _sidecar(Path(file))
     if not file.is_file() or not side.is_file():
-        raise formats.DatasetError(f"cannot import {file}: it needs the file and its {side.name} beside it "
-                                   f"(as `psec-jax dataset NAME --export DIR` writes them)")
+        raise formats.DatasetError(
+            f"cannot import {file}: it needs the file and its {side.name} beside it "
+            f"(as `psec-jax dataset NAME --export DIR` writes them)"
+        )
     recorded = side.read_text().split()
     if len(recorded) != 3:
-        raise formats.DatasetError(f"cannot import {file}: {side} is not a dataset record (sha256, name, "
-                                   f"policies)")
+        raise formats.DatasetError(f"cannot import {file}: {side} is not a dataset record (sha256, name, policies)")
     sha = artifacts.sha256(file)
     if sha != recorded[0]:
-        raise formats.DatasetError(f"cannot import {file}: its sha256 {sha[:12]}... is not "
-                                   f"the {recorded[0][:12]}... recorded in {side.name} (damaged in transfer?)")
+        raise formats.DatasetError(
+            f"cannot import {file}: its sha256 {sha[:12]}... is not "
+            f"the {recorded[0][:12]}... recorded in {side.name} (damaged in transfer?)"
+        )
     _, meta = formats.load_d4rl(file)
     theirs = (meta.get("name"), int(meta.get("seed", -1)), float(meta.get("noise", math.nan)))
     if theirs != (recipe.name, recipe.seed, recipe.noise):
-        raise formats.DatasetError(f"cannot import {file}: it holds {theirs[0]} (seed {theirs[1]}, noise "
-                                   f"{theirs[2]!r}), not {recipe.name} (seed {recipe.seed}, noise {recipe.noise!r})")
+        raise formats.DatasetError(
+            f"cannot import {file}: it holds {theirs[0]} (seed {theirs[1]}, noise "
+            f"{theirs[2]!r}), not {recipe.name} (seed {recipe.seed}, noise {recipe.noise!r})"
+        )
     policies = policy_checksum(recipe.env)
     if recorded[2] != policies:
-        raise formats.DatasetError(f"cannot import {file}: it was generated from other behaviour policies "
-                                   f"({recorded[2][:12]}...) than this checkout's ({policies[:12]}...)")
+        raise formats.DatasetError(
+            f"cannot import {file}: it was generated from other behaviour policies "
+            f"({recorded[2][:12]}...) than this checkout's ({policies[:12]}...)"
+        )
     dest = Path(directory or cache_dir()) / recipe.filename
     _check_writable(dest.parent)
     _copy_atomic(file, dest)

@@ -24,14 +24,14 @@ class Normalizer:
     clip: float | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def of(cls, observations: jax.Array, *, floor: float = 1e-3) -> "Normalizer":
+    def of(cls, observations: jax.Array, *, floor: float = 1e-3) -> Normalizer:
         """Statistics of observations [N, obs_dim], the std floored at ``floor``."""
         if observations.ndim != 2 or observations.shape[0] < 1:
             raise ValueError(f"Normalizer.of needs observations [N >= 1, obs_dim], got shape {observations.shape}")
         return cls(jnp.mean(observations, 0), jnp.maximum(jnp.std(observations, 0), floor))
 
     @classmethod
-    def identity(cls, obs_dim: int) -> "Normalizer":
+    def identity(cls, obs_dim: int) -> Normalizer:
         """The normaliser that changes nothing."""
         return cls(jnp.zeros((obs_dim,)), jnp.ones((obs_dim,)))
 
@@ -49,14 +49,14 @@ class RunningMoments(NamedTuple):
     m2: jax.Array  # [obs_dim], sum of squared deviations
 
     @classmethod
-    def zeros(cls, obs_dim: int) -> "RunningMoments":
+    def zeros(cls, obs_dim: int) -> RunningMoments:
         return cls(jnp.zeros(()), jnp.zeros((obs_dim,)), jnp.zeros((obs_dim,)))
 
     @property
     def std(self) -> jax.Array:
         return jnp.sqrt(self.m2 / jnp.maximum(self.count, 1.0) + 1e-6)
 
-    def update(self, x: jax.Array) -> "RunningMoments":
+    def update(self, x: jax.Array) -> RunningMoments:
         """Fold in a batch x: [n, obs_dim]."""
         n = x.shape[0]
         count = self.count + n

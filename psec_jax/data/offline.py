@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -34,16 +34,16 @@ class OfflineData:
     next_observations: jax.Array  # [N, obs_dim] float32
 
     @classmethod
-    def from_numpy(cls, data: Mapping[str, np.ndarray]) -> "OfflineData":
+    def from_numpy(cls, data: Mapping[str, np.ndarray]) -> OfflineData:
         """Build from a D4RL transition dict (formats.load_d4rl / load_dsrl / load_minari)."""
-        missing = [k for k in ("observations", "actions", "rewards", "terminals", "next_observations")
-                   if k not in data]
+        missing = [k for k in ("observations", "actions", "rewards", "terminals", "next_observations") if k not in data]
         if missing:
             raise KeyError(f"transition dict lacks {missing}")
         n = len(data["rewards"])
         f32 = lambda k: jnp.asarray(np.asarray(data[k], np.float32))
         return cls(
-            observations=f32("observations"), actions=f32("actions"),
+            observations=f32("observations"),
+            actions=f32("actions"),
             rewards=f32("rewards").reshape(n),
             costs=f32("costs").reshape(n) if "costs" in data else jnp.zeros((n,), jnp.float32),
             terminals=f32("terminals").reshape(n),
@@ -52,15 +52,21 @@ class OfflineData:
         )
 
     @classmethod
-    def synthetic(cls, n: int, obs_dim: int, act_dim: int, seed: int = 0) -> "OfflineData":
+    def synthetic(cls, n: int, obs_dim: int, act_dim: int, seed: int = 0) -> OfflineData:
         """n random transitions (normal observations, uniform actions in [-1, 1], normal rewards, 30%
         cost events, next observation = observation + small noise): shapes for tests and benchmarks."""
         rng = np.random.default_rng(seed)
         obs = rng.normal(size=(n, obs_dim))
-        return cls.from_numpy(dict(
-            observations=obs, actions=rng.uniform(-1, 1, (n, act_dim)), rewards=rng.normal(size=n),
-            costs=(rng.uniform(size=n) < 0.3).astype(np.float32), terminals=np.zeros(n),
-            next_observations=obs + 0.1 * rng.normal(size=(n, obs_dim))))
+        return cls.from_numpy(
+            dict(
+                observations=obs,
+                actions=rng.uniform(-1, 1, (n, act_dim)),
+                rewards=rng.normal(size=n),
+                costs=(rng.uniform(size=n) < 0.3).astype(np.float32),
+                terminals=np.zeros(n),
+                next_observations=obs + 0.1 * rng.normal(size=(n, obs_dim)),
+            )
+        )
 
     @property
     def size(self) -> int:
@@ -85,21 +91,28 @@ class OfflineData:
 
     def as_transition(self) -> Transition:
         """All transitions as a Transition (terminals/timeouts as float32)."""
-        return Transition(self.observations, self.actions, self.rewards, self.costs, self.terminals,
-                          self.timeouts, self.next_observations)
+        return Transition(
+            self.observations,
+            self.actions,
+            self.rewards,
+            self.costs,
+            self.terminals,
+            self.timeouts,
+            self.next_observations,
+        )
 
     def episode_ids(self) -> np.ndarray:
         """[N] int: index of the episode each transition belongs to (host-side)."""
         ends = np.asarray(jnp.maximum(self.terminals, self.timeouts)) > 0
         return np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64)
 
-    def take_episodes(self, episodes: np.ndarray) -> "OfflineData":
+    def take_episodes(self, episodes: np.ndarray) -> OfflineData:
         """The transitions of the given episode indices (host-side selection, order kept)."""
         mask = np.isin(self.episode_ids(), np.asarray(episodes))
         idx = jnp.asarray(np.flatnonzero(mask))
         return jax.tree.map(lambda x: x[idx], self)
 
-    def subsample_episodes(self, key: jax.Array, fraction: float) -> "OfflineData":
+    def subsample_episodes(self, key: jax.Array, fraction: float) -> OfflineData:
         """A random `fraction` of the episodes (at least one), e.g. 0.05 for a 5% target set."""
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -109,6 +122,6 @@ class OfflineData:
         return self.take_episodes(chosen)
 
     @staticmethod
-    def concatenate(parts: list["OfflineData"]) -> "OfflineData":
+    def concatenate(parts: list[OfflineData]) -> OfflineData:
         """Join datasets along the transition axis."""
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)

@@ -57,8 +57,12 @@ def generate_in_child(name: str, seed: int, noise: float, path: Path) -> None:
     (``subprocess.run`` does); it also dies with this process (``_generate`` asks Linux for that)."""
     error = error_file(path)
     try:
-        code = subprocess.run([sys.executable, "-m", CHILD, name, str(seed), repr(noise), str(path)],
-                              env=environment(), stdin=subprocess.DEVNULL, start_new_session=True).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", CHILD, name, str(seed), repr(noise), str(path)],
+            env=environment(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        ).returncode
         if code:
             why = error.read_text().strip() if error.is_file() else "it wrote no error (killed, out of memory?)"
             raise DatasetError(f"generating {name} pinned to {ISA} in a child process failed (exit {code}): {why}")

@@ -30,8 +30,10 @@ def check(filename: str, sha256: str, command: str) -> bool | None:
         return None
     if want == sha256:
         return True
-    progress.say(f"warning: {filename} was generated with other bytes (sha256 {sha256[:16]}...) than the "
-                 f"reference {want[:16]}... the committed results used; results will differ from them by "
-                 f"training noise (`{command} --export DIR` on the reference machine and `--import FILE` here "
-                 f"bring the same bytes)")
+    progress.say(
+        f"warning: {filename} was generated with other bytes (sha256 {sha256[:16]}...) than the "
+        f"reference {want[:16]}... the committed results used; results will differ from them by "
+        f"training noise (`{command} --export DIR` on the reference machine and `--import FILE` here "
+        f"bring the same bytes)"
+    )
     return False

@@ -74,12 +74,12 @@ class TwinCritic(nn.Module):
             for width in self.hidden:
                 x = nn.relu(nn.LayerNorm()(nn.Dense(width)(x)))
             return nn.Dense(1)(x)[..., 0]
+
         x = jnp.concatenate([obs, action], -1)
         return jnp.stack([q(x), q(x)], -1)
 
 
-def sample_action(actor: Actor, params: Any, obs: jax.Array, key: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
+def sample_action(actor: Actor, params: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Reparameterised tanh-Gaussian sample for one normalised obs. Returns (action [act], log_prob [])."""
     mean, log_std = actor.apply(params, obs)
     std = jnp.exp(log_std)
@@ -103,7 +103,7 @@ class Replay:
     insert: jax.Array  # [] int32, next write position
     size: jax.Array  # [] int32, valid rows
 
-    def add(self, batch: envs_lib.Transition) -> "Replay":
+    def add(self, batch: envs_lib.Transition) -> Replay:
         """Append a batch (fields [n, ...]), overwriting the oldest rows when full."""
         capacity = self.data.rewards.shape[0]
         n = batch.rewards.shape[0]
@@ -164,10 +164,14 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     def empty_replay(capacity: int) -> Replay:
         o, a = env.observation_size, env.action_size
         data = envs_lib.Transition(
-            observations=jnp.zeros((capacity, o)), actions=jnp.zeros((capacity, a)),
-            rewards=jnp.zeros((capacity,)), costs=jnp.zeros((capacity,)),
-            terminals=jnp.zeros((capacity,), bool), timeouts=jnp.zeros((capacity,), bool),
-            next_observations=jnp.zeros((capacity, o)))
+            observations=jnp.zeros((capacity, o)),
+            actions=jnp.zeros((capacity, a)),
+            rewards=jnp.zeros((capacity,)),
+            costs=jnp.zeros((capacity,)),
+            terminals=jnp.zeros((capacity,), bool),
+            timeouts=jnp.zeros((capacity,), bool),
+            next_observations=jnp.zeros((capacity, o)),
+        )
         return Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def init(key: jax.Array) -> SACState:
@@ -188,12 +192,22 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
             return (env_state, replay.add(tr), normalizer.update(tr.observations)), None
 
         n_fill = -(-c.min_replay // c.num_envs)
-        (env_state, replay, normalizer), _ = jax.lax.scan(prefill, (env_state, replay, normalizer),
-                                                          jnp.arange(n_fill))
-        return SACState(actor_params, critic_params, critic_params, log_alpha, adam.init(actor_params),
-                        adam.init(critic_params), adam.init(log_alpha), normalizer, replay, env_state,
-                        prng.stream(key, "train"), jnp.zeros((), jnp.int32),
-                        jnp.asarray(n_fill * c.num_envs, jnp.int32))
+        (env_state, replay, normalizer), _ = jax.lax.scan(prefill, (env_state, replay, normalizer), jnp.arange(n_fill))
+        return SACState(
+            actor_params,
+            critic_params,
+            critic_params,
+            log_alpha,
+            adam.init(actor_params),
+            adam.init(critic_params),
+            adam.init(log_alpha),
+            normalizer,
+            replay,
+            env_state,
+            prng.stream(key, "train"),
+            jnp.zeros((), jnp.int32),
+            jnp.asarray(n_fill * c.num_envs, jnp.int32),
+        )
 
     def update(state: SACState, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
         batch = state.replay.sample(prng.stream(key, "batch"), c.batch_size)
@@ -232,11 +246,16 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         g = jax.grad(alpha_loss)(state.log_alpha)
         upd, alpha_opt = adam.update(g, state.alpha_opt)
         log_alpha = optax.apply_updates(state.log_alpha, upd)
-        state = state.replace(actor_params=actor_params, critic_params=critic_params,
-                              target_params=target_params, log_alpha=log_alpha, actor_opt=actor_opt,
-                              critic_opt=critic_opt, alpha_opt=alpha_opt)
-        return state, {"critic_loss": q_loss, "actor_loss": pi_loss, "q": q_mean, "alpha": alpha,
-                       "entropy": -logp_mean}
+        state = state.replace(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_params=target_params,
+            log_alpha=log_alpha,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            alpha_opt=alpha_opt,
+        )
+        return state, {"critic_loss": q_loss, "actor_loss": pi_loss, "q": q_mean, "alpha": alpha, "entropy": -logp_mean}
 
     def iteration(state: SACState, _) -> tuple[SACState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.key, state.iteration)
@@ -244,14 +263,14 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         akeys = jax.random.split(prng.stream(key, "act"), c.num_envs)
         actions, _ = jax.vmap(lambda o, k: sample_action(actor, state.actor_params, o, k))(obs, akeys)
         env_state, tr = env_step(state.env_state, actions, prng.stream(key, "reset"))
-        state = state.replace(env_state=env_state, replay=state.replay.add(tr),
-                              normalizer=state.normalizer.update(tr.observations))
+        state = state.replace(
+            env_state=env_state, replay=state.replay.add(tr), normalizer=state.normalizer.update(tr.observations)
+        )
         ukeys = jax.random.split(prng.stream(key, "update"), c.updates_per_step)
         state, metrics = jax.lax.scan(update, state, ukeys)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["reward"] = tr.rewards.mean()
-        return state.replace(iteration=state.iteration + 1,
-                             env_steps=state.env_steps + c.num_envs), metrics
+        return state.replace(iteration=state.iteration + 1, env_steps=state.env_steps + c.num_envs), metrics
 
     def run(state: SACState, num_iterations: int):
         return jax.lax.scan(iteration, state, None, length=num_iterations)
@@ -259,8 +278,13 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> jax.Array:
         """Undiscounted returns of full episodes of the deterministic policy: [num_episodes]."""
         act = lambda p, obs, k: deterministic_action(actor, p, moments, obs)
-        return rollout.rollout(env, act, actor_params, jax.random.split(key, num_episodes), key,
-                               chunk=env.episode_length).returns
+        return rollout.rollout(
+            env, act, actor_params, jax.random.split(key, num_episodes), key, chunk=env.episode_length
+        ).returns
 
-    return SAC(actor=actor, init=jax.jit(init), run=jax.jit(run, static_argnums=1, donate_argnums=0),
-               evaluate=jax.jit(evaluate, static_argnums=3))
+    return SAC(
+        actor=actor,
+        init=jax.jit(init),
+        run=jax.jit(run, static_argnums=1, donate_argnums=0),
+        evaluate=jax.jit(evaluate, static_argnums=3),
+    )

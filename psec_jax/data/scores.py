@@ -20,8 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["D4RL_REF_SCORES", "UnknownEnvError", "normalized_score", "policy_references",
-           "reference_scores"]
+__all__ = ["D4RL_REF_SCORES", "UnknownEnvError", "normalized_score", "policy_references", "reference_scores"]
 
 # (random, expert) episode returns = (REF_MIN_SCORE, REF_MAX_SCORE) of D4RL, read in
 # Farama-Foundation/D4RL d4rl/infos.py (commit 0ace16de1795f9e99b0e413f3617f797a997b57e):
@@ -42,9 +41,7 @@ class UnknownEnvError(KeyError):
         return str(self.args[0])
 
 
-def reference_scores(
-    env_name: str, table: Mapping[str, tuple[float, float]] | None = None
-) -> tuple[float, float]:
+def reference_scores(env_name: str, table: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
     """The ``(random, expert)`` returns for an environment or D4RL dataset name.
 
     Looks up ``env_name`` itself, else the longest table name it starts with (followed by ``-``

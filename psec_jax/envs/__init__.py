@@ -14,9 +14,15 @@ import importlib
 from psec_jax.envs.base import Env, EnvState, Transition, step_autoreset
 
 _LAZY = {
-    "BRAX_BODIES": "registry", "VELOCITY_THRESHOLDS": "registry", "WALKER_TASKS": "registry",
-    "make": "registry", "names": "registry", "parse": "registry",
-    "THIGH_GEOMS": "variants", "VARIANTS": "variants", "apply_variant": "variants",
+    "BRAX_BODIES": "registry",
+    "VELOCITY_THRESHOLDS": "registry",
+    "WALKER_TASKS": "registry",
+    "make": "registry",
+    "names": "registry",
+    "parse": "registry",
+    "THIGH_GEOMS": "variants",
+    "VARIANTS": "variants",
+    "apply_variant": "variants",
 }
 
 __all__ = ["Env", "EnvState", "Transition", "step_autoreset", *_LAZY]

@@ -10,7 +10,8 @@ simulator terminates them (a fallen hopper, a NaN state). `step` never resets by
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,22 +72,21 @@ class Env:
     cost_threshold: float | None
     dt: float
     _reset: Callable[[jax.Array], tuple[Any, jax.Array]] = dataclasses.field(repr=False)
-    _step: Callable[[Any, jax.Array], tuple[Any, jax.Array, jax.Array, jax.Array, jax.Array]] = (
-        dataclasses.field(repr=False)
+    _step: Callable[[Any, jax.Array], tuple[Any, jax.Array, jax.Array, jax.Array, jax.Array]] = dataclasses.field(
+        repr=False
     )
     backend: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
-        """"name" for the nominal dynamics, "name:variant" otherwise."""
+        """ "name" for the nominal dynamics, "name:variant" otherwise."""
         return self.name if self.variant == "nominal" else f"{self.name}:{self.variant}"
 
     def reset(self, key: jax.Array) -> EnvState:
         """Start an episode. key: a PRNG key. Returns an unbatched EnvState."""
         inner, obs = self._reset(key)
         zero = jnp.zeros((), jnp.float32)
-        return EnvState(inner, obs.astype(jnp.float32), zero, zero, zero, zero, zero,
-                        jnp.zeros((), jnp.int32))
+        return EnvState(inner, obs.astype(jnp.float32), zero, zero, zero, zero, zero, jnp.zeros((), jnp.int32))
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """Advance one step. action: [action_size], clipped to [-1, 1]."""
@@ -99,12 +99,19 @@ class Env:
             cost = jnp.zeros((), jnp.float32)
         else:
             cost = (speed > self.cost_threshold).astype(jnp.float32)
-        return EnvState(inner, obs.astype(jnp.float32), reward.astype(jnp.float32), cost,
-                        terminal, truncation, speed.astype(jnp.float32), steps)
+        return EnvState(
+            inner,
+            obs.astype(jnp.float32),
+            reward.astype(jnp.float32),
+            cost,
+            terminal,
+            truncation,
+            speed.astype(jnp.float32),
+            steps,
+        )
 
 
-def step_autoreset(env: Env, state: EnvState, action: jax.Array, key: jax.Array
-                   ) -> tuple[EnvState, Transition]:
+def step_autoreset(env: Env, state: EnvState, action: jax.Array, key: jax.Array) -> tuple[EnvState, Transition]:
     """Step; when the episode ends, start a new one from `key`.
 
     Returns (state to continue from, the transition just taken). The transition keeps the final

@@ -14,7 +14,8 @@ planar speed sqrt(vx^2 + vy^2)) is strictly above the Safety-Gymnasium v1 thresh
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import jax
@@ -57,8 +58,9 @@ def parse(name: str, variant: str | None = None) -> tuple[str, str]:
     return name, variant
 
 
-def make(name: str, variant: str | None = None, *, backend: str = "generalized",
-         episode_length: int = EPISODE_LENGTH) -> Env:
+def make(
+    name: str, variant: str | None = None, *, backend: str = "generalized", episode_length: int = EPISODE_LENGTH
+) -> Env:
     """Build an environment.
 
     Args:
@@ -96,9 +98,18 @@ def _make_walker(name: str, variant: str, episode_length: int) -> Env:
         speed = mjx_env.get_sensor_data(env.mj_model, nxt.data, "torso_subtreelinvel")[0]
         return nxt, nxt.obs, nxt.reward, nxt.done, speed
 
-    return Env(name=name, variant=variant, observation_size=int(env.observation_size),
-               action_size=int(env.action_size), episode_length=episode_length,
-               cost_threshold=None, dt=float(env.dt), _reset=reset, _step=step, backend=env)
+    return Env(
+        name=name,
+        variant=variant,
+        observation_size=int(env.observation_size),
+        action_size=int(env.action_size),
+        episode_length=episode_length,
+        cost_threshold=None,
+        dt=float(env.dt),
+        _reset=reset,
+        _step=step,
+        backend=env,
+    )
 
 
 @contextlib.contextmanager
@@ -138,7 +149,15 @@ def _make_brax(name: str, variant: str, backend: str, episode_length: int) -> En
         speed = jnp.sqrt(vx**2 + nxt.metrics["y_velocity"] ** 2) if planar else vx
         return nxt, nxt.obs, nxt.reward, nxt.done, speed
 
-    return Env(name=name, variant=variant, observation_size=int(env.observation_size),
-               action_size=int(env.action_size), episode_length=episode_length,
-               cost_threshold=VELOCITY_THRESHOLDS[name], dt=float(env.dt), _reset=reset,
-               _step=step, backend=env)
+    return Env(
+        name=name,
+        variant=variant,
+        observation_size=int(env.observation_size),
+        action_size=int(env.action_size),
+        episode_length=episode_length,
+        cost_threshold=VELOCITY_THRESHOLDS[name],
+        dt=float(env.dt),
+        _reset=reset,
+        _step=step,
+        backend=env,
+    )

@@ -9,7 +9,8 @@ episode is running (``where``, not a product: a terminated simulator may produce
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,16 @@ class Episodes(NamedTuple):
     valid: jax.Array | None  # record=True: [T, N] bool, True where the step belongs to the episode
 
 
-def rollout(env: Env, act: BatchActFn, params: Any, reset_keys: jax.Array, act_key: jax.Array, *,
-            record: bool = False, chunk: int = 50) -> Episodes:
+def rollout(
+    env: Env,
+    act: BatchActFn,
+    params: Any,
+    reset_keys: jax.Array,
+    act_key: jax.Array,
+    *,
+    record: bool = False,
+    chunk: int = 50,
+) -> Episodes:
     """Plays one episode (``env.episode_length`` steps at most) in each of ``N = len(reset_keys)``
     environments, acting with ``act(params, obs, fold_in(act_key, t))``. Jittable; ``record`` and
     ``chunk`` are static."""
@@ -66,15 +75,17 @@ def rollout(env: Env, act: BatchActFn, params: Any, reset_keys: jax.Array, act_k
         c, carry, buffers = loop
         carry, out = jax.lax.scan(step, carry, c * chunk + jnp.arange(chunk))
         if record:
-            buffers = jax.tree.map(lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o, c * chunk, 0),
-                                   buffers, out)
+            buffers = jax.tree.map(
+                lambda buf, o: jax.lax.dynamic_update_slice_in_dim(buf, o, c * chunk, 0), buffers, out
+            )
         return c + 1, carry, buffers
 
     if num_chunks == 1:  # one chunk: a plain scan (no while_loop around it, so XLA compiles it as such)
         _, (_, _, ret, cost, length), buffers = run_chunk((jnp.int32(0), init_carry, buffers))
     else:
         _, (_, _, ret, cost, length), buffers = jax.lax.while_loop(
-            lambda loop: (loop[0] < num_chunks) & loop[1][1].any(), run_chunk, (jnp.int32(0), init_carry, buffers))
+            lambda loop: (loop[0] < num_chunks) & loop[1][1].any(), run_chunk, (jnp.int32(0), init_carry, buffers)
+        )
     if not record:
         return Episodes(ret, cost, length, None, None)
     trs, valid = jax.tree.map(lambda a: a[:horizon], buffers)

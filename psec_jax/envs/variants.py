@@ -20,7 +20,7 @@ collide with its parent), so the kinematic chain and the initial pose are unchan
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import mujoco
 import numpy as np
@@ -42,6 +42,7 @@ def _scale_friction(factor: float) -> Callable[[mujoco.MjSpec, str], None]:
             friction = np.array(geom.friction, dtype=np.float64)
             friction[0] *= factor
             geom.friction = friction
+
     return edit
 
 
@@ -49,6 +50,7 @@ def _scale_gravity(factor: float) -> Callable[[mujoco.MjSpec, str], None]:
     def edit(spec: mujoco.MjSpec, body: str) -> None:
         del body
         spec.option.gravity = np.asarray(spec.option.gravity, np.float64) * factor
+
     return edit
 
 
@@ -72,6 +74,7 @@ def _scale_thighs(factor: float) -> Callable[[mujoco.MjSpec, str], None]:
             else:
                 geom.size = np.asarray(geom.size, np.float64) * factor
                 geom.pos = np.asarray(geom.pos, np.float64) * factor
+
     return edit
 
 

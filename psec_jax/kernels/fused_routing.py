@@ -71,9 +71,16 @@ def fused_rules() -> tuple[str, ...]:
     return tuple(name for name, r in ROUTERS.items() if r.fused)
 
 
-def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None, p=None,
-                          max_k: int | None = None, renormalize: bool = False,
-                          probs: jax.Array | None = None) -> RouteOutput:
+def fused_route_reference(
+    logits: jax.Array,
+    rule: str,
+    *,
+    k: int | None = None,
+    p=None,
+    max_k: int | None = None,
+    renormalize: bool = False,
+    probs: jax.Array | None = None,
+) -> RouteOutput:
     """The pure-jnp reference: the table's top-k / top-p router and a stable argsort by expert.
 
     logits [T, E]; rule "top_k" (k slots) or "top_p" (threshold p, max_k slots, default E).
@@ -87,8 +94,22 @@ def fused_route_reference(logits: jax.Array, rule: str, *, k: int | None = None,
     return r.replace(positions=invert_permutation(order).reshape(kk, t).T, counts=sizes)
 
 
-def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, trunc_ref, counts_ref, *,
-            rule: str, slots: int, num_tokens: int, block: int):
+def _kernel(
+    logits_ref,
+    p_ref,
+    probs_ref,
+    ids_ref,
+    w_ref,
+    mask_ref,
+    rank_ref,
+    trunc_ref,
+    counts_ref,
+    *,
+    rule: str,
+    slots: int,
+    num_tokens: int,
+    block: int,
+):
     e = logits_ref.shape[-1]
     x = logits_ref[...].astype(jnp.float32)  # [B, E]
     real = pl.program_id(0) * block + jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0) < num_tokens  # [B, 1]
@@ -100,8 +121,9 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
     remaining = jnp.where(bad, jnp.where(col == 0, 1.0, 0.0), probs)  # bad rows sort like a one-hot
     p = p_ref[0, 0]
     key_col = jax.lax.broadcasted_iota(jnp.int32, (block, e + 2), 1)
-    earlier = (jax.lax.broadcasted_iota(jnp.int32, (block, block), 1)
-               < jax.lax.broadcasted_iota(jnp.int32, (block, block), 0)).astype(jnp.float32)
+    earlier = (
+        jax.lax.broadcasted_iota(jnp.int32, (block, block), 1) < jax.lax.broadcasted_iota(jnp.int32, (block, block), 0)
+    ).astype(jnp.float32)
     slot_col = jax.lax.broadcasted_iota(jnp.int32, (block, slots), 1)
 
     def one_round(carry):  # extract the j-th largest remaining probability
@@ -117,12 +139,19 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
         w = jnp.where(bad, jnp.where(j == 0, jnp.nan, 0.0), jnp.where(kept, top, 0.0))
         key = jnp.where(real, jnp.where(kept, idx, e), e + 1)  # e: slot not in use, e + 1: padding row
         onehot = (key_col == key).astype(jnp.float32)  # [B, E + 2]
-        rank = jnp.sum(jnp.dot(earlier, onehot, preferred_element_type=jnp.float32) * onehot, axis=-1,
-                       keepdims=True)
+        rank = jnp.sum(jnp.dot(earlier, onehot, preferred_element_type=jnp.float32) * onehot, axis=-1, keepdims=True)
         counts_ref[0, pl.ds(j, 1), :] = jnp.sum(onehot, axis=0, keepdims=True)[:, : e + 1].astype(jnp.int32)
         at = slot_col == j
-        return (j + 1, remaining, csum, crossed, jnp.where(at, idx, ids), jnp.where(at, w, weights),
-                jnp.where(at, kept.astype(jnp.int32), mask), jnp.where(at, rank.astype(jnp.int32), ranks))
+        return (
+            j + 1,
+            remaining,
+            csum,
+            crossed,
+            jnp.where(at, idx, ids),
+            jnp.where(at, w, weights),
+            jnp.where(at, kept.astype(jnp.int32), mask),
+            jnp.where(at, rank.astype(jnp.int32), ranks),
+        )
 
     def more(carry):  # top-p stops once every real token of the block has crossed p
         j, crossed = carry[0], carry[3]
@@ -133,8 +162,16 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
     n_real = jnp.sum(real.astype(jnp.int32))
     counts_ref[0] = jnp.where(jax.lax.broadcasted_iota(jnp.int32, (slots, e + 1), 1) == e, n_real, 0)
     zeros = lambda dtype: jnp.zeros((block, slots), dtype)
-    init = (0, remaining, jnp.zeros((block, 1), jnp.float32), jnp.zeros((block, 1), bool), zeros(jnp.int32),
-            zeros(jnp.float32), zeros(jnp.int32), jax.lax.broadcasted_iota(jnp.int32, (block, slots), 0))
+    init = (
+        0,
+        remaining,
+        jnp.zeros((block, 1), jnp.float32),
+        jnp.zeros((block, 1), bool),
+        zeros(jnp.int32),
+        zeros(jnp.float32),
+        zeros(jnp.int32),
+        jax.lax.broadcasted_iota(jnp.int32, (block, slots), 0),
+    )
     _, _, _, crossed, ids, weights, mask, ranks = jax.lax.while_loop(more, one_round, init)
     ids_ref[...] = ids
     w_ref[...] = weights
@@ -144,27 +181,39 @@ def _kernel(logits_ref, p_ref, probs_ref, ids_ref, w_ref, mask_ref, rank_ref, tr
     trunc_ref[...] = trunc.astype(jnp.int32)
 
 
-def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: int, interpret: bool
-                ) -> _KernelOut:
+def _run_kernel(logits: jax.Array, p: jax.Array, rule: str, slots: int, block: int, interpret: bool) -> _KernelOut:
     t, e = logits.shape
     nb = max(1, pl.cdiv(t, block))
     padded = jnp.pad(logits, ((0, nb * block - t), (0, 0)))
     rows = lambda width: pl.BlockSpec((block, width), lambda i: (i, 0))
-    out_shape = (jax.ShapeDtypeStruct((nb * block, e), jnp.float32),  # probs
-                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # ids
-                 jax.ShapeDtypeStruct((nb * block, slots), jnp.float32),  # weights
-                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # mask
-                 jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # rank within block
-                 jax.ShapeDtypeStruct((nb * block, 1), jnp.int32),  # truncated
-                 jax.ShapeDtypeStruct((nb, slots, e + 1), jnp.int32))  # block counts per (slot, key)
+    out_shape = (
+        jax.ShapeDtypeStruct((nb * block, e), jnp.float32),  # probs
+        jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # ids
+        jax.ShapeDtypeStruct((nb * block, slots), jnp.float32),  # weights
+        jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # mask
+        jax.ShapeDtypeStruct((nb * block, slots), jnp.int32),  # rank within block
+        jax.ShapeDtypeStruct((nb * block, 1), jnp.int32),  # truncated
+        jax.ShapeDtypeStruct((nb, slots, e + 1), jnp.int32),
+    )  # block counts per (slot, key)
     kernel = functools.partial(_kernel, rule=rule, slots=slots, num_tokens=t, block=block)
     params = None if interpret else pltpu.CompilerParams(dimension_semantics=("parallel",))  # blocks independent
     outs = pl.pallas_call(
-        kernel, out_shape=out_shape, grid=(nb,),
+        kernel,
+        out_shape=out_shape,
+        grid=(nb,),
         in_specs=[rows(e), pl.BlockSpec((1, 1), lambda i: (0, 0))],
-        out_specs=(rows(e), rows(slots), rows(slots), rows(slots), rows(slots), rows(1),
-                   pl.BlockSpec((1, slots, e + 1), lambda i: (i, 0, 0))),
-        interpret=interpret, compiler_params=params, name=f"fused_{rule}_routing",
+        out_specs=(
+            rows(e),
+            rows(slots),
+            rows(slots),
+            rows(slots),
+            rows(slots),
+            rows(1),
+            pl.BlockSpec((1, slots, e + 1), lambda i: (i, 0, 0)),
+        ),
+        interpret=interpret,
+        compiler_params=params,
+        name=f"fused_{rule}_routing",
     )(padded, jnp.reshape(p, (1, 1)).astype(jnp.float32))
     return _KernelOut(*(o[:t] for o in outs[:6]), outs[6])
 
@@ -193,8 +242,17 @@ def _route_bwd(rule, slots, block, interpret, res, g: _KernelOut):
 _route_arrays.defvjp(_route_fwd, _route_bwd)
 
 
-def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, max_k: int | None = None,
-                renormalize: bool = False, block_tokens: int = 256, interpret: bool | None = None) -> RouteOutput:
+def fused_route(
+    logits: jax.Array,
+    rule: str,
+    *,
+    k: int | None = None,
+    p=None,
+    max_k: int | None = None,
+    renormalize: bool = False,
+    block_tokens: int = 256,
+    interpret: bool | None = None,
+) -> RouteOutput:
     """Route with the fused kernel: a `RouteOutput` with `positions` and `counts` set (the layout of
     `psec_jax.routing.Sorted`: slot j of token t is assignment j * T + t, valid assignments
     grouped by expert, slot-major then by token within an expert, unused slots after them all).
@@ -218,13 +276,16 @@ def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, m
     if interpret is None:
         backend = jax.default_backend()
         if backend not in ("cpu", "tpu"):
-            raise NotImplementedError(f"the fused routing kernel does not lower for {backend} yet (Mosaic GPU "
-                                      "needs explicit layouts); use dispatch='argsort' or interpret=True")
+            raise NotImplementedError(
+                f"the fused routing kernel does not lower for {backend} yet (Mosaic GPU "
+                "needs explicit layouts); use dispatch='argsort' or interpret=True"
+            )
         interpret = backend == "cpu"
     threshold = jnp.asarray(1.0 if p is None else p, jnp.float32)
     block = int(min(block_tokens, max(8, -(-t // 8) * 8)))
-    probs, ids, weights, mask, rank, trunc, block_counts = _route_arrays(logits, threshold, rule, slots, block,
-                                                                         interpret)
+    probs, ids, weights, mask, rank, trunc, block_counts = _route_arrays(
+        logits, threshold, rule, slots, block, interpret
+    )
     mask = mask == 1
     if renormalize:  # masked: a bad token's NaN must stay in its one slot
         weights = jnp.where(mask, routers.renormalize_weights(weights), 0.0)
@@ -236,5 +297,14 @@ def fused_route(logits: jax.Array, rule: str, *, k: int | None = None, p=None, m
     keys = jnp.where(mask, ids, e)
     block_of = jnp.arange(t) // block
     positions = base[block_of[:, None], jnp.arange(slots)[None, :], keys] + rank
-    return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits, trunc[:, 0] == 1,
-                       positions.astype(jnp.int32), group[:e].astype(jnp.int32))
+    return RouteOutput(
+        ids,
+        weights,
+        mask,
+        mask.sum(-1).astype(jnp.int32),
+        probs,
+        logits,
+        trunc[:, 0] == 1,
+        positions.astype(jnp.int32),
+        group[:e].astype(jnp.int32),
+    )

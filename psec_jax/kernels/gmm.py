@@ -57,21 +57,30 @@ def _megablox(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, interpret:
     tm = min(128, -(-m // 8) * 8)  # row tile: m is padded to a multiple of it
     padded = -(-m // tm) * tm
     x = jnp.pad(lhs, ((0, padded - m), (0, 0)))
-    y = gmm(x, rhs, group_sizes, preferred_element_type=lhs.dtype, tiling=(tm, min(128, k), min(128, n)),
-            interpret=interpret)
+    y = gmm(
+        x,
+        rhs,
+        group_sizes,
+        preferred_element_type=lhs.dtype,
+        tiling=(tm, min(128, k), min(128, n)),
+        interpret=interpret,
+    )
     return y[:m]
 
 
-def grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "auto",
-                   interpret: bool | None = None) -> jax.Array:
+def grouped_matmul(
+    lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "auto", interpret: bool | None = None
+) -> jax.Array:
     """[m, k] rows grouped in order x [G, k, n] per-group weights -> [m, n] in lhs's dtype.
 
     group_sizes: [G] int32, sum <= m; rows past the sum are returned as zeros.
     interpret: megablox only; default: interpret unless on TPU.
     """
     if lhs.ndim != 2 or rhs.ndim != 3 or group_sizes.shape != rhs.shape[:1] or lhs.shape[1] != rhs.shape[1]:
-        raise ValueError(f"grouped_matmul expects lhs [m, k], rhs [G, k, n], group_sizes [G]; got "
-                         f"{lhs.shape}, {rhs.shape}, {group_sizes.shape}")
+        raise ValueError(
+            f"grouped_matmul expects lhs [m, k], rhs [G, k, n], group_sizes [G]; got "
+            f"{lhs.shape}, {rhs.shape}, {group_sizes.shape}"
+        )
     impl = resolve_impl(impl)
     group_sizes = group_sizes.astype(jnp.int32)
     if impl == "ragged_dot":

@@ -1,12 +1,12 @@
 """Pure-functional LoRA over any parameter pytree, and skill libraries of stacked adapters.
 
-    cfg = lora.LoRAConfig(rank=8, alpha=16, scaling="alpha")          # PSEC's setting
-    adapter = lora.init(key, params, cfg)                              # a fresh skill: exact no-op
-    lib = lora.SkillLibrary.create(params, "walk", adapter, cfg)       # adapters stacked [K, ...]
-    c = lib.coefficients(w)                                            # weights [K] / [B, K] / [B, T, K] x scales
-    y = model.apply({"params": params["params"], "lora": lib.adapters["params"]}, x, c)  # LoRADense layers
-    y = lora.lora_dense(x, W, b, lib.adapters["params"]["Dense_0"]["kernel"], c)     # one layer, functional
-    merged = lora.merge(params, lib.adapters, c)                       # or fold global weights in
+cfg = lora.LoRAConfig(rank=8, alpha=16, scaling="alpha")          # PSEC's setting
+adapter = lora.init(key, params, cfg)                              # a fresh skill: exact no-op
+lib = lora.SkillLibrary.create(params, "walk", adapter, cfg)       # adapters stacked [K, ...]
+c = lib.coefficients(w)                                            # weights [K] / [B, K] / [B, T, K] x scales
+y = model.apply({"params": params["params"], "lora": lib.adapters["params"]}, x, c)  # LoRADense layers
+y = lora.lora_dense(x, W, b, lib.adapters["params"]["Dense_0"]["kernel"], c)     # one layer, functional
+merged = lora.merge(params, lib.adapters, c)                       # or fold global weights in
 """
 
 from psec_jax.lora.compose import METHODS, combine

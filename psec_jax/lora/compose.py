@@ -110,8 +110,10 @@ def combine(
         raise ValueError(f"coefficients must have shape ({k},) for {k} skills, got {coefficients.shape}")
     if concrete is not None and not np.isfinite(concrete).all():
         bad = [i for i, c in enumerate(concrete) if not np.isfinite(c)]
-        raise ValueError(f"non-finite coefficient(s) {concrete[bad].tolist()} of skill {', '.join(map(str, bad))}: "
-                         f"a skill weight or scale is NaN or infinite")
+        raise ValueError(
+            f"non-finite coefficient(s) {concrete[bad].tolist()} of skill {', '.join(map(str, bad))}: "
+            f"a skill weight or scale is NaN or infinite"
+        )
     if method in ("ties", "dare") and (isinstance(density, bool) or not 0.0 < density <= 1.0):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if method == "svd" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -132,6 +134,12 @@ def combine(
             out[path] = _dare(pair, coefficients, density, jax.random.fold_in(key, i))
     if concrete is None:
         nan_if_bad = jnp.where(jnp.all(jnp.isfinite(coefficients)), 1.0, jnp.nan)
-        out = {p: (LoRAPair(x.a * nan_if_bad.astype(x.a.dtype), x.b) if isinstance(x, LoRAPair)
-                   else x * nan_if_bad.astype(x.dtype)) for p, x in out.items()}
+        out = {
+            p: (
+                LoRAPair(x.a * nan_if_bad.astype(x.a.dtype), x.b)
+                if isinstance(x, LoRAPair)
+                else x * nan_if_bad.astype(x.dtype)
+            )
+            for p, x in out.items()
+        }
     return core.unflatten(out)

@@ -63,8 +63,10 @@ class LoRAConfig:
         if self.a_init == "zeros" and self.b_init == "zeros":
             raise ValueError("LoRAConfig: a_init and b_init cannot both be 'zeros' (gradients would stay zero)")
         if isinstance(self.targets, str):  # tuple("kernel") would be six one-letter patterns
-            raise ValueError(f"LoRAConfig.targets must be a tuple of regular expressions, got the string "
-                             f"{self.targets!r} (write ({self.targets!r},))")
+            raise ValueError(
+                f"LoRAConfig.targets must be a tuple of regular expressions, got the string "
+                f"{self.targets!r} (write ({self.targets!r},))"
+            )
         object.__setattr__(self, "targets", tuple(self.targets))
         if not all(isinstance(p, str) for p in self.targets):
             raise ValueError(f"LoRAConfig.targets must be regular expressions (strings), got {self.targets!r}")
@@ -114,7 +116,7 @@ class LoRAConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LoRAConfig:
         """Inverse of ``to_dict``."""
         d = dict(d)
         d["targets"] = tuple(d.get("targets", cls.targets))

@@ -13,7 +13,8 @@ which is what the static composition methods ``exact``/``ties``/``dare`` return.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

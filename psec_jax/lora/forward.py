@@ -11,7 +11,8 @@ base layer costs ``2 d_in d_out`` FLOPs and the skills ``2 K r (d_in + d_out)``:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -75,8 +76,7 @@ def lora_dense(
     k, r = a.shape[0], a.shape[-1]
     if a.shape[1:-1] != in_shape or b.shape[0] != k or b.shape[1] != r or b.shape[2:] != out_shape:
         raise ValueError(
-            f"adapters a {a.shape}, b {b.shape} do not fit kernel {kernel.shape} "
-            f"(need a [K, *in, r], b [K, r, *out])"
+            f"adapters a {a.shape}, b {b.shape} do not fit kernel {kernel.shape} (need a [K, *in, r], b [K, r, *out])"
         )
     d_in, d_out = math.prod(in_shape), math.prod(out_shape)
     joined = concat_skills(LoRAPair(a.astype(dtype), b.astype(dtype)))

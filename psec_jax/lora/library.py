@@ -25,8 +25,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,8 +60,9 @@ class SkillInfo:
 
 def fingerprint(base_params: Any) -> list[tuple[str, tuple[int, ...], str]]:
     """``[(path, shape, dtype)]`` of every leaf of a parameter tree: what a library is tied to."""
-    return [(p, tuple(int(s) for s in np.shape(x)), str(jnp.result_type(x)))
-            for p, x in core.flatten(base_params).items()]
+    return [
+        (p, tuple(int(s) for s in np.shape(x)), str(jnp.result_type(x))) for p, x in core.flatten(base_params).items()
+    ]
 
 
 def _fingerprint_mismatch(saved: Sequence, current: Sequence) -> str | None:
@@ -81,8 +83,10 @@ def _base_mismatch(saved_sha256: str, base_params: Any) -> str | None:
     got = core.tree_sha256(base_params)
     if got == saved_sha256:
         return None
-    return (f"the base weights differ (sha256 {saved_sha256[:12]}... expected, got {got[:12]}...): same "
-            f"shapes, other values, e.g. another seed's pi_0")
+    return (
+        f"the base weights differ (sha256 {saved_sha256[:12]}... expected, got {got[:12]}...): same "
+        f"shapes, other values, e.g. another seed's pi_0"
+    )
 
 
 def _is_sha256(x: Any) -> bool:
@@ -95,6 +99,7 @@ def _is_int(x: Any) -> bool:
 
 def _check_metadata(meta: Any, where: Path) -> None:
     """LibraryError naming the first field of ``library.json`` that is missing or of the wrong type."""
+
     def fail(field: str, want: str, got: Any = None) -> None:
         raise LibraryError(f"{where}: malformed metadata: {field} must be {want}, got {got!r}")
 
@@ -108,8 +113,11 @@ def _check_metadata(meta: Any, where: Path) -> None:
     fields = {f.name for f in dataclasses.fields(SkillInfo)}
     for i, skill in enumerate(meta["skills"]):
         if not isinstance(skill, dict) or set(skill) != fields:
-            fail(f"skills[{i}]", f"an object with fields {sorted(fields)}",
-                 sorted(skill) if isinstance(skill, dict) else skill)
+            fail(
+                f"skills[{i}]",
+                f"an object with fields {sorted(fields)}",
+                sorted(skill) if isinstance(skill, dict) else skill,
+            )
         if not isinstance(skill["name"], str):
             fail(f"skills[{i}].name", "a string", skill["name"])
         if not _is_int(skill["rank"]) or skill["rank"] < 1:
@@ -124,8 +132,14 @@ def _check_metadata(meta: Any, where: Path) -> None:
     if len(set(names)) != len(names):
         fail("skills[].name", "unique", names)
     for i, entry in enumerate(meta["base_fingerprint"]):
-        ok = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-              and isinstance(entry[1], list) and all(_is_int(d) for d in entry[1]) and isinstance(entry[2], str))
+        ok = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and all(_is_int(d) for d in entry[1])
+            and isinstance(entry[2], str)
+        )
         if not ok:
             fail(f"base_fingerprint[{i}]", "[path, [dims], dtype]", entry)
     for path, n_in in meta["paths"].items():
@@ -151,8 +165,14 @@ class SkillLibrary:
     ``library.coefficients(weights)`` into jitted code, not the library object.
     """
 
-    def __init__(self, adapters: Any, skills: Sequence[SkillInfo], base_fingerprint: Sequence,
-                 paths: Mapping[str, int], base_sha256: str):
+    def __init__(
+        self,
+        adapters: Any,
+        skills: Sequence[SkillInfo],
+        base_fingerprint: Sequence,
+        paths: Mapping[str, int],
+        base_sha256: str,
+    ):
         self.adapters = adapters  # adapter tree, LoRAPair(a [K, *in, r_max], b [K, r_max, *out]) leaves
         self.skills = tuple(skills)
         self.base_fingerprint = [tuple(x) for x in base_fingerprint]  # [(path, shape, dtype)] of the base
@@ -162,7 +182,7 @@ class SkillLibrary:
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
-    def create(cls, base_params: Any, name: str, adapter: Any, config: LoRAConfig, **meta: Any) -> "SkillLibrary":
+    def create(cls, base_params: Any, name: str, adapter: Any, config: LoRAConfig, **meta: Any) -> SkillLibrary:
         """A library holding one skill (``adapter`` from ``lora.init`` / training, unstacked)."""
         paths = core.target_paths(base_params, config)
         lib = cls(None, (), fingerprint(base_params), paths, core.tree_sha256(base_params))
@@ -181,11 +201,19 @@ class SkillLibrary:
             want = tuple(shapes[path])
             got = tuple(pair.a.shape[:-1]) + tuple(pair.b.shape[1:])
             if got != want or pair.a.shape[-1] != pair.b.shape[0] or pair.a.ndim - 1 != n_in:
-                raise LibraryError(f"skill adapter for {path!r} (a {pair.a.shape}, b {pair.b.shape}) "
-                                   f"does not fit the kernel {want}")
+                raise LibraryError(
+                    f"skill adapter for {path!r} (a {pair.a.shape}, b {pair.b.shape}) does not fit the kernel {want}"
+                )
 
-    def add(self, name: str, adapter: Any, config: LoRAConfig, *, train_config: Mapping | None = None,
-            metrics: Mapping | None = None) -> "SkillLibrary":
+    def add(
+        self,
+        name: str,
+        adapter: Any,
+        config: LoRAConfig,
+        *,
+        train_config: Mapping | None = None,
+        metrics: Mapping | None = None,
+    ) -> SkillLibrary:
         """A new library with the skill ``name`` appended (its adapter unstacked, rank ``config.rank``)."""
         if name in self.names:
             raise LibraryError(f"skill {name!r} is already in the library")
@@ -201,7 +229,7 @@ class SkillLibrary:
             stacked = jax.tree.map(lambda o, n: jnp.concatenate([o, n.astype(o.dtype)]), old, new)
         return SkillLibrary(stacked, self.skills + (info,), self.base_fingerprint, self.paths, self.base_sha256)
 
-    def _take(self, indices: list[int]) -> "SkillLibrary":
+    def _take(self, indices: list[int]) -> SkillLibrary:
         skills = tuple(self.skills[i] for i in indices)
         if not indices:
             return SkillLibrary(None, (), self.base_fingerprint, self.paths, self.base_sha256)
@@ -210,12 +238,12 @@ class SkillLibrary:
         adapters = core.map_pairs(lambda p: LoRAPair(p.a[idx][..., :r_max], p.b[idx][:, :r_max]), self.adapters)
         return SkillLibrary(adapters, skills, self.base_fingerprint, self.paths, self.base_sha256)
 
-    def remove(self, name: str) -> "SkillLibrary":
+    def remove(self, name: str) -> SkillLibrary:
         """A new library without the skill ``name``."""
         self.index(name)
         return self._take([i for i, s in enumerate(self.skills) if s.name != name])
 
-    def select(self, names: Iterable[str]) -> "SkillLibrary":
+    def select(self, names: Iterable[str]) -> SkillLibrary:
         """A new library holding ``names`` in that order (the skill axis follows ``names``)."""
         names = list(names)
         if len(set(names)) != len(names):
@@ -277,8 +305,9 @@ class SkillLibrary:
     def check_base(self, base_params: Any) -> None:
         """Raises LibraryError naming the first difference between ``base_params`` and the library's base:
         a parameter's path, shape or dtype, else its weights."""
-        problem = (_fingerprint_mismatch(self.base_fingerprint, fingerprint(base_params))
-                   or _base_mismatch(self.base_sha256, base_params))
+        problem = _fingerprint_mismatch(self.base_fingerprint, fingerprint(base_params)) or _base_mismatch(
+            self.base_sha256, base_params
+        )
         if problem:
             where = f" {self.directory}" if self.directory else ""
             raise LibraryError(f"skill library{where} does not fit this base model: {problem}")
@@ -298,25 +327,30 @@ class SkillLibrary:
         LibraryError, touching nothing, if ``directory`` is a file or holds anything else."""
         if not self.skills:
             raise LibraryError("cannot save an empty skill library")
-        return artifacts.save_tree(directory, _to_plain(self.adapters), self._metadata(),
-                                   manifest=META_FILE, error=LibraryError)
+        return artifacts.save_tree(
+            directory, _to_plain(self.adapters), self._metadata(), manifest=META_FILE, error=LibraryError
+        )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, base_params: Any = None) -> "SkillLibrary":
+    def load(cls, directory: str | os.PathLike, base_params: Any = None) -> SkillLibrary:
         """Reads a library saved by ``save``; verifies every file's checksum, and with ``base_params``
         that the library was built on that model: the same parameter paths, shapes, dtypes and weights.
         """
         meta = artifacts.read_manifest(directory, manifest=META_FILE, error=LibraryError)
         if meta.get("format") == "psec_jax.skill_library/2":
-            raise LibraryError(f"{Path(directory) / META_FILE}: saved by an older psec_jax that did not record "
-                               f"the base weights' sha256, so it cannot be checked against a base; re-create it")
+            raise LibraryError(
+                f"{Path(directory) / META_FILE}: saved by an older psec_jax that did not record "
+                f"the base weights' sha256, so it cannot be checked against a base; re-create it"
+            )
         if meta.get("format") != FORMAT:
-            raise LibraryError(f"{Path(directory) / META_FILE}: unknown format {meta.get('format')!r} "
-                               f"(expected {FORMAT})")
+            raise LibraryError(
+                f"{Path(directory) / META_FILE}: unknown format {meta.get('format')!r} (expected {FORMAT})"
+            )
         _check_metadata(meta, Path(directory) / META_FILE)
         if base_params is not None:
-            problem = (_fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params))
-                       or _base_mismatch(meta["base_sha256"], base_params))
+            problem = _fingerprint_mismatch(meta["base_fingerprint"], fingerprint(base_params)) or _base_mismatch(
+                meta["base_sha256"], base_params
+            )
             if problem:
                 raise LibraryError(f"skill library {directory} does not fit this base model: {problem}")
         arrays = artifacts.load_arrays(directory, meta, error=LibraryError)
@@ -324,11 +358,15 @@ class SkillLibrary:
         lib = cls(_from_plain(arrays), skills, meta["base_fingerprint"], meta["paths"], meta["base_sha256"])
         pairs = core.flatten(lib.adapters)
         if set(pairs) != set(lib.paths):
-            raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: the arrays adapt "
-                               f"{sorted(pairs)} but paths lists {sorted(lib.paths)}")
+            raise LibraryError(
+                f"{Path(directory) / META_FILE}: malformed metadata: the arrays adapt "
+                f"{sorted(pairs)} but paths lists {sorted(lib.paths)}"
+            )
         for path, pair in pairs.items():
             if pair.a.shape[0] != len(skills) or pair.a.shape[-1] < lib.max_rank:
-                raise LibraryError(f"{Path(directory) / META_FILE}: malformed metadata: {len(skills)} skills "
-                                   f"of rank <= {lib.max_rank}, but {path!r} has A of shape {pair.a.shape}")
+                raise LibraryError(
+                    f"{Path(directory) / META_FILE}: malformed metadata: {len(skills)} skills "
+                    f"of rank <= {lib.max_rank}, but {path!r} has A of shape {pair.a.shape}"
+                )
         lib.directory = Path(directory)
         return lib

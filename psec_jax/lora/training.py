@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,8 +31,9 @@ def trainable_labels(tree: Any, patterns: Sequence[str]) -> Any:
     return labels
 
 
-def partition_optimizer(tx: optax.GradientTransformation, tree: Any,
-                        trainable: Sequence[str] = (r"(^|/)lora(/|$)",)) -> optax.GradientTransformation:
+def partition_optimizer(
+    tx: optax.GradientTransformation, tree: Any, trainable: Sequence[str] = (r"(^|/)lora(/|$)",)
+) -> optax.GradientTransformation:
     """``tx`` on the leaves whose paths match ``trainable``; every other leaf gets a zero update.
 
     For a combined tree such as ``{"base": ..., "lora": ..., "composer": ...}`` use

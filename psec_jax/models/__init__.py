@@ -14,5 +14,16 @@ Importing it never imports a simulator.
 from psec_jax.models import pipeline, tasks, text, train, transformer
 from psec_jax.models.transformer import Output, Spec, apply, init, loss, parameter_counts
 
-__all__ = ["pipeline", "tasks", "text", "train", "transformer", "Output", "Spec", "apply", "init", "loss",
-           "parameter_counts"]
+__all__ = [
+    "pipeline",
+    "tasks",
+    "text",
+    "train",
+    "transformer",
+    "Output",
+    "Spec",
+    "apply",
+    "init",
+    "loss",
+    "parameter_counts",
+]

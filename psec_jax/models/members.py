@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from psec_jax import parallel
 from psec_jax.models import sharding
@@ -30,8 +32,12 @@ MODEL_AXES = ("fsdp", "expert", "model")
 
 class Program(NamedTuple):
     init: Callable[[jax.Array], Any]  # keys [M] -> TrainState [M, ...]
-    chunk: Callable[[Any, Any, jax.Array], tuple[Any, dict]]  # (states, host Batch [S, B, T], ps [M]) -> (states, metrics [M, S])
-    evaluate: Callable[[Any, Any, jax.Array, jax.Array], dict]  # (states, Batch [N, R, T], text rows [N, R], ps [M]) -> metrics [M]
+    chunk: Callable[
+        [Any, Any, jax.Array], tuple[Any, dict]
+    ]  # (states, host Batch [S, B, T], ps [M]) -> (states, metrics [M, S])
+    evaluate: Callable[
+        [Any, Any, jax.Array, jax.Array], dict
+    ]  # (states, Batch [N, R, T], text rows [N, R], ps [M]) -> metrics [M]
     mesh: Any  # the mesh of a sharded run, None for a split over the devices
 
 
@@ -42,8 +48,9 @@ def is_sharded(mesh_config: ml_collections.ConfigDict) -> bool:
 
 def _stacked(shardings: Any) -> Any:
     """The NamedShardings of one member's arrays with a leading, unsplit member axis."""
-    return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings,
-                        is_leaf=lambda x: isinstance(x, NamedSharding))
+    return jax.tree.map(
+        lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )
 
 
 def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, batch_rows: int) -> Program:
@@ -53,8 +60,12 @@ def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, 
     evaluate = lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p)
     if not is_sharded(mesh_config):
         chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=members)
-        return Program(parallel.sweep(trainer.init), lambda s, b, ps: chunk(s, jax.tree.map(jnp.asarray, b), ps),
-                       parallel.sweep(evaluate, in_axes=(0, None, None, 0), members="map"), None)
+        return Program(
+            parallel.sweep(trainer.init),
+            lambda s, b, ps: chunk(s, jax.tree.map(jnp.asarray, b), ps),
+            parallel.sweep(evaluate, in_axes=(0, None, None, 0), members="map"),
+            None,
+        )
     mesh = parallel.make_mesh(mesh_config)
     states = _stacked(sharding.state_shardings(trainer, mesh))
     split = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
@@ -62,8 +73,11 @@ def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, 
     replicated = NamedSharding(mesh, P())
     with jax.set_mesh(mesh):
         init = jax.jit(jax.vmap(trainer.init), out_shardings=states)
-        chunk = jax.jit(parallel.map_members(trainer.chunk, (0, None, 0)), in_shardings=(states, batch, replicated),
-                        out_shardings=(states, replicated))
+        chunk = jax.jit(
+            parallel.map_members(trainer.chunk, (0, None, 0)),
+            in_shardings=(states, batch, replicated),
+            out_shardings=(states, replicated),
+        )
         ev = jax.jit(parallel.map_members(evaluate, (0, None, None, 0)), out_shardings=replicated)
 
     def place(tree: Any, s: NamedSharding) -> Any:
@@ -73,10 +87,12 @@ def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, 
         def run(*args):
             with jax.set_mesh(mesh):  # the model's sharding constraints read it while tracing
                 return fn(*args)
+
         return run
 
     return Program(
         on_mesh(lambda keys: init(place(keys, replicated))),
         on_mesh(lambda s, b, ps: chunk(s, place(b, batch), place(ps, replicated))),
         on_mesh(lambda s, b, rows, ps: ev(s, place(b, replicated), place(rows, replicated), place(ps, replicated))),
-        mesh)
+        mesh,
+    )

@@ -37,12 +37,22 @@ class Batch(NamedTuple):
 def _split(rows: np.ndarray, labels: np.ndarray, pad_id: int) -> Batch:
     """rows, labels [..., T + 1] -> Batch of [..., T]."""
     targets = rows[..., 1:].astype(np.int32)
-    return Batch(rows[..., :-1].astype(np.int32), targets, (targets != pad_id).astype(np.float32),
-                 np.ascontiguousarray(labels[..., 1:]))
+    return Batch(
+        rows[..., :-1].astype(np.int32),
+        targets,
+        (targets != pad_id).astype(np.float32),
+        np.ascontiguousarray(labels[..., 1:]),
+    )
 
 
-def _with_tasks(corpus: np.ndarray, task_tokens: np.ndarray, task_labels: np.ndarray, rows: np.ndarray,
-                axis: int, tasks_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _with_tasks(
+    corpus: np.ndarray,
+    task_tokens: np.ndarray,
+    task_labels: np.ndarray,
+    rows: np.ndarray,
+    axis: int,
+    tasks_first: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Corpus windows [..., n, T + 1] joined along `axis` with the task rows `rows` [..., m]:
     (tokens, labels) [..., n + m, T + 1], corpus labels IGNORE."""
     labels = np.full(corpus.shape, IGNORE, np.int8)
@@ -63,11 +73,11 @@ class Batches:
 
     def __init__(self, data: TextData, batch_size: int, seq_len: int, task_rows: int, seed: int):
         """Args:
-          data: built text data (`text.get`).
-          batch_size: rows B per step.
-          seq_len: tokens T per row; must equal the build's seq_len when task_rows > 0.
-          task_rows: rows per step taken from the packed task arrays, in [0, batch_size].
-          seed: stream seed (non-negative); with the step it fixes every draw.
+        data: built text data (`text.get`).
+        batch_size: rows B per step.
+        seq_len: tokens T per row; must equal the build's seq_len when task_rows > 0.
+        task_rows: rows per step taken from the packed task arrays, in [0, batch_size].
+        seed: stream seed (non-negative); with the step it fixes every draw.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -78,8 +88,10 @@ class Batches:
         if seq_len + 1 > data.train.size:
             raise ValueError(f"seq_len={seq_len} is too long for the train split ({data.train.size} tokens)")
         if task_rows and seq_len + 1 != _task_row_len(data):
-            raise ValueError(f"seq_len={seq_len} must equal the seq_len the task rows were packed for "
-                             f"({_task_row_len(data) - 1}) when task_rows > 0")
+            raise ValueError(
+                f"seq_len={seq_len} must equal the seq_len the task rows were packed for "
+                f"({_task_row_len(data) - 1}) when task_rows > 0"
+            )
         if task_rows and data.tasks_train_tokens.shape[0] == 0:
             raise ValueError("task_rows > 0 but the data has no train task rows")
         if seed < 0:
@@ -91,8 +103,11 @@ class Batches:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         rng = np.random.default_rng([self.seed, step])
-        rows = rng.integers(0, self.data.tasks_train_tokens.shape[0], self.task_rows) if self.task_rows else \
-            np.zeros((0,), np.int64)
+        rows = (
+            rng.integers(0, self.data.tasks_train_tokens.shape[0], self.task_rows)
+            if self.task_rows
+            else np.zeros((0,), np.int64)
+        )
         offsets = rng.integers(0, self.data.train.size - self.seq_len, self.batch_size - self.task_rows)
         return rows, offsets
 
@@ -119,8 +134,10 @@ def _check_validation_rows(num_corpus_rows: int, num_task_rows: int, batch_size_
         raise ValueError(f"num_corpus_rows and num_task_rows must be >= 0, got {num_corpus_rows}, {num_task_rows}")
     total = num_corpus_rows + num_task_rows
     if total == 0 or total % batch_size_rows:
-        raise ValueError(f"num_corpus_rows + num_task_rows = {total} must be a positive multiple of "
-                         f"batch_size_rows={batch_size_rows}")
+        raise ValueError(
+            f"num_corpus_rows + num_task_rows = {total} must be a positive multiple of "
+            f"batch_size_rows={batch_size_rows}"
+        )
     return total
 
 
@@ -142,8 +159,7 @@ def validation_text_rows(num_corpus_rows: int, num_task_rows: int, batch_size_ro
     return (np.arange(total) < num_corpus_rows).reshape(total // batch_size_rows, batch_size_rows)
 
 
-def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_rows: int,
-               num_task_rows: int) -> Batch:
+def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_rows: int, num_task_rows: int) -> Batch:
     """The fixed evaluation set, split into batches: Batch of [N / batch_size_rows, batch_size_rows, T].
 
     Rows are, in order, `num_corpus_rows` non-overlapping windows of T + 1 tokens evenly spaced over
@@ -156,18 +172,24 @@ def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_ro
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     t1 = seq_len + 1
     if num_corpus_rows * t1 > data.val.size:
-        raise ValueError(f"seq_len={seq_len} is too long for the val split: {num_corpus_rows} windows of "
-                         f"{t1} tokens need {num_corpus_rows * t1}, it has {data.val.size}")
+        raise ValueError(
+            f"seq_len={seq_len} is too long for the val split: {num_corpus_rows} windows of "
+            f"{t1} tokens need {num_corpus_rows * t1}, it has {data.val.size}"
+        )
     if num_task_rows > data.tasks_val_tokens.shape[0]:
-        raise ValueError(f"num_task_rows={num_task_rows} but the val task arrays have only "
-                         f"{data.tasks_val_tokens.shape[0]} rows")
+        raise ValueError(
+            f"num_task_rows={num_task_rows} but the val task arrays have only {data.tasks_val_tokens.shape[0]} rows"
+        )
     if num_task_rows and t1 != _task_row_len(data):
-        raise ValueError(f"seq_len={seq_len} must equal the seq_len the task rows were packed for "
-                         f"({_task_row_len(data) - 1}) when num_task_rows > 0")
+        raise ValueError(
+            f"seq_len={seq_len} must equal the seq_len the task rows were packed for "
+            f"({_task_row_len(data) - 1}) when num_task_rows > 0"
+        )
     stride = data.val.size // num_corpus_rows if num_corpus_rows else 0  # >= t1, so windows never overlap
     offsets = np.arange(num_corpus_rows) * stride
     corpus = data.val[offsets[:, None] + np.arange(t1)]
-    tokens, labels = _with_tasks(corpus, data.tasks_val_tokens, data.tasks_val_labels,
-                                 np.arange(num_task_rows), 0, tasks_first=False)
+    tokens, labels = _with_tasks(
+        corpus, data.tasks_val_tokens, data.tasks_val_labels, np.arange(num_task_rows), 0, tasks_first=False
+    )
     shape = (total // batch_size_rows, batch_size_rows, t1)
     return _split(tokens.reshape(shape), labels.reshape(shape), data.pad_id)

@@ -9,8 +9,9 @@ that ends every chunk).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -25,8 +26,9 @@ def _series(records: list[dict], name: str, member: str) -> np.ndarray:
     return np.array([r.get(f"{name}/{member}", np.nan) for r in records], float)
 
 
-def _member_summary(records: list[dict], final: Mapping[str, Any], member: str, tokens_per_member_step: int,
-                    num_members: int) -> dict[str, Any]:
+def _member_summary(
+    records: list[dict], final: Mapping[str, Any], member: str, tokens_per_member_step: int, num_members: int
+) -> dict[str, Any]:
     """One member: final metrics on the whole validation split, and curves from the per-chunk records."""
     rates = np.array([r["steps_per_sec"] for r in records[1:]] or [records[-1]["steps_per_sec"]], float)
     hard = [i for i, c in enumerate(LABELS) if c.endswith("hard")]
@@ -34,13 +36,16 @@ def _member_summary(records: list[dict], final: Mapping[str, Any], member: str, 
     te = np.array(final["task_experts"], float)
     experts = _series(records, "experts", member)
     return {
-        "val_loss": final["val_loss"], "val_loss_se": final["val_loss_se"], "val_experts": final["val_experts"],
+        "val_loss": final["val_loss"],
+        "val_loss_se": final["val_loss_se"],
+        "val_experts": final["val_experts"],
         "val_experts_per_layer": final["val_experts_per_layer"],
         "task_experts": dict(zip(LABELS, final["task_experts"])),
         "task_accuracy": dict(zip(LABELS, final["task_accuracy"])),
         "task_loss": dict(zip(LABELS, final["task_loss"])),
         "hard_minus_easy_experts": float(te[hard].mean() - te[easy].mean()),
-        "train_experts_first": float(experts[0]), "train_experts_last": float(experts[-1]),
+        "train_experts_first": float(experts[0]),
+        "train_experts_last": float(experts[-1]),
         # the members of a stage run one after another in each timed chunk, which ends with a small
         # validation pass (64 rows) and the host's batch assembly: both included
         "tokens_per_sec": float(np.median(rates) * num_members * tokens_per_member_step),
@@ -60,9 +65,16 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": v.tolist()}
 
 
-def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[Any, list[dict], Mapping]],
-              meta: Mapping[str, Any], counts: Mapping[str, int], *, unigram: float, seconds: float,
-              commit: str | None = None) -> dict[str, Any]:
+def summarize(
+    config: ml_collections.ConfigDict,
+    histories: Mapping[str, tuple[Any, list[dict], Mapping]],
+    meta: Mapping[str, Any],
+    counts: Mapping[str, int],
+    *,
+    unigram: float,
+    seconds: float,
+    commit: str | None = None,
+) -> dict[str, Any]:
     """{"routers": per router (mean ± std over seeds, per-seed values, curves), "sweep": per threshold,
     "summary": the headline numbers, plus provenance (commit, config, corpus checksums, parameters)}.
 
@@ -77,8 +89,16 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
             continue
         per = list(members.values())
         routers[name] = {
-            **{f: _mean_std([m[f] for m in per]) for f in ("val_loss", "val_experts", "train_experts_first",
-                                                            "train_experts_last", "hard_minus_easy_experts")},
+            **{
+                f: _mean_std([m[f] for m in per])
+                for f in (
+                    "val_loss",
+                    "val_experts",
+                    "train_experts_first",
+                    "train_experts_last",
+                    "hard_minus_easy_experts",
+                )
+            },
             "val_loss_se": _mean([m["val_loss_se"] for m in per]),
             "val_experts_per_layer": np.mean(np.array([m["val_experts_per_layer"] for m in per], float), 0).tolist(),
             "task_experts": {c: _mean([m["task_experts"][c] for m in per]) for c in LABELS},
@@ -94,15 +114,25 @@ def summarize(config: ml_collections.ConfigDict, histories: Mapping[str, tuple[A
     summary = {f"{r}_val_loss": v["val_loss"]["mean"] for r, v in routers.items()}
     summary.update({f"{r}_val_experts": v["val_experts"]["mean"] for r, v in routers.items()})
     summary["unigram_loss"] = unigram
-    return {"title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
-            "commit": commit or runs.git_commit(),
-            "seconds": seconds,  # this invocation (finished stages are reused)
-            "config": runs.to_jsonable(config),
-            "data": {**{k: meta.get(k) for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers",
-                                                 "tasks", "sha256")},
-                     "splits": {s: {k: v for k, v in split.items() if k != "paths"}
-                                for s, split in meta.get("splits", {}).items()}},
-            "parameters": dict(counts), "routers": routers, "sweep": sweep, "summary": summary}
+    return {
+        "title": f"MoE LM, {config.train.num_steps} steps x {tokens} tokens, {config.train.seeds} seed(s)",
+        "commit": commit or runs.git_commit(),
+        "seconds": seconds,  # this invocation (finished stages are reused)
+        "config": runs.to_jsonable(config),
+        "data": {
+            **{
+                k: meta.get(k)
+                for k in ("args", "vocab_size", "unigram_loss", "python", "tokenizers", "tasks", "sha256")
+            },
+            "splits": {
+                s: {k: v for k, v in split.items() if k != "paths"} for s, split in meta.get("splits", {}).items()
+            },
+        },
+        "parameters": dict(counts),
+        "routers": routers,
+        "sweep": sweep,
+        "summary": summary,
+    }
 
 
 def _pm(d: Mapping[str, Any], fmt: str = ".3f") -> str:
@@ -112,39 +142,65 @@ def _pm(d: Mapping[str, Any], fmt: str = ".3f") -> str:
 def markdown(results: Mapping[str, Any]) -> str:
     """The results as markdown tables (routers, experts per layer, per task difficulty, p sweep)."""
     routers, sweep = results["routers"], results["sweep"]
-    lines = [f"### {results['title']}", "",
-             "Final models on the whole validation split (all held-out text windows and task rows); unigram "
-             f"baseline (train unigram, add-one) on the same text tokens: {results['summary']['unigram_loss']:.3f} "
-             "nats/token. Mean ± std over seeds; `se`: the token-level standard error of one model's loss.", "",
-             "| router | val loss | per seed | se | experts/token (val text) | experts/token in training, "
-             "first -> last chunk | tokens/s (CPU) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {results['title']}",
+        "",
+        "Final models on the whole validation split (all held-out text windows and task rows); unigram "
+        f"baseline (train unigram, add-one) on the same text tokens: {results['summary']['unigram_loss']:.3f} "
+        "nats/token. Mean ± std over seeds; `se`: the token-level standard error of one model's loss.",
+        "",
+        "| router | val loss | per seed | se | experts/token (val text) | experts/token in training, "
+        "first -> last chunk | tokens/s (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r, v in routers.items():
         seeds = ", ".join(f"{x:.3f}" for x in v["val_loss"]["per_seed"])
-        lines.append(f"| {r} | {_pm(v['val_loss'])} | {seeds} | {v['val_loss_se']:.3f} | "
-                     f"{_pm(v['val_experts'], '.2f')} | {v['train_experts_first']['mean']:.2f} -> "
-                     f"{v['train_experts_last']['mean']:.2f} | {v['tokens_per_sec']:,.0f} |")
+        lines.append(
+            f"| {r} | {_pm(v['val_loss'])} | {seeds} | {v['val_loss_se']:.3f} | "
+            f"{_pm(v['val_experts'], '.2f')} | {v['train_experts_first']['mean']:.2f} -> "
+            f"{v['train_experts_last']['mean']:.2f} | {v['tokens_per_sec']:,.0f} |"
+        )
     g = len(next(iter(routers.values()))["val_experts_per_layer"])
-    lines += ["", "Experts per token by layer (val text, mean over seeds):", "",
-              "| router | " + " | ".join(f"layer {i}" for i in range(g)) + " |", "|---" * (g + 1) + "|"]
-    lines += [f"| {r} | " + " | ".join(f"{x:.2f}" for x in v["val_experts_per_layer"]) + " |" for r, v in routers.items()]
-    lines += ["", "Task answers (final models, mean over seeds): experts per token at the positions that predict an "
-              "answer token, and greedy next-token accuracy there:", "",
-              "| task | " + " | ".join(f"{r} experts | {r} acc" for r in routers) + " |",
-              "|---" * (2 * len(routers) + 1) + "|"]
+    lines += [
+        "",
+        "Experts per token by layer (val text, mean over seeds):",
+        "",
+        "| router | " + " | ".join(f"layer {i}" for i in range(g)) + " |",
+        "|---" * (g + 1) + "|",
+    ]
+    lines += [
+        f"| {r} | " + " | ".join(f"{x:.2f}" for x in v["val_experts_per_layer"]) + " |" for r, v in routers.items()
+    ]
+    lines += [
+        "",
+        "Task answers (final models, mean over seeds): experts per token at the positions that predict an "
+        "answer token, and greedy next-token accuracy there:",
+        "",
+        "| task | " + " | ".join(f"{r} experts | {r} acc" for r in routers) + " |",
+        "|---" * (2 * len(routers) + 1) + "|",
+    ]
     for c in LABELS:
-        lines.append(f"| {c} | " + " | ".join(f"{v['task_experts'][c]:.2f} | {v['task_accuracy'][c]:.2f}"
-                                               for v in routers.values()) + " |")
+        lines.append(
+            f"| {c} | "
+            + " | ".join(f"{v['task_experts'][c]:.2f} | {v['task_accuracy'][c]:.2f}" for v in routers.values())
+            + " |"
+        )
     diff = lambda d: f"{d['mean']:+.2f} ± {d['std']:.2f}"
     cells = [c for v in routers.values() for c in (diff(v["hard_minus_easy_experts"]), "")]
     lines.append("| hard - easy (mean ± std over seeds) | " + " | ".join(cells) + " |")
     if sweep:
-        lines += ["", "Top-p threshold sweep (seed 0; the thresholds other than the main one ran as one compiled "
-                  "program):", "",
-                  "| p | val loss | experts/token (val text) | training, first -> last chunk | hard - easy experts |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Top-p threshold sweep (seed 0; the thresholds other than the main one ran as one compiled program):",
+            "",
+            "| p | val loss | experts/token (val text) | training, first -> last chunk | hard - easy experts |",
+            "|---|---|---|---|---|",
+        ]
         for p, m in sweep.items():
-            lines.append(f"| {p} | {m['val_loss']:.3f} | {m['val_experts']:.2f} | {m['train_experts_first']:.2f} -> "
-                         f"{m['train_experts_last']:.2f} | {m['hard_minus_easy_experts']:+.2f} |")
+            lines.append(
+                f"| {p} | {m['val_loss']:.3f} | {m['val_experts']:.2f} | {m['train_experts_first']:.2f} -> "
+                f"{m['train_experts_last']:.2f} | {m['hard_minus_easy_experts']:+.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -18,17 +18,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, progress, runs
 from psec_jax.experiment_flags import UsageError
-from psec_jax.parallel import distributed
 from psec_jax.models import members, pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
+from psec_jax.parallel import distributed
 
 
 class Stage(NamedTuple):
@@ -42,23 +42,46 @@ class Stage(NamedTuple):
 def stages(config: ml_collections.ConfigDict) -> list[Stage]:
     """The stages the config asks for, in the order they run."""
     t, n = config.train, config.train.seeds
-    out = [Stage(r, r, tuple(f"seed{i}" for i in range(n)), tuple(range(n)), (config.router.p,) * n)
-           for r in t.routers]
+    out = [Stage(r, r, tuple(f"seed{i}" for i in range(n)), tuple(range(n)), (config.router.p,) * n) for r in t.routers]
     if t.sweep_p:
-        out.append(Stage("top_p_sweep", "top_p", tuple(f"p{p:g}" for p in t.sweep_p), (0,) * len(t.sweep_p),
-                         tuple(t.sweep_p)))
+        out.append(
+            Stage("top_p_sweep", "top_p", tuple(f"p{p:g}" for p in t.sweep_p), (0,) * len(t.sweep_p), tuple(t.sweep_p))
+        )
     return out
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError (one line) for values that cannot train; run before anything is compiled."""
-    cc.positive_int(config, "data.vocab_size", "data.seq_len", "data.batch_size", "data.num_task_examples",
-                    "data.num_val_task_examples", "data.val_corpus_rows", "model.d_model", "model.num_layers",
-                    "model.num_heads", "model.num_experts", "model.d_ff_expert", "model.moe_every",
-                    "train.seeds", "train.max_to_keep")
-    cc.non_negative(config, "data.task_rows", "data.val_task_rows", "data.max_corpus_bytes", "model.max_k",
-                    "router.load_balance_weight", "router.dynamic_weight", "router.z_weight",
-                    "optim.weight_decay", "optim.warmup_steps", "optim.final_lr_fraction")
+    cc.positive_int(
+        config,
+        "data.vocab_size",
+        "data.seq_len",
+        "data.batch_size",
+        "data.num_task_examples",
+        "data.num_val_task_examples",
+        "data.val_corpus_rows",
+        "model.d_model",
+        "model.num_layers",
+        "model.num_heads",
+        "model.num_experts",
+        "model.d_ff_expert",
+        "model.moe_every",
+        "train.seeds",
+        "train.max_to_keep",
+    )
+    cc.non_negative(
+        config,
+        "data.task_rows",
+        "data.val_task_rows",
+        "data.max_corpus_bytes",
+        "model.max_k",
+        "router.load_balance_weight",
+        "router.dynamic_weight",
+        "router.z_weight",
+        "optim.weight_decay",
+        "optim.warmup_steps",
+        "optim.final_lr_fraction",
+    )
     cc.positive(config, "optim.learning_rate", "optim.clip_norm", "model.rope_base")
     cc.in_range(config, "router.p", 0.0, 1.0, low_open=True)
     cc.in_range(config, "data.vocab_size", 258, 65536)
@@ -72,12 +95,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.one_of(config, "train.members", ("map", "vmap"))
     cc.positive_int(config, "train.microbatches")
     if config.data.batch_size % config.train.microbatches:
-        raise cc.ConfigError(f"train.microbatches={config.train.microbatches} must divide "
-                             f"data.batch_size={config.data.batch_size}")
+        raise cc.ConfigError(
+            f"train.microbatches={config.train.microbatches} must divide data.batch_size={config.data.batch_size}"
+        )
     if config.data.task_rows > config.data.batch_size:
         raise cc.ConfigError(f"data.task_rows={config.data.task_rows} exceeds data.batch_size={config.data.batch_size}")
     if not config.train.routers or set(config.train.routers) - set(lm_train.ROUTERS):
-        raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}")
+        raise cc.ConfigError(
+            f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}"
+        )
     if len(set(config.train.routers)) != len(config.train.routers):
         raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} repeats a router")
     if any(not 0.0 < p <= 1.0 for p in config.train.sweep_p):
@@ -85,8 +111,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if len({f"{p:g}" for p in config.train.sweep_p}) != len(config.train.sweep_p):
         raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)} repeats a threshold")
     if config.optim.warmup_steps >= config.train.num_steps:
-        raise cc.ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
-                             f"train.num_steps={config.train.num_steps}")
+        raise cc.ConfigError(
+            f"optim.warmup_steps={config.optim.warmup_steps} must be below train.num_steps={config.train.num_steps}"
+        )
     try:
         for router in config.train.routers:
             lm_train.model_spec(config, router)
@@ -96,10 +123,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     chunk_bytes = config.train.log_every * config.data.batch_size * config.data.seq_len * 13
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if chunk_bytes > memory:
-        raise cc.ConfigError(f"train.log_every={config.train.log_every} steps of data.batch_size="
-                             f"{config.data.batch_size} rows of data.seq_len={config.data.seq_len} tokens make "
-                             f"{chunk_bytes / 2**30:.0f} GiB of batches per chunk, more than this machine's "
-                             f"{memory / 2**30:.0f} GiB of memory: lower train.log_every")
+        raise cc.ConfigError(
+            f"train.log_every={config.train.log_every} steps of data.batch_size="
+            f"{config.data.batch_size} rows of data.seq_len={config.data.seq_len} tokens make "
+            f"{chunk_bytes / 2**30:.0f} GiB of batches per chunk, more than this machine's "
+            f"{memory / 2**30:.0f} GiB of memory: lower train.log_every"
+        )
     check_data_sizes(config)
     check_mesh(config)
 
@@ -125,25 +154,35 @@ def check_data_sizes(config: ml_collections.ConfigDict) -> None:
     N bytes in F files has at most N + F - 1 tokens, and a task example of b bytes at most b tokens."""
     d = config.data
     if d.seq_len + 1 < tasks.MAX_EXAMPLE_BYTES:
-        raise cc.ConfigError(f"data.seq_len={d.seq_len} must be >= {tasks.MAX_EXAMPLE_BYTES - 1}: task rows of "
-                             f"seq_len + 1 tokens must hold the longest task example ({tasks.MAX_EXAMPLE_BYTES} "
-                             f"bytes) whatever the vocabulary")
+        raise cc.ConfigError(
+            f"data.seq_len={d.seq_len} must be >= {tasks.MAX_EXAMPLE_BYTES - 1}: task rows of "
+            f"seq_len + 1 tokens must hold the longest task example ({tasks.MAX_EXAMPLE_BYTES} "
+            f"bytes) whatever the vocabulary"
+        )
     if d.val_task_rows > d.num_val_task_examples:
-        raise cc.ConfigError(f"data.val_task_rows={d.val_task_rows} exceeds data.num_val_task_examples="
-                             f"{d.num_val_task_examples} (each row holds at least one example)")
+        raise cc.ConfigError(
+            f"data.val_task_rows={d.val_task_rows} exceeds data.num_val_task_examples="
+            f"{d.num_val_task_examples} (each row holds at least one example)"
+        )
     minimum = text.min_corpus_bytes()
     if 0 < d.max_corpus_bytes < minimum:
-        raise cc.ConfigError(f"data.max_corpus_bytes={d.max_corpus_bytes} leaves a split of the stdlib corpus "
-                             f"without a file for the tokenizer: use >= {minimum} (0: the whole corpus)")
+        raise cc.ConfigError(
+            f"data.max_corpus_bytes={d.max_corpus_bytes} leaves a split of the stdlib corpus "
+            f"without a file for the tokenizer: use >= {minimum} (0: the whole corpus)"
+        )
     sizes, t1, cap = text.corpus_sizes(d.max_corpus_bytes or None), d.seq_len + 1, _corpus_cap(config)
     most = {split: size + files - 1 for split, (files, size) in sizes.items()}  # tokens
     why = lambda split: f"at most {most[split]} tokens ({sizes[split][1]} bytes in {sizes[split][0]} file(s))"
     if most["train"] < t1:
-        raise cc.ConfigError(f"a training window of data.seq_len + 1 = {t1} tokens is longer than the train split "
-                             f"of {cap} can be: {why('train')}")
+        raise cc.ConfigError(
+            f"a training window of data.seq_len + 1 = {t1} tokens is longer than the train split "
+            f"of {cap} can be: {why('train')}"
+        )
     if most["val"] < d.val_corpus_rows * t1:
-        raise cc.ConfigError(f"data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} tokens "
-                             f"need {d.val_corpus_rows * t1}, more than the val split of {cap} can have: {why('val')}")
+        raise cc.ConfigError(
+            f"data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} tokens "
+            f"need {d.val_corpus_rows * t1}, more than the val split of {cap} can have: {why('val')}"
+        )
 
 
 def check_data(config: ml_collections.ConfigDict, data: text.TextData) -> None:
@@ -151,15 +190,21 @@ def check_data(config: ml_collections.ConfigDict, data: text.TextData) -> None:
     for (`check_data_sizes` bounds them by bytes before the build; BPE merges leave fewer tokens)."""
     d, t1, cap = config.data, config.data.seq_len + 1, _corpus_cap(config)
     if data.train.size < t1:
-        raise UsageError(f"lm_moe: a training window of data.seq_len + 1 = {t1} tokens is longer than the train "
-                         f"split of {cap} ({data.train.size} tokens in {data.path})")
+        raise UsageError(
+            f"lm_moe: a training window of data.seq_len + 1 = {t1} tokens is longer than the train "
+            f"split of {cap} ({data.train.size} tokens in {data.path})"
+        )
     if data.val.size < d.val_corpus_rows * t1:
-        raise UsageError(f"lm_moe: data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} "
-                         f"tokens need {d.val_corpus_rows * t1}, more than the val split of {cap} has "
-                         f"({data.val.size} tokens in {data.path})")
+        raise UsageError(
+            f"lm_moe: data.val_corpus_rows={d.val_corpus_rows} windows of data.seq_len + 1 = {t1} "
+            f"tokens need {d.val_corpus_rows * t1}, more than the val split of {cap} has "
+            f"({data.val.size} tokens in {data.path})"
+        )
     if data.tasks_val_tokens.shape[0] < d.val_task_rows:
-        raise UsageError(f"lm_moe: data.val_task_rows={d.val_task_rows} exceeds the {data.tasks_val_tokens.shape[0]} "
-                         f"rows that data.num_val_task_examples={d.num_val_task_examples} fill ({data.path})")
+        raise UsageError(
+            f"lm_moe: data.val_task_rows={d.val_task_rows} exceeds the {data.tasks_val_tokens.shape[0]} "
+            f"rows that data.num_val_task_examples={d.num_val_task_examples} fill ({data.path})"
+        )
 
 
 def _corpus_cap(config: ml_collections.ConfigDict) -> str:
@@ -170,9 +215,14 @@ def _corpus_cap(config: ml_collections.ConfigDict) -> str:
 def load_data(config: ml_collections.ConfigDict) -> text.TextData:
     """The tokenized corpus and task mixture of `config.data`, built into the data cache on first use."""
     d = config.data
-    get = lambda: text.get(vocab_size=d.vocab_size, max_corpus_bytes=d.max_corpus_bytes or None, seq_len=d.seq_len,
-                           num_task_examples=d.num_task_examples, num_val_task_examples=d.num_val_task_examples,
-                           seed=d.seed)
+    get = lambda: text.get(
+        vocab_size=d.vocab_size,
+        max_corpus_bytes=d.max_corpus_bytes or None,
+        seq_len=d.seq_len,
+        num_task_examples=d.num_task_examples,
+        num_val_task_examples=d.num_val_task_examples,
+        seed=d.seed,
+    )
     if jax.process_count() == 1:
         return get()
     if distributed.is_main():  # one process builds the cache, the others wait and read it
@@ -190,8 +240,9 @@ def chunk_validation(config: ml_collections.ConfigDict, data: text.TextData) -> 
     return jax.tree.map(lambda a: jnp.asarray(a[0]), val)
 
 
-def full_validation(data: text.TextData, seq_len: int, rows_per_batch: int = 64
-                    ) -> tuple[pipeline.Batch, np.ndarray, float]:
+def full_validation(
+    data: text.TextData, seq_len: int, rows_per_batch: int = 64
+) -> tuple[pipeline.Batch, np.ndarray, float]:
     """The whole validation split (every task row and non-overlapping text window, less the rows past the
     last whole batch: text windows while more of them remain, else task rows) as Batch [N, rows_per_batch, T]
     (one batch of every row where there are fewer), its text-row mask [N, rows_per_batch], and the unigram
@@ -223,15 +274,27 @@ def _flatten(metrics: dict[str, Any], members: tuple[str, ...], num_layers: int)
             elif v.ndim == 1:
                 out.update({f"{name}/{member}/{labels[c]}": v[c] for c in range(len(labels))})
             else:  # [G, NUM_LABELS]
-                out.update({f"{name}/{member}/layer{g}/{labels[c]}": v[g, c] for g in range(v.shape[0])
-                            for c in range(len(labels))})
+                out.update(
+                    {
+                        f"{name}/{member}/layer{g}/{labels[c]}": v[g, c]
+                        for g in range(v.shape[0])
+                        for c in range(len(labels))
+                    }
+                )
     return out
 
 
 # What a rerun in the same workdir may change: it adds (or drops) stages, every stage keeps its own config;
 # and the mesh (checkpoints restore into the new layout, the numbers stay those of one device)
-RESUME_MAY_CHANGE = ("train.routers", "train.seeds", "train.sweep_p", "mesh.data", "mesh.fsdp", "mesh.expert",
-                     "mesh.model")
+RESUME_MAY_CHANGE = (
+    "train.routers",
+    "train.seeds",
+    "train.sweep_p",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.expert",
+    "mesh.model",
+)
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData) -> ml_collections.ConfigDict:
@@ -241,16 +304,33 @@ def stage_config(config: ml_collections.ConfigDict, stage: Stage, data: text.Tex
     c = config.to_dict()
     c["train"] = {k: v for k, v in c["train"].items() if "train." + k not in RESUME_MAY_CHANGE}
     c.pop("mesh")
-    c["stage"] = {"name": stage.name, "router": stage.router, "members": stage.members, "seeds": stage.seeds,
-                  "ps": stage.ps}
+    c["stage"] = {
+        "name": stage.name,
+        "router": stage.router,
+        "members": stage.members,
+        "seeds": stage.seeds,
+        "ps": stage.ps,
+    }
     sha = data.meta["sha256"]
-    c["data_identity"] = {"cache": data.path.name, "train_npy": sha["train.npy"], "tokenizer": sha["tokenizer.json"],
-                          "tasks_train": sha["tasks_train_tokens.npy"], "numpy": np.__version__}
+    c["data_identity"] = {
+        "cache": data.path.name,
+        "train_npy": sha["train.npy"],
+        "tokenizer": sha["tokenizer.json"],
+        "tasks_train": sha["tasks_train_tokens.npy"],
+        "numpy": np.__version__,
+    }
     return ml_collections.ConfigDict(c)
 
 
-def final_evaluation(program: members.Program, states: lm_train.TrainState, stage: Stage, full: pipeline.Batch,
-                     text_rows: np.ndarray, path: Path, step: int) -> dict[str, dict]:
+def final_evaluation(
+    program: members.Program,
+    states: lm_train.TrainState,
+    stage: Stage,
+    full: pipeline.Batch,
+    text_rows: np.ndarray,
+    path: Path,
+    step: int,
+) -> dict[str, dict]:
     """Every member evaluated on the whole validation split (cached in `path` for `step`):
     {member: eval_metrics as lists}."""
     if path.is_file():
@@ -258,17 +338,25 @@ def final_evaluation(program: members.Program, states: lm_train.TrainState, stag
         if saved.get("step") == step:
             return saved["members"]
     with progress.phase(f"lm_moe {stage.name}: final evaluation", disable=not distributed.is_main()):
-        metrics = distributed.to_host(program.evaluate(states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows),
-                                                       jnp.asarray(stage.ps, jnp.float32)))
+        metrics = distributed.to_host(
+            program.evaluate(
+                states, jax.tree.map(jnp.asarray, full), jnp.asarray(text_rows), jnp.asarray(stage.ps, jnp.float32)
+            )
+        )
     members_ = {m: runs.to_jsonable({k: v[i] for k, v in metrics.items()}) for i, m in enumerate(stage.members)}
     if distributed.is_main():
         runs.write_json_atomic(path, {"step": step, "members": members_})
     return members_
 
 
-def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextData, batches: pipeline.Batches,
-              val: pipeline.Batch, workdir: Path
-              ) -> tuple[list[dict[str, Any]], lm_train.TrainState, members.Program]:
+def run_stage(
+    config: ml_collections.ConfigDict,
+    stage: Stage,
+    data: text.TextData,
+    batches: pipeline.Batches,
+    val: pipeline.Batch,
+    workdir: Path,
+) -> tuple[list[dict[str, Any]], lm_train.TrainState, members.Program]:
     """Trains one stage's members (resuming from its checkpoints) in the layout `config.mesh` asks for
     (`psec_jax.models.members`); returns its metric records, the final states and the stage's Program."""
     trainer = lm_train.make_train(config, stage.router, validation=val)
@@ -284,10 +372,17 @@ def run_stage(config: ml_collections.ConfigDict, stage: Stage, data: text.TextDa
         return states, _flatten(distributed.to_host(metrics), stage.members, trainer.spec.num_groups)
 
     states, records = loop.run_chunks(
-        chunk, program.init(keys), num_chunks=config.train.num_steps // steps,
-        steps_per_chunk=steps, workdir=workdir / "stages" / stage.name, config=stage_config(config, stage, data),
-        checkpoint_every_chunks=config.train.checkpoint_every // steps, max_to_keep=config.train.max_to_keep,
-        desc=f"lm_moe {stage.name}", tensorboard=True)
+        chunk,
+        program.init(keys),
+        num_chunks=config.train.num_steps // steps,
+        steps_per_chunk=steps,
+        workdir=workdir / "stages" / stage.name,
+        config=stage_config(config, stage, data),
+        checkpoint_every_chunks=config.train.checkpoint_every // steps,
+        max_to_keep=config.train.max_to_keep,
+        desc=f"lm_moe {stage.name}",
+        tensorboard=True,
+    )
     return records, states, program
 
 
@@ -296,8 +391,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     check_config(config)
     counts = tf.parameter_counts(lm_train.model_spec(config, "top1"))
     say = print if distributed.is_main() else (lambda *a, **k: None)
-    say(f"model: {counts['total'] / 1e6:.2f}M parameters, {counts['active_top1'] / 1e6:.2f}M active with one "
-          f"expert per layer (experts {counts['experts'] / 1e6:.2f}M)", flush=True)
+    say(
+        f"model: {counts['total'] / 1e6:.2f}M parameters, {counts['active_top1'] / 1e6:.2f}M active with one "
+        f"expert per layer (experts {counts['experts'] / 1e6:.2f}M)",
+        flush=True,
+    )
     if config.dry_run:
         return counts
     started, commit = time.perf_counter(), runs.git_commit()  # the code that runs, read before it does
@@ -307,8 +405,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise UsageError(f"lm_moe: {e}") from None
     if members.is_sharded(config.mesh):
         shape = parallel.mesh_shape(config.mesh, jax.device_count())
-        say(f"mesh: {' x '.join(f'{a} {n}' for a, n in shape.items())}; members one after another, each sharded",
-            flush=True)
+        say(
+            f"mesh: {' x '.join(f'{a} {n}' for a, n in shape.items())}; members one after another, each sharded",
+            flush=True,
+        )
     data = load_data(config)
     check_data(config, data)
     d = config.data
@@ -318,12 +418,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     histories = {}
     for stage in stages(config):
         records, states, program = run_stage(config, stage, data, batches, val, Path(workdir))
-        final = final_evaluation(program, states, stage, full, text_rows,
-                                 Path(workdir) / "stages" / stage.name / "final_eval.json", config.train.num_steps)
+        final = final_evaluation(
+            program,
+            states,
+            stage,
+            full,
+            text_rows,
+            Path(workdir) / "stages" / stage.name / "final_eval.json",
+            config.train.num_steps,
+        )
         histories[stage.name] = (stage, records, final)
-    results = report.summarize(config, histories, data.meta, counts, unigram=unigram,
-                               seconds=time.perf_counter() - started, commit=commit)
+    results = report.summarize(
+        config, histories, data.meta, counts, unigram=unigram, seconds=time.perf_counter() - started, commit=commit
+    )
     if distributed.is_main():  # in a multi-process run every process has the results, process 0 writes them
         print(report.write(workdir, results))
     return results["summary"]
-

@@ -33,14 +33,18 @@ def logical_axes(params: Any) -> Any:
 
     params: declared parameters, each leaf a `nn.Partitioned` box (e.g. `transformer.init_boxed`, or its
     `jax.eval_shape`) whose names are read; a plain leaf declares nothing and is a ValueError."""
+
     def names(path, leaf):
         if not isinstance(leaf, nn.Partitioned):
-            raise ValueError(f"parameter {jax.tree_util.keystr(path)} of shape {getattr(leaf, 'shape', None)} declares "
-                             "no logical axes (create it in a flax.linen.LogicallyPartitioned box)")
+            raise ValueError(
+                f"parameter {jax.tree_util.keystr(path)} of shape {getattr(leaf, 'shape', None)} declares "
+                "no logical axes (create it in a flax.linen.LogicallyPartitioned box)"
+            )
         axes = tuple(leaf.names)
         if len(axes) != leaf.value.ndim:
-            raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {leaf.value.shape} but declares "
-                             f"the axes {axes}")
+            raise ValueError(
+                f"parameter {jax.tree_util.keystr(path)} has shape {leaf.value.shape} but declares the axes {axes}"
+            )
         return axes
 
     return jax.tree_util.tree_map_with_path(names, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -60,8 +64,14 @@ def state_shardings(trainer: Any, mesh: Mesh) -> Any:
     moments by their declared axes (`trainer.param_axes`; fitted to each shape), counters replicated."""
     abstract = jax.eval_shape(trainer.init, jax.random.key(0))
     pspecs = _specs(trainer.param_axes, pmesh.RULES)
-    opt_specs = optax.tree_map_params(trainer.tx, lambda _, spec: spec, abstract.opt_state, pspecs,
-                                      transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+    opt_specs = optax.tree_map_params(
+        trainer.tx,
+        lambda _, spec: spec,
+        abstract.opt_state,
+        pspecs,
+        transform_non_params=lambda _: P(),
+        is_leaf=lambda x: isinstance(x, P),
+    )
     specs = abstract.replace(params=pspecs, opt_state=opt_specs, step=P())
     return pmesh.shardings(abstract, specs, mesh)
 

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import itertools
 import string
-from typing import Collection, NamedTuple, Sequence
+from collections.abc import Collection, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -57,10 +58,14 @@ _SORT_DIGITS = {False: 3, True: 10}
 # a row of this many tokens holds any example whole, whatever the vocabulary (a token is at least a byte)
 _LETTERS = " ".join("x" * _COPY_LETTERS[True])
 MAX_EXAMPLE_BYTES = len(f"copy {_LETTERS} =" + f" {_LETTERS}" + TERMINATOR)
-_SORT_EASY = {split: [d for d in itertools.product(range(10), repeat=3) if (sum(d) % 5 == 0) == (split == "val")]
-              for split in SPLITS}
-_MODULAR_EASY = {split: [(a, b) for a in range(10) for b in range(10) if ((a + 2 * b) % 5 == 0) == (split == "val")]
-                 for split in SPLITS}
+_SORT_EASY = {
+    split: [d for d in itertools.product(range(10), repeat=3) if (sum(d) % 5 == 0) == (split == "val")]
+    for split in SPLITS
+}
+_MODULAR_EASY = {
+    split: [(a, b) for a in range(10) for b in range(10) if ((a + 2 * b) % 5 == 0) == (split == "val")]
+    for split in SPLITS
+}
 
 
 class Example(NamedTuple):
@@ -100,8 +105,9 @@ def _modular(rng: np.random.Generator, hard: bool, split: str) -> tuple[str, str
 _GENERATORS = (_copy, _sort, _modular)
 
 
-def generate(rng: np.random.Generator, num_examples: int, split: str = "train",
-             exclude: Collection[str] = frozenset()) -> list[Example]:
+def generate(
+    rng: np.random.Generator, num_examples: int, split: str = "train", exclude: Collection[str] = frozenset()
+) -> list[Example]:
     """`num_examples` examples, task and difficulty each drawn uniformly (see the module docstring).
 
     Args:
@@ -121,8 +127,10 @@ def generate(rng: np.random.Generator, num_examples: int, split: str = "train",
             if prompt not in exclude:
                 break
         else:
-            raise ValueError(f"{label_names()[2 * task + hard]}: {MAX_REDRAWS} draws in a row were all excluded "
-                             f"prompts; its {split} problem space is (nearly) exhausted")
+            raise ValueError(
+                f"{label_names()[2 * task + hard]}: {MAX_REDRAWS} draws in a row were all excluded "
+                f"prompts; its {split} problem space is (nearly) exhausted"
+            )
         examples.append(Example(prompt, answer + TERMINATOR, 2 * task + hard))
     return examples
 
@@ -132,16 +140,19 @@ def split_stats(train: Sequence[Example], val: Sequence[Example], val_labels: np
     train prompt; 0 by construction), val answer tokens and val rows holding any, from the val
     labels [R, row_len] that `pack` made of `val`."""
     seen = {e.prompt for e in train}
-    return {name: {"train_examples": sum(e.label == i for e in train),
-                   "val_examples": sum(e.label == i for e in val),
-                   "val_in_train": sum(e.label == i and e.prompt in seen for e in val),
-                   "val_answer_tokens": int((val_labels == i).sum()),
-                   "val_rows": int((val_labels == i).any(axis=1).sum())}
-            for i, name in enumerate(label_names())}
+    return {
+        name: {
+            "train_examples": sum(e.label == i for e in train),
+            "val_examples": sum(e.label == i for e in val),
+            "val_in_train": sum(e.label == i and e.prompt in seen for e in val),
+            "val_answer_tokens": int((val_labels == i).sum()),
+            "val_rows": int((val_labels == i).any(axis=1).sum()),
+        }
+        for i, name in enumerate(label_names())
+    }
 
 
-def pack(tokenizer: Tokenizer, examples: Sequence[Example], row_len: int,
-         pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pack(tokenizer: Tokenizer, examples: Sequence[Example], row_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize examples and pack them whole, in order, into rows of `row_len` tokens.
 
     An example goes into the current row if it fits, else it starts a new row; the rest of a row is
@@ -160,7 +171,7 @@ def pack(tokenizer: Tokenizer, examples: Sequence[Example], row_len: int,
             raise ValueError(f"answer {e.answer!r} of {e.prompt!r} does not end with {TERMINATOR!r}")
     encode = lambda texts: [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     prompts = encode([e.prompt for e in examples])
-    answers = encode([e.answer[:-len(TERMINATOR)] for e in examples])
+    answers = encode([e.answer[: -len(TERMINATOR)] for e in examples])
     terminator = encode([TERMINATOR])[0]
     rows: list[tuple[list[int], list[int]]] = []
     row_ids: list[int] = []
@@ -168,8 +179,9 @@ def pack(tokenizer: Tokenizer, examples: Sequence[Example], row_len: int,
     for example, prompt, answer in zip(examples, prompts, answers):
         ids = prompt + answer + terminator
         if len(ids) > row_len:
-            raise ValueError(f"example {example.prompt + example.answer!r} has {len(ids)} tokens, "
-                             f"more than row_len={row_len}")
+            raise ValueError(
+                f"example {example.prompt + example.answer!r} has {len(ids)} tokens, more than row_len={row_len}"
+            )
         if len(row_ids) + len(ids) > row_len:
             rows.append((row_ids, row_labels))
             row_ids, row_labels = [], []
@@ -180,6 +192,6 @@ def pack(tokenizer: Tokenizer, examples: Sequence[Example], row_len: int,
     tokens = np.full((len(rows), row_len), pad_id, np.uint16)
     labels = np.full((len(rows), row_len), IGNORE, np.int8)
     for r, (ids, labs) in enumerate(rows):
-        tokens[r, :len(ids)] = ids
-        labels[r, :len(labs)] = labs
+        tokens[r, : len(ids)] = ids
+        labels[r, : len(labs)] = labs
     return tokens, labels

@@ -94,6 +94,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 # --- corpus ------------------------------------------------------------------------------------
 
+
 def stdlib_root() -> Path:
     """The directory of this interpreter's standard library."""
     return Path(sysconfig.get_paths()["stdlib"])
@@ -149,8 +150,7 @@ def corpus_sizes(max_corpus_bytes: int | None) -> dict[str, tuple[int, int]]:
     """{split: (files, bytes)} that the build would take for `max_corpus_bytes`, from the file sizes
     alone. A split's token count is at most its bytes plus one `<|endoftext|>` between files (byte-level
     BPE: a token is at least one byte)."""
-    return {split: (len(files), sum(size for *_, size in files))
-            for split, files in _select(max_corpus_bytes).items()}
+    return {split: (len(files), sum(size for *_, size in files)) for split, files in _select(max_corpus_bytes).items()}
 
 
 def min_corpus_bytes() -> int:
@@ -164,30 +164,43 @@ def min_corpus_bytes() -> int:
 
 def _corpus(max_corpus_bytes: int | None) -> dict[str, _Split]:
     """Train and val splits, each cut to its first files totalling at most `max_corpus_bytes`."""
-    chosen = {split: [(rel, path.read_bytes()) for rel, path, _ in files]
-              for split, files in _select(max_corpus_bytes).items()}
+    chosen = {
+        split: [(rel, path.read_bytes()) for rel, path, _ in files]
+        for split, files in _select(max_corpus_bytes).items()
+    }
     out = {}
     for split, files in chosen.items():
         if not files:
-            raise ValueError(f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes}, stdlib at "
-                             f"{stdlib_root()})")
+            raise ValueError(
+                f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes}, stdlib at {stdlib_root()})"
+            )
         lines = "".join(f"{rel} {_sha256_bytes(raw)}\n" for rel, raw in files)
-        out[split] = _Split([rel for rel, _ in files], [_decode(raw) for _, raw in files],
-                            sum(len(raw) for _, raw in files), _sha256_bytes(lines.encode()))
+        out[split] = _Split(
+            [rel for rel, _ in files],
+            [_decode(raw) for _, raw in files],
+            sum(len(raw) for _, raw in files),
+            _sha256_bytes(lines.encode()),
+        )
     return out
 
 
 # --- tokenizer and baseline --------------------------------------------------------------------
+
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE of `vocab_size` tokens (fewer if the texts run out of merges), digits split
     one per token, `<|endoftext|>` = 0 and `<|pad|>` = 1."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT, PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(texts, trainer, length=len(texts))
     tokenizer.encode_special_tokens = True  # a literal "<|pad|>" in a source file is text, not PAD_ID
     assert tokenizer.token_to_id(EOT) == EOT_ID and tokenizer.token_to_id(PAD) == PAD_ID
@@ -215,8 +228,15 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
 
 # --- build, cache, load ------------------------------------------------------------------------
 
-def _check_args(vocab_size: int, max_corpus_bytes: int | None, seq_len: int, num_task_examples: int,
-                num_val_task_examples: int, seed: int) -> dict[str, Any]:
+
+def _check_args(
+    vocab_size: int,
+    max_corpus_bytes: int | None,
+    seq_len: int,
+    num_task_examples: int,
+    num_val_task_examples: int,
+    seed: int,
+) -> dict[str, Any]:
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size must be in [{MIN_VOCAB}, {MAX_VOCAB}] (uint16 token arrays), got {vocab_size}")
     if max_corpus_bytes is not None and max_corpus_bytes < 1:
@@ -228,26 +248,51 @@ def _check_args(vocab_size: int, max_corpus_bytes: int | None, seq_len: int, num
             raise ValueError(f"{name} must be >= 1, got {value}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    return {"vocab_size": vocab_size, "max_corpus_bytes": max_corpus_bytes, "seq_len": seq_len,
-            "num_task_examples": num_task_examples, "num_val_task_examples": num_val_task_examples, "seed": seed}
+    return {
+        "vocab_size": vocab_size,
+        "max_corpus_bytes": max_corpus_bytes,
+        "seq_len": seq_len,
+        "num_task_examples": num_task_examples,
+        "num_val_task_examples": num_val_task_examples,
+        "seed": seed,
+    }
 
 
 def _key(args: dict[str, Any], corpus: dict[str, _Split]) -> str:
-    identity = {"format": FORMAT, "args": args, "tokenizers": tokenizers.__version__,
-                "corpus": {split: s.checksum for split, s in corpus.items()}}
+    identity = {
+        "format": FORMAT,
+        "args": args,
+        "tokenizers": tokenizers.__version__,
+        "corpus": {split: s.checksum for split, s in corpus.items()},
+    }
     return _sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:12]
 
 
-def cache_path(*, vocab_size: int, max_corpus_bytes: int | None = None, seq_len: int, num_task_examples: int,
-               num_val_task_examples: int, seed: int) -> Path:
+def cache_path(
+    *,
+    vocab_size: int,
+    max_corpus_bytes: int | None = None,
+    seq_len: int,
+    num_task_examples: int,
+    num_val_task_examples: int,
+    seed: int,
+) -> Path:
     """`cache_dir()/text/stdlib-v{vocab_size}-{hash}`, the hash over the arguments, the corpus
     checksum and the tokenizers version (reads the corpus files to checksum them)."""
     args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed)
     return cache_dir() / "text" / f"stdlib-v{vocab_size}-{_key(args, _corpus(max_corpus_bytes))}"
 
 
-def build(directory: str | os.PathLike, *, vocab_size: int, max_corpus_bytes: int | None = None, seq_len: int,
-          num_task_examples: int, num_val_task_examples: int, seed: int) -> Path:
+def build(
+    directory: str | os.PathLike,
+    *,
+    vocab_size: int,
+    max_corpus_bytes: int | None = None,
+    seq_len: int,
+    num_task_examples: int,
+    num_val_task_examples: int,
+    seed: int,
+) -> Path:
     """Build the text data into `directory` (which must not exist) and return it.
 
     Args:
@@ -282,13 +327,35 @@ def build(directory: str | os.PathLike, *, vocab_size: int, max_corpus_bytes: in
             np.save(tmp / f"{name}.npy", arrays[name])
         actual_vocab = tokenizer.get_vocab_size()
         meta = {
-            "format": FORMAT, "args": args, "vocab_size": actual_vocab, "eot_id": EOT_ID, "pad_id": PAD_ID,
-            "python": sys.version, "stdlib": str(stdlib_root()), "tokenizers": tokenizers.__version__,
-            "splits": {split: {"files": len(s.paths), "bytes": s.num_bytes, "tokens": int(arrays[split].size),
-                               "checksum": s.checksum, "paths": s.paths} for split, s in corpus.items()},
-            "tasks": {**{s: {"examples": len(examples[s]), "rows": int(arrays[f"tasks_{s}_tokens"].shape[0]),
-                             "answer_tokens": int((arrays[f"tasks_{s}_labels"] >= 0).sum())} for s in tasks.SPLITS},
-                      "labels": tasks.split_stats(examples["train"], examples["val"], arrays["tasks_val_labels"])},
+            "format": FORMAT,
+            "args": args,
+            "vocab_size": actual_vocab,
+            "eot_id": EOT_ID,
+            "pad_id": PAD_ID,
+            "python": sys.version,
+            "stdlib": str(stdlib_root()),
+            "tokenizers": tokenizers.__version__,
+            "splits": {
+                split: {
+                    "files": len(s.paths),
+                    "bytes": s.num_bytes,
+                    "tokens": int(arrays[split].size),
+                    "checksum": s.checksum,
+                    "paths": s.paths,
+                }
+                for split, s in corpus.items()
+            },
+            "tasks": {
+                **{
+                    s: {
+                        "examples": len(examples[s]),
+                        "rows": int(arrays[f"tasks_{s}_tokens"].shape[0]),
+                        "answer_tokens": int((arrays[f"tasks_{s}_labels"] >= 0).sum()),
+                    }
+                    for s in tasks.SPLITS
+                },
+                "labels": tasks.split_stats(examples["train"], examples["val"], arrays["tasks_val_labels"]),
+            },
             "label_names": tasks.label_names(),
             "unigram_loss": unigram_loss(arrays["train"], arrays["val"], actual_vocab),
             "sha256": {f.name: _sha256_file(f) for f in sorted(tmp.iterdir())},
@@ -335,15 +402,35 @@ def load(directory: str | os.PathLike) -> TextData:
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
     tokenizer = Tokenizer.from_file(str(directory / _TOKENIZER))
     tokenizer.encode_special_tokens = True  # not saved in tokenizer.json
-    return TextData(**arrays, tokenizer=tokenizer, meta=meta, vocab_size=int(meta["vocab_size"]),
-                    pad_id=int(meta["pad_id"]), eot_id=int(meta["eot_id"]), path=directory)
+    return TextData(
+        **arrays,
+        tokenizer=tokenizer,
+        meta=meta,
+        vocab_size=int(meta["vocab_size"]),
+        pad_id=int(meta["pad_id"]),
+        eot_id=int(meta["eot_id"]),
+        path=directory,
+    )
 
 
-def get(*, vocab_size: int, max_corpus_bytes: int | None = None, seq_len: int, num_task_examples: int,
-        num_val_task_examples: int, seed: int) -> TextData:
+def get(
+    *,
+    vocab_size: int,
+    max_corpus_bytes: int | None = None,
+    seq_len: int,
+    num_task_examples: int,
+    num_val_task_examples: int,
+    seed: int,
+) -> TextData:
     """The text data for these build arguments (see `build`), from the cache, built there if absent."""
-    args = dict(vocab_size=vocab_size, max_corpus_bytes=max_corpus_bytes, seq_len=seq_len,
-                num_task_examples=num_task_examples, num_val_task_examples=num_val_task_examples, seed=seed)
+    args = dict(
+        vocab_size=vocab_size,
+        max_corpus_bytes=max_corpus_bytes,
+        seq_len=seq_len,
+        num_task_examples=num_task_examples,
+        num_val_task_examples=num_val_task_examples,
+        seed=seed,
+    )
     path = cache_path(**args)
     if not path.exists():
         try:

@@ -18,7 +18,8 @@ p, load-balance and dynamic-entropy losses). A stage name is not a router name: 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,9 @@ class TrainState:
 class Trainer(NamedTuple):
     spec: tf.Spec
     init: Callable[[jax.Array], TrainState]  # key -> initial state of one member
-    chunk: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]  # S steps on Batch [S, B, T] -> chunk means
+    chunk: Callable[
+        [TrainState, Batch, jax.Array], tuple[TrainState, dict]
+    ]  # S steps on Batch [S, B, T] -> chunk means
     evaluate: Callable[[Any, Batch, jax.Array, jax.Array], dict]  # (params, Batch [N, B, T], text rows [N, B], p)
     train: Callable[[jax.Array, jax.Array], tuple[TrainState, dict]]  # (key, p) -> (state, [chunks] metrics)
     tx: optax.GradientTransformation  # the optimizer (its state's layout shards like the params)
@@ -68,9 +71,15 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
     m, r = config.model, config.router
     overrides = STAGES[stage]
     dynamic = get_router(overrides.get("router", MoEConfig.router)).uses_p
-    base = dict(p=r.p, max_k=m.max_k or None, dispatch=m.dispatch, backend=m.backend,
-                load_balance_weight=r.load_balance_weight, dynamic_weight=r.dynamic_weight if dynamic else 0.0,
-                z_weight=r.z_weight)
+    base = dict(
+        p=r.p,
+        max_k=m.max_k or None,
+        dispatch=m.dispatch,
+        backend=m.backend,
+        load_balance_weight=r.load_balance_weight,
+        dynamic_weight=r.dynamic_weight if dynamic else 0.0,
+        z_weight=r.z_weight,
+    )
     return MoEConfig(**{**base, **overrides})
 
 
@@ -79,10 +88,20 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
     "top1", "top2" or "top_p")."""
     m = config.model
     return tf.Spec(
-        vocab_size=config.data.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
-        num_experts=m.num_experts, d_ff_expert=m.d_ff_expert, d_ff=m.d_ff, moe_every=m.moe_every,
-        moe=moe_config(config, router), dtype=m.dtype, rope_base=m.rope_base, remat=m.remat,
-        gather_weights=m.gather_weights)
+        vocab_size=config.data.vocab_size,
+        d_model=m.d_model,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_experts=m.num_experts,
+        d_ff_expert=m.d_ff_expert,
+        d_ff=m.d_ff,
+        moe_every=m.moe_every,
+        moe=moe_config(config, router),
+        dtype=m.dtype,
+        rope_base=m.rope_base,
+        remat=m.remat,
+        gather_weights=m.gather_weights,
+    )
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -90,13 +109,17 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
     weight decay on the RMSNorm scales and the routers (decay would flatten the router's probabilities
     and so, by itself, raise top-p's expert count)."""
     o = config.optim
-    schedule = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, config.train.num_steps,
-                                                  end_value=o.learning_rate * o.final_lr_fraction)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, o.warmup_steps, config.train.num_steps, end_value=o.learning_rate * o.final_lr_fraction
+    )
     no_decay = ("norm", "router")
     decay = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: not any(n in str(getattr(k, "key", "")) for k in path for n in no_decay), params)
-    return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                       optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay))
+        lambda path, _: not any(n in str(getattr(k, "key", "")) for k in path for n in no_decay), params
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay),
+    )
 
 
 def eval_sums(spec: tf.Spec, params: Any, batch: Batch, text_rows: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
@@ -112,9 +135,13 @@ def eval_sums(spec: tf.Spec, params: Any, batch: Batch, text_rows: jax.Array, p:
     text = text_rows[:, None] & (batch.weights > 0)
     masks = jnp.stack([text] + [batch.labels == c for c in range(NUM_LABELS)]).astype(jnp.float32)  # [M, B, T]
     correct = (jnp.argmax(out.logits, -1) == batch.targets).astype(jnp.float32)
-    return {"count": masks.sum((1, 2)), "nll": jnp.einsum("mbt,bt->m", masks, nll),
-            "nll_sq": jnp.einsum("mbt,bt->m", masks, nll * nll), "correct": jnp.einsum("mbt,bt->m", masks, correct),
-            "experts": jnp.einsum("mbt,gbt->gm", masks, out.stats["experts_per_token"].astype(jnp.float32))}
+    return {
+        "count": masks.sum((1, 2)),
+        "nll": jnp.einsum("mbt,bt->m", masks, nll),
+        "nll_sq": jnp.einsum("mbt,bt->m", masks, nll * nll),
+        "correct": jnp.einsum("mbt,bt->m", masks, correct),
+        "experts": jnp.einsum("mbt,gbt->gm", masks, out.stats["experts_per_token"].astype(jnp.float32)),
+    }
 
 
 def eval_metrics(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -126,10 +153,17 @@ def eval_metrics(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """
     n = jnp.where(sums["count"] > 0, sums["count"], jnp.nan)
     mean, experts = sums["nll"] / n, sums["experts"] / n  # [M], [G, M]
-    var = jnp.maximum(sums["nll_sq"] / n - mean ** 2, 0.0)
-    return {"val_loss": mean[0], "val_loss_se": jnp.sqrt(var[0] / n[0]), "val_experts": experts[:, 0].mean(),
-            "val_experts_per_layer": experts[:, 0], "task_loss": mean[1:], "task_accuracy": sums["correct"][1:] / n[1:],
-            "task_experts": experts[:, 1:].mean(0), "task_experts_per_layer": experts[:, 1:]}
+    var = jnp.maximum(sums["nll_sq"] / n - mean**2, 0.0)
+    return {
+        "val_loss": mean[0],
+        "val_loss_se": jnp.sqrt(var[0] / n[0]),
+        "val_experts": experts[:, 0].mean(),
+        "val_experts_per_layer": experts[:, 0],
+        "task_loss": mean[1:],
+        "task_accuracy": sums["correct"][1:] / n[1:],
+        "task_experts": experts[:, 1:].mean(0),
+        "task_experts_per_layer": experts[:, 1:],
+    }
 
 
 def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Array, p: jax.Array) -> dict:
@@ -141,8 +175,9 @@ def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Arra
     return eval_metrics(sums)
 
 
-def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array, microbatches: int = 1
-                         ) -> tuple[Any, dict[str, jax.Array]]:
+def accumulate_gradients(
+    spec: tf.Spec, params: Any, batch: Batch, p: jax.Array, microbatches: int = 1
+) -> tuple[Any, dict[str, jax.Array]]:
     """Gradients of the training loss on Batch [B, T], in `microbatches` sequential slices of B / m rows
     each (slice i: every m-th row from row i), run by a `lax.scan` (activation memory of one slice;
     gradients summed in the params' dtype).
@@ -163,15 +198,17 @@ def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array,
         share = mb.weights.sum() / total_weight  # this slice's part of the batch's token-weighted mean
         objective = share * lm + jnp.sum(out.aux["total"]) / microbatches
         s = out.stats
-        metrics = {"loss": share * lm, "total_loss": objective,
-                   "load_balance": out.aux["load_balance"].mean() / microbatches,
-                   "dynamic_loss": out.aux["dynamic"].mean() / microbatches,
-                   "truncated_fraction": s["truncated_fraction"].mean() / microbatches,
-                   "dropped_fraction": s["dropped_fraction"].mean() / microbatches,
-                   "max_expert_load": s["expert_load"].max(-1).mean() / microbatches,
-                   # experts per token, summed over the positions whose target is not padding
-                   "experts_per_layer": jnp.einsum("gbt,bt->g", s["experts_per_token"].astype(jnp.float32),
-                                                   mb.weights)}
+        metrics = {
+            "loss": share * lm,
+            "total_loss": objective,
+            "load_balance": out.aux["load_balance"].mean() / microbatches,
+            "dynamic_loss": out.aux["dynamic"].mean() / microbatches,
+            "truncated_fraction": s["truncated_fraction"].mean() / microbatches,
+            "dropped_fraction": s["dropped_fraction"].mean() / microbatches,
+            "max_expert_load": s["expert_load"].max(-1).mean() / microbatches,
+            # experts per token, summed over the positions whose target is not padding
+            "experts_per_layer": jnp.einsum("gbt,bt->g", s["experts_per_token"].astype(jnp.float32), mb.weights),
+        }
         return objective, metrics
 
     grad_fn = jax.grad(one, has_aux=True)
@@ -179,8 +216,9 @@ def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array,
         return grad_fn(params, batch)
     # slice i = rows i, i + m, i + 2m, ...: with rows split over devices in contiguous blocks, every
     # device holds its share of every slice, so slicing moves nothing between devices
-    slices = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((rows // microbatches, microbatches) + a.shape[1:]), 0, 1),
-                          batch)
+    slices = jax.tree.map(
+        lambda a: jnp.swapaxes(a.reshape((rows // microbatches, microbatches) + a.shape[1:]), 0, 1), batch
+    )
 
     def add(acc: tuple[Any, dict], mb: Batch) -> tuple[tuple[Any, dict], None]:
         return jax.tree.map(jnp.add, acc, grad_fn(params, mb)), None
@@ -190,8 +228,12 @@ def accumulate_gradients(spec: tf.Spec, params: Any, batch: Batch, p: jax.Array,
     return grads, metrics
 
 
-def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Callable[[int], Batch] | None = None,
-               validation: Batch | None = None) -> Trainer:
+def make_train(
+    config: ml_collections.ConfigDict,
+    router: str,
+    host_batches: Callable[[int], Batch] | None = None,
+    validation: Batch | None = None,
+) -> Trainer:
     """Pure functions for training one member with the named router.
 
     host_batches(start_step) -> Batch [S, B, T] (S = train.log_every) and the validation Batch are only
@@ -213,8 +255,12 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         per_layer = sums["experts_per_layer"] / jnp.maximum(batch.weights.sum(), 1.0)
-        metrics = {**{k: v for k, v in sums.items() if k != "experts_per_layer"}, "experts": per_layer.mean(),
-                   "experts_per_layer": per_layer, "grad_norm": optax.tree.norm(grads)}
+        metrics = {
+            **{k: v for k, v in sums.items() if k != "experts_per_layer"},
+            "experts": per_layer.mean(),
+            "experts_per_layer": per_layer,
+            "grad_norm": optax.tree.norm(grads),
+        }
         return TrainState(params, opt_state, state.step + 1), metrics
 
     def chunk(state: TrainState, batches: Batch, p: jax.Array) -> tuple[TrainState, dict]:
@@ -235,5 +281,12 @@ def make_train(config: ml_collections.ConfigDict, router: str, host_batches: Cal
 
         return jax.lax.scan(one_chunk, init(key), None, length=tc.num_steps // tc.log_every)
 
-    return Trainer(spec, init, chunk, lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
-                   train, tx, tf.param_axes(spec))
+    return Trainer(
+        spec,
+        init,
+        chunk,
+        lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
+        train,
+        tx,
+        tf.param_axes(spec),
+    )

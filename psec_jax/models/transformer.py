@@ -81,11 +81,14 @@ class Spec:
         if not isinstance(self.moe, MoEConfig):
             raise ValueError(f"Spec.moe must be a psec_jax.moe.MoEConfig, got {type(self.moe).__name__}")
         if ROUTERS[self.moe.router].uses_k and not self.moe.k <= self.num_experts:
-            raise ValueError(f"router {self.moe.router!r} needs k <= num_experts={self.num_experts}, "
-                             f"got k={self.moe.k}")
+            raise ValueError(
+                f"router {self.moe.router!r} needs k <= num_experts={self.num_experts}, got k={self.moe.k}"
+            )
         if self.moe.backend not in BACKENDS:
-            raise ValueError(f"backend {self.moe.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
-                             "depending on later positions, which breaks causality)")
+            raise ValueError(
+                f"backend {self.moe.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
+                "depending on later positions, which breaks causality)"
+            )
         if not self.rope_base > 0:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.moe.max_k is not None and not self.moe.max_k <= self.num_experts:
@@ -117,6 +120,7 @@ class Output(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------- init
 
+
 def _normal(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     return jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(fan_in)
 
@@ -135,18 +139,27 @@ def _init_attention(key: jax.Array, spec: Spec) -> dict[str, Any]:
     d, h, dh = spec.d_model, spec.num_heads, spec.head_dim
     kq, kk, kv, ko = jax.random.split(key, 4)
     heads_in = ("embed", "heads", "head_dim")
-    return {"wq": _box(_normal(kq, (d, h, dh), d), heads_in), "wk": _box(_normal(kk, (d, h, dh), d), heads_in),
-            "wv": _box(_normal(kv, (d, h, dh), d), heads_in),
-            "wo": _box(_normal(ko, (h, dh, d), d) / jnp.sqrt(2.0 * spec.num_layers), ("heads", "head_dim", "embed"))}
+    return {
+        "wq": _box(_normal(kq, (d, h, dh), d), heads_in),
+        "wk": _box(_normal(kk, (d, h, dh), d), heads_in),
+        "wv": _box(_normal(kv, (d, h, dh), d), heads_in),
+        "wo": _box(_normal(ko, (h, dh, d), d) / jnp.sqrt(2.0 * spec.num_layers), ("heads", "head_dim", "embed")),
+    }
 
 
 def _init_dense_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
     ka, kg, ku, kd = jax.random.split(key, 4)
     d, f = spec.d_model, spec.d_ff
-    return {"attn_norm": _norm(d), "attn": _init_attention(ka, spec), "ffn_norm": _norm(d),
-            "ffn": {"gate": _box(_normal(kg, (d, f), d), ("embed", "mlp")),
-                    "up": _box(_normal(ku, (d, f), d), ("embed", "mlp")),
-                    "down": _box(_normal(kd, (f, d), f) / jnp.sqrt(2.0 * spec.num_layers), ("mlp", "embed"))}}
+    return {
+        "attn_norm": _norm(d),
+        "attn": _init_attention(ka, spec),
+        "ffn_norm": _norm(d),
+        "ffn": {
+            "gate": _box(_normal(kg, (d, f), d), ("embed", "mlp")),
+            "up": _box(_normal(ku, (d, f), d), ("embed", "mlp")),
+            "down": _box(_normal(kd, (f, d), f) / jnp.sqrt(2.0 * spec.num_layers), ("mlp", "embed")),
+        },
+    }
 
 
 def _init_moe_layer(key: jax.Array, spec: Spec) -> dict[str, Any]:
@@ -177,9 +190,12 @@ def init_boxed(key: jax.Array, spec: Spec) -> dict[str, Any]:
     ke, kg, ku = jax.random.split(key, 3)
     d = spec.d_model
     groups = jax.vmap(lambda k: _init_group(k, spec))(jax.random.split(kg, spec.num_groups))
-    return {"embed": _box(jax.random.normal(ke, (spec.vocab_size, d), jnp.float32), ("vocab", "embed")),
-            "groups": _stacked(groups, "layers"),  # the stacked layer groups, never sharded
-            "final_norm": _norm(d), "unembed": _box(_normal(ku, (d, spec.vocab_size), d), ("embed", "vocab"))}
+    return {
+        "embed": _box(jax.random.normal(ke, (spec.vocab_size, d), jnp.float32), ("vocab", "embed")),
+        "groups": _stacked(groups, "layers"),  # the stacked layer groups, never sharded
+        "final_norm": _norm(d),
+        "unembed": _box(_normal(ku, (d, spec.vocab_size), d), ("embed", "vocab")),
+    }
 
 
 def init(key: jax.Array, spec: Spec) -> dict[str, Any]:
@@ -201,6 +217,7 @@ def _declared_axes(spec: Spec) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- layers
+
 
 def rms_norm(scale: jax.Array, x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """x [..., d] normalised by its root mean square (in float32), times scale [d]; x's dtype."""
@@ -242,8 +259,7 @@ def dense_layer(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
     return x + experts.swiglu_expert(p["ffn"], rms_norm(p["ffn_norm"], x))  # the experts' SwiGLU, dense
 
 
-def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
-              ) -> tuple[jax.Array, dict, dict]:
+def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float) -> tuple[jax.Array, dict, dict]:
     """One MoE block on x [B, T, d]: routes all B*T tokens together. Returns (x, aux, stats) with
     scalar aux losses and the layer's routing statistics (experts_per_token [B, T])."""
     x = _attend(p, x, spec)
@@ -252,8 +268,9 @@ def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | fl
     return x + y, aux, stats
 
 
-def group_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
-                ) -> tuple[jax.Array, tuple[dict, dict]]:
+def group_block(
+    p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
+) -> tuple[jax.Array, tuple[dict, dict]]:
     """The moe_every - 1 dense layers of a group (a scan) and then its MoE layer."""
     if spec.moe_every > 1:
         x, _ = jax.lax.scan(lambda h, q: (dense_layer(q, h, spec), None), x, p["dense"])
@@ -262,6 +279,7 @@ def group_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | 
 
 
 # -------------------------------------------------------------------------------------------- model
+
 
 def _check_tokens(tokens: jax.Array, spec: Spec) -> None:
     if tokens.ndim != 2:
@@ -324,8 +342,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> 
     return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0), nll
 
 
-def loss(params: dict[str, Any], inputs: jax.Array, targets: jax.Array, weights: jax.Array, spec: Spec,
-         p: jax.Array | float | None = None) -> tuple[jax.Array, tuple[Output, jax.Array]]:
+def loss(
+    params: dict[str, Any],
+    inputs: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    spec: Spec,
+    p: jax.Array | float | None = None,
+) -> tuple[jax.Array, tuple[Output, jax.Array]]:
     """Training objective: LM cross-entropy + sum over MoE layers of each layer's weighted aux losses.
 
     inputs, targets [B, T] int, weights [B, T] (0 for padding). Returns (total [], (Output, LM loss [])),

@@ -73,8 +73,15 @@ def dense(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any) ->
     return jnp.einsum("te,etd->td", route.combine_weights().astype(y.dtype), y)
 
 
-def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             capacity_factor: float = 1.25, k: float | None = None) -> tuple[jax.Array, jax.Array]:
+def capacity(
+    x: jax.Array,
+    route: RouteOutput,
+    expert_fn: ExpertFn,
+    params: Any,
+    *,
+    capacity_factor: float = 1.25,
+    k: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """GShard-style capacity dispatch. Returns (y [T, d_out], dropped fraction [] of assignments).
 
     k: experts per token used to size the buffers (default: the route's slot count; pass the
@@ -101,8 +108,15 @@ def capacity(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     return out, dropped.astype(jnp.float32)
 
 
-def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
+def dropless(
+    x: jax.Array,
+    route: RouteOutput,
+    expert_fn: ExpertFn,
+    params: Any,
+    *,
+    block_size: int | None = None,
+    saved_slots: float | None = 4.0,
+) -> jax.Array:
     """Sort-by-expert grouped dispatch, nothing dropped (`psec_jax.moe.grouped.dropless`).
 
     params: stacked ([E, ...] leaves) or split (`psec_jax.moe.grouped.split_experts`: a tuple of E
@@ -113,8 +127,13 @@ def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any,
     return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
 
 
-def ragged(x: jax.Array, route: RouteOutput, params: dict[str, jax.Array], activation: str = "swiglu",
-           grouped_matmul: str = "auto") -> jax.Array:
+def ragged(
+    x: jax.Array,
+    route: RouteOutput,
+    params: dict[str, jax.Array],
+    activation: str = "swiglu",
+    grouped_matmul: str = "auto",
+) -> jax.Array:
     """Dropless dispatch with grouped matmuls (for GPU/TPU; `psec_jax.kernels.gmm`).
 
     Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
@@ -174,8 +193,9 @@ def _run_capacity(x, route, expert_fn, params, config):
 
 
 def _run_dropless(x, route, expert_fn, params, config):
-    return _none_dropped(dropless(x, route, expert_fn, params, block_size=config.block_size,
-                                  saved_slots=config.saved_slots))
+    return _none_dropped(
+        dropless(x, route, expert_fn, params, block_size=config.block_size, saved_slots=config.saved_slots)
+    )
 
 
 def _run_ragged(x, route, expert_fn, params, config):
@@ -183,8 +203,15 @@ def _run_ragged(x, route, expert_fn, params, config):
 
 
 def _run_expert_parallel(x, route, expert_fn, params, config):
-    return expert_parallel(x, route, expert_fn, params, capacity_factor=config.capacity_factor, k=config.capacity_k,
-                           exchange=config.exchange)
+    return expert_parallel(
+        x,
+        route,
+        expert_fn,
+        params,
+        capacity_factor=config.capacity_factor,
+        k=config.capacity_k,
+        exchange=config.exchange,
+    )
 
 
 BACKENDS: dict[str, Backend] = {
@@ -196,8 +223,9 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def dispatch(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, config: Any
-             ) -> tuple[jax.Array, jax.Array]:
+def dispatch(
+    x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, config: Any
+) -> tuple[jax.Array, jax.Array]:
     """Run the back-end that `config` (a `psec_jax.moe.MoEConfig`) names. Returns (y [T, d_out], dropped
     fraction [] (0 unless capacity or expert_parallel)).
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +52,16 @@ TOKEN_AXES = ("data", "fsdp", "expert")  # mesh axes the tokens are sharded over
 EXCHANGES = ("auto", "capacity", "ragged", "ragged_emulated")
 
 
-def ragged_all_to_all_emulated(operand: jax.Array, output: jax.Array, input_offsets: jax.Array,
-                               send_sizes: jax.Array, output_offsets: jax.Array, recv_sizes: jax.Array, *,
-                               axis_name: str) -> jax.Array:
+def ragged_all_to_all_emulated(
+    operand: jax.Array,
+    output: jax.Array,
+    input_offsets: jax.Array,
+    send_sizes: jax.Array,
+    output_offsets: jax.Array,
+    recv_sizes: jax.Array,
+    *,
+    axis_name: str,
+) -> jax.Array:
     """`jax.lax.ragged_all_to_all` (same arguments and result, see its docstring) built from a padded
     `all_to_all`: every one of the K slices travels as operand.shape[0] rows. For backends without the
     collective (XLA:CPU), to run and test the ragged algorithm; memory K * operand rows."""
@@ -95,12 +103,32 @@ def ragged_supported(platform: str) -> bool:
 def _route(ids: jax.Array, weights: jax.Array, mask: jax.Array, e: int) -> RouteOutput:
     """A RouteOutput carrying only what dispatch reads (ids, weights, mask) for E = e experts."""
     t = ids.shape[0]
-    return RouteOutput(ids, weights, mask, mask.sum(-1), jnp.zeros((t, e), jnp.float32), jnp.zeros((t, e), jnp.float32),
-                       jnp.zeros((t,), bool))
+    return RouteOutput(
+        ids,
+        weights,
+        mask,
+        mask.sum(-1),
+        jnp.zeros((t, e), jnp.float32),
+        jnp.zeros((t, e), jnp.float32),
+        jnp.zeros((t,), bool),
+    )
 
 
-def _local(x: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array, params: Any, *, expert_fn: ExpertFn,
-           num_experts_total: int, capacity_factor: float, k: float, axis: str, n: int, token_axes: tuple[str, ...]):
+def _local(
+    x: jax.Array,
+    ids: jax.Array,
+    weights: jax.Array,
+    mask: jax.Array,
+    params: Any,
+    *,
+    expert_fn: ExpertFn,
+    num_experts_total: int,
+    capacity_factor: float,
+    k: float,
+    axis: str,
+    n: int,
+    token_axes: tuple[str, ...],
+):
     """One device's share: x [t, d], ids / weights / mask [t, K], params [E/n, ...] -> (y [t, d_out],
     kept, total) with kept / total the assignment counts summed over the token axes; n = the size
     of the expert axis."""
@@ -118,15 +146,28 @@ def _local(x: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array, pa
     y = jnp.swapaxes(y.reshape(e // n, n, cap, -1), 0, 1)  # [n, E/n, C, d_out]
     back = jax.lax.all_to_all(y, axis, 0, 0).reshape(e, cap, -1)  # [E, C, d_out]: this device's rows
     w = jnp.where(keep, weights.T.reshape(-1)[assign], 0.0).astype(back.dtype)
-    out = jnp.zeros((t, back.shape[-1]), back.dtype).at[token.reshape(-1)].add((back * w[..., None]).reshape(e * cap, -1))
+    out = (
+        jnp.zeros((t, back.shape[-1]), back.dtype).at[token.reshape(-1)].add((back * w[..., None]).reshape(e * cap, -1))
+    )
     total = jax.lax.psum(s.sizes.sum(), token_axes)
     kept = jax.lax.psum(keep.sum(), token_axes)
     return out, kept, total
 
 
-def _local_ragged(x: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array, params: Any, *,
-                  expert_fn: ExpertFn, num_experts_total: int, axis: str, n: int, token_axes: tuple[str, ...],
-                  emulate: bool):
+def _local_ragged(
+    x: jax.Array,
+    ids: jax.Array,
+    weights: jax.Array,
+    mask: jax.Array,
+    params: Any,
+    *,
+    expert_fn: ExpertFn,
+    num_experts_total: int,
+    axis: str,
+    n: int,
+    token_axes: tuple[str, ...],
+    emulate: bool,
+):
     """One device's share with the ragged exchange (module docstring): x [t, d], ids / weights / mask
     [t, K], params [E/n, ...] -> (y [t, d_out], kept, total), kept == total (nothing dropped)."""
     t, slots = ids.shape
@@ -142,25 +183,42 @@ def _local_ragged(x: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Ar
     me = jax.lax.axis_index(axis)
     buffer_rows = n * t * min(slots, per)  # the most one device can be sent (a token picks an expert once)
     recv_sizes = counts[:, me].reshape(e)  # slice i = (source i // per, local expert i % per)
-    buf = exchange(rows, jnp.zeros((buffer_rows, x.shape[-1]), x.dtype), s.starts, s.sizes, at[me].reshape(e),
-                   recv_sizes)
+    buf = exchange(
+        rows, jnp.zeros((buffer_rows, x.shape[-1]), x.dtype), s.starts, s.sizes, at[me].reshape(e), recv_sizes
+    )
     sizes = per_expert[me]  # [E/n]
     local = jnp.searchsorted(jnp.cumsum(sizes), jnp.arange(buffer_rows), side="right")  # [rows] in [0, E/n]
     inside = (local < per)[:, None]
-    y = dropless(buf, _route(jnp.minimum(local, per - 1)[:, None], inside.astype(jnp.float32), inside, per),
-                 expert_fn, params)  # [rows, d_out], zero past the received rows
-    back = exchange(y, jnp.zeros((t * slots, y.shape[-1]), y.dtype), at[:, me].reshape(e), recv_sizes,
-                    jax.lax.all_to_all(s.starts, axis, 0, 0, tiled=True), s.sizes)  # [t*K, d_out], sorted order
+    y = dropless(
+        buf, _route(jnp.minimum(local, per - 1)[:, None], inside.astype(jnp.float32), inside, per), expert_fn, params
+    )  # [rows, d_out], zero past the received rows
+    back = exchange(
+        y,
+        jnp.zeros((t * slots, y.shape[-1]), y.dtype),
+        at[:, me].reshape(e),
+        recv_sizes,
+        jax.lax.all_to_all(s.starts, axis, 0, 0, tiled=True),
+        s.sizes,
+    )  # [t*K, d_out], sorted order
     w = jnp.where(valid, weights.T.reshape(-1)[s.order], 0.0).astype(back.dtype)
     out = jnp.zeros((t, back.shape[-1]), back.dtype).at[s.order % t].add(back * w[:, None])
     total = jax.lax.psum(s.sizes.sum(), token_axes)
     return out, total, total
 
 
-def expert_parallel(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-                    capacity_factor: float = 1.25, k: float | None = None, axis: str = "expert",
-                    token_axes: Sequence[str] = TOKEN_AXES, mesh: jax.sharding.Mesh | None = None,
-                    exchange: str = "auto") -> tuple[jax.Array, jax.Array]:
+def expert_parallel(
+    x: jax.Array,
+    route: RouteOutput,
+    expert_fn: ExpertFn,
+    params: Any,
+    *,
+    capacity_factor: float = 1.25,
+    k: float | None = None,
+    axis: str = "expert",
+    token_axes: Sequence[str] = TOKEN_AXES,
+    mesh: jax.sharding.Mesh | None = None,
+    exchange: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
     """Expert-parallel dispatch (module docstring). Returns (y [T, d_out], dropped fraction []).
 
     x [T, d] and the route's [T, K] arrays are split over `token_axes` (those the mesh has: T must
@@ -177,8 +235,10 @@ def expert_parallel(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, param
     e = route.num_experts
     mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
-        raise ValueError("expert_parallel dispatch needs a device mesh: pass mesh=... or call it under "
-                         "jax.set_mesh(mesh) (see psec_jax.parallel.make_mesh)")
+        raise ValueError(
+            "expert_parallel dispatch needs a device mesh: pass mesh=... or call it under "
+            "jax.set_mesh(mesh) (see psec_jax.parallel.make_mesh)"
+        )
     if axis not in mesh.axis_names:
         raise ValueError(f"the mesh has no expert axis {axis!r}; its axes are {mesh.axis_names}")
     n = mesh.shape[axis]
@@ -190,22 +250,42 @@ def expert_parallel(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, param
         raise ValueError(f"{x.shape[0]} tokens do not split over the token axes {tok} ({shards} shards)")
     params = stack_experts(params)
     k = route.num_slots if k is None else k
-    platform = jax.devices()[0].platform if isinstance(mesh, jax.sharding.AbstractMesh) else mesh.devices.flat[0].platform
+    platform = (
+        jax.devices()[0].platform if isinstance(mesh, jax.sharding.AbstractMesh) else mesh.devices.flat[0].platform
+    )
     if exchange == "ragged" and not ragged_supported(platform):
-        raise ValueError(f"exchange='ragged' needs jax.lax.ragged_all_to_all, which {platform!r} does not compile; "
-                         "use 'capacity' (or 'ragged_emulated' to test the algorithm)")
+        raise ValueError(
+            f"exchange='ragged' needs jax.lax.ragged_all_to_all, which {platform!r} does not compile; "
+            "use 'capacity' (or 'ragged_emulated' to test the algorithm)"
+        )
     if exchange == "auto":
         no_drop = capacity_of(x.shape[0] // shards, e, capacity_factor, k) >= x.shape[0] // shards
         exchange = "ragged" if no_drop and ragged_supported(platform) else "capacity"
     if exchange == "capacity":
-        local = functools.partial(_local, expert_fn=expert_fn, num_experts_total=e, capacity_factor=capacity_factor,
-                                  k=k, axis=axis, n=n, token_axes=tok)
+        local = functools.partial(
+            _local,
+            expert_fn=expert_fn,
+            num_experts_total=e,
+            capacity_factor=capacity_factor,
+            k=k,
+            axis=axis,
+            n=n,
+            token_axes=tok,
+        )
     else:
-        local = functools.partial(_local_ragged, expert_fn=expert_fn, num_experts_total=e, axis=axis, n=n,
-                                  token_axes=tok, emulate=exchange == "ragged_emulated")
+        local = functools.partial(
+            _local_ragged,
+            expert_fn=expert_fn,
+            num_experts_total=e,
+            axis=axis,
+            n=n,
+            token_axes=tok,
+            emulate=exchange == "ragged_emulated",
+        )
     rows = P(tok)
     # check_vma off: dropless's lax.switch mixes device-varying and constant branches inside
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, P(axis)), out_specs=(rows, P(), P()),
-                       check_vma=False)
+    fn = jax.shard_map(
+        local, mesh=mesh, in_specs=(rows, rows, rows, rows, P(axis)), out_specs=(rows, P(), P()), check_vma=False
+    )
     y, kept, total = fn(x, route.expert_ids, route.weights, route.mask, params)
     return y, ((total - kept) / jnp.maximum(total, 1)).astype(jnp.float32)

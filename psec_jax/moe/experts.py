@@ -52,8 +52,16 @@ def unbox(tree: Any) -> Any:
     return jax.tree.map(lambda b: b.value if is_boxed(b) else b, tree, is_leaf=is_boxed)
 
 
-def init_moe(key: jax.Array, d_model: int, d_ff: int, num_experts: int, *, activation: str = "swiglu",
-             dtype: Any = jnp.float32, boxed: bool = False) -> dict[str, Any]:
+def init_moe(
+    key: jax.Array,
+    d_model: int,
+    d_ff: int,
+    num_experts: int,
+    *,
+    activation: str = "swiglu",
+    dtype: Any = jnp.float32,
+    boxed: bool = False,
+) -> dict[str, Any]:
     """Parameters: router [d, E] and experts stacked [E, ...] (lecun-normal fan-in scaling).
 
     boxed: every leaf a `nn.LogicallyPartitioned` carrying its logical axis names (router
@@ -68,8 +76,10 @@ def init_moe(key: jax.Array, d_model: int, d_ff: int, num_experts: int, *, activ
         value = (jax.random.normal(k, shape, jnp.float32) / jnp.sqrt(fan_in)).astype(dtype)
         return nn.LogicallyPartitioned(value, names)
 
-    experts = {"up": weight(ks[1], (num_experts, d_model, d_ff), d_model, ("expert", "embed", "mlp")),
-               "down": weight(ks[2], (num_experts, d_ff, d_model), d_ff, ("expert", "mlp", "embed"))}
+    experts = {
+        "up": weight(ks[1], (num_experts, d_model, d_ff), d_model, ("expert", "embed", "mlp")),
+        "down": weight(ks[2], (num_experts, d_ff, d_model), d_ff, ("expert", "mlp", "embed")),
+    }
     if activation == "swiglu":
         experts["gate"] = weight(ks[3], (num_experts, d_model, d_ff), d_model, ("expert", "embed", "mlp"))
     params = {"router": weight(ks[0], (d_model, num_experts), d_model, ("embed", None)), "experts": experts}

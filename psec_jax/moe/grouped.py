@@ -27,7 +27,8 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,36 @@ from psec_jax.routing import RouteOutput, sort_assignments
 ExpertFn = Callable[[Any, jax.Array], jax.Array]  # (params of one expert, x [n, d]) -> [n, d_out]
 
 # Candidate tail sizes: multiples of 8 growing by 1.14-1.33x (waste <= 1/4, ~1/8 on average).
-_LADDER = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
-           896, 1024, 1280, 1536, 1792, 2048)
+_LADDER = (
+    8,
+    16,
+    24,
+    32,
+    40,
+    48,
+    56,
+    64,
+    80,
+    96,
+    112,
+    128,
+    160,
+    192,
+    224,
+    256,
+    320,
+    384,
+    448,
+    512,
+    640,
+    768,
+    896,
+    1024,
+    1280,
+    1536,
+    1792,
+    2048,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +180,7 @@ def _rows(buf: jax.Array, at: jax.Array, n: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(buf, at, n, 0)
 
 
-def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accumulate: Accumulate,
-                 carry: Any) -> Any:
+def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accumulate: Accumulate, carry: Any) -> Any:
     """Run `block_fn` on every block of expert e's rows (one ladder-sized tail first, then the full
     blocks) and fold the results into `carry` with `accumulate`.
 
@@ -176,6 +204,7 @@ def _over_blocks(plan: _Plan, e: jax.Array, block: int, block_fn: BlockFn, accum
             rows, assign = rows_at(at, size)
             per_row, whole = block_fn(at, rows, assign, jnp.arange(size) < rem)
             return jax.tree.map(pad_to_block, per_row), whole
+
         return run
 
     nothing = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -219,8 +248,9 @@ def num_experts(params: Any) -> int:
     return len(params) if is_split(params) else jax.tree.leaves(params)[0].shape[0]
 
 
-def _over_experts(per_expert: Callable[[Any, tuple[Any, jax.Array]], tuple[Any, Any]], carry: Any,
-                  params: Any) -> tuple[Any, Any]:
+def _over_experts(
+    per_expert: Callable[[Any, tuple[Any, jax.Array]], tuple[Any, Any]], carry: Any, params: Any
+) -> tuple[Any, Any]:
     """`lax.scan` of per_expert((carry, (params of expert e, e))) over the experts; for the split
     layout, a loop unrolled at trace time over each expert's own arrays (outputs in that layout)."""
     if not is_split(params):
@@ -233,8 +263,9 @@ def _over_experts(per_expert: Callable[[Any, tuple[Any, jax.Array]], tuple[Any, 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _grouped(expert_fn: ExpertFn, block: int, saved_rows: int, params: Any, x: jax.Array,
-             w_flat: jax.Array, plan: _Plan) -> jax.Array:
+def _grouped(
+    expert_fn: ExpertFn, block: int, saved_rows: int, params: Any, x: jax.Array, w_flat: jax.Array, plan: _Plan
+) -> jax.Array:
     return _forward(expert_fn, block, 0, params, x, w_flat, plan)[0]  # no gradient: save nothing
 
 
@@ -312,7 +343,8 @@ def _grouped_bwd(expert_fn, block, saved_rows, res, g):
             block_fn = from_saved
         else:
             block_fn = lambda at, rows, assign, valid: jax.lax.cond(
-                at + rows.shape[0] <= saved_rows, from_saved, recompute, at, rows, assign, valid)
+                at + rows.shape[0] <= saved_rows, from_saved, recompute, at, rows, assign, valid
+            )
 
         def add(c, at, rows, assign, per_row, dpe):
             dp, dx, dw = c
@@ -331,8 +363,15 @@ def _grouped_bwd(expert_fn, block, saved_rows, res, g):
 _grouped.defvjp(_grouped_fwd, _grouped_bwd)
 
 
-def dropless(x: jax.Array, route: RouteOutput, expert_fn: ExpertFn, params: Any, *,
-             block_size: int | None = None, saved_slots: float | None = 4.0) -> jax.Array:
+def dropless(
+    x: jax.Array,
+    route: RouteOutput,
+    expert_fn: ExpertFn,
+    params: Any,
+    *,
+    block_size: int | None = None,
+    saved_slots: float | None = 4.0,
+) -> jax.Array:
     """y [T, d_out] = sum over valid slots of weight * expert(x); nothing dropped (module docstring).
 
     block_size: rows per full block (default `default_block_size`); partial blocks use `tail_sizes`.

@@ -36,9 +36,14 @@ def route(logits: jax.Array, config: MoEConfig, p: jax.Array | float | None = No
     p = config.p if p is None else p
     router = ROUTERS[config.router]
     if config.dispatch == "fused":
-        return fused_routing.fused_route(logits, config.router, k=config.k if router.uses_k else None,
-                                         p=p if router.uses_p else None, max_k=config.max_k,
-                                         renormalize=config.renormalize)
+        return fused_routing.fused_route(
+            logits,
+            config.router,
+            k=config.k if router.uses_k else None,
+            p=p if router.uses_p else None,
+            max_k=config.max_k,
+            renormalize=config.renormalize,
+        )
     return router.route(logits, k=config.k, p=p, max_k=config.max_k, renormalize=config.renormalize)
 
 
@@ -46,14 +51,19 @@ def routing_stats(r: RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
     """mean/max experts per token, per-expert load [E] (share of assignments), dropped and
     truncated fractions, and experts_per_token [T] (int32, for per-token analyses); 0 for zero tokens."""
     n = r.experts_per_token.astype(jnp.float32)
-    return {"experts_per_token_mean": losses.token_mean(n), "experts_per_token_max": jnp.max(n, initial=0.0),
-            "expert_load": losses.expert_fractions(r), "dropped_fraction": dropped,
-            "truncated_fraction": losses.token_mean(r.truncated.astype(jnp.float32)),
-            "experts_per_token": r.experts_per_token}
+    return {
+        "experts_per_token_mean": losses.token_mean(n),
+        "experts_per_token_max": jnp.max(n, initial=0.0),
+        "expert_load": losses.expert_fractions(r),
+        "dropped_fraction": dropped,
+        "truncated_fraction": losses.token_mean(r.truncated.astype(jnp.float32)),
+        "experts_per_token": r.experts_per_token,
+    }
 
 
-def moe_apply(params: dict[str, Any], x: jax.Array, config: MoEConfig | None = None, *,
-              p: jax.Array | float | None = None) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+def moe_apply(
+    params: dict[str, Any], x: jax.Array, config: MoEConfig | None = None, *, p: jax.Array | float | None = None
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Route the tokens of x [..., d] (any number of leading axes, of any size including 0) and run
     the experts, as `config` (default `MoEConfig()`) says.
 
@@ -87,9 +97,14 @@ class MoE(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, p: jax.Array | float | None = None
-                 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+    def __call__(
+        self, x: jax.Array, p: jax.Array | float | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
         d = x.shape[-1]
-        params = self.param("moe", lambda key: init_moe(key, d, self.d_ff, self.num_experts,
-                                                         activation=self.config.activation, dtype=self.param_dtype))
+        params = self.param(
+            "moe",
+            lambda key: init_moe(
+                key, d, self.d_ff, self.num_experts, activation=self.config.activation, dtype=self.param_dtype
+            ),
+        )
         return moe_apply(params, x, self.config, p=p)

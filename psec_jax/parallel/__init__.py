@@ -9,9 +9,32 @@ split over the data axis), distributed (multi-process runs: `jax.distributed`, p
 gathering to the host), memory (per-device memory of a compiled program from abstract inputs).
 """
 
-from psec_jax.parallel.mesh import (AXES, RULES, constrain, fit_spec, get_config, logical_spec, make_mesh, mesh_shape, shard,
-                                    shardings)
+from psec_jax.parallel.mesh import (
+    AXES,
+    RULES,
+    constrain,
+    fit_spec,
+    get_config,
+    logical_spec,
+    make_mesh,
+    mesh_shape,
+    shard,
+    shardings,
+)
 from psec_jax.parallel.sweep import map_members, member_sharding, sweep
 
-__all__ = ["AXES", "RULES", "constrain", "fit_spec", "get_config", "logical_spec", "make_mesh", "mesh_shape", "shard", "shardings",
-           "map_members", "member_sharding", "sweep"]
+__all__ = [
+    "AXES",
+    "RULES",
+    "constrain",
+    "fit_spec",
+    "get_config",
+    "logical_spec",
+    "make_mesh",
+    "mesh_shape",
+    "shard",
+    "shardings",
+    "map_members",
+    "member_sharding",
+    "sweep",
+]

@@ -18,12 +18,16 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-       "process_id": "JAX_PROCESS_ID"}
+ENV = {
+    "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
 
 
-def settings(coordinator_address: str | None = None, num_processes: int | None = None,
-             process_id: int | None = None) -> dict[str, Any] | None:
+def settings(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> dict[str, Any] | None:
     """The multi-process settings from the arguments, else the environment (ENV); None when neither asks
     for more than one process. ValueError names a missing or inconsistent setting."""
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
@@ -38,8 +42,9 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
     try:
         n, i = int(given["num_processes"]), int(given["process_id"])
     except ValueError:
-        raise ValueError(f"num_processes and process_id must be integers, got {given['num_processes']!r} and "
-                         f"{given['process_id']!r}") from None
+        raise ValueError(
+            f"num_processes and process_id must be integers, got {given['num_processes']!r} and {given['process_id']!r}"
+        ) from None
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"need num_processes >= 1 and 0 <= process_id < num_processes, got {n} and {i}")
     if ":" not in str(given["coordinator_address"]):
@@ -47,8 +52,9 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
     return {"coordinator_address": str(given["coordinator_address"]), "num_processes": n, "process_id": i}
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Join a multi-process run (`settings`) before anything else touches the backend; returns whether
     it did (False: a single-process run, nothing to do)."""
     s = settings(coordinator_address, num_processes, process_id)
@@ -67,10 +73,12 @@ def is_main() -> bool:
 def to_host(tree: Any) -> Any:
     """Every array of tree as a NumPy array of its global value, on every process (`jax.device_get`
     for arrays this process holds whole, an all-gather across processes for the others)."""
+
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return jax.device_get(x)
+
     return jax.tree.map(one, tree)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -32,9 +33,11 @@ def tree_bytes(tree: Any) -> int:
 
 def per_device_bytes(tree: Any) -> int:
     """Largest per-device bytes of a tree of sharded ShapeDtypeStructs (or arrays): each leaf's shard shape."""
+
     def shard(a):
         shape = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
         return math.prod(shape) * a.dtype.itemsize
+
     return sum(shard(a) for a in jax.tree.leaves(tree))
 
 
@@ -52,8 +55,13 @@ def compiled_memory(fn: Callable[..., Any] | Any, *args: Any) -> dict[str, float
     m = compiled.memory_analysis()
     if m is None:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis for this program")
-    out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
-           "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes,
-           "lower_seconds": t1 - t0, "compile_seconds": t2 - t1}
+    out = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "temporaries": m.temp_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "lower_seconds": t1 - t0,
+        "compile_seconds": t2 - t1,
+    }
     out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
     return out

@@ -16,7 +16,8 @@ Mesh axes (all four always exist, size 1 when unused, so one set of rules serves
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -73,8 +74,10 @@ def mesh_shape(config: ml_collections.ConfigDict | dict, num_devices: int) -> di
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
         if num_devices % fixed:
-            raise ValueError(f"mesh {_describe(sizes)}: the fixed axes take {fixed} devices, which does not "
-                             f"divide the {num_devices} devices available")
+            raise ValueError(
+                f"mesh {_describe(sizes)}: the fixed axes take {fixed} devices, which does not "
+                f"divide the {num_devices} devices available"
+            )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ValueError(f"mesh {_describe(sizes)} needs {fixed} devices, but {num_devices} are available")
@@ -85,8 +88,9 @@ def _describe(sizes: dict[str, int]) -> str:
     return " x ".join(f"{a}={s}" for a, s in sizes.items())
 
 
-def make_mesh(config: ml_collections.ConfigDict | dict | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    config: ml_collections.ConfigDict | dict | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A Mesh over `devices` (default: every device of every process) with the four AXES.
 
     The axes are `Auto` (jit's SPMD partitioner propagates shardings; `shard_map` goes manual where
@@ -94,8 +98,9 @@ def make_mesh(config: ml_collections.ConfigDict | dict | None = None,
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(get_config() if config is None else config, len(devices))
-    return jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
-                         devices=devices)
+    return jax.make_mesh(
+        tuple(sizes.values()), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices
+    )
 
 
 def logical_spec(axes: Sequence[str | None], rules: Sequence[tuple[str, Any]] = RULES) -> PartitionSpec:
@@ -123,8 +128,12 @@ def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partition
 def shardings(tree: Any, specs: Any, mesh: Mesh) -> Any:
     """NamedShardings for `tree` (arrays or ShapeDtypeStructs) from a matching tree of PartitionSpecs,
     each fitted to its leaf's shape (`fit_spec`)."""
-    return jax.tree.map(lambda s, a: NamedSharding(mesh, fit_spec(s, a.shape, mesh)), specs, tree,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(
+        lambda s, a: NamedSharding(mesh, fit_spec(s, a.shape, mesh)),
+        specs,
+        tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
 def shard(tree: Any, specs: Any, mesh: Mesh) -> Any:
@@ -138,8 +147,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: Sequence[tuple[st
     the dimension (`fit_spec`); dimensions left unnamed are replicated (gathered). A no-op without a
     mesh or when no Auto axis has more than one device."""
     mesh = jax.sharding.get_abstract_mesh()
-    auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types)
-            if t == jax.sharding.AxisType.Auto and mesh.shape[n] > 1} if not mesh.empty else set()
+    auto = (
+        {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto and mesh.shape[n] > 1}
+        if not mesh.empty
+        else set()
+    )
     if not auto:
         return x
     keep = lambda names: tuple(n for n in (names if isinstance(names, tuple) else (names,)) if n in auto)

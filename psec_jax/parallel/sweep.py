@@ -11,11 +11,13 @@ ones (datasets, batches every member sees) are replicated. On one device this is
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from psec_jax.parallel import distributed
 from psec_jax.parallel.mesh import make_mesh
@@ -32,6 +34,7 @@ def member_sharding(mesh: Mesh, axis: str = "data", position: int = 0) -> NamedS
 def map_members(fn: Callable[..., Any], in_axes: Sequence[int | None]) -> Callable[..., Any]:
     """Like `jax.vmap(fn, in_axes)`, but members run one after another (`lax.map`): the same outputs
     (member axis first), one member's memory, no batching of fn's loops."""
+
     def run(*args):
         mapped = [i for i, ax in enumerate(in_axes) if ax is not None]
         xs = tuple(jax.tree.map(lambda leaf, ax=in_axes[i]: jnp.moveaxis(leaf, ax, 0), args[i]) for i in mapped)
@@ -60,8 +63,9 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def sweep(fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = None, axis: str = "data",
-          members: str = "vmap") -> Callable[..., Any]:
+def sweep(
+    fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = None, axis: str = "data", members: str = "vmap"
+) -> Callable[..., Any]:
     """`jax.jit(jax.vmap(fn, in_axes))` with the members split over `axis` of `mesh`.
 
     in_axes: an int or None for all arguments, or one per positional argument (an int: the member
@@ -90,8 +94,10 @@ def sweep(fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = No
             n = jax.device_count() if jax.process_count() > 1 else largest_divisor_at_most(count, jax.device_count())
             m = make_mesh({"data": -1}, jax.devices()[:n])
         if count % m.shape[axis]:
-            raise ValueError(f"{count} members do not split over the {m.shape[axis]} devices of mesh axis "
-                             f"{axis!r}; use a multiple of {m.shape[axis]}")
+            raise ValueError(
+                f"{count} members do not split over the {m.shape[axis]} devices of mesh axis "
+                f"{axis!r}; use a multiple of {m.shape[axis]}"
+            )
         specs = tuple(P() if ax is None else P(*(None,) * ax, axis) for ax in axes)
         key = (axes, m, jax.tree.structure(args))
         if key not in compiled:
@@ -104,8 +110,10 @@ def sweep(fn: Callable[..., Any], in_axes: InAxes = 0, *, mesh: Mesh | None = No
         # every argument onto the sweep's devices (one committed to another device, e.g. a frozen base
         # policy made on device 0, would be refused by jit); in a multi-process run, host values every
         # process holds whole become global arrays
-        args = tuple(jax.tree.map(lambda leaf, s=NamedSharding(m, spec): _place(leaf, s), arg)
-                     for arg, spec in zip(args, specs))
+        args = tuple(
+            jax.tree.map(lambda leaf, s=NamedSharding(m, spec): _place(leaf, s), arg)  # noqa: B008 (bound per argument)
+            for arg, spec in zip(args, specs)
+        )
         return fn_(*args)
 
     run.lower = lambda *args: build(args)[0].lower(*args)

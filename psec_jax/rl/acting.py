@@ -11,7 +11,8 @@ vmapped over the batch):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,14 @@ def choose(rule: str, scores: Mapping[str, jax.Array]) -> jax.Array:
     return jnp.where(jnp.any(feasible), best_feasible, jnp.argmax(safety))
 
 
-def select(sample_fn: SampleFn, score_fns: Mapping[str, ScoreFn], rule: str, obs: jax.Array, key: jax.Array,
-           num_candidates: int) -> jax.Array:
+def select(
+    sample_fn: SampleFn,
+    score_fns: Mapping[str, ScoreFn],
+    rule: str,
+    obs: jax.Array,
+    key: jax.Array,
+    num_candidates: int,
+) -> jax.Array:
     """For each of B states draw ``num_candidates`` actions and keep one by ``rule``.
 
     score_fns: ``{"reward": ..., "cost": ...}`` (at least those ``NEEDS[rule]`` names). obs:
@@ -69,8 +76,13 @@ def select(sample_fn: SampleFn, score_fns: Mapping[str, ScoreFn], rule: str, obs
     return actions.reshape(b, num_candidates, -1)[jnp.arange(b), best]
 
 
-def make_act(sampler: Callable[[Any, jax.Array, jax.Array], jax.Array], critics: Mapping[str, critics_lib.Critic],
-             rule: str, num_candidates: int, normalizer: Normalizer | None = None) -> ActFn:
+def make_act(
+    sampler: Callable[[Any, jax.Array, jax.Array], jax.Array],
+    critics: Mapping[str, critics_lib.Critic],
+    rule: str,
+    num_candidates: int,
+    normalizer: Normalizer | None = None,
+) -> ActFn:
     """An acting function ``(params, obs [E, obs_dim], key) -> actions [E, A]``.
 
     ``sampler(params["policy"], obs, key)`` draws actions; ``params["critics"][name]`` are the states

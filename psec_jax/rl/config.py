@@ -103,7 +103,8 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # feeds raw observations (False)
     c.obs_norm = True
     # path of a pi_0 saved by an earlier run (its workdir's policies/pi0), or the name of one shipped in
-    # psec_jax/rl/pretrained, to build on instead of pretraining; its network, data and normaliser must match this config
+    # psec_jax/rl/pretrained, to build on instead of pretraining; its network, data and normaliser must
+    # match this config
     # ("" = pretrain here)
     c.pretrained = ""
     # path of a skill library saved by an earlier run (its workdir's policies/library_seed0, with

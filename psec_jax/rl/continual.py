@@ -10,8 +10,7 @@ Every method acts by sampling candidates and keeping the best by the target task
 
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -26,8 +25,14 @@ TASKS = {
     "stand_run": ((), "run"),
     "stand_walk_run": (("walk",), "run"),
 }
-TABLE = {"scratch": M.SCRATCH, "asec": M.ASEC, "nsec": M.NSEC, "psec_mlp": M.PSEC_MLP,
-         "psec_fixed": M.PSEC_FIXED, "psec": M.PSEC}
+TABLE = {
+    "scratch": M.SCRATCH,
+    "asec": M.ASEC,
+    "nsec": M.NSEC,
+    "psec_mlp": M.PSEC_MLP,
+    "psec_fixed": M.PSEC_FIXED,
+    "psec": M.PSEC,
+}
 METHODS = tuple(TABLE)
 
 
@@ -57,8 +62,10 @@ def check(config: ml_collections.ConfigDict) -> None:
         try:
             names[f"skill_data ({task})"] = (skill_data_name(config, task), f"walker-{task}")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"config.skill_data={config.skill_data!r} is not a template with {{task}} and {{n}} "
-                             f"({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"config.skill_data={config.skill_data!r} is not a template with {{task}} and {{n}} "
+                f"({type(e).__name__}: {e})"
+            ) from None
     for field, (name, env) in names.items():
         recipe = pipeline.data_recipe(field, name)
         if recipe.env != env:
@@ -70,8 +77,9 @@ def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return config.base_data, f"walker-{TASKS[config.task][1]}"
 
 
-def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData] | None = None,
-            env: Env | None = None) -> runner.Prepared:
+def prepare(
+    config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData] | None = None, env: Env | None = None
+) -> runner.Prepared:
     """``data``: ``{"base": ..., <skill name>: ...}`` instead of loading ``config.base_data`` /
     ``config.skill_data``; ``env``: the evaluation environment (default: walker-<target>)."""
     prior, target = TASKS[config.task]
@@ -84,13 +92,22 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
         from psec_jax import envs
 
         env = envs.make(f"walker-{target}", episode_length=config.eval.episode_length)
-    title = (f"walker {' + '.join(['stand', *prior])} -> {target} (protocol {config.protocol}, "
-             f"{config.skill_trajectories} target trajectories): return, "
-             f"{config.num_seeds} seeds x {config.eval.episodes} episodes")
-    return runner.Prepared(data=data, env=env, pretrain="base", pretrain_name=config.base_data,
-                           skills=tuple(runner.Skill(n, n, "reward") for n in names), target=target,
-                           compose=target, critics={"reward": target}, report=runner.Report(title))
+    title = (
+        f"walker {' + '.join(['stand', *prior])} -> {target} (protocol {config.protocol}, "
+        f"{config.skill_trajectories} target trajectories): return, "
+        f"{config.num_seeds} seeds x {config.eval.episodes} episodes"
+    )
+    return runner.Prepared(
+        data=data,
+        env=env,
+        pretrain="base",
+        pretrain_name=config.base_data,
+        skills=tuple(runner.Skill(n, n, "reward") for n in names),
+        target=target,
+        compose=target,
+        critics={"reward": target},
+        report=runner.Report(title),
+    )
 
 
 SETTING = runner.Setting("continual", TABLE, "argmax_q", check, prepare, pi0_source=pi0_source)
-

@@ -15,7 +15,8 @@ functions; ``make_critic`` picks one by ``config.kind``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,8 +112,9 @@ def make_iql(obs_dim: int, act_dim: int, config: ml_collections.ConfigDict) -> C
     """The IQL critic of a reward skill: pessimistic twin (min), expectile V, advantage weights."""
     target = jax.vmap(lambda r, d, nv: iql_target(r, d, nv, config.gamma))
     weight = jax.vmap(lambda q, v: advantage_weight(q, v, config.beta, config.max_weight))
-    rule = _Rule(lambda q: jnp.min(q, 0), lambda q, v: q - v,
-                 lambda b, nv: target(b.rewards, b.terminals, nv), weight, 1.0)
+    rule = _Rule(
+        lambda q: jnp.min(q, 0), lambda q, v: q - v, lambda b, nv: target(b.rewards, b.terminals, nv), weight, 1.0
+    )
     return _make(obs_dim, act_dim, config, rule)
 
 
@@ -122,8 +124,9 @@ def make_reachability(obs_dim: int, act_dim: int, config: ml_collections.ConfigD
     target = jax.vmap(lambda c, d, nv: reachability_target(c, d, nv, config.gamma))
     weight = jax.vmap(lambda q, v: feasibility_weight(q, v, config.beta, config.max_weight))
     # reversed expectile: Vc follows the lower (safer) action values
-    rule = _Rule(lambda q: jnp.max(q, 0), lambda q, v: v - q,
-                 lambda b, nv: target(b.costs, b.terminals, nv), weight, -1.0)
+    rule = _Rule(
+        lambda q: jnp.max(q, 0), lambda q, v: v - q, lambda b, nv: target(b.costs, b.terminals, nv), weight, -1.0
+    )
     return _make(obs_dim, act_dim, config, rule)
 
 
@@ -171,8 +174,13 @@ def _make(obs_dim: int, act_dim: int, config: ml_collections.ConfigDict, rule: _
         q = optax.apply_updates(state.q, q_upd)
         q_target = optax.incremental_update(q, state.q_target, config.tau)
         new = CriticState(q, q_target, v, q_opt, v_opt)
-        return new, {"v_loss": vl, "q_loss": ql, "q_mean": jnp.mean(qs), "v_mean": jnp.mean(vs),
-                     "actor_weights": weights(q_t, vs)}
+        return new, {
+            "v_loss": vl,
+            "q_loss": ql,
+            "q_mean": jnp.mean(qs),
+            "v_mean": jnp.mean(vs),
+            "actor_weights": weights(q_t, vs),
+        }
 
     def score(state: CriticState, s: jax.Array, a: jax.Array) -> jax.Array:
         q = q_of(state.q_target, s, a)

@@ -9,7 +9,8 @@ Shapes: observations ``[B, obs_dim]``, actions ``[B, act_dim]``, diffusion steps
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -73,12 +74,19 @@ class NoiseNet(nn.Module):
     layer_norm: bool = True
 
     @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array, t: jax.Array,
-                 skill_weights: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        obs: jax.Array,
+        action: jax.Array,
+        t: jax.Array,
+        skill_weights: jax.Array | None = None,
+        *,
+        train: bool = False,
+    ) -> jax.Array:
         """obs [..., obs_dim], action [..., act_dim], t [...] int; skill_weights as in
         ``lora.lora_dense`` (coefficients: weights times scales). Returns eps [..., act_dim]."""
         act = jax.nn.mish
-        dense = lambda n, name: (lambda x: LoRADense(n, name=name)(x, skill_weights))
+        dense = lambda n, name: lambda x: LoRADense(n, name=name)(x, skill_weights)
         cond = FourierFeatures(self.time_features, name="time_fourier")(t)
         cond = dense(self.time_hidden, "time_0")(cond)
         cond = dense(self.time_hidden, "time_1")(act(cond))
@@ -117,8 +125,7 @@ def noise_loss(eps_hat: jax.Array, eps: jax.Array, weights: jax.Array | None = N
     return jnp.mean(per_example)
 
 
-def sample(eps_fn: EpsFn, schedule: Schedule, key: jax.Array, shape: tuple[int, int],
-           clip: float = 1.0) -> jax.Array:
+def sample(eps_fn: EpsFn, schedule: Schedule, key: jax.Array, shape: tuple[int, int], clip: float = 1.0) -> jax.Array:
     """Ancestral DDPM sampling from a_T ~ N(0, I), clipping to [-clip, clip] after every step.
 
     a_{t-1} = (a_t - beta_t / sqrt(1 - ah_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z (no noise at t=0).

@@ -17,8 +17,7 @@ returns (``scores.policy_references()``).
 
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -49,8 +48,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     from psec_jax.envs import variants
 
     if config.variant == "nominal" or config.variant not in variants.VARIANTS:
-        raise ValueError(f"config.variant must be a shifted dynamics variant, one of "
-                         f"{sorted(v for v in variants.VARIANTS if v != 'nominal')}; got {config.variant!r}")
+        raise ValueError(
+            f"config.variant must be a shifted dynamics variant, one of "
+            f"{sorted(v for v in variants.VARIANTS if v != 'nominal')}; got {config.variant!r}"
+        )
     if config.kind not in datasets.KINDS:
         raise ValueError(f"config.kind must be one of {datasets.KINDS}, got {config.kind!r}")
     if not 0.0 < config.target_fraction <= 1.0:
@@ -60,8 +61,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     try:
         names = data_names(config)
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"config.source_data / target_data: not a template with {{env}}, {{variant}} and {{kind}} "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"config.source_data / target_data: not a template with {{env}}, {{variant}} and {{kind}} "
+            f"({type(e).__name__}: {e})"
+        ) from None
     for field, name, variant in (("source_data", names[0], config.variant), ("target_data", names[1], "nominal")):
         recipe = pipeline.data_recipe(field, name)
         if recipe.env != config.env or recipe.variant != variant:
@@ -76,12 +79,16 @@ def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
 def target_subset(data: OfflineData, config: ml_collections.ConfigDict) -> OfflineData:
     """``config.target_fraction`` of the episodes of ``data`` (at least one), chosen with a key derived
     from ``config.seed``: the same subset for every seed of a run (and every method)."""
-    return data.subsample_episodes(prng.stream(jax.random.key(config.seed), "target_subset"),
-                                   config.target_fraction)
+    return data.subsample_episodes(prng.stream(jax.random.key(config.seed), "target_subset"), config.target_fraction)
 
 
-def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData] | None = None,
-            env: Env | None = None, reference: tuple[float, float] | None = None) -> runner.Prepared:
+def prepare(
+    config: ml_collections.ConfigDict,
+    *,
+    data: Mapping[str, OfflineData] | None = None,
+    env: Env | None = None,
+    reference: tuple[float, float] | None = None,
+) -> runner.Prepared:
     """``data``: ``{"source": ..., "target": ...}`` (the *whole* target set; the ``target_fraction``
     subset is taken here) instead of loading ``config.source_data`` / ``config.target_data``; ``env``:
     the evaluation environment (default ``config.env``, nominal dynamics); ``reference``: (random,
@@ -107,30 +114,54 @@ def prepare(config: ml_collections.ConfigDict, *, data: Mapping[str, OfflineData
 
         reference = scores.reference_scores(config.env, table=scores.policy_references())
     target = target_subset(data["target"], config)
-    info = {"episodes": int(data["target"].episode_ids()[-1]) + 1,
-            "kept_episodes": int(target.episode_ids()[-1]) + 1, "kept_transitions": int(target.size),
-            "fraction": float(config.target_fraction)}
-    print(f"psec_dynamics: target subset {info['kept_episodes']} of {info['episodes']} episodes "
-          f"({target.size} transitions)")
-    offset, scale = report.reference_normalization(reference, config.eval.episode_length,
-                                                   reference_length=EPISODE_LENGTH, scale=100.0)
-    title = (f"{env.name}: {config.variant} -> {env.variant} dynamics, {config.kind}, "
-             f"{100 * config.target_fraction:g}% target data: normalized score, "
-             f"{config.num_seeds} seeds x {config.eval.episodes} episodes")
-    note = (f"\nnormalized score = 100 (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
-            f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps. Source data "
-            f"{source_name}; target: {info['kept_episodes']} of {info['episodes']} episodes of {target_name}.\n")
-    extra = {"target_data": info, "data": {"source": source_name, "target": target_name},
-             "normalization": {"reference_random_expert": list(map(float, reference)),
-                               "reference_episode_length": EPISODE_LENGTH,
-                               "episode_length": config.eval.episode_length}}
-    rep = runner.Report(title, ("return",), {"return": "normalized score"}, {"return": scale}, {"return": offset},
-                        note, extra)
-    return runner.Prepared(data={"source": data["source"], "target": target}, env=env, pretrain="source",
-                           pretrain_name=source_name, skills=(runner.Skill(SKILL, "target", "reward"),),
-                           target=SKILL, compose="target", critics={"reward": SKILL}, report=rep)
+    info = {
+        "episodes": int(data["target"].episode_ids()[-1]) + 1,
+        "kept_episodes": int(target.episode_ids()[-1]) + 1,
+        "kept_transitions": int(target.size),
+        "fraction": float(config.target_fraction),
+    }
+    print(
+        f"psec_dynamics: target subset {info['kept_episodes']} of {info['episodes']} episodes "
+        f"({target.size} transitions)"
+    )
+    offset, scale = report.reference_normalization(
+        reference, config.eval.episode_length, reference_length=EPISODE_LENGTH, scale=100.0
+    )
+    title = (
+        f"{env.name}: {config.variant} -> {env.variant} dynamics, {config.kind}, "
+        f"{100 * config.target_fraction:g}% target data: normalized score, "
+        f"{config.num_seeds} seeds x {config.eval.episodes} episodes"
+    )
+    note = (
+        f"\nnormalized score = 100 (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
+        f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps. Source data "
+        f"{source_name}; target: {info['kept_episodes']} of {info['episodes']} episodes of {target_name}.\n"
+    )
+    extra = {
+        "target_data": info,
+        "data": {"source": source_name, "target": target_name},
+        "normalization": {
+            "reference_random_expert": list(map(float, reference)),
+            "reference_episode_length": EPISODE_LENGTH,
+            "episode_length": config.eval.episode_length,
+        },
+    }
+    rep = runner.Report(
+        title, ("return",), {"return": "normalized score"}, {"return": scale}, {"return": offset}, note, extra
+    )
+    return runner.Prepared(
+        data={"source": data["source"], "target": target},
+        env=env,
+        pretrain="source",
+        pretrain_name=source_name,
+        skills=(runner.Skill(SKILL, "target", "reward"),),
+        target=SKILL,
+        compose="target",
+        critics={"reward": SKILL},
+        report=rep,
+    )
 
 
-SETTING = runner.Setting("dynamics", TABLE, "argmax_q", check, prepare, expand_key="expand/{name}",
-                         pi0_source=pi0_source)
-
+SETTING = runner.Setting(
+    "dynamics", TABLE, "argmax_q", check, prepare, expand_key="expand/{name}", pi0_source=pi0_source
+)

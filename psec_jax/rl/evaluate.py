@@ -14,7 +14,8 @@ env, num_seeds and num_episodes). The price: the rollout compiles once per metho
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 
@@ -27,8 +28,9 @@ ActFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, obs [E, obs
 Results = dict[str, jax.Array]  # "return" / "cost" / "length": [num_seeds, num_episodes]
 
 
-def make_evaluate(env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episodes: int
-                  ) -> Callable[[Mapping[str, Any], jax.Array], dict[str, Results]]:
+def make_evaluate(
+    env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episodes: int
+) -> Callable[[Mapping[str, Any], jax.Array], dict[str, Results]]:
     """``evaluate(params, key)``. params: ``{method: pytree with a leading [num_seeds] axis}``.
 
     Returns ``{method: {"return": [num_seeds, num_episodes], "cost": [...], "length": [...]}}``
@@ -51,11 +53,13 @@ def make_evaluate(env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episo
             reset_keys = jax.random.split(prng.stream(key, "reset"), per_method)  # the same for every method
             # one chunk of the whole episode: the same compiled loop as a plain scan (no early exit), so
             # the simulator's arithmetic is fused as it always was and results do not move with the chunking
-            episodes = rollout.rollout(env, act, params, reset_keys, prng.stream(key, "act"),
-                                       chunk=env.episode_length)
+            episodes = rollout.rollout(env, act, params, reset_keys, prng.stream(key, "act"), chunk=env.episode_length)
             shape = (num_seeds, num_episodes)
-            return {"return": episodes.returns.reshape(shape), "cost": episodes.costs.reshape(shape),
-                    "length": episodes.lengths.reshape(shape)}
+            return {
+                "return": episodes.returns.reshape(shape),
+                "cost": episodes.costs.reshape(shape),
+                "length": episodes.lengths.reshape(shape),
+            }
 
         return jax.jit(evaluate_one)
 

@@ -5,7 +5,7 @@ All are batch-polymorphic (any leading dims); twin critics carry a leading ensem
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,8 +38,9 @@ class TwinQ(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        ensemble = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True},
-                           in_axes=None, out_axes=0, axis_size=2)
+        ensemble = nn.vmap(
+            MLP, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0, axis_size=2
+        )
         return ensemble((*self.hidden, 1), layer_norm=self.layer_norm)(jnp.concatenate([obs, action], -1))[..., 0]
 
 

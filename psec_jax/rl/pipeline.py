@@ -33,9 +33,16 @@ def repeat_seeds(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
 
 
-def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: OfflineData, *,
-              workdir: str | os.PathLike, config: ml_collections.ConfigDict, desc: str
-              ) -> tuple[train.StageState, list[dict]]:
+def run_stage(
+    trainer: train.Trainer,
+    keys: jax.Array,
+    inputs: Any,
+    data: OfflineData,
+    *,
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    desc: str,
+) -> tuple[train.StageState, list[dict]]:
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
     with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records.
@@ -48,9 +55,15 @@ def run_stage(trainer: train.Trainer, keys: jax.Array, inputs: Any, data: Offlin
     init = parallel.sweep(trainer.init, members="map", mesh=mesh)
     chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None), mesh=mesh)
     state = init(keys, inputs)
-    return loop.run_chunks(lambda s: chunk(s, inputs, data), state, num_chunks=trainer.num_chunks,
-                           steps_per_chunk=trainer.steps_per_chunk, workdir=workdir, config=config,
-                           desc=desc)
+    return loop.run_chunks(
+        lambda s: chunk(s, inputs, data),
+        state,
+        num_chunks=trainer.num_chunks,
+        steps_per_chunk=trainer.steps_per_chunk,
+        workdir=workdir,
+        config=config,
+        desc=desc,
+    )
 
 
 def seed_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
@@ -75,8 +88,7 @@ def data_recipe(field: str, name: str):
         raise ValueError(f"config.{field}: {e}") from None
 
 
-def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], critic_fields: tuple[str, ...]
-                 ) -> None:
+def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], critic_fields: tuple[str, ...]) -> None:
     """ConfigError (one line) for values no PSEC setting can train with: seeds, evaluation, the protocol
     switches (obs_norm, expand.objective, compose.alpha_reg and its targets), the network, every training
     stage in ``stages`` and every critic config in ``critic_fields`` (dotted names). Runs before any data
@@ -87,24 +99,42 @@ def check_common(config: ml_collections.ConfigDict, stages: tuple[str, ...], cri
     cc.non_negative(config, "eval.bootstrap_reps", "compose.alpha_reg")
     cc.one_of(config, "obs_norm", (True, False))
     if config.mesh.data != -1 and (config.mesh.data < 1 or config.num_seeds % config.mesh.data):
-        raise cc.ConfigError(f"mesh.data={config.mesh.data} must be -1 or a positive divisor of "
-                             f"num_seeds={config.num_seeds}")
+        raise cc.ConfigError(
+            f"mesh.data={config.mesh.data} must be -1 or a positive divisor of num_seeds={config.num_seeds}"
+        )
     cc.one_of(config, "expand.objective", train.OBJECTIVES)
     cc.one_of(config, "compose.alpha_reg_form", train.ALPHA_REG_FORMS)
     if len(config.compose.alpha_targets) != 2:
-        raise cc.ConfigError(f"config field compose.alpha_targets must be (t0, t1), got "
-                             f"{tuple(config.compose.alpha_targets)}")
-    cc.positive_int(config, *(f"network.{f}" for f in ("hidden", "ff", "num_blocks", "time_features",
-                                                       "time_hidden", "diffusion_steps", "lora_rank",
-                                                       "mlp_adapter_hidden")))
+        raise cc.ConfigError(
+            f"config field compose.alpha_targets must be (t0, t1), got {tuple(config.compose.alpha_targets)}"
+        )
+    cc.positive_int(
+        config,
+        *(
+            f"network.{f}"
+            for f in (
+                "hidden",
+                "ff",
+                "num_blocks",
+                "time_features",
+                "time_hidden",
+                "diffusion_steps",
+                "lora_rank",
+                "mlp_adapter_hidden",
+            )
+        ),
+    )
     cc.in_range(config, "network.dropout", 0.0, 0.99)
     cc.positive(config, "network.lora_alpha")
     for stage in stages:
         cc.multiple_of(config, f"{stage}.steps", f"{stage}.log_every")
         cc.positive_int(config, f"{stage}.batch_size")
         cc.positive(config, f"{stage}.learning_rate")
-        for field, check in (("weight_decay", cc.non_negative), ("hidden", cc.positive_int),
-                             ("ema", lambda c, f: cc.in_range(c, f, 0.0, 1.0, low_open=True))):
+        for field, check in (
+            ("weight_decay", cc.non_negative),
+            ("hidden", cc.positive_int),
+            ("ema", lambda c, f: cc.in_range(c, f, 0.0, 1.0, low_open=True)),
+        ):
             if field in config[stage]:
                 check(config, f"{stage}.{field}")
     for critic in critic_fields:

@@ -18,13 +18,13 @@ fixed):
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import struct
-
 import ml_collections
+from flax import struct
 
 from psec_jax import lora
 from psec_jax.rl import diffusion
@@ -46,7 +46,7 @@ class Skills:
         return self.scales.shape[-1]
 
     @staticmethod
-    def stack(parts: list["Skills"]) -> "Skills":
+    def stack(parts: list[Skills]) -> Skills:
         """Concatenate skill stacks along the skill axis (all must have equal shapes but K)."""
         return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
@@ -74,8 +74,9 @@ class Actor(NamedTuple):
         if self.kind == "lora":
             adapter = lora.init(key, base, self.lora_config)
         else:
-            adapter = self._mlp().init(key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.act_dim)),
-                                       jnp.zeros((1,), jnp.int32))["params"]
+            adapter = self._mlp().init(
+                key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.act_dim)), jnp.zeros((1,), jnp.int32)
+            )["params"]
         return self.as_skills(jax.tree.map(lambda x: x[None], adapter))
 
     @property
@@ -92,8 +93,16 @@ class Actor(NamedTuple):
     def _mlp(self) -> MLPAdapter:
         return MLPAdapter(self.act_dim, self.schedule.betas.shape[0], self.mlp_hidden)
 
-    def eps(self, base: Any, skills: Skills | None, weights: jax.Array | None, obs: jax.Array,
-            a_t: jax.Array, t: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def eps(
+        self,
+        base: Any,
+        skills: Skills | None,
+        weights: jax.Array | None,
+        obs: jax.Array,
+        a_t: jax.Array,
+        t: jax.Array,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
         """Noise prediction [B, A] of the base plus skills weighted by ``weights`` ([K] or [B, K];
         None = all ones). ``dropout_key`` turns on dropout (training)."""
         train = dropout_key is not None
@@ -109,8 +118,9 @@ class Actor(NamedTuple):
         w = jnp.broadcast_to(w * skills.scales, (*obs.shape[:-1], skills.num))
         return eps + jnp.einsum("bk,kba->ba", w, deltas)
 
-    def sample(self, base: Any, skills: Skills | None, weights: jax.Array | None, obs: jax.Array,
-               key: jax.Array) -> jax.Array:
+    def sample(
+        self, base: Any, skills: Skills | None, weights: jax.Array | None, obs: jax.Array, key: jax.Array
+    ) -> jax.Array:
         """Actions [B, A] in [-1, 1] sampled for observations [B, obs_dim]."""
         fn = lambda a, t: self.eps(base, skills, weights, obs, a, t)
         return diffusion.sample(fn, self.schedule, key, (obs.shape[0], self.act_dim))
@@ -128,8 +138,17 @@ def num_outputs(mode: str, num_skills: int) -> int:
     return num_skills if mode == "param" else num_skills + 1
 
 
-def composed_eps(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Array, obs: jax.Array,
-                 a_t: jax.Array, t: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+def composed_eps(
+    actor: Actor,
+    base: Any,
+    skills: Skills,
+    mode: str,
+    w: jax.Array,
+    obs: jax.Array,
+    a_t: jax.Array,
+    t: jax.Array,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
     """eps [B, A] of the composed policy in ``"param"`` or ``"noise"`` mode; w [B, num_outputs]."""
     if mode == "param":
         return actor.eps(base, skills, w, obs, a_t, t, dropout_key)
@@ -139,8 +158,9 @@ def composed_eps(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Arra
     return jnp.einsum("bj,jba->ba", w, each)
 
 
-def composed_sample(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Array, obs: jax.Array,
-                    key: jax.Array) -> jax.Array:
+def composed_sample(
+    actor: Actor, base: Any, skills: Skills, mode: str, w: jax.Array, obs: jax.Array, key: jax.Array
+) -> jax.Array:
     """Actions [B, A] of the composed policy; w [B, num_outputs(mode, K)]."""
     shape = (obs.shape[0], actor.act_dim)
     if mode == "action":
@@ -152,8 +172,9 @@ def composed_sample(actor: Actor, base: Any, skills: Skills, mode: str, w: jax.A
     return diffusion.sample(fn, actor.schedule, key, shape)
 
 
-def component_actions(actor: Actor, base: Any, skills: Skills, obs: jax.Array, key: jax.Array,
-                      chunk: int = 1024) -> jax.Array:
+def component_actions(
+    actor: Actor, base: Any, skills: Skills, obs: jax.Array, key: jax.Array, chunk: int = 1024
+) -> jax.Array:
     """One sampled action of every component (base, base + skill j) for each state: [N, K+1, A].
 
     What ASEC's composer regresses on; computed once per dataset (in chunks of ``chunk`` states, so
@@ -179,14 +200,16 @@ class Composer(NamedTuple):
     apply: Callable[[Any, jax.Array], jax.Array]  # (params, obs [B, obs_dim]) -> [B, num_outputs]
 
 
-def make_composer(kind: str, obs_dim: int, outputs: int, hidden: tuple[int, ...] = (256, 256),
-                  fixed: tuple[float, ...] | None = None) -> Composer:
+def make_composer(
+    kind: str, obs_dim: int, outputs: int, hidden: tuple[int, ...] = (256, 256), fixed: tuple[float, ...] | None = None
+) -> Composer:
     """``kind="context"``: PSEC's AlphaNet (learned). ``kind="fixed"``: the constant ``fixed`` weights
     (default all ones), no context module; its params are that vector [outputs]."""
     if kind == "context":
         net = AlphaNet(outputs, tuple(hidden))
-        return Composer(lambda k: net.init(k, jnp.zeros((1, obs_dim)))["params"],
-                        lambda p, s: net.apply({"params": p}, s))
+        return Composer(
+            lambda k: net.init(k, jnp.zeros((1, obs_dim)))["params"], lambda p, s: net.apply({"params": p}, s)
+        )
     if kind == "fixed":
         w = jnp.asarray(fixed if fixed is not None else (1.0,) * outputs, jnp.float32)
         if w.shape != (outputs,):
@@ -201,8 +224,15 @@ def make_actor(network: ml_collections.ConfigDict, obs_dim: int, act_dim: int, k
     if kind not in SKILL_KINDS:
         raise ValueError(f"unknown skill kind {kind!r}; choose from {SKILL_KINDS}")
     c = network
-    net = diffusion.NoiseNet(act_dim, hidden=c.hidden, ff=c.ff, num_blocks=c.num_blocks,
-                             time_features=c.time_features, time_hidden=c.time_hidden, dropout=c.dropout)
+    net = diffusion.NoiseNet(
+        act_dim,
+        hidden=c.hidden,
+        ff=c.ff,
+        num_blocks=c.num_blocks,
+        time_features=c.time_features,
+        time_hidden=c.time_hidden,
+        dropout=c.dropout,
+    )
     cfg = lora.LoRAConfig(rank=c.lora_rank, alpha=c.lora_alpha, scaling="alpha", targets=(r"(^|/)kernel$",))
     return Actor(net, diffusion.make_schedule(c.diffusion_steps), kind, cfg, obs_dim, tuple(c.mlp_adapter_hidden))
 

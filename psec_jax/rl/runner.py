@@ -13,8 +13,9 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,19 +100,27 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
         if not config.pretrained:
             raise ValueError("config.library needs config.pretrained: the pi_0s its skills were trained on")
         if config.eval.candidates != 1:
-            raise ValueError(f"config.library: loaded skills come without their critics, so acting cannot rank "
-                             f"{config.eval.candidates} candidates; set config.eval.candidates=1")
+            raise ValueError(
+                f"config.library: loaded skills come without their critics, so acting cannot rank "
+                f"{config.eval.candidates} candidates; set config.eval.candidates=1"
+            )
         missing = [p.name for p in saving.library_paths(config.library, config.num_seeds) if not p.is_dir()]
         if missing:
-            raise ValueError(f"config.library {config.library}: {', '.join(missing[:3])} is missing (each of the "
-                             f"{config.num_seeds} seeds loads its own library)")
+            raise ValueError(
+                f"config.library {config.library}: {', '.join(missing[:3])} is missing (each of the "
+                f"{config.num_seeds} seeds loads its own library)"
+            )
     data_name, env_name = setting.pi0_source(config) if setting.pi0_source else (None, None)
-    check_pretrained(config, None if "data" in given else data_name,
-                     None if "env" in given or env_name is None else recorded_sizes(env_name))
+    check_pretrained(
+        config,
+        None if "data" in given else data_name,
+        None if "env" in given or env_name is None else recorded_sizes(env_name),
+    )
 
 
-def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any
-        ) -> dict[str, Any]:
+def run(
+    setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.PathLike, **kwargs: Any
+) -> dict[str, Any]:
     """Runs every stage the config's methods need for ``config.num_seeds`` seeds, evaluates every method
     and writes results.{json,md,png}, pi_0, per-seed skill libraries and composers to ``workdir``.
     ``kwargs`` go to ``setting.prepare`` (data / env / reference overrides). Returns ``{"methods":
@@ -126,8 +135,10 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
         pretrained, normalizer = load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
     else:
         normalizer = observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
-    data = {k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
-            for k, v in prep.data.items()}
+    data = {
+        k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
+        for k, v in prep.data.items()
+    }
     actors = {k: policy.make_actor(config.network, obs_dim, act_dim, k) for k in policy.SKILL_KINDS}
     skill_of = {s.name: s for s in prep.skills}
     critic_fns = {s.name: critics.make_critic(obs_dim, act_dim, config.critics[s.critic]) for s in prep.skills}
@@ -136,8 +147,9 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
 
     def stage(trainer, key_name, inputs, d, name, seeds=n):
         keys = pipeline.seed_keys(config.seed, seeds, key_name)
-        return pipeline.run_stage(trainer, keys, inputs, d, workdir=workdir / "stages" / name, config=config,
-                                  desc=name)[0]
+        return pipeline.run_stage(
+            trainer, keys, inputs, d, workdir=workdir / "stages" / name, config=config, desc=name
+        )[0]
 
     # which skill kinds the methods compose or apply; acting by a skill's critic also needs the skill
     kinds = sorted({m.skill_kind for m in methods.values() if m.policy in ("skills", "composed")})
@@ -147,22 +159,39 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     if config.pretrained and any(m.policy != "scratch" for m in methods.values()):
         base = pipeline.repeat_seeds(pretrained, n) if config.share_pretrain else pretrained
     elif any(m.policy != "scratch" for m in methods.values()):
-        pre = stage(train.make_pretrain(actors["lora"], config.pretrain), "pretrain", train.PretrainInputs(),
-                    data[prep.pretrain], "pretrain", seeds=1 if config.share_pretrain else n)
+        pre = stage(
+            train.make_pretrain(actors["lora"], config.pretrain),
+            "pretrain",
+            train.PretrainInputs(),
+            data[prep.pretrain],
+            "pretrain",
+            seeds=1 if config.share_pretrain else n,
+        )
         base = pipeline.repeat_seeds(pre.ema, n) if config.share_pretrain else pre.ema
         # library_seed{i} is built on seed i's pi_0, so each seed's own is saved where they differ
         for i in range(1 if config.share_pretrain else n):
-            saving.save_base(workdir / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"), saving.take_seed(base, i),
-                             config.network, obs_dim, act_dim, normalizer, data=prep.pretrain_name)
+            saving.save_base(
+                workdir / "policies" / ("pi0" if i == 0 else f"pi0_seed{i}"),
+                saving.take_seed(base, i),
+                config.network,
+                obs_dim,
+                act_dim,
+                normalizer,
+                data=prep.pretrain_name,
+            )
 
     # each skill's critic trains alongside its first kind; later kinds and scratch reuse it, frozen. LoRA
     # skills of a given library are loaded instead (without critics: scratch then trains its own)
     skills: dict[str, policy.Skills] = {}
     critic_of: dict[str, critics.CriticState] = {}
     train_configs = {s.name: {"expand": config.expand, "critic": config.critics[s.critic]} for s in prep.skills}
-    loaded, loaded_configs = (saving.load_library_skills(config.library, base, [s.name for s in prep.skills],
-                                                         actors["lora"].lora_config, train_configs)
-                              if config.library and "lora" in kinds else ({}, {}))
+    loaded, loaded_configs = (
+        saving.load_library_skills(
+            config.library, base, [s.name for s in prep.skills], actors["lora"].lora_config, train_configs
+        )
+        if config.library and "lora" in kinds
+        else ({}, {})
+    )
     for kind in kinds:
         parts = []
         for s in prep.skills:
@@ -170,16 +199,26 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
                 parts.append(loaded[s.name])
                 continue
             trainer = train.make_expand(actors[kind], config.expand, config.critics[s.critic], kind)
-            st = stage(trainer, setting.expand_key.format(kind=kind, name=s.name),
-                       train.ExpandInputs(base, critic_of.get(s.name)), data[s.data], f"expand_{kind}_{s.name}")
+            st = stage(
+                trainer,
+                setting.expand_key.format(kind=kind, name=s.name),
+                train.ExpandInputs(base, critic_of.get(s.name)),
+                data[s.data],
+                f"expand_{kind}_{s.name}",
+            )
             parts.append(jax.vmap(actors[kind].as_skills)(st.ema))
             critic_of.setdefault(s.name, st.critic)
         skills[kind] = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)  # [S, K, ...]
     names = [s.name for s in prep.skills]
     if "lora" in skills:
         for i in range(n):
-            saving.library_of(saving.take_seed(base, i), saving.take_seed(skills["lora"], i), names,
-                              actors["lora"].lora_config, {**train_configs, **loaded_configs}).save(workdir / "policies" / f"library_seed{i}")
+            saving.library_of(
+                saving.take_seed(base, i),
+                saving.take_seed(skills["lora"], i),
+                names,
+                actors["lora"].lora_config,
+                {**train_configs, **loaded_configs},
+            ).save(workdir / "policies" / f"library_seed{i}")
 
     acts, params = {}, {}
     target = skill_of[prep.target]
@@ -196,16 +235,28 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
             idx = jnp.asarray([names.index(s) for s in m.skills])
             pol = {"base": base, "skills": jax.tree.map(lambda x: x[:, idx], skills[m.skill_kind])}
         else:
-            pol, sampler_args = _compose(name, m, config, actors[m.skill_kind], base, skills[m.skill_kind],
-                                         data[prep.compose], names, stage, workdir)
+            pol, sampler_args = _compose(
+                name,
+                m,
+                config,
+                actors[m.skill_kind],
+                base,
+                skills[m.skill_kind],
+                data[prep.compose],
+                names,
+                stage,
+                workdir,
+            )
         sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
         acts[name] = acting.make_act(sampler, role_fns, setting.rule, config.eval.candidates, normalizer)
         params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[setting.rule]}}
 
     t_eval = time.perf_counter()
     evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
-    with progress.phase(f"{setting.name}: evaluating {len(methods)} methods, {n} seeds x {config.eval.episodes} "
-                        f"episodes", disable=jax.process_index() != 0):
+    with progress.phase(
+        f"{setting.name}: evaluating {len(methods)} methods, {n} seeds x {config.eval.episodes} episodes",
+        disable=jax.process_index() != 0,
+    ):
         results = jax.device_get(evaluate_fn(params, jax.random.key(config.seed + 10_000)))
     results = {m: results[m] for m in methods}
     rep = prep.report
@@ -214,14 +265,28 @@ def run(setting: Setting, config: ml_collections.ConfigDict, workdir: str | os.P
     raw = report.summarize(results, reps=0)
     improvement = report.improvements(summary, [("psec", m) for m in methods if m != "psec"], reps=reps)
     seconds = {"total": time.perf_counter() - t_start, "evaluate": time.perf_counter() - t_eval}
-    extra = {"raw": raw, "seconds": seconds, "config": runs.to_jsonable(config), "commit": commit,
-             "data_sha256": {k: v.checksum() for k, v in prep.data.items()}, **rep.extra}
+    extra = {
+        "raw": raw,
+        "seconds": seconds,
+        "config": runs.to_jsonable(config),
+        "commit": commit,
+        "data_sha256": {k: v.checksum() for k, v in prep.data.items()},
+        **rep.extra,
+    }
     if config.pretrained:
         extra["pretrained_sha256"] = artifacts.sha256(pretrained_paths(config)[0] / "manifest.json")
         if not config.share_pretrain:  # each seed's own pi_0
             extra["pretrained_seeds_sha256"] = [artifacts.sha256(p / "manifest.json") for p in pretrained_paths(config)]
-    table = report.write(workdir, summary, title=rep.title, fields=rep.fields, extra=extra, labels=rep.labels,
-                         note=rep.note, improvement=improvement)
+    table = report.write(
+        workdir,
+        summary,
+        title=rep.title,
+        fields=rep.fields,
+        extra=extra,
+        labels=rep.labels,
+        note=rep.note,
+        improvement=improvement,
+    )
     print(table + rep.note)
     print(f"took {seconds['total']:.0f} s (evaluation {seconds['evaluate']:.0f} s); results in {workdir}")
     return {"methods": summary, "raw": raw, "improvement": improvement, "seconds": seconds, **rep.extra}
@@ -274,8 +339,9 @@ def pretrained_paths(config: ml_collections.ConfigDict) -> list[Path]:
     return [first] + [first.with_name(f"pi0_seed{i}") for i in range(1, config.num_seeds)]
 
 
-def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = None,
-                     sizes: tuple[int, int] | None = None) -> None:
+def check_pretrained(
+    config: ml_collections.ConfigDict, data_name: str | None = None, sizes: tuple[int, int] | None = None
+) -> None:
     """ValueError (one line naming config.pretrained and what differs) unless ``config.pretrained`` is ""
     or intact pi_0s saved by an earlier run (its workdir's policies/pi0, with ``pi0_seed{i}`` beside it for
     every further seed unless ``config.share_pretrain``) that this config can build on: the same noise
@@ -289,21 +355,26 @@ def check_pretrained(config: ml_collections.ConfigDict, data_name: str | None = 
         raise ValueError(f"config.pretrained {config.pretrained}: no such directory (expected a run's policies/pi0)")
     _check_one_pretrained(config, paths[0], data_name, sizes)
     if not config.share_pretrain and paths[0].name != "pi0":
-        raise ValueError(f"config.pretrained {config.pretrained}: with independent seeds (share_pretrain False) give "
-                         f"seed 0's, a run's policies/pi0; seed i's is its sibling pi0_seed{{i}}")
+        raise ValueError(
+            f"config.pretrained {config.pretrained}: with independent seeds (share_pretrain False) give "
+            f"seed 0's, a run's policies/pi0; seed i's is its sibling pi0_seed{{i}}"
+        )
     missing = [p.name for p in paths if not p.is_dir()]
     if missing:
-        raise ValueError(f"config.pretrained {config.pretrained}: config.share_pretrain is False, so each of the "
-                         f"{config.num_seeds} seeds builds on its own pi_0, but {', '.join(missing[:3])}"
-                         f"{' ...' if len(missing) > 3 else ''} is not beside it (made by a run with fewer "
-                         f"independent seeds, or with share_pretrain=True); set config.share_pretrain=True to "
-                         f"build every seed on this one")
+        raise ValueError(
+            f"config.pretrained {config.pretrained}: config.share_pretrain is False, so each of the "
+            f"{config.num_seeds} seeds builds on its own pi_0, but {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''} is not beside it (made by a run with fewer "
+            f"independent seeds, or with share_pretrain=True); set config.share_pretrain=True to "
+            f"build every seed on this one"
+        )
     for path in paths[1:]:
         _check_one_pretrained(config, path, data_name, sizes)
 
 
-def _check_one_pretrained(config: ml_collections.ConfigDict, path: Path, data_name: str | None,
-                          sizes: tuple[int, int] | None) -> None:
+def _check_one_pretrained(
+    config: ml_collections.ConfigDict, path: Path, data_name: str | None, sizes: tuple[int, int] | None
+) -> None:
     where, hint = f"config.pretrained {path}", "(expected a run's policies/pi0)"
     try:
         meta = artifacts.read_manifest(path)
@@ -313,24 +384,34 @@ def _check_one_pretrained(config: ml_collections.ConfigDict, path: Path, data_na
         mean, std = np.asarray(arrays["obs_mean"]), np.asarray(arrays["obs_std"])
     except (artifacts.ArtifactError, KeyError, TypeError) as e:
         raise ValueError(f"{where}: not a usable saved pi_0: {runs.one_line(e, with_type=False)} {hint}") from None
-    theirs, ours = meta.get("network") if isinstance(meta.get("network"), dict) else {}, runs.to_jsonable(config.network)
+    theirs, ours = (
+        meta.get("network") if isinstance(meta.get("network"), dict) else {},
+        runs.to_jsonable(config.network),
+    )
     differ = sorted(f for f in PI0_FIELDS if theirs.get(f) != ours.get(f))  # skill fields may differ
     if differ:
-        raise ValueError(f"{where}: its network differs from config.network in "
-                         + ", ".join(f"{f} ({theirs.get(f)} vs {ours.get(f)})" for f in differ))
+        raise ValueError(
+            f"{where}: its network differs from config.network in "
+            + ", ".join(f"{f} ({theirs.get(f)} vs {ours.get(f)})" for f in differ)
+        )
     if sizes is not None and (meta.get("obs_dim"), meta.get("act_dim")) != tuple(sizes):
-        raise ValueError(f"{where}: made for observations {meta.get('obs_dim')} / actions {meta.get('act_dim')}, "
-                         f"the environment has {sizes[0]} / {sizes[1]}")
+        raise ValueError(
+            f"{where}: made for observations {meta.get('obs_dim')} / actions {meta.get('act_dim')}, "
+            f"the environment has {sizes[0]} / {sizes[1]}"
+        )
     if data_name is not None and meta.get("data") != data_name:
         raise ValueError(f"{where}: pretrained on {meta.get('data')!r}, this config's pi_0 data is {data_name!r}")
     identity = bool(np.all(mean == 0) and np.all(std == 1))
     if identity == bool(config.obs_norm):
-        raise ValueError(f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
-                         f", but config.obs_norm is {config.obs_norm}")
+        raise ValueError(
+            f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
+            f", but config.obs_norm is {config.obs_norm}"
+        )
 
 
-def load_pretrained(config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
-                    ) -> tuple[Any, Normalizer]:
+def load_pretrained(
+    config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
+) -> tuple[Any, Normalizer]:
     """(pi_0's params [S, ...], its observation normaliser) from ``config.pretrained``: S = 1 (one pi_0 for
     every seed) when ``config.share_pretrain``, else S = ``config.num_seeds``, seed i's own pi_0
     (``pretrained_paths``). ValueError naming what differs when a network, sizes, data or kind of
@@ -342,32 +423,56 @@ def load_pretrained(config: ml_collections.ConfigDict, data_name: str, obs_dim: 
     normalizer = loaded[0][2]
     for path, (_, _, other, _) in zip(pretrained_paths(config), loaded):
         if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(normalizer))):
-            raise ValueError(f"config.pretrained {path}: its observation normaliser is not that of "
-                             f"{config.pretrained}; every seed must see the same observations")
+            raise ValueError(
+                f"config.pretrained {path}: its observation normaliser is not that of "
+                f"{config.pretrained}; every seed must see the same observations"
+            )
     params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[p for _, p, _, _ in loaded])
     return params, normalizer
 
 
-def _compose(name: str, m: Method, config: ml_collections.ConfigDict, actor: policy.Actor, base: Any,
-             skills: policy.Skills, data: OfflineData, names: list[str], stage: Callable, workdir: Path
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _compose(
+    name: str,
+    m: Method,
+    config: ml_collections.ConfigDict,
+    actor: policy.Actor,
+    base: Any,
+    skills: policy.Skills,
+    data: OfflineData,
+    names: list[str],
+    stage: Callable,
+    workdir: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(policy params, sampler arguments) of a composed method; trains and saves its composer."""
     k, n = len(names), config.num_seeds
     if m.composer == "fixed":
         composer = policy.make_composer("fixed", actor.obs_dim, k, fixed=(config.compose.fixed_weight,) * k)
         cparams = jnp.broadcast_to(composer.init(None), (n, k))
     else:
-        composer = policy.make_composer("context", actor.obs_dim, policy.num_outputs(m.mode, k),
-                                        tuple(config.compose.hidden))
+        composer = policy.make_composer(
+            "context", actor.obs_dim, policy.num_outputs(m.mode, k), tuple(config.compose.hidden)
+        )
         actions = None
         if m.mode == "action":
             keys = pipeline.seed_keys(config.seed, n, f"components/{name}")
             sample = lambda b, sk, key: policy.component_actions(actor, b, sk, data.observations, key)
             actions = jax.jit(jax.vmap(sample))(base, skills, keys)
-        cparams = stage(train.make_compose(actor, composer, m.mode, config.compose), f"compose/{name}",
-                        train.ComposeInputs(base, skills, actions), data, f"compose_{name}").params
+        cparams = stage(
+            train.make_compose(actor, composer, m.mode, config.compose),
+            f"compose/{name}",
+            train.ComposeInputs(base, skills, actions),
+            data,
+            f"compose_{name}",
+        ).params
         for i in range(n):
-            saving.save_composer(workdir / "policies" / f"composer_{name}_seed{i}", saving.take_seed(cparams, i),
-                                 base=saving.take_seed(base, i), skills=saving.take_seed(skills, i), names=names,
-                                 mode=m.mode, kind="context", skill_kind=m.skill_kind)
+            saving.save_composer(
+                workdir / "policies" / f"composer_{name}_seed{i}",
+                saving.take_seed(cparams, i),
+                base=saving.take_seed(base, i),
+                skills=saving.take_seed(skills, i),
+                names=names,
+                mode=m.mode,
+                kind="context",
+                skill_kind=m.skill_kind,
+            )
     return {"base": base, "skills": skills, "composer": cparams}, {"mode": m.mode, "composer": composer}

@@ -18,7 +18,6 @@ is safe).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ml_collections
@@ -31,8 +30,14 @@ from psec_jax.rl import pipeline, report, runner
 from psec_jax.rl.continual import load_data
 
 SKILLS = ("reward", "cost")  # order of the skills in the composed stack
-TABLE = {"bc": M.PRIOR, "reward": M.one_skill("reward"), "cost": M.one_skill("cost"), "asec": M.ASEC,
-         "nsec": M.NSEC, "psec": M.PSEC}
+TABLE = {
+    "bc": M.PRIOR,
+    "reward": M.one_skill("reward"),
+    "cost": M.one_skill("cost"),
+    "asec": M.ASEC,
+    "nsec": M.NSEC,
+    "psec": M.PSEC,
+}
 METHODS = tuple(TABLE)
 LABELS = {"return": "normalized reward", "cost": "normalized cost"}
 
@@ -52,10 +57,15 @@ def safe_subset(data: OfflineData, cost_limit: float) -> tuple[OfflineData, dict
     kept = np.flatnonzero(costs <= cost_limit)
     fallback = kept.size == 0
     if fallback:
-        kept = np.sort(np.argsort(costs, kind="stable")[:max(1, costs.size // 4)])
-    info = {"episodes": int(costs.size), "kept": int(kept.size), "fallback": bool(fallback),
-            "cost_limit": float(cost_limit), "kept_cost_mean": float(costs[kept].mean()),
-            "kept_cost_max": float(costs[kept].max())}
+        kept = np.sort(np.argsort(costs, kind="stable")[: max(1, costs.size // 4)])
+    info = {
+        "episodes": int(costs.size),
+        "kept": int(kept.size),
+        "fallback": bool(fallback),
+        "cost_limit": float(cost_limit),
+        "kept_cost_mean": float(costs[kept].mean()),
+        "kept_cost_max": float(costs[kept].max()),
+    }
     return data.take_episodes(kept), info
 
 
@@ -71,8 +81,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     try:
         name = data_name(config)
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"config.data={config.data!r} is not a template with {{env}} ({type(e).__name__}: {e})"
-                         ) from None
+        raise ValueError(
+            f"config.data={config.data!r} is not a template with {{env}} ({type(e).__name__}: {e})"
+        ) from None
     recipe = pipeline.data_recipe("data", name)
     if recipe.env != config.env:
         raise ValueError(f"config.data={name!r} is not data of config.env={config.env!r}")
@@ -88,8 +99,13 @@ def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return data_name(config), config.env
 
 
-def prepare(config: ml_collections.ConfigDict, *, data: OfflineData | None = None, env: Env | None = None,
-            reference: tuple[float, float] | None = None) -> runner.Prepared:
+def prepare(
+    config: ml_collections.ConfigDict,
+    *,
+    data: OfflineData | None = None,
+    env: Env | None = None,
+    reference: tuple[float, float] | None = None,
+) -> runner.Prepared:
     """``data``: the offline dataset instead of loading ``config.data``; ``env``: the evaluation
     environment (default ``config.env``); ``reference``: (random, expert) returns of 1000-step episodes
     for the normalised reward (default ``scores.policy_references()[config.env]``)."""
@@ -108,39 +124,65 @@ def prepare(config: ml_collections.ConfigDict, *, data: OfflineData | None = Non
     if env is None:
         env = envs.make(config.env, episode_length=config.eval.episode_length)
     if env.cost_threshold is None:
-        raise ValueError(f"config.env={config.env!r} has no cost; use a velocity body (halfcheetah, hopper, "
-                         "walker2d, ant)")
+        raise ValueError(
+            f"config.env={config.env!r} has no cost; use a velocity body (halfcheetah, hopper, walker2d, ant)"
+        )
     if reference is None:
         from psec_jax.data import scores
 
         reference = scores.reference_scores(config.env, table=scores.policy_references())
     safe_data, info = safe_subset(data, config.cost_limit)
     if info["fallback"]:
-        print(f"psec_safe: no episode has cost <= cost_limit={config.cost_limit:g}; composing on the "
-              f"{info['kept']} lowest-cost of {info['episodes']} episodes instead (their cost <= "
-              f"{info['kept_cost_max']:.1f})")
+        print(
+            f"psec_safe: no episode has cost <= cost_limit={config.cost_limit:g}; composing on the "
+            f"{info['kept']} lowest-cost of {info['episodes']} episodes instead (their cost <= "
+            f"{info['kept_cost_max']:.1f})"
+        )
     else:
-        print(f"psec_safe: composing on {info['kept']} of {info['episodes']} episodes with cost <= {config.cost_limit:g}")
-    offset, scale = report.reference_normalization(reference, config.eval.episode_length,
-                                                   reference_length=EPISODE_LENGTH)
-    title = (f"{env.name} safe composition (reward + cost skills): normalized reward and cost "
-             f"(cost limit {config.cost_limit:g}), {config.num_seeds} seeds x {config.eval.episodes} episodes")
-    note = (f"\nnormalized reward = (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
-            f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps; normalized cost = "
-            f"episode cost / {config.cost_limit:g} (<= 1 is safe). Composers trained on {info['kept']} of "
-            f"{info['episodes']} episodes" + (" (fallback: lowest-cost quarter)" if info["fallback"]
-                                             else f" with cost <= {config.cost_limit:g}") + ".\n")
-    extra = {"data": data_name, "safe_data": info,
-             "normalization": {"reference_random_expert": list(map(float, reference)),
-                               "reference_episode_length": EPISODE_LENGTH,
-                               "episode_length": config.eval.episode_length, "cost_limit": config.cost_limit}}
-    rep = runner.Report(title, ("return", "cost"), LABELS, {"return": scale, "cost": config.cost_limit},
-                        {"return": offset}, note, extra)
-    return runner.Prepared(data={"all": data, "safe": safe_data}, env=env, pretrain="all", pretrain_name=data_name,
-                           skills=tuple(runner.Skill(k, "all", k) for k in SKILLS), target="reward",
-                           compose="safe", critics={"reward": "reward", "cost": "cost"}, report=rep)
+        print(
+            f"psec_safe: composing on {info['kept']} of {info['episodes']} episodes with cost <= {config.cost_limit:g}"
+        )
+    offset, scale = report.reference_normalization(
+        reference, config.eval.episode_length, reference_length=EPISODE_LENGTH
+    )
+    title = (
+        f"{env.name} safe composition (reward + cost skills): normalized reward and cost "
+        f"(cost limit {config.cost_limit:g}), {config.num_seeds} seeds x {config.eval.episodes} episodes"
+    )
+    note = (
+        f"\nnormalized reward = (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
+        f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps; normalized cost = "
+        f"episode cost / {config.cost_limit:g} (<= 1 is safe). Composers trained on {info['kept']} of "
+        f"{info['episodes']} episodes"
+        + (" (fallback: lowest-cost quarter)" if info["fallback"] else f" with cost <= {config.cost_limit:g}")
+        + ".\n"
+    )
+    extra = {
+        "data": data_name,
+        "safe_data": info,
+        "normalization": {
+            "reference_random_expert": list(map(float, reference)),
+            "reference_episode_length": EPISODE_LENGTH,
+            "episode_length": config.eval.episode_length,
+            "cost_limit": config.cost_limit,
+        },
+    }
+    rep = runner.Report(
+        title, ("return", "cost"), LABELS, {"return": scale, "cost": config.cost_limit}, {"return": offset}, note, extra
+    )
+    return runner.Prepared(
+        data={"all": data, "safe": safe_data},
+        env=env,
+        pretrain="all",
+        pretrain_name=data_name,
+        skills=tuple(runner.Skill(k, "all", k) for k in SKILLS),
+        target="reward",
+        compose="safe",
+        critics={"reward": "reward", "cost": "cost"},
+        report=rep,
+    )
 
 
-SETTING = runner.Setting("safe", TABLE, "feasible_then_reward", check, prepare, expand_key="expand/{name}",
-                         pi0_source=pi0_source)
-
+SETTING = runner.Setting(
+    "safe", TABLE, "feasible_then_reward", check, prepare, expand_key="expand/{name}", pi0_source=pi0_source
+)

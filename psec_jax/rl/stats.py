@@ -11,7 +11,7 @@ resamples seeds. Fixed ``seed`` => the same intervals every time (``_estimates``
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -44,16 +44,22 @@ def _estimates(scores: Mapping, func: Callable, reps: int, seed: int) -> tuple[d
             np.random.seed(seed)
             with warnings.catch_warnings():  # arch deprecates the RandomState rliable passes; still seeded
                 warnings.simplefilter("ignore", FutureWarning)
-                p, c = rly.get_interval_estimates({name: x}, func, reps=reps, confidence_interval_size=CONFIDENCE,
-                                                  random_state=np.random.RandomState(seed))
+                p, c = rly.get_interval_estimates(
+                    {name: x},
+                    func,
+                    reps=reps,
+                    confidence_interval_size=CONFIDENCE,
+                    random_state=np.random.RandomState(seed),
+                )
             point[name], ci[name] = p[name], c[name]
     finally:
         np.random.set_state(state)
     return point, ci
 
 
-def intervals(per_seed: Mapping[str, np.ndarray], *, reps: int = REPS, seed: int = 0
-              ) -> dict[str, dict[str, float | list[float]]]:
+def intervals(
+    per_seed: Mapping[str, np.ndarray], *, reps: int = REPS, seed: int = 0
+) -> dict[str, dict[str, float | list[float]]]:
     """Per method: ``mean``, ``iqm`` and their 95% stratified-bootstrap intervals ``mean_ci`` /
     ``iqm_ci`` ([low, high]) from per-seed scores ``per_seed[m]`` [seeds]."""
     from rliable import metrics
@@ -61,13 +67,20 @@ def intervals(per_seed: Mapping[str, np.ndarray], *, reps: int = REPS, seed: int
     scores = {m: _check(m, x)[:, None] for m, x in per_seed.items()}  # rliable: [runs, tasks]
     agg = lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)])
     point, ci = _estimates(scores, agg, reps, seed)
-    return {m: {"mean": float(point[m][0]), "mean_ci": [float(ci[m][0, 0]), float(ci[m][1, 0])],
-                "iqm": float(point[m][1]), "iqm_ci": [float(ci[m][0, 1]), float(ci[m][1, 1])]}
-            for m in per_seed}
+    return {
+        m: {
+            "mean": float(point[m][0]),
+            "mean_ci": [float(ci[m][0, 0]), float(ci[m][1, 0])],
+            "iqm": float(point[m][1]),
+            "iqm_ci": [float(ci[m][0, 1]), float(ci[m][1, 1])],
+        }
+        for m in per_seed
+    }
 
 
-def probability_of_improvement(per_seed: Mapping[str, np.ndarray], pairs: list[tuple[str, str]], *,
-                               reps: int = REPS, seed: int = 0) -> dict[str, dict[str, float | list[float]]]:
+def probability_of_improvement(
+    per_seed: Mapping[str, np.ndarray], pairs: list[tuple[str, str]], *, reps: int = REPS, seed: int = 0
+) -> dict[str, dict[str, float | list[float]]]:
     """``{"x>y": {"p": P(X > Y), "ci": [low, high]}}`` for each pair (x, y): the probability that a run
     of x scores above a run of y (ties count half), with its 95% bootstrap interval (runs of x and y
     resampled independently)."""
@@ -109,7 +122,7 @@ def variance_split(scores: np.ndarray) -> dict[str, float]:
     means_var = float(np.var(x.mean(axis=1), ddof=1))
     noise = episode_var / x.shape[1]
     share = 1.0 if means_var <= noise else noise / means_var
-    return {"episode_sd": episode_var ** 0.5, "seed_sd": max(means_var - noise, 0.0) ** 0.5, "episode_share": share}
+    return {"episode_sd": episode_var**0.5, "seed_sd": max(means_var - noise, 0.0) ** 0.5, "episode_share": share}
 
 
 def detectable_improvement(n: int, m: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -122,4 +135,4 @@ def detectable_improvement(n: int, m: int, *, alpha: float = 0.05, power: float 
 
     total, c = n + m, n / (n + m)
     z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
-    return 0.5 + float(np.sqrt(z ** 2 / (12 * c * (1 - c) * total)))
+    return 0.5 + float(np.sqrt(z**2 / (12 * c * (1 - c) * total)))

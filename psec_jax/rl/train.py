@@ -20,7 +20,8 @@ a constant), one type per stage:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,9 @@ def _check_steps(c: ml_collections.ConfigDict, stage: str) -> None:
 def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
     """step -> learning rate of a stage: cosine decay from ``learning_rate`` to 0 over ``steps`` when
     ``cosine``, else constant (the official code's cosine horizons far exceed its steps: ~constant)."""
-    return optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.cosine else optax.constant_schedule(c.learning_rate)
+    return (
+        optax.cosine_decay_schedule(c.learning_rate, c.steps) if c.cosine else optax.constant_schedule(c.learning_rate)
+    )
 
 
 def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -98,8 +101,9 @@ def _assemble(init: Callable, step: Callable, c: ml_collections.ConfigDict) -> T
     return Trainer(init, chunk, train, c.log_every, c.steps // c.log_every)
 
 
-def _sgd(loss_fn: Callable, tx: optax.GradientTransformation, state: StageState, ema_rate: float,
-         *args) -> tuple[StageState, jax.Array, dict]:
+def _sgd(
+    loss_fn: Callable, tx: optax.GradientTransformation, state: StageState, ema_rate: float, *args
+) -> tuple[StageState, jax.Array, dict]:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, *args)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -114,10 +118,9 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
     _check_steps(c, "pretrain")
     tx = _optimizer(c)
 
-    def init(key, inputs=PretrainInputs()):
+    def init(key, inputs=PretrainInputs()):  # noqa: B008 (an empty, immutable NamedTuple)
         params = actor.init_base(prng.stream(key, "params"))
-        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
-                          prng.stream(key, "steps"))
+        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32), prng.stream(key, "steps"))
 
     def loss_fn(params, batch, key):
         kn, kd = jax.random.split(key)
@@ -135,8 +138,9 @@ def make_pretrain(actor: Actor, c: ml_collections.ConfigDict) -> Trainer:
 OBJECTIVES = ("advantage", "bc")
 
 
-def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_collections.ConfigDict,
-                adapter: str = "lora") -> Trainer:
+def make_expand(
+    actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_collections.ConfigDict, adapter: str = "lora"
+) -> Trainer:
     """A new skill on target data with the weighted diffusion loss (config: steps, batch_size,
     learning_rate, cosine, weight_decay, ema, log_every, objective) and a critic of kind
     ``critic_config.kind``. ``adapter``: "lora" / "mlp" (must match ``actor.kind``) or "full" (scratch).
@@ -165,8 +169,9 @@ def make_expand(actor: Actor, c: ml_collections.ConfigDict, critic_config: ml_co
             # only the adapter is optimised; its scale is configuration (actor.as_skills)
             params = actor.init_skill(prng.stream(key, "skill"), inputs.base).params
         critic_state = critic.init(prng.stream(key, "critic")) if inputs.critic is None else inputs.critic
-        return StageState(params, params, tx.init(params), critic_state, jnp.zeros((), jnp.int32),
-                          prng.stream(key, "steps"))
+        return StageState(
+            params, params, tx.init(params), critic_state, jnp.zeros((), jnp.int32), prng.stream(key, "steps")
+        )
 
     def loss_fn(params, base, batch, weights, key):
         kn, kd = jax.random.split(key)
@@ -245,8 +250,7 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
 
     def init(key, inputs: ComposeInputs):
         params = composer.init(prng.stream(key, "composer"))
-        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32),
-                          prng.stream(key, "steps"))
+        return StageState(params, params, tx.init(params), None, jnp.zeros((), jnp.int32), prng.stream(key, "steps"))
 
     def loss_fn(params, inputs: ComposeInputs, batch, key):
         kn, kd = jax.random.split(key)
@@ -256,8 +260,9 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
             a = jnp.einsum("bj,bja->ba", w, batch.component_actions)
             return jnp.mean(jnp.sum((a - batch.actions) ** 2, -1)), {"weight_mean": jnp.mean(w)}
         a_t, t, eps = diffusion.noisy_actions(actor.schedule, batch.actions, kn)
-        eps_hat = policy.composed_eps(actor, inputs.base, inputs.skills, mode, w, s, a_t, t,
-                                      kd if c.network_dropout else None)
+        eps_hat = policy.composed_eps(
+            actor, inputs.base, inputs.skills, mode, w, s, a_t, t, kd if c.network_dropout else None
+        )
         loss = diffusion.noise_loss(eps_hat, eps)
         if not alpha_reg:
             return loss, {"weight_mean": jnp.mean(w)}
@@ -269,8 +274,9 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
         idx = jax.random.randint(kb, (c.batch_size,), 0, data.size)
         if (mode == "action") != (inputs.actions is not None):
             raise ValueError(f"compose: ComposeInputs.actions must be given in action mode only (mode {mode!r})")
-        batch = _ComposeBatch(data.observations[idx], data.actions[idx],
-                              inputs.actions[idx] if mode == "action" else None)
+        batch = _ComposeBatch(
+            data.observations[idx], data.actions[idx], inputs.actions[idx] if mode == "action" else None
+        )
         state, loss, aux = _sgd(loss_fn, tx, state, 1.0, inputs, batch, kl)
         return state, {"compose_loss": loss, **aux}
 

@@ -18,5 +18,14 @@ from psec_jax.routing.routers import top_k, top_p
 from psec_jax.routing.table import ROUTERS, Router, get_router
 from psec_jax.routing.types import RouteOutput, Sorted, invert_permutation, sort_assignments
 
-__all__ = ["top_k", "top_p", "ROUTERS", "Router", "get_router", "RouteOutput", "Sorted", "invert_permutation",
-           "sort_assignments"]
+__all__ = [
+    "top_k",
+    "top_p",
+    "ROUTERS",
+    "Router",
+    "get_router",
+    "RouteOutput",
+    "Sorted",
+    "invert_permutation",
+    "sort_assignments",
+]

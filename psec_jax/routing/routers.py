@@ -73,8 +73,9 @@ def _finite_rows(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
     return bad, jnp.where(bad[:, None], jax.nn.one_hot(0, probs.shape[-1], dtype=probs.dtype), probs)
 
 
-def _poison(bad: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array
-            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _poison(
+    bad: jax.Array, ids: jax.Array, weights: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Bad tokens: one slot (expert 0) with weight NaN; the rest masked."""
     first = jnp.arange(ids.shape[-1]) == 0
     mask = jnp.where(bad[:, None], first, mask)
@@ -96,8 +97,7 @@ def renormalize_weights(weights: jax.Array) -> jax.Array:
     return weights / jnp.maximum(weights.sum(-1, keepdims=True), jnp.finfo(weights.dtype).tiny)
 
 
-def top_k(logits: jax.Array, k: int, *, renormalize: bool = False, probs: jax.Array | None = None
-          ) -> RouteOutput:
+def top_k(logits: jax.Array, k: int, *, renormalize: bool = False, probs: jax.Array | None = None) -> RouteOutput:
     """Route every token to its k most probable experts.
 
     Args:
@@ -202,8 +202,9 @@ def _sorted_prefix(probs: jax.Array, p, max_k: int) -> tuple[jax.Array, jax.Arra
     return jax.lax.cond(complete, lambda: (pad(s0), pad(i0), pad(_kept(over0))), full)
 
 
-def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False,
-          probs: jax.Array | None = None) -> RouteOutput:
+def top_p(
+    logits: jax.Array, p: float, max_k: int | None = None, *, renormalize: bool = False, probs: jax.Array | None = None
+) -> RouteOutput:
     """Dynamic top-p routing (see the module docstring for the exact rule and edge cases).
 
     Args:
@@ -227,5 +228,4 @@ def top_p(logits: jax.Array, p: float, max_k: int | None = None, *, renormalize:
     if renormalize:
         weights = renormalize_weights(weights)
     ids, weights, mask = _poison(bad, ids_all[:, :max_k].astype(jnp.int32), weights, mask)
-    return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits,
-                       (wanted > max_k) & ~bad)
+    return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits, (wanted > max_k) & ~bad)

@@ -36,13 +36,27 @@ class Router:
     fused: bool = False  # the Pallas routing kernel implements it (routing dispatch "fused")
 
 
-def _top_k(logits: jax.Array, *, k: int, p=None, max_k: int | None = None, renormalize: bool = False,
-           probs: jax.Array | None = None) -> RouteOutput:
+def _top_k(
+    logits: jax.Array,
+    *,
+    k: int,
+    p=None,
+    max_k: int | None = None,
+    renormalize: bool = False,
+    probs: jax.Array | None = None,
+) -> RouteOutput:
     return routers.top_k(logits, k, renormalize=renormalize, probs=probs)
 
 
-def _top_p(logits: jax.Array, *, k: int | None = None, p=0.4, max_k: int | None = None, renormalize: bool = False,
-           probs: jax.Array | None = None) -> RouteOutput:
+def _top_p(
+    logits: jax.Array,
+    *,
+    k: int | None = None,
+    p=0.4,
+    max_k: int | None = None,
+    renormalize: bool = False,
+    probs: jax.Array | None = None,
+) -> RouteOutput:
     return routers.top_p(logits, p, max_k, renormalize=renormalize, probs=probs)
 
 

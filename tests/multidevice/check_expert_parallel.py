@@ -15,13 +15,19 @@ E, D, F, T = 8, 16, 32, 64
 def loss_fn(backend, **kw):
     def loss(params, x):
         y, aux, stats = moe.moe_apply(params, x, moe.MoEConfig(router="top_p", p=0.6, backend=backend, **kw))
-        return jnp.sum(y ** 2) + aux["total"], (y, stats["dropped_fraction"])
+        return jnp.sum(y**2) + aux["total"], (y, stats["dropped_fraction"])
+
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
 
-@pytest.mark.parametrize("axes", [{"data": 2, "expert": 4},
-                                  pytest.param({"data": 1, "fsdp": 2, "expert": 2, "model": 2}, marks=pytest.mark.slow),
-                                  pytest.param({"data": 8, "expert": 1}, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "axes",
+    [
+        {"data": 2, "expert": 4},
+        pytest.param({"data": 1, "fsdp": 2, "expert": 2, "model": 2}, marks=pytest.mark.slow),
+        pytest.param({"data": 8, "expert": 1}, marks=pytest.mark.slow),
+    ],
+)
 def test_expert_parallel_equals_one_device_values_and_gradients(axes):
     params = moe.init_moe(jax.random.key(0), D, F, E)
     x = jax.random.normal(jax.random.key(1), (T, D))
@@ -53,7 +59,14 @@ def test_expert_parallel_rejects_experts_that_do_not_split_over_the_axis():
 def test_emulated_ragged_all_to_all_matches_the_documented_example():
     # the example of jax.lax.ragged_all_to_all's docstring, axis of size 2
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
-    args = [[[1, 2, 2], [3, 4, 0]], [[0] * 4] * 2, [[0, 1], [0, 1]], [[1, 2], [1, 1]], [[0, 0], [1, 2]], [[1, 1], [2, 1]]]
+    args = [
+        [[1, 2, 2], [3, 4, 0]],
+        [[0] * 4] * 2,
+        [[0, 1], [0, 1]],
+        [[1, 2], [1, 1]],
+        [[0, 0], [1, 2]],
+        [[1, 1], [2, 1]],
+    ]
 
     def one(op, out, *ints):
         return moe.ragged_all_to_all_emulated(op[0], out[0], *(i[0] for i in ints), axis_name="x")[None]
@@ -63,8 +76,10 @@ def test_emulated_ragged_all_to_all_matches_the_documented_example():
     np.testing.assert_array_equal(got, [[1, 3, 0, 0], [2, 2, 4, 0]])
 
 
-@pytest.mark.parametrize("axes", [{"data": 2, "expert": 4},
-                                  pytest.param({"data": 1, "fsdp": 2, "expert": 2, "model": 2}, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "axes",
+    [{"data": 2, "expert": 4}, pytest.param({"data": 1, "fsdp": 2, "expert": 2, "model": 2}, marks=pytest.mark.slow)],
+)
 @pytest.mark.parametrize("skewed", [False, True])
 def test_ragged_exchange_equals_one_device_and_drops_nothing(axes, skewed):
     params = moe.init_moe(jax.random.key(0), D, F, E)

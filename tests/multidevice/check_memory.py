@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from psec_jax.configs import lm_moe as lm_config
 from psec_jax import parallel
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax.models import pipeline, sharding
 from psec_jax.models import train as lm_train
 from psec_jax.parallel import memory
@@ -25,8 +25,10 @@ def test_memory_of_a_sharded_lm_step_holds_each_device_s_shards():
     state_sh = sharding.state_shardings(trainer, mesh)
     state = memory.abstract(jax.eval_shape(trainer.init, jax.random.key(0)), state_sh)
     batch_sh = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
-    batch = memory.abstract(pipeline.Batch(*(jax.ShapeDtypeStruct((1, 8, 16), t)
-                                             for t in (jnp.int32, jnp.int32, jnp.float32, jnp.int8))), batch_sh)
+    batch = memory.abstract(
+        pipeline.Batch(*(jax.ShapeDtypeStruct((1, 8, 16), t) for t in (jnp.int32, jnp.int32, jnp.float32, jnp.int8))),
+        batch_sh,
+    )
     with jax.set_mesh(mesh):
         step = jax.jit(trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None))
         report = memory.compiled_memory(step, state, batch, jax.ShapeDtypeStruct((), jnp.float32))

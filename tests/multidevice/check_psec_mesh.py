@@ -25,8 +25,9 @@ def test_psec_stage_seeds_split_over_config_mesh_data(tmp_path):
     outs = {}
     for n in (-1, 2):
         config = ml_collections.ConfigDict({"mesh": {"data": n}, "num_seeds": 8})
-        state, _ = pipeline.run_stage(trainer, keys, inputs, data, workdir=tmp_path / str(n), config=config,
-                                      desc=f"mesh{n}")
+        state, _ = pipeline.run_stage(
+            trainer, keys, inputs, data, workdir=tmp_path / str(n), config=config, desc=f"mesh{n}"
+        )
         outs[n] = state
         devices = {s.device for s in jax.tree.leaves(state.params)[0].addressable_shards}
         assert len(devices) == (8 if n == -1 else 2)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from psec_jax.configs import lm_moe as lm_config
 from psec_jax import parallel
+from psec_jax.configs import lm_moe as lm_config
 from psec_jax.models import pipeline, sharding
 from psec_jax.models import train as lm_train
 from psec_jax.rl import config as rl_config
@@ -27,8 +27,9 @@ def test_psec_stage_sweep_splits_seeds_over_devices_and_equals_one_device():
     trainer = train.make_pretrain(actor, stage_config(steps=4))
     keys, data = jax.random.split(jax.random.key(3), 8), random_data(256)
     one = jax.devices()[0]
-    ref = jax.jit(jax.vmap(trainer.train, in_axes=(0, None, None)))(jax.device_put(keys, one), train.PretrainInputs(),
-                                                                     jax.device_put(data, one))
+    ref = jax.jit(jax.vmap(trainer.train, in_axes=(0, None, None)))(
+        jax.device_put(keys, one), train.PretrainInputs(), jax.device_put(data, one)
+    )
     run = parallel.sweep(trainer.train, in_axes=(0, None, None))
     out = run(keys, train.PretrainInputs(), data)
     assert run.mesh(keys, train.PretrainInputs(), data).shape["data"] == 8
@@ -41,7 +42,9 @@ def test_psec_stage_sweep_splits_seeds_over_devices_and_equals_one_device():
     # 6 seeds: the default mesh takes the 6 devices that divide them; a given 8-device mesh refuses
     assert parallel.sweep(trainer.train, (0, None, None)).mesh(keys[:6], train.PretrainInputs(), data).size == 6
     with pytest.raises(ValueError, match="6 members do not split over the 8 devices of mesh axis 'data'"):
-        parallel.sweep(trainer.train, (0, None, None), mesh=parallel.make_mesh())(keys[:6], train.PretrainInputs(), data)
+        parallel.sweep(trainer.train, (0, None, None), mesh=parallel.make_mesh())(
+            keys[:6], train.PretrainInputs(), data
+        )
 
 
 def tiny_lm(backend):
@@ -53,8 +56,12 @@ def tiny_lm(backend):
 def random_batches(steps=2, rows=8, length=16, vocab=384):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab, (steps, rows, length + 1)).astype(np.int32)
-    return pipeline.Batch(tokens[..., :-1], tokens[..., 1:], np.ones((steps, rows, length), np.float32),
-                          np.full((steps, rows, length), -1, np.int8))
+    return pipeline.Batch(
+        tokens[..., :-1],
+        tokens[..., 1:],
+        np.ones((steps, rows, length), np.float32),
+        np.full((steps, rows, length), -1, np.int8),
+    )
 
 
 @pytest.mark.parametrize("backend", [pytest.param("dropless", marks=pytest.mark.slow), "expert_parallel"])
@@ -76,7 +83,12 @@ def test_lm_chunk_sharded_fsdp_data_expert_equals_one_device(backend):
         chunk = jax.jit(trainer.chunk, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None))
         new_state, metrics = chunk(sharded, jax.device_put(batches, batch_sh), jnp.float32(0.4))
     gate = new_state.params["groups"]["moe"]["moe"]["experts"]["gate"]  # [G, E, d, f]
-    assert gate.sharding.spec == P(None, "expert", "fsdp", None) and gate.addressable_shards[0].data.shape == (2, 2, 16, 32)
+    assert gate.sharding.spec == P(None, "expert", "fsdp", None) and gate.addressable_shards[0].data.shape == (
+        2,
+        2,
+        16,
+        32,
+    )
     assert_trees_close((metrics["loss"], metrics["total_loss"]), (ref["loss"], ref["total_loss"]))
     assert_trees_close(new_state.params, ref_state.params)  # after 2 AdamW steps
 
@@ -94,6 +106,7 @@ def test_constrain_pins_logical_axes_on_auto_axes_only():
 
     def inside(a):  # inside shard_map over data, only fsdp and expert are left to constrain
         return parallel.constrain(a, ("batch", None, None))
+
     with jax.set_mesh(mesh):
         out = jax.jit(jax.shard_map(inside, mesh=mesh, in_specs=P("data"), out_specs=P("data"), axis_names={"data"}))(x)
     assert out.shape == x.shape

@@ -13,5 +13,8 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def eight_devices():
     if jax.device_count() < 8:
-        pytest.exit(f"the multi-device checks need 8 devices, found {jax.device_count()} "
-                    "(set XLA_FLAGS=--xla_force_host_platform_device_count=8)", returncode=3)
+        pytest.exit(
+            f"the multi-device checks need 8 devices, found {jax.device_count()} "
+            "(set XLA_FLAGS=--xla_force_host_platform_device_count=8)",
+            returncode=3,
+        )

@@ -84,24 +84,17 @@ def _check_layout(shapes: Mapping[str, tuple[int, ...]], source: str) -> int:
         rank = _FIELDS[key].rank
         squeezable = rank == 1 and len(shape) == 2 and shape[1] == 1
         if len(shape) != rank and not squeezable:
-            raise DatasetError(
-                f"{source}: key '{key}' has shape {shape}, expected {_expected(key)}"
-            )
+            raise DatasetError(f"{source}: key '{key}' has shape {shape}, expected {_expected(key)}")
     ref = "observations" if "observations" in shapes else next(iter(shapes))
     n = shapes[ref][0]
     for key, shape in shapes.items():
         if shape[0] != n:
-            raise DatasetError(
-                f"{source}: key '{key}' has length {shape[0]} but '{ref}' has length {n}"
-            )
+            raise DatasetError(f"{source}: key '{key}' has length {shape[0]} but '{ref}' has length {n}")
     if n == 0:
         raise DatasetError(f"{source}: key '{ref}' holds no transitions (length 0)")
     obs, next_obs = shapes.get("observations"), shapes.get("next_observations")
     if obs is not None and next_obs is not None and obs[1:] != next_obs[1:]:
-        raise DatasetError(
-            f"{source}: key 'next_observations' has shape {next_obs} "
-            f"but 'observations' has shape {obs}"
-        )
+        raise DatasetError(f"{source}: key 'next_observations' has shape {next_obs} but 'observations' has shape {obs}")
     return n
 
 
@@ -115,9 +108,7 @@ def _coerce(key: str, array: np.ndarray, source: str) -> np.ndarray:
     if field.rank == 1 and array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != field.rank:
-        raise DatasetError(
-            f"{source}: key '{key}' has shape {array.shape}, expected {_expected(key)}"
-        )
+        raise DatasetError(f"{source}: key '{key}' has shape {array.shape}, expected {_expected(key)}")
     if array.dtype.kind not in "biuf":
         raise DatasetError(f"{source}: key '{key}' has non-numeric dtype {array.dtype}")
     if field.kind == "flag":
@@ -194,9 +185,7 @@ def _encode_metadata(metadata: Mapping[str, Any], source: str) -> dict[str, Any]
                 raise DatasetError(f"{source}: metadata key '{name}': {err}") from err
             json_keys.append(name)
         else:
-            raise DatasetError(
-                f"{source}: metadata key '{name}' has unsupported type {type(value).__name__}"
-            )
+            raise DatasetError(f"{source}: metadata key '{name}' has unsupported type {type(value).__name__}")
     attrs[_JSON_KEYS_ATTR] = json.dumps(json_keys)
     return attrs
 
@@ -282,7 +271,6 @@ def _requested_keys(keys: Iterable[str] | None, present: set[str], source: str) 
         if key not in _FIELDS:
             raise DatasetError(f"{source}: unknown key '{key}' requested; known: {list(_FIELDS)}")
     return wanted
-
 
 
 # --------------------------------------------------------------------------------------------

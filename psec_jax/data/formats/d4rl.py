@@ -50,9 +50,7 @@ def _read_transition_file(
         derive = "next_observations" not in nodes and "next_observations" not in required
         for key in required:
             if key not in nodes:
-                raise DatasetError(
-                    f"{source}: missing required key '{key}' (top-level keys: {sorted(f.keys())})"
-                )
+                raise DatasetError(f"{source}: missing required key '{key}' (top-level keys: {sorted(f.keys())})")
         wanted = _requested_keys(keys, set(nodes), source)
         for key in wanted:
             if key not in nodes and not (key == "next_observations" and derive):
@@ -124,17 +122,13 @@ def save_d4rl(
     def write(f: h5py.File) -> None:
         for key in (*D4RL_KEYS, *OPTIONAL_KEYS):
             if key in arrays:
-                f.create_dataset(
-                    key, data=arrays[key], compression=compression, track_times=False
-                )
+                f.create_dataset(key, data=arrays[key], compression=compression, track_times=False)
         f.create_group(_METADATA_GROUP).attrs.update(attrs)
 
     _write_atomically(path, write)
 
 
-def load_d4rl(
-    path: PathLike, *, keys: Iterable[str] | None = None
-) -> tuple[Transitions, dict[str, Any]]:
+def load_d4rl(path: PathLike, *, keys: Iterable[str] | None = None) -> tuple[Transitions, dict[str, Any]]:
     """Read a D4RL-layout HDF5 file (public D4RL datasets and files from :func:`save_d4rl`).
 
     Reads the top-level datasets ``observations [N, obs_dim]``, ``actions [N, act_dim]``,

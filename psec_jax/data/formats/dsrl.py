@@ -67,9 +67,7 @@ DSRL_SCORE_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def load_dsrl(
-    path: PathLike, *, keys: Iterable[str] | None = None
-) -> tuple[Transitions, dict[str, Any]]:
+def load_dsrl(path: PathLike, *, keys: Iterable[str] | None = None) -> tuple[Transitions, dict[str, Any]]:
     """Read a DSRL (offline safe RL) HDF5 file.
 
     DSRL files have top-level ``observations [N, obs_dim]``, ``next_observations [N, obs_dim]``,

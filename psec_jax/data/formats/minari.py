@@ -72,9 +72,7 @@ def _as_matrix(array: np.ndarray, key: str, source: str) -> np.ndarray:
         return array[:, None]
     if array.ndim == 2:
         return array
-    raise DatasetError(
-        f"{source}: key '{key}' has shape {array.shape}; only [T] or [T, dim] is supported"
-    )
+    raise DatasetError(f"{source}: key '{key}' has shape {array.shape}; only [T] or [T, dim] is supported")
 
 
 def _read_episode(group: h5py.Group, name: str, source: str) -> Transitions | None:
@@ -98,8 +96,7 @@ def _read_episode(group: h5py.Group, name: str, source: str) -> Transitions | No
     for key in _MINARI_STEP_KEYS:
         if len(arrays[key]) != steps:
             raise DatasetError(
-                f"{source}: key '{name}/{key}' has length {len(arrays[key])} "
-                f"but '{name}/rewards' has length {steps}"
+                f"{source}: key '{name}/{key}' has length {len(arrays[key])} but '{name}/rewards' has length {steps}"
             )
     if len(arrays["observations"]) != steps + 1:
         raise DatasetError(
