@@ -283,8 +283,9 @@ def run_experiment(name: str, argv: Sequence[str]) -> int:
 
 
 def _start(name: str, argv: Sequence[str]):
-    """Flags and config, the experiment's module, multi-process set-up and the compilation cache:
-    ``(config, flag_values, module)``; UsageError for mistakes."""
+    """Flags and config, the experiment's module, multi-process set-up, the compilation cache and the
+    experiment's ``check_devices`` (if it has one): ``(config, flag_values, module)``; UsageError for
+    mistakes."""
     with signals.deferred():  # a signal inside a C extension's import (jax, the simulators) crashed Python
         config, _, fv = parse_experiment_flags(name, argv)  # (imports the experiment to check its config)
         from psec_jax import compilation_cache
@@ -299,6 +300,12 @@ def _start(name: str, argv: Sequence[str]):
         compilation_cache.enable(fv.compilation_cache_dir)
     elif fv.compilation_cache:
         compilation_cache.enable()
+    check_devices = getattr(module, "check_devices", None)
+    if check_devices is not None:  # the config against the devices, before the workdir is touched
+        try:
+            check_devices(config)
+        except ValueError as e:
+            raise UsageError(f"{name}: {e}") from None
     return config, fv, module
 
 

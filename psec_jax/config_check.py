@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A config value that cannot work (the message names the field and the value)."""
 
 
+class UsageError(Exception):
+    """A command-line mistake (flags, config, workdir), found before or while a run starts; the CLI reports
+    it as one line on stderr with exit code 2."""
+
+
 def get(config: ml_collections.ConfigDict, field: str) -> Any:
     """The value at the dotted path ``field``; ConfigError if there is none."""
     value = config

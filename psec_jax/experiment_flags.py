@@ -20,14 +20,13 @@ from typing import Any
 
 import ml_collections
 
-from psec_jax import configs, registry
+from psec_jax import config_check, configs, registry
 from psec_jax.runs import one_line
 
 PROG = "psec-jax"
 
 
-class UsageError(Exception):
-    """A command-line mistake; reported as one line on stderr with exit code 2."""
+UsageError = config_check.UsageError  # a command-line mistake: one line on stderr, exit code 2
 
 
 def _config_path(argv: Sequence[str]) -> str | None:

@@ -2,7 +2,9 @@
 
 An experiment is an object with ``run(config, workdir) -> dict`` (its summary) and
 ``check_config(config)`` (ValueError for values that cannot run, before anything is compiled), and
-optionally ``RESUME_MAY_CHANGE`` (config fields a rerun in the same workdir may change). A module can be
+optionally ``RESUME_MAY_CHANGE`` (config fields a rerun in the same workdir may change) and
+``check_devices(config)`` (ValueError for a config the started backend's devices cannot run, e.g. a mesh;
+the CLI calls it before the workdir is touched). A module can be
 one (``psec_jax.smoke``, ``psec_jax.models.runner``); so is each PSEC ``runner.Setting``. Its config is a
 shipped config (``psec_jax.configs``) by name: ``default_config`` is the example the help text shows and
 the reference whose fields every config of the experiment must have.

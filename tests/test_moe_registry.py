@@ -12,6 +12,7 @@ import pytest
 
 from psec_jax import moe, routing
 from psec_jax.configs import lm_moe
+from psec_jax.models import runner
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
 from psec_jax.testing import assert_trees_close
@@ -31,9 +32,8 @@ def first2(logits, *, k, p, max_k, renormalize, probs=None):
 
 @pytest.fixture
 def with_first2(monkeypatch):
-    """ "first2" in the router table for one test (and as an LM stage: the stage table maps names to overrides)."""
+    """ "first2" in the router table for one test (and so an LM stage of that name: nothing else is added)."""
     monkeypatch.setitem(routing.ROUTERS, "first2", routing.Router(first2, uses_k=False, uses_p=False))
-    monkeypatch.setitem(lm_train.STAGES, "first2", {"router": "first2"})
 
 
 def test_a_router_added_to_the_table_runs_in_the_layer(with_first2):
@@ -65,6 +65,16 @@ def test_a_router_added_to_the_table_runs_in_the_lm(with_first2):
     out = jax.jit(lambda p, t: tf.apply(p, t, spec))(params, tokens)
     assert out.logits.shape == (2, 12, config.data.vocab_size) and bool(jnp.all(jnp.isfinite(out.logits)))
     np.testing.assert_array_equal(out.stats["experts_per_token"], np.full((spec.num_groups, 2, 12), 2))
+    config.train.routers = ("first2",)  # the experiment takes it as a stage of that name
+    runner.check_config(config)
+
+
+def test_a_router_marked_fused_that_the_kernel_does_not_implement_is_refused(monkeypatch):
+    from psec_jax.kernels import fused_routing
+
+    monkeypatch.setitem(routing.ROUTERS, "first2", routing.Router(first2, uses_k=False, uses_p=False, fused=True))
+    with pytest.raises(ValueError, match="marked fused, but the kernel implements only"):
+        fused_routing.fused_route(jnp.zeros((4, E)), "first2", p=0.4)
 
 
 def test_the_tables_are_restored_after_a_test(monkeypatch):

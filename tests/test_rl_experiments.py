@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rl_helpers import assert_table_complete, point_env, random_data
 
-from psec_jax import cli, lora
+from psec_jax import cli, lora, registry
 from psec_jax.configs import psec_continual as continual_config
 from psec_jax.configs import psec_dynamics as dynamics_config
 from psec_jax.configs import psec_safe as safe_config
@@ -79,8 +79,8 @@ def test_experiments_are_registered_with_the_cli(tmp_path):
             name, [f"--config={path}:tiny", f"--workdir={tmp_path}", "--config.num_seeds=2"]
         )
         assert config.num_seeds == 2 and config.size == "tiny" and workdir == str(tmp_path)
-        module = __import__(cli.EXPERIMENTS[name].module, fromlist=["main"])
-        assert callable(module.main)
+        experiment = registry.load(name)
+        assert callable(experiment.run) and callable(experiment.check_config)
 
 
 def tiny(module):

@@ -36,11 +36,10 @@ def in_pinned_process() -> bool:
 
 
 def environment() -> dict[str, str]:
-    """This process's environment with XLA pinned to ``ISA`` on the CPU backend (an earlier
-    ``--xla_cpu_max_isa`` in XLA_FLAGS is replaced)."""
+    """This process's environment with XLA pinned to ``ISA`` on the CPU backend and no other XLA flag: the
+    bytes must not depend on the caller's flags (e.g. the test suite's optimisation level)."""
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_cpu_max_isa")]
-    env["XLA_FLAGS"] = " ".join([*flags, FLAG])
+    env["XLA_FLAGS"] = FLAG
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

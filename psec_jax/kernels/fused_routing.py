@@ -54,10 +54,17 @@ class _KernelOut(NamedTuple):
     block_counts: jax.Array  # [NB, K, E + 1] int32 per block, slot and key (key E: slot not in use)
 
 
+# The selection rules the kernel's code implements (k slots; the smallest prefix whose mass crosses p). A
+# router marked `fused` in the table must be one of them: any other is refused, never run as top-p.
+KERNEL_RULES = ("top_k", "top_p")
+
+
 def _check(logits: jax.Array, rule: str, k: int | None, p, max_k: int | None) -> int:
     """Validates the arguments; returns the slot count K."""
     if rule not in ROUTERS or not ROUTERS[rule].fused:
         raise ValueError(f"unknown routing rule {rule!r}; choose from {fused_rules()}")
+    if rule not in KERNEL_RULES:
+        raise ValueError(f"router {rule!r} is marked fused, but the kernel implements only {KERNEL_RULES}")
     routers.check_logits(logits)
     e = logits.shape[-1]
     if rule == "top_k":

@@ -1,11 +1,12 @@
 """How a stage's members (seeds, top-p thresholds) run on the devices: the LM runner's two layouts.
 
-    program = members.program(trainer, config.mesh, config.train.members)
+    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size)
     states = program.init(keys)                          # [M, ...] TrainState
     states, metrics = program.chunk(states, batches, ps)  # batches [S, B, T] on the host, ps [M]
 
 - ``config.mesh`` with fsdp = expert = model = 1 (the default): no model sharding; the members are split
-  over the devices (``parallel.sweep``), each member's whole batch on its device.
+  over ``mesh.data`` devices (``parallel.sweep``; -1: as many as divide the member count), each member's
+  whole batch on its device.
 - Otherwise a sharded run: the devices form the mesh ``config.mesh`` (axes data, fsdp, expert, model; -1
   takes the devices the others leave), the members run one after another (``lax.map``), and each has its
   batch split over data x fsdp x expert and its weights over fsdp / expert / model by the logical axes
@@ -59,11 +60,13 @@ def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, 
     per step (a batch the batch axes do not divide stays whole on every device)."""
     evaluate = lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p)
     if not is_sharded(mesh_config):
-        chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=members)
+        n = mesh_config.data  # -1: the sweep's default, as many devices as divide the member count
+        over = None if n == -1 else parallel.make_mesh({"data": n}, jax.devices()[:n])
+        chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=members, mesh=over)
         return Program(
-            parallel.sweep(trainer.init),
+            parallel.sweep(trainer.init, mesh=over),
             lambda s, b, ps: chunk(s, jax.tree.map(jnp.asarray, b), ps),
-            parallel.sweep(evaluate, in_axes=(0, None, None, 0), members="map"),
+            parallel.sweep(evaluate, in_axes=(0, None, None, 0), members="map", mesh=over),
             None,
         )
     mesh = parallel.make_mesh(mesh_config)

@@ -24,10 +24,11 @@ from jax.experimental import multihost_utils
 
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, progress, runs
-from psec_jax.experiment_flags import UsageError
+from psec_jax.config_check import UsageError
 from psec_jax.models import members, pipeline, report, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
+from psec_jax.moe import BACKENDS
 from psec_jax.parallel import distributed
 
 
@@ -100,9 +101,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.data.task_rows > config.data.batch_size:
         raise cc.ConfigError(f"data.task_rows={config.data.task_rows} exceeds data.batch_size={config.data.batch_size}")
-    if not config.train.routers or set(config.train.routers) - set(lm_train.ROUTERS):
+    if not config.train.routers or set(config.train.routers) - set(lm_train.stage_names()):
         raise cc.ConfigError(
-            f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.ROUTERS}"
+            f"train.routers={tuple(config.train.routers)} must be a non-empty subset of {lm_train.stage_names()}"
         )
     if len(set(config.train.routers)) != len(config.train.routers):
         raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} repeats a router")
@@ -135,17 +136,39 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """ConfigError (one line) for a `config.mesh` that cannot be laid out: sizes positive or -1 (at most
-    one), and with `num_devices` given (the run knows them once the backend is up) a product that uses
-    exactly those devices."""
+    one), a back-end that needs a mesh only with a sharded one, and with `num_devices` given (the run knows
+    them once the backend is up) a product that uses exactly those devices, or, without model axes, a
+    `mesh.data` that divides every stage's member count."""
     for axis in parallel.AXES:
         size = config.mesh[axis]
         if size != -1 and size < 1:
             raise cc.ConfigError(f"mesh.{axis}={size} must be a positive int or -1 (the devices the others leave)")
-    if num_devices is not None and members.is_sharded(config.mesh):
+    sharded = members.is_sharded(config.mesh)
+    if BACKENDS[config.model.backend].mesh and not sharded:
+        raise cc.ConfigError(
+            f"model.backend={config.model.backend!r} needs a mesh with an expert axis: set config.mesh.expert"
+        )
+    if num_devices is None:
+        return
+    if sharded:
         try:
             parallel.mesh_shape(config.mesh, num_devices)
         except ValueError as e:
             raise cc.ConfigError(f"config.mesh: {e}") from None
+    elif config.mesh.data != -1:
+        if config.mesh.data > num_devices:
+            raise cc.ConfigError(f"mesh.data={config.mesh.data}: only {num_devices} devices are available")
+        for stage in stages(config):
+            if len(stage.members) % config.mesh.data:
+                raise cc.ConfigError(
+                    f"mesh.data={config.mesh.data} does not divide stage {stage.name}'s {len(stage.members)} members"
+                )
+
+
+def check_devices(config: ml_collections.ConfigDict) -> None:
+    """`check_mesh` against the devices of the started backend (the CLI runs it before the workdir is
+    touched)."""
+    check_mesh(config, jax.device_count())
 
 
 def check_data_sizes(config: ml_collections.ConfigDict) -> None:
@@ -399,10 +422,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.dry_run:
         return counts
     started, commit = time.perf_counter(), runs.git_commit()  # the code that runs, read before it does
-    try:
-        check_mesh(config, jax.device_count())
-    except cc.ConfigError as e:
-        raise UsageError(f"lm_moe: {e}") from None
+    check_devices(config)
     if members.is_sharded(config.mesh):
         shape = parallel.mesh_shape(config.mesh, jax.device_count())
         say(

@@ -31,16 +31,35 @@ from psec_jax.models import transformer as tf
 from psec_jax.models.pipeline import Batch
 from psec_jax.models.tasks import NUM_LABELS
 from psec_jax.moe import MoEConfig
+from psec_jax.routing import ROUTERS as ROUTER_TABLE
 from psec_jax.routing import get_router
 
-# The LM's stages by name -> MoEConfig overrides. The names are the experiment's (workdirs, committed
+# The LM's named stages -> MoEConfig overrides. The names are the experiment's (workdirs, committed
 # results), not router names: the router is the override's `router`, a name in psec_jax.routing.ROUTERS.
+# Any other router of that table is a stage too, under its own name (`stage_overrides`).
 STAGES: dict[str, dict[str, Any]] = {
     "top1": {"router": "top_k", "k": 1},
     "top2": {"router": "top_k", "k": 2},
     "top_p": {"router": "top_p"},
 }
-ROUTERS = tuple(STAGES)  # the stage names (`config.train.routers` chooses among them)
+
+
+def stage_names() -> tuple[str, ...]:
+    """Every name `config.train.routers` may hold: the named stages, then every other router in the table."""
+    return tuple(STAGES) + tuple(name for name in ROUTER_TABLE if name not in STAGES)
+
+
+def stage_overrides(stage: str) -> dict[str, Any]:
+    """The MoEConfig overrides of a stage: its entry in `STAGES`, else {"router": stage} for a router of
+    the table; ValueError for anything else."""
+    if stage in STAGES:
+        return STAGES[stage]
+    if stage in ROUTER_TABLE:
+        return {"router": stage}
+    raise ValueError(f"unknown router {stage!r}; choose from {stage_names()}")
+
+
+ROUTERS = tuple(STAGES)  # the experiment's default stage names (`config.train.routers`: any of stage_names())
 
 
 @struct.dataclass
@@ -66,10 +85,8 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
     """The MoE layers' config of a stage (a name in `STAGES`): `config.model`'s dispatch choices,
     `config.router`'s threshold and loss weights, and the stage's overrides. The dynamic (entropy) loss
     only weighs on routers that use p (a variable expert count); 0 for the others."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown router {stage!r}; choose from {tuple(STAGES)}")
+    overrides = stage_overrides(stage)
     m, r = config.model, config.router
-    overrides = STAGES[stage]
     dynamic = get_router(overrides.get("router", MoEConfig.router)).uses_p
     base = dict(
         p=r.p,

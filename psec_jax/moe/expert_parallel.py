@@ -2,7 +2,7 @@
 
     mesh = psec_jax.parallel.make_mesh({"data": 2, "expert": 4})
     with jax.set_mesh(mesh):
-        y, aux, stats = moe_apply(params, x, backend="expert_parallel")   # under jit or not
+        y, aux, stats = moe_apply(params, x, MoEConfig(backend="expert_parallel"))   # under jit or not
 
 Inside `jax.shard_map`, each device holds its tokens (sharded over every token axis of the mesh:
 data, fsdp, expert) and E / n experts (n = the expert axis's size). Per device, as the `capacity`

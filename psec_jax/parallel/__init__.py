@@ -2,7 +2,7 @@
 
     from psec_jax import parallel
     mesh = parallel.make_mesh({"data": -1, "expert": 2})   # axes data, fsdp, expert, model
-    with jax.set_mesh(mesh): ...                           # e.g. moe_apply(..., backend="expert_parallel")
+    with jax.set_mesh(mesh): ...            # e.g. moe_apply(params, x, MoEConfig(backend="expert_parallel"))
 
 Modules: mesh (mesh from a config, logical-axis rules, sharding pytrees), sweep (vmapped members
 split over the data axis), distributed (multi-process runs: `jax.distributed`, process-0 logging,

@@ -2,7 +2,8 @@
 
     mesh = make_mesh(get_config())                       # axes (data, fsdp, expert, model); data = the rest
     spec = logical_spec(("batch", "embed"))              # PartitionSpec(("data", "fsdp"), None) ...
-    params = shard(params, lm_param_specs(params), mesh) # every leaf placed by its logical axes
+    params = shard(params, specs, mesh)                  # every leaf placed by its PartitionSpec (e.g. the
+                                                         # LM's psec_jax.models.sharding.param_specs)
 
 Mesh axes (all four always exist, size 1 when unused, so one set of rules serves every mesh):
 - `data`: replicas that see different data: the batch, or the members of a vmapped sweep;

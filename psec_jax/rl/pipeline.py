@@ -4,6 +4,7 @@ config checks every setting shares.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -42,14 +43,16 @@ def run_stage(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
     desc: str,
+    devices: int = -1,
 ) -> tuple[train.StageState, list[dict]]:
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
     with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records.
-    The seeds are split over ``config.mesh.data`` devices (`parallel.sweep`; -1: as many as divide the
-    seed count)."""
+    ``config`` is what the checkpoints are checked against. The seeds are split over ``devices`` devices
+    (`parallel.sweep`, e.g. ``config.mesh.data``; -1: as many as divide the seed count; a stage of fewer
+    seeds, e.g. a shared pi_0's one, over as many of them as divide its count)."""
     check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
-    mesh = seed_mesh(config)
+    mesh = seed_mesh(devices, keys.shape[0])
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
     init = parallel.sweep(trainer.init, members="map", mesh=mesh)
@@ -63,17 +66,19 @@ def run_stage(
         workdir=workdir,
         config=config,
         desc=desc,
+        resume_may_change=("mesh.data",),  # the seeds' devices: the results are the same
     )
 
 
-def seed_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
-    """The mesh whose ``data`` axis the seeds are split over: ``config.mesh.data`` devices, or None (the
-    sweep's default) for -1; ValueError when there are fewer devices."""
-    n = config.mesh.data
-    if n == -1:
+def seed_mesh(devices: int, num_seeds: int) -> jax.sharding.Mesh | None:
+    """The mesh whose ``data`` axis ``num_seeds`` seeds are split over: the largest divisor of them among
+    the first ``devices`` devices, or None (the sweep's default) for -1; ValueError when the backend has
+    fewer devices."""
+    if devices == -1:
         return None
-    if n > jax.device_count():
-        raise ValueError(f"config.mesh.data={n}: only {jax.device_count()} devices are available")
+    if devices > jax.device_count():
+        raise ValueError(f"config.mesh.data={devices}: only {jax.device_count()} devices are available")
+    n = math.gcd(devices, num_seeds)
     return parallel.make_mesh({"data": n}, jax.devices()[:n])
 
 

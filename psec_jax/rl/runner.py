@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +74,12 @@ class Setting:
     # config -> (pi_0's data name, evaluation env name) that ``prepare`` uses without overrides; a given
     # pi_0 (config.pretrained) is checked against them before anything is loaded
     pi0_source: Callable[[ml_collections.ConfigDict], tuple[str, str]] | None = None
+
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = ("mesh.data",)  # the seeds' devices: results are the same
+
+    def check_devices(self, config: ml_collections.ConfigDict) -> None:
+        """ValueError unless the started backend has the ``config.mesh.data`` devices the seeds split over."""
+        pipeline.seed_mesh(config.mesh.data, config.num_seeds)
 
     def check_config(self, config: ml_collections.ConfigDict, given: Collection[str] = ()) -> None:
         """``check_config(self, ...)``: what the CLI runs before anything is loaded or compiled."""
@@ -148,7 +154,14 @@ def run(
     def stage(trainer, key_name, inputs, d, name, seeds=n):
         keys = pipeline.seed_keys(config.seed, seeds, key_name)
         return pipeline.run_stage(
-            trainer, keys, inputs, d, workdir=workdir / "stages" / name, config=config, desc=name
+            trainer,
+            keys,
+            inputs,
+            d,
+            workdir=workdir / "stages" / name,
+            config=config,
+            desc=name,
+            devices=config.mesh.data,
         )[0]
 
     # which skill kinds the methods compose or apply; acting by a skill's critic also needs the skill

@@ -33,7 +33,9 @@ class Router:
     route: RouteFn  # the routing function (`RouteFn`)
     uses_k: bool  # reads `k` (a fixed expert count, checked against E by the LM's Spec)
     uses_p: bool  # reads the threshold `p` (a variable expert count, up to max_k slots)
-    fused: bool = False  # the Pallas routing kernel implements it (routing dispatch "fused")
+    # the Pallas routing kernel implements it (routing dispatch "fused"): only for the kernel's own rules,
+    # psec_jax.kernels.fused_routing.KERNEL_RULES (top_k, top_p), which refuses any other name
+    fused: bool = False
 
 
 def _top_k(

@@ -24,13 +24,18 @@ def test_psec_stage_seeds_split_over_config_mesh_data(tmp_path):
     inputs = jax.tree.map(lambda x: x, train.PretrainInputs())
     outs = {}
     for n in (-1, 2):
-        config = ml_collections.ConfigDict({"mesh": {"data": n}, "num_seeds": 8})
+        config = ml_collections.ConfigDict({"seeds": 8})
         state, _ = pipeline.run_stage(
-            trainer, keys, inputs, data, workdir=tmp_path / str(n), config=config, desc=f"mesh{n}"
+            trainer, keys, inputs, data, workdir=tmp_path / str(n), config=config, devices=n, desc=f"mesh{n}"
         )
         outs[n] = state
         devices = {s.device for s in jax.tree.leaves(state.params)[0].addressable_shards}
         assert len(devices) == (8 if n == -1 else 2)
     assert_trees_close(outs[2].params, outs[-1].params)
+    # a stage of one seed (a shared pi_0) with mesh.data=2 runs on one device
+    one, _ = pipeline.run_stage(
+        trainer, keys[:1], inputs, data, workdir=tmp_path / "one", config=config, desc="one", devices=2
+    )
+    assert_trees_close(jax.tree.map(lambda x: x[0], one.params), jax.tree.map(lambda x: x[0], outs[-1].params))
     with pytest.raises(ValueError, match="config.mesh.data=16: only 8 devices"):
-        pipeline.seed_mesh(ml_collections.ConfigDict({"mesh": {"data": 16}}))
+        pipeline.seed_mesh(16, 8)
