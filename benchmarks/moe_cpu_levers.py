@@ -88,6 +88,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="timed calls per measurement (the best is kept)")
     p.add_argument("--out", default="moe_cpu_levers")
     p.add_argument("--child", choices=["stacked", "split"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--allow_busy", action="store_true", help="keep ratios measured while other processes used the machine"
+    )
     args = p.parse_args()
     if args.child:
         return child(args.child, args.T, args.reps)
@@ -95,11 +98,15 @@ def main() -> None:
     from psec_jax import bench, runs
 
     rows = []
+    load = bench.LoadMonitor().start()  # the whole run (each lever's span is judged on its own too)
     for name in args.levers:
         layout, tunables, flags = LEVERS[name]
         env = {**os.environ, "GLIBC_TUNABLES": tunables, "XLA_FLAGS": flags}
         cmd = [sys.executable, __file__, "--child", layout, "--reps", str(args.reps), "--T", *map(str, args.T)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        with bench.LoadMonitor() as span:  # the child's own CPU time is this process's (a waited child)
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        lever_load = span.report()
+        print(bench.describe_load(lever_load), flush=True)
         for line in out.splitlines():
             if line.startswith("{"):
                 row = {
@@ -108,17 +115,27 @@ def main() -> None:
                     "GLIBC_TUNABLES": tunables,
                     "XLA_FLAGS": flags,
                     **json.loads(line),
+                    "machine_quiet": lever_load["quiet"],
+                    "others_share": lever_load["others_share"],
                 }
+                if not (lever_load["quiet"] or args.allow_busy):  # a ratio from a busy machine is not evidence
+                    row["speedup_vs_torch"] = None
                 rows.append(row)
                 print(
                     f"{name:<30} T={row['T']:<6} {row['mode']:<8} dropless {row['dropless_ms']:8.1f} ms  "
                     f"torch {row['torch_ms'] or float('nan'):8.1f} ms  {row['speedup_vs_torch'] or float('nan'):.2f}x",
                     flush=True,
                 )
-        bench.write_results(args.out, rows, {"args": vars(args), "complete": False}, directory=RESULTS)
+        bench.write_results(
+            args.out, rows, {"args": vars(args), "complete": False}, directory=RESULTS, load=load.report()
+        )
     print()
     print(runs.format_table(rows, ["lever", "T", "mode", "dropless_ms", "torch_ms", "speedup_vs_torch"], ".3g"))
-    path = bench.write_results(args.out, rows, {"args": vars(args), "complete": True}, directory=RESULTS)
+    load.stop()
+    print(bench.describe_load(load.report()))
+    path = bench.write_results(
+        args.out, rows, {"args": vars(args), "complete": True}, directory=RESULTS, load=load.report()
+    )
     print(f"\nwrote {path}")
 
 

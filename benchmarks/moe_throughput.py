@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -170,9 +171,18 @@ def d_ff_of(d: int) -> int:
     return 2816 if d == 1024 else int(round(2.75 * d / 64)) * 64
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """The issue's targets, per (T, E, d): best back-end vs the torch loop, its roofline fraction,
-    and what top-p costs over top-k at the same mean experts per token."""
+def torch_version() -> str | None:
+    """The installed PyTorch's version (None without it)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def summarize(rows: list[dict], ratios: bool = True) -> list[dict]:
+    """The issue's targets, per (T, E, d): best back-end vs the torch loop (only with ``ratios``: a run on a
+    quiet machine), its roofline fraction, and what top-p costs over top-k at the same mean experts per
+    token."""
     out = []
     by = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
     for t, e, d in sorted({(r["T"], r["E"], r["d"]) for r in rows}):
@@ -196,7 +206,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "roofline_fraction": best["roofline_fraction"],
                 "machine_speed": best.get("machine_speed"),
             }
-            if torch_rows:
+            if torch_rows and ratios:
                 row["speedup_vs_torch"] = torch_rows[0]["ms"] / best["ms"]
             # layer cost per activated (token, expert) pair, top-p over top-2, best back-end each
             top2 = [
@@ -264,7 +274,13 @@ def main() -> None:
         "path, its time is not the kernel's)",
     )
     p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
+    p.add_argument(
+        "--allow_busy",
+        action="store_true",
+        help="report ratios to the torch loop even when other processes used the machine during the run",
+    )
     args = p.parse_args()
+    load = bench.LoadMonitor().start()  # the whole run: a ratio is evidence only from a quiet machine
     if args.malloc == "hugepages":
         use_hugepages()
     ceil = ceilings()
@@ -373,8 +389,10 @@ def main() -> None:
                 "args": vars(args),
                 "complete": False,
                 "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+                "torch": torch_version(),
             },
             directory=RESULTS,
+            load=load.report(),
         )
     end = ceilings()  # again at the end; the best of these and the in-turn probes is the ceiling
     ceil = {k: max(ceil[k], end[k]) for k in ceil}
@@ -402,7 +420,12 @@ def main() -> None:
             ".4g",
         )
     )
-    summary = summarize(rows)
+    load.stop()
+    report = load.report()
+    print("\n" + bench.describe_load(report))
+    if not report["quiet"] and not args.allow_busy:
+        print("ratios to the torch loop are left out of the summary (rerun on an idle machine, or --allow_busy)")
+    summary = summarize(rows, ratios=report["quiet"] or args.allow_busy)
     print("\nTargets (top-p 0.4; best back-end per row):")
     print(
         runs.format_table(
@@ -433,8 +456,11 @@ def main() -> None:
             "summary": summary,
             "complete": True,
             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+            "torch": torch_version(),
+            "ratios_reported": report["quiet"] or args.allow_busy,
         },
         directory=RESULTS,
+        load=report,
     )
     print(f"\nwrote {path}")
 
