@@ -1,6 +1,6 @@
 """How a stage's members (seeds, top-p thresholds) run on the devices: the LM runner's two layouts.
 
-    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size)
+    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size, len(stage.members))
     states = program.init(keys)                          # [M, ...] TrainState
     states, metrics = program.chunk(states, batches, ps)  # batches [S, B, T] on the host, ps [M]
 
@@ -54,14 +54,16 @@ def _stacked(shardings: Any) -> Any:
     )
 
 
-def program(trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, batch_rows: int) -> Program:
+def program(
+    trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, batch_rows: int, num_members: int
+) -> Program:
     """The stage's init, chunk and evaluation functions for the layout ``mesh_config`` asks for (see the
     module docstring); ``members``: "map" or "vmap" for the split over the devices; ``batch_rows``: rows
-    per step (a batch the batch axes do not divide stays whole on every device)."""
+    per step (a batch the batch axes do not divide stays whole on every device); ``num_members``: the
+    stage's member count."""
     evaluate = lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p)
     if not is_sharded(mesh_config):
-        n = mesh_config.data  # -1: the sweep's default, as many devices as divide the member count
-        over = None if n == -1 else parallel.make_mesh({"data": n}, jax.devices()[:n])
+        over = parallel.members_mesh(mesh_config.data, num_members)
         chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=members, mesh=over)
         return Program(
             parallel.sweep(trainer.init, mesh=over),

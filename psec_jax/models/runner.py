@@ -386,7 +386,7 @@ def run_stage(
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
     ps = jnp.asarray(stage.ps, jnp.float32)
-    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size)
+    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size, len(stage.members))
     steps = config.train.log_every
 
     def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:

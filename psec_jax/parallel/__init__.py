@@ -21,7 +21,7 @@ from psec_jax.parallel.mesh import (
     shard,
     shardings,
 )
-from psec_jax.parallel.sweep import map_members, member_sharding, sweep
+from psec_jax.parallel.sweep import map_members, member_sharding, members_mesh, sweep
 
 __all__ = [
     "AXES",
@@ -36,5 +36,6 @@ __all__ = [
     "shardings",
     "map_members",
     "member_sharding",
+    "members_mesh",
     "sweep",
 ]

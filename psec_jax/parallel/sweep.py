@@ -11,6 +11,7 @@ ones (datasets, batches every member sees) are replicated. On one device this is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +62,19 @@ def _place(leaf: Any, sharding: NamedSharding) -> Any:
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The largest d <= limit that divides n (>= 1)."""
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def members_mesh(devices: int, count: int) -> Mesh | None:
+    """The mesh whose ``data`` axis ``count`` members are split over when a config asks for ``devices``
+    devices (PSEC's and the LM's ``config.mesh.data``): the first gcd(devices, count) of them, so a stage of
+    fewer members (a shared pi_0's one seed) still splits evenly; None (``sweep``'s default) for -1.
+    ValueError when the backend has fewer than ``devices`` devices."""
+    if devices == -1:
+        return None
+    if devices > jax.device_count():
+        raise ValueError(f"config.mesh.data={devices}: only {jax.device_count()} devices are available")
+    n = math.gcd(devices, count)
+    return make_mesh({"data": n}, jax.devices()[:n])
 
 
 def sweep(

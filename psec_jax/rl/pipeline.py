@@ -4,7 +4,6 @@ config checks every setting shares.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -52,7 +51,7 @@ def run_stage(
     (`parallel.sweep`, e.g. ``config.mesh.data``; -1: as many as divide the seed count; a stage of fewer
     seeds, e.g. a shared pi_0's one, over as many of them as divide its count)."""
     check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
-    mesh = seed_mesh(devices, keys.shape[0])
+    mesh = parallel.members_mesh(devices, keys.shape[0])
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
     init = parallel.sweep(trainer.init, members="map", mesh=mesh)
@@ -68,18 +67,6 @@ def run_stage(
         desc=desc,
         resume_may_change=("mesh.data",),  # the seeds' devices: the results are the same
     )
-
-
-def seed_mesh(devices: int, num_seeds: int) -> jax.sharding.Mesh | None:
-    """The mesh whose ``data`` axis ``num_seeds`` seeds are split over: the largest divisor of them among
-    the first ``devices`` devices, or None (the sweep's default) for -1; ValueError when the backend has
-    fewer devices."""
-    if devices == -1:
-        return None
-    if devices > jax.device_count():
-        raise ValueError(f"config.mesh.data={devices}: only {jax.device_count()} devices are available")
-    n = math.gcd(devices, num_seeds)
-    return parallel.make_mesh({"data": n}, jax.devices()[:n])
 
 
 def data_recipe(field: str, name: str):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from psec_jax import artifacts, progress, runs
+from psec_jax import artifacts, parallel, progress, runs
 from psec_jax.data.normalize import Normalizer
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -79,7 +79,7 @@ class Setting:
 
     def check_devices(self, config: ml_collections.ConfigDict) -> None:
         """ValueError unless the started backend has the ``config.mesh.data`` devices the seeds split over."""
-        pipeline.seed_mesh(config.mesh.data, config.num_seeds)
+        parallel.members_mesh(config.mesh.data, config.num_seeds)
 
     def check_config(self, config: ml_collections.ConfigDict, given: Collection[str] = ()) -> None:
         """``check_config(self, ...)``: what the CLI runs before anything is loaded or compiled."""

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import pytest
 
+from psec_jax import parallel
 from psec_jax.rl import config as rl_config
 from psec_jax.rl import pipeline, policy, train
 from psec_jax.testing import assert_trees_close
@@ -38,4 +39,4 @@ def test_psec_stage_seeds_split_over_config_mesh_data(tmp_path):
     )
     assert_trees_close(jax.tree.map(lambda x: x[0], one.params), jax.tree.map(lambda x: x[0], outs[-1].params))
     with pytest.raises(ValueError, match="config.mesh.data=16: only 8 devices"):
-        pipeline.seed_mesh(16, 8)
+        parallel.members_mesh(16, 8)
