@@ -4,7 +4,8 @@ Experts") on the Python standard library's source plus a controlled task mixture
     psec-jax lm_moe --config=lm_moe:small --workdir=runs/lm_moe_small
     psec-jax lm_moe --config=lm_moe:paper --workdir=/tmp/paper   # counts only
 
-Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `paper` (the
+Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `medium`
+(throughput benchmarks: d_model 512, 8 layers, 8 experts of width 1408, 256-token rows), `paper` (the
 paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).
 One base config; a preset overrides only the fields in its row of `SIZES`.
 """
@@ -38,6 +39,16 @@ SIZES = {
         "optim.warmup_steps": 2,
     },
     "small": {},  # the base config
+    # shapes closer to real models, for throughput (benchmarks/lm_train_throughput.py): 4,096-token steps,
+    # ~0.9 TFLOP per step at 1.5 experts per token (6 x active parameters x tokens)
+    "medium": {
+        "data.seq_len": 256,
+        "model.d_model": 512,
+        "model.num_layers": 8,
+        "model.num_heads": 8,
+        "model.d_ff_expert": 1408,
+        "model.d_ff": 1408,
+    },
     "paper": {
         "data.vocab_size": 32000,
         "data.seq_len": 2048,
