@@ -45,9 +45,9 @@ def reference_apply(params, toks, spec, p):
     return tf.logits_of(params, x), jnp.stack(stats)
 
 
-@pytest.mark.parametrize("moe_every", [1, 2])
-def test_forward_equals_loop_over_layers(moe_every):
-    spec = tf.Spec(**{**TINY, "moe_every": moe_every})
+@pytest.mark.parametrize("moe_every,scan_unroll", [(1, 1), (2, 1), (1, 4)])
+def test_forward_equals_loop_over_layers(moe_every, scan_unroll):
+    spec = tf.Spec(**{**TINY, "moe_every": moe_every, "scan_unroll": scan_unroll})
     params = tf.init(jax.random.key(0), spec)
     toks = tokens()
     out = jax.jit(lambda p, t: tf.apply(p, t, spec, 0.4))(params, toks)
@@ -141,6 +141,7 @@ def test_the_paper_model_has_3_5b_parameters_and_374m_active_with_one_expert():
         (dict(moe=dict(max_k=9)), "max_k"),
         (dict(d_ff=0), "d_ff"),
         (dict(dtype="float33"), "float33"),
+        (dict(scan_unroll=0), "scan_unroll"),
         (dict(moe=dict(backend="capacity")), "causality"),
         (dict(moe=dict(p=0.0)), "threshold"),
         (dict(moe=dict(router="top_k", k=5)), "k <= num_experts=4"),
@@ -163,3 +164,17 @@ def test_bad_tokens_are_rejected():
         tf.apply(params, jnp.zeros((12,), jnp.int32), spec)
     with pytest.raises(TypeError, match="integer"):
         tf.apply(params, jnp.zeros((2, 12)), spec)
+
+
+def test_cross_entropy_equals_log_softmax_at_the_target_with_its_gradient():
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 11))
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+    weights = jnp.ones((2, 5)).at[1, 3:].set(0.0)
+
+    def reference(z):
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(z, -1), targets[..., None], -1)[..., 0]
+        return jnp.sum(nll * weights) / jnp.sum(weights), nll
+
+    testing.assert_trees_close(tf.cross_entropy(logits, targets, weights), reference(logits))
+    grad = lambda f: jax.grad(lambda z: f(z)[0])(logits)
+    testing.assert_trees_close(grad(lambda z: tf.cross_entropy(z, targets, weights)), grad(reference))

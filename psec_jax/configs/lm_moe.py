@@ -103,6 +103,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)
+    config.model.scan_unroll = 1  # layer groups per layer-scan iteration (num_layers // moe_every: all unrolled)
     # FSDP: gather layer weights where used; None: yes, except on CPU meshes (a placeholder, so that
     # --config.model.gather_weights=true|false can set it: ml-collections refuses to override a plain None)
     config.model.gather_weights = ml_collections.config_dict.placeholder(bool)

@@ -117,6 +117,7 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
         dtype=m.dtype,
         rope_base=m.rope_base,
         remat=m.remat,
+        scan_unroll=m.scan_unroll,
         gather_weights=m.gather_weights,
     )
 

@@ -63,6 +63,10 @@ class Spec:
     dtype: str = "bfloat16"  # activation dtype
     rope_base: float = 10000.0
     remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+    # layer groups per iteration of the layer scan (`lax.scan`'s unroll): 1 compiles one group whatever the
+    # depth; num_groups (or more) unrolls the whole stack, which on CPU saves the scan's per-layer slicing
+    # of the stacked weights and its stacked residual buffers (see benchmarks/lm_train_throughput.py)
+    scan_unroll: int = 1
     # FSDP under a mesh: gather each layer's weights where used, activations pinned to the batch split.
     # None = yes, except on a mesh of CPU devices: there XLA:CPU runs the resulting independent
     # collectives in different orders on different devices and can deadlock (seen with 8 emulated ones)
@@ -89,6 +93,8 @@ class Spec:
                 f"backend {self.moe.backend!r} is not one of {BACKENDS} (capacity dispatch drops tokens "
                 "depending on later positions, which breaks causality)"
             )
+        if not isinstance(self.scan_unroll, int) or isinstance(self.scan_unroll, bool) or self.scan_unroll < 1:
+            raise ValueError(f"Spec.scan_unroll must be a positive int, got {self.scan_unroll!r}")
         if not self.rope_base > 0:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.moe.max_k is not None and not self.moe.max_k <= self.num_experts:
@@ -330,15 +336,21 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
         body = jax.checkpoint(body)
     outer, outer_axes = ({k: v for k, v in tree.items() if k != "groups"} for tree in (params, axes))
     outer = weights(outer, outer_axes)
-    x, (aux, stats) = jax.lax.scan(body, embed(outer, tokens, spec), params["groups"])
+    x, (aux, stats) = jax.lax.scan(body, embed(outer, tokens, spec), params["groups"], unroll=spec.scan_unroll)
     return Output(logits_of(outer, act(x)), aux, stats)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(weighted mean loss [], per-token loss [B, T]) of logits [B, T, V] for integer targets [B, T]
-    with weights [B, T] (0 for padding)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), -1)[..., 0]
+    with weights [B, T] (0 for padding).
+
+    nll = logsumexp(logits) - logits[target], the target's logit picked by a comparison with the
+    vocabulary ids rather than a gather: the gather's gradient is a scatter into a [B, T, V] buffer,
+    which on CPU cost more than the rest of the loss (the small preset's step: 287.7 vs 303.2 ms).
+    """
+    logits = logits.astype(jnp.float32)
+    hit = targets[..., None].astype(jnp.int32) == jnp.arange(logits.shape[-1])  # [B, T, V]
+    nll = jax.nn.logsumexp(logits, -1) - jnp.sum(jnp.where(hit, logits, 0.0), -1)
     return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0), nll
 
 
