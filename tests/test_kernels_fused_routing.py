@@ -7,7 +7,9 @@ reduction over a block can round the denominator differently from one over all t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from psec_jax import moe
-from psec_jax.kernels import fused_route, fused_route_reference
+from psec_jax.kernels import fused_route, fused_route_reference, fused_routing
 from psec_jax.routing import sort_assignments
 from psec_jax.testing import assert_trees_close, tolerance
 
@@ -189,10 +191,34 @@ def test_moe_layer_with_fused_dispatch_equals_argsort(router):
     )
 
 
-def test_no_silent_fallback_on_gpu(monkeypatch):
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    with pytest.raises(NotImplementedError, match="does not lower for gpu yet"):
-        fused_route(jnp.zeros((4, 8)), "top_k", k=2)
+@pytest.mark.parametrize(
+    "rule, kw, e", [("top_k", dict(k=3), 5), ("top_p", dict(p=0.9, max_k=2), 5), ("top_p", dict(p=0.4), 64)]
+)
+def test_gpu_layout_in_interpret_mode_equals_reference(rule, kw, e):
+    """The Triton branch's layout (experts, slots and keys padded to powers of two, 16-token blocks) run
+    in interpret mode: the same selection, positions and probabilities as the unpadded kernel."""
+    logits = adversarial(45, e)
+    slots = kw.get("k", kw.get("max_k", e))
+    p = jnp.float32(kw.get("p", 1.0))
+    run = lambda l: fused_routing._routed(l, p, rule=rule, slots=slots, block=16, platform="cuda", interpret=True)
+    assert fused_routing._layout("cuda", 16, e, slots)[1:] != (e, slots, e + 2, e + 1)  # something is padded
+    got, cpu = jax.jit(run)(logits), fused_route(logits, rule, block_tokens=16, **kw)
+    mask = got.mask == 1
+    np.testing.assert_array_equal(mask, cpu.mask)
+    np.testing.assert_array_equal(np.where(mask, got.ids, -1), np.where(cpu.mask, cpu.expert_ids, -1))
+    np.testing.assert_array_equal(got.probs, cpu.probs)  # -inf padding leaves the softmax's sums alone
+    for f, want in (("weights", cpu.weights), ("positions", cpu.positions), ("counts", cpu.counts)):
+        np.testing.assert_array_equal(getattr(got, f), want, err_msg=f)
+    np.testing.assert_array_equal(got.truncated[:, 0] == 1, cpu.truncated)
+
+
+def test_no_silent_fallback_to_interpret_mode():
+    """The platform picks the lowering: no branch for ROCm, and interpret=False has none for CPU."""
+    f = jax.jit(lambda l: fused_route(l, "top_p", p=0.4).positions)
+    with pytest.raises(NotImplementedError, match="not found for platform rocm"):
+        jax.export.export(f, platforms=["rocm"])(jax.ShapeDtypeStruct((64, 8), jnp.float32))
+    with pytest.raises(NotImplementedError, match="not found for platform cpu"):
+        fused_route(jnp.zeros((4, 8)), "top_k", k=2, interpret=False)
 
 
 def test_bad_arguments_fail_clearly():
@@ -212,11 +238,39 @@ def test_bad_arguments_fail_clearly():
         moe.MoEConfig(dispatch="sorted")
 
 
+# Export lowers for a platform without its device (it compiles nothing): Mosaic TPU, and Pallas' Triton
+# path for NVIDIA GPUs, which XLA compiles on the device (its custom call has no compatibility guarantee,
+# so export's check for it is turned off). CPU lowers the interpret-mode branch: no custom call.
+LOWERINGS = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+# jax >= 0.11 reads the GPU Triton lowers for from a device: on a host without one, an abstract H100
+H100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+GPU_TARGET = jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,), abstract_device=H100)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize(
-    "rule, kw, e", [("top_p", dict(p=0.4), 16), ("top_k", dict(k=2), 16), ("top_p", dict(p=0.4, max_k=8), 64)]
+    "rule, kw, e",
+    [
+        ("top_p", dict(p=0.4), 16),
+        ("top_k", dict(k=2), 16),
+        ("top_p", dict(p=0.4, max_k=8), 64),
+        ("top_k", dict(k=3), 5),
+    ],
 )
-def test_kernel_lowers_for_mosaic_tpu(rule, kw, e):
-    """Cross-platform export runs the Mosaic TPU lowering here, without a TPU (it compiles nothing)."""
-    f = jax.jit(lambda l: fused_route(l, rule, interpret=False, **kw).positions)
-    exported = jax.export.export(f, platforms=["tpu"])(jax.ShapeDtypeStruct((1024, e), jnp.float32))
-    assert "tpu_custom_call" in exported.mlir_module()
+def test_kernel_lowers_for_accelerators(platform, rule, kw, e):
+    """Forward (positions) and backward (through the weights and probabilities) of 1000 tokens."""
+    target = LOWERINGS[platform]
+    fwd = jax.jit(lambda l: fused_route(l, rule, **kw).positions)
+    loss = lambda r: jnp.sum(r.weights) + jnp.sum(r.probs)
+    bwd = jax.jit(jax.grad(lambda l: loss(fused_route(l, rule, **kw))))
+    export = functools.partial(
+        jax.export.export,
+        platforms=[platform],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(LOWERINGS["cuda"])],
+    )
+    for f in (fwd, bwd):
+        with jax.sharding.use_abstract_mesh(GPU_TARGET) if platform == "cuda" else contextlib.nullcontext():
+            text = export(f)(jax.ShapeDtypeStruct((1000, e), jnp.float32)).mlir_module()
+        assert target in text and not any(t in text for t in LOWERINGS.values() if t != target)
+    cpu = jax.export.export(fwd, platforms=["cpu"])(jax.ShapeDtypeStruct((1000, e), jnp.float32)).mlir_module()
+    assert not any(t in cpu for t in LOWERINGS.values())
