@@ -62,8 +62,12 @@ def step_flops(spec, tokens_per_row: int, rows: int, experts_per_token: float) -
     return 3 * forward
 
 
-def jax_side(config, router: str, batches: pipeline.Batch):
-    """(jitted call of `steps` training steps, its args, mean experts per token in the run)."""
+def jax_side(config, router: str, batches: pipeline.Batch, scan_unroll: int | None):
+    """(jitted call of `steps` training steps, its args, mean experts per token in the run); scan_unroll:
+    layer groups per layer-scan iteration, 0 = all, None = the config's (`config.model.scan_unroll`)."""
+    if scan_unroll is not None:
+        with config.unlocked():
+            config.model.scan_unroll = scan_unroll or config.model.num_layers // config.model.moe_every
     trainer = lm_train.make_train(config, router)
     state = trainer.init(jax.random.key(0))
     p = jnp.float32(config.router.p)
@@ -108,7 +112,7 @@ def ceiling_calls() -> dict:
     try:
         import torch
 
-        xt = torch.from_numpy(np.asarray(x))
+        xt = torch.from_numpy(np.array(x))
         calls["ceiling_torch"] = (lambda: xt @ xt, ())
     except ImportError:
         pass
@@ -123,10 +127,13 @@ def run_preset(preset: str, args) -> list[dict]:
     tokens = args.steps * config.data.batch_size * config.data.seq_len
     rows = []
     for router in args.routers:
-        calls, compile_s = ceiling_calls(), {}
-        fn, fargs, experts = jax_side(config, router, batches)
-        if "jax" in args.sides:
-            calls["jax"] = (fn, fargs)
+        calls, compile_s, jax_sides = ceiling_calls(), {}, []
+        for unroll in args.scan_unroll if "jax" in args.sides else args.scan_unroll[:1]:
+            fn, fargs, experts = jax_side(config, router, batches, unroll)
+            if "jax" in args.sides:
+                jax_sides.append("jax" if len(args.scan_unroll) == 1 else f"jax_unroll{unroll or 'all'}")
+                calls[jax_sides[-1]] = (fn, fargs)
+        sides = jax_sides + [s for s in args.sides if s != "jax"]
         for side in ("torch", "torch_compile"):
             if side in args.sides:
                 try:
@@ -139,14 +146,15 @@ def run_preset(preset: str, args) -> list[dict]:
         )
         ceil = {c: 2 * CEILING_N**3 / best[c] for c in best if c.startswith("ceiling")}
         flops = step_flops(lm_train.model_spec(config, router), config.data.seq_len, config.data.batch_size, experts)
-        for side in (s for s in args.sides if s in best):
+        for side in (s for s in sides if s in best):
             seconds = best[side] / args.steps
-            own = ceil["ceiling_xla"] if side == "jax" else ceil.get("ceiling_torch", float("nan"))
+            jax_row = side.startswith("jax")
+            own = ceil["ceiling_xla"] if jax_row else ceil.get("ceiling_torch", float("nan"))
             row = {
                 "preset": preset,
                 "router": router,
                 "side": side,
-                "backend": config.model.backend if side == "jax" else "loop over experts",
+                "backend": config.model.backend if jax_row else "loop over experts",
                 "experts_per_token": experts,
                 "ms_per_step": 1e3 * seconds,
                 "tokens_per_s": tokens / args.steps / seconds,
@@ -167,12 +175,12 @@ def run_preset(preset: str, args) -> list[dict]:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """jax_vs_<side>: psec_jax's tokens/s over that side's, per preset and router."""
-    jax_rows = {(r["preset"], r["router"]): r for r in rows if r["side"] == "jax"}
-    for r in rows:
-        j = jax_rows.get((r["preset"], r["router"]))
-        if j is not None and r["side"] != "jax":
-            j[f"jax_vs_{r['side']}"] = j["tokens_per_s"] / r["tokens_per_s"]
+    """<jax side>_vs_<torch side> on each psec_jax row: its tokens/s over that PyTorch side's, per preset
+    and router."""
+    for j in (r for r in rows if r["side"].startswith("jax")):
+        for r in rows:
+            if (r["preset"], r["router"]) == (j["preset"], j["router"]) and r["side"].startswith("torch"):
+                j[f"vs_{r['side']}"] = j["tokens_per_s"] / r["tokens_per_s"]
 
 
 def main() -> None:
@@ -181,6 +189,9 @@ def main() -> None:
     p.add_argument("--routers", default="top1,top2,top_p")
     p.add_argument("--sides", default="jax,torch,torch_compile", help="jax, torch, torch_compile")
     p.add_argument("--steps", type=int, default=3, help="training steps per timed call")
+    p.add_argument(
+        "--scan_unroll", default="", help="layer-scan unrolls to time (0: all layers); default: the config's"
+    )
     p.add_argument("--reps", type=int, default=3, help="rounds of timing (each times every side once)")
     p.add_argument("--slow_seconds", type=float, default=None, help="stop adding rounds past this time per call")
     p.add_argument("--out", default="lm_train_throughput", help="results file name")
@@ -188,6 +199,7 @@ def main() -> None:
     p.add_argument("--allow_busy", action="store_true", help="report ratios even when the machine was busy")
     args = p.parse_args()
     args.routers, args.sides = args.routers.split(","), args.sides.split(",")
+    args.scan_unroll = [int(u) for u in args.scan_unroll.split(",") if u] or [None]
     if any(s.startswith("torch") for s in args.sides):
         import torch
 
@@ -202,8 +214,8 @@ def main() -> None:
     if report["quiet"] or args.allow_busy:
         add_ratios(rows)
     for r in rows:
-        for key in [k for k in r if k.startswith("jax_vs_")]:
-            print(f"{r['preset']} {r['router']}: psec_jax {r[key]:.2f}x {key[7:]}")
+        for key in [k for k in r if k.startswith("vs_")]:
+            print(f"{r['preset']} {r['router']}: {r['side']} {r[key]:.2f}x {key[3:]}")
     extra = {"steps_per_call": args.steps, "threads": os.cpu_count()}
     try:
         import torch
