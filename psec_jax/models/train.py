@@ -93,6 +93,7 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
         max_k=m.max_k or None,
         dispatch=m.dispatch,
         backend=m.backend,
+        grouped_matmul=m.grouped_matmul,
         load_balance_weight=r.load_balance_weight,
         dynamic_weight=r.dynamic_weight if dynamic else 0.0,
         z_weight=r.z_weight,
@@ -117,7 +118,7 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
         dtype=m.dtype,
         rope_base=m.rope_base,
         remat=m.remat,
-        scan_unroll=m.scan_unroll,
+        scan_unroll=m.scan_unroll or m.num_layers // m.moe_every,
         gather_weights=m.gather_weights,
     )
 
