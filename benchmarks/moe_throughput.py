@@ -7,7 +7,8 @@
 Per (T, E, d): routing alone (router matmul + top-k / top-p) and the layer (routing + dispatch +
 SwiGLU experts + combine), forward and forward+backward, for top-2, top-p(0.4) and top-1, with the
 dense, capacity (factor 1.25, buffers sized for the route's mean experts per token), dropless and, on
-CPU, `dropless-split` (dropless with the experts' weights as separate arrays, `moe.split_experts`)
+CPU, `dropless-split` (dropless with the experts' weights as separate arrays, `moe.split_experts`) and
+`ragged-blas` (the ragged back-end over MKL's sgemm, `psec_jax.kernels.blas_gmm`; when MKL is installed)
 back-ends; routing plus grouping by expert, the jnp router and an argsort (`routing+argsort`) against
 the fused Pallas kernel (`routing-fused`; interpret mode on CPU, so there only a correctness path).
 Beside them, in the same run:
@@ -26,7 +27,7 @@ where its buffers would exceed --memory_limit_gb (the 24 GB machine ran out at E
 The JSON is rewritten after every shape (`"complete": false` until the run ends). By default the run
 restarts itself with glibc's malloc asking for transparent huge pages (`--malloc default` does not;
 see `use_hugepages` and the A/B in `moe_cpu_levers.py`); the setting is recorded in the JSON.
-Prints a table and writes benchmarks/results/moe_throughput.json.
+Prints a table and writes benchmarks/results/moe_throughput.json (`--out`, `--out_dir`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psec_jax import bench, moe, runs
+from psec_jax.kernels import blas_gmm
 from psec_jax.routing import sort_assignments
 
 RESULTS = Path(__file__).resolve().parent / "results"  # where every benchmark writes its JSON
@@ -64,13 +66,20 @@ def ceiling_matmul():
 
 def ceilings() -> dict[str, float]:
     """Measured fp32 matmul FLOP/s and memory read bandwidth (bytes/s) of this device (best of many
-    calls: noise on a shared machine only ever lowers them)."""
+    calls: noise on a shared machine only ever lowers them); with MKL installed, the faster of XLA's
+    and MKL's matmul (each also recorded)."""
     n = CEILING_N
     fn, args = ceiling_matmul()
     t = bench.time_call(fn, *args, reps=20, min_seconds=2.0)
     big = jnp.ones((128 * 1024 * 1024,), jnp.float32)  # 512 MB
     tb = bench.time_call(jax.jit(jnp.sum), big, reps=20, min_seconds=2.0)
-    return {"matmul_flops": 2 * n**3 / t, "bandwidth_bytes": big.nbytes / tb}
+    out = {"matmul_flops": 2 * n**3 / t, "bandwidth_bytes": big.nbytes / tb}
+    if blas_gmm.unavailable_reason() is None and jax.default_backend() == "cpu":  # MKL's matmul beats XLA's here
+        mkl = jax.jit(lambda a: blas_gmm.gmm(a, a[None], jnp.array([n], jnp.int32)))
+        out["matmul_flops_xla"] = out["matmul_flops"]
+        out["matmul_flops_blas"] = 2 * n**3 / bench.time_call(mkl, *args, reps=20, min_seconds=2.0)
+        out["matmul_flops"] = max(out["matmul_flops"], out["matmul_flops_blas"])
+    return out
 
 
 def add_roofline(row: dict, ceil: dict[str, float]) -> None:
@@ -85,13 +94,15 @@ def add_roofline(row: dict, ceil: dict[str, float]) -> None:
 
 
 SPLIT = "dropless-split"  # dropless with the split expert layout (`moe.split_experts`)
+RAGGED_BLAS = "ragged-blas"  # the ragged back-end over MKL's sgemm (`psec_jax.kernels.blas_gmm`)
 HUGEPAGES = "glibc.malloc.hugetlb=1"
 
 
 def layer_fn(cfg: moe.MoEConfig, backend: str, k_mean: float, grad: bool):
     """The jitted layer (forward, or the gradient of a scalar loss to params and x) for a back-end;
     for `dropless-split`, call it with `split_params(params)`."""
-    config = dataclasses.replace(cfg, backend="dropless" if backend == SPLIT else backend, capacity_k=k_mean)
+    named = {SPLIT: {"backend": "dropless"}, RAGGED_BLAS: {"backend": "ragged", "grouped_matmul": "blas"}}
+    config = dataclasses.replace(cfg, **named.get(backend, {"backend": backend}), capacity_k=k_mean)
 
     def fwd(params, x):
         y, aux, _ = moe.moe_apply(params, x, config)
@@ -243,13 +254,16 @@ def main() -> None:
     p.add_argument("--grid", choices=["quick", "target", "full"], default="target")
     cpu = jax.default_backend() == "cpu"
     one_device = [b for b, info in moe.BACKENDS.items() if not info.mesh]
+    blas = blas_gmm.unavailable_reason() is None
     default_backends = [b for b in one_device if b != "ragged" or not cpu] + ([SPLIT] if cpu else [])
+    default_backends += [RAGGED_BLAS] if cpu and blas else []
     p.add_argument(
         "--backends",
         nargs="*",
         default=default_backends,
         help="dispatch back-ends (ragged is left out on CPU, where ragged_dot is ~100x slow; "
-        f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout)",
+        f"{SPLIT}: dropless with per-expert weight arrays, the CPU layout; {RAGGED_BLAS}: ragged over MKL, "
+        "on CPU when MKL and a C++ compiler are installed)",
     )
     p.add_argument(
         "--malloc",
@@ -258,6 +272,7 @@ def main() -> None:
         help=f"hugepages: rerun under GLIBC_TUNABLES={HUGEPAGES} (Linux; see use_hugepages)",
     )
     p.add_argument("--routers", nargs="*", default=list(ROUTERS))
+    p.add_argument("--tokens", type=int, nargs="*", help="only these T of the grid")
     p.add_argument("--dense_limit_gflop", type=float, default=400.0)
     p.add_argument("--no_torch", action="store_true")
     p.add_argument(
@@ -273,7 +288,8 @@ def main() -> None:
         help="skip the fused routing kernel (on CPU it runs in Pallas interpret mode: a correctness "
         "path, its time is not the kernel's)",
     )
-    p.add_argument("--out", default="moe_throughput", help="results file name under benchmarks/results/")
+    p.add_argument("--out", default="moe_throughput", help="results file name (without .json) under --out_dir")
+    p.add_argument("--out_dir", default=str(RESULTS), help="directory of the results file")
     p.add_argument(
         "--allow_busy",
         action="store_true",
@@ -290,7 +306,7 @@ def main() -> None:
         flush=True,
     )
     rows = []
-    for t, e, d in grid(args.grid):
+    for t, e, d in [g for g in grid(args.grid) if not args.tokens or g[0] in args.tokens]:
         f = d_ff_of(d)
         params = moe.init_moe(jax.random.PRNGKey(0), d, f, e)
         x = jax.random.normal(jax.random.PRNGKey(1), (t, d), jnp.float32)
@@ -391,7 +407,7 @@ def main() -> None:
                 "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
                 "torch": torch_version(),
             },
-            directory=RESULTS,
+            directory=args.out_dir,
             load=load.report(),
         )
     end = ceilings()  # again at the end; the best of these and the in-turn probes is the ceiling
@@ -459,7 +475,7 @@ def main() -> None:
             "torch": torch_version(),
             "ratios_reported": report["quiet"] or args.allow_busy,
         },
-        directory=RESULTS,
+        directory=args.out_dir,
         load=report,
     )
     print(f"\nwrote {path}")

@@ -1,5 +1,6 @@
 """Grouped matmul implementations against `lax.ragged_dot` and the per-group loop (CPU: megablox in
-interpret mode, tokamax with its XLA fallback when installed)."""
+interpret mode, tokamax with its XLA fallback when installed, blas when MKL and a compiler are), and
+the ragged back-end over each against the loop-over-experts reference."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 
 from psec_jax import moe
-from psec_jax.kernels import gmm
-from psec_jax.testing import assert_trees_close
+from psec_jax.kernels import blas_gmm, gmm
+from psec_jax.testing import assert_no_recompile, assert_trees_close
 
-IMPLS = ["ragged_dot", "megablox"] + (["tokamax"] if gmm.tokamax_available() else [])
+_NO_BLAS = blas_gmm.unavailable_reason()
+BLAS = pytest.param("blas", marks=pytest.mark.skipif(_NO_BLAS is not None, reason=str(_NO_BLAS)))
+IMPLS = ["ragged_dot", "megablox"] + (["tokamax"] if gmm.tokamax_available() else []) + [BLAS]
 
 
 def loop_reference(lhs, rhs, sizes):
@@ -43,7 +46,7 @@ def test_values_and_gradients_equal_the_loop(impl):
     assert_trees_close(got, jax.grad(loop, (0, 1))(lhs, rhs), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "ragged_dot"])  # ragged_dot: test_moe_dispatch
+@pytest.mark.parametrize("impl", IMPLS)
 def test_ragged_backend_with_each_impl_equals_the_loop_reference(impl):
     params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 4)
     x = jax.random.normal(jax.random.PRNGKey(1), (30, 16))
@@ -53,8 +56,53 @@ def test_ragged_backend_with_each_impl_equals_the_loop_reference(impl):
     np.testing.assert_allclose(y, moe.loop_reference(x, r, moe.swiglu_expert, params["experts"]), rtol=1e-5, atol=1e-5)
 
 
+def swiglu_loss(x, experts, router, route, config=None):
+    """Scalar loss through the ragged back-end (config) or the loop reference (None); the route's
+    ids and mask fixed, its weights recomputed so the router gets gradients."""
+    probs = jax.nn.softmax(3.0 * (x @ router), -1)
+    r = route.replace(weights=jnp.take_along_axis(probs, route.expert_ids, 1) * route.mask, probs=probs)
+    if config is None:
+        y = moe.loop_reference(x, r, moe.swiglu_expert, experts)
+    else:
+        y = moe.dispatch(x, r, moe.swiglu_expert, experts, config)[0]
+    return jnp.sum(y * jnp.cos(jnp.arange(x.shape[1])))
+
+
+@pytest.mark.parametrize("impl", ["ragged_dot", BLAS])
+@pytest.mark.parametrize("saved_slots", [None, 1.0])
+def test_ragged_passes_equal_the_loop_reference(impl, saved_slots):
+    """Top-p over 8 experts with ~3.5 experts per token: saved_slots=1.0 runs 30 tokens' assignments in
+    passes of 32 sorted rows (4 passes, the last 3 recomputed backwards); None in one pass of 240."""
+    params = moe.init_moe(jax.random.PRNGKey(0), 16, 24, 8)
+    x = jax.random.normal(jax.random.PRNGKey(1), (30, 16))
+    r = moe.top_p(x @ params["router"] * 0.3, 0.5)
+    assert 3 * 32 < int(r.mask.sum()) <= 4 * 32  # four passes at saved_slots=1.0
+    config = moe.MoEConfig(backend="ragged", grouped_matmul=impl, saved_slots=saved_slots)
+    args = (x, params["experts"], params["router"])
+    value_and_grad = lambda config: jax.value_and_grad(swiglu_loss, (0, 1, 2))(*args, r, config)
+    got = jax.jit(value_and_grad, static_argnums=0)(config)
+    assert_trees_close(got, value_and_grad(None), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(_NO_BLAS is not None, reason=str(_NO_BLAS))
+def test_moe_layer_with_blas_equals_dropless_and_does_not_recompile():
+    params = moe.init_moe(jax.random.PRNGKey(2), 16, 24, 8)
+    x = jax.random.normal(jax.random.PRNGKey(3), (40, 16))
+    configs = [moe.MoEConfig(router="top_p", backend="ragged", grouped_matmul="blas"), moe.MoEConfig(router="top_p")]
+
+    def loss(p, x, config):
+        y, aux, _ = moe.moe_apply(p, x, config)
+        return jnp.mean(y**2) + aux["total"]
+
+    fns = [jax.jit(jax.value_and_grad(lambda p, x, c=c: loss(p, x, c))) for c in configs]
+    assert_trees_close(fns[0](params, x), fns[1](params, x), rtol=1e-4, atol=1e-6)
+    x2 = jax.random.normal(jax.random.PRNGKey(4), x.shape) * 3.0  # other group sizes, other pass counts
+    assert_no_recompile(fns[0], params, x, next_args=lambda out: (params, x2 + out[0] * 0))
+
+
 def test_auto_and_bad_names():
-    assert gmm.resolve_impl("auto") == "ragged_dot"  # CPU
+    assert gmm.resolve_impl("auto") == ("blas" if _NO_BLAS is None else "ragged_dot")  # CPU
+    assert gmm.resolve_impl("auto", jnp.bfloat16) == "ragged_dot"
     with pytest.raises(ValueError, match="unknown grouped matmul 'cutlass'"):
         gmm.resolve_impl("cutlass")
     with pytest.raises(ValueError, match=r"lhs \[m, k\], rhs \[G, k, n\]"):

@@ -16,8 +16,9 @@ own arrays then, the others stack them).
 - `dropless`: sort the assignments by expert and run each expert on exactly its rows, in blocks
   (`psec_jax.moe.grouped`: loops over static shapes, since XLA on CPU has no grouped matmul).
   Nothing is dropped.
-- `ragged`: the same sort, then grouped matmuls (`psec_jax.kernels.gmm`: megablox, tokamax or
-  `lax.ragged_dot`; only for the layer's matmul experts).
+- `ragged`: the same sort, then grouped matmuls (`psec_jax.kernels.gmm`: megablox, tokamax, MKL
+  ("blas", the fast CPU path) or `lax.ragged_dot`; only for the layer's matmul experts), in passes
+  of at most ~T * saved_slots sorted rows.
 - `expert_parallel`: experts sharded over the mesh's `expert` axis, tokens exchanged by `all_to_all`
   in fixed-capacity buffers, as `capacity` per device (`psec_jax.moe.expert_parallel`).
 - `loop_reference`: the official code's Python loop over experts (eager, concrete routing);
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -127,21 +129,88 @@ def dropless(
     return _dropless(x, route, expert_fn, params, block_size=block_size, saved_slots=saved_slots)
 
 
+def _window(sizes: jax.Array, lo: jax.Array, n: int) -> jax.Array:
+    """[E] row counts of each group among sorted positions lo, ..., lo + n - 1 (groups in order)."""
+    ends = jnp.cumsum(sizes)
+    return jnp.clip(jnp.minimum(ends, lo + n) - jnp.maximum(ends - sizes, lo), 0).astype(jnp.int32)
+
+
+def _ragged_pass(activation, impl, n, params, x, token, weight, sizes, lo):
+    """y [T, d_out] of the assignments at sorted positions lo, ..., lo + n - 1 (token [T*K + n] and
+    weight [T*K + n] in sorted order, padded so the slices never clamp)."""
+    tok = jax.lax.dynamic_slice_in_dim(token, lo, n)
+    w = jax.lax.dynamic_slice_in_dim(weight, lo, n)
+    mm = functools.partial(gmm.grouped_matmul, group_sizes=_window(sizes, lo, n), impl=impl)
+    rows = x[tok]
+    up = mm(rows, params["up"])
+    if activation == "swiglu":
+        h = jax.nn.silu(mm(rows, params["gate"])) * up
+    elif activation == "gelu":
+        h = jax.nn.gelu(up)
+    else:
+        raise ValueError(f"ragged back-end: unknown activation {activation!r}")
+    y = mm(h, params["down"])  # [n, d_out]; rows past the window's groups are zero
+    return jnp.zeros((x.shape[0], y.shape[-1]), y.dtype).at[tok].add(y * w[:, None].astype(y.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _ragged_passes(activation, impl, n, params, x, token, weight, sizes):
+    return _ragged_passes_fwd(activation, impl, n, params, x, token, weight, sizes)[0]
+
+
+def _later_passes(n: int, token: jax.Array, sizes: jax.Array) -> tuple[bool, jax.Array]:
+    """Whether a second pass can be needed (static), and the number of passes (dynamic)."""
+    return token.shape[0] > 2 * n, (jnp.sum(sizes) + n - 1) // n
+
+
+def _ragged_passes_fwd(activation, impl, n, params, x, token, weight, sizes):
+    run = functools.partial(_ragged_pass, activation, impl, n)
+    y, first_vjp = jax.vjp(lambda p, x, w: run(p, x, token, w, sizes, 0), params, x, weight)
+    maybe, passes = _later_passes(n, token, sizes)
+    if maybe:
+        y = jax.lax.fori_loop(1, passes, lambda j, y: y + run(params, x, token, weight, sizes, j * n), y)
+    return y, (first_vjp, params, x, token, weight, sizes)
+
+
+def _ragged_passes_bwd(activation, impl, n, res, dy):
+    first_vjp, params, x, token, weight, sizes = res
+    grads = first_vjp(dy)  # the first pass's activations were kept; later passes recompute theirs
+    maybe, passes = _later_passes(n, token, sizes)
+    if maybe:
+
+        def more(j, grads):
+            vjp = jax.vjp(
+                lambda p, x, w: _ragged_pass(activation, impl, n, p, x, token, w, sizes, j * n), params, x, weight
+            )[1]
+            return jax.tree.map(jnp.add, grads, vjp(dy))
+
+        grads = jax.lax.fori_loop(1, passes, more, grads)
+    d_params, d_x, d_weight = grads
+    float0 = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+    return d_params, d_x, float0(token), d_weight, float0(sizes)
+
+
+_ragged_passes.defvjp(_ragged_passes_fwd, _ragged_passes_bwd)
+
+
 def ragged(
     x: jax.Array,
     route: RouteOutput,
     params: dict[str, jax.Array],
     activation: str = "swiglu",
     grouped_matmul: str = "auto",
+    saved_slots: float | None = 4.0,
 ) -> jax.Array:
-    """Dropless dispatch with grouped matmuls (for GPU/TPU; `psec_jax.kernels.gmm`).
+    """Dropless dispatch with grouped matmuls (`psec_jax.kernels.gmm`).
 
     Only for the matmul experts of `psec_jax.moe.layer` (params "up", "down" and, for SwiGLU,
-    "gate"). Sorts all T*K slots by expert (invalid slots last, in no group), so the buffers are
-    [T*K, d]: give top-p routes a `max_k` on accelerators. `grouped_matmul`: "auto" (megablox on
-    TPU, tokamax on GPU when installed, else `lax.ragged_dot`), or one of them by name. On CPU
-    `lax.ragged_dot` is a dense masked matmul over all experts (measured ~100x a dense matmul of the
-    same rows); use `dropless` there.
+    "gate"). Sorts all T*K slots by expert (invalid slots last, in no group) and runs the valid ones
+    in passes of n = min(T*K, max(T, ceil(T * saved_slots))) sorted rows (None: T*K, one pass): the
+    first pass keeps its activations for the backward pass, later ones (only when more than n
+    assignments are valid, e.g. a top-p route with many experts per token) recompute theirs. So a
+    top-p route with max_k=None costs buffers of n rows, not T*E. `grouped_matmul`: "auto" (megablox
+    on TPU, tokamax on GPU, MKL's "blas" on CPU for float32, each when installed, else
+    `lax.ragged_dot`, a dense masked matmul over all experts on CPU and GPU), or one by name.
     """
     _check(x, route, params)
     params = stack_experts(params)
@@ -149,19 +218,13 @@ def ragged(
     if t == 0:
         return jnp.zeros((0, params["down"].shape[-1]), x.dtype)
     order, sizes, _ = sort_assignments(route)
-    rows = x[order % t]  # [T*K, d] sorted by expert
+    slots = order.shape[0]
+    n = slots if saved_slots is None else min(slots, -(-max(t, math.ceil(t * saved_slots)) // 8) * 8)
+    pad = jnp.zeros((n,), jnp.int32)
+    token = jnp.concatenate([order % t, pad])
+    weight = jnp.concatenate([route.weights.T.reshape(-1)[order], pad.astype(route.weights.dtype)])
     w = jax.tree.map(lambda a: a.astype(x.dtype), params)
-    mm = functools.partial(gmm.grouped_matmul, group_sizes=sizes, impl=grouped_matmul)
-    up = mm(rows, w["up"])
-    if activation == "swiglu":
-        h = jax.nn.silu(mm(rows, w["gate"])) * up
-    elif activation == "gelu":
-        h = jax.nn.gelu(up)
-    else:
-        raise ValueError(f"ragged back-end: unknown activation {activation!r}")
-    y = mm(h, w["down"])  # [T*K, d_out]; rows past sum(sizes) are zero
-    weight = route.weights.T.reshape(-1)[order].astype(y.dtype)
-    return jnp.zeros((t, y.shape[-1]), y.dtype).at[order % t].add(y * weight[:, None])
+    return _ragged_passes(activation, grouped_matmul, n, w, x, token, weight, sizes)
 
 
 Dropped = jax.Array  # [] float32, the fraction of assignments a back-end dropped (0 unless it has buffers)
@@ -199,7 +262,7 @@ def _run_dropless(x, route, expert_fn, params, config):
 
 
 def _run_ragged(x, route, expert_fn, params, config):
-    return _none_dropped(ragged(x, route, params, config.activation, config.grouped_matmul))
+    return _none_dropped(ragged(x, route, params, config.activation, config.grouped_matmul, config.saved_slots))
 
 
 def _run_expert_parallel(x, route, expert_fn, params, config):
@@ -231,7 +294,7 @@ def dispatch(
 
     Of the config it reads the back-end options: `block_size` and `saved_slots` ("dropless"),
     `capacity_factor` and `capacity_k` ("capacity" and "expert_parallel", which needs a mesh, set by
-    `jax.set_mesh`, and moves tokens by `exchange`; `psec_jax.moe.expert_parallel`), `activation` and
-    `grouped_matmul` ("ragged", which needs the layer's matmul experts).
+    `jax.set_mesh`, and moves tokens by `exchange`; `psec_jax.moe.expert_parallel`), `activation`,
+    `grouped_matmul` and `saved_slots` ("ragged", which needs the layer's matmul experts).
     """
     return BACKENDS[config.backend].run(x, route, expert_fn, params, config)

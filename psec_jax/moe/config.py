@@ -49,7 +49,8 @@ class MoEConfig:
     capacity_factor: float = 1.25  # capacity / expert_parallel buffers: C = ceil(factor * T * k / E)
     capacity_k: float | None = None  # the k sizing those buffers (None: the route's slot count)
     block_size: int | None = None  # dropless rows per full block (None: grouped.default_block_size(T))
-    saved_slots: float | None = 4.0  # dropless: rows per token whose activations the backward pass keeps (None: all)
+    # dropless, ragged: rows per token whose activations the backward pass keeps (None: all; ragged: at least 1)
+    saved_slots: float | None = 4.0
     grouped_matmul: str = "auto"  # ragged's grouped matmul, one of psec_jax.kernels.gmm.IMPLS
     exchange: str = "auto"  # expert_parallel's token exchange, one of psec_jax.moe.expert_parallel.EXCHANGES
     # aux losses: total = a * load_balance + b * dynamic + c * z (psec_jax.moe.losses)
