@@ -36,6 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lm_moe_throughput import random_batches  # noqa: E402  (random tokens at the config's batch shape)
+
 from psec_jax import bench  # noqa: E402
 from psec_jax.configs import lm_moe as lm_config  # noqa: E402
 from psec_jax.models import pipeline  # noqa: E402
@@ -43,15 +45,6 @@ from psec_jax.models import train as lm_train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CEILING_N = 2048
-
-
-def batches_of(config, steps: int) -> pipeline.Batch:
-    """Random tokens [steps, B, T] at the config's batch shape (every position weighted)."""
-    b, t, v = config.data.batch_size, config.data.seq_len, config.data.vocab_size
-    tokens = jax.random.randint(jax.random.key(1), (steps, b, t + 1), 0, v)
-    return pipeline.Batch(
-        tokens[..., :-1], tokens[..., 1:], jnp.ones((steps, b, t)), jnp.full((steps, b, t), -1, jnp.int8)
-    )
 
 
 def step_flops(spec, tokens_per_row: int, rows: int, experts_per_token: float) -> float:
@@ -67,7 +60,7 @@ def jax_side(config, router: str, batches: pipeline.Batch, scan_unroll: int | No
     layer groups per layer-scan iteration, 0 = all, None = the config's (`config.model.scan_unroll`)."""
     if scan_unroll is not None:
         with config.unlocked():
-            config.model.scan_unroll = scan_unroll or config.model.num_layers // config.model.moe_every
+            config.model.scan_unroll = scan_unroll  # 0: all, as `train.model_spec` reads it
     trainer = lm_train.make_train(config, router)
     state = trainer.init(jax.random.key(0))
     p = jnp.float32(config.router.p)
@@ -123,7 +116,7 @@ def run_preset(preset: str, args) -> list[dict]:
     config = lm_config.get_config(preset)
     with config.unlocked():
         config.train.num_steps = max(config.train.num_steps, 1000)  # the schedule's length; no step decays to 0
-    batches = batches_of(config, args.steps)
+    batches = random_batches(config, args.steps)
     tokens = args.steps * config.data.batch_size * config.data.seq_len
     rows = []
     for router in args.routers:
