@@ -40,25 +40,32 @@ def rope(x: torch.Tensor, base: float) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
-def route(logits: torch.Tensor, router: str, k: int, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits [N, E] -> (probs [N, E], expert ids [N, S], weights [N, S] with 0 for unused slots)."""
+def route(
+    logits: torch.Tensor, router: str, k: int, p: float, renormalize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [N, E] -> (probs [N, E], expert ids [N, S], weights [N, S] with 0 for unused slots); top-k
+    weights renormalised to sum 1 when asked (top-p keeps raw probabilities)."""
     probs = logits.softmax(-1)
     if router == "top_k":
         weights, ids = probs.topk(k, -1)
-        return probs, ids, weights
+        return probs, ids, weights / weights.sum(-1, keepdim=True) if renormalize else weights
     sorted_probs, ids = probs.sort(dim=-1, descending=True, stable=True)  # ties to the lower id
     over = sorted_probs.cumsum(-1) > p
     kept = (over.int().cumsum(-1) - over.int()) == 0  # no earlier slot crossed p
     return probs, ids, sorted_probs * kept
 
 
-def aux_losses(logits, probs, ids, weights, num_experts: int, lb_w: float, dyn_w: float, z_w: float):
-    """psec_jax.moe.losses: balance E * sum f P (f: share of assignments, no gradient), entropy, z."""
-    counts = torch.zeros(num_experts).index_add_(0, ids.flatten(), (weights > 0).flatten().float())
-    f = counts / counts.sum().clamp_min(1.0)
-    balance = num_experts * (f * probs.mean(0)).sum()
-    entropy = -(probs * logits.log_softmax(-1)).sum(-1).mean()
-    z = logits.logsumexp(-1).square().mean()
+def aux_losses(logits, probs, ids, weights, mask, num_experts: int, norm: str, lb_w: float, dyn_w: float, z_w: float):
+    """psec_jax.moe.losses over the tokens where mask [N] is 1: balance E * sum f P (f: share of
+    assignments or of tokens, `norm`; no gradient), entropy, z."""
+    used = ((weights > 0) & (mask[:, None] > 0)).flatten().float()
+    counts = torch.zeros(num_experts).index_add_(0, ids.flatten(), used)
+    n = mask.sum().clamp_min(1.0)
+    f = counts / (counts.sum().clamp_min(1.0) if norm == "assignments" else n)
+    mean = lambda v: (v * mask.reshape(-1, *([1] * (v.dim() - 1)))).sum(0) / n
+    balance = num_experts * (f * mean(probs)).sum()
+    entropy = -mean((probs * logits.log_softmax(-1)).sum(-1))
+    z = mean(logits.logsumexp(-1).square())
     return lb_w * balance + dyn_w * entropy + z_w * z
 
 
@@ -72,8 +79,8 @@ class TorchLM(torch.nn.Module):
         self.spec, m = spec, spec.moe
         self.router, self.k, self.p = m.router, m.k, m.p
         self.weights = (m.load_balance_weight, m.dynamic_weight, m.z_weight)
-        if m.router not in ("top_k", "top_p") or m.renormalize or m.max_k is not None:
-            raise ValueError(f"the PyTorch twin covers raw top_k / untruncated top_p, got {m}")
+        if m.router not in ("top_k", "top_p") or m.router == "top_p" and m.renormalize or m.max_k is not None:
+            raise ValueError(f"the PyTorch twin covers top_k and raw, untruncated top_p, got {m}")
         g = params["groups"]["moe"]
         layer = lambda tree, i: {k: _tensor(v[i]) for k, v in tree.items()}
         self.embed = _tensor(params["embed"])
@@ -106,10 +113,10 @@ class TorchLM(torch.nn.Module):
         o = F.scaled_dot_product_attention(heads("wq"), heads("wk"), v, is_causal=True)  # [B, H, T, dh]
         return torch.einsum("bhtk,hkd->btd", o, w["wo"])
 
-    def moe(self, block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def moe(self, block, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = x.reshape(-1, x.shape[-1])
         logits = tokens @ block["router"]
-        probs, ids, weights = route(logits, self.router, self.k, self.p)
+        probs, ids, weights = route(logits, self.router, self.k, self.p, self.spec.moe.renormalize)
         out = torch.zeros_like(tokens)
         for e, w in enumerate(block.experts):  # the official code's dispatch
             tok, slot = torch.nonzero((ids == e) & (weights > 0), as_tuple=True)
@@ -117,21 +124,25 @@ class TorchLM(torch.nn.Module):
                 h = tokens[tok]
                 y = (F.silu(h @ w["gate"]) * (h @ w["up"])) @ w["down"]
                 out.index_add_(0, tok, y * weights[tok, slot, None])
-        aux = aux_losses(logits, probs, ids, weights, self.spec.num_experts, *self.weights)
+        norm = self.spec.moe.load_balance_norm
+        aux = aux_losses(logits, probs, ids, weights, mask.flatten(), self.spec.num_experts, norm, *self.weights)
         return out.reshape(x.shape), aux
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, T] -> (logits [B, T, V], sum of the layers' weighted aux losses [])."""
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, T], mask [B, T] (positions the aux losses count; None: all) -> (logits [B, T, V], the
+        layers' weighted aux losses [], their mean or sum over layers as `spec.aux_layers` says)."""
+        mask = torch.ones(tokens.shape) if mask is None else mask.float()
         x, aux = self.embed[tokens], 0.0
         for block in self.layers:
             x = x + self.attention(block, rms_norm(x, block["attn_norm"]))
-            y, a = self.moe(block, rms_norm(x, block["ffn_norm"]))
+            y, a = self.moe(block, rms_norm(x, block["ffn_norm"]), mask)
             x, aux = x + y, aux + a
+        aux = aux / len(self.layers) if self.spec.aux_layers == "mean" else aux
         return rms_norm(x, self.final_norm) @ self.unembed, aux
 
     def loss(self, inputs, targets, weights) -> tuple[torch.Tensor, torch.Tensor]:
         """(training objective [], LM loss []) as `transformer.loss`: weighted mean NLL + aux losses."""
-        logits, aux = self(inputs)
+        logits, aux = self(inputs, (weights > 0) if self.spec.mask_padding else None)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         lm = (nll * weights.flatten()).sum() / weights.sum().clamp_min(1.0)
         return lm + aux, lm

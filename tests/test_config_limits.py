@@ -172,7 +172,7 @@ def test_corpus_sizes_are_what_the_build_takes():
     corpus = text._corpus(minimum)
     assert {s: (len(c.paths), c.num_bytes) for s, c in corpus.items()} == sizes
     examples = tasks.generate(np.random.default_rng(0), 600)
-    assert max(len((e.prompt + e.answer).encode()) for e in examples) == tasks.MAX_EXAMPLE_BYTES  # copy/hard
+    assert max(len((e.prompt + e.answer).encode()) for e in examples) == tasks.MAX_EXAMPLE_BYTES  # lookup/8
 
 
 def _text_data(train_tokens, val_tokens, val_task_rows, seq_len):

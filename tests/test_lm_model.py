@@ -33,21 +33,27 @@ def tokens(shape=(2, 12), vocab=64, seed=1):
 
 
 def reference_apply(params, toks, spec, p):
-    """Loop over layers in Python (no scan): dense layers then the MoE layer of each group."""
+    """Loop over layers in Python (no scan): in each group the MoE layer, then its dense layers (or the
+    dense layers first, for moe_position "last")."""
     x = tf.embed(params, toks, spec)
     at = lambda tree, *i: jax.tree.map(lambda a: a[i], tree)
     stats = []
     for g in range(spec.num_groups):
-        for j in range(spec.moe_every - 1):
-            x = tf.dense_layer(at(params["groups"]["dense"], g, j), x, spec)
+        dense = [at(params["groups"]["dense"], g, j) for j in range(spec.moe_every - 1)]
+        for layer in dense if spec.moe_position == "last" else []:
+            x = tf.dense_layer(layer, x, spec)
         x, _, s = tf.moe_block(at(params["groups"]["moe"], g), x, spec, p)
+        for layer in dense if spec.moe_position == "first" else []:
+            x = tf.dense_layer(layer, x, spec)
         stats.append(s["experts_per_token"])
     return tf.logits_of(params, x), jnp.stack(stats)
 
 
-@pytest.mark.parametrize("moe_every,scan_unroll", [(1, 1), (2, 1), (1, 4)])
-def test_forward_equals_loop_over_layers(moe_every, scan_unroll):
-    spec = tf.Spec(**{**TINY, "moe_every": moe_every, "scan_unroll": scan_unroll})
+@pytest.mark.parametrize(
+    "moe_every,scan_unroll,position", [(1, 1, "first"), (2, 1, "first"), (2, 1, "last"), (1, 4, "first")]
+)
+def test_forward_equals_loop_over_layers(moe_every, scan_unroll, position):
+    spec = tf.Spec(**{**TINY, "moe_every": moe_every, "scan_unroll": scan_unroll, "moe_position": position})
     params = tf.init(jax.random.key(0), spec)
     toks = tokens()
     out = jax.jit(lambda p, t: tf.apply(p, t, spec, 0.4))(params, toks)

@@ -33,12 +33,12 @@ def tiny(**train):
     return config
 
 
-def pipeline_of(config):
+def pipeline_of(config, member=0):
+    """Member `member`'s batch stream (data_order "member") and the chunk validation batch."""
     data = lm_moe.load_data(config)
     d = config.data
-    return pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed), lm_moe.chunk_validation(
-        config, data
-    )
+    batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed, member)
+    return batches, lm_moe.chunk_validation(config, data)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,9 @@ def test_paper_preset_counts_parameters_without_allocating(capsys):
     "override,message",
     [
         ("--config.data.task_rows=9", "task_rows"),
-        ("--config.train.routers=('top3',)", "train.routers"),
+        ("--config.train.routers=('top9',)", "train.routers"),
+        ("--config.train.arm_p=(0.4,)", "arm_p"),
+        ("--config.train.data_order=random", "train.data_order"),
         ("--config.train.sweep_p=(0.0,)", "sweep_p"),
         ("--config.model.num_heads=3", "heads"),
         ("--config.router.p=1.5", "router.p"),

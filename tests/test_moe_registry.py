@@ -93,8 +93,9 @@ def test_lm_stages_are_config_overrides_on_the_router_table():
     assert specs["top_p"].router == "top_p" and specs["top_p"].p == config.router.p
     assert specs["top1"].dynamic_weight == 0.0 and specs["top_p"].dynamic_weight == config.router.dynamic_weight
     assert all(routing.ROUTERS[s["router"]] for s in lm_train.STAGES.values())
-    with pytest.raises(ValueError, match="unknown router 'top3'"):
-        lm_train.model_spec(config, "top3")
+    assert lm_train.model_spec(config, "top3").moe.k == 3
+    with pytest.raises(ValueError, match="unknown router 'top9'"):
+        lm_train.model_spec(config, "top9")
 
 
 @pytest.mark.parametrize("stage", ["top2", "top_p"])

@@ -104,6 +104,10 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.model.dispatch = "argsort"  # routing: "argsort" (jnp routers) or "fused" (Pallas kernel; interpreted on CPU)
     config.model.dtype = "float32"  # activation dtype; "bfloat16" on accelerators (on this CPU it is 1.3x slower)
     config.model.rope_base = 10000.0  # RoPE frequency base
+    # initialisation: "official" (the top-p paper's code, HF LLaMA: N(0, 0.02) for every matrix and the
+    # embedding, so a fresh router is near uniform) or "fan_in" (N(0, 1) embedding, N(0, 1/fan_in) matrices)
+    config.model.init = "official"
+    config.model.moe_position = "first"  # MoE layer in each group of moe_every: "first" (official) or "last"
     config.model.remat = False  # recompute each layer in the backward pass (activation memory)
     # layer groups per layer-scan iteration; 0: all (one compiled body per layer: 5-10% faster steps on this
     # CPU at 4 layers, benchmarks/results/lm_train_throughput.json; the paper preset keeps 1, for compile time)
@@ -117,6 +121,14 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.router.load_balance_weight = 1e-2  # a: load-balance loss weight, every router (per MoE layer)
     config.router.dynamic_weight = 1e-4  # b: dynamic (routing entropy) loss weight, top-p only
     config.router.z_weight = 0.0  # router z-loss weight (not in the paper)
+    # load balance N * sum f_i P_i with f normalised to sum 1 ("assignments") or to k, the experts per
+    # token ("tokens": GShard, HF Mixtral, MaxText); the paper does not say
+    config.router.load_balance_norm = "tokens"
+    config.router.aux_layers = "mean"  # aux losses over the MoE layers: "mean" (HF's one loss) or "sum"
+    config.router.mask_padding = True  # aux losses and routing statistics leave out padded positions
+    # top-k baselines' combine weights: renormalised to sum 1 (GShard, Mixtral) or the raw probabilities;
+    # top-p always keeps the raw probabilities (the official code); the paper's top-2 weighting is unreleased
+    config.router.renormalize_top_k = True
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 3e-3  # peak AdamW learning rate
@@ -128,9 +140,13 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.optim.clip_norm = 1.0  # global gradient-norm clipping
 
     config.train = ml_collections.ConfigDict()
-    config.train.routers = ("top1", "top2", "top_p")  # one stage each, at equal steps on equal data
+    config.train.routers = ("top1", "top2", "top_p")  # one stage each (also "top3"), at equal steps and batches
     config.train.seeds = 3  # members per router (initialisations fold_in(seed, 0..seeds-1))
+    config.train.arm_p = ()  # more top-p arms: one stage per threshold, every seed (named top_p<p>)
     config.train.sweep_p = (0.2, 0.3, 0.5)  # extra top-p thresholds (seed 0), one stage; () for none
+    # "member": each seed its own batch order (seed i's order is the same in every stage: paired arms);
+    # "shared": every member of every stage sees one order (seeds then vary initialisation only)
+    config.train.data_order = "member"
     config.train.members = "map"  # run a stage's members in one program: "map" (lax.map) or "vmap"
     config.train.num_steps = 1000  # gradient steps per member (a multiple of log_every)
     config.train.microbatches = 1  # gradient accumulation: each step's batch in this many sequential slices

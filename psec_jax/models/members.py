@@ -3,6 +3,7 @@
     program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size, len(stage.members))
     states = program.init(keys)                          # [M, ...] TrainState
     states, metrics = program.chunk(states, batches, ps)  # batches [S, B, T] on the host, ps [M]
+    # per_member_batches=True: batches [M, S, B, T], each member its own data order
 
 - ``config.mesh`` with fsdp = expert = model = 1 (the default): no model sharding; the members are split
   over ``mesh.data`` devices (``parallel.sweep``; -1: as many as divide the member count), each member's
@@ -35,7 +36,7 @@ class Program(NamedTuple):
     init: Callable[[jax.Array], Any]  # keys [M] -> TrainState [M, ...]
     chunk: Callable[
         [Any, Any, jax.Array], tuple[Any, dict]
-    ]  # (states, host Batch [S, B, T], ps [M]) -> (states, metrics [M, S])
+    ]  # (states, host Batch [S, B, T] or [M, S, B, T], ps [M]) -> (states, metrics [M, S])
     evaluate: Callable[
         [Any, Any, jax.Array, jax.Array], dict
     ]  # (states, Batch [N, R, T], text rows [N, R], ps [M]) -> metrics [M]
@@ -55,16 +56,23 @@ def _stacked(shardings: Any) -> Any:
 
 
 def program(
-    trainer: Any, mesh_config: ml_collections.ConfigDict, members: str, batch_rows: int, num_members: int
+    trainer: Any,
+    mesh_config: ml_collections.ConfigDict,
+    members: str,
+    batch_rows: int,
+    num_members: int,
+    per_member_batches: bool = False,
 ) -> Program:
     """The stage's init, chunk and evaluation functions for the layout ``mesh_config`` asks for (see the
     module docstring); ``members``: "map" or "vmap" for the split over the devices; ``batch_rows``: rows
     per step (a batch the batch axes do not divide stays whole on every device); ``num_members``: the
-    stage's member count."""
+    stage's member count; ``per_member_batches``: chunk batches carry a leading member axis [M, S, B, T]
+    (each member its own data order) instead of one [S, B, T] that every member sees."""
     evaluate = lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p)
+    batch_axis = 0 if per_member_batches else None
     if not is_sharded(mesh_config):
         over = parallel.members_mesh(mesh_config.data, num_members)
-        chunk = parallel.sweep(trainer.chunk, in_axes=(0, None, 0), members=members, mesh=over)
+        chunk = parallel.sweep(trainer.chunk, in_axes=(0, batch_axis, 0), members=members, mesh=over)
         return Program(
             parallel.sweep(trainer.init, mesh=over),
             lambda s, b, ps: chunk(s, jax.tree.map(jnp.asarray, b), ps),
@@ -73,13 +81,14 @@ def program(
         )
     mesh = parallel.make_mesh(mesh_config)
     states = _stacked(sharding.state_shardings(trainer, mesh))
-    split = sharding.batch_sharding(mesh, ndim=3, batch_dim=1)
-    batch = NamedSharding(mesh, parallel.fit_spec(split.spec, (1, batch_rows, 1), mesh))
+    lead = 1 if per_member_batches else 0  # the member axis, unsplit, before [S, B, T]
+    split = sharding.batch_sharding(mesh, ndim=3 + lead, batch_dim=1 + lead)
+    batch = NamedSharding(mesh, parallel.fit_spec(split.spec, (1,) * lead + (1, batch_rows, 1), mesh))
     replicated = NamedSharding(mesh, P())
     with jax.set_mesh(mesh):
         init = jax.jit(jax.vmap(trainer.init), out_shardings=states)
         chunk = jax.jit(
-            parallel.map_members(trainer.chunk, (0, None, 0)),
+            parallel.map_members(trainer.chunk, (0, batch_axis, 0)),
             in_shardings=(states, batch, replicated),
             out_shardings=(states, replicated),
         )

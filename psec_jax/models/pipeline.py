@@ -2,10 +2,11 @@
 
 A training batch of B rows mixes `task_rows` random rows of the packed train task arrays (first)
 with B - task_rows windows of T + 1 tokens at uniform random offsets of train.npy. The rows and
-offsets of step s are drawn from `np.random.default_rng([seed, s])` alone, so `batch(s)` is a pure
-function of (seed, s): a run resumed at any step sees exactly the stream it would have seen, and
-`chunk` (steps stacked for a scanned training loop) equals stacking `batch`. Only the needed
-windows are read from the memory maps; the corpus is never copied whole, nor put on the device.
+offsets of step s are drawn from `np.random.default_rng([seed, s])` alone (a member's own stream:
+`[seed, member, s, 1]`), so `batch(s)` is a pure function of (seed, member, s): a run resumed at any
+step sees exactly the stream it would have seen, and `chunk` (steps stacked for a scanned training
+loop) equals stacking `batch`. Only the needed windows are read from the memory maps; the corpus is
+never copied whole, nor put on the device.
 
 Rows of T + 1 tokens become inputs `row[:-1]` and targets `row[1:]`; a target's weight is 0 when
 it is padding, and its label is the task label of the target token (-1 for corpus, prompt, an
@@ -71,13 +72,17 @@ def _task_row_len(data: TextData) -> int:
 class Batches:
     """The training stream: `batch(step)` -> Batch [B, T], `chunk(start, S)` -> Batch [S, B, T]."""
 
-    def __init__(self, data: TextData, batch_size: int, seq_len: int, task_rows: int, seed: int):
+    def __init__(
+        self, data: TextData, batch_size: int, seq_len: int, task_rows: int, seed: int, member: int | None = None
+    ):
         """Args:
         data: built text data (`text.get`).
         batch_size: rows B per step.
         seq_len: tokens T per row; must equal the build's seq_len when task_rows > 0.
         task_rows: rows per step taken from the packed task arrays, in [0, batch_size].
         seed: stream seed (non-negative); with the step it fixes every draw.
+        member: a member's own stream (non-negative; e.g. its initialisation seed), so that members differ
+          in data order as well as initialisation; None: the stream every member shares.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -94,15 +99,17 @@ class Batches:
             )
         if task_rows and data.tasks_train_tokens.shape[0] == 0:
             raise ValueError("task_rows > 0 but the data has no train task rows")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        if seed < 0 or member is not None and member < 0:
+            raise ValueError(f"seed and member must be >= 0, got {seed} and {member}")
         self.data, self.batch_size, self.seq_len, self.task_rows, self.seed = data, batch_size, seq_len, task_rows, seed
+        self.member = member
 
     def draws(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(task row indices [task_rows], corpus window offsets [batch_size - task_rows]) of a step."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        rng = np.random.default_rng([self.seed, step])
+        # the shared order stays [seed, step]; a member's ends in 1, so no zero-padding makes it equal another's
+        rng = np.random.default_rng([self.seed, step] if self.member is None else [self.seed, self.member, step, 1])
         rows = (
             rng.integers(0, self.data.tasks_train_tokens.shape[0], self.task_rows)
             if self.task_rows

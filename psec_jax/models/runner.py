@@ -31,6 +31,10 @@ from psec_jax.models import transformer as tf
 from psec_jax.moe import BACKENDS
 from psec_jax.parallel import distributed
 
+# "member": each member draws its own batches from its seed (stage members with equal seeds, across
+# stages, see equal data: paired arms); "shared": every member sees the one stream of config.seed
+DATA_ORDERS = ("member", "shared")
+
 
 class Stage(NamedTuple):
     name: str  # workdir stages/<name>
@@ -41,9 +45,12 @@ class Stage(NamedTuple):
 
 
 def stages(config: ml_collections.ConfigDict) -> list[Stage]:
-    """The stages the config asks for, in the order they run."""
+    """The stages the config asks for, in the order they run: one per router of `train.routers`, one
+    per extra top-p threshold of `train.arm_p` (named `top_p<p>`, every seed), then the sweep."""
     t, n = config.train, config.train.seeds
-    out = [Stage(r, r, tuple(f"seed{i}" for i in range(n)), tuple(range(n)), (config.router.p,) * n) for r in t.routers]
+    seeds, names = tuple(range(n)), tuple(f"seed{i}" for i in range(n))
+    out = [Stage(r, r, names, seeds, (config.router.p,) * n) for r in t.routers]
+    out += [Stage(f"top_p{p:g}", "top_p", names, seeds, (p,) * n) for p in t.arm_p]
     if t.sweep_p:
         out.append(
             Stage("top_p_sweep", "top_p", tuple(f"p{p:g}" for p in t.sweep_p), (0,) * len(t.sweep_p), tuple(t.sweep_p))
@@ -107,10 +114,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
     if len(set(config.train.routers)) != len(config.train.routers):
         raise cc.ConfigError(f"train.routers={tuple(config.train.routers)} repeats a router")
-    if any(not 0.0 < p <= 1.0 for p in config.train.sweep_p):
-        raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)}: every threshold must be in (0, 1]")
-    if len({f"{p:g}" for p in config.train.sweep_p}) != len(config.train.sweep_p):
-        raise cc.ConfigError(f"train.sweep_p={tuple(config.train.sweep_p)} repeats a threshold")
+    cc.one_of(config, "train.data_order", DATA_ORDERS)
+    for name in ("arm_p", "sweep_p"):
+        ps = tuple(config.train[name])
+        if any(not 0.0 < p <= 1.0 for p in ps) or len({f"{p:g}" for p in ps}) != len(ps):
+            raise cc.ConfigError(f"train.{name}={ps}: thresholds must be in (0, 1] and distinct")
+    if any(f"{p:g}" == f"{config.router.p:g}" for p in config.train.arm_p) and "top_p" in config.train.routers:
+        raise cc.ConfigError(f"train.arm_p={tuple(config.train.arm_p)} repeats router.p={config.router.p} of top_p")
     if config.optim.warmup_steps >= config.train.num_steps:
         raise cc.ConfigError(
             f"optim.warmup_steps={config.optim.warmup_steps} must be below train.num_steps={config.train.num_steps}"
@@ -313,6 +323,7 @@ RESUME_MAY_CHANGE = (
     "train.routers",
     "train.seeds",
     "train.sweep_p",
+    "train.arm_p",
     "mesh.data",
     "mesh.fsdp",
     "mesh.expert",
@@ -386,11 +397,20 @@ def run_stage(
     root = prng.stream(jax.random.key(config.seed), "init")
     keys = jnp.stack([jax.random.fold_in(root, s) for s in stage.seeds])
     ps = jnp.asarray(stage.ps, jnp.float32)
-    program = members.program(trainer, config.mesh, config.train.members, config.data.batch_size, len(stage.members))
+    own = config.train.data_order == "member"
+    program = members.program(
+        trainer, config.mesh, config.train.members, config.data.batch_size, len(stage.members), own
+    )
     steps = config.train.log_every
+    d = config.data
+    streams = [pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed, s) for s in stage.seeds]
 
     def chunk(states: lm_train.TrainState) -> tuple[lm_train.TrainState, dict]:
-        b = batches.chunk(int(distributed.to_host(states.step)[0]), steps)
+        start = int(distributed.to_host(states.step)[0])
+        if own:  # [M, S, B, T]: member i's own order, the same in every stage (paired arms)
+            b = jax.tree.map(lambda *x: np.stack(x), *(m.chunk(start, steps) for m in streams))
+        else:
+            b = batches.chunk(start, steps)
         states, metrics = program.chunk(states, b, ps)
         return states, _flatten(distributed.to_host(metrics), stage.members, trainer.spec.num_groups)
 

@@ -40,6 +40,7 @@ from psec_jax.routing import get_router
 STAGES: dict[str, dict[str, Any]] = {
     "top1": {"router": "top_k", "k": 1},
     "top2": {"router": "top_k", "k": 2},
+    "top3": {"router": "top_k", "k": 3},
     "top_p": {"router": "top_p"},
 }
 
@@ -87,16 +88,18 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
     only weighs on routers that use p (a variable expert count); 0 for the others."""
     overrides = stage_overrides(stage)
     m, r = config.model, config.router
-    dynamic = get_router(overrides.get("router", MoEConfig.router)).uses_p
+    router = get_router(overrides.get("router", MoEConfig.router))
     base = dict(
         p=r.p,
         max_k=m.max_k or None,
+        renormalize=router.uses_k and r.renormalize_top_k,  # top-p keeps raw weights, as the official code
         dispatch=m.dispatch,
         backend=m.backend,
         grouped_matmul=m.grouped_matmul,
         load_balance_weight=r.load_balance_weight,
-        dynamic_weight=r.dynamic_weight if dynamic else 0.0,
+        dynamic_weight=r.dynamic_weight if router.uses_p else 0.0,
         z_weight=r.z_weight,
+        load_balance_norm=r.load_balance_norm,
     )
     return MoEConfig(**{**base, **overrides})
 
@@ -117,6 +120,10 @@ def model_spec(config: ml_collections.ConfigDict, router: str) -> tf.Spec:
         moe=moe_config(config, router),
         dtype=m.dtype,
         rope_base=m.rope_base,
+        init=m.init,
+        aux_layers=config.router.aux_layers,
+        moe_position=m.moe_position,
+        mask_padding=config.router.mask_padding,
         remat=m.remat,
         scan_unroll=m.scan_unroll or m.num_layers // m.moe_every,
         gather_weights=m.gather_weights,
@@ -215,7 +222,7 @@ def accumulate_gradients(
     def one(params: Any, mb: Batch) -> tuple[jax.Array, dict]:
         _, (out, lm) = tf.loss(params, mb.inputs, mb.targets, mb.weights, spec, p)
         share = mb.weights.sum() / total_weight  # this slice's part of the batch's token-weighted mean
-        objective = share * lm + jnp.sum(out.aux["total"]) / microbatches
+        objective = share * lm + tf.layer_aux(out.aux["total"], spec) / microbatches
         s = out.stats
         metrics = {
             "loss": share * lm,

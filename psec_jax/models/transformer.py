@@ -7,11 +7,17 @@
     axes = param_axes(spec)                       # logical axis names of every parameter, declared by init
 
 Pre-norm blocks: x += Attention(RMSNorm(x)); x += FFN(RMSNorm(x)), causal multi-head attention with
-rotary position embeddings (RoPE, rotate-half form), SwiGLU FFNs. Every `moe_every`-th layer's FFN is
-the MoE layer (routed SwiGLU experts, no shared expert); the layers between have a dense SwiGLU FFN.
-The layers are grouped as `moe_every - 1` dense layers followed by one MoE layer and the groups are
+rotary position embeddings (RoPE, rotate-half form), SwiGLU FFNs. One layer in every `moe_every` has
+the MoE layer as its FFN (routed SwiGLU experts, no shared expert); the others a dense SwiGLU FFN.
+The layers are grouped as one MoE layer and `moe_every - 1` dense layers (the MoE layer first, as the
+official code's `layer_idx % expert_frequency == 0`, or last: `Spec.moe_position`) and the groups are
 stacked on a leading axis `[G]` (G = num_layers // moe_every) and run by `lax.scan`, so one
 compilation serves any depth; per-group aux losses and routing statistics come out as `[G, ...]`.
+
+Conventions (`Spec` fields; the official code's choice is the default): initialisation `init`,
+aux-loss reduction over layers `aux_layers`, MoE placement `moe_position`, and `mask_padding` (aux
+losses and routing statistics over the positions whose target is not padding, as HF's load-balance
+loss with an attention mask; the official code releases no training code).
 
 Precision: parameters are float32 and cast to `spec.dtype` (bfloat16 by default) where they are used;
 activations and the residual stream are in `spec.dtype`; RMSNorm, attention softmax, the router and
@@ -43,6 +49,9 @@ BACKENDS = tuple(name for name, b in MOE_BACKENDS.items() if b.causal)
 # Activation dtypes the model runs in. float64 is not among them: with JAX's default 32-bit mode it
 # would silently run in float32.
 DTYPES = ("float32", "bfloat16", "float16")
+# The choices of each convention field of `Spec` (the official code's first).
+CONVENTIONS = {"init": ("official", "fan_in"), "aux_layers": ("mean", "sum"), "moe_position": ("first", "last")}
+OFFICIAL_STD = 0.02  # the official code's (and HF LLaMA's) initializer_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +65,16 @@ class Spec:
     num_experts: int
     d_ff_expert: int  # hidden width of each SwiGLU expert
     d_ff: int = 0  # hidden width of the dense SwiGLU FFNs between MoE layers (unused when moe_every = 1)
-    moe_every: int = 1  # every moe_every-th layer is MoE (layers moe_every-1, 2*moe_every-1, ...)
+    moe_every: int = 1  # one layer in every moe_every is MoE (the first or last of each group: moe_position)
     # routing, dispatch back-end and aux-loss weights of every MoE layer (per MoE layer: LM loss + the
     # weighted aux losses); `apply`'s `p` overrides moe.p, also traced
     moe: MoEConfig = MoEConfig(z_weight=0.0)
     dtype: str = "bfloat16"  # activation dtype
+    # conventions the top-p paper's official code fixes and this model makes choices (see `CONVENTIONS`):
+    init: str = "official"  # "official": N(0, 0.02) for every matrix and embedding; "fan_in": N(0, 1/fan_in)
+    aux_layers: str = "mean"  # MoE layers' aux losses: "mean" over layers (HF) or "sum" (weight grows with depth)
+    moe_position: str = "first"  # the MoE layer in its group of moe_every: "first" (official) or "last"
+    mask_padding: bool = True  # aux losses and routing statistics leave out positions whose target is padding
     rope_base: float = 10000.0
     remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
     # layer groups per iteration of the layer scan (`lax.scan`'s unroll): 1 compiles one group whatever the
@@ -99,6 +113,9 @@ class Spec:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.moe.max_k is not None and not self.moe.max_k <= self.num_experts:
             raise ValueError(f"max_k must be in [1, num_experts={self.num_experts}], got {self.moe.max_k}")
+        for name, allowed in CONVENTIONS.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Spec.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"activation dtype must be one of {DTYPES}, got {self.dtype!r}")
 
@@ -191,17 +208,29 @@ def _init_group(key: jax.Array, spec: Spec) -> dict[str, Any]:
     return group
 
 
+def _official(boxed: dict[str, Any], key: jax.Array) -> dict[str, Any]:
+    """The official code's initialisation: every weight (embedding, projections, router, experts,
+    unembedding) drawn afresh from N(0, OFFICIAL_STD^2), no depth scaling; RMSNorm scales stay 1."""
+    leaves, treedef = jax.tree.flatten(boxed, is_leaf=experts.is_boxed)
+    keys = jax.random.split(key, len(leaves))
+    redraw = lambda b, k: b.replace_boxed(OFFICIAL_STD * jax.random.normal(k, b.value.shape, jnp.float32))
+    return treedef.unflatten([b if "norm" in b.names else redraw(b, k) for b, k in zip(leaves, keys)])
+
+
 def init_boxed(key: jax.Array, spec: Spec) -> dict[str, Any]:
-    """`init`'s parameters, each in a `nn.LogicallyPartitioned` box with the logical names of its axes."""
+    """`init`'s parameters, each in a `nn.LogicallyPartitioned` box with the logical names of its axes;
+    `spec.init` says how they are drawn ("fan_in": N(0, 1) embedding, N(0, 1/fan_in) matrices with the
+    residual projections further scaled by 1/sqrt(2 L); "official": `_official`)."""
     ke, kg, ku = jax.random.split(key, 3)
     d = spec.d_model
     groups = jax.vmap(lambda k: _init_group(k, spec))(jax.random.split(kg, spec.num_groups))
-    return {
+    boxed = {
         "embed": _box(jax.random.normal(ke, (spec.vocab_size, d), jnp.float32), ("vocab", "embed")),
         "groups": _stacked(groups, "layers"),  # the stacked layer groups, never sharded
         "final_norm": _norm(d),
         "unembed": _box(_normal(ku, (d, spec.vocab_size), d), ("embed", "vocab")),
     }
+    return _official(boxed, jax.random.fold_in(key, 1)) if spec.init == "official" else boxed
 
 
 def init(key: jax.Array, spec: Spec) -> dict[str, Any]:
@@ -265,22 +294,29 @@ def dense_layer(p: dict[str, Any], x: jax.Array, spec: Spec) -> jax.Array:
     return x + experts.swiglu_expert(p["ffn"], rms_norm(p["ffn_norm"], x))  # the experts' SwiGLU, dense
 
 
-def moe_block(p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float) -> tuple[jax.Array, dict, dict]:
+def moe_block(
+    p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float, mask: jax.Array | None = None
+) -> tuple[jax.Array, dict, dict]:
     """One MoE block on x [B, T, d]: routes all B*T tokens together. Returns (x, aux, stats) with
-    scalar aux losses and the layer's routing statistics (experts_per_token [B, T])."""
+    scalar aux losses and the layer's routing statistics (experts_per_token [B, T]), over the
+    positions where mask [B, T] is True (all when None)."""
     x = _attend(p, x, spec)
     h = rms_norm(p["ffn_norm"], x)
-    y, aux, stats = moe_apply(p["moe"], h, spec.layer_config, p=top_p)
+    y, aux, stats = moe_apply(p["moe"], h, spec.layer_config, p=top_p, mask=mask)
     return x + y, aux, stats
 
 
 def group_block(
-    p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float
+    p: dict[str, Any], x: jax.Array, spec: Spec, top_p: jax.Array | float, mask: jax.Array | None = None
 ) -> tuple[jax.Array, tuple[dict, dict]]:
-    """The moe_every - 1 dense layers of a group (a scan) and then its MoE layer."""
-    if spec.moe_every > 1:
-        x, _ = jax.lax.scan(lambda h, q: (dense_layer(q, h, spec), None), x, p["dense"])
-    x, aux, stats = moe_block(p["moe"], x, spec, top_p)
+    """A group's MoE layer and its moe_every - 1 dense layers (a scan): MoE first or last, as
+    `spec.moe_position` says."""
+    dense = lambda x: jax.lax.scan(lambda h, q: (dense_layer(q, h, spec), None), x, p["dense"])[0]
+    if spec.moe_every > 1 and spec.moe_position == "last":
+        x = dense(x)
+    x, aux, stats = moe_block(p["moe"], x, spec, top_p, mask)
+    if spec.moe_every > 1 and spec.moe_position == "first":
+        x = dense(x)
     return x, (aux, stats)
 
 
@@ -315,13 +351,22 @@ def _gathers_weights(spec: Spec) -> bool:
     return platform != "cpu"
 
 
-def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | float | None = None) -> Output:
+def apply(
+    params: dict[str, Any],
+    tokens: jax.Array,
+    spec: Spec,
+    p: jax.Array | float | None = None,
+    mask: jax.Array | None = None,
+) -> Output:
     """Forward pass: tokens [B, T] int -> Output (logits [B, T, V], per-MoE-layer aux and stats).
 
     p: top-p threshold, a Python float or a traced scalar (so a sweep over p can be vmapped);
     default spec.moe.p. Ignored by routers that do not use p (top-k).
+    mask: [B, T] bool, the positions the aux losses and routing statistics count (None: all).
     """
     _check_tokens(tokens, spec)
+    if mask is not None and mask.shape != tokens.shape:
+        raise ValueError(f"mask has shape {mask.shape}, tokens {tokens.shape}")
     top_p = spec.moe.p if p is None else p
     # FSDP: each layer's weights are gathered where used and the activations [B, T, d] pinned to the
     # batch split; otherwise the partitioner follows the d-split weights into the weight-gradient
@@ -331,7 +376,7 @@ def apply(params: dict[str, Any], tokens: jax.Array, spec: Spec, p: jax.Array | 
     axes = param_axes(spec)
     weights = sharding.gather_weights if gather else (lambda w, _: w)
     group_axes = jax.tree.map(lambda a: a[1:], axes["groups"], is_leaf=lambda a: isinstance(a, tuple))  # one group
-    body = lambda x, g: group_block(weights(g, group_axes), act(x), spec, top_p)
+    body = lambda x, g: group_block(weights(g, group_axes), act(x), spec, top_p, mask)
     if spec.remat:
         body = jax.checkpoint(body)
     outer, outer_axes = ({k: v for k, v in tree.items() if k != "groups"} for tree in (params, axes))
@@ -362,16 +407,23 @@ def loss(
     spec: Spec,
     p: jax.Array | float | None = None,
 ) -> tuple[jax.Array, tuple[Output, jax.Array]]:
-    """Training objective: LM cross-entropy + sum over MoE layers of each layer's weighted aux losses.
+    """Training objective: LM cross-entropy + the MoE layers' weighted aux losses, their mean or sum
+    over layers (`spec.aux_layers`).
 
     inputs, targets [B, T] int, weights [B, T] (0 for padding). Returns (total [], (Output, LM loss [])),
-    for `jax.value_and_grad(..., has_aux=True)`. The aux losses see every token, padding included.
+    for `jax.value_and_grad(..., has_aux=True)`. With `spec.mask_padding` the aux losses and routing
+    statistics count only the positions of weight > 0; otherwise every position, padding included.
     """
     if targets.shape != inputs.shape or weights.shape != inputs.shape:
         raise ValueError(f"inputs {inputs.shape}, targets {targets.shape} and weights {weights.shape} must match")
-    out = apply(params, inputs, spec, p)
+    out = apply(params, inputs, spec, p, weights > 0 if spec.mask_padding else None)
     lm, _ = cross_entropy(out.logits, targets, weights)
-    return lm + jnp.sum(out.aux["total"]), (out, lm)
+    return lm + layer_aux(out.aux["total"], spec), (out, lm)
+
+
+def layer_aux(per_layer: jax.Array, spec: Spec) -> jax.Array:
+    """[] the per-MoE-layer aux losses [G] reduced over layers as `spec.aux_layers` says (mean or sum)."""
+    return jnp.mean(per_layer) if spec.aux_layers == "mean" else jnp.sum(per_layer)
 
 
 def parameter_counts(spec: Spec) -> dict[str, int]:

@@ -19,7 +19,15 @@ from psec_jax.moe.expert_parallel import EXCHANGES, expert_parallel, ragged_all_
 from psec_jax.moe.experts import EXPERTS, gelu_expert, init_moe, swiglu_expert
 from psec_jax.moe.grouped import SplitExpert, capacity_of, default_block_size, split_experts, stack_experts, tail_sizes
 from psec_jax.moe.layer import MoE, moe_apply, route, routing_stats
-from psec_jax.moe.losses import DEFAULT_WEIGHTS, aux_losses, dynamic_loss, expert_fractions, load_balance, z_loss
+from psec_jax.moe.losses import (
+    DEFAULT_WEIGHTS,
+    LOAD_BALANCE_NORMS,
+    aux_losses,
+    dynamic_loss,
+    expert_fractions,
+    load_balance,
+    z_loss,
+)
 from psec_jax.routing import RouteOutput, top_k, top_p
 
 __all__ = [
@@ -54,6 +62,7 @@ __all__ = [
     "aux_losses",
     "dynamic_loss",
     "expert_fractions",
+    "LOAD_BALANCE_NORMS",
     "load_balance",
     "z_loss",
     "RouteOutput",

@@ -19,6 +19,7 @@ from psec_jax.kernels import gmm
 from psec_jax.moe.backends import BACKENDS
 from psec_jax.moe.expert_parallel import EXCHANGES
 from psec_jax.moe.experts import EXPERTS
+from psec_jax.moe.losses import LOAD_BALANCE_NORMS
 from psec_jax.routing import ROUTERS
 
 ROUTING_DISPATCHES = ("argsort", "fused")  # how a route is computed and grouped by expert
@@ -57,6 +58,8 @@ class MoEConfig:
     load_balance_weight: float = 1e-2  # a (the top-p paper's)
     dynamic_weight: float = 1e-4  # b, the top-p paper's routing-entropy ("dynamic") loss
     z_weight: float = 1e-3  # c, ST-MoE's router z-loss
+    # load balance's f: "assignments" (sum f = 1) or "tokens" (sum f = k: GShard, HF Mixtral, MaxText)
+    load_balance_norm: str = "assignments"
 
     def __post_init__(self):
         if self.router not in ROUTERS:
@@ -87,6 +90,8 @@ class MoEConfig:
             raise ValueError(f"unknown grouped matmul {self.grouped_matmul!r}; choose from {gmm.IMPLS}")
         if self.exchange not in EXCHANGES:
             raise ValueError(f"unknown exchange {self.exchange!r}; choose from {EXCHANGES}")
+        if self.load_balance_norm not in LOAD_BALANCE_NORMS:
+            raise ValueError(f"unknown load_balance_norm {self.load_balance_norm!r}; choose from {LOAD_BALANCE_NORMS}")
         for name in ("load_balance_weight", "dynamic_weight", "z_weight"):
             w = getattr(self, name)
             if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w >= 0):

@@ -47,28 +47,37 @@ def route(logits: jax.Array, config: MoEConfig, p: jax.Array | float | None = No
     return router.route(logits, k=config.k, p=p, max_k=config.max_k, renormalize=config.renormalize)
 
 
-def routing_stats(r: RouteOutput, dropped: jax.Array) -> dict[str, jax.Array]:
+def routing_stats(r: RouteOutput, dropped: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
     """mean/max experts per token, per-expert load [E] (share of assignments), dropped and
-    truncated fractions, and experts_per_token [T] (int32, for per-token analyses); 0 for zero tokens."""
+    truncated fractions, and experts_per_token [T] (int32, for per-token analyses, every token); the
+    means, max and load over the tokens where mask [T] is True (all when None), 0 for zero tokens."""
     n = r.experts_per_token.astype(jnp.float32)
+    counted = n if mask is None else jnp.where(mask, n, 0.0)
     return {
-        "experts_per_token_mean": losses.token_mean(n),
-        "experts_per_token_max": jnp.max(n, initial=0.0),
-        "expert_load": losses.expert_fractions(r),
+        "experts_per_token_mean": losses.token_mean(n, mask),
+        "experts_per_token_max": jnp.max(counted, initial=0.0),
+        "expert_load": losses.expert_fractions(r, mask),
         "dropped_fraction": dropped,
-        "truncated_fraction": losses.token_mean(r.truncated.astype(jnp.float32)),
+        "truncated_fraction": losses.token_mean(r.truncated.astype(jnp.float32), mask),
         "experts_per_token": r.experts_per_token,
     }
 
 
 def moe_apply(
-    params: dict[str, Any], x: jax.Array, config: MoEConfig | None = None, *, p: jax.Array | float | None = None
+    params: dict[str, Any],
+    x: jax.Array,
+    config: MoEConfig | None = None,
+    *,
+    p: jax.Array | float | None = None,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
     """Route the tokens of x [..., d] (any number of leading axes, of any size including 0) and run
     the experts, as `config` (default `MoEConfig()`) says.
 
     p: the top-p threshold, a Python float or a traced scalar (so a sweep over p can be vmapped);
     default config.p.
+    mask: [...] bool, like x's tokens: the tokens the aux losses and routing statistics count (e.g.
+    False at padding); None counts every token. Every token is routed and computed either way.
     Returns (y [..., d] in x's dtype, aux losses {"load_balance", "dynamic", "z", "total"} weighted by
     the config's weights, stats from `routing_stats`, with experts_per_token shaped [...] like x's tokens).
     """
@@ -79,13 +88,17 @@ def moe_apply(
         raise TypeError(f"MoE input must be floating point, got dtype {x.dtype}")
     if x.shape[-1] != params["router"].shape[0]:
         raise ValueError(f"x has d={x.shape[-1]} but the router expects d={params['router'].shape[0]}")
+    if mask is not None and jnp.shape(mask) != x.shape[:-1]:
+        raise ValueError(f"mask has shape {jnp.shape(mask)}, x's tokens {x.shape[:-1]}")
     tokens = x.reshape(-1, x.shape[-1])
+    flat_mask = None if mask is None else jnp.reshape(mask, (-1,))
     logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
     r = route(logits, config, p)
     y, dropped = run_dispatch(tokens, r, EXPERTS[config.activation], params["experts"], config)
-    stats = routing_stats(r, dropped)
+    stats = routing_stats(r, dropped, flat_mask)
     stats["experts_per_token"] = stats["experts_per_token"].reshape(x.shape[:-1])
-    return y.reshape(x.shape).astype(x.dtype), losses.aux_losses(r, config.aux_weights), stats
+    aux = losses.aux_losses(r, config.aux_weights, flat_mask, config.load_balance_norm)
+    return y.reshape(x.shape).astype(x.dtype), aux, stats
 
 
 class MoE(nn.Module):
@@ -98,7 +111,7 @@ class MoE(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, p: jax.Array | float | None = None
+        self, x: jax.Array, p: jax.Array | float | None = None, mask: jax.Array | None = None
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
         d = x.shape[-1]
         params = self.param(
@@ -107,4 +120,4 @@ class MoE(nn.Module):
                 key, d, self.d_ff, self.num_experts, activation=self.config.activation, dtype=self.param_dtype
             ),
         )
-        return moe_apply(params, x, self.config, p=p)
+        return moe_apply(params, x, self.config, p=p, mask=mask)
