@@ -2,6 +2,7 @@
 (tasks.py) and the host batch pipeline (pipeline.py). One small build (first ~300 kB of each split,
 vocabulary 384) is shared by the module."""
 
+import itertools
 import json
 import math
 import re
@@ -170,29 +171,33 @@ class TestCorruption:
             text.load(cached_copy)
 
 
-def _parse_answer(prompt):
-    """The right answer of a prompt, computed independently of tasks.py."""
-    if prompt.startswith("copy "):
-        return " " + prompt[5:-2] + "\n"
-    if prompt.startswith("sort "):
-        return "".join(sorted(prompt[5:-1])) + "\n"
-    a, b, c, m = (int(x) for x in re.fullmatch(r"\((\d+)[*+](\d+)(?:\+(\d+))?\)%(\d+)=", prompt).groups(default="0"))
-    return f"{(a * b + c if '*' in prompt else a + b) % m}\n"
+def _solve(prompt):
+    """The answer and per-character labels of a prompt, computed independently of tasks.py (the sum
+    column by column with a running carry, the lookup by parsing the pairs)."""
+    if m := re.fullmatch(r"sort (\d+)=", prompt):
+        return "".join(sorted(m[1])) + "\n", ({3: 0, 10: 1}[len(m[1])],) * len(m[1])
+    if m := re.fullmatch(r"(\d{4})\+(\d{4})=", prompt):
+        digits, labels, carry = [], [], 0
+        for i, (x, y) in enumerate(zip(m[1][::-1], m[2][::-1])):  # units first
+            labels.append(-1 if i == 0 else 2 + carry)  # the units column never receives a carry
+            carry, digit = divmod(int(x) + int(y) + carry, 10)
+            digits.append(digit)
+        digits.append(carry)
+        labels.append(2 + carry)  # the leading digit is the carry out of the thousands
+        return "".join(map(str, digits[::-1])) + "\n", tuple(labels[::-1])
+    m = re.fullmatch(r"find ((?:[a-z]=\d )+)([a-z])\?", prompt)
+    pairs = dict(p.split("=") for p in m[1].split())
+    assert len(pairs) == len(m[1].split()), prompt  # keys are distinct
+    return pairs[m[2]] + "\n", ({2: 4, 9: 5}[len(pairs)],)
 
 
-def _label_of(prompt):
-    """The label of a prompt from its format alone (KeyError if no variant has its size)."""
-    if prompt.startswith("copy "):
-        return {5: 0, 14: 1}[len(prompt.split())]  # 3 or 12 letters
-    if prompt.startswith("sort "):
-        return {3: 2, 10: 3}[len(prompt) - len("sort =")]
-    return {"%10=": 4, "%97=": 5}[prompt[-4:]]
-
-
-def _val_side(prompt):
-    """Whether a modular/easy or sort/easy prompt is in the val side of the split (tasks.py docstring)."""
-    digits = [int(d) for d in re.findall(r"\d", prompt.split("%")[0])]
-    return (digits[0] + 2 * digits[1]) % 5 == 0 if prompt.startswith("(") else sum(digits) % 5 == 0
+def _problem(prompt):
+    """A prompt's problem whatever the order of its operands or pairs (the split's unit)."""
+    if m := re.fullmatch(r"(\d{4})\+(\d{4})=", prompt):
+        return frozenset((m[1], m[2]))
+    if prompt.startswith("find "):
+        return frozenset(prompt[5:-2].split()), prompt[-2]
+    return prompt
 
 
 def _prompts(data, split):
@@ -201,73 +206,159 @@ def _prompts(data, split):
         data.tokenizer.decode([int(i) for i in row if i != data.pad_id])
         for row in getattr(data, f"tasks_{split}_tokens")
     )
-    return [line[: line.index("=") + 1] for row in rows for line in row.split("\n")[:-1]]
+    lines = [line for row in rows for line in row.split("\n")[:-1]]
+    return [line[: line.index("?" if line.startswith("find ") else "=") + 1] for line in lines]
+
+
+def _has(examples, label):
+    return [e for e in examples if label in e.labels]
+
+
+N, C = 2, 3  # addition/no_carry, addition/carry
 
 
 class TestTasks:
+    @pytest.mark.parametrize(
+        "a, b, answer, labels",
+        [
+            # units 9+1 = 10 carries into the tens, tens 9+0+1 = 10 into the hundreds, hundreds 1+0+1 = 2
+            # does not: the thousands and the leading digit get none; the units digit is unscored
+            (199, 1, "00200", (N, N, C, C, -1)),
+            # a chain: hundreds 8+1 = 9 carries only because the tens pass one on (8+1+1 = 10)
+            (899, 101, "01000", (N, C, C, C, -1)),
+            (5000, 5000, "10000", (C, N, N, N, -1)),  # only the thousands carry out, into the leading digit
+            (9999, 1, "10000", (C, C, C, C, -1)),
+            (1234, 4321, "05555", (N, N, N, N, -1)),
+            (0, 0, "00000", (N, N, N, N, -1)),
+        ],
+    )
+    def test_addition_by_hand(self, a, b, answer, labels):
+        e = tasks.addition_example(a, b)
+        assert e == (f"{a:04d}+{b:04d}=", answer + "\n", labels)
+        assert (e.answer, e.labels) == _solve(e.prompt)
+
+    def test_lookup_and_sort_by_hand(self):
+        assert tasks.lookup_example([("a", 3), ("k", 7)], "k") == ("find a=3 k=7 k?", "7\n", (4,))
+        nine = list(zip("qwertyuio", [1, 2, 3, 4, 5, 6, 7, 8, 9]))
+        assert tasks.lookup_example(nine, "t") == ("find q=1 w=2 e=3 r=4 t=5 y=6 u=7 i=8 o=9 t?", "5\n", (5,))
+        assert tasks.sort_example([3, 1, 2]) == ("sort 312=", "123\n", (0, 0, 0))
+        assert tasks.sort_example([0, 9] * 5).labels == (1,) * 10
+        for bad in ([("a", 1), ("a", 2)], [("a", 1)], [("a", 10), ("b", 1)], [("A", 1), ("b", 1)]):
+            with pytest.raises(ValueError, match="lookup"):
+                tasks.lookup_example(bad, "a")
+        with pytest.raises(ValueError, match="one of them as query"):
+            tasks.lookup_example([("a", 1), ("b", 2)], "c")
+        with pytest.raises(ValueError, match=r"operands must be in \[0, 10000\)"):
+            tasks.addition_example(10_000, 0)
+        with pytest.raises(ValueError, match="3 or 10 digits"):
+            tasks.sort_example([1, 2])
+
     @pytest.mark.parametrize("split", ["train", "val"])
-    def test_answers_are_right_and_variants_sized(self, split):
+    def test_generated_answers_and_labels_are_right(self, split):
         examples = tasks.generate(np.random.default_rng(0), 3000, split)
-        assert {e.label for e in examples} == set(range(6))
+        assert {label for e in examples for label in e.labels} == set(range(6)) | {-1}
         for e in examples:
-            assert e.answer == _parse_answer(e.prompt) and _label_of(e.prompt) == e.label, e
-            if e.label in (2, 4):  # sort/easy and modular/easy: the split's side of the problem space
-                assert _val_side(e.prompt) == (split == "val"), e
+            assert (e.answer, e.labels) == _solve(e.prompt), e
+            if e.labels[0] == 0:  # sort/easy: the split's side of its problem space
+                assert (sum(map(int, e.prompt[5:-1])) % 5 == 0) == (split == "val"), e
         assert tasks.label_names() == [
-            "copy/easy",
-            "copy/hard",
             "sort/easy",
             "sort/hard",
-            "modular/easy",
-            "modular/hard",
+            "addition/no_carry",
+            "addition/carry",
+            "lookup/1",
+            "lookup/8",
         ]
+        assert tasks.MAX_EXAMPLE_BYTES == max(len(e.prompt + e.answer) for e in examples) == 45  # lookup/8
 
-    def test_labels_mark_exactly_the_answer_tokens_and_examples_are_whole(self, data):
+    def test_both_addition_labels_at_every_scored_position(self):
+        examples = tasks.generate(np.random.default_rng(0), 6000)
+        labels = np.array([e.labels for e in examples if e.prompt[4] == "+"])  # [n, 5], MSB first
+        assert labels.shape[1] == 5 and (labels[:, 4] == -1).all()
+        # P(carry into a column): tens 45/100, then 0.45 + 0.1 * (the share below) ~ 0.5
+        np.testing.assert_allclose((labels[:, :4] == C).mean(0), [0.5, 0.5, 0.495, 0.45], atol=0.05)
+        assert 0.8 < np.mean([N in row and C in row for row in labels.tolist()]) < 0.9  # most hold both labels
+
+    def test_pack_puts_labels_on_answer_digits_only(self, data):
+        # one row, by hand: a prompt of 10 one-character tokens, 5 answer digits (the units one
+        # unscored), the newline; then a lookup whose one answer token follows "?"; then a sort
+        examples = [
+            tasks.addition_example(199, 1),
+            tasks.lookup_example([("a", 3), ("k", 7)], "k"),
+            tasks.sort_example([3, 1, 2]),
+        ]
+        tokens, labels = tasks.pack(data.tokenizer, examples, 65, data.pad_id)
+        assert tokens.shape == labels.shape == (1, 65)
+        encode = lambda s: data.tokenizer.encode(s, add_special_tokens=False).ids
+        lookup, sort = (len(encode(e.prompt)) for e in examples[1:])
+        assert len(encode(examples[0].prompt)) == 10 and encode("\n") == [data.tokenizer.token_to_id("Ċ")]
+        expected = [-1] * 10 + [N, N, C, C, -1] + [-1] + [-1] * lookup + [4, -1] + [-1] * sort + [0, 0, 0, -1]
+        assert labels[0].tolist() == expected + [-1] * (65 - len(expected))
+        assert (tokens[0, len(expected) :] == data.pad_id).all() and data.pad_id not in tokens[0, : len(expected)]
+        at = [i for i, label in enumerate(expected) if label >= 0]
+        assert data.tokenizer.decode(tokens[0, at].tolist()) == "0020" + "7" + "123"
+        assert data.tokenizer.id_to_token(int(tokens[0, at[4] - 1])) == "?"  # lookup answers always follow "?"
+
+    def test_packed_rows_are_whole_examples_greedily(self, data):
         examples = tasks.generate(np.random.default_rng(1), 300)
         tokens, labels = tasks.pack(data.tokenizer, examples, 65, data.pad_id)
         assert tokens.dtype == np.uint16 and labels.dtype == np.int8 and tokens.shape == labels.shape
-        decode = lambda ids: data.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
-        it, firsts, free = iter(examples), [], []
+        encode = lambda s: data.tokenizer.encode(s, add_special_tokens=False).ids
+        it = iter(examples)
+        e = next(it)
         for row, lab in zip(tokens, labels):
-            content = row != data.pad_id
-            n = int(content.sum())
-            assert content[:n].all() and (lab[n:] == -1).all()  # padding only at the end
-            # a row is a run of whole examples: its text is their concatenation, answers labelled
-            spans = np.flatnonzero(np.diff(np.r_[-1, lab[:n], -1] >= 0))  # starts/ends of labelled runs
-            row_examples = [next(it) for _ in range(len(spans) // 2)]
-            firsts.append(row_examples[0])
-            free.append(65 - n)
-            assert decode(row[:n]) == "".join(e.prompt + e.answer for e in row_examples)
-            for (s, t), e in zip(spans.reshape(-1, 2), row_examples):
-                # the answer without its newline terminator, which follows unlabelled
-                assert decode(row[s:t]) == e.answer[:-1] and (lab[s:t] == e.label).all()
-                assert decode(row[t : t + 1]) == "\n" and lab[t] == -1
-        assert next(it, None) is None
-        # greedy: a row ends only when the next example does not fit in it
-        size = lambda e: len(data.tokenizer.encode(e.prompt).ids) + len(data.tokenizer.encode(e.answer).ids)
-        assert all(size(e) > room for e, room in zip(firsts[1:], free[:-1]))
+            n = int((row != data.pad_id).sum())
+            assert (row[n:] == data.pad_id).all() and (lab[n:] == -1).all()  # padding only at the end
+            at = 0
+            while e is not None and at + len(encode(e.prompt + e.answer)) <= 65:  # greedy: fill while it fits
+                prompt, answer, end = encode(e.prompt), encode(e.answer[:-1]), encode("\n")
+                ids = prompt + answer + end
+                assert len(answer) == len(e.labels)  # every answer character (a digit) is one token
+                assert row[at : at + len(ids)].tolist() == ids
+                assert lab[at : at + len(ids)].tolist() == [-1] * len(prompt) + list(e.labels) + [-1] * len(end)
+                at += len(ids)
+                e = next(it, None)
+            assert at == n > 0
+        assert e is None
 
-    def test_too_long_example_rejected(self, data):
+    def test_pack_rejects_bad_examples(self, data):
         with pytest.raises(ValueError, match="more than row_len=8"):
-            tasks.pack(data.tokenizer, [tasks.Example("copy a b c d e =", " a b c d e\n", 1)], 8, data.pad_id)
+            tasks.pack(data.tokenizer, [tasks.addition_example(1, 2)], 8, data.pad_id)
+        with pytest.raises(ValueError, match="has 2 labels, not one per character"):
+            tasks.pack(data.tokenizer, [tasks.Example("x=", "123\n", (0, 0))], 65, data.pad_id)
+        with pytest.raises(ValueError, match="does not end with"):
+            tasks.pack(data.tokenizer, [tasks.Example("x=", "1", (0,))], 65, data.pad_id)
+        # a token of two letters cannot carry two labels
+        pair = next(t for t in data.tokenizer.get_vocab() if len(t) == 2 and t.isalpha() and t.islower())
+        with pytest.raises(ValueError, match=rf"token '{pair}' covers characters of labels \[0, 1\]"):
+            tasks.pack(data.tokenizer, [tasks.Example("x=", pair + "\n", (0, 1))], 65, data.pad_id)
 
-    def test_val_prompts_exclude_train_prompts_and_small_spaces_split(self):
+    def test_val_problems_are_never_train_problems(self):
         train = tasks.generate(np.random.default_rng(0), 3000, "train")
         seen = {e.prompt for e in train}
         val = tasks.generate(np.random.default_rng(1), 1200, "val", seen)
         assert not seen & {e.prompt for e in val}
-        assert np.bincount([e.label for e in val], minlength=6).min() > 150  # the label mix stays uniform
-        # the small spaces: a fifth held out by construction (sides checked in the test above)
-        many = tasks.generate(np.random.default_rng(2), 12_000, "val")
-        assert [len({e.prompt for e in many if e.label == label}) for label in (2, 4)] == [200, 20]
-        assert len({e.prompt for e in train if e.label == 4}) == 80
+        assert min(len(_has(val, label)) for label in range(6)) > 150  # the label mix stays uniform
+        # by construction (all but sort/hard), without `exclude`, whatever the order of operands or pairs:
+        # lookup/1 has 65,000 problems, so ~2000 draws per side would meet ~60 times if the split ignored it
+        sides = {s: tasks.generate(np.random.default_rng(seed), 12_000, s) for seed, s in enumerate(tasks.SPLITS)}
+        problems = {s: {_problem(e.prompt) for e in sides[s] if e.labels[0] != 1} for s in tasks.SPLITS}
+        assert not problems["train"] & problems["val"]
+        assert len(_has(sides["val"], 4)) > 1500
+        assert len({e.prompt for e in _has(sides["val"], 0)}) == 200  # sort/easy: a fifth of 1000 triples
+        rng = np.random.default_rng(3)
+        operands = rng.integers(0, 10_000, (2000, 2)).tolist()
+        assert all(tasks.addition_split(a, b) == tasks.addition_split(b, a) for a, b in operands)
+        assert 0.15 < np.mean([tasks.addition_split(a, b) == "val" for a, b in operands]) < 0.25
+        pairs = [("c", 1), ("x", 2), ("m", 2)]
+        assert len({tasks.lookup_split(p, "x") for p in itertools.permutations(pairs)}) == 1
         with pytest.raises(ValueError, match="split must be one of"):
             tasks.generate(np.random.default_rng(0), 1, "test")
 
     def test_exhausted_variant_raises(self):
-        every_val_modular_easy = {f"({a}+{b})%10=" for a in range(10) for b in range(10) if (a + 2 * b) % 5 == 0}
-        with pytest.raises(ValueError, match="modular/easy: 1000 draws in a row were all excluded"):
-            tasks.generate(np.random.default_rng(0), 200, "val", every_val_modular_easy)
+        every_val_sort_easy = {f"sort {a}{b}{c}=" for a, b, c in itertools.product(range(10), repeat=3)}
+        with pytest.raises(ValueError, match="sort/easy: 1000 draws in a row were all excluded"):
+            tasks.generate(np.random.default_rng(0), 200, "val", every_val_sort_easy)
 
     def test_built_val_prompts_are_unseen_per_label(self, data):
         train, val = (_prompts(data, split) for split in ("train", "val"))
@@ -275,11 +366,12 @@ class TestTasks:
         stats = data.meta["tasks"]["labels"]
         assert list(stats) == tasks.label_names()
         seen = set(train)
+        holds = lambda prompts, label: [p for p in prompts if label in _solve(p)[1]]
         for label, name in enumerate(tasks.label_names()):
-            mine = [p for p in val if _label_of(p) == label]
+            mine = holds(val, label)
             assert mine and not seen & set(mine), name  # every label validated, never on a train prompt
             assert stats[name]["val_examples"] == len(mine) and stats[name]["val_in_train"] == 0
-            assert stats[name]["train_examples"] == sum(_label_of(p) == label for p in train)
+            assert stats[name]["train_examples"] == len(holds(train, label))
             assert stats[name]["val_answer_tokens"] == (data.tasks_val_labels == label).sum() > 0
         assert sum(s["val_answer_tokens"] for s in stats.values()) == data.meta["tasks"]["val"]["answer_tokens"]
 
@@ -350,7 +442,7 @@ class TestPipeline:
             (dict(task_rows=9), r"task_rows must be in \[0, batch_size=8\]"),
             (dict(task_rows=-1), "task_rows must be in"),
             (dict(seq_len=32), "must equal the seq_len the task rows were packed for"),
-            (dict(seed=-1), "seed must be >= 0"),
+            (dict(seed=-1), "seed and member must be >= 0"),
         ],
     )
     def test_batches_argument_errors(self, data, kwargs, match):

@@ -4,7 +4,8 @@ Experts") on the Python standard library's source plus a controlled task mixture
     psec-jax lm_moe --config=lm_moe:small --workdir=runs/lm_moe_small
     psec-jax lm_moe --config=lm_moe:paper --workdir=/tmp/paper   # counts only
 
-Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `medium`
+Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `round2` (the
+paired-seed table of five arms x 12 seeds, ~4.5 h here), `medium`
 (throughput benchmarks: d_model 512, 8 layers, 8 experts of width 1408, 256-token rows), `paper` (the
 paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).
 One base config; a preset overrides only the fields in its row of `SIZES`.
@@ -39,6 +40,22 @@ SIZES = {
         "optim.warmup_steps": 2,
     },
     "small": {},  # the base config
+    # the round-two table (issue 32): 12 paired seeds (initialisation and data order) per arm, arms on the
+    # top-k frontier (top-1/2/3) and top-p at two thresholds, on the deduplicated source of the pinned
+    # packages (~tens of millions of tokens: no window repeats within a run); ~4.5 h on this 2-core CPU
+    "round2": {
+        "data.source": "packages",
+        "data.final_val_rows": 1024,
+        "data.num_task_examples": 50_000,
+        "data.num_val_task_examples": 6_000,
+        "train.routers": ("top1", "top2", "top3", "top_p"),
+        "train.arm_p": (0.6,),
+        "train.sweep_p": (),
+        "train.seeds": 12,
+        "train.num_steps": 1000,
+        "train.log_every": 100,
+        "train.checkpoint_every": 100,
+    },
     # shapes closer to real models, for throughput (benchmarks/lm_train_throughput.py): 4,096-token steps,
     # ~0.9 TFLOP per step at 1.5 experts per token (6 x active parameters x tokens)
     "medium": {
@@ -80,15 +97,21 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.vocab_size = 2048  # byte-level BPE vocabulary trained on the train split (2 special tokens)
-    config.data.max_corpus_bytes = 0  # 0: the whole stdlib corpus (~12 MB); else its first files up to this size
+    # corpus: "stdlib" (the interpreter's standard library, ~12 MB) or "packages" (the Python source of the
+    # pinned packages, deduplicated: psec_jax.models.sources)
+    config.data.source = "stdlib"
+    config.data.max_corpus_bytes = 0  # 0: the whole corpus; else each split's first files up to this size
     config.data.seq_len = 128  # tokens per training row (rows hold seq_len + 1 tokens: inputs and shifted targets)
     config.data.batch_size = 16  # rows per gradient step
     config.data.task_rows = 4  # of which packed task-mixture rows (the rest are stdlib text windows)
-    config.data.num_task_examples = 20_000  # generated training task examples (copy/sort/modular, easy/hard)
+    config.data.num_task_examples = 20_000  # generated training task examples (sort, addition, lookup: tasks.py)
     config.data.num_val_task_examples = 2_000  # held-out task examples (a different generator seed)
     config.data.val_corpus_rows = 32  # fixed held-out text windows evaluated after every chunk
     config.data.val_task_rows = 32  # fixed held-out task rows evaluated after every chunk
     config.data.seed = 0  # seed of the task generator (part of the cached data's identity)
+    config.data.final_val_rows = 0  # text windows of the final evaluation (0: every window of the val split)
+    config.data.heldout_rows = 128  # windows of each held-out set (val text at 2 x seq_len; other text)
+    config.data.token_rows = 256  # val text windows whose per-position NLL and expert counts are saved
 
     config.model = ml_collections.ConfigDict()
     config.model.d_model = 128  # residual width

@@ -40,6 +40,7 @@ class Program(NamedTuple):
     evaluate: Callable[
         [Any, Any, jax.Array, jax.Array], dict
     ]  # (states, Batch [N, R, T], text rows [N, R], ps [M]) -> metrics [M]
+    tokens: Callable[[Any, Any, jax.Array], dict]  # (states, Batch [N, R, T], ps [M]) -> token_outputs [M, ...]
     mesh: Any  # the mesh of a sharded run, None for a split over the devices
 
 
@@ -69,6 +70,7 @@ def program(
     stage's member count; ``per_member_batches``: chunk batches carry a leading member axis [M, S, B, T]
     (each member its own data order) instead of one [S, B, T] that every member sees."""
     evaluate = lambda st, b, rows, p: trainer.evaluate(st.params, b, rows, p)
+    tokens = lambda st, b, p: trainer.tokens(st.params, b, p)
     batch_axis = 0 if per_member_batches else None
     if not is_sharded(mesh_config):
         over = parallel.members_mesh(mesh_config.data, num_members)
@@ -77,6 +79,7 @@ def program(
             parallel.sweep(trainer.init, mesh=over),
             lambda s, b, ps: chunk(s, jax.tree.map(jnp.asarray, b), ps),
             parallel.sweep(evaluate, in_axes=(0, None, None, 0), members="map", mesh=over),
+            parallel.sweep(tokens, in_axes=(0, None, 0), members="map", mesh=over),
             None,
         )
     mesh = parallel.make_mesh(mesh_config)
@@ -93,6 +96,7 @@ def program(
             out_shardings=(states, replicated),
         )
         ev = jax.jit(parallel.map_members(evaluate, (0, None, None, 0)), out_shardings=replicated)
+        tok = jax.jit(parallel.map_members(tokens, (0, None, 0)), out_shardings=replicated)
 
     def place(tree: Any, s: NamedSharding) -> Any:
         return jax.tree.map(lambda x: distributed.global_array(x, s), tree)
@@ -108,5 +112,6 @@ def program(
         on_mesh(lambda keys: init(place(keys, replicated))),
         on_mesh(lambda s, b, ps: chunk(s, place(b, batch), place(ps, replicated))),
         on_mesh(lambda s, b, rows, ps: ev(s, place(b, replicated), place(rows, replicated), place(ps, replicated))),
+        on_mesh(lambda s, b, ps: tok(s, place(b, replicated), place(ps, replicated))),
         mesh,
     )

@@ -200,3 +200,22 @@ def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_ro
     )
     shape = (total // batch_size_rows, batch_size_rows, t1)
     return _split(tokens.reshape(shape), labels.reshape(shape), data.pad_id)
+
+
+def text_windows(tokens: np.ndarray, seq_len: int, max_rows: int, batch_size_rows: int, pad_id: int) -> Batch | None:
+    """Evenly spaced, non-overlapping windows of seq_len + 1 tokens of `tokens` [N] (no task rows), as many
+    whole batches of min(batch_size_rows, rows) rows as fit in `max_rows` rows: Batch [K, R, seq_len]
+    with labels -1; None when not one window fits."""
+    if seq_len < 1 or max_rows < 1 or batch_size_rows < 1:
+        raise ValueError(
+            f"seq_len, max_rows and batch_size_rows must be >= 1, got {seq_len}, {max_rows}, {batch_size_rows}"
+        )
+    t1 = seq_len + 1
+    available = min(tokens.size // t1, max_rows)
+    per_batch = min(batch_size_rows, available)
+    if per_batch < 1:
+        return None
+    n = available // per_batch * per_batch
+    offsets = np.arange(n) * (tokens.size // n)  # stride >= t1: windows never overlap
+    rows = np.asarray(tokens[offsets[:, None] + np.arange(t1)]).reshape(n // per_batch, per_batch, t1)
+    return _split(rows, np.full(rows.shape, -1, np.int8), pad_id)

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, progress, runs
 from psec_jax.config_check import UsageError
-from psec_jax.models import members, pipeline, report, tasks, text
+from psec_jax.models import evaluation, members, pipeline, report, sources, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
 from psec_jax.moe import BACKENDS
@@ -68,6 +68,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "data.num_task_examples",
         "data.num_val_task_examples",
         "data.val_corpus_rows",
+        "data.heldout_rows",
+        "data.token_rows",
         "model.d_model",
         "model.num_layers",
         "model.num_heads",
@@ -82,6 +84,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "data.task_rows",
         "data.val_task_rows",
         "data.max_corpus_bytes",
+        "data.final_val_rows",
         "model.max_k",
         "router.load_balance_weight",
         "router.dynamic_weight",
@@ -96,6 +99,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     cc.in_range(config, "optim.b1", 0.0, 0.999999)
     cc.in_range(config, "optim.b2", 0.0, 0.999999)
     cc.non_negative(config, "seed", "data.seed")
+    cc.one_of(config, "data.source", sources.SOURCES)
     cc.one_of(config, "model.backend", tf.BACKENDS)
     cc.one_of(config, "model.dtype", tf.DTYPES)
     cc.multiple_of(config, "train.num_steps", "train.log_every")
@@ -197,13 +201,16 @@ def check_data_sizes(config: ml_collections.ConfigDict) -> None:
             f"data.val_task_rows={d.val_task_rows} exceeds data.num_val_task_examples="
             f"{d.num_val_task_examples} (each row holds at least one example)"
         )
-    minimum = text.min_corpus_bytes()
+    try:
+        minimum = text.min_corpus_bytes(d.source)
+    except sources.MissingDistributionError as e:  # the message names the distribution and how to install it
+        raise cc.ConfigError(f"data.source={d.source!r}: {e}") from None
     if 0 < d.max_corpus_bytes < minimum:
         raise cc.ConfigError(
-            f"data.max_corpus_bytes={d.max_corpus_bytes} leaves a split of the stdlib corpus "
+            f"data.max_corpus_bytes={d.max_corpus_bytes} leaves a split of the {d.source} corpus "
             f"without a file for the tokenizer: use >= {minimum} (0: the whole corpus)"
         )
-    sizes, t1, cap = text.corpus_sizes(d.max_corpus_bytes or None), d.seq_len + 1, _corpus_cap(config)
+    sizes, t1, cap = text.corpus_sizes(d.max_corpus_bytes or None, d.source), d.seq_len + 1, _corpus_cap(config)
     most = {split: size + files - 1 for split, (files, size) in sizes.items()}  # tokens
     why = lambda split: f"at most {most[split]} tokens ({sizes[split][1]} bytes in {sizes[split][0]} file(s))"
     if most["train"] < t1:
@@ -255,6 +262,7 @@ def load_data(config: ml_collections.ConfigDict) -> text.TextData:
         num_task_examples=d.num_task_examples,
         num_val_task_examples=d.num_val_task_examples,
         seed=d.seed,
+        source=d.source,
     )
     if jax.process_count() == 1:
         return get()
@@ -274,13 +282,16 @@ def chunk_validation(config: ml_collections.ConfigDict, data: text.TextData) -> 
 
 
 def full_validation(
-    data: text.TextData, seq_len: int, rows_per_batch: int = 64
+    data: text.TextData, seq_len: int, rows_per_batch: int = 64, max_corpus_rows: int = 0
 ) -> tuple[pipeline.Batch, np.ndarray, float]:
-    """The whole validation split (every task row and non-overlapping text window, less the rows past the
-    last whole batch: text windows while more of them remain, else task rows) as Batch [N, rows_per_batch, T]
-    (one batch of every row where there are fewer), its text-row mask [N, rows_per_batch], and the unigram
-    baseline (train unigram, add-one) on exactly its text targets."""
+    """The whole validation split (every task row and non-overlapping text window, at most
+    `max_corpus_rows` of them when > 0, evenly spaced; less the rows past the last whole batch: text
+    windows while more of them remain, else task rows) as Batch [N, rows_per_batch, T] (one batch of
+    every row where there are fewer), its text-row mask [N, rows_per_batch], and the unigram baseline
+    (train unigram, add-one) on exactly its text targets."""
     corpus_rows, task_rows = pipeline.max_rows(data, seq_len)
+    if max_corpus_rows > 0:
+        corpus_rows = min(corpus_rows, max_corpus_rows)
     rows_per_batch = min(rows_per_batch, corpus_rows + task_rows)
     extra = (corpus_rows + task_rows) % rows_per_batch  # rows past the last whole batch
     if corpus_rows > extra:
@@ -454,19 +465,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     d = config.data
     batches = pipeline.Batches(data, d.batch_size, d.seq_len, d.task_rows, config.seed)
     val = chunk_validation(config, data)
-    full, text_rows, unigram = full_validation(data, d.seq_len)
+    full, text_rows, unigram = full_validation(data, d.seq_len, max_corpus_rows=d.final_val_rows)
+    heldout = evaluation.heldout_sets(data, d.seq_len, d.heldout_rows)
+    token_rows = evaluation.token_set(data, d.seq_len, d.token_rows)
     histories = {}
     for stage in stages(config):
         records, states, program = run_stage(config, stage, data, batches, val, Path(workdir))
+        directory = Path(workdir) / "stages" / stage.name
         final = final_evaluation(
-            program,
-            states,
-            stage,
-            full,
-            text_rows,
-            Path(workdir) / "stages" / stage.name / "final_eval.json",
-            config.train.num_steps,
+            program, states, stage, full, text_rows, directory / "final_eval.json", config.train.num_steps
         )
+        extras = evaluation.final_extras(
+            program, states, stage.members, stage.ps, heldout, token_rows, directory, config.train.num_steps
+        )
+        final = {m: {**final[m], "heldout": extras[m]} for m in stage.members}
         histories[stage.name] = (stage, records, final)
     results = report.summarize(
         config, histories, data.meta, counts, unigram=unigram, seconds=time.perf_counter() - started, commit=commit

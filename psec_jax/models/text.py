@@ -1,27 +1,36 @@
-"""Offline text data for a small language model: the interpreter's own standard library.
+"""Offline text data for a small language model: Python source installed on this machine.
 
-Nothing is downloaded. The corpus is every `*.py` file under `sysconfig.get_paths()["stdlib"]`,
-without site-/dist-packages and without test suites (any path part `test`, `tests`, `idle_test`); a
-file is identified by its path relative to that root. The split is by file and depends on the path
-alone: a file is validation iff `int(sha256(path).hexdigest(), 16) % 20 == 0` (~5%).
+Nothing is downloaded. `sources.py` lists the files of a corpus source: "stdlib" (the interpreter's
+standard library, ~12 MB, ~3.8 M train tokens at vocabulary 2048) or "packages" (the library source
+of the pinned distributions in `sources.PACKAGES`, ~92 MB after deduplication, ~32 M train tokens),
+split by file on the identifier alone (~5%
+validation), and the held-out "other" text (the packages' README descriptions, not Python), the same
+for every source and never trained on.
 
-A byte-level BPE (HF `tokenizers`, every digit its own token) is trained on the train files only.
-Token 0 is `<|endoftext|>`, which joins files; token 1 is `<|pad|>`, which fills task rows. Special
-tokens written literally in a text are encoded as plain text, never as these ids.
+A byte-level BPE (HF `tokenizers`, every digit its own token) is trained on the train files only: all
+of them up to `TOKENIZER_MAX_BYTES` (the whole stdlib), beyond it a deterministic sample of files that
+fits (`sources.sample`; 32 of the 88 MB of "packages"). Token 0 is `<|endoftext|>`, which joins files; token 1 is
+`<|pad|>`, which fills task rows. Special tokens written literally in a text are encoded as plain
+text, never as these ids.
 
 `get(**args)` returns the data for a set of build arguments, building it into the cache when absent:
 
-    cache_dir()/text/stdlib-v{vocab}-{hash of args, corpus checksum, tokenizers version}/
+    cache_dir()/text/{source}-v{vocab}-{hash of args, source, corpus checksum, tokenizers version}/
         tokenizer.json
         train.npy, val.npy                 [N] uint16, the split's files joined by <|endoftext|>
         tasks_{train,val}_tokens.npy       [R, seq_len + 1] uint16, packed task rows (tasks.py)
         tasks_{train,val}_labels.npy       [R, seq_len + 1] int8, answer-token labels, -1 elsewhere
         meta.json                          sizes, checksums, build arguments, unigram baseline,
-                                           per-label task counts ("tasks": "labels")
+                                           per-label task counts ("tasks": "labels"), the source
+                                           and its distributions' installed versions ("packages")
         meta.json.sha256                   sha256 of meta.json (`sha256sum -c` format)
+        other.npy                          [N] uint16, the other text joined by <|endoftext|>
+        other.json, other.json.sha256      its sizes, checksums, versions and unigram baseline
 
 A build is written to a temporary sibling and renamed into place, so a killed build leaves nothing
-half-written under the final name. Every file's sha256 is checked on load.
+half-written under the final name. Every file's sha256 is checked on load. The other split is a
+separate record because it came later: "stdlib" keys (and meta.json) are those of builds that had
+none, and `get` adds it, deterministically, to such a build. Its text is not in the "stdlib" key.
 
 Validation task examples never repeat a train prompt (see tasks.py); meta.json records, per label,
 the val examples and `val_in_train`, the number of them whose prompt is a train prompt (always 0).
@@ -29,15 +38,12 @@ the val examples and `val_in_train`, the number of them whose prompt is a train 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
 import sys
-import sysconfig
-import tokenize
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,16 +52,20 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from psec_jax.artifacts import sha256 as _sha256_file
-from psec_jax.models import tasks
+from psec_jax.models import sources, tasks
+from psec_jax.models.sources import is_validation as is_validation
+from psec_jax.models.sources import stdlib_files as stdlib_files
+from psec_jax.models.sources import stdlib_root as stdlib_root
 
-FORMAT = "psec_jax.text/2"  # bump when the layout or the task format changes: it is part of the cache key
+FORMAT = "psec_jax.text/3"  # bump when the layout or the task format changes: it is part of the cache key
 EOT, PAD = "<|endoftext|>", "<|pad|>"
 EOT_ID, PAD_ID = 0, 1
 MIN_VOCAB = 256 + 2  # the byte alphabet and the two special tokens
 MAX_VOCAB = 1 << 16  # token arrays are uint16
-_EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
+TOKENIZER_MAX_BYTES = 32 << 20  # BPE training text (`sources.sample`); the whole stdlib train split fits
+_ENCODE_CHUNK = 8 << 20  # characters per batch encode: bounds the memory of its Encoding objects
 _ARRAYS = ("train", "val", "tasks_train_tokens", "tasks_train_labels", "tasks_val_tokens", "tasks_val_labels")
-_META, _TOKENIZER = "meta.json", "tokenizer.json"
+_META, _TOKENIZER, _OTHER, _OTHER_META = "meta.json", "tokenizer.json", "other.npy", "other.json"
 _META_KEYS = ("sha256", "vocab_size", "eot_id", "pad_id")  # what `load` reads
 
 
@@ -73,11 +83,14 @@ class TextData(NamedTuple):
     tasks_val_tokens: np.ndarray  # [R_val, seq_len + 1] uint16
     tasks_val_labels: np.ndarray  # [R_val, seq_len + 1] int8
     tokenizer: Tokenizer
-    meta: dict[str, Any]  # contents of meta.json
+    meta: dict[str, Any]  # contents of meta.json, and of other.json under "other"
     vocab_size: int  # tokenizer vocabulary size (ids are in [0, vocab_size))
     pad_id: int
     eot_id: int
     path: Path  # the directory it was loaded from
+    # [N_other] uint16 the held-out other text (not Python), joined by eot_id; never trained on.
+    # The default (empty) is for TextData made by hand; `load` always sets it.
+    other: np.ndarray = np.zeros(0, np.uint16)
 
 
 def cache_dir() -> Path:
@@ -88,100 +101,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PSEC_JAX_DATA_DIR", Path.home() / ".cache" / "psec_jax" / "datasets"))
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # --- corpus ------------------------------------------------------------------------------------
 
 
-def stdlib_root() -> Path:
-    """The directory of this interpreter's standard library."""
-    return Path(sysconfig.get_paths()["stdlib"])
+def _corpus(
+    max_corpus_bytes: int | None, source: str = "stdlib", listing: sources.Listing | None = None
+) -> dict[str, sources.Split]:
+    """Train and val splits of `source` (or of its `listing`), each its first files totalling at most
+    `max_corpus_bytes`."""
+    corpus = sources.take(sources.listing(source) if listing is None else listing, max_corpus_bytes)
+    for split, s in corpus.items():
+        if not s.paths:
+            raise ValueError(f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes})")
+    return corpus
 
 
-def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:
-    """Every `*.py` file under `root` (default: the stdlib) outside site-/dist-packages and test
-    suites, sorted by path relative to `root`."""
-    root = Path(root) if root is not None else stdlib_root()
-    files = []
-    for folder, subfolders, names in os.walk(root):  # pruned: site-packages alone can be ~1 GB
-        subfolders[:] = [d for d in subfolders if d not in _EXCLUDED_PARTS]
-        files += [Path(folder) / n for n in names if n.endswith(".py") and (Path(folder) / n).is_file()]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def is_validation(relative_path: str) -> bool:
-    """The split rule: validation iff sha256 of the relative posix path is 0 mod 20 (~5%)."""
-    return int(_sha256_bytes(relative_path.encode()), 16) % 20 == 0
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode(tokenize.detect_encoding(io.BytesIO(raw).readline)[0])  # honours coding cookies
-
-
-class _Split(NamedTuple):
-    paths: list[str]  # relative posix paths, sorted
-    texts: list[str]  # decoded sources
-    num_bytes: int  # raw bytes on disk
-    checksum: str  # sha256 over the sorted "path sha256" lines
-
-
-def _select(max_corpus_bytes: int | None) -> dict[str, list[tuple[str, Path, int]]]:
-    """(relative path, path, bytes) of the files each split keeps: its first files in sorted order
-    totalling at most `max_corpus_bytes`, chosen from the file sizes alone (nothing is read)."""
-    root = stdlib_root()
-    chosen: dict[str, list[tuple[str, Path, int]]] = {"train": [], "val": []}
-    totals = {"train": 0, "val": 0}
-    full = set()
-    for path in stdlib_files(root):
-        rel = path.relative_to(root).as_posix()
-        split = "val" if is_validation(rel) else "train"
-        size = path.stat().st_size
-        if split in full or max_corpus_bytes is not None and totals[split] + size > max_corpus_bytes:
-            full.add(split)  # a prefix of the sorted files, so a larger cap only adds files
-            continue
-        chosen[split].append((rel, path, size))
-        totals[split] += size
-    return chosen
-
-
-def corpus_sizes(max_corpus_bytes: int | None) -> dict[str, tuple[int, int]]:
-    """{split: (files, bytes)} that the build would take for `max_corpus_bytes`, from the file sizes
-    alone. A split's token count is at most its bytes plus one `<|endoftext|>` between files (byte-level
-    BPE: a token is at least one byte)."""
-    return {split: (len(files), sum(size for *_, size in files)) for split, files in _select(max_corpus_bytes).items()}
-
-
-def min_corpus_bytes() -> int:
-    """The least `max_corpus_bytes` that leaves the tokenizer a file in both splits: the larger of the
-    two splits' first files (from the file sizes alone)."""
-    root, first = stdlib_root(), {}
-    for path in stdlib_files(root):
-        first.setdefault("val" if is_validation(path.relative_to(root).as_posix()) else "train", path.stat().st_size)
-    return max(first.values(), default=0)
-
-
-def _corpus(max_corpus_bytes: int | None) -> dict[str, _Split]:
-    """Train and val splits, each cut to its first files totalling at most `max_corpus_bytes`."""
-    chosen = {
-        split: [(rel, path.read_bytes()) for rel, path, _ in files]
-        for split, files in _select(max_corpus_bytes).items()
+def corpus_sizes(max_corpus_bytes: int | None, source: str = "stdlib") -> dict[str, tuple[int, int]]:
+    """{split: (files, bytes)} of the train and val splits the build would take for `max_corpus_bytes`.
+    A split's token count is at most its bytes plus one `<|endoftext|>` between files (byte-level BPE: a
+    token is at least one byte)."""
+    listing = sources.listing(source)
+    return {
+        split: (len(chosen), sum(len(raw) for _, raw in chosen))
+        for split, chosen in ((s, sources.prefix(f, max_corpus_bytes)) for s, f in listing.splits.items())
     }
-    out = {}
-    for split, files in chosen.items():
-        if not files:
-            raise ValueError(
-                f"the {split} split has no files (max_corpus_bytes={max_corpus_bytes}, stdlib at {stdlib_root()})"
-            )
-        lines = "".join(f"{rel} {_sha256_bytes(raw)}\n" for rel, raw in files)
-        out[split] = _Split(
-            [rel for rel, _ in files],
-            [_decode(raw) for _, raw in files],
-            sum(len(raw) for _, raw in files),
-            _sha256_bytes(lines.encode()),
-        )
-    return out
+
+
+def min_corpus_bytes(source: str = "stdlib") -> int:
+    """The least `max_corpus_bytes` that leaves the tokenizer a file in both splits: the larger of the
+    two splits' first files."""
+    return max((len(files[0][1]) for files in sources.listing(source).splits.values() if files), default=0)
 
 
 # --- tokenizer and baseline --------------------------------------------------------------------
@@ -208,13 +157,20 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def encode_files(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
-    """[N] uint16 token ids of the texts joined by `<|endoftext|>`."""
-    parts = []
-    for i, encoding in enumerate(tokenizer.encode_batch_fast(texts, add_special_tokens=False)):
-        if i:
-            parts.append(np.array([EOT_ID], np.uint16))
-        parts.append(np.asarray(encoding.ids, np.uint16))
-    return np.concatenate(parts)
+    """[N] uint16 token ids of the texts joined by `<|endoftext|>` ([0] for no texts). Encoded in
+    parallel batches of about `_ENCODE_CHUNK` characters."""
+    parts, start = [], 0
+    while start < len(texts):
+        end, size = start, 0
+        while end < len(texts) and (end == start or size + len(texts[end]) <= _ENCODE_CHUNK):
+            size += len(texts[end])
+            end += 1
+        for i, encoding in enumerate(tokenizer.encode_batch_fast(texts[start:end], add_special_tokens=False)):
+            if start + i:
+                parts.append(np.array([EOT_ID], np.uint16))
+            parts.append(np.asarray(encoding.ids, np.uint16))
+        start = end
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
 
 
 def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int) -> float:
@@ -236,7 +192,11 @@ def _check_args(
     num_task_examples: int,
     num_val_task_examples: int,
     seed: int,
+    source: str,
 ) -> dict[str, Any]:
+    """The build arguments as meta.json records them ("args"; the source is recorded on its own)."""
+    if source not in sources.SOURCES:
+        raise ValueError(f"source must be one of {sources.SOURCES}, got {source!r}")
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size must be in [{MIN_VOCAB}, {MAX_VOCAB}] (uint16 token arrays), got {vocab_size}")
     if max_corpus_bytes is not None and max_corpus_bytes < 1:
@@ -258,14 +218,16 @@ def _check_args(
     }
 
 
-def _key(args: dict[str, Any], corpus: dict[str, _Split]) -> str:
+def _key(args: dict[str, Any], corpus: dict[str, sources.Split], source: str) -> str:
     identity = {
         "format": FORMAT,
         "args": args,
         "tokenizers": tokenizers.__version__,
         "corpus": {split: s.checksum for split, s in corpus.items()},
     }
-    return _sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:12]
+    if source != "stdlib":  # stdlib keys are those from before there were sources: existing caches stay valid
+        identity["source"] = source
+    return sources.sha256_hex(json.dumps(identity, sort_keys=True).encode())[:12]
 
 
 def cache_path(
@@ -276,11 +238,45 @@ def cache_path(
     num_task_examples: int,
     num_val_task_examples: int,
     seed: int,
+    source: str = "stdlib",
 ) -> Path:
-    """`cache_dir()/text/stdlib-v{vocab_size}-{hash}`, the hash over the arguments, the corpus
-    checksum and the tokenizers version (reads the corpus files to checksum them)."""
-    args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed)
-    return cache_dir() / "text" / f"stdlib-v{vocab_size}-{_key(args, _corpus(max_corpus_bytes))}"
+    """`cache_dir()/text/{source}-v{vocab_size}-{hash}`, the hash over the arguments, the source, the
+    corpus checksum and the tokenizers version (reads the corpus files to checksum them)."""
+    args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed, source)
+    return cache_dir() / "text" / f"{source}-v{vocab_size}-{_key(args, _corpus(max_corpus_bytes, source), source)}"
+
+
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp)` on a temporary sibling renamed over it (atomic)."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")  # keeps the suffix: np.save adds none
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_other(directory: Path, tokenizer: Tokenizer, max_corpus_bytes: int | None, train: np.ndarray) -> None:
+    """Encode the other split into `directory` (other.npy, other.json, and last other.json.sha256, whose
+    presence marks it complete). Deterministic, so concurrent writers write the same bytes."""
+    listing = sources.other_files()
+    split = sources.take(listing, max_corpus_bytes, bytes.decode)["other"]  # may be empty
+    tokens = encode_files(tokenizer, split.texts)
+    _replace(directory / _OTHER, lambda tmp: np.save(tmp, tokens))
+    info = {
+        "files": len(split.paths),
+        "bytes": split.num_bytes,
+        "tokens": int(tokens.size),
+        "checksum": split.checksum,
+        "duplicates": split.duplicates,
+        "paths": split.paths,
+        "packages": listing.versions,
+        "unigram_loss": unigram_loss(train, tokens, tokenizer.get_vocab_size()) if tokens.size else None,
+        "sha256": {_OTHER: _sha256_file(directory / _OTHER), _TOKENIZER: _sha256_file(directory / _TOKENIZER)},
+    }
+    _replace(directory / _OTHER_META, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
+    digest = _sha256_file(directory / _OTHER_META)
+    _replace(directory / f"{_OTHER_META}.sha256", lambda tmp: tmp.write_text(f"{digest}  {_OTHER_META}\n"))
 
 
 def build(
@@ -292,24 +288,29 @@ def build(
     num_task_examples: int,
     num_val_task_examples: int,
     seed: int,
+    source: str = "stdlib",
 ) -> Path:
     """Build the text data into `directory` (which must not exist) and return it.
 
     Args:
       vocab_size: BPE vocabulary size including the two special tokens, in [258, 65536].
-      max_corpus_bytes: keep, per split, the first files in sorted order totalling at most this
-        many bytes (for fast tests); None keeps every file.
+      max_corpus_bytes: keep, per split (train, val and other), the first files in sorted order
+        totalling at most this many bytes (for fast tests; the other split may be left empty); None
+        keeps every file.
       seq_len: model context T; task rows are packed to T + 1 tokens.
       num_task_examples, num_val_task_examples: task examples packed for train and validation.
       seed: root of the task generators (train and val draw from two children of it); val
         examples are drawn from the val side of the task split, excluding every train prompt.
+      source: the corpus, one of `sources.SOURCES` ("stdlib" or "packages").
     """
-    args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed)
+    args = _check_args(vocab_size, max_corpus_bytes, seq_len, num_task_examples, num_val_task_examples, seed, source)
     directory = Path(directory)
     if directory.exists():
         raise FileExistsError(f"{directory} already exists; delete it to rebuild")
-    corpus = _corpus(max_corpus_bytes)
-    tokenizer = train_tokenizer(corpus["train"].texts, vocab_size)
+    listing = sources.listing(source)
+    corpus = _corpus(max_corpus_bytes, source, listing)
+    tokenizer_texts = sources.sample(corpus["train"], TOKENIZER_MAX_BYTES)
+    tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
     arrays = {split: encode_files(tokenizer, corpus[split].texts) for split in ("train", "val")}
     train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     examples = {"train": tasks.generate(train_rng, num_task_examples, "train")}
@@ -328,19 +329,23 @@ def build(
         actual_vocab = tokenizer.get_vocab_size()
         meta = {
             "format": FORMAT,
+            "source": source,
             "args": args,
             "vocab_size": actual_vocab,
             "eot_id": EOT_ID,
             "pad_id": PAD_ID,
             "python": sys.version,
             "stdlib": str(stdlib_root()),
+            "packages": listing.versions,
             "tokenizers": tokenizers.__version__,
+            "tokenizer_train": {"files": len(tokenizer_texts), "chars": sum(map(len, tokenizer_texts))},
             "splits": {
                 split: {
                     "files": len(s.paths),
                     "bytes": s.num_bytes,
                     "tokens": int(arrays[split].size),
                     "checksum": s.checksum,
+                    "duplicates": s.duplicates,
                     "paths": s.paths,
                 }
                 for split, s in corpus.items()
@@ -362,6 +367,7 @@ def build(
         }
         (tmp / _META).write_text(json.dumps(meta, indent=1) + "\n")
         (tmp / f"{_META}.sha256").write_text(f"{_sha256_file(tmp / _META)}  {_META}\n")
+        _write_other(tmp, tokenizer, max_corpus_bytes, arrays["train"])
         try:
             tmp.rename(directory)
         except OSError as e:  # someone else finished first
@@ -371,41 +377,67 @@ def build(
     return directory
 
 
-def _verify(directory: Path) -> dict[str, Any]:
-    hint = f"delete {directory}/ to rebuild"
-    meta_path, side = directory / _META, directory / f"{_META}.sha256"
-    for f in (meta_path, side):
+def _verify_json(path: Path, hint: str) -> Any:
+    """The contents of a JSON file after checking it against its `.sha256` sidecar."""
+    side = path.with_name(f"{path.name}.sha256")
+    for f in (path, side):
         if not f.is_file():
             raise TextDataError(f"{f} is missing; {hint}")
-    if side.read_text().split()[:1] != [_sha256_file(meta_path)]:
-        raise TextDataError(f"{meta_path} is corrupt (sha256 mismatch); {hint}")
+    if side.read_text().split()[:1] != [_sha256_file(path)]:
+        raise TextDataError(f"{path} is corrupt (sha256 mismatch); {hint}")
     try:
-        meta = json.loads(meta_path.read_text())
+        return json.loads(path.read_text())
     except ValueError as e:
-        raise TextDataError(f"{meta_path} is not valid JSON ({e}); {hint}") from None
-    lacking = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
-    if lacking or not isinstance(meta["sha256"], dict):
-        raise TextDataError(f"{meta_path} lacks {', '.join(lacking) or 'a sha256 table'}; {hint}")
-    for name in (_TOKENIZER, *(f"{a}.npy" for a in _ARRAYS)):
+        raise TextDataError(f"{path} is not valid JSON ({e}); {hint}") from None
+
+
+def _verify_files(directory: Path, names: tuple[str, ...], table: dict[str, str], hint: str) -> None:
+    for name in names:
         f = directory / name
         if not f.is_file():
             raise TextDataError(f"{f} is missing; {hint}")
-        if meta["sha256"].get(name) != _sha256_file(f):
+        if table.get(name) != _sha256_file(f):
             raise TextDataError(f"{f} is corrupt (sha256 mismatch); {hint}")
+
+
+def _verify(directory: Path) -> dict[str, Any]:
+    hint = f"delete {directory}/ to rebuild"
+    meta_path = directory / _META
+    meta = _verify_json(meta_path, hint)
+    lacking = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if lacking or not isinstance(meta["sha256"], dict):
+        raise TextDataError(f"{meta_path} lacks {', '.join(lacking) or 'a sha256 table'}; {hint}")
+    _verify_files(directory, (_TOKENIZER, *(f"{a}.npy" for a in _ARRAYS)), meta["sha256"], hint)
     return meta
+
+
+def _verify_other(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    hint = f"delete {directory}/ to rebuild (a build from before the other split: `text.get` adds it)"
+    info = _verify_json(directory / _OTHER_META, hint)
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), dict):
+        raise TextDataError(f"{directory / _OTHER_META} lacks a sha256 table; {hint}")
+    if info["sha256"].get(_TOKENIZER) != meta["sha256"][_TOKENIZER]:
+        raise TextDataError(f"{directory / _OTHER} was encoded with another tokenizer; {hint}")
+    _verify_files(directory, (_OTHER,), info["sha256"], hint)
+    return info
+
+
+def _open_tokenizer(directory: Path) -> Tokenizer:
+    tokenizer = Tokenizer.from_file(str(directory / _TOKENIZER))
+    tokenizer.encode_special_tokens = True  # not saved in tokenizer.json
+    return tokenizer
 
 
 def load(directory: str | os.PathLike) -> TextData:
     """Open a built directory after checking every file's sha256 (TextDataError names a bad file)."""
     directory = Path(directory)
     meta = _verify(directory)
-    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    tokenizer = Tokenizer.from_file(str(directory / _TOKENIZER))
-    tokenizer.encode_special_tokens = True  # not saved in tokenizer.json
+    other = _verify_other(directory, meta)
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in (*_ARRAYS, "other")}
     return TextData(
         **arrays,
-        tokenizer=tokenizer,
-        meta=meta,
+        tokenizer=_open_tokenizer(directory),
+        meta={**meta, "other": other},
         vocab_size=int(meta["vocab_size"]),
         pad_id=int(meta["pad_id"]),
         eot_id=int(meta["eot_id"]),
@@ -421,8 +453,10 @@ def get(
     num_task_examples: int,
     num_val_task_examples: int,
     seed: int,
+    source: str = "stdlib",
 ) -> TextData:
-    """The text data for these build arguments (see `build`), from the cache, built there if absent."""
+    """The text data for these build arguments (see `build`), from the cache, built there if absent.
+    A cached build from before the other split gets it added (other.npy, other.json)."""
     args = dict(
         vocab_size=vocab_size,
         max_corpus_bytes=max_corpus_bytes,
@@ -430,6 +464,7 @@ def get(
         num_task_examples=num_task_examples,
         num_val_task_examples=num_val_task_examples,
         seed=seed,
+        source=source,
     )
     path = cache_path(**args)
     if not path.exists():
@@ -438,4 +473,7 @@ def get(
         except FileExistsError:
             if not path.exists():
                 raise
+    if not (path / f"{_OTHER_META}.sha256").exists():
+        _verify(path)  # the build it is added to must be sound
+        _write_other(path, _open_tokenizer(path), max_corpus_bytes, np.load(path / "train.npy", mmap_mode="r"))
     return load(path)

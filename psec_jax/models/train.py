@@ -77,6 +77,7 @@ class Trainer(NamedTuple):
         [TrainState, Batch, jax.Array], tuple[TrainState, dict]
     ]  # S steps on Batch [S, B, T] -> chunk means
     evaluate: Callable[[Any, Batch, jax.Array, jax.Array], dict]  # (params, Batch [N, B, T], text rows [N, B], p)
+    tokens: Callable[[Any, Batch, jax.Array], dict]  # (params, Batch [N, B, T], p) -> `token_outputs`
     train: Callable[[jax.Array, jax.Array], tuple[TrainState, dict]]  # (key, p) -> (state, [chunks] metrics)
     tx: optax.GradientTransformation  # the optimizer (its state's layout shards like the params)
     param_axes: Any  # logical axis names of every parameter as `tf.init` declares them (`tf.param_axes`)
@@ -201,6 +202,20 @@ def evaluate_all(spec: tf.Spec, params: Any, batches: Batch, text_rows: jax.Arra
     return eval_metrics(sums)
 
 
+def token_outputs(spec: tf.Spec, params: Any, batches: Batch, p: jax.Array) -> dict[str, jax.Array]:
+    """Per-position outputs over batches [N, B, T] (one batch at a time, `lax.map`): nll [N, B, T]
+    float32 (the target's negative log-likelihood) and experts [G, N, B, T] uint8 (experts the routed
+    input token used in each MoE layer), for per-token analyses (`psec_jax.models.difficulty`)."""
+
+    def one(b: Batch) -> dict[str, jax.Array]:
+        out = tf.apply(params, b.inputs, spec, p)
+        _, nll = tf.cross_entropy(out.logits, b.targets, b.weights)
+        return {"nll": nll, "experts": out.stats["experts_per_token"].astype(jnp.uint8)}
+
+    out = jax.lax.map(one, batches)
+    return {"nll": out["nll"], "experts": jnp.moveaxis(out["experts"], 1, 0)}
+
+
 def accumulate_gradients(
     spec: tf.Spec, params: Any, batch: Batch, p: jax.Array, microbatches: int = 1
 ) -> tuple[Any, dict[str, jax.Array]]:
@@ -312,6 +327,7 @@ def make_train(
         init,
         chunk,
         lambda params, batches, rows, p: evaluate_all(spec, params, batches, rows, p),
+        lambda params, batches, p: token_outputs(spec, params, batches, p),
         train,
         tx,
         tf.param_axes(spec),
