@@ -97,7 +97,7 @@ SEPARATION = (
 def _task_tables(done: dict) -> list[str]:
     """Per headline run: every method's return, P(PSEC > method) with its rank test, and how much of
     the spread of seed means the finite episodes add."""
-    from psec_jax.rl import stats
+    from psec_jax import stats
 
     out = []
     for name, title in TASKS:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from rl_helpers import ACT, OBS, random_data
 
+from psec_jax import stats
 from psec_jax.configs import psec_continual as continual_config
 from psec_jax.rl import config as rl_config
-from psec_jax.rl import continual, critics, policy, report, runner, stats, train
+from psec_jax.rl import continual, critics, policy, report, runner, train
 
 # ------------------------------------------------------------------------------------------ statistics
 

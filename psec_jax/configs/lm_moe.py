@@ -49,7 +49,7 @@ SIZES = {
         "data.num_task_examples": 50_000,
         "data.num_val_task_examples": 6_000,
         "train.routers": ("top1", "top2", "top3", "top_p"),
-        "train.arm_p": (0.6,),
+        "train.arm_p": (0.3,),
         "train.sweep_p": (),
         "train.seeds": 12,
         "train.num_steps": 1000,

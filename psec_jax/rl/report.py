@@ -1,5 +1,5 @@
 """Results of an evaluation as JSON, a markdown table and a bar plot in the workdir, with rliable's
-95% intervals over seeds (``psec_jax.rl.stats``)."""
+95% intervals over seeds (``psec_jax.stats``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from psec_jax import runs
-from psec_jax.rl import stats
+from psec_jax import runs, stats
 
 
 def summarize(

@@ -1,0 +1,519 @@
+"""The statistics that decide the LM experiment's claims: paired comparisons of arms over seeds.
+
+Member seed i of every stage has the same initialisation key and the same data order, so arms are
+compared seed by seed (`psec_jax.stats.paired_difference`: the mean difference, a bootstrap interval, the
+paired t and Wilcoxon p-values, and the smallest difference the seeds could detect). From each finished
+stage's directory `workdir/stages/<stage>/` this reads:
+
+  - final_eval.json: per member, the final validation metrics (`train.eval_metrics`); the held-out sets
+    ("long", "other") from the member's "heldout" entry, else from heldout_eval.json beside it;
+  - metrics.jsonl: the per-chunk training records, whose "experts/<member>" (mean experts per token over
+    the MoE layers, one chunk of equal steps each) average to the member's experts over training;
+  - tokens.npz: per-position NLL and experts per layer on the same validation positions for every
+    stage (`evaluation.final_extras`).
+
+and reports (`compare`):
+
+  - per arm: val loss mean with rliable's 95% interval, experts per token (val text, and per layer),
+    experts per token over training and the training FLOPs per token they cost;
+  - every top-p arm minus top1 and minus top2 in val loss;
+  - every top-p arm minus the top-k frontier at matched experts: per seed, the seed's own top1/top2/top3
+    val losses interpolated piecewise-linearly in k at the top-p model's mean val experts per token
+    (a top-k model uses k). At matched training FLOPs: the same interpolation at the top-p member's mean
+    experts per token over training (FLOPs per token are linear in experts, so interpolating in experts
+    is interpolating in FLOPs). A seed whose experts fall outside [smallest k, largest k] is left out
+    (extrapolating the frontier is a guess) and named;
+  - "harder needs more experts" within each top-p arm: the harder variant of each task minus the easier
+    one in experts per answer token, beside the same difference in accuracy and loss (is the harder
+    variant harder for the model?); each held-out set minus the val text in experts and loss;
+  - per-token difficulty: for top-p member i, the slope of its experts per layer on the NLL the top2
+    model of seed (i + 1) mod n gives the same positions (a model other than the one routed, so the
+    slope is not the top-p model's own errors feeding back), with token fixed effects and errors
+    clustered by window (`difficulty.per_layer`); per layer the mean slope across seeds with a t-interval
+    and a sign test; the same seed's top2 as reference as a sensitivity row.
+
+A comparison whose stages (or files) are missing is left out with a note saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import ml_collections
+import numpy as np
+
+from psec_jax import runs, stats
+from psec_jax.models import difficulty, tasks
+from psec_jax.models import train as lm_train
+from psec_jax.models import transformer as tf
+
+BASELINES = ("top1", "top2")  # every top-p arm minus each of these, in val loss
+REFERENCE = "top2"  # whose NLL measures a position's difficulty
+SWEEP = "top_p_sweep"  # one seed at many thresholds: nothing to pair
+# task: (harder label, easier label), names of `tasks.label_names()`
+HARDER = {
+    "addition": ("addition/carry", "addition/no_carry"),
+    "lookup": ("lookup/8", "lookup/1"),
+    "sort": ("sort/hard", "sort/easy"),
+}
+HELDOUT = ("long", "other")
+# difficulty reference -> offset of the reference seed from the routed model's seed
+REFERENCES = {"other_seed": 1, "same_seed": 0}
+
+
+class Arm(NamedTuple):
+    """One stage's per-seed results, read from its directory."""
+
+    name: str  # stage name, e.g. "top2", "top_p", "top_p0.3"
+    k: int | None  # experts per token of a top-k arm; None otherwise
+    p: float | None  # threshold of a top-p arm; None otherwise
+    members: tuple[str, ...]  # [M] member names ("seed0", ...)
+    final: dict[str, dict]  # member -> final evaluation (final_eval.json) with "heldout": {set: metrics}
+    train_experts: np.ndarray | None  # [M] mean experts per token over training; None without metrics.jsonl
+    directory: Path
+
+
+def _kind(name: str, config: ml_collections.ConfigDict) -> tuple[int | None, float | None]:
+    """(k, p) of a stage: k for a top-k stage, p for a top-p one (`top_p` at router.p, `top_p<p>`)."""
+    if name == "top_p":
+        return None, float(config.router.p)
+    if name.startswith("top_p") and name != SWEEP:
+        return None, float(name[len("top_p") :])
+    over = lm_train.STAGES.get(name, {})
+    return (int(over["k"]), None) if over.get("router") == "top_k" else (None, None)
+
+
+def _load(directory: Path, name: str, members: tuple[str, ...], config, notes: list[str]) -> Arm | None:
+    path = directory / "final_eval.json"
+    if not path.is_file():
+        notes.append(f"{name}: no {path.name} in {directory}; the stage is left out")
+        return None
+    final = json.loads(path.read_text())["members"]
+    members = tuple(m for m in members if m in final) or tuple(final)
+    held = directory / "heldout_eval.json"
+    saved = json.loads(held.read_text())["members"] if held.is_file() else {}
+    final = {m: {**final[m], "heldout": final[m].get("heldout") or saved.get(m, {})} for m in members}
+    train = None
+    if (directory / runs.METRICS_FILE).is_file():
+        records = runs.read_metrics(directory)
+        series = [[r.get(f"experts/{m}") for r in records] for m in members]
+        train = np.array([np.mean(np.array(s, float)) if s else np.nan for s in series])
+    else:
+        notes.append(f"{name}: no metrics.jsonl; experts over training (matched FLOPs) unknown")
+    return Arm(name, *_kind(name, config), members, final, train, directory)
+
+
+def _values(arm: Arm, members: list[str], *keys: str | int) -> np.ndarray:
+    """[len(members)] float64 of final[member][keys...]; NaN where missing or null."""
+    out = []
+    for m in members:
+        v: Any = arm.final[m]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else (v[k] if isinstance(v, list) and k < len(v) else None)
+            if v is None:
+                break
+        out.append(np.nan if v is None else float(v))
+    return np.array(out, float)
+
+
+def _common(*arms: Arm) -> list[str]:
+    """Members every arm has, in the first arm's order: the seeds that pair."""
+    return [m for m in arms[0].members if all(m in a.final for a in arms[1:])]
+
+
+def _paired(x: np.ndarray, y: np.ndarray, members: list[str], reps: int) -> dict[str, Any]:
+    """`stats.paired_difference` of x - y over the seeds where both are finite, with the seeds used; a
+    "skipped" reason when fewer than 2 remain."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    used = [m for m, k in zip(members, ok) if k]
+    if ok.sum() < 2:
+        return {"skipped": f"{int(ok.sum())} seed(s) with both values; a paired comparison needs 2", "seeds": used}
+    out = {**stats.paired_difference(x[ok], y[ok], reps=reps), "seeds": used}
+    if not ok.all():
+        out["dropped"] = [m for m, k in zip(members, ok) if not k]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ arms
+
+
+def flops_per_token(config: ml_collections.ConfigDict) -> tuple[float, float]:
+    """(FLOPs per token with no expert, FLOPs per expert per token): training FLOPs per token at e experts
+    per token per MoE layer are a + b e, 6 x the active parameters (forward 2, backward 4 per parameter;
+    embedding and unembedding counted, attention's sequence-length term not)."""
+    counts = tf.parameter_counts(lm_train.model_spec(config, "top1"))
+    per_expert = counts["experts"] / config.model.num_experts  # one expert of every MoE layer
+    return 6.0 * (counts["total"] - counts["experts"]), 6.0 * per_expert
+
+
+def _arm_summary(arm: Arm, flops: tuple[float, float], reps: int) -> dict[str, Any]:
+    members = list(arm.members)
+    loss = _values(arm, members, "val_loss")
+    experts = _values(arm, members, "val_experts")
+    layers = np.array([[np.nan if v is None else v for v in arm.final[m]["val_experts_per_layer"]] for m in members])
+    train = (
+        arm.train_experts
+        if arm.train_experts is not None
+        else (None if arm.k is None else np.full(len(members), arm.k, float))
+    )
+    finite = loss[np.isfinite(loss)]
+    interval = stats.intervals({arm.name: finite}, reps=reps)[arm.name] if finite.size else {}
+    return {
+        "k": arm.k,
+        "p": arm.p,
+        "members": members,
+        "val_loss": {"per_seed": loss, **interval},
+        "val_experts": {"mean": float(np.nanmean(experts)), "per_seed": experts},
+        "val_experts_per_layer": np.nanmean(layers, 0),
+        "train_experts": None if train is None else {"mean": float(np.nanmean(train)), "per_seed": train},
+        "train_flops_per_token": None if train is None else float(flops[0] + flops[1] * np.nanmean(train)),
+    }
+
+
+# -------------------------------------------------------------------------------------- frontier
+
+
+def frontier(losses: dict[int, np.ndarray], experts: np.ndarray) -> np.ndarray:
+    """Per seed, the top-k frontier's loss at the given experts per token.
+
+    Args:
+      losses: {k: [n] the top-k arm's loss per seed}, at least two k.
+      experts: [n] experts per token of the model to match, per seed.
+
+    Returns:
+      [n] float64: seed i's losses at its k, linearly interpolated in k at experts[i]; NaN where
+      experts[i] lies outside [min k, max k] (not extrapolated).
+    """
+    ks = sorted(losses)
+    grid = np.array(ks, float)
+    table = np.stack([np.asarray(losses[k], float) for k in ks], 1)  # [n, K]
+    out = np.full(len(experts), np.nan)
+    for i, e in enumerate(np.asarray(experts, float)):
+        if grid[0] <= e <= grid[-1]:
+            out[i] = np.interp(e, grid, table[i])
+    return out
+
+
+def _matched(arm: Arm, topk: list[Arm], experts: np.ndarray, members: list[str], reps: int) -> dict[str, Any]:
+    """arm's val loss minus the frontier at `experts` [members] per seed."""
+    losses = {a.k: _values(a, members, "val_loss") for a in topk}
+    at = frontier(losses, experts)
+    outside = [m for m, e, f in zip(members, experts, at) if np.isfinite(e) and not np.isfinite(f)]
+    out = _paired(_values(arm, members, "val_loss"), at, members, reps)
+    out.update(experts=experts, frontier_loss=at, k_range=[min(losses), max(losses)])
+    if outside:
+        out["outside"] = outside
+        out["note"] = (
+            f"experts of {', '.join(outside)} outside the frontier's k in [{min(losses)}, {max(losses)}]: "
+            "not interpolated, left out"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------- harder
+
+
+def _harder(arm: Arm, reps: int) -> dict[str, Any]:
+    """Within one top-p arm, paired over its seeds: harder minus easier task variant (experts, accuracy,
+    loss per answer token) and each held-out set minus the val text (experts, loss)."""
+    labels = tasks.label_names()
+    members = list(arm.members)
+    out: dict[str, Any] = {"tasks": {}, "heldout": {}}
+    for task, (hard, easy) in HARDER.items():
+        h, e = labels.index(hard), labels.index(easy)
+        out["tasks"][task] = {
+            "harder": hard,
+            "easier": easy,
+            **{
+                metric: _paired(_values(arm, members, key, h), _values(arm, members, key, e), members, reps)
+                for metric, key in (("experts", "task_experts"), ("accuracy", "task_accuracy"), ("loss", "task_loss"))
+            },
+        }
+    for name in HELDOUT:
+        if not any(name in arm.final[m]["heldout"] for m in members):
+            out["heldout"][name] = {"skipped": f"no held-out set {name!r} in {arm.name}'s evaluation"}
+            continue
+        row = {
+            metric: _paired(_values(arm, members, "heldout", name, key), _values(arm, members, key), members, reps)
+            for metric, key in (("experts", "val_experts"), ("loss", "val_loss"))
+        }
+        per_layer = [
+            np.subtract(arm.final[m]["heldout"][name]["val_experts_per_layer"], arm.final[m]["val_experts_per_layer"])
+            for m in members
+            if name in arm.final[m]["heldout"]
+        ]
+        out["heldout"][name] = {**row, "experts_per_layer": np.mean(np.array(per_layer, float), 0)}
+    return out
+
+
+# ------------------------------------------------------------------------------------ difficulty
+
+
+def _tokens(directory: Path) -> dict[str, np.ndarray] | None:
+    path = directory / "tokens.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in ("nll", "experts", "inputs", "weights", "members")}
+
+
+def _slopes(arm: Arm, routed: dict, ref: dict, offset: int) -> dict[str, Any]:
+    """Per seed of `arm`, the per-layer slopes of its experts on the reference's NLL (the reference
+    member `offset` seeds on, cyclically), and per layer their mean across seeds."""
+    names, ref_names = list(routed["members"]), list(ref["members"])
+    members = [m for m in arm.members if m in names and m in ref_names]
+    if offset and len(members) < 2:
+        return {"skipped": "another seed's reference needs >= 2 seeds"}
+    keep = ref["weights"] > 0  # [N, R, T]
+    n, r, t = keep.shape
+    rows = np.broadcast_to(np.arange(n * r).reshape(n, r, 1), (n, r, t))[keep]
+    ids = routed["inputs"][keep]
+    per_seed = []
+    for j, m in enumerate(members):
+        other = members[(j + offset) % len(members)]
+        counts = routed["experts"][names.index(m)][:, keep].astype(np.float64)  # [G, P]
+        nll = ref["nll"][ref_names.index(other)][keep].astype(np.float64)  # [P]
+        try:
+            fits = difficulty.per_layer(counts, nll, ids, groups=rows)
+        except ValueError as e:
+            return {"skipped": f"{m} on {REFERENCE} {other}: {e}"}
+        per_seed.append(
+            {
+                "member": m,
+                "reference": other,
+                "slope": [f.slope for f in fits],
+                "se": [f.se for f in fits],
+                "ci": [list(f.ci) for f in fits],
+                "pooled_slope": [f.pooled_slope for f in fits],
+                "num_tokens": fits[0].num_tokens,
+                "num_clusters": fits[0].num_clusters,
+            }
+        )
+    slopes = np.array([s["slope"] for s in per_seed])  # [seeds, G]
+    return {
+        "per_seed": per_seed,
+        "layers": [stats.one_sample(slopes[:, g]) for g in range(slopes.shape[1])],
+        "mean_over_layers": stats.one_sample(slopes.mean(1)),
+    }
+
+
+def _difficulty(arm: Arm, top2: Arm | None, cache: dict) -> dict[str, Any]:
+    if top2 is None:
+        return {"skipped": f"no {REFERENCE} stage: no reference difficulty"}
+    for a in (arm, top2):
+        if a.name not in cache:
+            cache[a.name] = _tokens(a.directory)
+        if cache[a.name] is None:
+            return {"skipped": f"no tokens.npz in {a.name}"}
+    routed, ref = cache[arm.name], cache[top2.name]
+    if not (np.array_equal(routed["inputs"], ref["inputs"]) and np.array_equal(routed["weights"], ref["weights"])):
+        return {"skipped": f"tokens.npz of {arm.name} and {REFERENCE} hold different positions"}
+    return {name: _slopes(arm, routed, ref, offset) for name, offset in REFERENCES.items()}
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def compare(
+    workdir: str | os.PathLike, results: dict[str, Any], config: ml_collections.ConfigDict, *, reps: int = stats.REPS
+) -> dict[str, Any]:
+    """The paired statistics of a finished `psec-jax lm_moe` workdir (see the module docstring).
+
+    Args:
+      workdir: the run's workdir (its stages under workdir/stages/<stage>/).
+      results: `report.summarize`'s output: its "routers" name the stages (the sweep is not one) and
+        their members.
+      config: the run's config (top-p thresholds; the model, for FLOPs per token).
+      reps: bootstrap replications of every interval.
+
+    Returns:
+      JSON-serialisable dict (NaN as None): "arms" {stage: summary}, "versus" {top-p arm: {baseline:
+      paired val loss difference}}, "frontier" {"experts" | "flops": {top-p arm: paired difference to
+      the interpolated top-k frontier}}, "harder" {top-p arm: {"tasks", "heldout"}}, "difficulty"
+      {top-p arm: {"other_seed" | "same_seed": slopes}}, "flops" (FLOPs per token = a + b experts) and
+      "notes" (what was left out and why). Differences are arm minus baseline: negative val loss
+      differences favour the top-p arm.
+    """
+    workdir, notes = Path(workdir), []
+    arms: dict[str, Arm] = {}
+    for name, router in results["routers"].items():
+        if name == SWEEP:
+            continue
+        arm = _load(workdir / "stages" / name, name, tuple(router.get("members", ())), config, notes)
+        if arm is not None:
+            arms[name] = arm
+    flops = flops_per_token(config)
+    topk = sorted((a for a in arms.values() if a.k is not None), key=lambda a: a.k)
+    topp = [a for a in arms.values() if a.p is not None]
+    out: dict[str, Any] = {
+        "arms": {name: _arm_summary(a, flops, reps) for name, a in arms.items()},
+        "flops": {"per_token_no_expert": flops[0], "per_token_per_expert": flops[1]},
+        "versus": {},
+        "frontier": {"experts": {}, "flops": {}},
+        "harder": {},
+        "difficulty": {},
+    }
+    if not topp:
+        notes.append("no top-p arm: nothing to compare")
+    missing = [b for b in BASELINES if b not in arms]
+    if missing and topp:
+        notes.append(f"no {', '.join(missing)} stage: top-p minus {', '.join(missing)} left out")
+    if len(topk) < 2 and topp:
+        notes.append(
+            f"top-k frontier needs >= 2 top-k stages, found {[a.name for a in topk]}: matched comparisons left out"
+        )
+    tokens: dict[str, dict | None] = {}
+    for arm in topp:
+        out["versus"][arm.name] = {}
+        for b in BASELINES:
+            if b in arms:
+                members = _common(arm, arms[b])
+                out["versus"][arm.name][b] = _paired(
+                    _values(arm, members, "val_loss"), _values(arms[b], members, "val_loss"), members, reps
+                )
+        if len(topk) >= 2:
+            members = _common(arm, *topk)
+            out["frontier"]["experts"][arm.name] = _matched(
+                arm, topk, _values(arm, members, "val_experts"), members, reps
+            )
+            if arm.train_experts is None:
+                out["frontier"]["flops"][arm.name] = {"skipped": f"no metrics.jsonl in {arm.name}"}
+            else:
+                train = dict(zip(arm.members, arm.train_experts))
+                at = np.array([train[m] for m in members])
+                row = _matched(arm, topk, at, members, reps)
+                row["train_flops_per_token"] = flops[0] + flops[1] * at
+                out["frontier"]["flops"][arm.name] = row
+        out["harder"][arm.name] = _harder(arm, reps)
+        out["difficulty"][arm.name] = _difficulty(arm, arms.get(REFERENCE), tokens)
+    out["notes"] = notes
+    return runs.to_jsonable(out)
+
+
+# -------------------------------------------------------------------------------------- markdown
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else f"{x:{fmt}}"
+
+
+def _row(d: dict[str, Any], fmt: str = "+.3f") -> str:
+    """Cells: difference | 95% CI | t p | Wilcoxon p | n | sd | smallest detectable (or the reason it
+    was skipped)."""
+    if "skipped" in d:
+        return f"skipped: {d['skipped']} | | | | | | "
+    lo, hi = d["ci"]
+    return (
+        f"{_f(d['mean'], fmt)} | [{_f(lo, fmt)}, {_f(hi, fmt)}] | {_f(d['t_p'], '.3g')} | "
+        f"{_f(d['wilcoxon_p'], '.3g')} | {d['n']} | {_f(d['sd'], '.3f')} | {_f(d['detectable'], '.3f')}"
+    )
+
+
+PAIRED_HEAD = "difference | 95% CI (bootstrap) | t p | Wilcoxon p | n | sd | smallest detectable (80% power)"
+
+
+def markdown(comparison: dict[str, Any]) -> str:
+    """`compare`'s output as markdown tables, the smallest detectable difference beside each comparison."""
+    c = comparison
+    lines = [
+        "### Paired comparisons over seeds",
+        "",
+        "Seed i of every arm shares its initialisation and data order, so arms are compared seed by seed: "
+        "the mean difference over seeds (arm minus baseline), its 95% bootstrap interval over seeds, the "
+        "paired t-test and Wilcoxon signed-rank p-values (two-sided; with 5 seeds Wilcoxon's smallest is "
+        "0.0625), and the smallest true difference a paired t-test of these seeds detects at 80% power "
+        "(alpha 0.05, the seeds' own sd). Training FLOPs per token: 6 x active parameters, "
+        f"{_f(c['flops']['per_token_no_expert'], '.3g')} + {_f(c['flops']['per_token_per_expert'], '.3g')} "
+        "x experts per token (embeddings counted, attention's sequence-length term not).",
+        "",
+        "| arm | seeds | val loss (mean, rliable 95% CI) | experts/token (val) | experts/token (training) "
+        "| training FLOPs/token |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in c["arms"].items():
+        v = a["val_loss"]
+        ci = f"[{_f(v['mean_ci'][0])}, {_f(v['mean_ci'][1])}]" if "mean_ci" in v else ""
+        train = a["train_experts"]
+        lines.append(
+            f"| {name} | {len(a['members'])} | {_f(v.get('mean'))} {ci} | {_f(a['val_experts']['mean'], '.2f')} | "
+            f"{_f(train and train['mean'], '.2f')} | {_f(a['train_flops_per_token'], '.3g')} |"
+        )
+    g = max((len(a["val_experts_per_layer"]) for a in c["arms"].values()), default=0)
+    lines += ["", "| arm | " + " | ".join(f"layer {i}" for i in range(g)) + " |", "|---" * (g + 1) + "|"]
+    lines += [
+        f"| {n} | " + " | ".join(_f(x, ".2f") for x in a["val_experts_per_layer"]) + " |" for n, a in c["arms"].items()
+    ]
+    lines += ["", "#### Val loss: top-p arm minus top-k baseline", "", f"| arm | baseline | {PAIRED_HEAD} |"]
+    lines.append("|---" * 9 + "|")
+    for arm, rows in c["versus"].items():
+        lines += [f"| {arm} | {b} | {_row(d)} |" for b, d in rows.items()]
+    lines += [
+        "",
+        "#### Val loss minus the top-k frontier (per seed, interpolated in k at the arm's experts per token)",
+        "",
+        f"| arm | matched on | experts/token | {PAIRED_HEAD} | left out |",
+        "|---" * 11 + "|",
+    ]
+    for on, title in (("experts", "val experts"), ("flops", "training FLOPs")):
+        for arm, d in c["frontier"][on].items():
+            e = d.get("experts")
+            experts = _f(None if not e else float(np.nanmean(np.array(e, float))), ".2f")
+            lines.append(f"| {arm} | {title} | {experts} | {_row(d)} | {d.get('note', '')} |")
+    lines += [
+        "",
+        "#### Harder needs more experts? Within each top-p arm, harder minus easier (answer tokens) and "
+        "held-out minus val text",
+        "",
+        f"| arm | comparison | experts: {PAIRED_HEAD} | accuracy harder / easier (mean) | accuracy difference "
+        "| loss difference |",
+        "|---" * 12 + "|",
+    ]
+    for arm, h in c["harder"].items():
+        for d in h["tasks"].values():
+            acc = d["accuracy"]
+            accs = "n/a" if "skipped" in acc else f"{_f(acc['x_mean'], '.2f')} / {_f(acc['y_mean'], '.2f')}"
+            lines.append(
+                f"| {arm} | {d['harder']} - {d['easier']} | {_row(d['experts'])} | {accs} | "
+                f"{_f(acc.get('mean'), '+.3f')} | {_f(d['loss'].get('mean'), '+.3f')} |"
+            )
+        for name, d in h["heldout"].items():
+            if "skipped" in d:
+                lines.append(f"| {arm} | {name} - val text | {_row(d)} | | | |")
+                continue
+            lines.append(
+                f"| {arm} | {name} - val text | {_row(d['experts'])} | | | {_f(d['loss'].get('mean'), '+.3f')} |"
+            )
+    lines += [
+        "",
+        f"#### Experts per layer on per-token difficulty (the NLL of a {REFERENCE} model at the same position), "
+        "token fixed effects, clustered by window",
+        "",
+        "Slope: experts per nat of reference NLL. `other_seed`: the reference is the top2 model of the next "
+        "seed (not the routed model's own seed); `same_seed`: the same seed's top2 (sensitivity). Mean over "
+        "seeds with a 95% t-interval; sign test of the seeds' slopes.",
+        "",
+        "| arm | reference | layer | mean slope | 95% t-interval | seeds > 0 | sign p | t p | per seed |",
+        "|---" * 9 + "|",
+    ]
+    for arm, refs in c["difficulty"].items():
+        if "skipped" in refs:
+            lines.append(f"| {arm} | skipped: {refs['skipped']} | | | | | | | |")
+            continue
+        for ref, d in refs.items():
+            if "skipped" in d:
+                lines.append(f"| {arm} | {ref}: skipped: {d['skipped']} | | | | | | | |")
+                continue
+            rows = [(str(g), s, [p["slope"][g] for p in d["per_seed"]]) for g, s in enumerate(d["layers"])]
+            rows.append(("mean", d["mean_over_layers"], [float(np.mean(p["slope"])) for p in d["per_seed"]]))
+            for layer, s, seeds in rows:
+                lines.append(
+                    f"| {arm} | {ref} | {layer} | {_f(s['mean'], '+.4f')} | [{_f(s['ci'][0], '+.4f')}, "
+                    f"{_f(s['ci'][1], '+.4f')}] | {s['positive']}/{s['n']} | {_f(s['sign_p'], '.3g')} | "
+                    f"{_f(s['t_p'], '.3g')} | {', '.join(_f(x, '+.4f') for x in seeds)} |"
+                )
+    if c["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in c["notes"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""Paired statistics over seeds (`psec_jax.stats.paired_difference`, `one_sample`,
+`detectable_difference`) against scipy and statsmodels on hand-made data."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from psec_jax import stats
+
+# per-seed values of two arms sharing seeds: differences 0.5, 0.3, 0.9, 0.1, 1.0
+X = np.array([3.0, 2.5, 4.1, 3.3, 2.0])
+Y = np.array([2.5, 2.2, 3.2, 3.2, 1.0])
+
+
+def test_paired_difference_matches_scipy():
+    out = stats.paired_difference(X, Y)
+    d = X - Y
+    assert out["n"] == 5 and out["mean"] == pytest.approx(0.56)  # (0.5 + 0.3 + 0.9 + 0.1 + 1.0) / 5
+    assert out["x_mean"] == pytest.approx(X.mean()) and out["y_mean"] == pytest.approx(Y.mean())
+    assert out["sd"] == pytest.approx(d.std(ddof=1))
+    assert out["t_p"] == pytest.approx(sps.ttest_rel(X, Y).pvalue)
+    # all five differences positive, no ties: the exact signed-rank p is 2 / 2^5
+    assert out["wilcoxon_p"] == pytest.approx(sps.wilcoxon(X, Y).pvalue) == pytest.approx(0.0625)
+    lo, hi = out["ci"]
+    assert d.min() <= lo < out["mean"] < hi <= d.max()
+    assert stats.paired_difference(X, Y) == out  # seeded: the same interval every time
+    assert stats.paired_difference(Y, X)["mean"] == pytest.approx(-0.56)
+
+
+def test_paired_bootstrap_interval_is_the_percentile_interval_of_seed_resamples():
+    out = stats.paired_difference(X, Y, reps=4000, seed=3)
+    means = (X - Y)[np.random.default_rng(3).integers(0, 5, (4000, 5))].mean(1)
+    assert out["ci"] == pytest.approx(np.quantile(means, [0.025, 0.975]).tolist())
+
+
+def test_paired_edge_cases():
+    same = stats.paired_difference(X, X)
+    assert same["mean"] == 0 and same["ci"] == [0, 0] and same["t_p"] == same["wilcoxon_p"] == 1.0
+    assert same["detectable"] == 0.0
+    shifted = stats.paired_difference(X + 1.0, X)  # every difference 1: no spread, t infinite
+    assert shifted["t_p"] == 0.0 and shifted["sd"] == 0.0
+    one = stats.paired_difference([1.0], [0.5])
+    assert one["mean"] == 0.5 and np.isnan(one["t_p"]) and np.isnan(one["detectable"])
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_difference(X, Y[:4])
+    with pytest.raises(ValueError, match="NaN"):
+        stats.paired_difference(X, np.where(Y > 3, np.nan, Y))
+
+
+@pytest.mark.parametrize("n", [3, 5, 10, 30])
+def test_detectable_difference_is_the_paired_t_tests_power(n):
+    power = pytest.importorskip("statsmodels.stats.power")
+    effect = power.TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
+    assert stats.detectable_difference(n, 2.0) == pytest.approx(2.0 * effect, rel=1e-5)
+    # and by definition: a true difference of that size is detected 80% of the time
+    nc = stats.detectable_difference(n, 1.0) * np.sqrt(n)
+    crit = sps.t.ppf(0.975, n - 1)
+    assert sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc) == pytest.approx(0.8)
+
+
+def test_detectable_difference_shrinks_as_one_over_sqrt_n():
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)  # 2.8016: the large-sample constant
+    scaled = [stats.detectable_difference(n, 1.0) * np.sqrt(n) for n in (5, 10, 20, 80, 320, 1280)]
+    assert all(a > b for a, b in zip(scaled, scaled[1:]))  # the t correction fades...
+    assert scaled[-1] == pytest.approx(z, rel=2e-3)  # ...down to z sd / sqrt(n)
+    # quadrupling the seeds halves it, once n is large
+    assert stats.detectable_difference(4000, 1.0) / stats.detectable_difference(1000, 1.0) == pytest.approx(
+        0.5, rel=1e-3
+    )
+    d = stats.paired_difference(X, Y)
+    assert d["detectable"] == pytest.approx(stats.detectable_difference(5, d["sd"]))
+
+
+def test_one_sample_matches_scipy():
+    v = np.array([0.12, 0.30, -0.05, 0.21, 0.18])
+    out = stats.one_sample(v)
+    assert out["mean"] == pytest.approx(v.mean()) and out["n"] == 5
+    assert out["ci"] == pytest.approx(list(sps.t.interval(0.95, 4, loc=v.mean(), scale=sps.sem(v))))
+    assert out["t_p"] == pytest.approx(sps.ttest_1samp(v, 0.0).pvalue)
+    assert out["positive"] == 4 and out["sign_p"] == pytest.approx(sps.binomtest(4, 5).pvalue)  # 12 / 32
+    assert out["sign_p"] == pytest.approx(0.375)
+    assert stats.one_sample(np.ones(5))["sign_p"] == pytest.approx(2 / 2**5)
