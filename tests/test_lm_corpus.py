@@ -143,6 +143,24 @@ class TestPackages:
         names = {norm(line.split("==")[0]) for line in pinned.read_text().splitlines() if "==" in line}
         assert {norm(n) for n in sources.PACKAGES} <= names and "torch" not in sources.PACKAGES
 
+    def test_every_distribution_is_installed_by_make_install(self):
+        # the dependency closure of psec-jax[dev], which `make install` installs: a corpus distribution
+        # outside it would be missing on a fresh machine (chex was, once)
+        from packaging.requirements import Requirement
+
+        norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+        closure, todo = set(), [("psec-jax", "dev")]
+        while todo:
+            name, extra = todo.pop()
+            if norm(name) in closure:
+                continue
+            closure.add(norm(name))
+            for line in importlib.metadata.requires(name) or []:
+                req = Requirement(line)
+                if req.marker is None or req.marker.evaluate({"extra": extra or ""}):
+                    todo.append((req.name, None))
+        assert {norm(n) for n in sources.PACKAGES} <= closure, {norm(n) for n in sources.PACKAGES} - closure
+
     def test_listing_is_deterministic_deduplicated_and_clean(self, packages):
         assert sources.listing("packages") == packages
         assert packages.versions == {n: importlib.metadata.version(n) for n in sources.PACKAGES}

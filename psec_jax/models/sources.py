@@ -39,13 +39,13 @@ from typing import NamedTuple
 
 SOURCES = ("stdlib", "packages")
 SPLITS = ("train", "val")  # the splits of a source; "other" comes from `other_files`
-# Pinned in constraints.txt (installed by `make install` from the `dev` extra's lock), pure Python
-# source of their own (jaxlib's Python is generated MLIR bindings, so it is left out).
+# Installed by `make install` (the package and its `dev` extra, at the versions pinned in constraints.txt;
+# a test checks that a fresh install has every one), with pure Python source of their own (jaxlib's
+# Python is generated MLIR bindings, so it is left out).
 PACKAGES = (
     "absl-py",
     "arch",
     "brax",
-    "chex",
     "etils",
     "flax",
     "fonttools",
