@@ -113,13 +113,14 @@ def test_aux_over_layers_mean_or_sum():
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
-def test_top_k_stages_renormalise_as_configured_and_top_p_never(renormalize):
+def test_top_k_stages_renormalise_as_configured_and_top_p_and_top1_never(renormalize):
     config = lm_config.get_config("tiny")
     with config.unlocked():
         config.router.renormalize_top_k = renormalize
-    for stage in ("top1", "top2", "top3"):
+    for stage in ("top2", "top3"):
         assert lm_train.moe_config(config, stage).renormalize is renormalize
     assert lm_train.moe_config(config, "top_p").renormalize is False
+    assert lm_train.moe_config(config, "top1").renormalize is False  # its one weight would be 1: no router gradient
     logits = jax.random.normal(jax.random.key(0), (16, 4))
     r = moe.route(logits, lm_train.moe_config(config, "top2"))
     sums = np.asarray(r.weights.sum(-1))
@@ -127,6 +128,19 @@ def test_top_k_stages_renormalise_as_configured_and_top_p_never(renormalize):
         np.testing.assert_allclose(sums, 1.0, rtol=1e-6)
     else:
         assert np.all(sums < 1.0)
+
+
+def test_every_router_gets_a_gradient_from_the_lm_loss():
+    # renormalised top-1 (w / w = 1) would leave the router to the aux losses alone
+    config = lm_config.get_config("tiny")
+    params = moe.init_moe(jax.random.key(0), 8, 16, 4)
+    x = jax.random.normal(jax.random.key(1), (32, 8))
+    for stage in ("top1", "top2", "top3", "top_p"):
+        c = dataclasses.replace(
+            lm_train.moe_config(config, stage), load_balance_weight=0.0, dynamic_weight=0.0, z_weight=0.0
+        )
+        g = jax.grad(lambda p: jnp.sum(moe.moe_apply(p, x, c)[0] ** 2))(params)
+        assert float(jnp.abs(g["router"]).max()) > 1e-3, stage
 
 
 def test_each_member_has_its_own_data_order_shared_across_stages():

@@ -41,8 +41,8 @@ SIZES = {
     },
     "small": {},  # the base config
     # the round-two table (issue 32): 12 paired seeds (initialisation and data order) per arm, arms on the
-    # top-k frontier (top-1/2/3) and top-p at two thresholds, on the deduplicated source of the pinned
-    # packages (~tens of millions of tokens: no window repeats within a run); ~4.5 h on this 2-core CPU
+    # top-k frontier (top-1/2/3) and top-p at two thresholds, 2M tokens per model drawn from the 32M-token
+    # deduplicated source of the pinned packages (windows practically never repeat); ~5 h on this 2-core CPU
     "round2": {
         "data.source": "packages",
         "data.final_val_rows": 1024,
@@ -147,11 +147,12 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     # load balance N * sum f_i P_i with f normalised to sum 1 ("assignments") or to k, the experts per
     # token ("tokens": GShard, HF Mixtral, MaxText); the paper does not say
     config.router.load_balance_norm = "tokens"
-    config.router.aux_layers = "mean"  # aux losses over the MoE layers: "mean" (HF's one loss) or "sum"
+    config.router.aux_layers = "mean"  # aux losses over the MoE layers: "mean" (the scale of HF's pooled loss) or "sum"
     config.router.mask_padding = True  # aux losses and routing statistics leave out padded positions
-    # top-k baselines' combine weights: renormalised to sum 1 (GShard, Mixtral) or the raw probabilities;
-    # top-p always keeps the raw probabilities (the official code); the paper's top-2 weighting is unreleased
-    config.router.renormalize_top_k = True
+    # top-k baselines' combine weights (k > 1): the raw probabilities, as top-p's (the official code), so
+    # arms differ in routing and not in output scale; or renormalised to sum 1 (GShard, Mixtral). The
+    # paper's top-2 weighting is unreleased; top-1 always keeps its raw probability (Switch)
+    config.router.renormalize_top_k = False
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 3e-3  # peak AdamW learning rate

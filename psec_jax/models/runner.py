@@ -380,7 +380,7 @@ def final_evaluation(
     {member: eval_metrics as lists}."""
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("step") == step:
+        if saved.get("step") == step and list(saved["members"]) == list(stage.members):
             return saved["members"]
     with progress.phase(f"lm_moe {stage.name}: final evaluation", disable=not distributed.is_main()):
         metrics = distributed.to_host(

@@ -90,10 +90,13 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
     overrides = stage_overrides(stage)
     m, r = config.model, config.router
     router = get_router(overrides.get("router", MoEConfig.router))
+    # top-p keeps raw weights, as the official code; top-1 too (Switch): renormalised, its one weight is 1
+    # and the LM loss would give the router no gradient at all
+    k = overrides.get("k", MoEConfig.k)
     base = dict(
         p=r.p,
         max_k=m.max_k or None,
-        renormalize=router.uses_k and r.renormalize_top_k,  # top-p keeps raw weights, as the official code
+        renormalize=router.uses_k and k > 1 and r.renormalize_top_k,
         dispatch=m.dispatch,
         backend=m.backend,
         grouped_matmul=m.grouped_matmul,

@@ -16,8 +16,8 @@ compilation serves any depth; per-group aux losses and routing statistics come o
 
 Conventions (`Spec` fields; the official code's choice is the default): initialisation `init`,
 aux-loss reduction over layers `aux_layers`, MoE placement `moe_position`, and `mask_padding` (aux
-losses and routing statistics over the positions whose target is not padding, as HF's load-balance
-loss with an attention mask; the official code releases no training code).
+losses and routing statistics over the positions whose target is not padding, like HF's load-balance
+loss with an attention mask, which masks by input; the official code releases no training code).
 
 Precision: parameters are float32 and cast to `spec.dtype` (bfloat16 by default) where they are used;
 activations and the residual stream are in `spec.dtype`; RMSNorm, attention softmax, the router and
@@ -72,7 +72,7 @@ class Spec:
     dtype: str = "bfloat16"  # activation dtype
     # conventions the top-p paper's official code fixes and this model makes choices (see `CONVENTIONS`):
     init: str = "official"  # "official": N(0, 0.02) for every matrix and embedding; "fan_in": N(0, 1/fan_in)
-    aux_layers: str = "mean"  # MoE layers' aux losses: "mean" over layers (HF) or "sum" (weight grows with depth)
+    aux_layers: str = "mean"  # MoE layers' aux losses: "mean" (HF's pooled loss's scale) or "sum" (grows with depth)
     moe_position: str = "first"  # the MoE layer in its group of moe_every: "first" (official) or "last"
     mask_padding: bool = True  # aux losses and routing statistics leave out positions whose target is padding
     rope_base: float = 10000.0
