@@ -190,6 +190,21 @@ def test_outside_the_frontier_is_not_extrapolated(full):
     assert compare.frontier({1: [2.9], 3: [2.5]}, np.array([2.5]))[0] == pytest.approx(2.6)  # 2.9 + 0.75 x (2.5 - 2.9)
 
 
+def test_polynomial_frontier_bends_below_the_chord():
+    # a convex frontier, loss = 3 - log(k): the chord through k = 1, 2, 3 lies above it, the quadratic close
+    losses = {k: [3 - np.log(k)] for k in (1, 2, 3)}
+    truth = 3 - np.log(1.5)
+    chord = compare.frontier(losses, np.array([1.5]))[0]
+    quad = compare.frontier(losses, np.array([1.5]), "polynomial")[0]
+    assert chord > quad and abs(quad - truth) < abs(chord - truth)
+    assert compare.frontier(losses, np.array([2.0]), "polynomial")[0] == pytest.approx(
+        3 - np.log(2)
+    )  # through the points
+    assert np.isnan(compare.frontier({1: [2.9], 2: [np.nan], 3: [2.7]}, np.array([1.5]))[0])  # missing: not guessed
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        compare.frontier(losses, np.array([1.5]), "cubic")
+
+
 def test_harder_needs_more_experts(full):
     h = full["harder"]["top_p"]
     for task, (hard, easy) in compare.HARDER.items():
@@ -238,7 +253,7 @@ def test_json_and_markdown(full):
 
 def test_missing_stages_degrade_with_notes(tmp_path, config):
     out = compare.compare(tmp_path, build(tmp_path, ("top2", "top_p")), config, reps=100)
-    assert set(out["versus"]["top_p"]) == {"top2"} and out["frontier"] == {"experts": {}, "flops": {}}
+    assert set(out["versus"]["top_p"]) == {"top2"} and all(v == {} for v in out["frontier"].values())
     assert any("top1" in n and "left out" in n for n in out["notes"])
     assert any("frontier needs >= 2" in n for n in out["notes"])
     assert out["difficulty"]["top_p"]["other_seed"]["layers"][0]["mean"] == pytest.approx(SLOPE[0], abs=0.03)
@@ -260,3 +275,12 @@ def test_missing_stages_degrade_with_notes(tmp_path, config):
     out = compare.compare(only_k, build(only_k, ("top1", "top2")), config, reps=100)
     assert out["versus"] == {} and any("no top-p arm" in n for n in out["notes"])
     compare.markdown(out)
+
+
+def test_primary_tests_are_holm_corrected(full):
+    rows = full["primary"]
+    assert [r["claim"] for r in rows] == [claim for claim, _, _ in compare.PRIMARY]
+    ps = sorted(r["p"] for r in rows)
+    holm = sorted(r["p_holm"] for r in rows)
+    assert holm[0] == pytest.approx(min(1.0, 2 * ps[0])) and holm[1] == pytest.approx(max(holm[0], ps[1]))
+    assert "Primary tests" in compare.markdown(full)

@@ -53,12 +53,7 @@ from psec_jax.models import transformer as tf
 BASELINES = ("top1", "top2")  # every top-p arm minus each of these, in val loss
 REFERENCE = "top2"  # whose NLL measures a position's difficulty
 SWEEP = "top_p_sweep"  # one seed at many thresholds: nothing to pair
-# task: (harder label, easier label), names of `tasks.label_names()`
-HARDER = {
-    "addition": ("addition/carry", "addition/no_carry"),
-    "lookup": ("lookup/8", "lookup/1"),
-    "sort": ("sort/hard", "sort/easy"),
-}
+HARDER = tasks.HARDER  # task: (harder label, easier label), names of `tasks.label_names()`
 HELDOUT = ("long", "other")
 # difficulty reference -> offset of the reference seed from the routed model's seed
 REFERENCES = {"other_seed": 1, "same_seed": 0}
@@ -176,40 +171,61 @@ def _arm_summary(arm: Arm, flops: tuple[float, float], reps: int) -> dict[str, A
 # -------------------------------------------------------------------------------------- frontier
 
 
-def frontier(losses: dict[int, np.ndarray], experts: np.ndarray) -> np.ndarray:
+INTERPOLATIONS = ("linear", "polynomial")
+
+
+def frontier(losses: dict[int, np.ndarray], experts: np.ndarray, kind: str = "linear") -> np.ndarray:
     """Per seed, the top-k frontier's loss at the given experts per token.
 
     Args:
       losses: {k: [n] the top-k arm's loss per seed}, at least two k.
       experts: [n] experts per token of the model to match, per seed.
+      kind: "linear" (piecewise linear in k: the chord, above a convex frontier, so it flatters the
+        matched model) or "polynomial" (the polynomial through all K points, a quadratic for k = 1, 2, 3:
+        it bends with a convex frontier; a sensitivity check of the chord).
 
     Returns:
-      [n] float64: seed i's losses at its k, linearly interpolated in k at experts[i]; NaN where
-      experts[i] lies outside [min k, max k] (not extrapolated).
+      [n] float64: seed i's losses at its k, interpolated in k at experts[i]; NaN where experts[i] lies
+      outside [min k, max k] (not extrapolated) or a loss is missing.
     """
+    if kind not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {kind!r}; choose from {INTERPOLATIONS}")
     ks = sorted(losses)
     grid = np.array(ks, float)
     table = np.stack([np.asarray(losses[k], float) for k in ks], 1)  # [n, K]
     out = np.full(len(experts), np.nan)
     for i, e in enumerate(np.asarray(experts, float)):
-        if grid[0] <= e <= grid[-1]:
-            out[i] = np.interp(e, grid, table[i])
+        if grid[0] <= e <= grid[-1] and np.all(np.isfinite(table[i])):
+            if kind == "linear":
+                out[i] = np.interp(e, grid, table[i])
+            else:
+                out[i] = np.polyval(np.polyfit(grid, table[i], len(grid) - 1), e)
     return out
 
 
-def _matched(arm: Arm, topk: list[Arm], experts: np.ndarray, members: list[str], reps: int) -> dict[str, Any]:
-    """arm's val loss minus the frontier at `experts` [members] per seed."""
+def _matched(
+    arm: Arm, topk: list[Arm], experts: np.ndarray, members: list[str], reps: int, kind: str = "linear"
+) -> dict[str, Any]:
+    """arm's val loss minus the frontier (`frontier`, `kind`) at `experts` [members] per seed."""
     losses = {a.k: _values(a, members, "val_loss") for a in topk}
-    at = frontier(losses, experts)
-    outside = [m for m, e, f in zip(members, experts, at) if np.isfinite(e) and not np.isfinite(f)]
+    at = frontier(losses, experts, kind)
+    known = np.all(np.isfinite(np.stack(list(losses.values()), 1)), 1)
+    missing = [m for m, ok in zip(members, known) if not ok]
+    outside = [m for m, e, f, ok in zip(members, experts, at, known) if ok and np.isfinite(e) and not np.isfinite(f)]
     out = _paired(_values(arm, members, "val_loss"), at, members, reps)
-    out.update(experts=experts, frontier_loss=at, k_range=[min(losses), max(losses)])
+    out.update(experts=experts, frontier_loss=at, k_range=[min(losses), max(losses)], interpolation=kind)
+    notes = []
     if outside:
         out["outside"] = outside
-        out["note"] = (
+        notes.append(
             f"experts of {', '.join(outside)} outside the frontier's k in [{min(losses)}, {max(losses)}]: "
             "not interpolated, left out"
         )
+    if missing:
+        out["missing"] = missing
+        notes.append(f"a top-k loss of {', '.join(missing)} is missing: left out")
+    if notes:
+        out["note"] = "; ".join(notes)
     return out
 
 
@@ -265,6 +281,8 @@ def _slopes(arm: Arm, routed: dict, ref: dict, offset: int) -> dict[str, Any]:
     member `offset` seeds on, cyclically), and per layer their mean across seeds."""
     names, ref_names = list(routed["members"]), list(ref["members"])
     members = [m for m in arm.members if m in names and m in ref_names]
+    if not members:
+        return {"skipped": f"no member of {arm.name} has a {REFERENCE} reference in tokens.npz"}
     if offset and len(members) < 2:
         return {"skipped": "another seed's reference needs >= 2 seeds"}
     keep = ref["weights"] > 0  # [N, R, T]
@@ -352,7 +370,7 @@ def compare(
         "arms": {name: _arm_summary(a, flops, reps) for name, a in arms.items()},
         "flops": {"per_token_no_expert": flops[0], "per_token_per_expert": flops[1]},
         "versus": {},
-        "frontier": {"experts": {}, "flops": {}},
+        "frontier": {"experts": {}, "experts_polynomial": {}, "flops": {}},
         "harder": {},
         "difficulty": {},
     }
@@ -376,9 +394,11 @@ def compare(
                 )
         if len(topk) >= 2:
             members = _common(arm, *topk)
-            out["frontier"]["experts"][arm.name] = _matched(
-                arm, topk, _values(arm, members, "val_experts"), members, reps
-            )
+            experts = _values(arm, members, "val_experts")
+            out["frontier"]["experts"][arm.name] = _matched(arm, topk, experts, members, reps)
+            if len(topk) >= 3:
+                row = _matched(arm, topk, experts, members, reps, "polynomial")
+                out["frontier"]["experts_polynomial"][arm.name] = row
             if arm.train_experts is None:
                 out["frontier"]["flops"][arm.name] = {"skipped": f"no metrics.jsonl in {arm.name}"}
             else:
@@ -389,8 +409,48 @@ def compare(
                 out["frontier"]["flops"][arm.name] = row
         out["harder"][arm.name] = _harder(arm, reps)
         out["difficulty"][arm.name] = _difficulty(arm, arms.get(REFERENCE), tokens)
+    out["primary"] = _primary(out, notes)
     out["notes"] = notes
     return runs.to_jsonable(out)
+
+
+# Declared before round two's results: the two tests that decide the paper's claims, Holm-corrected
+# together (every other number in the comparison is descriptive). Both on the paper's threshold arm.
+PRIMARY_ARM = "top_p"
+PRIMARY = (
+    ("no worse than top-k at equal experts", ("frontier", "experts", PRIMARY_ARM), "val loss minus the frontier"),
+    ("harder tokens use more experts", ("difficulty", PRIMARY_ARM, "other_seed", "mean_over_layers"), "mean slope"),
+)
+
+
+def _primary(out: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """The PRIMARY tests' estimates, their paired-t (or one-sample t) p-values and Holm-adjusted p-values."""
+    rows = []
+    for claim, path, what in PRIMARY:
+        d: Any = out
+        for key in path:
+            d = d.get(key, {}) if isinstance(d, dict) else {}
+        if "t_p" not in d or d["t_p"] is None or not np.isfinite(d["t_p"]):
+            notes.append(f"primary test {claim!r} could not be computed ({'/'.join(path)} missing)")
+            continue
+        rows.append(
+            {
+                "claim": claim,
+                "statistic": what,
+                "path": "/".join(path),
+                "n": d["n"],
+                "mean": d["mean"],
+                "ci": d["ci"],
+                "p": d["t_p"],
+                "detectable": d.get("detectable"),
+            }
+        )
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["p"])
+    running = 0.0
+    for rank, i in enumerate(order):  # Holm: p_(j) * (m - j + 1), made monotone
+        running = max(running, min(1.0, rows[i]["p"] * (len(rows) - rank)))
+        rows[i]["p_holm"] = running
+    return rows
 
 
 # -------------------------------------------------------------------------------------- markdown
@@ -446,6 +506,19 @@ def markdown(comparison: dict[str, Any]) -> str:
     lines += [
         f"| {n} | " + " | ".join(_f(x, ".2f") for x in a["val_experts_per_layer"]) + " |" for n, a in c["arms"].items()
     ]
+    lines += [
+        "",
+        f"#### Primary tests (declared before the results; arm {PRIMARY_ARM}, Holm-corrected together)",
+        "",
+        "| claim | statistic | n | estimate | 95% CI | t p | Holm p | smallest detectable |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in c.get("primary", []):
+        ci = "[" + ", ".join(_f(v, "+.4f") for v in r["ci"]) + "]"
+        lines.append(
+            f"| {r['claim']} | {r['statistic']} | {r['n']} | {_f(r['mean'], '+.4f')} | {ci} | {_f(r['p'], '.3g')} | "
+            f"{_f(r['p_holm'], '.3g')} | {_f(r.get('detectable'), '.4f')} |"
+        )
     lines += ["", "#### Val loss: top-p arm minus top-k baseline", "", f"| arm | baseline | {PAIRED_HEAD} |"]
     lines.append("|---" * 9 + "|")
     for arm, rows in c["versus"].items():
@@ -457,8 +530,13 @@ def markdown(comparison: dict[str, Any]) -> str:
         f"| arm | matched on | experts/token | {PAIRED_HEAD} | left out |",
         "|---" * 11 + "|",
     ]
-    for on, title in (("experts", "val experts"), ("flops", "training FLOPs")):
-        for arm, d in c["frontier"][on].items():
+    titles = (
+        ("experts", "val experts"),
+        ("experts_polynomial", "val experts, polynomial frontier"),
+        ("flops", "training FLOPs"),
+    )
+    for on, title in titles:
+        for arm, d in c["frontier"].get(on, {}).items():
             e = d.get("experts")
             experts = _f(None if not e else float(np.nanmean(np.array(e, float))), ".2f")
             lines.append(f"| {arm} | {title} | {experts} | {_row(d)} | {d.get('note', '')} |")

@@ -31,8 +31,8 @@ def _member_summary(
 ) -> dict[str, Any]:
     """One member: final metrics on the whole validation split, and curves from the per-chunk records."""
     rates = np.array([r["steps_per_sec"] for r in records[1:]] or [records[-1]["steps_per_sec"]], float)
-    hard = [i for i, c in enumerate(LABELS) if c.endswith("hard")]
-    easy = [i for i, c in enumerate(LABELS) if c.endswith("easy")]
+    hard = [LABELS.index(h) for h, _ in tasks.HARDER.values()]
+    easy = [LABELS.index(e) for _, e in tasks.HARDER.values()]
     te = np.array(final["task_experts"], float)
     experts = _series(records, "experts", member)
     return {
@@ -187,13 +187,13 @@ def markdown(results: Mapping[str, Any]) -> str:
         )
     diff = lambda d: f"{d['mean']:+.2f} ± {d['std']:.2f}"
     cells = [c for v in routers.values() for c in (diff(v["hard_minus_easy_experts"]), "")]
-    lines.append("| hard - easy (mean ± std over seeds) | " + " | ".join(cells) + " |")
+    lines.append("| harder - easier, mean of the 3 pairs (mean ± std over seeds) | " + " | ".join(cells) + " |")
     if sweep:
         lines += [
             "",
             "Top-p threshold sweep (seed 0; the thresholds other than the main one ran as one compiled program):",
             "",
-            "| p | val loss | experts/token (val text) | training, first -> last chunk | hard - easy experts |",
+            "| p | val loss | experts/token (val text) | training, first -> last chunk | harder - easier experts |",
             "|---|---|---|---|---|",
         ]
         for p, m in sweep.items():

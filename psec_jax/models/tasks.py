@@ -98,6 +98,14 @@ def label_names() -> list[str]:
     return [f"{task}/{variant}" for task, variants in zip(TASKS, VARIANTS) for variant in variants]
 
 
+# task -> (harder label, easier label): the pairs compared at matched positions
+HARDER = {
+    "addition": ("addition/carry", "addition/no_carry"),
+    "lookup": ("lookup/8", "lookup/1"),
+    "sort": ("sort/hard", "sort/easy"),
+}
+
+
 # --- examples from their problems -------------------------------------------------------------------
 
 
