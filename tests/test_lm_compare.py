@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from psec_jax.configs import lm_moe
-from psec_jax.models import compare, tasks
+from psec_jax.models import compare, comparison_md, tasks
 
 SEEDS = 5
 MEMBERS = [f"seed{i}" for i in range(SEEDS)]
@@ -239,7 +239,7 @@ def test_regression_recovers_planted_slope(full):
 
 def test_json_and_markdown(full):
     json.dumps(full, allow_nan=False)
-    md = compare.markdown(full)
+    md = comparison_md.markdown(full)
     assert "smallest detectable" in md and "top_p0.3 | top2 |" in md and "seed4" in md
     tables, block = [], []
     for line in md.splitlines() + [""]:
@@ -257,7 +257,7 @@ def test_missing_stages_degrade_with_notes(tmp_path, config):
     assert any("top1" in n and "left out" in n for n in out["notes"])
     assert any("frontier needs >= 2" in n for n in out["notes"])
     assert out["difficulty"]["top_p"]["other_seed"]["layers"][0]["mean"] == pytest.approx(SLOPE[0], abs=0.03)
-    compare.markdown(out)
+    comparison_md.markdown(out)
 
     no_ref = tmp_path / "no_ref"
     results = build(no_ref, ("top1", "top3", "top_p"))
@@ -269,12 +269,12 @@ def test_missing_stages_degrade_with_notes(tmp_path, config):
     (no_ref / "stages" / "top_p" / "metrics.jsonl").unlink()
     out = compare.compare(no_ref, results, config, reps=100)
     assert "skipped" in out["frontier"]["flops"]["top_p"] and out["arms"]["top_p"]["train_experts"] is None
-    assert "skipped" in compare.markdown(out)
+    assert "skipped" in comparison_md.markdown(out)
 
     only_k = tmp_path / "only_k"
     out = compare.compare(only_k, build(only_k, ("top1", "top2")), config, reps=100)
     assert out["versus"] == {} and any("no top-p arm" in n for n in out["notes"])
-    compare.markdown(out)
+    comparison_md.markdown(out)
 
 
 def test_primary_tests_are_holm_corrected(full):
@@ -283,4 +283,4 @@ def test_primary_tests_are_holm_corrected(full):
     ps = sorted(r["p"] for r in rows)
     holm = sorted(r["p_holm"] for r in rows)
     assert holm[0] == pytest.approx(min(1.0, 2 * ps[0])) and holm[1] == pytest.approx(max(holm[0], ps[1]))
-    assert "Primary tests" in compare.markdown(full)
+    assert "Primary tests" in comparison_md.markdown(full)

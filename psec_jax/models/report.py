@@ -31,8 +31,9 @@ def _member_summary(
 ) -> dict[str, Any]:
     """One member: final metrics on the whole validation split, and curves from the per-chunk records."""
     rates = np.array([r["steps_per_sec"] for r in records[1:]] or [records[-1]["steps_per_sec"]], float)
-    hard = [LABELS.index(h) for h, _ in tasks.HARDER.values()]
-    easy = [LABELS.index(e) for _, e in tasks.HARDER.values()]
+    names = tasks.label_names()
+    hard = [names.index(h) for h, _ in tasks.HARDER.values()]
+    easy = [names.index(e) for _, e in tasks.HARDER.values()]
     te = np.array(final["task_experts"], float)
     experts = _series(records, "experts", member)
     return {

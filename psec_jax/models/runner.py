@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from psec_jax import config_check as cc
 from psec_jax import loop, parallel, prng, progress, runs
 from psec_jax.config_check import UsageError
-from psec_jax.models import compare, evaluation, members, pipeline, report, sources, tasks, text
+from psec_jax.models import compare, comparison_md, evaluation, members, pipeline, report, sources, tasks, text
 from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
 from psec_jax.moe import BACKENDS
@@ -486,6 +486,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if distributed.is_main():  # in a multi-process run every process has the results, process 0 writes them
         results["comparison"] = compare.compare(Path(workdir), results, config)  # paired arms (compare.py)
         print(report.write(workdir, results))
-        table = compare.markdown(results["comparison"])
+        table = comparison_md.markdown(results["comparison"])
         runs.replace_atomic(Path(workdir) / "comparison.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
     return results["summary"]
