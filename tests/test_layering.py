@@ -83,6 +83,9 @@ BELOW = {
     "envs": ("rl", "models"),
     "data": ("rl", "models"),
     "parallel": ("rl", "models"),
+    # peers, neither above the other: what both need lives below them (psec_jax.stats)
+    "models": ("rl",),
+    "rl": ("models",),
 }
 
 
