@@ -293,3 +293,17 @@ class TestStdlibUnchanged:
             text.load(stdlib.path)
         again = text.get(**ARGS)
         assert again.path == stdlib.path and {f.name: f.read_bytes() for f in stdlib.path.iterdir()} == before
+
+
+def test_line_overlap_counts_long_validation_lines_found_in_train():
+    train = [b"import numpy as np  # a long enough line\nx = 1\n", b"def f():\n    return 'a long line of text here'\n"]
+    val = [
+        b"import numpy as np  # a long enough line\n    return 'a long line of text here'\n"
+        b"print('not in train at all!')\nx = 1\n"
+    ]
+    out = sources.line_overlap(train, val)
+    assert out["lines"] == 3  # "x = 1" is too short to count
+    assert out["line_share"] == pytest.approx(2 / 3)
+    long = [len("import numpy as np  # a long enough line"), len("return 'a long line of text here'")]
+    assert out["byte_share"] == pytest.approx(sum(long) / (sum(long) + len("print('not in train at all!')")))
+    assert sources.line_overlap([], [])["line_share"] == 0.0

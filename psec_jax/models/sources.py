@@ -306,3 +306,27 @@ def sample(split: Split, max_bytes: int) -> list[str]:
             keep.add(i)
             total += sizes[i]
     return [t for i, t in enumerate(split.texts) if i in keep]
+
+
+def line_overlap(train: Iterable[bytes], val: Iterable[bytes], min_chars: int = 20) -> dict[str, float]:
+    """How much of the validation text the train text already holds, line by line: of the validation
+    lines at least `min_chars` long once stripped (shorter ones, `return x`, `)`, repeat everywhere), the
+    share (by bytes and by count) that occur verbatim, stripped, in a train file. Exact deduplication
+    keeps templated or generated near-copies (round one found 12.6% of stdlib validation bytes in codec
+    tables): this says how many remain. Returns {"lines", "bytes", "line_share", "byte_share"}."""
+    seen = {line.strip() for raw in train for line in raw.splitlines() if len(line.strip()) >= min_chars}
+    lines = shared = total = shared_bytes = 0
+    for raw in val:
+        for line in raw.splitlines():
+            s = line.strip()
+            if len(s) < min_chars:
+                continue
+            lines, total = lines + 1, total + len(s)
+            if s in seen:
+                shared, shared_bytes = shared + 1, shared_bytes + len(s)
+    return {
+        "lines": lines,
+        "bytes": total,
+        "line_share": shared / max(lines, 1),
+        "byte_share": shared_bytes / max(total, 1),
+    }
