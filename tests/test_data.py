@@ -322,3 +322,32 @@ def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     actor, pols, meta = behavior.load(tmp_path / "policy")
     assert summary["return/expert"] == max(c["return"] for c in meta["curve"])
     assert {"random", "medium", "expert"} <= set(pols)
+
+
+def test_target_split_is_by_transition_and_seeded():
+    n = 400
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, 3))
+    data = OfflineData.from_numpy(
+        {
+            "observations": obs,
+            "actions": rng.normal(size=(n, 2)),
+            "rewards": np.arange(n, dtype=np.float64),  # the reward names the transition
+            "terminals": np.zeros(n),
+            "timeouts": (np.arange(n) % 100 == 99).astype(np.float64),  # 4 episodes of 100
+            "next_observations": obs + 1.0,
+        }
+    )
+    a = data.subsample_transitions(jax.random.PRNGKey(1), 0.05)
+    ids = np.asarray(a.rewards).astype(int)
+    assert a.size == 20 and np.all(np.diff(ids) > 0)  # 5% of the transitions, original order
+    assert len(np.unique(ids // 100)) > 1  # from several episodes, not one episode's worth
+    np.testing.assert_allclose(np.asarray(a.observations), obs[ids], rtol=1e-6)  # whole transitions
+    np.testing.assert_allclose(np.asarray(a.next_observations), obs[ids] + 1.0, rtol=1e-6)
+    again = data.subsample_transitions(jax.random.PRNGKey(1), 0.05)
+    other = data.subsample_transitions(jax.random.PRNGKey(2), 0.05)
+    np.testing.assert_array_equal(np.asarray(again.rewards), np.asarray(a.rewards))  # seeded
+    assert not np.array_equal(np.asarray(other.rewards), np.asarray(a.rewards))
+    assert data.subsample_transitions(jax.random.PRNGKey(0), 1e-6).size == 1
+    with pytest.raises(ValueError, match="fraction"):
+        data.subsample_transitions(jax.random.PRNGKey(0), 1.5)

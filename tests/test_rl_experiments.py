@@ -136,8 +136,8 @@ def test_dynamics_end_to_end_tiny(tmp_path):
     data = {"source": random_data(256, 1), "target": with_episodes(random_data(5120, 2), 256)}  # 20 episodes
     out = dynamics.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
     assert list(out["methods"]) == list(dynamics.METHODS)
-    assert out["target_data"]["episodes"] == 20 and out["target_data"]["kept_episodes"] == 1  # 5%
-    assert out["target_data"]["kept_transitions"] == 256
+    assert out["target_data"]["episodes"] == 20 and out["target_data"]["transitions"] == 5120
+    assert out["target_data"]["kept_transitions"] == 256 and out["target_data"]["split"] == "transitions"  # 5%
     for m, row in out["methods"].items():
         assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
         np.testing.assert_allclose(row["return"], 100 * (out["raw"][m]["return"] + 0.06) / 0.06, rtol=1e-6)

@@ -30,6 +30,9 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
     c.kind = "medium"  # behaviour level of both datasets: medium, medium-expert, medium-replay, ...
     c.source_data = ""  # pi_0's data ({env}, {variant}, {kind}; sizes table)
     c.target_data = ""  # nominal-dynamics data the target subset comes from (sizes table)
-    c.target_fraction = 0.05  # share of the target episodes used (PSEC: 5%)
+    c.target_fraction = 0.05  # share of the target data used (PSEC: 5%)
+    # what the share is of: "transitions" (the official code: a random 5% of the transitions, many distinct
+    # states) or "episodes" (whole episodes: far fewer distinct states for the same share)
+    c.target_split = "transitions"
     c.methods = METHODS  # columns of the table
     return base.apply_sizes(c, SIZES, size)

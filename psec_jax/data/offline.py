@@ -121,6 +121,16 @@ class OfflineData:
         chosen = np.sort(np.asarray(jax.random.choice(key, num, (k,), replace=False)))
         return self.take_episodes(chosen)
 
+    def subsample_transitions(self, key: jax.Array, fraction: float) -> OfflineData:
+        """A random `fraction` of the transitions (at least one), in their original order: each keeps its
+        own observation, action, reward, cost, flags and next observation, so an offline learner sees whole
+        transitions from many more distinct states than the same share of whole episodes would give."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        k = max(1, int(round(fraction * self.size)))
+        idx = jnp.asarray(np.sort(np.asarray(jax.random.choice(key, self.size, (k,), replace=False))))
+        return jax.tree.map(lambda x: x[idx], self)
+
     @staticmethod
     def concatenate(parts: list[OfflineData]) -> OfflineData:
         """Join datasets along the transition axis."""

@@ -54,6 +54,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         )
     if config.kind not in datasets.KINDS:
         raise ValueError(f"config.kind must be one of {datasets.KINDS}, got {config.kind!r}")
+    if config.target_split not in SPLITS:
+        raise ValueError(f"config.target_split must be one of {SPLITS}, got {config.target_split!r}")
     if not 0.0 < config.target_fraction <= 1.0:
         raise ValueError(f"config.target_fraction must be in (0, 1], got {config.target_fraction}")
     if config.env not in envs.names():
@@ -76,10 +78,17 @@ def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return data_names(config)[0], config.env
 
 
+SPLITS = ("transitions", "episodes")  # what config.target_fraction is a share of
+
+
 def target_subset(data: OfflineData, config: ml_collections.ConfigDict) -> OfflineData:
-    """``config.target_fraction`` of the episodes of ``data`` (at least one), chosen with a key derived
-    from ``config.seed``: the same subset for every seed of a run (and every method)."""
-    return data.subsample_episodes(prng.stream(jax.random.key(config.seed), "target_subset"), config.target_fraction)
+    """``config.target_fraction`` of the transitions (``config.target_split="transitions"``, the official
+    code's) or of the episodes of ``data`` (at least one), chosen with a key derived from ``config.seed``:
+    the same subset for every seed of a run (and every method)."""
+    key = prng.stream(jax.random.key(config.seed), "target_subset")
+    if config.target_split == "transitions":
+        return data.subsample_transitions(key, config.target_fraction)
+    return data.subsample_episodes(key, config.target_fraction)
 
 
 def prepare(
@@ -116,13 +125,14 @@ def prepare(
     target = target_subset(data["target"], config)
     info = {
         "episodes": int(data["target"].episode_ids()[-1]) + 1,
-        "kept_episodes": int(target.episode_ids()[-1]) + 1,
+        "transitions": int(data["target"].size),
         "kept_transitions": int(target.size),
         "fraction": float(config.target_fraction),
+        "split": config.target_split,
     }
     print(
-        f"psec_dynamics: target subset {info['kept_episodes']} of {info['episodes']} episodes "
-        f"({target.size} transitions)"
+        f"psec_dynamics: target subset {info['kept_transitions']} of {info['transitions']} transitions "
+        f"(a {config.target_split} split of {info['episodes']} episodes)"
     )
     offset, scale = report.reference_normalization(
         reference, config.eval.episode_length, reference_length=EPISODE_LENGTH, scale=100.0
@@ -135,7 +145,8 @@ def prepare(
     note = (
         f"\nnormalized score = 100 (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
         f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps. Source data "
-        f"{source_name}; target: {info['kept_episodes']} of {info['episodes']} episodes of {target_name}.\n"
+        f"{source_name}; target: {info['kept_transitions']} of {info['transitions']} transitions "
+        f"({config.target_split} split) of {target_name}.\n"
     )
     extra = {
         "target_data": info,
