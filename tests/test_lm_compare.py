@@ -284,3 +284,18 @@ def test_primary_tests_are_holm_corrected(full):
     holm = sorted(r["p_holm"] for r in rows)
     assert holm[0] == pytest.approx(min(1.0, 2 * ps[0])) and holm[1] == pytest.approx(max(holm[0], ps[1]))
     assert "Primary tests" in comparison_md.markdown(full)
+
+
+def test_adaptive_allocation_against_the_rolled_control(tmp_path, config):
+    results = build(tmp_path, ("top1", "top2", "top3", "top_p"))
+    experts = 1.5 + 0.1 * np.arange(SEEDS)  # top_p's, as build plants them; the control has the same counts
+    finals = [member(loss_at(e, i) + 0.02, e, seed=i) for i, e in enumerate(experts)]
+    nll = [DIFFICULTY + 1.0 for _ in range(SEEDS)]
+    write_stage(tmp_path, compare.CONTROL, finals, experts + 0.4, nll, [topp_tokens(i) for i in range(SEEDS)])
+    results["routers"][compare.CONTROL] = {"members": {m: {} for m in MEMBERS}}
+    out = compare.compare(tmp_path, results, config, reps=200)
+    d = out["adaptive"]["val_loss"]
+    assert d["mean"] == pytest.approx(-0.02, abs=2e-3) and d["ci"][1] < 0  # top_p 0.02 better than its control
+    assert abs(out["adaptive"]["val_experts"]["mean"]) < 1e-9  # the same counts
+    assert out["arms"][compare.CONTROL]["p"] == pytest.approx(0.4)
+    assert "Adaptive allocation" in comparison_md.markdown(out)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psec_jax import moe
+from psec_jax import moe, routing
 from psec_jax.configs import lm_moe as lm_config
 from psec_jax.models import pipeline
 from psec_jax.models import train as lm_train
@@ -157,3 +157,32 @@ def test_each_member_has_its_own_data_order_shared_across_stages():
     assert not np.array_equal(shared.draws(1)[1], m0.draws(0)[1])  # no zero-padding collision of seed lists
     with pytest.raises(ValueError, match="member"):
         pipeline.Batches(Data, 4, 16, 0, seed=3, member=-1)
+
+
+def test_with_counts_keeps_each_tokens_most_probable_experts():
+    probs = jnp.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    r = moe.top_p(jnp.log(probs), 0.4)  # counts 1 and 2
+    got = routing.with_counts(r, jnp.array([3, 0]))  # 0 is clipped to 1
+    np.testing.assert_array_equal(got.experts_per_token, [3, 1])
+    np.testing.assert_allclose(got.combine_weights(), [[0.5, 0.3, 0.2], [0.0, 0.6, 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="counts has shape"):
+        routing.with_counts(r, jnp.array([1]))
+
+
+def test_count_roll_gives_each_sequence_the_previous_ones_counts_causally():
+    config = lm_config.get_config("tiny")
+    moe_cfg = lm_train.moe_config(config, "top_p_rolled")
+    assert moe_cfg.count_roll == config.data.seq_len and moe_cfg.router == "top_p"
+    spec = tf.Spec(**{**TINY, "moe": dataclasses.replace(moe_cfg, count_roll=10, backend="dense")})
+    own = dataclasses.replace(spec, moe=dataclasses.replace(spec.moe, count_roll=0))
+    params = tf.init(jax.random.key(0), spec)
+    toks = jax.random.randint(jax.random.key(1), (3, 10), 0, 64)
+    counts = np.asarray(tf.apply(params, toks, own, 0.4).stats["experts_per_token"][0])  # [B, T], layer 0
+    rolled = np.asarray(tf.apply(params, toks, spec, 0.4).stats["experts_per_token"][0])
+    np.testing.assert_array_equal(rolled, np.roll(counts, 1, axis=0))  # row b has row b-1's counts
+    # causal within every row: a change at position j moves no earlier position of any row
+    apply = jax.jit(lambda t: tf.apply(params, t, spec, 0.4).logits)
+    base, changed = apply(toks), apply(toks.at[0, 6].set((toks[0, 6] + 5) % 64))
+    np.testing.assert_allclose(changed[:, :6], base[:, :6], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="count_roll"):
+        moe.MoEConfig(count_roll=-1)

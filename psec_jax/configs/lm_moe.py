@@ -41,14 +41,15 @@ SIZES = {
     },
     "small": {},  # the base config
     # the round-two table (issue 32): 12 paired seeds (initialisation and data order) per arm, arms on the
-    # top-k frontier (top-1/2/3) and top-p at two thresholds, 2M tokens per model drawn from the 32M-token
-    # deduplicated source of the pinned packages (windows practically never repeat); ~5 h on this 2-core CPU
+    # top-k frontier (top-1/2/3), top-p at two thresholds and top-p's counts given to other tokens (the
+    # control of adaptive allocation), 2M tokens per model drawn from the 32M-token deduplicated source of
+    # the pinned packages; ~6 h on this 2-core CPU
     "round2": {
         "data.source": "packages",
         "data.final_val_rows": 1024,
         "data.num_task_examples": 50_000,
         "data.num_val_task_examples": 6_000,
-        "train.routers": ("top1", "top2", "top3", "top_p"),
+        "train.routers": ("top1", "top2", "top3", "top_p", "top_p_rolled"),
         "train.arm_p": (0.3,),
         "train.sweep_p": (),
         "train.seeds": 12,
@@ -164,7 +165,8 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.optim.clip_norm = 1.0  # global gradient-norm clipping
 
     config.train = ml_collections.ConfigDict()
-    config.train.routers = ("top1", "top2", "top_p")  # one stage each (also "top3"), at equal steps and batches
+    # one stage each (also "top3", and "top_p_rolled": top-p's counts given to other tokens), at equal steps
+    config.train.routers = ("top1", "top2", "top_p")
     config.train.seeds = 3  # members per router (initialisations fold_in(seed, 0..seeds-1))
     config.train.arm_p = ()  # more top-p arms: one stage per threshold, every seed (named top_p<p>)
     config.train.sweep_p = (0.2, 0.3, 0.5)  # extra top-p thresholds (seed 0), one stage; () for none

@@ -53,6 +53,7 @@ from psec_jax.models import transformer as tf
 BASELINES = ("top1", "top2")  # every top-p arm minus each of these, in val loss
 REFERENCE = "top2"  # whose NLL measures a position's difficulty
 SWEEP = "top_p_sweep"  # one seed at many thresholds: nothing to pair
+CONTROL = "top_p_rolled"  # top-p's counts given to other tokens: what adaptive allocation adds
 HARDER = tasks.HARDER  # task: (harder label, easier label), names of `tasks.label_names()`
 HELDOUT = ("long", "other")
 # difficulty reference -> offset of the reference seed from the routed model's seed
@@ -73,7 +74,7 @@ class Arm(NamedTuple):
 
 def _kind(name: str, config: ml_collections.ConfigDict) -> tuple[int | None, float | None]:
     """(k, p) of a stage: k for a top-k stage, p for a top-p one (`top_p` at router.p, `top_p<p>`)."""
-    if name == "top_p":
+    if name in ("top_p", CONTROL):
         return None, float(config.router.p)
     if name.startswith("top_p") and name != SWEEP:
         return None, float(name[len("top_p") :])
@@ -409,6 +410,19 @@ def compare(
                 out["frontier"]["flops"][arm.name] = row
         out["harder"][arm.name] = _harder(arm, reps)
         out["difficulty"][arm.name] = _difficulty(arm, arms.get(REFERENCE), tokens)
+    if "top_p" in arms and CONTROL in arms:
+        members = _common(arms["top_p"], arms[CONTROL])
+        out["adaptive"] = {
+            "val_loss": _paired(
+                _values(arms["top_p"], members, "val_loss"), _values(arms[CONTROL], members, "val_loss"), members, reps
+            ),
+            "val_experts": _paired(
+                _values(arms["top_p"], members, "val_experts"),
+                _values(arms[CONTROL], members, "val_experts"),
+                members,
+                reps,
+            ),
+        }
     out["primary"] = _primary(out, notes)
     out["notes"] = notes
     return runs.to_jsonable(out)

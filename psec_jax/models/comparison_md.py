@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from psec_jax.models.compare import PRIMARY_ARM, REFERENCE
+from psec_jax.models.compare import CONTROL, PRIMARY_ARM, REFERENCE
 
 
 def _f(x: Any, fmt: str = ".3f") -> str:
@@ -73,6 +73,15 @@ def markdown(comparison: dict[str, Any]) -> str:
             f"| {r['claim']} | {r['statistic']} | {r['n']} | {_f(r['mean'], '+.4f')} | {ci} | {_f(r['p'], '.3g')} | "
             f"{_f(r['p_holm'], '.3g')} | {_f(r.get('detectable'), '.4f')} |"
         )
+    if c.get("adaptive"):
+        lines += [
+            "",
+            f"#### Adaptive allocation: top_p minus {CONTROL} (the same counts, given to other tokens)",
+            "",
+            f"| quantity | {PAIRED_HEAD} |",
+            "|---" * 8 + "|",
+        ]
+        lines += [f"| {q} | {_row(d, '+.4f')} |" for q, d in c["adaptive"].items()]
     lines += ["", "#### Val loss: top-p arm minus top-k baseline", "", f"| arm | baseline | {PAIRED_HEAD} |"]
     lines.append("|---" * 9 + "|")
     for arm, rows in c["versus"].items():

@@ -42,6 +42,9 @@ STAGES: dict[str, dict[str, Any]] = {
     "top2": {"router": "top_k", "k": 2},
     "top3": {"router": "top_k", "k": 3},
     "top_p": {"router": "top_p"},
+    # control: top-p's expert counts, each token given the count of the same position in the previous
+    # sequence of the batch (`MoEConfig.count_roll` = seq_len): the counts no longer follow the token
+    "top_p_rolled": {"router": "top_p", "count_roll": "seq_len"},
 }
 
 
@@ -87,7 +90,9 @@ def moe_config(config: ml_collections.ConfigDict, stage: str) -> MoEConfig:
     """The MoE layers' config of a stage (a name in `STAGES`): `config.model`'s dispatch choices,
     `config.router`'s threshold and loss weights, and the stage's overrides. The dynamic (entropy) loss
     only weighs on routers that use p (a variable expert count); 0 for the others."""
-    overrides = stage_overrides(stage)
+    overrides = dict(stage_overrides(stage))
+    if overrides.get("count_roll") == "seq_len":
+        overrides["count_roll"] = int(config.data.seq_len)
     m, r = config.model, config.router
     router = get_router(overrides.get("router", MoEConfig.router))
     # top-p keeps raw weights, as the official code; top-1 too (Switch): renormalised, its one weight is 1

@@ -58,6 +58,10 @@ class MoEConfig:
     load_balance_weight: float = 1e-2  # a (the top-p paper's)
     dynamic_weight: float = 1e-4  # b, the top-p paper's routing-entropy ("dynamic") loss
     z_weight: float = 1e-3  # c, ST-MoE's router z-loss
+    # control: each token uses the expert count of the token this many places earlier on the flattened
+    # token axis (e.g. seq_len: the same position of the previous sequence), still its own most probable
+    # experts; 0: its own count. Keeps a router's count distribution and detaches it from the token
+    count_roll: int = 0
     # load balance's f: "assignments" (sum f = 1) or "tokens" (sum f = k: GShard, HF Mixtral, MaxText)
     load_balance_norm: str = "assignments"
 
@@ -90,6 +94,10 @@ class MoEConfig:
             raise ValueError(f"unknown grouped matmul {self.grouped_matmul!r}; choose from {gmm.IMPLS}")
         if self.exchange not in EXCHANGES:
             raise ValueError(f"unknown exchange {self.exchange!r}; choose from {EXCHANGES}")
+        if isinstance(self.count_roll, bool) or not isinstance(self.count_roll, int) or self.count_roll < 0:
+            raise ValueError(f"count_roll must be an int >= 0, got {self.count_roll!r}")
+        if self.count_roll and self.dispatch == "fused":
+            raise ValueError("count_roll changes the route after routing; use dispatch='argsort'")
         if self.load_balance_norm not in LOAD_BALANCE_NORMS:
             raise ValueError(f"unknown load_balance_norm {self.load_balance_norm!r}; choose from {LOAD_BALANCE_NORMS}")
         for name in ("load_balance_weight", "dynamic_weight", "z_weight"):

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psec_jax import routing
 from psec_jax.kernels import fused_routing
 from psec_jax.moe import losses
 from psec_jax.moe.backends import dispatch as run_dispatch
@@ -94,6 +95,8 @@ def moe_apply(
     flat_mask = None if mask is None else jnp.reshape(mask, (-1,))
     logits = tokens.astype(jnp.float32) @ params["router"].astype(jnp.float32)
     r = route(logits, config, p)
+    if config.count_roll:  # the control of `MoEConfig.count_roll`: another token's count, own experts
+        r = routing.with_counts(r, jnp.roll(r.experts_per_token, config.count_roll))
     y, dropped = run_dispatch(tokens, r, EXPERTS[config.activation], params["experts"], config)
     stats = routing_stats(r, dropped, flat_mask)
     stats["experts_per_token"] = stats["experts_per_token"].reshape(x.shape[:-1])

@@ -14,11 +14,12 @@ Modules: types (`RouteOutput`, `sort_assignments`), routers (`top_k`, `top_p` an
 table (`ROUTERS`: name -> `Router`).
 """
 
-from psec_jax.routing.routers import top_k, top_p
+from psec_jax.routing.routers import top_k, top_p, with_counts
 from psec_jax.routing.table import ROUTERS, Router, get_router
 from psec_jax.routing.types import RouteOutput, Sorted, invert_permutation, sort_assignments
 
 __all__ = [
+    "with_counts",
     "top_k",
     "top_p",
     "ROUTERS",

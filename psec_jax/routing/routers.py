@@ -229,3 +229,21 @@ def top_p(
         weights = renormalize_weights(weights)
     ids, weights, mask = _poison(bad, ids_all[:, :max_k].astype(jnp.int32), weights, mask)
     return RouteOutput(ids, weights, mask, mask.sum(-1).astype(jnp.int32), probs, logits, (wanted > max_k) & ~bad)
+
+
+def with_counts(route: RouteOutput, counts: jax.Array) -> RouteOutput:
+    """The route with token t keeping its `counts[t]` most probable slots (clipped to [1, K]), weighted by
+    their raw probabilities: a control that gives tokens another source's expert counts (e.g. another
+    sequence's, `MoEConfig.count_roll`) while each still picks its own most probable experts.
+
+    Args:
+      route: a route whose slots are sorted by descending probability for every slot, valid or not (as
+        `top_p` and `top_k` return them), K slots per token.
+      counts: [T] int, experts per token to keep.
+    """
+    if counts.shape != route.experts_per_token.shape:
+        raise ValueError(f"counts has shape {counts.shape}, the route's tokens {route.experts_per_token.shape}")
+    counts = jnp.clip(counts, 1, route.num_slots)
+    mask = jnp.arange(route.num_slots)[None, :] < counts[:, None]
+    weights = jnp.where(mask, jnp.take_along_axis(route.probs, route.expert_ids, -1), 0.0)
+    return route.replace(weights=weights, mask=mask, experts_per_token=mask.sum(-1).astype(jnp.int32))
