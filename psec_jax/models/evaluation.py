@@ -1,5 +1,6 @@
-"""The LM's final evaluations beyond the validation split: held-out harder distributions and the
-per-token outputs that difficulty analyses read.
+"""The LM's final evaluations beyond the validation split: held-out distributions meant to be harder
+(whether they are is measured: their loss beside the validation loss) and the per-token outputs that
+difficulty analyses read.
 
 - `heldout_sets`: text the models never trained on in a form they never trained on: "long", windows of
   twice the training length from the validation split (positions past the trained length), and
