@@ -166,6 +166,13 @@ def validation_text_rows(num_corpus_rows: int, num_task_rows: int, batch_size_ro
     return (np.arange(total) < num_corpus_rows).reshape(total // batch_size_rows, batch_size_rows)
 
 
+def _spread_windows(tokens: np.ndarray, n: int, t1: int) -> np.ndarray:
+    """[n, t1] windows of tokens [N] starting at multiples of N // n (>= t1 when n * t1 <= N, so they never
+    overlap), evenly spread over the whole array."""
+    stride = tokens.size // n if n else 0
+    return np.asarray(tokens[(np.arange(n) * stride)[:, None] + np.arange(t1)])
+
+
 def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_rows: int, num_task_rows: int) -> Batch:
     """The fixed evaluation set, split into batches: Batch of [N / batch_size_rows, batch_size_rows, T].
 
@@ -192,9 +199,7 @@ def validation(data: TextData, batch_size_rows: int, seq_len: int, num_corpus_ro
             f"seq_len={seq_len} must equal the seq_len the task rows were packed for "
             f"({_task_row_len(data) - 1}) when num_task_rows > 0"
         )
-    stride = data.val.size // num_corpus_rows if num_corpus_rows else 0  # >= t1, so windows never overlap
-    offsets = np.arange(num_corpus_rows) * stride
-    corpus = data.val[offsets[:, None] + np.arange(t1)]
+    corpus = _spread_windows(data.val, num_corpus_rows, t1)
     tokens, labels = _with_tasks(
         corpus, data.tasks_val_tokens, data.tasks_val_labels, np.arange(num_task_rows), 0, tasks_first=False
     )
@@ -216,6 +221,5 @@ def text_windows(tokens: np.ndarray, seq_len: int, max_rows: int, batch_size_row
     if per_batch < 1:
         return None
     n = available // per_batch * per_batch
-    offsets = np.arange(n) * (tokens.size // n)  # stride >= t1: windows never overlap
-    rows = np.asarray(tokens[offsets[:, None] + np.arange(t1)]).reshape(n // per_batch, per_batch, t1)
+    rows = _spread_windows(tokens, n, t1).reshape(n // per_batch, per_batch, t1)
     return _split(rows, np.full(rows.shape, -1, np.int8), pad_id)
