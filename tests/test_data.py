@@ -92,10 +92,10 @@ def test_sac_learns_the_point_task_in_one_scan_without_recompiling():
     env = point_env()
     agent = sac.make_train(env, small_sac_config())
     state = agent.init(jax.random.PRNGKey(0))
-    before = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).mean())
+    before = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).returns.mean())
     # three chunks, each fed the previous state; only the first one may trace/compile
     state, metrics = assert_no_recompile(agent.run, state, 100, next_args=lambda out: (out[0], 100))
-    after = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).mean())
+    after = float(agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(5), 32).returns.mean())
     assert np.all(np.isfinite(np.asarray(metrics["critic_loss"])))
     assert int(state.env_steps) == 256 + 300 * 8
     assert after > before + 1.0, (before, after)
@@ -212,6 +212,60 @@ def test_dataset_recipes_split_episodes_between_levels():
     assert datasets.parse("hopper-expert-7traj").segments(levels) == [("expert", 7)]
 
 
+def test_cost_kinds_mix_penalised_levels_and_imitate_the_safe_expert():
+    levels = {
+        "random": {"return": 0.0, "cost": 0.0},
+        "medium": {"return": 50.0, "cost": 30.0},
+        "expert": {"return": 100.0, "cost": 400.0},
+        "penalty1_medium": {"return": 40.0, "cost": 2.0},
+        "penalty1_expert": {"return": 70.0, "cost": 9.0},
+        "penalty2_medium": {"return": 30.0, "cost": 0.0},
+        "penalty2_expert": {"return": 60.0, "cost": 0.0},
+    }
+    mixed = datasets.parse("hopper-mixed-cost-12traj").segments(levels)
+    assert mixed == [(l, 2) for l in ("medium", "expert", *sorted(l for l in levels if l.startswith("penalty")))]
+    assert datasets.parse("hopper-imitation").num_episodes == datasets.IMITATION_EPISODES
+    assert datasets.parse("hopper-imitation-3traj").segments(levels) == [("penalty1_expert", 3)]  # 70 with cost 9 <= 10
+    levels["penalty1_expert"]["cost"] = 11.0  # over the limit: the best within it
+    assert datasets.safe_expert(levels) == "penalty2_expert"
+    unsafe = {k: {**v, "cost": v["cost"] + 50} for k, v in levels.items()}
+    assert datasets.safe_expert(unsafe) == "penalty2_expert"  # none within: the lowest cost (first by name on ties)
+    plain = {k: v for k, v in levels.items() if not k.startswith("penalty")}
+    with pytest.raises(formats.DatasetError, match="cost_penalties"):
+        datasets.parse("hopper-mixed-cost").segments(plain)
+    with pytest.raises(formats.DatasetError, match="cost_penalties"):
+        datasets.safe_expert(plain)
+
+
+def test_imitation_set_is_disjoint_from_the_mixed_cost_data(tmp_path, monkeypatch):
+    """The composer's imitation set and the training data come from their own rollout keys: no transition
+    of one is in the other, though the imitation policy is one of the mixed set's."""
+    actor = sac.Actor((8,), 1)
+    pol = lambda i: behavior.BehaviorPolicy(actor.init(jax.random.PRNGKey(i), jnp.zeros(2)), jnp.zeros(2), jnp.ones(2))
+    names = ("random", "medium", "expert", "penalty1_medium", "penalty1_expert")
+    info = {
+        "levels": {
+            n: {"return": float(i), "cost": float(i), "cost_penalty": 0.0, "env_steps": i} for i, n in enumerate(names)
+        },
+        "config": {"sac": {"hidden": [8]}},
+        "observation_size": 2,
+        "action_size": 1,
+    }
+    behavior.save(tmp_path / "policy", {n: pol(i) for i, n in enumerate(names)}, info)
+    monkeypatch.setattr(datasets.envs_lib, "make", lambda name, variant=None: point_env(episode_length=10))
+    data = {}
+    for name in ("hopper-mixed-cost-8traj", "hopper-imitation-4traj"):
+        datasets.generate(datasets.parse(name), tmp_path / f"{name}.hdf5", policy_dir=tmp_path / "policy")
+        data[name], meta = formats.load_d4rl(tmp_path / f"{name}.hdf5")
+        assert meta["num_episodes"] == int(name.split("-")[-1][0])
+    imitation, mixed = data["hopper-imitation-4traj"], data["hopper-mixed-cost-8traj"]
+    assert {s["level"] for s in formats.load_d4rl(tmp_path / "hopper-imitation-4traj.hdf5")[1]["segments"]} == {
+        "penalty1_expert"
+    }
+    rows = lambda d: {tuple(np.round(r, 6)) for r in np.concatenate([d["observations"], d["actions"]], 1)}
+    assert not rows(imitation) & rows(mixed)
+
+
 def test_generate_cache_and_verify(tmp_path, monkeypatch):
     """The real pipeline on the committed walker-stand policies: file, loaders, cache, checksum."""
     calls = []
@@ -322,6 +376,29 @@ def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     actor, pols, meta = behavior.load(tmp_path / "policy")
     assert summary["return/expert"] == max(c["return"] for c in meta["curve"])
     assert {"random", "medium", "expert"} <= set(pols)
+
+
+def test_penalised_sac_runs_train_side_by_side_and_cost_less(monkeypatch):
+    """cost_penalties: one vmapped program trains the task's reward and r - lambda * cost; the penalised
+    run's levels are chosen on its own objective and its policies pay less cost on the toy task."""
+    monkeypatch.setattr(behavior.envs_lib, "make", lambda name: point_env())
+    config = behavior.default_config()
+    config.env = "walker-stand"
+    config.sac = small_sac_config()
+    config.total_steps, config.eval_every, config.eval_episodes = 4000, 2000, 16
+    config.cost_penalties = (0.0, 5.0)
+    behavior.check_config(config)
+    pols, info = behavior.train(config)
+    assert {"random", "medium", "expert", "penalty1_medium", "penalty1_expert"} <= set(pols)
+    nominal, penalised = info["runs"]
+    assert penalised["cost_penalty"] == 5.0 and info["levels"]["penalty1_expert"]["cost_penalty"] == 5.0
+    for run in info["runs"]:
+        best = max(run["curve"], key=lambda c: c["penalized_return"])
+        assert run["levels"]["expert"]["return"] == best["return"]
+    assert penalised["curve"][-1]["cost"] < nominal["curve"][-1]["cost"], (nominal["curve"], penalised["curve"])
+    config.cost_penalties = (1.0, 2.0)
+    with pytest.raises(ValueError, match="starting with 0"):
+        behavior.check_config(config)
 
 
 def test_target_split_is_by_transition_and_seeded():

@@ -50,3 +50,32 @@ def test_select_shapes_and_choice():
         acting.select(sample, scores, "best", obs, key, n)
     with pytest.raises(ValueError, match=r"\[B, obs_dim\]"):
         acting.select(sample, scores, "argmax_q", obs[0], key, n)
+
+
+class _SpeedCritic:
+    """A hand-made cost critic: predicted cost Qc = |a| (its score, higher is safer, is -Qc)."""
+
+    def score(self, state, obs, actions):
+        return -jnp.linalg.norm(actions, axis=-1) + 0.0 * state
+
+
+def test_methods_differ_in_cost_when_each_keeps_one_of_its_own_candidates():
+    """The safe evaluation: argmin Qc among a method's *own* candidates. A method whose candidates all
+    push hard (speed above the point env's cost threshold) pays cost; one whose candidates are gentle
+    does not, although both act by the same rule and critic."""
+    from rl_helpers import point_env
+
+    from psec_jax.rl import evaluate
+
+    def sampler(shift, obs, key):  # candidates uniform in [shift - 0.1, shift + 0.1] per action dim
+        return shift + jax.random.uniform(key, (obs.shape[0], 2), minval=-0.1, maxval=0.1)
+
+    critics = {"cost": _SpeedCritic()}
+    act = acting.make_act(sampler, critics, "argmin_qc", 8)
+    params = {
+        name: {"policy": jnp.array([shift]), "critics": {"cost": jnp.zeros(1)}}
+        for name, shift in (("fast", 0.9), ("gentle", 0.0))
+    }
+    out = evaluate.make_evaluate(point_env(30), {"fast": act, "gentle": act}, 1, 4)(params, jax.random.key(0))
+    fast, gentle = (np.asarray(out[m]["cost"]) for m in ("fast", "gentle"))
+    assert gentle.max() == 0.0 and fast.min() > 5.0, (fast, gentle)

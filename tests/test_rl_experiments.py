@@ -94,8 +94,10 @@ def test_safe_end_to_end_tiny(tmp_path):
     c = tiny(safe_config)
     c.cost_limit = 8.0
     data = with_episodes(random_data(256, 1), 32)  # 8 episodes of ~10 cost each
-    out = safe.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE)
+    imitation = with_episodes(random_data(64, 7), 32)
+    out = safe.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE, compose_data=imitation)
     assert list(out["methods"]) == list(safe.METHODS)
+    assert out["compose_data"] == "(given data)" and out["normalization"]["kind"] == "given"
     for m, row in out["methods"].items():
         for f in ("return", "cost"):
             assert len(row[f"{f}_per_seed"]) == 2 and np.all(np.isfinite(row[f"{f}_per_seed"]))
@@ -122,6 +124,7 @@ def test_safe_end_to_end_tiny(tmp_path):
     )
     for field, value, message in bad_values:
         bad = tiny(safe_config)
+        bad.compose_data = ""
         parent, name = (bad, field) if "." not in field else (bad.critics.cost, "kind")
         setattr(parent, name, value)
         with pytest.raises(ValueError, match=message):
@@ -160,3 +163,29 @@ def test_dynamics_end_to_end_tiny(tmp_path):
         setattr(bad, field, value)
         with pytest.raises(ValueError, match=message):
             dynamics.SETTING.run(bad, tmp_path / "bad", data=data, env=point_env(6), reference=REFERENCE)
+
+
+def test_safe_scores_are_dsrl_normalised_by_the_training_data():
+    """Without a given reference, the normalised reward maps the training data's lowest / highest episode
+    return to 0 / 1 and the cost is divided by the limit: the numbers DSRL's own normalisation gives."""
+    from psec_jax.data.formats import dsrl_normalize
+
+    c = safe_config.get_config("tiny")
+    c.eval.episode_length = 1000  # DSRL's episodes: no rescaling of the reference returns
+    data = with_episodes(random_data(256, 1), 32)
+    returns = safe.episode_returns(data)
+    np.testing.assert_allclose(returns.sum(), float(np.asarray(data.rewards, np.float64).sum()), rtol=1e-6)
+    prep = safe.prepare(c, data=data, env=point_env(6), compose_data=data)
+    rep = prep.report
+    assert prep.compose == "imitation" and rep.extra["normalization"]["kind"] == "dsrl"
+    for raw_return, raw_cost in ((returns.min(), 0.0), (returns.max(), 25.0), (0.5 * returns.sum() / 8, 7.0)):
+        want = dsrl_normalize(
+            raw_return, raw_cost, min_reward=returns.min(), max_reward=returns.max(), cost_threshold=c.cost_limit
+        )
+        got = (
+            (raw_return - rep.offsets["return"]) / rep.normalizers["return"],
+            raw_cost / rep.normalizers["cost"],
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    c.compose_data = ""
+    assert safe.prepare(c, data=data, env=point_env(6)).compose == "safe"

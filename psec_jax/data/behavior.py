@@ -93,6 +93,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 40_000  # env steps between evaluations / snapshots
     c.eval_episodes = 16  # full episodes per evaluation (deterministic policy)
     c.num_replay_snapshots = 2  # snapshots kept between random and medium for medium-replay data
+    # lambda of each SAC run's reward r - lambda * cost, trained side by side (vmapped): the first must be 0
+    # (the task's own policies, every level); the others add penalised medium / expert levels whose costs
+    # span the range the safe datasets mix (``psec_jax.data.datasets`` kind mixed-cost)
+    c.cost_penalties = (0.0,)
     c.sac = sac.default_config()  # SAC hyperparameters
     return c
 
@@ -115,6 +119,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "sac.min_replay",
     )
     cc.non_negative(config, "num_replay_snapshots")
+    penalties = tuple(config.cost_penalties)
+    if not penalties or penalties[0] != 0 or any(not (isinstance(x, (int, float)) and x >= 0) for x in penalties):
+        raise cc.ConfigError(
+            f"config field cost_penalties must be numbers >= 0 starting with 0 (the task's own reward), got {penalties}"
+        )
     cc.positive(config, "sac.learning_rate", "sac.reward_scale", "sac.init_alpha")
     cc.in_range(config, "sac.discount", 0.0, 1.0)
     cc.in_range(config, "sac.tau", 0.0, 1.0, low_open=True)
@@ -125,9 +134,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _snapshot(state: sac.SACState) -> BehaviorPolicy:
+def _snapshots(state: sac.SACState) -> list[BehaviorPolicy]:
+    """Each run's actor and normaliser of a stack of runs (state [R, ...])."""
     norm = state.normalizer
-    return jax.device_get(BehaviorPolicy(state.actor_params, norm.mean, norm.std))
+    stacked = jax.device_get(BehaviorPolicy(state.actor_params, norm.mean, norm.std))
+    return [jax.tree.map(lambda x: x[r], stacked) for r in range(int(state.cost_penalty.shape[0]))]
+
+
+def level_name(run: int, level: str) -> str:
+    """A level's name in the saved tree: run 0's (the task's own reward) as it is, the penalised runs'
+    as ``penalty{run}_{level}``."""
+    return level if run == 0 else f"penalty{run}_{level}"
 
 
 def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
@@ -149,51 +166,83 @@ def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
 def train(
     config: ml_collections.ConfigDict, *, desc: str | None = None, log: Callable[[dict[str, Any]], Any] | None = None
 ) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
-    """Train SAC per `config` and return ({level: policy}, info with returns and the curve).
+    """Train one SAC run per ``config.cost_penalties`` (run 0 on the task's own reward; the others on
+    r - lambda * cost), all in one program, and return ({level: policy}, info with returns, costs and
+    the curves). Run 0 keeps every level (``select_levels``), a penalised run its ``medium`` and ``expert``
+    (``level_name``), each chosen on the return it was trained for (return - lambda * cost).
 
-    `log`, if given, receives each evaluation's record (env_steps, return, wall_time, losses).
+    `log`, if given, receives each evaluation's record (env_steps, then return / cost / penalized_return
+    and the last losses of run 0, suffixed ``/run{r}`` for the others, and wall_time).
     """
     env = envs_lib.make(config.env)
     agent = sac.make_train(env, config.sac)
+    penalties = np.asarray(config.cost_penalties, np.float32)
+    runs_ = len(penalties)
     key = jax.random.PRNGKey(config.seed)
     t0 = time.time()
-    state = agent.init(prng.stream(key, "sac"))
+    state = agent.init_many(prng.member_keys(prng.stream(key, "sac"), runs_), jnp.asarray(penalties))
     iters_per_chunk = max(1, config.eval_every // config.sac.num_envs)
-    num_chunks = max(1, -(-(config.total_steps - int(state.env_steps)) // (iters_per_chunk * config.sac.num_envs)))
+    env_steps = int(state.env_steps[0])
+    num_chunks = max(1, -(-(config.total_steps - env_steps) // (iters_per_chunk * config.sac.num_envs)))
     eval_key = prng.stream(key, "eval")
 
-    def evaluate(state: sac.SACState, i: int) -> float:
-        r = agent.evaluate(state.actor_params, state.normalizer, jax.random.fold_in(eval_key, i), config.eval_episodes)
-        return float(np.mean(np.asarray(r)))
+    def evaluate(state: sac.SACState, i: int) -> list[dict[str, float]]:
+        keys = prng.member_keys(jax.random.fold_in(eval_key, i), runs_)
+        e = agent.evaluate_many(state.actor_params, state.normalizer, keys, config.eval_episodes)
+        returns, costs = np.asarray(e.returns).mean(1), np.asarray(e.costs).mean(1)
+        return [
+            {"return": float(r), "cost": float(c), "penalized_return": float(r - lam * c)}
+            for r, c, lam in zip(returns, costs, penalties)
+        ]
 
-    snapshots = [_snapshot(state)]
-    curve = [{"env_steps": int(state.env_steps), "return": evaluate(state, 0), "wall_time": time.time() - t0}]
+    snapshots = [_snapshots(state)]  # [chunk][run]
+    curves = [[{"env_steps": env_steps, **sc, "wall_time": time.time() - t0}] for sc in evaluate(state, 0)]
     bar = runs.progress(num_chunks, desc=desc or f"SAC {config.env}", unit="chunk")
     for i in range(1, num_chunks + 1):
-        state, metrics = agent.run(state, iters_per_chunk)
-        snapshots.append(_snapshot(state))
-        ret = evaluate(state, i)
-        last = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
-        curve.append({"env_steps": int(state.env_steps), "return": ret, "wall_time": time.time() - t0, **last})
+        state, metrics = agent.run_many(state, iters_per_chunk)
+        snapshots.append(_snapshots(state))
+        env_steps = int(state.env_steps[0])
+        for r, sc in enumerate(evaluate(state, i)):
+            last = {k: float(np.asarray(v)[r, -1]) for k, v in metrics.items()}
+            curves[r].append({"env_steps": env_steps, **sc, "wall_time": time.time() - t0, **last})
         if log is not None:
-            log(curve[-1])
-        bar.update(1, {"return": ret, "env_steps": int(state.env_steps)})
+            record = {"env_steps": env_steps, "wall_time": time.time() - t0}
+            for r, curve in enumerate(curves):
+                suffix = "" if r == 0 else f"/run{r}"
+                record.update({f"{k}{suffix}": v for k, v in curve[-1].items() if k not in record})
+            log(record)
+        bar.update(1, {"return": curves[0][-1]["return"], "cost": curves[0][-1]["cost"], "env_steps": env_steps})
     bar.close()
-    returns = [c["return"] for c in curve]
-    levels = select_levels(returns, config.num_replay_snapshots)
+    policies, levels, members = {}, {}, []
+    for r, (lam, curve) in enumerate(zip(penalties, curves)):
+        chosen = select_levels([c["penalized_return"] for c in curve], config.num_replay_snapshots)
+        if r:
+            chosen = {k: chosen[k] for k in ("medium", "expert")}
+        run_levels = {
+            name: {
+                "snapshot": idx,
+                "env_steps": curve[idx]["env_steps"],
+                "return": curve[idx]["return"],
+                "cost": curve[idx]["cost"],
+                "cost_penalty": float(lam),
+            }
+            for name, idx in chosen.items()
+        }
+        for name, idx in chosen.items():
+            policies[level_name(r, name)] = snapshots[idx][r]
+            levels[level_name(r, name)] = run_levels[name]
+        members.append({"cost_penalty": float(lam), "levels": run_levels, "curve": curve})
     info = {
         "env": config.env,
-        "levels": {
-            name: {"snapshot": idx, "env_steps": curve[idx]["env_steps"], "return": returns[idx]}
-            for name, idx in levels.items()
-        },
-        "curve": curve,
+        "levels": levels,
+        "curve": curves[0],
+        "runs": members,
         "train_seconds": time.time() - t0,
         "config": config.to_dict(),
         "observation_size": env.observation_size,
         "action_size": env.action_size,
     }
-    return {name: snapshots[idx] for name, idx in levels.items()}, info
+    return policies, info
 
 
 def save(directory: str | os.PathLike, policies: dict[str, BehaviorPolicy], info: dict[str, Any]) -> Path:

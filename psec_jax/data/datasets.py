@@ -14,6 +14,12 @@ A dataset name is `{env}[:{variant}]-{kind}[-{N}traj]`, for example
 | expert | the best snapshot |
 | medium-expert | half medium, half expert (D4RL concatenates the two) |
 | medium-replay | equal shares of the snapshots from random up to medium (D4RL's is the replay buffer up to medium) |
+| mixed-cost | medium and expert of the task's own SAC run and of each cost-penalised run, equal shares |
+| imitation | the safe expert (`safe_expert`); default 10 episodes |
+
+mixed-cost is DSRL-shaped: rewards and costs over a range (the safe setting's data). imitation is the
+composers' small set: the penalised level with the highest return among those whose evaluated cost is
+within `SAFE_COST_LIMIT` (else the lowest-cost level).
 
 N defaults to 1000 episodes (at most `MAX_EPISODES`). Actions are the policy's own stochastic samples
 plus optional Gaussian `noise`. Variants reuse the nominal env's policies (the dynamics change, the
@@ -40,6 +46,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +58,14 @@ from psec_jax import artifacts, prng, progress, runs, workdir
 from psec_jax import envs as envs_lib
 from psec_jax.data import behavior, collect, formats, pinned, references
 
-KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay")
+KINDS = ("random", "medium", "expert", "medium-expert", "medium-replay", "mixed-cost", "imitation")
 DEFAULT_EPISODES = 1000
+IMITATION_EPISODES = 10  # default size of an imitation set
+SAFE_COST_LIMIT = 10.0  # episode cost the imitation set's policy keeps within (PSEC's and DSRL's velocity limit)
 MAX_EPISODES = 100_000  # 100x D4RL's largest; 10**8 transitions of 1000-step episodes
 _NAME = re.compile(
     r"^(?P<env>[a-z0-9-]+?)(?::(?P<variant>[\w.]+))?-(?P<kind>random|medium-replay|"
-    r"medium-expert|medium|expert)(?:-(?P<n>\d+)traj)?$"
+    r"medium-expert|medium|expert|mixed-cost|imitation)(?:-(?P<n>\d+)traj)?$"
 )
 
 
@@ -90,17 +99,51 @@ class Recipe:
         noise = f"-noise{self.noise:g}-{self.key}" if self.noise else ""
         return f"{self.name.replace(':', '@')}{seed}{noise}.hdf5"
 
-    def segments(self, levels: list[str]) -> list[tuple[str, int]]:
-        """(policy level, episodes) pairs making up the dataset."""
+    def segments(self, levels: Mapping[str, Mapping[str, Any]] | list[str]) -> list[tuple[str, int]]:
+        """(policy level, episodes) pairs making up the dataset. levels: the policy directory's levels
+        (its manifest's ``levels``: return and cost of each; a list of names will do for the kinds
+        that need neither)."""
         n = self.num_episodes
         if self.kind in ("random", "medium", "expert"):
             return [(self.kind, n)]
         if self.kind == "medium-expert":
             return [(lvl, k) for lvl, k in (("medium", n // 2), ("expert", n - n // 2)) if k]
-        replay = sorted((l for l in levels if l.startswith("replay_")), key=lambda l: int(l.split("_")[1]))
-        chain = ["random", *replay, "medium"]
+        if self.kind == "imitation":
+            return [(safe_expert(levels), n)]
+        if self.kind == "mixed-cost":
+            penalised = sorted((l for l in levels if l.startswith("penalty")), key=_penalty_order)
+            if not penalised:
+                raise formats.DatasetError(
+                    f"{self.name}: the behaviour policies of {self.env} have no cost-penalised levels; train "
+                    f"them with `psec-jax behavior --config.cost_penalties=...`"
+                )
+            chain = ["medium", "expert", *penalised]
+        else:
+            replay = sorted((l for l in levels if l.startswith("replay_")), key=lambda l: int(l.split("_")[1]))
+            chain = ["random", *replay, "medium"]
         shares = np.diff(np.linspace(0, n, len(chain) + 1).round().astype(int))
         return [(lvl, int(k)) for lvl, k in zip(chain, shares) if k]
+
+
+def _penalty_order(level: str) -> tuple[int, str]:
+    run, _, name = level.removeprefix("penalty").partition("_")
+    return int(run), name
+
+
+def safe_expert(levels: Mapping[str, Mapping[str, Any]]) -> str:
+    """The level an imitation set is rolled out from: of the cost-penalised levels, the one with the
+    highest evaluated return among those whose evaluated cost <= ``SAFE_COST_LIMIT``, else the one with
+    the lowest cost. DatasetError when there are no penalised levels (or no costs recorded)."""
+    penalised = {k: v for k, v in levels.items() if k.startswith("penalty")} if isinstance(levels, Mapping) else {}
+    if not penalised or any("cost" not in v for v in penalised.values()):
+        raise formats.DatasetError(
+            "an imitation set needs cost-penalised behaviour policies with evaluated costs; train them with "
+            "`psec-jax behavior --config.cost_penalties=...`"
+        )
+    safe = {k: v for k, v in penalised.items() if v["cost"] <= SAFE_COST_LIMIT}
+    if safe:
+        return max(sorted(safe), key=lambda k: safe[k]["return"])
+    return min(sorted(penalised), key=lambda k: penalised[k]["cost"])
 
 
 def parse(name: str, *, seed: int = 0, noise: float = 0.0) -> Recipe:
@@ -112,7 +155,7 @@ def parse(name: str, *, seed: int = 0, noise: float = 0.0) -> Recipe:
             f"with kind in {KINDS}, e.g. walker-walk-expert-10traj"
         )
     env, variant = envs_lib.parse(m["env"], m["variant"])
-    n = int(m["n"]) if m["n"] else DEFAULT_EPISODES
+    n = int(m["n"]) if m["n"] else IMITATION_EPISODES if m["kind"] == "imitation" else DEFAULT_EPISODES
     if n < 1:
         raise ValueError(f"dataset {name!r}: the number of trajectories must be >= 1")
     if n > MAX_EPISODES:
@@ -145,7 +188,7 @@ def generate(
     """Roll out the recipe and write it to `path` (D4RL HDF5). Returns the metadata written."""
     actor, policies, info = behavior.load(policy_dir or recipe.env)
     env = envs_lib.make(recipe.env, recipe.variant)
-    segments = recipe.segments(list(policies))
+    segments = recipe.segments(info["levels"])
     key = jax.random.PRNGKey(recipe.seed)
     num_envs = min(num_envs, max(n for _, n in segments))
     round_fn = collect.make_round(env, collect.policy_act_fn(actor, "sample", recipe.noise), num_envs)
@@ -168,13 +211,7 @@ def generate(
         "noise": recipe.noise,
         "cost_threshold": env.cost_threshold,
         "segments": [
-            {
-                "level": lvl,
-                "episodes": n,
-                "policy_return": info["levels"][lvl]["return"],
-                "policy_env_steps": info["levels"][lvl]["env_steps"],
-            }
-            for lvl, n in segments
+            _segment_meta(recipe, lvl, n, info["levels"][lvl], part) for (lvl, n), part in zip(segments, parts)
         ],
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
@@ -183,6 +220,23 @@ def generate(
         "psec_jax_version": psec_jax.__version__,
     }
     formats.save_d4rl(path, data, meta)
+    return meta
+
+
+def _segment_meta(recipe: Recipe, level: str, episodes: int, policy: Mapping[str, Any], part: dict) -> dict[str, Any]:
+    """What a dataset's metadata says of one of its segments; the cost kinds add the policy's evaluated
+    cost and the segment's own mean return and cost (the other kinds' files keep their bytes)."""
+    meta = {
+        "level": level,
+        "episodes": episodes,
+        "policy_return": policy["return"],
+        "policy_env_steps": policy["env_steps"],
+    }
+    if recipe.kind in ("mixed-cost", "imitation"):
+        meta["policy_cost"] = policy["cost"]
+        meta["cost_penalty"] = policy["cost_penalty"]
+        meta["return_mean"] = float(formats.trajectory_returns(part).mean())
+        meta["cost_mean"] = float(formats.trajectory_returns(part, "costs").mean())
     return meta
 
 

@@ -133,15 +133,24 @@ class SACState:
     key: jax.Array  # root key of the run; per-iteration keys are fold_in(key, iteration)
     iteration: jax.Array  # [] int32
     env_steps: jax.Array  # [] int32
+    # [] lambda of the penalised reward r - lambda * cost the critic learns (0: the task's own reward);
+    # runs at several lambdas give the behaviour policies of the safe datasets a range of costs
+    cost_penalty: jax.Array
 
 
 class SAC(NamedTuple):
-    """Pure functions of one SAC run (see make_train)."""
+    """Pure, jitted functions of SAC runs (see make_train). The ``*_many`` functions are the same for a
+    stack of independent runs (a leading axis on every key, penalty, state and parameter): one program."""
 
     actor: Actor
-    init: Any  # key -> SACState (replay prefilled with random-action transitions)
+    init: Any  # (key, cost_penalty: float = 0) -> SACState (replay prefilled with random-action transitions)
     run: Any  # (SACState, num_iterations: static int) -> (SACState, metrics per iteration)
-    evaluate: Any  # (actor_params, RunningMoments, key, num_episodes: static) -> returns [num_episodes]
+    # (actor_params, RunningMoments, key, num_episodes: static) -> rollout.Episodes (returns, costs,
+    # lengths [num_episodes])
+    evaluate: Any
+    init_many: Any  # (keys [R], cost_penalties [R]) -> SACState [R, ...]
+    run_many: Any  # (SACState [R, ...], num_iterations: static) -> (SACState, metrics [R, num_iterations])
+    evaluate_many: Any  # (actor_params [R], RunningMoments [R], keys [R], num_episodes: static) -> Episodes [R, n]
 
 
 def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
@@ -174,7 +183,7 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         )
         return Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-    def init(key: jax.Array) -> SACState:
+    def init(key: jax.Array, cost_penalty: jax.Array) -> SACState:
         k_actor, k_critic, k_env, k_fill = (prng.stream(key, s) for s in ("actor", "critic", "env", "prefill"))
         obs = jnp.zeros((env.observation_size,))
         actor_params = actor.init(k_actor, obs)
@@ -207,6 +216,7 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
             prng.stream(key, "train"),
             jnp.zeros((), jnp.int32),
             jnp.asarray(n_fill * c.num_envs, jnp.int32),
+            jnp.asarray(cost_penalty, jnp.float32),
         )
 
     def update(state: SACState, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
@@ -218,7 +228,8 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         next_a, next_logp = jax.vmap(lambda o, k: sample_action(actor, state.actor_params, o, k))(next_obs, keys)
         next_q = critic.apply(state.target_params, next_obs, next_a).min(-1) - alpha * next_logp
         bootstrap = jnp.where(batch.terminals, 0.0, next_q)  # where, not a product: NaN-safe at terminals
-        target = jax.lax.stop_gradient(c.reward_scale * batch.rewards + c.discount * bootstrap)
+        reward = batch.rewards - state.cost_penalty * batch.costs
+        target = jax.lax.stop_gradient(c.reward_scale * reward + c.discount * bootstrap)
 
         def critic_loss(p):
             q = critic.apply(p, obs, batch.actions)
@@ -270,21 +281,25 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         state, metrics = jax.lax.scan(update, state, ukeys)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["reward"] = tr.rewards.mean()
+        metrics["cost"] = tr.costs.mean()
         return state.replace(iteration=state.iteration + 1, env_steps=state.env_steps + c.num_envs), metrics
 
     def run(state: SACState, num_iterations: int):
         return jax.lax.scan(iteration, state, None, length=num_iterations)
 
-    def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> jax.Array:
-        """Undiscounted returns of full episodes of the deterministic policy: [num_episodes]."""
+    def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> rollout.Episodes:
+        """Full episodes of the deterministic policy: undiscounted returns, costs and lengths [num_episodes]."""
         act = lambda p, obs, k: deterministic_action(actor, p, moments, obs)
         return rollout.rollout(
             env, act, actor_params, jax.random.split(key, num_episodes), key, chunk=env.episode_length
-        ).returns
+        )
 
     return SAC(
         actor=actor,
-        init=jax.jit(init),
+        init=jax.jit(lambda key, cost_penalty=0.0: init(key, cost_penalty)),
         run=jax.jit(run, static_argnums=1, donate_argnums=0),
         evaluate=jax.jit(evaluate, static_argnums=3),
+        init_many=jax.jit(jax.vmap(init)),
+        run_many=jax.jit(jax.vmap(run, in_axes=(0, None)), static_argnums=1, donate_argnums=0),
+        evaluate_many=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)), static_argnums=3),
     )

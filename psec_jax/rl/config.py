@@ -140,4 +140,7 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     c.compose.alpha_reg_form = "pairs"
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = c.eval.candidates = c.eval.episode_length = c.eval.bootstrap_reps = 0  # sizes table
+    # how each method keeps one of its own candidate actions (psec_jax.rl.acting.RULES): "argmax_q",
+    # "argmin_qc" (the official safe rule), "feasible_then_reward"; "" = the setting's own
+    c.eval.rule = ""
     return apply_sizes(c, {k: v for k, v in SIZES.items() if not k.startswith("network.")}, size)

@@ -9,7 +9,10 @@ Methods (``METHODS``), all acting by sampling candidates and keeping the best by
 - ``target_only``: a full diffusion policy and its IQL critic trained on the target subset alone
   (the same loss and steps as the skill; the critic is the one trained in the skill's stage, on the
   same data, when that stage runs).
+- ``source_target``: the same full policy trained on the source data and the target subset together.
 - ``psec``: pi_0 plus the target LoRA skill (weight 1), ranked by that skill's critic.
+- ``psec_composed``: the composition variant: pi_0 plus the target skill at a state-dependent weight from
+  the context-aware AlphaNet, fitted on the target subset.
 
 Scores are D4RL-style, ``100 (R - R_random) / (R_expert - R_random)`` with our behaviour policies'
 returns (``scores.policy_references()``).
@@ -30,7 +33,13 @@ from psec_jax.rl import pipeline, report, runner
 from psec_jax.rl.continual import load_data
 
 SKILL = "target"  # name of the skill in the saved library
-TABLE = {"source_only": M.PRIOR, "target_only": M.SCRATCH, "psec": M.one_skill(SKILL)}
+TABLE = {
+    "source_only": M.PRIOR,
+    "target_only": M.SCRATCH,
+    "source_target": M.SCRATCH._replace(data="source_target"),
+    "psec": M.one_skill(SKILL),
+    "psec_composed": M.PSEC,
+}
 METHODS = tuple(TABLE)
 
 
@@ -161,7 +170,11 @@ def prepare(
         title, ("return",), {"return": "normalized score"}, {"return": scale}, {"return": offset}, note, extra
     )
     return runner.Prepared(
-        data={"source": data["source"], "target": target},
+        data={
+            "source": data["source"],
+            "target": target,
+            "source_target": OfflineData.concatenate([data["source"], target]),
+        },
         env=env,
         pretrain="source",
         pretrain_name=source_name,

@@ -22,6 +22,9 @@ class Method(NamedTuple):
     skills: tuple[str, ...] = ()  # "skills": the skills applied at weight 1
     mode: str = "param"  # "composed": composition space, "param" (PSEC), "noise" (NSEC), "action" (ASEC)
     composer: str = "context"  # "composed": "context" (AlphaNet, trained) or "fixed" (config weights)
+    data: str = ""  # "scratch": key of its training data in the setting's data ("" = the target skill's)
+    objective: str = ""  # "scratch": its loss ("" = config.expand.objective; "bc": plain diffusion BC)
+    candidates: int = 0  # actions sampled per state (0 = config.eval.candidates; 1 = the policy's own sample)
 
 
 PRIOR = Method("prior")
@@ -45,6 +48,10 @@ def check_table(table: dict[str, Method]) -> None:
             raise ValueError(f"method {name!r}: unknown policy {m.policy!r}; choose from {POLICIES}")
         if m.skill_kind not in policy.SKILL_KINDS:
             raise ValueError(f"method {name!r}: unknown skill kind {m.skill_kind!r}")
+        if m.objective not in ("", "advantage", "bc"):
+            raise ValueError(f"method {name!r}: unknown objective {m.objective!r}")
+        if m.candidates < 0 or (m.policy != "scratch" and (m.data or m.objective)):
+            raise ValueError(f"method {name!r}: data / objective are for scratch methods; candidates >= 0")
         if m.policy == "composed":
             policy.num_outputs(m.mode, 1)  # validates the mode
             if m.composer not in ("context", "fixed"):

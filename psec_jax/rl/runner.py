@@ -96,7 +96,7 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
     data name and environment a given pi_0 is checked against."""
     check_table(dict(setting.methods))
     check_methods(tuple(config.methods), dict(setting.methods))
-    acting.check_rule(setting.rule)
+    acting.check_rule(rule_of(setting, config))
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
     for kind in critics.KINDS:
         if config.critics[kind].kind != kind:
@@ -105,7 +105,7 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
     if config.library:
         if not config.pretrained:
             raise ValueError("config.library needs config.pretrained: the pi_0s its skills were trained on")
-        if config.eval.candidates != 1:
+        if config.eval.candidates != 1 or any(setting.methods[m].candidates > 1 for m in config.methods):
             raise ValueError(
                 f"config.library: loaded skills come without their critics, so acting cannot rank "
                 f"{config.eval.candidates} candidates; set config.eval.candidates=1"
@@ -122,6 +122,11 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
         None if "data" in given else data_name,
         None if "env" in given or env_name is None else recorded_sizes(env_name),
     )
+
+
+def rule_of(setting: Setting, config: ml_collections.ConfigDict) -> str:
+    """The acting rule of a run: ``config.eval.rule``, or the setting's own where that is empty."""
+    return config.eval.get("rule") or setting.rule
 
 
 def run(
@@ -233,14 +238,19 @@ def run(
                 {**train_configs, **loaded_configs},
             ).save(workdir / "policies" / f"library_seed{i}")
 
-    acts, params = {}, {}
+    acts, params, rule = {}, {}, rule_of(setting, config)
+    if missing := [r for r in acting.NEEDS[rule] if r not in prep.critics]:
+        raise ValueError(f"config.eval.rule={rule!r} needs a {missing[0]} critic; the {setting.name} setting has none")
     target = skill_of[prep.target]
     for name, m in methods.items():
         sampler_args, role_critics = {}, {r: critic_of.get(s) for r, s in prep.critics.items()}
         if m.policy == "scratch":
             shared = critic_of.get(target.name)
-            trainer = train.make_expand(actors["lora"], config.expand, config.critics[target.critic], "full")
-            st = stage(trainer, name, train.ExpandInputs(None, shared), data[target.data], name)
+            expand = config.expand
+            if m.objective:
+                expand = ml_collections.ConfigDict({**config.expand.to_dict(), "objective": m.objective})
+            trainer = train.make_expand(actors["lora"], expand, config.critics[target.critic], "full")
+            st = stage(trainer, name, train.ExpandInputs(None, shared), data[m.data or target.data], name)
             pol, role_critics["reward"] = {"base": st.ema, "skills": None}, st.critic
         elif m.policy == "prior":
             pol = {"base": base, "skills": None}
@@ -261,8 +271,8 @@ def run(
                 workdir,
             )
         sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
-        acts[name] = acting.make_act(sampler, role_fns, setting.rule, config.eval.candidates, normalizer)
-        params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[setting.rule]}}
+        acts[name] = acting.make_act(sampler, role_fns, rule, m.candidates or config.eval.candidates, normalizer)
+        params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[rule]}}
 
     t_eval = time.perf_counter()
     evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
@@ -283,6 +293,7 @@ def run(
         "seconds": seconds,
         "config": runs.to_jsonable(config),
         "commit": commit,
+        "acting_rule": rule,
         "data_sha256": {k: v.checksum() for k, v in prep.data.items()},
         **rep.extra,
     }

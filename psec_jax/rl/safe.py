@@ -1,19 +1,24 @@
 """Multi-objective composition for safe offline RL (PSEC section 5, DSRL-style velocity tasks).
 
-pi_0 is pretrained by diffusion behaviour cloning on the whole offline dataset (which carries per-step
-costs). Two LoRA skills are expanded from it on the same data: a *reward* skill (advantage-weighted
-with an IQL critic) and a *cost* skill (weighted by the reachability critic, which favours feasible,
-i.e. never-unsafe, actions). The two are composed by the context-aware AlphaNet in parameter space
-(PSEC), noise space (NSEC) or action space (ASEC), each composer trained on the *safe subset* of the
-data (``safe_subset``: the episodes whose total cost is within ``config.cost_limit``).
+pi_0 is pretrained by diffusion behaviour cloning on the whole offline dataset (DSRL-shaped: the
+``mixed-cost`` kind mixes behaviour policies trained with several velocity-cost penalties, so episode
+costs span a range). Two LoRA skills are expanded from it on the same data: a *reward* skill
+(advantage-weighted with an IQL critic) and a *cost* skill (weighted by the reachability critic, which
+favours feasible, i.e. never-unsafe, actions). The two are composed by the context-aware AlphaNet in
+parameter space (PSEC), noise space (NSEC) or action space (ASEC), each composer fitted, as in the
+official code, on a separate small imitation set of the safe expert (``config.compose_data``; empty:
+the training data's *safe subset*, ``safe_subset``, the episodes whose cost is within the limit).
 
-Methods (``METHODS``): ``bc`` (pi_0 alone), ``reward`` / ``cost`` (one skill alone, weight 1),
-``asec`` / ``nsec`` / ``psec`` (the two skills composed). Every method acts the same way (the
-``"feasible_then_reward"`` rule of ``psec_jax.rl.acting``): it samples candidates and keeps, among
-those the cost critic deems feasible, the one the reward critic scores highest; if none is feasible,
-the safest. Scores are the normalised reward ``(R - R_random) / (R_expert - R_random)`` (our behaviour
-policies' returns, ``scores.policy_references()``) and the normalised cost ``cost / cost_limit`` (<= 1
-is safe).
+Methods (``METHODS``): ``pi0`` (pi_0 alone), ``reward`` / ``cost`` (one skill alone, weight 1),
+``asec`` / ``nsec`` / ``psec`` (the two skills composed), and the two cheap offline safe-RL references,
+``bc_all`` (pi_0, i.e. diffusion BC on all data, one sample per state) and ``bc_safe`` (diffusion BC on
+the safe subset, one sample per state). Each method samples its own candidates and keeps one by
+``config.eval.rule``: ``argmin_qc`` (the official rule: the lowest predicted cost; preset ``small``) or
+``feasible_then_reward`` (among the candidates the cost critic deems feasible the best by the reward
+critic; preset ``small_project``). Scores are DSRL's: normalised reward ``(R - R_min) / (R_max - R_min)``
+with R_min / R_max the lowest and highest episode returns of the training data (DSRL takes them from its
+datasets; ``config.normalization="policies"``: the behaviour policies' random and expert returns), and
+normalised cost ``cost / cost_limit`` (<= 1 is safe).
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ from psec_jax.rl import methods as M
 from psec_jax.rl import pipeline, report, runner
 from psec_jax.rl.continual import load_data
 
+NORMALIZATIONS = ("dsrl", "policies")
 SKILLS = ("reward", "cost")  # order of the skills in the composed stack
 TABLE = {
-    "bc": M.PRIOR,
+    "pi0": M.PRIOR,
     "reward": M.one_skill("reward"),
     "cost": M.one_skill("cost"),
     "asec": M.ASEC,
     "nsec": M.NSEC,
     "psec": M.PSEC,
+    "bc_all": M.PRIOR._replace(candidates=1),
+    "bc_safe": M.SCRATCH._replace(data="safe", objective="bc", candidates=1),
 }
 METHODS = tuple(TABLE)
 LABELS = {"return": "normalized reward", "cost": "normalized cost"}
@@ -87,6 +95,12 @@ def check(config: ml_collections.ConfigDict) -> None:
     recipe = pipeline.data_recipe("data", name)
     if recipe.env != config.env:
         raise ValueError(f"config.data={name!r} is not data of config.env={config.env!r}")
+    if config.compose_data:
+        compose = pipeline.data_recipe("compose_data", config.compose_data.format(env=config.env))
+        if compose.env != config.env:
+            raise ValueError(f"config.compose_data={config.compose_data!r} is not data of config.env={config.env!r}")
+    if config.normalization not in NORMALIZATIONS:
+        raise ValueError(f"config.normalization must be one of {NORMALIZATIONS}, got {config.normalization!r}")
 
 
 def data_name(config: ml_collections.ConfigDict) -> str:
@@ -99,16 +113,24 @@ def pi0_source(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return data_name(config), config.env
 
 
+def episode_returns(data: OfflineData) -> np.ndarray:
+    """[num_episodes] total reward of each episode (episodes as in ``OfflineData.episode_ids``)."""
+    return np.bincount(data.episode_ids(), weights=np.asarray(data.rewards, np.float64))
+
+
 def prepare(
     config: ml_collections.ConfigDict,
     *,
     data: OfflineData | None = None,
     env: Env | None = None,
     reference: tuple[float, float] | None = None,
+    compose_data: OfflineData | None = None,
 ) -> runner.Prepared:
     """``data``: the offline dataset instead of loading ``config.data``; ``env``: the evaluation
-    environment (default ``config.env``); ``reference``: (random, expert) returns of 1000-step episodes
-    for the normalised reward (default ``scores.policy_references()[config.env]``)."""
+    environment (default ``config.env``); ``reference``: the (low, high) returns of 1000-step episodes the
+    normalised reward maps to 0 and 1 (default: DSRL's, the training data's lowest and highest episode
+    returns; with ``config.normalization="policies"`` the behaviour policies' random and expert returns);
+    ``compose_data``: the composers' data instead of loading ``config.compose_data``."""
     if env is None:
         from psec_jax import envs
 
@@ -127,41 +149,59 @@ def prepare(
         raise ValueError(
             f"config.env={config.env!r} has no cost; use a velocity body (halfcheetah, hopper, walker2d, ant)"
         )
-    if reference is None:
+    source = "given" if reference is not None else config.normalization
+    if reference is None and config.normalization == "policies":
         from psec_jax.data import scores
 
         reference = scores.reference_scores(config.env, table=scores.policy_references())
+    elif reference is None:
+        returns = episode_returns(data)
+        reference = (float(returns.min()), float(returns.max()))
     safe_data, info = safe_subset(data, config.cost_limit)
     if info["fallback"]:
         print(
-            f"psec_safe: no episode has cost <= cost_limit={config.cost_limit:g}; composing on the "
+            f"psec_safe: no episode has cost <= cost_limit={config.cost_limit:g}; the safe subset is the "
             f"{info['kept']} lowest-cost of {info['episodes']} episodes instead (their cost <= "
             f"{info['kept_cost_max']:.1f})"
         )
-    else:
-        print(
-            f"psec_safe: composing on {info['kept']} of {info['episodes']} episodes with cost <= {config.cost_limit:g}"
-        )
+    compose_name = "(given data)" if compose_data is not None else config.compose_data.format(env=config.env)
+    if compose_data is None and compose_name:
+        compose_data = load_data(compose_name)
+    composers = "imitation" if compose_data is not None else "safe"
+    compose_costs = episode_costs(compose_data) if compose_data is not None else None
     offset, scale = report.reference_normalization(
         reference, config.eval.episode_length, reference_length=EPISODE_LENGTH
     )
     title = (
         f"{env.name} safe composition (reward + cost skills): normalized reward and cost "
-        f"(cost limit {config.cost_limit:g}), {config.num_seeds} seeds x {config.eval.episodes} episodes"
+        f"(cost limit {config.cost_limit:g}, acting rule {runner.rule_of(SETTING, config)}), "
+        f"{config.num_seeds} seeds x {config.eval.episodes} episodes"
     )
+    what = {
+        "dsrl": "lowest and highest episode returns of the training data (DSRL)",
+        "policies": "behaviour policies' random and expert returns",
+        "given": "returns given to the run",
+    }[source]
     note = (
-        f"\nnormalized reward = (R - R_random) / (R_expert - R_random) with (R_random, R_expert) = "
-        f"({reference[0]:.1f}, {reference[1]:.1f}) per {EPISODE_LENGTH} steps; normalized cost = "
-        f"episode cost / {config.cost_limit:g} (<= 1 is safe). Composers trained on {info['kept']} of "
+        f"\nnormalized reward = (R - R_low) / (R_high - R_low) with (R_low, R_high) = ({reference[0]:.1f}, "
+        f"{reference[1]:.1f}) per {EPISODE_LENGTH} steps, the {what}; normalized cost = episode cost / "
+        f"{config.cost_limit:g} (<= 1 is safe). The safe subset (bc_safe's data) holds {info['kept']} of "
         f"{info['episodes']} episodes"
         + (" (fallback: lowest-cost quarter)" if info["fallback"] else f" with cost <= {config.cost_limit:g}")
-        + ".\n"
+        + (
+            f"; composers fitted on the imitation set ({compose_costs.size} episodes, mean cost "
+            f"{compose_costs.mean():.1f}).\n"
+            if compose_costs is not None
+            else "; composers fitted on the safe subset.\n"
+        )
     )
     extra = {
         "data": data_name,
+        "compose_data": compose_name or "(safe subset)",
         "safe_data": info,
         "normalization": {
-            "reference_random_expert": list(map(float, reference)),
+            "kind": source,
+            "reference_low_high": list(map(float, reference)),
             "reference_episode_length": EPISODE_LENGTH,
             "episode_length": config.eval.episode_length,
             "cost_limit": config.cost_limit,
@@ -170,19 +210,20 @@ def prepare(
     rep = runner.Report(
         title, ("return", "cost"), LABELS, {"return": scale, "cost": config.cost_limit}, {"return": offset}, note, extra
     )
+    sets = {"all": data, "safe": safe_data}
+    if compose_data is not None:
+        sets["imitation"] = compose_data
     return runner.Prepared(
-        data={"all": data, "safe": safe_data},
+        data=sets,
         env=env,
         pretrain="all",
         pretrain_name=data_name,
         skills=tuple(runner.Skill(k, "all", k) for k in SKILLS),
         target="reward",
-        compose="safe",
+        compose=composers,
         critics={"reward": "reward", "cost": "cost"},
         report=rep,
     )
 
 
-SETTING = runner.Setting(
-    "safe", TABLE, "feasible_then_reward", check, prepare, expand_key="expand/{name}", pi0_source=pi0_source
-)
+SETTING = runner.Setting("safe", TABLE, "argmin_qc", check, prepare, expand_key="expand/{name}", pi0_source=pi0_source)
