@@ -428,3 +428,16 @@ def test_target_split_is_by_transition_and_seeded():
     assert data.subsample_transitions(jax.random.PRNGKey(0), 1e-6).size == 1
     with pytest.raises(ValueError, match="fraction"):
         data.subsample_transitions(jax.random.PRNGKey(0), 1.5)
+
+
+def test_every_task_has_a_checked_behaviour_recipe():
+    from psec_jax.configs import behavior as behavior_config
+
+    for env in envs.names():
+        c = behavior_config.get_config(env)
+        behavior.check_config(c)
+        assert c.env == env and c.cost_penalties[0] == 0.0
+    hopper = behavior_config.get_config("hopper")
+    assert hopper.sac.num_envs == hopper.sac.updates_per_step == 16 and len(hopper.cost_penalties) == 3
+    with pytest.raises(ValueError, match="no behaviour recipe"):
+        behavior_config.get_config("cartpole")
