@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from experiments import psec_continual_summary
+from experiments import psec_continual_summary, sweeps
 from experiments.psec_continual_summary import RESULTS
 
 CONFIG = "psec_continual"
@@ -109,16 +106,8 @@ def command(name: str, root: Path) -> list[str]:
 
 def run(names: list[str], root: Path) -> None:
     """Runs each named run (resuming its finished stages) and copies its results to ``RESULTS``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
-        cmd = command(name, root)
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], check=True)
-        for ext in ("json", "md", "png"):
-            shutil.copyfile(root / name / f"results.{ext}", RESULTS / f"{name}.{ext}")
-        saved = json.loads((RESULTS / f"{name}.json").read_text())
-        saved["command"] = " ".join(cmd)
-        (RESULTS / f"{name}.json").write_text(json.dumps(saved, indent=1) + "\n")
+        sweeps.run_and_record(command(name, root), root / name, RESULTS, name)
 
 
 def trainable_parameters(network, obs_dim: int = 24, act_dim: int = 6) -> dict[str, int]:

@@ -108,6 +108,12 @@ def test_safe_end_to_end_tiny(tmp_path):
     assert out["safe_data"]["kept"] == int((costs <= 8.0).sum()) and not out["safe_data"]["fallback"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(safe.METHODS) and saved["safe_data"] == out["safe_data"]
+    assert saved["acting_rule"] == "argmin_qc"  # the official rule, preset tiny
+    from experiments import psec_safe_dynamics
+
+    rows = psec_safe_dynamics.table("tiny", saved)[4:-1]  # one row per method: both fields and PSEC - method
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == list(safe.METHODS)
+    assert all(r.count("|") == 12 for r in rows) and rows[0].count(" - ") == 0
     assert_table_complete(tmp_path, safe.METHODS, 2, fields=("return", "cost"))
     md = (tmp_path / "results.md").read_text()
     assert "normalized cost" in md and "psec" in md and (tmp_path / "results.png").stat().st_size > 0

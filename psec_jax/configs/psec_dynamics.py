@@ -20,6 +20,9 @@ SIZES = {
     "source_data": ("{env}:{variant}-{kind}-200traj",) * 2 + ("{env}:{variant}-{kind}-1000traj",),
     "target_data": ("{env}-{kind}-200traj",) * 2 + ("{env}-{kind}-1000traj",),
     "critics.reward.hidden": ((32, 32), (256, 256), (256, 256)),
+    "share_pretrain": (True, False, False),  # independent seeds: each seed its own pi_0
+    "num_seeds": (2, 5, 5),
+    "eval.episodes": (2, 10, 10),
 }
 
 
