@@ -101,6 +101,27 @@ def test_sac_learns_the_point_task_in_one_scan_without_recompiling():
     assert after > before + 1.0, (before, after)
 
 
+def test_snapshots_split_a_stack_of_runs():
+    """Each run's policy, and its own observation statistics (count [R] with m2 [R, obs_dim]: where R equals
+    obs_dim a wrong broadcast would go unnoticed, so R = 3 runs of a 2-D obs here)."""
+    from types import SimpleNamespace
+
+    runs = [
+        RunningMoments.zeros(2).update(jnp.asarray(np.random.default_rng(r).normal(size=(4 + r, 2)))) for r in range(3)
+    ]
+    state = SimpleNamespace(
+        actor_params={"w": jnp.arange(3.0)},
+        normalizer=jax.tree.map(lambda *x: jnp.stack(x), *runs),
+        cost_penalty=jnp.zeros(3),
+    )
+    snaps = behavior._snapshots(state)
+    assert len(snaps) == 3
+    for r, (snap, moments) in enumerate(zip(snaps, runs)):
+        assert float(snap.params["w"]) == r
+        np.testing.assert_allclose(snap.obs_std, moments.std, rtol=1e-6)
+        np.testing.assert_allclose(snap.obs_mean, moments.mean, rtol=1e-6)
+
+
 def test_select_levels():
     levels = behavior.select_levels([10.0, 50.0, 120.0, 300.0, 900.0, 850.0], num_replay=2)
     assert levels["random"] == 0 and levels["expert"] == 4

@@ -162,8 +162,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _snapshots(state: sac.SACState) -> list[BehaviorPolicy]:
     """Each run's actor and normaliser of a stack of runs (state [R, ...])."""
-    norm = state.normalizer
-    stacked = jax.device_get(BehaviorPolicy(state.actor_params, norm.mean, norm.std))
+    std = jax.vmap(lambda moments: moments.std)(state.normalizer)  # per run: its count divides its m2
+    stacked = jax.device_get(BehaviorPolicy(state.actor_params, state.normalizer.mean, std))
     return [jax.tree.map(lambda x: x[r], stacked) for r in range(int(state.cost_penalty.shape[0]))]
 
 
