@@ -252,10 +252,19 @@ def test_cost_kinds_mix_penalised_levels_and_imitate_the_safe_expert():
     unsafe = {k: {**v, "cost": v["cost"] + 50} for k, v in levels.items()}
     assert datasets.safe_expert(unsafe) == "penalty2_expert"  # none within: the lowest cost (first by name on ties)
     plain = {k: v for k, v in levels.items() if not k.startswith("penalty")}
-    with pytest.raises(formats.DatasetError, match="cost_penalties"):
+    with pytest.raises(formats.DatasetError, match="cost-penalised"):
         datasets.parse("hopper-mixed-cost").segments(plain)
-    with pytest.raises(formats.DatasetError, match="cost_penalties"):
+    with pytest.raises(formats.DatasetError, match="cost-penalised"):
         datasets.safe_expert(plain)
+
+
+def test_a_kind_the_policies_cannot_make_fails_before_any_rollout(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "policy_checksum", lambda env: "0" * 64)
+    monkeypatch.setattr(datasets, "policy_levels", lambda env: {"random": {}, "medium": {}, "expert": {}})
+    monkeypatch.setattr(datasets, "generate", lambda *a, **k: pytest.fail("generated"))
+    for name in ("hopper-mixed-cost-10traj", "hopper-imitation"):
+        with pytest.raises(formats.DatasetError, match="--config=behavior:hopper"):
+            datasets.get(name, directory=tmp_path)
 
 
 def test_imitation_set_is_disjoint_from_the_mixed_cost_data(tmp_path, monkeypatch):
@@ -404,22 +413,32 @@ def test_penalised_sac_runs_train_side_by_side_and_cost_less(monkeypatch):
     run's levels are chosen on its own objective and its policies pay less cost on the toy task."""
     monkeypatch.setattr(behavior.envs_lib, "make", lambda name: point_env())
     config = behavior.default_config()
-    config.env = "walker-stand"
+    config.env = "hopper"  # a body with a cost; make() is replaced by the toy env
     config.sac = small_sac_config()
     config.total_steps, config.eval_every, config.eval_episodes = 4000, 2000, 16
     config.cost_penalties = (0.0, 5.0)
     behavior.check_config(config)
-    pols, info = behavior.train(config)
+    records = []
+    pols, info = behavior.train(config, log=records.append)
     assert {"random", "medium", "expert", "penalty1_medium", "penalty1_expert"} <= set(pols)
+    assert len(records) == 2 and {"return", "cost", "return/run1", "cost/run1", "critic_loss/run1"} <= set(records[-1])
+    assert records[-1]["cost/run1"] == info["runs"][1]["curve"][-1]["cost"]
     nominal, penalised = info["runs"]
     assert penalised["cost_penalty"] == 5.0 and info["levels"]["penalty1_expert"]["cost_penalty"] == 5.0
     for run in info["runs"]:
         best = max(run["curve"], key=lambda c: c["penalized_return"])
         assert run["levels"]["expert"]["return"] == best["return"]
     assert penalised["curve"][-1]["cost"] < nominal["curve"][-1]["cost"], (nominal["curve"], penalised["curve"])
-    config.cost_penalties = (1.0, 2.0)
-    with pytest.raises(ValueError, match="starting with 0"):
+    for bad, message in (((1.0, 2.0), "starting with 0"), ((0.0, True), "starting with 0")):
+        config.cost_penalties = bad
+        with pytest.raises(ValueError, match=message):
+            behavior.check_config(config)
+    config.env, config.cost_penalties = "walker-stand", (0.0, 1.0)  # no cost there
+    with pytest.raises(ValueError, match="no cost to penalise"):
         behavior.check_config(config)
+    key = jax.random.PRNGKey(3)  # one run keeps the key of a plain SAC run; the others fold in their index
+    np.testing.assert_array_equal(behavior._run_keys(key, 1)[0], key)
+    np.testing.assert_array_equal(behavior._run_keys(key, 3)[2], jax.random.fold_in(key, 2))
 
 
 def test_target_split_is_by_transition_and_seeded():

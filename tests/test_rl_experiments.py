@@ -90,12 +90,24 @@ def tiny(module):
     return c
 
 
-def test_safe_end_to_end_tiny(tmp_path):
+def test_safe_end_to_end_tiny(tmp_path, monkeypatch):
+    from psec_jax.rl import acting, runner
+
     c = tiny(safe_config)
     c.cost_limit = 8.0
     data = with_episodes(random_data(256, 1), 32)  # 8 episodes of ~10 cost each
     imitation = with_episodes(random_data(64, 7), 32)
+    made = []  # (rule, candidates) of each method's acting function, in table order
+    real_make_act = acting.make_act
+    monkeypatch.setattr(acting, "make_act", lambda *a: made.append(a[2:4]) or real_make_act(*a))
     out = safe.SETTING.run(c, tmp_path, data=data, env=point_env(6), reference=REFERENCE, compose_data=imitation)
+    n = c.eval.candidates
+    assert n > 1 and made == [("argmin_qc", 1 if m.startswith("bc_") else n) for m in safe.METHODS]
+    assert runner.rule_of(safe.SETTING, safe_config.get_config("tiny_project")) == "feasible_then_reward"
+    with pytest.raises(ValueError, match="needs a cost critic"):  # refused before anything trains
+        continual = continual_config.get_config("tiny")
+        continual.eval.rule = "argmin_qc"
+        runner.check_config(registry.load("psec_continual"), continual)
     assert list(out["methods"]) == list(safe.METHODS)
     assert out["compose_data"] == "(given data)" and out["normalization"]["kind"] == "given"
     for m, row in out["methods"].items():

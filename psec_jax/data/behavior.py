@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from psec_jax import artifacts, prng, runs
+from psec_jax import artifacts, prng, progress, runs
 from psec_jax import envs as envs_lib
 from psec_jax.data import sac
 from psec_jax.data.normalize import Normalizer
@@ -71,11 +71,12 @@ def policy_action(
     return jnp.clip(a, -1.0, 1.0)
 
 
-# How the committed policies of each task were trained: config overrides of `default_config()` (the
-# `behavior:<task>` presets). The walker tasks keep Playground's DMC settings (128 envs, 8 updates per
-# iteration: one update per 16 env steps, ~1k env steps/s here). On the Brax bodies that ratio leaves SAC far
-# from what it reaches (hopper 438, walker2d 328 after 300k steps), so they take one update per env step
-# (16 envs, 16 updates, batch 256; hopper: 3,168 after 105k steps) and train two cost-penalised runs beside
+# How each task's behaviour policies are trained: config overrides of `default_config()` (the
+# `behavior:<task>` presets; a policy directory's manifest records the config that made it). The walker
+# tasks keep Playground's DMC settings (128 envs, 8 updates per iteration: one update per 16 env steps, ~1k
+# env steps/s here), which made their committed policies. On the Brax bodies that ratio leaves SAC far from
+# what it reaches (hopper 438, walker2d 328 after 300k steps), so their recipe takes one update per env step
+# (16 envs, 16 updates, batch 256; hopper: 3,168 after 105k steps) and trains two cost-penalised runs beside
 # the task's own (the safe setting's mixed-cost data).
 BRAX_RECIPE: dict[str, Any] = {
     "total_steps": 200_000,
@@ -146,10 +147,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
     cc.non_negative(config, "num_replay_snapshots")
     penalties = tuple(config.cost_penalties)
-    if not penalties or penalties[0] != 0 or any(not (isinstance(x, (int, float)) and x >= 0) for x in penalties):
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in penalties)
+    if not penalties or not numbers or penalties[0] != 0:
         raise cc.ConfigError(
             f"config field cost_penalties must be numbers >= 0 starting with 0 (the task's own reward), got {penalties}"
         )
+    if len(penalties) > 1 and config.env not in envs_lib.VELOCITY_THRESHOLDS:
+        raise cc.ConfigError(f"config field cost_penalties: {config.env} has no cost to penalise; use (0.0,)")
     cc.positive(config, "sac.learning_rate", "sac.reward_scale", "sac.init_alpha")
     cc.in_range(config, "sac.discount", 0.0, 1.0)
     cc.in_range(config, "sac.tau", 0.0, 1.0, low_open=True)
@@ -165,6 +169,26 @@ def _snapshots(state: sac.SACState) -> list[BehaviorPolicy]:
     std = jax.vmap(lambda moments: moments.std)(state.normalizer)  # per run: its count divides its m2
     stacked = jax.device_get(BehaviorPolicy(state.actor_params, state.normalizer.mean, std))
     return [jax.tree.map(lambda x: x[r], stacked) for r in range(int(state.cost_penalty.shape[0]))]
+
+
+def _run_keys(key: jax.Array, n: int) -> jax.Array:
+    """[n] keys of a stack of runs: run 0 takes ``key`` itself (a single run keeps the keys of one plain SAC
+    run), run r >= 1 ``fold_in(key, r)``."""
+    return jnp.stack([key, *(jax.random.fold_in(key, r) for r in range(1, n))])
+
+
+def _stacked(agent: sac.SAC, n: int) -> tuple[Callable, Callable, Callable]:
+    """(init, run, evaluate) over a stack of n runs (a leading [n] axis everywhere). One run goes through the
+    unbatched programs, which made the committed single-run policies (a vmapped program of one run need not
+    give the same bits)."""
+    if n > 1:
+        return agent.init_many, agent.run_many, agent.evaluate_many
+    one, add = (lambda tree: jax.tree.map(lambda x: x[0], tree)), (lambda tree: jax.tree.map(lambda x: x[None], tree))
+    return (
+        lambda keys, penalties: add(agent.init(keys[0], penalties[0])),
+        lambda state, iters: add(agent.run(one(state), iters)),
+        lambda params, moments, keys, episodes: add(agent.evaluate(one(params), one(moments), keys[0], episodes)),
+    )
 
 
 def level_name(run: int, level: str) -> str:
@@ -204,17 +228,18 @@ def train(
     agent = sac.make_train(env, config.sac)
     penalties = np.asarray(config.cost_penalties, np.float32)
     runs_ = len(penalties)
+    init, run, evaluate_runs = _stacked(agent, runs_)
     key = jax.random.PRNGKey(config.seed)
     t0 = time.time()
-    state = agent.init_many(prng.member_keys(prng.stream(key, "sac"), runs_), jnp.asarray(penalties))
+    state = init(_run_keys(prng.stream(key, "sac"), runs_), jnp.asarray(penalties))
     iters_per_chunk = max(1, config.eval_every // config.sac.num_envs)
     env_steps = int(state.env_steps[0])
     num_chunks = max(1, -(-(config.total_steps - env_steps) // (iters_per_chunk * config.sac.num_envs)))
     eval_key = prng.stream(key, "eval")
 
     def evaluate(state: sac.SACState, i: int) -> list[dict[str, float]]:
-        keys = prng.member_keys(jax.random.fold_in(eval_key, i), runs_)
-        e = agent.evaluate_many(state.actor_params, state.normalizer, keys, config.eval_episodes)
+        keys = _run_keys(jax.random.fold_in(eval_key, i), runs_)
+        e = evaluate_runs(state.actor_params, state.normalizer, keys, config.eval_episodes)
         returns, costs = np.asarray(e.returns).mean(1), np.asarray(e.costs).mean(1)
         return [
             {"return": float(r), "cost": float(c), "penalized_return": float(r - lam * c)}
@@ -225,7 +250,7 @@ def train(
     curves = [[{"env_steps": env_steps, **sc, "wall_time": time.time() - t0}] for sc in evaluate(state, 0)]
     bar = runs.progress(num_chunks, desc=desc or f"SAC {config.env}", unit="chunk")
     for i in range(1, num_chunks + 1):
-        state, metrics = agent.run_many(state, iters_per_chunk)
+        state, metrics = run(state, iters_per_chunk)
         snapshots.append(_snapshots(state))
         env_steps = int(state.env_steps[0])
         for r, sc in enumerate(evaluate(state, i)):
@@ -235,7 +260,7 @@ def train(
             record = {"env_steps": env_steps, "wall_time": time.time() - t0}
             for r, curve in enumerate(curves):
                 suffix = "" if r == 0 else f"/run{r}"
-                record.update({f"{k}{suffix}": v for k, v in curve[-1].items() if k not in record})
+                record.update({f"{k}{suffix}": v for k, v in curve[-1].items() if k not in ("env_steps", "wall_time")})
             log(record)
         bar.update(1, {"return": curves[0][-1]["return"], "cost": curves[0][-1]["cost"], "env_steps": env_steps})
     bar.close()
@@ -244,6 +269,11 @@ def train(
         chosen = select_levels([c["penalized_return"] for c in curve], config.num_replay_snapshots)
         if r:
             chosen = {k: chosen[k] for k in ("medium", "expert")}
+            if chosen["expert"] == 0:
+                progress.say(
+                    f"warning: {config.env}: the run with cost penalty {lam:g} never beat its initial policy on "
+                    f"return - {lam:g} x cost; its expert level is the untrained actor"
+                )
         run_levels = {
             name: {
                 "snapshot": idx,

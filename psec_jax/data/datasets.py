@@ -109,20 +109,27 @@ class Recipe:
         if self.kind == "medium-expert":
             return [(lvl, k) for lvl, k in (("medium", n // 2), ("expert", n - n // 2)) if k]
         if self.kind == "imitation":
-            return [(safe_expert(levels), n)]
+            try:
+                return [(safe_expert(levels), n)]
+            except formats.DatasetError:
+                raise formats.DatasetError(f"{self.name}: {_NO_PENALISED.format(env=self.env)}") from None
         if self.kind == "mixed-cost":
             penalised = sorted((l for l in levels if l.startswith("penalty")), key=_penalty_order)
             if not penalised:
-                raise formats.DatasetError(
-                    f"{self.name}: the behaviour policies of {self.env} have no cost-penalised levels; train "
-                    f"them with `psec-jax behavior --config.cost_penalties=...`"
-                )
+                raise formats.DatasetError(f"{self.name}: {_NO_PENALISED.format(env=self.env)}")
             chain = ["medium", "expert", *penalised]
         else:
             replay = sorted((l for l in levels if l.startswith("replay_")), key=lambda l: int(l.split("_")[1]))
             chain = ["random", *replay, "medium"]
         shares = np.diff(np.linspace(0, n, len(chain) + 1).round().astype(int))
         return [(lvl, int(k)) for lvl, k in zip(chain, shares) if k]
+
+
+_NO_PENALISED = (
+    "the behaviour policies of {env} have no cost-penalised levels with costs (the mixed-cost and imitation "
+    "kinds need them); train them with `psec-jax behavior --config=behavior:{env} --workdir=DIR` and copy "
+    "DIR/policy to psec_jax/data/policies/{env}/"
+)
 
 
 def _penalty_order(level: str) -> tuple[int, str]:
@@ -136,10 +143,7 @@ def safe_expert(levels: Mapping[str, Mapping[str, Any]]) -> str:
     the lowest cost. DatasetError when there are no penalised levels (or no costs recorded)."""
     penalised = {k: v for k, v in levels.items() if k.startswith("penalty")} if isinstance(levels, Mapping) else {}
     if not penalised or any("cost" not in v for v in penalised.values()):
-        raise formats.DatasetError(
-            "an imitation set needs cost-penalised behaviour policies with evaluated costs; train them with "
-            "`psec-jax behavior --config.cost_penalties=...`"
-        )
+        raise formats.DatasetError(_NO_PENALISED.format(env="the body"))
     safe = {k: v for k, v in penalised.items() if v["cost"] <= SAFE_COST_LIMIT}
     if safe:
         return max(sorted(safe), key=lambda k: safe[k]["return"])
@@ -198,6 +202,11 @@ def generate(
         for level, episodes in segments
     ]
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if recipe.kind == "imitation" and (cost := formats.trajectory_returns(data, "costs").mean()) > SAFE_COST_LIMIT:
+        progress.say(
+            f"warning: {recipe.name}: its episodes cost {cost:.1f} on average, over {SAFE_COST_LIMIT:g} (the safe "
+            f"expert's sampled actions cost more than its deterministic evaluation did)"
+        )
     returns = formats.trajectory_returns(data)
     costs = formats.trajectory_returns(data, "costs")
     meta = {
@@ -250,10 +259,16 @@ def policy_checksum(env_name: str) -> str:
     if not manifest.is_file():
         raise behavior.PolicyError(
             f"no committed behaviour policies for {env_name!r} (missing {manifest}); train them with "
-            f"`psec-jax behavior --config=behavior --config.env={env_name} "
+            f"`psec-jax behavior --config=behavior:{env_name} "
             f"--workdir=DIR` and copy DIR/policy to {manifest.parent}"
         )
     return artifacts.sha256(manifest)
+
+
+def policy_levels(env_name: str) -> dict[str, dict[str, Any]]:
+    """The levels (return, cost, ...) the committed behaviour policies of ``env_name`` record in their
+    manifest (read as JSON: nothing is loaded)."""
+    return json.loads((behavior.policy_dir(env_name) / behavior.MANIFEST).read_text())["levels"]
 
 
 def _check_writable(directory: Path) -> None:
@@ -281,6 +296,7 @@ def get(
     directory cannot be written."""
     recipe = parse(name, seed=seed, noise=noise)
     policies = policy_checksum(recipe.env)
+    recipe.segments(policy_levels(recipe.env))  # a kind the policies cannot make fails here, not after rollouts
     path = Path(directory or cache_dir()) / recipe.filename
     side = _sidecar(path)
     if path.is_file() and side.is_file() and not regenerate:

@@ -25,6 +25,7 @@ class Method(NamedTuple):
     data: str = ""  # "scratch": key of its training data in the setting's data ("" = the target skill's)
     objective: str = ""  # "scratch": its loss ("" = config.expand.objective; "bc": plain diffusion BC)
     candidates: int = 0  # actions sampled per state (0 = config.eval.candidates; 1 = the policy's own sample)
+    budget: str = ""  # "scratch": the config stage whose steps, batch and optimiser it trains with ("" = expand)
 
 
 PRIOR = Method("prior")
@@ -50,8 +51,10 @@ def check_table(table: dict[str, Method]) -> None:
             raise ValueError(f"method {name!r}: unknown skill kind {m.skill_kind!r}")
         if m.objective not in ("", "advantage", "bc"):
             raise ValueError(f"method {name!r}: unknown objective {m.objective!r}")
-        if m.candidates < 0 or (m.policy != "scratch" and (m.data or m.objective)):
-            raise ValueError(f"method {name!r}: data / objective are for scratch methods; candidates >= 0")
+        if m.candidates < 0 or (m.policy != "scratch" and (m.data or m.objective or m.budget)):
+            raise ValueError(f"method {name!r}: data / objective / budget are for scratch methods; candidates >= 0")
+        if m.budget not in ("", "expand", "pretrain"):
+            raise ValueError(f"method {name!r}: unknown budget {m.budget!r} (expand, pretrain)")
         if m.policy == "composed":
             policy.num_outputs(m.mode, 1)  # validates the mode
             if m.composer not in ("context", "fixed"):

@@ -74,6 +74,7 @@ class Setting:
     # config -> (pi_0's data name, evaluation env name) that ``prepare`` uses without overrides; a given
     # pi_0 (config.pretrained) is checked against them before anything is loaded
     pi0_source: Callable[[ml_collections.ConfigDict], tuple[str, str]] | None = None
+    roles: tuple[str, ...] = ("reward",)  # the critics its ``prepare`` provides for acting (``Prepared.critics``)
 
     RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = ("mesh.data",)  # the seeds' devices: results are the same
 
@@ -96,7 +97,10 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
     data name and environment a given pi_0 is checked against."""
     check_table(dict(setting.methods))
     check_methods(tuple(config.methods), dict(setting.methods))
-    acting.check_rule(rule_of(setting, config))
+    rule = rule_of(setting, config)
+    acting.check_rule(rule)
+    if missing := [r for r in acting.NEEDS[rule] if r not in setting.roles]:
+        raise ValueError(f"config.eval.rule={rule!r} needs a {missing[0]} critic; the {setting.name} setting has none")
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
     for kind in critics.KINDS:
         if config.critics[kind].kind != kind:
@@ -141,6 +145,8 @@ def run(
     workdir, t_start, commit = Path(workdir), time.perf_counter(), runs.git_commit()  # the code that runs
     prep = setting.prepare(config, **kwargs)
     methods = {m: setting.methods[m] for m in config.methods}
+    if unknown := sorted({m.data for m in methods.values() if m.data and m.data not in prep.data}):
+        raise ValueError(f"the {setting.name} setting's methods train on data it does not prepare: {unknown}")
     obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
     if config.pretrained:  # pi_0 is given, with the normaliser it was trained with
         pretrained, normalizer = load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
@@ -239,16 +245,18 @@ def run(
             ).save(workdir / "policies" / f"library_seed{i}")
 
     acts, params, rule = {}, {}, rule_of(setting, config)
-    if missing := [r for r in acting.NEEDS[rule] if r not in prep.critics]:
-        raise ValueError(f"config.eval.rule={rule!r} needs a {missing[0]} critic; the {setting.name} setting has none")
     target = skill_of[prep.target]
     for name, m in methods.items():
         sampler_args, role_critics = {}, {r: critic_of.get(s) for r, s in prep.critics.items()}
         if m.policy == "scratch":
-            shared = critic_of.get(target.name)
-            expand = config.expand
-            if m.objective:
-                expand = ml_collections.ConfigDict({**config.expand.to_dict(), "objective": m.objective})
+            # the target skill's critic where it was fitted on this method's data, or where a BC loss ignores its
+            # weights; else the stage trains its own
+            own_data = m.data in ("", target.data)
+            shared = critic_of.get(target.name) if own_data or m.objective == "bc" else None
+            budget = config[m.budget or "expand"]
+            expand = ml_collections.ConfigDict(
+                {**budget.to_dict(), "objective": m.objective or config.expand.objective}
+            )
             trainer = train.make_expand(actors["lora"], expand, config.critics[target.critic], "full")
             st = stage(trainer, name, train.ExpandInputs(None, shared), data[m.data or target.data], name)
             pol, role_critics["reward"] = {"base": st.ema, "skills": None}, st.critic

@@ -44,7 +44,8 @@ TABLE = {
     "nsec": M.NSEC,
     "psec": M.PSEC,
     "bc_all": M.PRIOR._replace(candidates=1),
-    "bc_safe": M.SCRATCH._replace(data="safe", objective="bc", candidates=1),
+    # pi_0's budget (steps, batch, optimiser): the two references differ in their data only
+    "bc_safe": M.SCRATCH._replace(data="safe", objective="bc", candidates=1, budget="pretrain"),
 }
 METHODS = tuple(TABLE)
 LABELS = {"return": "normalized reward", "cost": "normalized cost"}
@@ -86,19 +87,16 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.cost_limit must be > 0, got {config.cost_limit}")
     if config.env not in envs.VELOCITY_THRESHOLDS:
         raise ValueError(f"config.env={config.env!r} has no cost; use one of {list(envs.VELOCITY_THRESHOLDS)}")
-    try:
-        name = data_name(config)
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(
-            f"config.data={config.data!r} is not a template with {{env}} ({type(e).__name__}: {e})"
-        ) from None
-    recipe = pipeline.data_recipe("data", name)
-    if recipe.env != config.env:
-        raise ValueError(f"config.data={name!r} is not data of config.env={config.env!r}")
-    if config.compose_data:
-        compose = pipeline.data_recipe("compose_data", config.compose_data.format(env=config.env))
-        if compose.env != config.env:
-            raise ValueError(f"config.compose_data={config.compose_data!r} is not data of config.env={config.env!r}")
+    for field in ("data", "compose_data") if config.compose_data else ("data",):
+        try:
+            name = config[field].format(env=config.env)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"config.{field}={config[field]!r} is not a template with {{env}} ({type(e).__name__}: {e})"
+            ) from None
+        recipe = pipeline.data_recipe(field, name)
+        if recipe.env != config.env:
+            raise ValueError(f"config.{field}={name!r} is not data of config.env={config.env!r}")
     if config.normalization not in NORMALIZATIONS:
         raise ValueError(f"config.normalization must be one of {NORMALIZATIONS}, got {config.normalization!r}")
 
@@ -164,8 +162,11 @@ def prepare(
             f"{info['kept']} lowest-cost of {info['episodes']} episodes instead (their cost <= "
             f"{info['kept_cost_max']:.1f})"
         )
+    composed = any(TABLE[m].policy == "composed" for m in config.methods)
     compose_name = "(given data)" if compose_data is not None else config.compose_data.format(env=config.env)
-    if compose_data is None and compose_name:
+    if not composed:  # no composer to fit: the imitation set is neither loaded nor generated
+        compose_name, compose_data = "", None
+    elif compose_data is None and compose_name:
         compose_data = load_data(compose_name)
     composers = "imitation" if compose_data is not None else "safe"
     compose_costs = episode_costs(compose_data) if compose_data is not None else None
@@ -197,7 +198,7 @@ def prepare(
     )
     extra = {
         "data": data_name,
-        "compose_data": compose_name or "(safe subset)",
+        "compose_data": compose_name or ("(safe subset)" if composed else "(no composer)"),
         "safe_data": info,
         "normalization": {
             "kind": source,
@@ -226,4 +227,13 @@ def prepare(
     )
 
 
-SETTING = runner.Setting("safe", TABLE, "argmin_qc", check, prepare, expand_key="expand/{name}", pi0_source=pi0_source)
+SETTING = runner.Setting(
+    "safe",
+    TABLE,
+    "argmin_qc",
+    check,
+    prepare,
+    expand_key="expand/{name}",
+    pi0_source=pi0_source,
+    roles=("reward", "cost"),
+)
