@@ -56,7 +56,10 @@ def lora_dense(
     adapters: ``LoRAPair(a: [K, *in, r], b: [K, r, *out])``, or None for the plain layer.
     weights: ``[K]`` (global), ``[*lead[:j], K]`` (per example ``[batch, K]``, per token
     ``[batch, tokens, K]``), or None for all ones. Fold each skill's LoRA scale into its weight
-    (``SkillLibrary.coefficients``). ``dtype``: computation dtype (default: promote x and kernel).
+    (``SkillLibrary.coefficients``). Or a route over the ``prod(lead)`` examples (an object with
+    ``lora_delta(x [n, d_in], a [K, d_in, r], b [K, r, d_out]) -> [n, d_out]``, e.g.
+    ``psec_jax.routed.SkillRoute``): then only the skills each example selects run.
+    ``dtype``: computation dtype (default: promote x and kernel).
     Returns ``[*lead, *out]``.
     """
     n_in = kernel.ndim - 1 if adapters is None else adapters.a.ndim - 2
@@ -79,6 +82,10 @@ def lora_dense(
             f"adapters a {a.shape}, b {b.shape} do not fit kernel {kernel.shape} (need a [K, *in, r], b [K, r, *out])"
         )
     d_in, d_out = math.prod(in_shape), math.prod(out_shape)
+    if hasattr(weights, "lora_delta"):  # a route (psec_jax.routed.SkillRoute): only each state's selected skills run
+        n = math.prod(lead)
+        a2, b2 = a.astype(dtype).reshape(k, d_in, r), b.astype(dtype).reshape(k, r, d_out)
+        return y + weights.lora_delta(x.reshape(n, d_in), a2, b2).reshape(*lead, *out_shape)
     joined = concat_skills(LoRAPair(a.astype(dtype), b.astype(dtype)))
     a_cat, b_cat = joined.a.reshape(d_in, k * r), joined.b.reshape(k * r, d_out)
     h = jnp.dot(x.reshape(*lead, d_in), a_cat, precision=precision)  # [*lead, K*r]
