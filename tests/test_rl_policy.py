@@ -169,3 +169,41 @@ def test_composed_policy_with_one_hot_weights_is_that_skill_alone(actors, mode):
         assert not np.allclose(want, pi0, atol=1e-3)  # the skill does change the policy
     zero = [0.0] * k if mode == "param" else [1.0] + [0.0] * k
     assert_trees_close(composed(zero), pi0)
+
+
+def test_routed_composer_selects_skills_per_state_and_trains_its_router(actors):
+    """A routed composer returns a route over the skills; the policy's noise prediction with it equals the
+    dense composition with the route's weights, and fitting it moves the router (aux losses reported)."""
+    import ml_collections
+
+    from psec_jax import moe, prng, routed
+    from psec_jax.rl import train
+
+    actor = actors["lora"]
+    base = actor.init_base(jax.random.key(0))
+    k = 4
+    skills = policy.Skills.stack([actor.init_skill(jax.random.key(i), base) for i in range(1, k + 1)])
+    skills = skills.replace(params=jax.tree.map(lambda x: x + 0.05, skills.params))  # non-trivial skills
+    routing = moe.MoEConfig(router="top_p", p=0.5, backend="dropless")
+    composer = policy.make_composer("routed", OBS, k, (8,), routing=routing)
+    params = composer.init(jax.random.key(5))
+    obs = random_data(16).observations
+    r = composer.apply(params, obs)
+    assert isinstance(r, routed.SkillRoute) and r.num_states == 16 and r.num_skills == k
+    a_t, t = jax.random.normal(jax.random.key(6), (16, ACT)), jnp.full((16,), 2)
+    got = policy.composed_eps(actor, base, skills, "param", r, obs, a_t, t)
+    want = policy.composed_eps(actor, base, skills, "param", r.dense_weights(), obs, a_t, t)
+    assert_trees_close(got, want)
+    c = ml_collections.ConfigDict(
+        dict(steps=20, log_every=20, batch_size=16, learning_rate=1e-2, network_dropout=False)
+    )
+    state, metrics = jax.jit(train.make_compose(actor, composer, "param", c).train)(
+        jax.random.key(2), train.ComposeInputs(base, skills, None), random_data(64)
+    )
+    start = composer.init(prng.stream(jax.random.key(2), "composer"))  # what the stage starts from
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, start)
+    assert max(jax.tree.leaves(moved)) > 0
+    assert {"aux_loss", "skills_per_state", "noise_loss"} <= set(metrics)
+    assert 1.0 <= float(np.asarray(metrics["skills_per_state"]).mean()) <= k
+    with pytest.raises(ValueError, match="routing"):
+        policy.make_composer("routed", OBS, k)

@@ -138,6 +138,17 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # - t0)^2 + (mean alpha_new - t1)^2 over all skills, the earlier port (one skill: pinned at 12), kept
     # so results made with it reproduce
     c.compose.alpha_reg_form = "pairs"
+    # the routed composer (methods with composer "routed", psec_jax.routed): the AlphaNet's outputs are router
+    # logits; each state composes its smallest set of skills whose probability exceeds p (or its k best)
+    c.compose.routing = ml_collections.ConfigDict()
+    c.compose.routing.router = "top_p"  # "top_p" (the MoE paper's dynamic routing) or "top_k"
+    c.compose.routing.p = 0.5  # top-p threshold
+    c.compose.routing.k = 1  # top-k skills per state
+    c.compose.routing.max_k = 0  # top-p's most skills per state (0: every skill)
+    c.compose.routing.backend = "dropless"  # psec_jax.moe back-end: "dropless" (selected skills only), "dense"
+    c.compose.routing.load_balance_weight = 1e-2  # weight of the load-balance loss (the MoE paper's)
+    c.compose.routing.dynamic_weight = 1e-4  # weight of the dynamic (routing-entropy) loss (the MoE paper's)
+    c.compose.routing.z_weight = 0.0  # weight of the router z-loss
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = c.eval.candidates = c.eval.episode_length = c.eval.bootstrap_reps = 0  # sizes table
     # how each method keeps one of its own candidate actions (psec_jax.rl.acting.RULES): "argmax_q",

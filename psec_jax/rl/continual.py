@@ -4,7 +4,9 @@ target trajectories, composed, and compared with baselines on the target task.
 Methods (``METHODS``): ``scratch`` (a full diffusion policy trained on the target data alone),
 ``asec`` / ``nsec`` (LoRA skills composed in action / noise space by a context-aware network),
 ``psec_mlp`` (MLP adapters instead of LoRA, composed in their output), ``psec_fixed`` (parameter-space
-composition with fixed weights, no context module) and ``psec`` (parameter space, context-aware).
+composition with fixed weights, no context module), ``psec`` (parameter space, context-aware) and
+``psec_routed`` (the context network's outputs route each state to its smallest set of skills whose
+probability exceeds ``config.compose.routing.p``; only those run: ``psec_jax.routed``).
 Every method acts by sampling candidates and keeping the best by the target task's Q.
 """
 
@@ -32,6 +34,7 @@ TABLE = {
     "psec_mlp": M.PSEC_MLP,
     "psec_fixed": M.PSEC_FIXED,
     "psec": M.PSEC,
+    "psec_routed": M.PSEC_ROUTED,  # the skills routed per state (top-p over the library: psec_jax.routed)
 }
 METHODS = tuple(TABLE)
 

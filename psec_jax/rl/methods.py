@@ -21,7 +21,9 @@ class Method(NamedTuple):
     skill_kind: str = "lora"  # "lora" or "mlp": the kind of skills used ("skills" / "composed")
     skills: tuple[str, ...] = ()  # "skills": the skills applied at weight 1
     mode: str = "param"  # "composed": composition space, "param" (PSEC), "noise" (NSEC), "action" (ASEC)
-    composer: str = "context"  # "composed": "context" (AlphaNet, trained) or "fixed" (config weights)
+    # "composed": "context" (AlphaNet, trained), "fixed" (config weights) or "routed" (the AlphaNet's outputs
+    # route each state to its smallest set of skills: config.compose.routing; "param" mode only)
+    composer: str = "context"
     data: str = ""  # "scratch": key of its training data in the setting's data ("" = the target skill's)
     objective: str = ""  # "scratch": its loss ("" = config.expand.objective; "bc": plain diffusion BC)
     candidates: int = 0  # actions sampled per state (0 = config.eval.candidates; 1 = the policy's own sample)
@@ -35,6 +37,7 @@ NSEC = Method("composed", "lora", mode="noise")
 ASEC = Method("composed", "lora", mode="action")
 PSEC_MLP = Method("composed", "mlp", mode="param")
 PSEC_FIXED = Method("composed", "lora", mode="param", composer="fixed")
+PSEC_ROUTED = Method("composed", "lora", mode="param", composer="routed")
 
 
 def one_skill(name: str) -> Method:
@@ -57,8 +60,10 @@ def check_table(table: dict[str, Method]) -> None:
             raise ValueError(f"method {name!r}: unknown budget {m.budget!r} (expand, pretrain)")
         if m.policy == "composed":
             policy.num_outputs(m.mode, 1)  # validates the mode
-            if m.composer not in ("context", "fixed"):
+            if m.composer not in policy.COMPOSER_KINDS:
                 raise ValueError(f"method {name!r}: unknown composer {m.composer!r}")
+            if m.composer == "routed" and (m.mode != "param" or m.skill_kind != "lora"):
+                raise ValueError(f"method {name!r}: a routed composer composes LoRA skills in parameter space")
 
 
 def check_methods(methods: tuple[str, ...], table: dict[str, Method]) -> None:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import struct
 
-from psec_jax import lora
+from psec_jax import lora, moe, routed
 from psec_jax.rl import diffusion
 from psec_jax.rl.networks import AlphaNet, MLPAdapter
 
@@ -110,6 +110,11 @@ class Actor(NamedTuple):
         if skills is None:
             return self.net.apply({"params": base}, obs, a_t, t, train=train, rngs=rngs)
         w = jnp.ones((skills.num,)) if weights is None else weights
+        if isinstance(w, routed.SkillRoute):  # only each state's selected skills run (LoRA skills only)
+            if self.kind != "lora":
+                raise ValueError("a routed composition needs LoRA skills")
+            variables = {"params": base, lora.LORA_COLLECTION: skills.params}
+            return self.net.apply(variables, obs, a_t, t, w.scaled(skills.scales), train=train, rngs=rngs)
         if self.kind == "lora":
             variables = {"params": base, lora.LORA_COLLECTION: skills.params}
             return self.net.apply(variables, obs, a_t, t, w * skills.scales, train=train, rngs=rngs)
@@ -193,29 +198,44 @@ def component_actions(
     return out.reshape(-1, comps.shape[0], actor.act_dim)[:n]
 
 
+COMPOSER_KINDS = ("context", "fixed", "routed")
+
+
 class Composer(NamedTuple):
-    """State -> composition weights [B, num_outputs]: the context-aware AlphaNet, or fixed weights."""
+    """State -> composition weights [B, num_outputs]: the context-aware AlphaNet, fixed weights, or a
+    route over the skills (``routed.SkillRoute``: the AlphaNet's outputs as router logits)."""
 
     init: Callable[[jax.Array], Any]  # key -> params
-    apply: Callable[[Any, jax.Array], jax.Array]  # (params, obs [B, obs_dim]) -> [B, num_outputs]
+    apply: Callable[[Any, jax.Array], Any]  # (params, obs [B, obs_dim]) -> [B, num_outputs] or a SkillRoute
 
 
 def make_composer(
-    kind: str, obs_dim: int, outputs: int, hidden: tuple[int, ...] = (256, 256), fixed: tuple[float, ...] | None = None
+    kind: str,
+    obs_dim: int,
+    outputs: int,
+    hidden: tuple[int, ...] = (256, 256),
+    fixed: tuple[float, ...] | None = None,
+    routing: moe.MoEConfig | None = None,
 ) -> Composer:
     """``kind="context"``: PSEC's AlphaNet (learned). ``kind="fixed"``: the constant ``fixed`` weights
-    (default all ones), no context module; its params are that vector [outputs]."""
-    if kind == "context":
+    (default all ones), no context module; its params are that vector [outputs]. ``kind="routed"``: the
+    AlphaNet's outputs are router logits over the ``outputs`` skills, routed by ``routing`` (top-k or
+    top-p, its back-end and aux-loss weights; ``"param"`` mode only): each state composes its selected
+    skills at their routing probabilities."""
+    if kind in ("context", "routed"):
         net = AlphaNet(outputs, tuple(hidden))
-        return Composer(
-            lambda k: net.init(k, jnp.zeros((1, obs_dim)))["params"], lambda p, s: net.apply({"params": p}, s)
-        )
+        init = lambda k: net.init(k, jnp.zeros((1, obs_dim)))["params"]
+        if kind == "context":
+            return Composer(init, lambda p, s: net.apply({"params": p}, s))
+        if routing is None:
+            raise ValueError("a routed composer needs its routing (a psec_jax.moe.MoEConfig)")
+        return Composer(init, lambda p, s: routed.route_skills(net.apply({"params": p}, s), routing))
     if kind == "fixed":
         w = jnp.asarray(fixed if fixed is not None else (1.0,) * outputs, jnp.float32)
         if w.shape != (outputs,):
             raise ValueError(f"fixed composition weights need {outputs} values, got {tuple(w.shape)}")
         return Composer(lambda k: w, lambda p, s: jnp.broadcast_to(p, (s.shape[0], outputs)))
-    raise ValueError(f"unknown composer kind {kind!r}; choose 'context' or 'fixed'")
+    raise ValueError(f"unknown composer kind {kind!r}; choose from {COMPOSER_KINDS}")
 
 
 def make_actor(network: ml_collections.ConfigDict, obs_dim: int, act_dim: int, kind: str = "lora") -> Actor:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from psec_jax import artifacts, parallel, progress, runs
+from psec_jax import artifacts, moe, parallel, progress, runs
 from psec_jax.data.normalize import Normalizer
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -102,6 +102,11 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
     if missing := [r for r in acting.NEEDS[rule] if r not in setting.roles]:
         raise ValueError(f"config.eval.rule={rule!r} needs a {missing[0]} critic; the {setting.name} setting has none")
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
+    if any(setting.methods[m].composer == "routed" for m in config.methods):
+        try:
+            routing_config(config)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config.compose.routing: {e}") from None
     for kind in critics.KINDS:
         if config.critics[kind].kind != kind:
             raise ValueError(f"config.critics.{kind}.kind must be {kind!r}, got {config.critics[kind].kind!r}")
@@ -463,6 +468,22 @@ def load_pretrained(
     return params, normalizer
 
 
+def routing_config(config: ml_collections.ConfigDict) -> moe.MoEConfig:
+    """The routed composer's routing (``config.compose.routing``) as a ``psec_jax.moe.MoEConfig``: router,
+    k / p / max_k, dispatch back-end and the aux-loss weights (ValueError naming a bad field)."""
+    r = config.compose.routing
+    return moe.MoEConfig(
+        router=r.router,
+        k=r.k,
+        p=r.p,
+        max_k=r.max_k if r.max_k else None,
+        backend=r.backend,
+        load_balance_weight=r.load_balance_weight,
+        dynamic_weight=r.dynamic_weight,
+        z_weight=r.z_weight,
+    )
+
+
 def _compose(
     name: str,
     m: Method,
@@ -481,8 +502,9 @@ def _compose(
         composer = policy.make_composer("fixed", actor.obs_dim, k, fixed=(config.compose.fixed_weight,) * k)
         cparams = jnp.broadcast_to(composer.init(None), (n, k))
     else:
+        routing = routing_config(config) if m.composer == "routed" else None
         composer = policy.make_composer(
-            "context", actor.obs_dim, policy.num_outputs(m.mode, k), tuple(config.compose.hidden)
+            m.composer, actor.obs_dim, policy.num_outputs(m.mode, k), tuple(config.compose.hidden), routing=routing
         )
         actions = None
         if m.mode == "action":
@@ -504,7 +526,8 @@ def _compose(
                 skills=saving.take_seed(skills, i),
                 names=names,
                 mode=m.mode,
-                kind="context",
+                kind=m.composer,
                 skill_kind=m.skill_kind,
+                **({"routing": dataclasses.asdict(routing)} if routing is not None else {}),
             )
     return {"base": base, "skills": skills, "composer": cparams}, {"mode": m.mode, "composer": composer}

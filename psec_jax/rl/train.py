@@ -29,7 +29,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from psec_jax import prng
+from psec_jax import prng, routed
 from psec_jax.data.offline import OfflineData
 from psec_jax.rl import critics, diffusion, policy
 from psec_jax.rl.policy import Actor
@@ -264,10 +264,17 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
             actor, inputs.base, inputs.skills, mode, w, s, a_t, t, kd if c.network_dropout else None
         )
         loss = diffusion.noise_loss(eps_hat, eps)
+        metrics = {}
+        if isinstance(w, routed.SkillRoute):  # its aux losses (load balance, dynamic, z) at its config's weights
+            aux = routed.aux_losses(w)
+            metrics = {"noise_loss": loss, "aux_loss": aux["total"]}
+            metrics["skills_per_state"] = jnp.mean(w.route.experts_per_token.astype(jnp.float32))
+            loss, w = loss + aux["total"], w.dense_weights()
+        metrics["weight_mean"] = jnp.mean(w)
         if not alpha_reg:
-            return loss, {"weight_mean": jnp.mean(w)}
+            return loss, metrics
         reg = alpha_regulariser(w * inputs.skills.scales, targets, form)
-        return loss + alpha_reg * reg, {"weight_mean": jnp.mean(w), "alpha_reg": reg, "noise_loss": loss}
+        return loss + alpha_reg * reg, {**metrics, "alpha_reg": reg, "noise_loss": metrics.get("noise_loss", loss)}
 
     def step(state, inputs: ComposeInputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))
