@@ -11,8 +11,8 @@ states (forward) and one step of fitting the composer through the frozen network
 gradient step: diffusion loss, plus the aux losses when routed). The router's logits are scaled by
 `--sharpness` (the AlphaNet's output layer): 1 is the untrained network, under which top-p selects many
 skills at large K, 2 one or two; the number is measured and reported. States per second and activated
-skills per state per row; the machine's load is recorded, and on a busy machine the speed-ups are flagged as no evidence. Writes
-benchmarks/results/routed_skills.json.
+skills per state per row; the machine's load is recorded, and on a busy machine the speed-ups are
+flagged as no evidence. Writes benchmarks/results/routed_skills.json.
 """
 
 from __future__ import annotations
