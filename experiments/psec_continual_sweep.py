@@ -15,7 +15,6 @@ differ from it only in what they ablate; run that one first.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -207,21 +206,16 @@ def composer_weights(root: Path, names: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.psec_continual_sweep",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    a = sweeps.parse(
+        "python -m experiments.psec_continual_sweep",
+        __doc__,
+        ("list", "run", "summary", "cost", "weights"),
+        RUNS,
+        "runs/continual",
+        argv,
     )
-    parser.add_argument("action", choices=("list", "run", "summary", "cost", "weights"))
-    parser.add_argument("names", nargs="*", help="runs (see `list`)")
-    parser.add_argument("--root", default="runs/continual", help="parent of the runs' workdirs")
-    a = parser.parse_args(argv)
-    unknown = [n for n in a.names if n not in RUNS]
-    if unknown:
-        parser.error(f"unknown runs {unknown}; `list` shows them")
     if a.action == "list":
-        for name in RUNS:
-            print(f"{name:<20} {' '.join(command(name, Path(a.root)))}")
+        sweeps.print_commands(RUNS, command, Path(a.root))
     elif a.action == "run":
         run(a.names, Path(a.root))
     elif a.action == "weights":

@@ -15,7 +15,6 @@ skills and composers, which are trained again from the same keys.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -133,21 +132,16 @@ def summary(done: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.psec_safe_dynamics",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    a = sweeps.parse(
+        "python -m experiments.psec_safe_dynamics",
+        __doc__,
+        ("list", "run", "summary"),
+        RUNS,
+        "runs/safe_dynamics",
+        argv,
     )
-    parser.add_argument("action", choices=("list", "run", "summary"))
-    parser.add_argument("names", nargs="*", help="runs (see `list`)")
-    parser.add_argument("--root", default="runs/safe_dynamics", help="parent of the runs' workdirs")
-    a = parser.parse_args(argv)
-    unknown = [n for n in a.names if n not in RUNS]
-    if unknown:
-        parser.error(f"unknown runs {unknown}; `list` shows them")
     if a.action == "list":
-        for name in RUNS:
-            print(f"{name:<34} {' '.join(command(name, Path(a.root)))}")
+        sweeps.print_commands(RUNS, command, Path(a.root))
     elif a.action == "run":
         for name in a.names:
             sweeps.run_and_record(command(name, Path(a.root)), Path(a.root) / name, RESULTS, name)
