@@ -10,9 +10,9 @@ For each K: the PSEC noise network (`--network`, the small preset by default) wi
 states (forward) and one step of fitting the composer through the frozen network (the compose stage's
 gradient step: diffusion loss, plus the aux losses when routed). The router's logits are scaled by
 `--sharpness` (the AlphaNet's output layer): 1 is the untrained network, under which top-p selects many
-skills at large K, 2 one or two; the number is measured and reported. States per second and activated
-skills per state per row; the machine's load is recorded, and on a busy machine the speed-ups are
-flagged as no evidence. Writes benchmarks/results/routed_skills.json.
+skills at large K (20 of 64 at p = 0.5), 8 one to three; the number is measured and reported. States
+per second and activated skills per state per row; the machine's load is recorded, and on a busy
+machine the speed-ups are flagged as no evidence. Writes benchmarks/results/routed_skills.json.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def _setup(network: str, k: int, batch: int, sharpness: float, p: float, seed: i
         "routed": policy.make_composer("routed", OBS, k, (256, 256), routing=routing),
     }
     cparams = composers["dense"].init(keys[3])  # the same context network for both
-    last = sorted(cparams)[-1]  # the output Dense: its scale sets how sharp the router's probabilities are
-    cparams = {**cparams, last: jax.tree.map(lambda x: x * sharpness, cparams[last])}
+    # the output Dense of the context network: its scale sets how sharp the router's probabilities are
+    (mlp,) = cparams
+    last = max(cparams[mlp], key=lambda name: int(name.rsplit("_", 1)[1]))
+    scaled = jax.tree.map(lambda x: x * sharpness, cparams[mlp][last])
+    cparams = {mlp: {**cparams[mlp], last: scaled}}
     obs = jax.random.normal(keys[4], (batch, OBS))
     actions = jnp.tanh(jax.random.normal(keys[5], (batch, ACT)))
     return actor, base, skills, composers, cparams, obs, actions
@@ -112,9 +115,9 @@ def main() -> None:
         "--sharpness",
         type=float,
         nargs="+",
-        default=(1.0, 2.0),
+        default=(1.0, 8.0),
         help="scales of the router's output layer: 1 is the untrained context network (many skills per state "
-        "at large K), 2 selects one or two",
+        "at large K), 8 selects one to three",
     )
     parser.add_argument("--reps", type=int, default=5, help="timed rounds")
     parser.add_argument("--out", default="routed_skills", help="result file name in benchmarks/results/")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path("experiments/results/psec_continual")
-ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec")  # the paper's table
+ORDER = ("scratch", "asec", "nsec", "psec_mlp", "psec_fixed", "psec", "psec_routed")  # the paper's table, then ours
 TASKS = (
     ("s2w_paper", "stand -> walk, paper protocol"),
     ("s2r_paper", "stand -> run, paper protocol"),

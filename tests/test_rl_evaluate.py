@@ -48,3 +48,15 @@ def test_method_results_do_not_depend_on_the_table():
         evaluate.make_evaluate(env, {"a": _mlp}, 0, EPISODES)
     with pytest.raises(ValueError, match="acts is empty"):
         evaluate.make_evaluate(env, {}, SEEDS, EPISODES)
+
+
+def test_methods_acting_in_turn_get_the_same_results():
+    """``in_turn`` (lax.map over seeds, for acting that branches on data) changes how, not what."""
+    from rl_helpers import point_env
+
+    env, key = point_env(12), jax.random.key(3)
+    a = _params(env, 0)
+    vmapped = evaluate.make_evaluate(env, {"a": _mlp}, SEEDS, EPISODES)({"a": a}, key)
+    in_turn = evaluate.make_evaluate(env, {"a": _mlp}, SEEDS, EPISODES, in_turn=("a",))({"a": a}, key)
+    for field in vmapped["a"]:
+        np.testing.assert_allclose(in_turn["a"][field], vmapped["a"][field], rtol=1e-5, atol=1e-5)

@@ -198,14 +198,15 @@ def test_continual_end_to_end_tiny(tmp_path):
     c = continual_config.get_config("tiny")
     c.num_seeds = 2
     c.eval.episode_length = 6
+    c.methods = (*continual.METHODS, "psec_routed")  # every method of the table
     data = {"base": random_data(256, 1), "walk": random_data(256, 2)}
     out = continual.SETTING.run(c, tmp_path, data=data, env=point_env(6))
-    assert list(out["methods"]) == list(continual.METHODS)
+    assert list(out["methods"]) == list(continual.TABLE)
     for row in out["methods"].values():
         assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["methods"]) == set(continual.METHODS)
-    assert_table_complete(tmp_path, continual.METHODS, 2)
+    assert set(saved["methods"]) == set(continual.TABLE)
+    assert_table_complete(tmp_path, tuple(continual.TABLE), 2)
     assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
     actor, base, normalizer, meta = saving.load_base(tmp_path / "policies" / "pi0")
     assert normalizer.mean.shape == (OBS,) and np.all(np.asarray(normalizer.std) > 0)

@@ -26,10 +26,10 @@ def _scales():
     return jnp.full((K,), SCALE)
 
 
-@pytest.mark.parametrize("backend", ["dropless", "dense", "capacity"])
+@pytest.mark.parametrize("backend", routed.BACKENDS)
 def test_p_one_keeps_every_skill_and_equals_dense_composition(backend):
     x, kernel, bias, adapters, logits = _problem()
-    config = moe.MoEConfig(router="top_p", p=1.0, max_k=K, backend=backend, capacity_factor=float(K))
+    config = moe.MoEConfig(router="top_p", p=1.0, max_k=K, backend=backend)
     r = routed.route_skills(logits, config, _scales())
     assert np.all(np.asarray(r.route.experts_per_token) == K)
     weights = jax.nn.softmax(logits, -1) * SCALE  # the dense composer's weights: every skill, its probability
@@ -70,13 +70,18 @@ def test_gradients_reach_the_router_and_the_selected_adapters():
     router = jax.random.normal(jax.random.key(9), (D, K))
     config = moe.MoEConfig(router="top_p", p=0.6, backend="dropless")
 
-    def loss(router, adapters):
+    def loss(router, adapters, dense=False, aux=True):
         r = routed.route_skills(x @ router, config, _scales())
-        y = lora.lora_dense(x, kernel, bias, adapters, r)
-        return jnp.sum(y**2) + routed.aux_losses(r)["total"]
+        y = lora.lora_dense(x, kernel, bias, adapters, r.dense_weights() if dense else r)
+        return jnp.sum(y**2) + (routed.aux_losses(r)["total"] if aux else 0.0)
 
     g_router, g_adapters = jax.jit(jax.grad(loss, argnums=(0, 1)))(router, adapters)
     assert np.all(np.isfinite(np.asarray(g_router))) and float(jnp.abs(g_router).sum()) > 0
+    # through the routing weights alone (no aux loss): the gradient of the same composition taken densely
+    through_route = jax.grad(lambda rt: loss(rt, adapters, aux=False))(router)
+    through_dense = jax.grad(lambda rt: loss(rt, adapters, dense=True, aux=False))(router)
+    assert float(jnp.abs(through_route).max()) > 0
+    assert_trees_close(through_route, through_dense, rtol=1e-4, atol=1e-3 * float(jnp.abs(through_dense).max()))
     selected = np.unique(
         np.asarray(routed.route_skills(x @ router, config).route.expert_ids)[
             np.asarray(routed.route_skills(x @ router, config).route.mask)
@@ -101,3 +106,7 @@ def test_lora_dense_layer_takes_a_route_under_jit_and_checks_its_shapes():
         routed.route_skills(logits[0], moe.MoEConfig())
     with pytest.raises(ValueError, match="scales"):
         routed.route_skills(logits, moe.MoEConfig(), jnp.ones(3))
+    with pytest.raises(ValueError, match="back-end"):  # capacity would drop selected skills silently
+        routed.route_skills(logits, moe.MoEConfig(backend="capacity"))
+    with pytest.raises(ValueError, match="k=8 exceeds the library's 6 skills"):
+        routed.route_skills(logits, moe.MoEConfig(router="top_k", k=8))

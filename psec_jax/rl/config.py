@@ -145,7 +145,10 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     c.compose.routing.p = 0.5  # top-p threshold
     c.compose.routing.k = 1  # top-k skills per state
     c.compose.routing.max_k = 0  # top-p's most skills per state (0: every skill)
-    c.compose.routing.backend = "dropless"  # psec_jax.moe back-end: "dropless" (selected skills only), "dense"
+    # the selected skills' weights sum to 1 per state (else the raw probabilities, the MoE paper's top-p: a
+    # state then runs its skills at their probability, at most their trained scale)
+    c.compose.routing.renormalize = False
+    c.compose.routing.backend = "dropless"  # "dropless" (each state's selected skills only) or "dense" (K-way)
     c.compose.routing.load_balance_weight = 1e-2  # weight of the load-balance loss (the MoE paper's)
     c.compose.routing.dynamic_weight = 1e-4  # weight of the dynamic (routing-entropy) loss (the MoE paper's)
     c.compose.routing.z_weight = 0.0  # weight of the router z-loss

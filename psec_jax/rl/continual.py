@@ -36,7 +36,7 @@ TABLE = {
     "psec": M.PSEC,
     "psec_routed": M.PSEC_ROUTED,  # the skills routed per state (top-p over the library: psec_jax.routed)
 }
-METHODS = tuple(TABLE)
+METHODS = tuple(m for m in TABLE if m != "psec_routed")  # the default columns; psec_routed is asked for by name
 
 
 def load_data(name: str) -> OfflineData:

@@ -14,7 +14,7 @@ env, num_seeds and num_episodes). The price: the rollout compiles once per metho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import jax
@@ -29,9 +29,12 @@ Results = dict[str, jax.Array]  # "return" / "cost" / "length": [num_seeds, num_
 
 
 def make_evaluate(
-    env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episodes: int
+    env: Env, acts: Mapping[str, ActFn], num_seeds: int, num_episodes: int, *, in_turn: Collection[str] = ()
 ) -> Callable[[Mapping[str, Any], jax.Array], dict[str, Results]]:
-    """``evaluate(params, key)``. params: ``{method: pytree with a leading [num_seeds] axis}``.
+    """``evaluate(params, key)``. params: ``{method: pytree with a leading [num_seeds] axis}``. The
+    methods named in ``in_turn`` act seed by seed (``lax.map``; the others vmapped): the same actions,
+    for acting functions that branch on data (a routed composer's dispatch), which vmap would turn into
+    every branch at once.
 
     Returns ``{method: {"return": [num_seeds, num_episodes], "cost": [...], "length": [...]}}``
     over full episodes (``env.episode_length`` steps, or until termination). For a given env, num_seeds
@@ -46,7 +49,11 @@ def make_evaluate(
     def one(name: str, act_one: ActFn) -> Callable[[Any, jax.Array], Results]:
         def act(params: Any, obs: jax.Array, k: jax.Array) -> jax.Array:
             keys = jax.random.split(prng.stream(k, name), num_seeds)
-            actions = jax.vmap(act_one)(params, obs.reshape(num_seeds, num_episodes, -1), keys)
+            per_seed = (params, obs.reshape(num_seeds, num_episodes, -1), keys)
+            if name in in_turn:
+                actions = jax.lax.map(lambda a: act_one(*a), per_seed)
+            else:
+                actions = jax.vmap(act_one)(*per_seed)
             return actions.reshape(per_method, -1)
 
         def evaluate_one(params: Any, key: jax.Array) -> Results:

@@ -43,19 +43,22 @@ def run_stage(
     config: ml_collections.ConfigDict,
     desc: str,
     devices: int = -1,
+    members: str = "vmap",
 ) -> tuple[train.StageState, list[dict]]:
     """Trains ``len(keys)`` seeds of one stage at once (vmapped), in jitted scan chunks with metrics,
     a progress bar and checkpoints in ``workdir`` (resumed if present). ``inputs``: the stage's inputs
     with a leading seed axis on every leaf. Returns the final state (leading seed axis) and records.
     ``config`` is what the checkpoints are checked against. The seeds are split over ``devices`` devices
     (`parallel.sweep`, e.g. ``config.mesh.data``; -1: as many as divide the seed count; a stage of fewer
-    seeds, e.g. a shared pi_0's one, over as many of them as divide its count)."""
+    seeds, e.g. a shared pi_0's one, over as many of them as divide its count). ``members``: "vmap" (one
+    batched program) or "map" (the seeds in turn, ``lax.map``: for stages whose step branches on data,
+    e.g. a routed composer's dropless dispatch, which vmap would turn into every branch at once)."""
     check_seed_axis(inputs, keys.shape[0], f"run_stage({desc}) inputs")
     mesh = parallel.members_mesh(devices, keys.shape[0])
     # lax.map, not vmap, for init: the same values, but XLA compiles the vmapped initialisers of large
     # networks 3x slower on CPU (31 s vs 11 s for the full-network expand init)
     init = parallel.sweep(trainer.init, members="map", mesh=mesh)
-    chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None), mesh=mesh)
+    chunk = parallel.sweep(trainer.chunk, in_axes=(0, 0, None), mesh=mesh, members=members)
     state = init(keys, inputs)
     return loop.run_chunks(
         lambda s: chunk(s, inputs, data),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from psec_jax import artifacts, moe, parallel, progress, runs
+from psec_jax import artifacts, moe, parallel, progress, routed, runs
 from psec_jax.data.normalize import Normalizer
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
@@ -152,6 +152,11 @@ def run(
     methods = {m: setting.methods[m] for m in config.methods}
     if unknown := sorted({m.data for m in methods.values() if m.data and m.data not in prep.data}):
         raise ValueError(f"the {setting.name} setting's methods train on data it does not prepare: {unknown}")
+    if any(m.composer == "routed" and m.policy == "composed" for m in methods.values()):
+        try:
+            routing_config(config, len(prep.skills))  # before anything trains
+        except ValueError as e:
+            raise ValueError(f"config.compose.routing: {e}") from None
     obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
     if config.pretrained:  # pi_0 is given, with the normaliser it was trained with
         pretrained, normalizer = load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
@@ -167,7 +172,7 @@ def run(
 
     role_fns = {r: critic_fns[s] for r, s in prep.critics.items()}
 
-    def stage(trainer, key_name, inputs, d, name, seeds=n):
+    def stage(trainer, key_name, inputs, d, name, seeds=n, members="vmap"):
         keys = pipeline.seed_keys(config.seed, seeds, key_name)
         return pipeline.run_stage(
             trainer,
@@ -178,6 +183,7 @@ def run(
             config=config,
             desc=name,
             devices=config.mesh.data,
+            members=members,
         )[0]
 
     # which skill kinds the methods compose or apply; acting by a skill's critic also needs the skill
@@ -288,7 +294,9 @@ def run(
         params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[rule]}}
 
     t_eval = time.perf_counter()
-    evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes)
+    # a routed composer's dropless dispatch branches on its route: its seeds act in turn (vmap would run every branch)
+    in_turn = [name for name, m in methods.items() if m.composer == "routed" and m.policy == "composed"]
+    evaluate_fn = evaluate.make_evaluate(prep.env, acts, n, config.eval.episodes, in_turn=in_turn)
     with progress.phase(
         f"{setting.name}: evaluating {len(methods)} methods, {n} seeds x {config.eval.episodes} episodes",
         disable=jax.process_index() != 0,
@@ -468,20 +476,24 @@ def load_pretrained(
     return params, normalizer
 
 
-def routing_config(config: ml_collections.ConfigDict) -> moe.MoEConfig:
+def routing_config(config: ml_collections.ConfigDict, num_skills: int | None = None) -> moe.MoEConfig:
     """The routed composer's routing (``config.compose.routing``) as a ``psec_jax.moe.MoEConfig``: router,
-    k / p / max_k, dispatch back-end and the aux-loss weights (ValueError naming a bad field)."""
+    k / p / max_k, renormalisation, dispatch back-end and the aux-loss weights. ValueError naming a bad
+    field, a back-end a route cannot use (``routed.BACKENDS``), or k / max_k above ``num_skills``."""
     r = config.compose.routing
-    return moe.MoEConfig(
+    out = moe.MoEConfig(
         router=r.router,
         k=r.k,
         p=r.p,
         max_k=r.max_k if r.max_k else None,
+        renormalize=r.renormalize,
         backend=r.backend,
         load_balance_weight=r.load_balance_weight,
         dynamic_weight=r.dynamic_weight,
         z_weight=r.z_weight,
     )
+    routed.check_routing(out, num_skills)
+    return out
 
 
 def _compose(
@@ -502,7 +514,7 @@ def _compose(
         composer = policy.make_composer("fixed", actor.obs_dim, k, fixed=(config.compose.fixed_weight,) * k)
         cparams = jnp.broadcast_to(composer.init(None), (n, k))
     else:
-        routing = routing_config(config) if m.composer == "routed" else None
+        routing = routing_config(config, k) if m.composer == "routed" else None
         composer = policy.make_composer(
             m.composer, actor.obs_dim, policy.num_outputs(m.mode, k), tuple(config.compose.hidden), routing=routing
         )
@@ -517,6 +529,7 @@ def _compose(
             train.ComposeInputs(base, skills, actions),
             data,
             f"compose_{name}",
+            members="map" if routing is not None else "vmap",
         ).params
         for i in range(n):
             saving.save_composer(

@@ -269,12 +269,15 @@ def make_compose(actor: Actor, composer: policy.Composer, mode: str, c: ml_colle
             aux = routed.aux_losses(w)
             metrics = {"noise_loss": loss, "aux_loss": aux["total"]}
             metrics["skills_per_state"] = jnp.mean(w.route.experts_per_token.astype(jnp.float32))
-            loss, w = loss + aux["total"], w.dense_weights()
+            metrics["weight_mean"] = jnp.mean(w.dense_weights())
+            # no alpha regulariser: its optimum (the newest skill alone at its full scale) is a route that
+            # always selects one skill with probability 1, which would decide the routing, not the data
+            return loss + aux["total"], metrics
         metrics["weight_mean"] = jnp.mean(w)
         if not alpha_reg:
             return loss, metrics
         reg = alpha_regulariser(w * inputs.skills.scales, targets, form)
-        return loss + alpha_reg * reg, {**metrics, "alpha_reg": reg, "noise_loss": metrics.get("noise_loss", loss)}
+        return loss + alpha_reg * reg, {**metrics, "alpha_reg": reg, "noise_loss": loss}
 
     def step(state, inputs: ComposeInputs, data):
         kb, kl = jax.random.split(jax.random.fold_in(state.key, state.step))

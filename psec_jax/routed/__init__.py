@@ -16,6 +16,14 @@ neither of those names the other. Modules: skills (`SkillRoute`, `route_skills`,
 `aux_losses`, `routing_stats`).
 """
 
-from psec_jax.routed.skills import SkillRoute, aux_losses, lora_expert, route_skills, routing_stats
+from psec_jax.routed.skills import (
+    BACKENDS,
+    SkillRoute,
+    aux_losses,
+    check_routing,
+    lora_expert,
+    route_skills,
+    routing_stats,
+)
 
-__all__ = ["SkillRoute", "aux_losses", "lora_expert", "route_skills", "routing_stats"]
+__all__ = ["BACKENDS", "SkillRoute", "aux_losses", "check_routing", "lora_expert", "route_skills", "routing_stats"]

@@ -26,6 +26,21 @@ from psec_jax.moe import aux_losses as moe_aux_losses
 from psec_jax.moe import routing_stats as moe_routing_stats
 from psec_jax.routing import RouteOutput
 
+# the back-ends a route may use: the others drop assignments (capacity, expert_parallel: a skill a state
+# selected would silently not run) or take only the MoE layer's own experts (ragged)
+BACKENDS = ("dropless", "dense")
+
+
+def check_routing(config: MoEConfig, num_skills: int | None = None) -> None:
+    """ValueError unless ``config`` routes skills: a back-end in ``BACKENDS``, and top-k's k and top-p's
+    max_k at most ``num_skills`` (when given)."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"a skill route runs on back-end {BACKENDS}, not {config.backend!r}")
+    if num_skills is not None:
+        for name, value in (("k", config.k if config.router == "top_k" else None), ("max_k", config.max_k)):
+            if value is not None and value > num_skills:
+                raise ValueError(f"{name}={value} exceeds the library's {num_skills} skills")
+
 
 def lora_expert(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     """One skill on its rows: ``c (x A) B`` for x [n, d_in], params ``{"a": [d_in, r], "b": [r, d_out],
@@ -38,7 +53,9 @@ class SkillRoute:
     """A routing decision over a library of K skills for T states, with each skill's scale."""
 
     route: RouteOutput  # [T, slots] expert_ids / weights / mask over the K skills
-    scales: jax.Array  # [K] float32, each skill's LoRA scale, folded into its combine weight
+    # [K] float32, each skill's LoRA scale, folded into its combine weight (a PSEC composer's route has unit
+    # scales: the policy multiplies in the skills' own, `scaled`)
+    scales: jax.Array
     config: MoEConfig = struct.field(pytree_node=False)  # the router and dispatch back-end
 
     @property
@@ -83,6 +100,7 @@ def route_skills(
     scales = jnp.ones((k,), jnp.float32) if scales is None else jnp.asarray(scales, jnp.float32)
     if scales.shape != (k,):
         raise ValueError(f"scales must be [K={k}], got shape {scales.shape}")
+    check_routing(config, k)
     return SkillRoute(route(logits, config, p), scales, config)
 
 
