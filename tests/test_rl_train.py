@@ -206,6 +206,8 @@ def test_continual_end_to_end_tiny(tmp_path):
         assert len(row["return_per_seed"]) == 2 and np.all(np.isfinite(row["return_per_seed"]))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["methods"]) == set(continual.TABLE)
+    counts = saved["routed_skills_per_state"]["psec_routed"]  # one skill in the library: one per state
+    assert counts["mean_per_seed"] == [1.0, 1.0] and counts["states"] == 256
     assert_table_complete(tmp_path, tuple(continual.TABLE), 2)
     assert (tmp_path / "results.png").stat().st_size > 0 and "psec" in (tmp_path / "results.md").read_text()
     actor, base, normalizer, meta = saving.load_base(tmp_path / "policies" / "pi0")

@@ -255,7 +255,7 @@ def run(
                 {**train_configs, **loaded_configs},
             ).save(workdir / "policies" / f"library_seed{i}")
 
-    acts, params, rule = {}, {}, rule_of(setting, config)
+    acts, params, routes, rule = {}, {}, {}, rule_of(setting, config)
     target = skill_of[prep.target]
     for name, m in methods.items():
         sampler_args, role_critics = {}, {r: critic_of.get(s) for r, s in prep.critics.items()}
@@ -289,6 +289,8 @@ def run(
                 stage,
                 workdir,
             )
+        if m.policy == "composed" and m.composer == "routed":
+            routes[name] = route_counts(sampler_args["composer"], pol["composer"], data[prep.compose].observations)
         sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
         acts[name] = acting.make_act(sampler, role_fns, rule, m.candidates or config.eval.candidates, normalizer)
         params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[rule]}}
@@ -315,6 +317,7 @@ def run(
         "config": runs.to_jsonable(config),
         "commit": commit,
         "acting_rule": rule,
+        **({"routed_skills_per_state": routes} if routes else {}),
         "data_sha256": {k: v.checksum() for k, v in prep.data.items()},
         **rep.extra,
     }
@@ -474,6 +477,21 @@ def load_pretrained(
             )
     params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[p for _, p, _, _ in loaded])
     return params, normalizer
+
+
+def route_counts(composer: policy.Composer, params: Any, observations: jax.Array) -> dict[str, Any]:
+    """How many skills a routed composer (params with a leading seed axis) selects per state of
+    ``observations`` [N, obs_dim] (normalised, as the composer sees them): per seed the mean and the
+    share of states at each count 1..K."""
+    counts = jax.device_get(
+        jax.lax.map(lambda p: composer.apply(p, observations).route.experts_per_token, params)
+    )  # [seeds, N]
+    k = int(np.max(counts)) if counts.size else 0
+    return {
+        "states": int(counts.shape[1]),
+        "mean_per_seed": counts.mean(1).tolist(),
+        "share_per_count_per_seed": [[float(np.mean(c == j)) for j in range(1, k + 1)] for c in counts],
+    }
 
 
 def routing_config(config: ml_collections.ConfigDict, num_skills: int | None = None) -> moe.MoEConfig:
