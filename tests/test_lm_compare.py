@@ -299,3 +299,19 @@ def test_adaptive_allocation_against_the_rolled_control(tmp_path, config):
     assert abs(out["adaptive"]["val_experts"]["mean"]) < 1e-9  # the same counts
     assert out["arms"][compare.CONTROL]["p"] == pytest.approx(0.4)
     assert "Adaptive allocation" in comparison_md.markdown(out)
+
+
+def test_final_evaluation_cache_hits_with_ten_or_more_members(tmp_path):
+    """final_eval.json's members come back sorted as strings (seed10 before seed2): the cache must still hit,
+    and return the members in the stage's order, not evaluate again."""
+    from types import SimpleNamespace
+
+    from psec_jax import runs
+    from psec_jax.models import runner
+
+    members = [f"seed{i}" for i in range(12)]
+    path = tmp_path / "final_eval.json"
+    runs.write_json_atomic(path, {"step": 7, "members": {m: {"val_loss": float(i)} for i, m in enumerate(members)}})
+    stage = SimpleNamespace(members=members, name="top1", ps=())
+    out = runner.final_evaluation(None, None, stage, None, None, path, 7)  # program None: must not evaluate
+    assert list(out) == members and out["seed10"]["val_loss"] == 10.0

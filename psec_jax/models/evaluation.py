@@ -76,11 +76,12 @@ def final_extras(
     path = directory / "heldout_eval.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("step") == step and list(saved["members"]) == list(stage_members):
+        # (its keys come back sorted as strings: seed10 before seed2)
+        if saved.get("step") == step and sorted(saved["members"]) == sorted(stage_members):
             if (directory / "tokens.npz").is_file():
                 with np.load(directory / "tokens.npz") as z:
                     if list(z["members"]) == list(stage_members) and int(z["step"]) == step:
-                        return saved["members"]
+                        return {m: saved["members"][m] for m in stage_members}
     p = jnp.asarray(ps, jnp.float32)
     out: dict[str, dict] = {m: {} for m in stage_members}
     with progress.phase(f"lm_moe {directory.name}: held-out evaluation", disable=not distributed.is_main()):

@@ -379,9 +379,9 @@ def final_evaluation(
     """Every member evaluated on the whole validation split (cached in `path` for `step`):
     {member: eval_metrics as lists}."""
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("step") == step and list(saved["members"]) == list(stage.members):
-            return saved["members"]
+        saved = json.loads(path.read_text())  # (its keys come back sorted as strings: seed10 before seed2)
+        if saved.get("step") == step and sorted(saved["members"]) == sorted(stage.members):
+            return {m: saved["members"][m] for m in stage.members}
     with progress.phase(f"lm_moe {stage.name}: final evaluation", disable=not distributed.is_main()):
         metrics = distributed.to_host(
             program.evaluate(
