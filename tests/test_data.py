@@ -114,8 +114,8 @@ def test_snapshots_split_a_stack_of_runs():
         normalizer=jax.tree.map(lambda *x: jnp.stack(x), *runs),
         cost_penalty=jnp.zeros(3),
     )
-    snaps = behavior._snapshots(state)
-    assert len(snaps) == 3
+    stacked = behavior._snapshot(state)
+    snaps = [jax.tree.map(lambda x: x[r], stacked) for r in range(3)]
     for r, (snap, moments) in enumerate(zip(snaps, runs)):
         assert float(snap.params["w"]) == r
         np.testing.assert_allclose(snap.obs_std, moments.std, rtol=1e-6)
@@ -401,11 +401,18 @@ def test_behavior_experiment_end_to_end_on_a_toy_env(tmp_path, monkeypatch):
     config.sac = small_sac_config()
     config.total_steps, config.eval_every, config.eval_episodes = 2000, 400, 4
     summary = entry.run(config, str(tmp_path))
-    records = runs.read_metrics(tmp_path / "metrics.jsonl")
-    assert len(records) == 5 and records[-1]["env_steps"] == summary["env_steps"] >= 2000
+    records = runs.read_metrics(tmp_path / "train" / "metrics.jsonl")
+    assert len(records) == 5 and summary["env_steps"] >= 2000 and "return" in records[-1]
     actor, pols, meta = behavior.load(tmp_path / "policy")
     assert summary["return/expert"] == max(c["return"] for c in meta["curve"])
+    assert [c["return"] for c in meta["curve"][1:]] == [r["return"] for r in records]
     assert {"random", "medium", "expert"} <= set(pols)
+    # a rerun resumes from the last chunk's checkpoint of everything (snapshots and scores included)
+    again, info = behavior.train(config, workdir=tmp_path / "train")
+    assert info["curve"] == meta["curve"]
+    for level, pol in pols.items():
+        for x, y in zip(jax.tree.leaves(pol), jax.tree.leaves(again[level])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_penalised_sac_runs_train_side_by_side_and_cost_less(monkeypatch):

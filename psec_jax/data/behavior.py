@@ -29,7 +29,6 @@ from psec_jax import artifacts, prng, progress, runs
 from psec_jax import envs as envs_lib
 from psec_jax.data import sac
 from psec_jax.data.normalize import Normalizer
-from psec_jax.workdir import WorkdirError
 
 POLICY_DIR = Path(__file__).parent / "policies"
 MANIFEST = "policy.json"
@@ -86,6 +85,7 @@ BRAX_RECIPE: dict[str, Any] = {
     "sac.updates_per_step": 16,
     "sac.batch_size": 256,
     "sac.min_replay": 5_000,
+    "sac.replay_size": 200_000,  # every transition of the run (a smaller checkpoint than the default 1M)
     "cost_penalties": (0.0, 1.0, 10.0),
 }
 RECIPES: dict[str, dict[str, Any]] = {
@@ -164,13 +164,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def _snapshots(state: sac.SACState) -> list[BehaviorPolicy]:
-    """Each run's actor and normaliser of a stack of runs (state [R, ...])."""
-    std = jax.vmap(lambda moments: moments.std)(state.normalizer)  # per run: its count divides its m2
-    stacked = jax.device_get(BehaviorPolicy(state.actor_params, state.normalizer.mean, std))
-    return [jax.tree.map(lambda x: x[r], stacked) for r in range(int(state.cost_penalty.shape[0]))]
-
-
 def _run_keys(key: jax.Array, n: int) -> jax.Array:
     """[n] keys of a stack of runs: run 0 takes ``key`` itself (a single run keeps the keys of one plain SAC
     run), run r >= 1 ``fold_in(key, r)``."""
@@ -213,59 +206,125 @@ def select_levels(returns: list[float], num_replay: int) -> dict[str, int]:
     return levels
 
 
+class Progress(NamedTuple):
+    """A behaviour run between chunks (a pytree: checkpointed whole, so a run resumes where it stopped).
+    C chunks of training, R runs side by side."""
+
+    sac: sac.SACState  # [R, ...] the SAC runs
+    policies: BehaviorPolicy  # [C + 1, R, ...] each run's actor after each chunk (0: at initialisation)
+    scores: jax.Array  # [C + 1, R, 2] float32, (return, cost) of each snapshot's deterministic evaluation
+    env_steps: jax.Array  # [C + 1] int32, env steps (per environment stack) of each snapshot
+    chunk: jax.Array  # [] int32, chunks done
+
+
+def _snapshot(state: sac.SACState) -> BehaviorPolicy:
+    """Each run's actor and observation statistics, state [R, ...] -> [R, ...]."""
+    std = jax.vmap(lambda moments: moments.std)(state.normalizer)  # per run: its count divides its m2
+    return BehaviorPolicy(state.actor_params, state.normalizer.mean, std)
+
+
 def train(
-    config: ml_collections.ConfigDict, *, desc: str | None = None, log: Callable[[dict[str, Any]], Any] | None = None
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | os.PathLike | None = None,
+    desc: str | None = None,
+    log: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[dict[str, BehaviorPolicy], dict[str, Any]]:
     """Train one SAC run per ``config.cost_penalties`` (run 0 on the task's own reward; the others on
     r - lambda * cost), all in one program, and return ({level: policy}, info with returns, costs and
     the curves). Run 0 keeps every level (``select_levels``), a penalised run its ``medium`` and ``expert``
     (``level_name``), each chosen on the return it was trained for (return - lambda * cost).
 
-    `log`, if given, receives each evaluation's record (env_steps, then return / cost / penalized_return
-    and the last losses of run 0, suffixed ``/run{r}`` for the others, and wall_time).
+    Training goes in chunks of ``config.eval_every`` env steps, each ending with every run's evaluation
+    and snapshot. With ``workdir`` the chunks run under ``psec_jax.loop.run_chunks`` in ``workdir``:
+    metrics.jsonl (return / cost / penalized_return and the last losses of run 0, suffixed ``/run{r}`` for
+    the others), a checkpoint of the whole ``Progress`` after every chunk, and a rerun resumes from it.
+    Without, they run here and ``log``, if given, receives each chunk's record.
     """
     env = envs_lib.make(config.env)
     agent = sac.make_train(env, config.sac)
     penalties = np.asarray(config.cost_penalties, np.float32)
-    runs_ = len(penalties)
-    init, run, evaluate_runs = _stacked(agent, runs_)
+    num_runs = len(penalties)
+    init, run, evaluate_runs = _stacked(agent, num_runs)
     key = jax.random.PRNGKey(config.seed)
     t0 = time.time()
-    state = init(_run_keys(prng.stream(key, "sac"), runs_), jnp.asarray(penalties))
-    iters_per_chunk = max(1, config.eval_every // config.sac.num_envs)
-    env_steps = int(state.env_steps[0])
-    num_chunks = max(1, -(-(config.total_steps - env_steps) // (iters_per_chunk * config.sac.num_envs)))
     eval_key = prng.stream(key, "eval")
+    iters = max(1, config.eval_every // config.sac.num_envs)
+    prefill = -(-config.sac.min_replay // config.sac.num_envs) * config.sac.num_envs  # init's random steps
+    num_chunks = max(1, -(-(config.total_steps - prefill) // (iters * config.sac.num_envs)))
 
-    def evaluate(state: sac.SACState, i: int) -> list[dict[str, float]]:
-        keys = _run_keys(jax.random.fold_in(eval_key, i), runs_)
+    def scores_of(state: sac.SACState, i: jax.Array) -> jax.Array:
+        keys = _run_keys(jax.random.fold_in(eval_key, i), num_runs)
         e = evaluate_runs(state.actor_params, state.normalizer, keys, config.eval_episodes)
-        returns, costs = np.asarray(e.returns).mean(1), np.asarray(e.costs).mean(1)
-        return [
-            {"return": float(r), "cost": float(c), "penalized_return": float(r - lam * c)}
-            for r, c, lam in zip(returns, costs, penalties)
-        ]
+        return jnp.stack([e.returns.mean(1), e.costs.mean(1)], -1)  # [R, 2]
 
-    snapshots = [_snapshots(state)]  # [chunk][run]
-    curves = [[{"env_steps": env_steps, **sc, "wall_time": time.time() - t0}] for sc in evaluate(state, 0)]
-    bar = runs.progress(num_chunks, desc=desc or f"SAC {config.env}", unit="chunk")
-    for i in range(1, num_chunks + 1):
-        state, metrics = run(state, iters_per_chunk)
-        snapshots.append(_snapshots(state))
-        env_steps = int(state.env_steps[0])
-        for r, sc in enumerate(evaluate(state, i)):
-            last = {k: float(np.asarray(v)[r, -1]) for k, v in metrics.items()}
-            curves[r].append({"env_steps": env_steps, **sc, "wall_time": time.time() - t0, **last})
-        if log is not None:
-            record = {"env_steps": env_steps, "wall_time": time.time() - t0}
-            for r, curve in enumerate(curves):
-                suffix = "" if r == 0 else f"/run{r}"
-                record.update({f"{k}{suffix}": v for k, v in curve[-1].items() if k not in ("env_steps", "wall_time")})
-            log(record)
-        bar.update(1, {"return": curves[0][-1]["return"], "cost": curves[0][-1]["cost"], "env_steps": env_steps})
-    bar.close()
+    def start() -> Progress:
+        state = init(_run_keys(prng.stream(key, "sac"), num_runs), jnp.asarray(penalties))
+        first = _snapshot(state)
+        policies = jax.tree.map(lambda x: jnp.zeros((num_chunks + 1, *x.shape), x.dtype).at[0].set(x), first)
+        scores = jnp.zeros((num_chunks + 1, num_runs, 2), jnp.float32).at[0].set(scores_of(state, 0))
+        steps = jnp.zeros((num_chunks + 1,), jnp.int32).at[0].set(state.env_steps[0])
+        return Progress(state, policies, scores, steps, jnp.zeros((), jnp.int32))
+
+    @jax.jit
+    def chunk(p: Progress) -> tuple[Progress, dict[str, jax.Array]]:
+        state, metrics = run(p.sac, iters)
+        i = p.chunk + 1
+        scores = scores_of(state, i)
+        p = Progress(
+            state,
+            jax.tree.map(lambda buf, x: buf.at[i].set(x), p.policies, _snapshot(state)),
+            p.scores.at[i].set(scores),
+            p.env_steps.at[i].set(state.env_steps[0]),
+            i,
+        )
+        record = {}
+        for r in range(num_runs):
+            suffix = "" if r == 0 else f"/run{r}"
+            ret, cost = scores[r, 0], scores[r, 1]
+            record |= {
+                f"return{suffix}": ret,
+                f"cost{suffix}": cost,
+                f"penalized_return{suffix}": ret - penalties[r] * cost,
+            }
+            record |= {f"{k}{suffix}": v[r, -1] for k, v in metrics.items()}
+        return p, record
+
+    steps_per_chunk = iters * config.sac.num_envs
+    if workdir is not None:
+        from psec_jax import loop
+
+        p, _ = loop.run_chunks(
+            chunk,
+            start(),
+            num_chunks=num_chunks,
+            steps_per_chunk=steps_per_chunk,
+            workdir=workdir,
+            config=config,
+            desc=desc or f"SAC {config.env}",
+        )
+    else:
+        p = start()
+        bar = runs.progress(num_chunks, desc=desc or f"SAC {config.env}", unit="chunk")
+        for _ in range(num_chunks):
+            p, record = chunk(p)
+            record = {"env_steps": int(p.env_steps[p.chunk]), **{k: float(v) for k, v in record.items()}}
+            if log is not None:
+                log(record)
+            bar.update(1, {"return": record["return"], "cost": record["cost"], "env_steps": record["env_steps"]})
+        bar.close()
+    policies_all, scores, env_steps = jax.device_get((p.policies, p.scores, p.env_steps))
     policies, levels, members = {}, {}, []
-    for r, (lam, curve) in enumerate(zip(penalties, curves)):
+    for r, lam in enumerate(penalties):
+        curve = [
+            {
+                "env_steps": int(env_steps[c]),
+                "return": float(scores[c, r, 0]),
+                "cost": float(scores[c, r, 1]),
+                "penalized_return": float(scores[c, r, 0] - lam * scores[c, r, 1]),
+            }
+            for c in range(num_chunks + 1)
+        ]
         chosen = select_levels([c["penalized_return"] for c in curve], config.num_replay_snapshots)
         if r:
             chosen = {k: chosen[k] for k in ("medium", "expert")}
@@ -285,13 +344,13 @@ def train(
             for name, idx in chosen.items()
         }
         for name, idx in chosen.items():
-            policies[level_name(r, name)] = snapshots[idx][r]
+            policies[level_name(r, name)] = jax.tree.map(lambda x: x[idx, r], policies_all)
             levels[level_name(r, name)] = run_levels[name]
         members.append({"cost_penalty": float(lam), "levels": run_levels, "curve": curve})
     info = {
         "env": config.env,
         "levels": levels,
-        "curve": curves[0],
+        "curve": members[0]["curve"],
         "runs": members,
         "train_seconds": time.time() - t0,
         "config": config.to_dict(),
@@ -310,19 +369,12 @@ def save(directory: str | os.PathLike, policies: dict[str, BehaviorPolicy], info
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`psec-jax behavior`: trains SAC on ``config.env`` and saves its behaviour policies (random / replay /
-    medium / expert snapshots) to ``<workdir>/policy``; each evaluation is appended to ``metrics.jsonl`` as
-    it happens, the level returns go to ``summary.json``. Installing a new policy into the package is
-    deliberately manual: review the returns, then copy ``<workdir>/policy`` to
+    medium / expert snapshots, and the penalised runs' medium / expert) to ``<workdir>/policy``. Training
+    logs every chunk's evaluation to ``<workdir>/train/metrics.jsonl`` and checkpoints there after each, so a
+    rerun in the same workdir resumes; the level returns go to ``summary.json``. Installing a new policy
+    into the package is deliberately manual: review the returns, then copy ``<workdir>/policy`` to
     ``psec_jax/data/policies/<env>/`` and commit it. Returns the summary."""
-    earlier = [f for f in (runs.METRICS_FILE, "policy") if (Path(workdir) / f).exists()]
-    if earlier:  # SAC training keeps no checkpoints: a second run would mix its files with the first's
-        raise WorkdirError(
-            f"workdir {workdir} already holds a behavior run ({', '.join(earlier)}); "
-            f"behavior runs do not resume: use a new --workdir"
-        )
-    runs.save_config(workdir, config)
-    with runs.MetricsWriter(workdir, tensorboard_from=0) as metrics:  # one line per evaluation, for watching a run
-        policies, info = train(config, log=lambda rec: metrics.write(rec["env_steps"], rec))
+    policies, info = train(config, workdir=Path(workdir) / "train")
     path = save(Path(workdir) / "policy", policies, info)
     summary = {f"return/{name}": lvl["return"] for name, lvl in info["levels"].items()}
     summary["train_seconds"] = info["train_seconds"]
