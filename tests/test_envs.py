@@ -219,3 +219,12 @@ def test_variants_are_installed_in_the_simulators(name):
     thick = envs.make(name, "thigh_2").backend
     mass = lambda b: np.asarray(b.mj_model.body_mass if name == "walker-walk" else b.sys.body_mass)
     assert mass(thick).sum() > mass(nominal.backend).sum()
+
+
+def test_walker_speed_tasks_are_walker_walk_at_their_speed():
+    """The intermediate-speed walker tasks (skill libraries of more than three skills): WalkerWalk's reward
+    with the move speed set, nothing else changed (built, not stepped: stepping compiles the walker)."""
+    for name, speed in envs.WALKER_SPEEDS.items():
+        env = envs.make(name, episode_length=10)
+        assert env.backend._move_speed == speed and env.observation_size == 24 and env.action_size == 6
+    assert envs.make("walker-walk", episode_length=10).backend._move_speed == 1.0

@@ -92,6 +92,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "walker-stand": {"total_steps": 300_000},
     "walker-walk": {"total_steps": 600_000},
     "walker-run": {"total_steps": 600_000},
+    **{name: {"total_steps": 600_000} for name in envs_lib.WALKER_SPEEDS},
     **{body: BRAX_RECIPE for body in envs_lib.BRAX_BODIES},
 }
 

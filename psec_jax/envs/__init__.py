@@ -17,6 +17,7 @@ _LAZY = {
     "BRAX_BODIES": "registry",
     "VELOCITY_THRESHOLDS": "registry",
     "WALKER_TASKS": "registry",
+    "WALKER_SPEEDS": "registry",
     "make": "registry",
     "names": "registry",
     "parse": "registry",

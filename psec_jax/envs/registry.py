@@ -3,6 +3,7 @@
 | name | simulator | obs | act | reward | cost |
 |---|---|---|---|---|---|
 | walker-stand, walker-walk, walker-run | MuJoCo Playground DMC walker, impl="jax" | 24 | 6 | DMC | 0 (no constraint) |
+| walker-speed2, -speed3, -speed4, -speed6 | the same, WalkerWalk at that move speed (m/s) | 24 | 6 | DMC | 0 |
 | halfcheetah, hopper, walker2d, ant | Brax (Gym MuJoCo bodies, backend "generalized" by default) | 17, 11, 17, 27 | 6, 3, 6, 8 | Gym locomotion | Safety-Gymnasium velocity v1 |
 
 The Brax bodies are the "Run" safe-velocity tasks: `cost = 1` when the forward x velocity (ant: the
@@ -35,12 +36,15 @@ VELOCITY_THRESHOLDS: dict[str, float] = {
 }
 
 WALKER_TASKS = {"walker-stand": "WalkerStand", "walker-walk": "WalkerWalk", "walker-run": "WalkerRun"}
+# DMC walker tasks at speeds between walk (1 m/s) and run (8): Playground's WalkerWalk with its move speed
+# set (the reward's full marks start there), for skill libraries with more than three skills
+WALKER_SPEEDS = {"walker-speed2": 2.0, "walker-speed3": 3.0, "walker-speed4": 4.0, "walker-speed6": 6.0}
 BRAX_BODIES = tuple(VELOCITY_THRESHOLDS)
 
 
 def names() -> list[str]:
     """All registered environment names."""
-    return [*WALKER_TASKS, *BRAX_BODIES]
+    return [*WALKER_TASKS, *WALKER_SPEEDS, *BRAX_BODIES]
 
 
 def parse(name: str, variant: str | None = None) -> tuple[str, str]:
@@ -71,7 +75,7 @@ def make(
       episode_length: steps before the episode is truncated.
     """
     name, variant = parse(name, variant)
-    if name in WALKER_TASKS:
+    if name in WALKER_TASKS or name in WALKER_SPEEDS:
         return _make_walker(name, variant, episode_length)
     return _make_brax(name, variant, backend, episode_length)
 
@@ -80,7 +84,9 @@ def _make_walker(name: str, variant: str, episode_length: int) -> Env:
     from mujoco_playground import registry as playground
     from mujoco_playground._src import mjx_env
 
-    env = playground.load(WALKER_TASKS[name], config_overrides={"impl": "jax"})
+    env = playground.load(WALKER_TASKS.get(name, "WalkerWalk"), config_overrides={"impl": "jax"})
+    if name in WALKER_SPEEDS:
+        env._move_speed = WALKER_SPEEDS[name]  # read by the reward at every step (PlanarWalker._get_reward)
     if variant != "nominal":
         spec = mujoco.MjSpec.from_file(str(env.xml_path))  # includes resolve next to the file
         model = variants.apply_variant(spec, "walker", variant)
