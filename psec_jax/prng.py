@@ -11,7 +11,6 @@ import zlib
 from collections.abc import Iterable
 
 import jax
-import jax.numpy as jnp
 
 
 def name_to_int(name: str) -> int:
@@ -30,8 +29,3 @@ def streams(key: jax.Array, names: Iterable[str]) -> dict[str, jax.Array]:
     if len(set(names)) != len(names):
         raise ValueError(f"stream names must be unique, got {names}")
     return {name: stream(key, name) for name in names}
-
-
-def member_keys(key: jax.Array, n: int) -> jax.Array:
-    """[n] keys, ``fold_in(key, i)`` for i in 0..n-1: one per member of a vmapped stack of runs."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
