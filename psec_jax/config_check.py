@@ -43,6 +43,16 @@ def get(config: ml_collections.ConfigDict, field: str) -> Any:
     return value
 
 
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+    """Sets the dotted path ``field`` to ``value`` in place; ConfigError if its parent section is missing."""
+    parent, _, name = field.rpartition(".")
+    node = get(config, parent) if parent else config
+    try:
+        node[name] = value
+    except (KeyError, AttributeError, TypeError) as e:
+        raise ConfigError(f"config field {field}: {e}") from None
+
+
 def leaves(config: Any, prefix: str = "") -> dict[str, Any]:
     """``{dotted name: value}`` of every non-ConfigDict field of ``config``."""
     out: dict[str, Any] = {}

@@ -13,6 +13,8 @@ One base config; a preset overrides only the fields in its row of `SIZES`.
 
 import ml_collections
 
+from psec_jax import config_check as cc
+
 SIZES = {
     "tiny": {
         "data.vocab_size": 384,
@@ -186,8 +188,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     config.mesh.fsdp = 1  # weights' d_model and the batch split over this axis (FSDP)
     config.mesh.expert = 1  # experts split over this axis (and the batch)
     config.mesh.model = 1  # hidden widths (mlp, heads, vocab) split over this axis (tensor parallel)
-    for dotted, value in SIZES[preset].items():
-        section, _, field = dotted.rpartition(".")
-        (config[section] if section else config)[field] = value
+    for field, value in SIZES[preset].items():
+        cc.set_field(config, field, value)
     config.lock()
     return config

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from psec_jax import artifacts, prng, progress, runs
+from psec_jax import config_check as cc
 from psec_jax import envs as envs_lib
 from psec_jax.data import sac
 from psec_jax.data.normalize import Normalizer
@@ -104,11 +105,7 @@ def recipe_config(env: str) -> ml_collections.ConfigDict:
     c = default_config()
     c.env = env
     for field, value in RECIPES[env].items():
-        *parents, name = field.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        setattr(node, name, value)
+        cc.set_field(c, field, value)
     return c
 
 
@@ -131,8 +128,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ValueError (one line) for a config that cannot train; nothing is built or compiled."""
-    from psec_jax import config_check as cc
-
     cc.one_of(config, "env", envs_lib.names())
     cc.positive_int(
         config,

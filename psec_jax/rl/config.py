@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from psec_jax import config_check as cc
 from psec_jax.rl import critics
 
 SIZES_NAMES = ("tiny", "small", "paper")
@@ -53,11 +54,7 @@ def apply_sizes(c: ml_collections.ConfigDict, table: dict[str, tuple], size: str
     """Sets each dotted field of ``table`` to its ``size`` column, in place; returns ``c``."""
     i = size_index(size)
     for field, values in table.items():
-        *parents, name = field.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        setattr(node, name, values[i])
+        cc.set_field(c, field, values[i])
     return c
 
 
