@@ -169,7 +169,7 @@ def composer_weights(root: Path, names: list[str]) -> dict:
     import numpy as np
 
     from psec_jax import artifacts, runs
-    from psec_jax.rl import continual, policy, runner, saving
+    from psec_jax.rl import continual, pi0, policy, saving
 
     out = {"commit": runs.git_commit(), "runs": {}}
     for name in names:
@@ -180,9 +180,9 @@ def composer_weights(root: Path, names: list[str]) -> dict:
         prior, target = continual.TASKS[c.task]
         skills = [*prior, target]
         data = continual.load_data(continual.skill_data_name(c, target))
-        normalizer = saving.load_base(
-            runner.pretrained_root(c.pretrained) if c.pretrained else work / "policies" / "pi0"
-        )[2]
+        normalizer = saving.load_base(pi0.pretrained_root(c.pretrained) if c.pretrained else work / "policies" / "pi0")[
+            2
+        ]
         obs = normalizer(data.observations)
         composer = policy.make_composer("context", obs.shape[-1], len(skills), tuple(c.compose.hidden))
         per_seed, spread = [], []

@@ -11,7 +11,7 @@ from rl_helpers import ACT, OBS, random_data
 from psec_jax import stats
 from psec_jax.configs import psec_continual as continual_config
 from psec_jax.rl import config as rl_config
-from psec_jax.rl import continual, critics, policy, report, runner, train
+from psec_jax.rl import continual, critics, pi0, policy, report, train
 
 # ------------------------------------------------------------------------------------------ statistics
 
@@ -74,10 +74,10 @@ def test_presets():
 def test_obs_norm_feeds_raw_or_standardised_observations():
     c = continual_config.get_config("tiny")
     obs = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, size=(500, OBS)), jnp.float32)
-    standardised = runner.observation_normalizer(c, obs, OBS)(obs)
+    standardised = pi0.observation_normalizer(c, obs, OBS)(obs)
     np.testing.assert_allclose(np.asarray(standardised).mean(0), 0.0, atol=1e-5)
     c.obs_norm = False
-    np.testing.assert_array_equal(np.asarray(runner.observation_normalizer(c, obs, OBS)(obs)), np.asarray(obs))
+    np.testing.assert_array_equal(np.asarray(pi0.observation_normalizer(c, obs, OBS)(obs)), np.asarray(obs))
 
 
 def _stage(objective="advantage", cosine=True, steps=4):
@@ -256,7 +256,7 @@ def test_every_sweep_command_parses_to_the_config_it_names(tmp_path):
 
     # check_config reads the saved pi_0 of each run's parent: the committed one (s2w_paper's) re-saved with
     # the parent's pi_0 data and kind of normaliser
-    _, params, _, meta = saving.load_base(runner.SHIPPED_PI0 / continual_config.DEMO_PI0)
+    _, params, _, meta = saving.load_base(pi0.SHIPPED_PI0 / continual_config.DEMO_PI0)
     for parent in {r.after for r in sweep.RUNS.values() if r.after}:
         c = continual_config.get_config(sweep.RUNS[parent].arg)
         normalizer = Normalizer(np.zeros(24), 2 * np.ones(24)) if c.obs_norm else Normalizer.identity(24)
@@ -288,12 +288,12 @@ def test_demo_builds_on_the_shipped_pi0_from_any_directory(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the name resolves to the package's copy, wherever the run starts
     c = continual_config.get_config("demo")
     assert c.protocol == "demo" and tuple(c.methods) == ("scratch", "psec") and not c.obs_norm
-    assert runner.pretrained_paths(c) == [runner.SHIPPED_PI0 / c.pretrained]
+    assert pi0.pretrained_paths(c) == [pi0.SHIPPED_PI0 / c.pretrained]
     continual.SETTING.check_config(c)
-    params, normalizer = runner.load_pretrained(c, c.base_data, 24, 6)  # the walker's sizes
+    params, normalizer = pi0.load_pretrained(c, c.base_data, 24, 6)  # the walker's sizes
     assert jax.tree.leaves(params)[0].shape[0] == 1
     assert float(jnp.abs(normalizer.mean).max()) == 0.0 and float(normalizer.std.min()) == 1.0
-    assert saving.load_base(runner.pretrained_paths(c)[0])[3]["data"] == "walker-stand-expert-1000traj"
+    assert saving.load_base(pi0.pretrained_paths(c)[0])[3]["data"] == "walker-stand-expert-1000traj"
 
 
 def test_psec_docs_tables_are_the_committed_results():

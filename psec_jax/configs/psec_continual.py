@@ -61,7 +61,7 @@ PROTOCOLS = {
 # `make demo`: the paper protocol at small size on the committed pi_0 (made by round one's s2w_paper run:
 # 30k steps on walker-stand-expert-1000traj as generated then, raw observations), one LoRA skill against
 # scratch for 5 seeds sharing that pi_0, shortened to fit 20 minutes on a 2-core CPU
-DEMO_PI0 = "walker_stand_small_paper_pi0"  # shipped in psec_jax/rl/pretrained (rl.runner.pretrained_root)
+DEMO_PI0 = "walker_stand_small_paper_pi0"  # shipped in psec_jax/rl/pretrained (rl.pi0.pretrained_root)
 DEMO = {
     "pretrained": DEMO_PI0,
     "share_pretrain": True,

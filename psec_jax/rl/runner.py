@@ -10,7 +10,6 @@ learn on which data and how to report. Every method of a table is trained and ev
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -20,13 +19,11 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from psec_jax import artifacts, moe, parallel, progress, routed, runs
-from psec_jax.data.normalize import Normalizer
+from psec_jax import artifacts, parallel, progress, runs
 from psec_jax.data.offline import OfflineData
 from psec_jax.envs.base import Env
-from psec_jax.rl import acting, critics, evaluate, pipeline, policy, report, saving, train
+from psec_jax.rl import acting, compose, critics, evaluate, pi0, pipeline, policy, report, saving, train
 from psec_jax.rl.methods import Method, check_methods, check_table
 
 
@@ -104,7 +101,7 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
     pipeline.check_common(config, ("pretrain", "expand", "compose"), ("critics.reward", "critics.cost"))
     if any(setting.methods[m].composer == "routed" for m in config.methods):
         try:
-            routing_config(config)
+            compose.routing_config(config)
         except (ValueError, TypeError) as e:
             raise ValueError(f"config.compose.routing: {e}") from None
     for kind in critics.KINDS:
@@ -126,10 +123,10 @@ def check_config(setting: Setting, config: ml_collections.ConfigDict, given: Col
                 f"{config.num_seeds} seeds loads its own library)"
             )
     data_name, env_name = setting.pi0_source(config) if setting.pi0_source else (None, None)
-    check_pretrained(
+    pi0.check_pretrained(
         config,
         None if "data" in given else data_name,
-        None if "env" in given or env_name is None else recorded_sizes(env_name),
+        None if "env" in given or env_name is None else pi0.recorded_sizes(env_name),
     )
 
 
@@ -154,14 +151,14 @@ def run(
         raise ValueError(f"the {setting.name} setting's methods train on data it does not prepare: {unknown}")
     if any(m.composer == "routed" and m.policy == "composed" for m in methods.values()):
         try:
-            routing_config(config, len(prep.skills))  # before anything trains
+            compose.routing_config(config, len(prep.skills))  # before anything trains
         except ValueError as e:
             raise ValueError(f"config.compose.routing: {e}") from None
     obs_dim, act_dim, n = prep.env.observation_size, prep.env.action_size, config.num_seeds
     if config.pretrained:  # pi_0 is given, with the normaliser it was trained with
-        pretrained, normalizer = load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
+        pretrained, normalizer = pi0.load_pretrained(config, prep.pretrain_name, obs_dim, act_dim)
     else:
-        normalizer = observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
+        normalizer = pi0.observation_normalizer(config, prep.data[prep.pretrain].observations, obs_dim)
     data = {
         k: v.replace(observations=normalizer(v.observations), next_observations=normalizer(v.next_observations))
         for k, v in prep.data.items()
@@ -277,7 +274,7 @@ def run(
             idx = jnp.asarray([names.index(s) for s in m.skills])
             pol = {"base": base, "skills": jax.tree.map(lambda x: x[:, idx], skills[m.skill_kind])}
         else:
-            pol, sampler_args = _compose(
+            pol, sampler_args = compose.compose_method(
                 name,
                 m,
                 config,
@@ -290,7 +287,9 @@ def run(
                 workdir,
             )
         if m.policy == "composed" and m.composer == "routed":
-            routes[name] = route_counts(sampler_args["composer"], pol["composer"], data[prep.compose].observations)
+            routes[name] = compose.route_counts(
+                sampler_args["composer"], pol["composer"], data[prep.compose].observations
+            )
         sampler = policy.make_sampler(actors[m.skill_kind], **sampler_args)
         acts[name] = acting.make_act(sampler, role_fns, rule, m.candidates or config.eval.candidates, normalizer)
         params[name] = {"policy": pol, "critics": {r: role_critics[r] for r in acting.NEEDS[rule]}}
@@ -322,9 +321,11 @@ def run(
         **rep.extra,
     }
     if config.pretrained:
-        extra["pretrained_sha256"] = artifacts.sha256(pretrained_paths(config)[0] / "manifest.json")
+        extra["pretrained_sha256"] = artifacts.sha256(pi0.pretrained_paths(config)[0] / "manifest.json")
         if not config.share_pretrain:  # each seed's own pi_0
-            extra["pretrained_seeds_sha256"] = [artifacts.sha256(p / "manifest.json") for p in pretrained_paths(config)]
+            extra["pretrained_seeds_sha256"] = [
+                artifacts.sha256(p / "manifest.json") for p in pi0.pretrained_paths(config)
+            ]
     table = report.write(
         workdir,
         summary,
@@ -338,227 +339,3 @@ def run(
     print(table + rep.note)
     print(f"took {seconds['total']:.0f} s (evaluation {seconds['evaluate']:.0f} s); results in {workdir}")
     return {"methods": summary, "raw": raw, "improvement": improvement, "seconds": seconds, **rep.extra}
-
-
-def observation_normalizer(config: ml_collections.ConfigDict, observations: jax.Array, obs_dim: int) -> Normalizer:
-    """What every stage and acting feed the networks: standardised by pi_0's data (``observations``
-    [N, obs_dim]) when ``config.obs_norm``, else the raw observations (the official code's)."""
-    return Normalizer.of(observations) if config.obs_norm else Normalizer.identity(obs_dim)
-
-
-# the noise-net fields of config.network that fix pi_0 (the rest, LoRA rank / scale and adapter widths,
-# are the skills')
-PI0_FIELDS = ("hidden", "ff", "num_blocks", "time_features", "time_hidden", "dropout", "diffusion_steps")
-
-
-def recorded_sizes(env_name: str) -> tuple[int, int] | None:
-    """(observation size, action size) of environment ``env_name`` as its committed behaviour policies
-    recorded them (a small JSON: the environment is not built); None where there are none."""
-    from psec_jax.data import behavior
-
-    try:
-        meta = json.loads((behavior.policy_dir(env_name) / behavior.MANIFEST).read_text())
-        return int(meta["observation_size"]), int(meta["action_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-SHIPPED_PI0 = Path(__file__).resolve().parent / "pretrained"  # pi_0s installed with the package (the demo's)
-
-
-def pretrained_root(value: str) -> Path:
-    """``config.pretrained`` as a directory: a path, or the name of a pi_0 shipped in ``SHIPPED_PI0``
-    (``walker_stand_small_paper_pi0``) when no such path exists, so the demo runs from any directory."""
-    path = Path(value)
-    if not path.exists() and path.name == value and (SHIPPED_PI0 / value).is_dir():
-        return SHIPPED_PI0 / value
-    return path
-
-
-def pretrained_paths(config: ml_collections.ConfigDict) -> list[Path]:
-    """The saved pi_0 of each seed that ``config.pretrained`` (a run's policies/pi0) provides: that one
-    for every seed when ``config.share_pretrain``, else seed i's own, ``pi0`` for seed 0 and its sibling
-    ``pi0_seed{i}`` for the others (as a run with independent seeds saves them); [] when not given."""
-    if not config.pretrained:
-        return []
-    first = pretrained_root(config.pretrained)
-    if config.share_pretrain:
-        return [first]
-    return [first] + [first.with_name(f"pi0_seed{i}") for i in range(1, config.num_seeds)]
-
-
-def check_pretrained(
-    config: ml_collections.ConfigDict, data_name: str | None = None, sizes: tuple[int, int] | None = None
-) -> None:
-    """ValueError (one line naming config.pretrained and what differs) unless ``config.pretrained`` is ""
-    or intact pi_0s saved by an earlier run (its workdir's policies/pi0, with ``pi0_seed{i}`` beside it for
-    every further seed unless ``config.share_pretrain``) that this config can build on: the same noise
-    network (``PI0_FIELDS`` of config.network), a standardising normaliser iff ``config.obs_norm``, and,
-    where given, the data ``data_name`` and the (observation, action) ``sizes``. Reads the saved files;
-    compiles nothing."""
-    paths = pretrained_paths(config)
-    if not paths:
-        return
-    if not paths[0].is_dir():
-        raise ValueError(f"config.pretrained {config.pretrained}: no such directory (expected a run's policies/pi0)")
-    _check_one_pretrained(config, paths[0], data_name, sizes)
-    if not config.share_pretrain and paths[0].name != "pi0":
-        raise ValueError(
-            f"config.pretrained {config.pretrained}: with independent seeds (share_pretrain False) give "
-            f"seed 0's, a run's policies/pi0; seed i's is its sibling pi0_seed{{i}}"
-        )
-    missing = [p.name for p in paths if not p.is_dir()]
-    if missing:
-        raise ValueError(
-            f"config.pretrained {config.pretrained}: config.share_pretrain is False, so each of the "
-            f"{config.num_seeds} seeds builds on its own pi_0, but {', '.join(missing[:3])}"
-            f"{' ...' if len(missing) > 3 else ''} is not beside it (made by a run with fewer "
-            f"independent seeds, or with share_pretrain=True); set config.share_pretrain=True to "
-            f"build every seed on this one"
-        )
-    for path in paths[1:]:
-        _check_one_pretrained(config, path, data_name, sizes)
-
-
-def _check_one_pretrained(
-    config: ml_collections.ConfigDict, path: Path, data_name: str | None, sizes: tuple[int, int] | None
-) -> None:
-    where, hint = f"config.pretrained {path}", "(expected a run's policies/pi0)"
-    try:
-        meta = artifacts.read_manifest(path)
-        if meta.get("format") != saving.POLICY_FORMAT:
-            raise ValueError(f"{where}: not a saved pi_0 but format {meta.get('format')!r} {hint}")
-        arrays = artifacts.load_arrays(path, meta)
-        mean, std = np.asarray(arrays["obs_mean"]), np.asarray(arrays["obs_std"])
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise ValueError(f"{where}: not a usable saved pi_0: {runs.one_line(e, with_type=False)} {hint}") from None
-    theirs, ours = (
-        meta.get("network") if isinstance(meta.get("network"), dict) else {},
-        runs.to_jsonable(config.network),
-    )
-    differ = sorted(f for f in PI0_FIELDS if theirs.get(f) != ours.get(f))  # skill fields may differ
-    if differ:
-        raise ValueError(
-            f"{where}: its network differs from config.network in "
-            + ", ".join(f"{f} ({theirs.get(f)} vs {ours.get(f)})" for f in differ)
-        )
-    if sizes is not None and (meta.get("obs_dim"), meta.get("act_dim")) != tuple(sizes):
-        raise ValueError(
-            f"{where}: made for observations {meta.get('obs_dim')} / actions {meta.get('act_dim')}, "
-            f"the environment has {sizes[0]} / {sizes[1]}"
-        )
-    if data_name is not None and meta.get("data") != data_name:
-        raise ValueError(f"{where}: pretrained on {meta.get('data')!r}, this config's pi_0 data is {data_name!r}")
-    identity = bool(np.all(mean == 0) and np.all(std == 1))
-    if identity == bool(config.obs_norm):
-        raise ValueError(
-            f"{where}: its observation normaliser is {'the identity' if identity else 'standardising'}"
-            f", but config.obs_norm is {config.obs_norm}"
-        )
-
-
-def load_pretrained(
-    config: ml_collections.ConfigDict, data_name: str, obs_dim: int, act_dim: int
-) -> tuple[Any, Normalizer]:
-    """(pi_0's params [S, ...], its observation normaliser) from ``config.pretrained``: S = 1 (one pi_0 for
-    every seed) when ``config.share_pretrain``, else S = ``config.num_seeds``, seed i's own pi_0
-    (``pretrained_paths``). ValueError naming what differs when a network, sizes, data or kind of
-    normaliser (standardising iff ``config.obs_norm``) is not this config's (``check_pretrained``), or
-    when the seeds' pi_0s were fitted with different normalisers: the skills would build on another
-    policy."""
-    check_pretrained(config, data_name, (obs_dim, act_dim))
-    loaded = [saving.load_base(p) for p in pretrained_paths(config)]
-    normalizer = loaded[0][2]
-    for path, (_, _, other, _) in zip(pretrained_paths(config), loaded):
-        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(normalizer))):
-            raise ValueError(
-                f"config.pretrained {path}: its observation normaliser is not that of "
-                f"{config.pretrained}; every seed must see the same observations"
-            )
-    params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[p for _, p, _, _ in loaded])
-    return params, normalizer
-
-
-def route_counts(composer: policy.Composer, params: Any, observations: jax.Array) -> dict[str, Any]:
-    """How many skills a routed composer (params with a leading seed axis) selects per state of
-    ``observations`` [N, obs_dim] (normalised, as the composer sees them): per seed the mean and the
-    share of states at each count 1..K."""
-    counts = jax.device_get(
-        jax.lax.map(lambda p: composer.apply(p, observations).route.experts_per_token, params)
-    )  # [seeds, N]
-    k = int(np.max(counts)) if counts.size else 0
-    return {
-        "states": int(counts.shape[1]),
-        "mean_per_seed": counts.mean(1).tolist(),
-        "share_per_count_per_seed": [[float(np.mean(c == j)) for j in range(1, k + 1)] for c in counts],
-    }
-
-
-def routing_config(config: ml_collections.ConfigDict, num_skills: int | None = None) -> moe.MoEConfig:
-    """The routed composer's routing (``config.compose.routing``) as a ``psec_jax.moe.MoEConfig``: router,
-    k / p / max_k, renormalisation, dispatch back-end and the aux-loss weights. ValueError naming a bad
-    field, a back-end a route cannot use (``routed.BACKENDS``), or k / max_k above ``num_skills``."""
-    r = config.compose.routing
-    out = moe.MoEConfig(
-        router=r.router,
-        k=r.k,
-        p=r.p,
-        max_k=r.max_k if r.max_k else None,
-        renormalize=r.renormalize,
-        backend=r.backend,
-        load_balance_weight=r.load_balance_weight,
-        dynamic_weight=r.dynamic_weight,
-        z_weight=r.z_weight,
-    )
-    routed.check_routing(out, num_skills)
-    return out
-
-
-def _compose(
-    name: str,
-    m: Method,
-    config: ml_collections.ConfigDict,
-    actor: policy.Actor,
-    base: Any,
-    skills: policy.Skills,
-    data: OfflineData,
-    names: list[str],
-    stage: Callable,
-    workdir: Path,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(policy params, sampler arguments) of a composed method; trains and saves its composer."""
-    k, n = len(names), config.num_seeds
-    if m.composer == "fixed":
-        composer = policy.make_composer("fixed", actor.obs_dim, k, fixed=(config.compose.fixed_weight,) * k)
-        cparams = jnp.broadcast_to(composer.init(None), (n, k))
-    else:
-        routing = routing_config(config, k) if m.composer == "routed" else None
-        composer = policy.make_composer(
-            m.composer, actor.obs_dim, policy.num_outputs(m.mode, k), tuple(config.compose.hidden), routing=routing
-        )
-        actions = None
-        if m.mode == "action":
-            keys = pipeline.seed_keys(config.seed, n, f"components/{name}")
-            sample = lambda b, sk, key: policy.component_actions(actor, b, sk, data.observations, key)
-            actions = jax.jit(jax.vmap(sample))(base, skills, keys)
-        cparams = stage(
-            train.make_compose(actor, composer, m.mode, config.compose),
-            f"compose/{name}",
-            train.ComposeInputs(base, skills, actions),
-            data,
-            f"compose_{name}",
-            members="map" if routing is not None else "vmap",
-        ).params
-        for i in range(n):
-            saving.save_composer(
-                workdir / "policies" / f"composer_{name}_seed{i}",
-                saving.take_seed(cparams, i),
-                base=saving.take_seed(base, i),
-                skills=saving.take_seed(skills, i),
-                names=names,
-                mode=m.mode,
-                kind=m.composer,
-                skill_kind=m.skill_kind,
-                **({"routing": dataclasses.asdict(routing)} if routing is not None else {}),
-            )
-    return {"base": base, "skills": skills, "composer": cparams}, {"mode": m.mode, "composer": composer}
