@@ -205,6 +205,27 @@ def test_polynomial_frontier_bends_below_the_chord():
         compare.frontier(losses, np.array([1.5]), "cubic")
 
 
+def test_least_favourable_frontier_and_non_inferiority(full):
+    losses = {k: [3 - np.log(k)] for k in (1, 2, 3)}  # convex: the quadratic bends below the chord
+    at = np.array([1.5])
+    least = compare.frontier(losses, at, "least_favourable")[0]
+    assert least == min(compare.frontier(losses, at)[0], compare.frontier(losses, at, "polynomial")[0])
+    # top_p sits on the (straight) planted frontier, top_p0.3 0.05 below it: both no worse by the margin
+    for arm in ("top_p", "top_p0.3"):
+        ni = full["frontier"]["experts_least_favourable"][arm]["non_inferiority"]
+        assert ni["margin"] == compare.MARGIN and ni["shown"] and ni["upper"] < compare.MARGIN
+    row = full["primary"][0]
+    assert row["path"] == "frontier/experts_least_favourable/top_p/non_inferiority" and row["ci"][0] is None
+    assert row["p"] == full["frontier"]["experts_least_favourable"]["top_p"]["non_inferiority"]["p"] < 0.05
+
+
+def test_trends_over_layers_and_training(full):
+    t = full["arms"]["top_p"]
+    assert t["layer_slope"]["mean"] == pytest.approx(-0.2) and t["layer_slope"]["n"] == SEEDS  # 0.1 -> -0.1
+    assert t["train_change"]["mean"] == pytest.approx(-0.6)  # the two chunks: +0.3, then -0.3
+    assert "layer_slope" not in full["arms"]["top2"]  # k everywhere: nothing to test
+
+
 def test_harder_needs_more_experts(full):
     h = full["harder"]["top_p"]
     for task, (hard, easy) in compare.HARDER.items():
@@ -217,6 +238,9 @@ def test_harder_needs_more_experts(full):
     assert h["heldout"]["other"]["experts"]["mean"] == pytest.approx(0.1, abs=0.02)
     assert h["heldout"]["long"]["loss"]["mean"] == pytest.approx(0.5)
     assert h["heldout"]["long"]["experts_per_layer"] == pytest.approx([0.2, 0.2], abs=0.02)
+    # every harder variant has the higher loss in top2 too: measured harder, averaged over the three
+    assert all(h["tasks"][t]["measured_harder"] for t in compare.HARDER)
+    assert h["measured"]["pairs"] == list(compare.HARDER) and h["measured"]["mean"] == pytest.approx(0.3, abs=0.02)
 
 
 def test_regression_recovers_planted_slope(full):
@@ -297,6 +321,7 @@ def test_adaptive_allocation_against_the_rolled_control(tmp_path, config):
     d = out["adaptive"]["val_loss"]
     assert d["mean"] == pytest.approx(-0.02, abs=2e-3) and d["ci"][1] < 0  # top_p 0.02 better than its control
     assert abs(out["adaptive"]["val_experts"]["mean"]) < 1e-9  # the same counts
+    assert abs(out["adaptive"]["difficulty_slope"]["mean"]) < 1e-9  # the same counts at the same positions
     assert out["arms"][compare.CONTROL]["p"] == pytest.approx(0.4)
     assert "Adaptive allocation" in comparison_md.markdown(out)
 

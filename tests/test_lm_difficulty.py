@@ -81,6 +81,43 @@ def test_matches_statsmodels_ols_with_dummies():
         assert r.num_tokens == keep.sum() and r.num_identities == ids.size
 
 
+def test_two_way_fixed_effects_match_ols_with_both_sets_of_dummies():
+    rng = np.random.default_rng(8)
+    y, x, t, seq = _synthetic(rng, 0.7, num_identities=12, num_seqs=9)
+    pos = rng.integers(0, 6, t.size)
+    y = y + 0.4 * pos  # a position effect the dummies absorb
+    keep = np.bincount(t)[t] >= 2
+    tk, pk = t[keep], pos[keep]
+    design = np.column_stack(
+        [x[keep]] + [(tk == i).astype(float) for i in np.unique(tk)] + [(pk == j).astype(float) for j in range(1, 6)]
+    )
+    coef, *_ = np.linalg.lstsq(design, y[keep], rcond=None)
+    e = y[keep] - design @ coef
+    n, k = design.shape
+    bread = np.linalg.inv(design.T @ design)
+    hc1 = n / (n - k) * bread @ (design.T * e**2) @ design @ bread
+    r = df.token_fixed_effects_slope(y, x, t, controls=pos)
+    assert r.slope == pytest.approx(coef[0], rel=1e-8)
+    assert r.se == pytest.approx(np.sqrt(hc1[0, 0]), rel=1e-6)
+    assert (r.num_identities, r.num_control_levels) == (np.unique(tk).size, 6)
+
+
+def test_position_effect_alone_gives_no_slope_once_position_is_absorbed():
+    # difficulty falls along the window and the router uses more experts early, but at a given position
+    # experts do not depend on difficulty: token-only effects find a slope, token + position none
+    rng = np.random.default_rng(9)
+    windows, length = 400, 32
+    pos = np.tile(np.arange(length), windows)
+    t = rng.integers(0, 50, pos.size)
+    x = 5.0 - 1.5 * np.log1p(pos) + rng.normal(0.0, 1.0, pos.size)
+    y = (rng.random(pos.size) < np.where(pos < 16, 0.6, 0.4)).astype(float) + 1.0
+    groups = np.repeat(np.arange(windows), length)
+    token_only = df.token_fixed_effects_slope(y, x, t, groups=groups)
+    both = df.token_fixed_effects_slope(y, x, t, groups=groups, controls=pos)
+    assert token_only.ci[0] > 0  # a spurious "harder needs more experts"
+    assert both.ci[0] < 0 < both.ci[1] and abs(both.slope) < 0.01
+
+
 class TestPlanted:
     def test_recovers_a_slope_the_pooled_regression_misses(self):
         y, x, t, seq = _synthetic(np.random.default_rng(1), 0.5)

@@ -227,3 +227,17 @@ def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
     bad = tiny(microbatches=3)
     with pytest.raises(Exception, match="train.microbatches=3 must divide data.batch_size=4"):
         lm_moe.check_config(bad)
+
+
+def test_a_failing_comparison_keeps_the_results(finished, monkeypatch, capsys):
+    config, workdir, _ = finished
+    (workdir / "results.json").unlink()
+
+    def broken(*args, **kwargs):
+        raise KeyError("a field the comparison did not expect")
+
+    monkeypatch.setattr(lm_moe.compare, "compare", broken)
+    lm_moe.run(config, str(workdir))  # every stage finished: resumes, evaluates from its caches
+    out = capsys.readouterr().out
+    assert "the paired comparison failed (KeyError" in out and "rerun the same command" in out
+    assert "routers" in json.loads((workdir / "results.json").read_text())

@@ -21,7 +21,9 @@ def test_paired_difference_matches_scipy():
     assert out["t_p"] == pytest.approx(sps.ttest_rel(X, Y).pvalue)
     # all five differences positive, no ties: the exact signed-rank p is 2 / 2^5
     assert out["wilcoxon_p"] == pytest.approx(sps.wilcoxon(X, Y).pvalue) == pytest.approx(0.0625)
-    lo, hi = out["ci"]
+    # the interval of the t-test beside it, so the two agree about 0
+    assert out["ci"] == pytest.approx(list(sps.t.interval(0.95, 4, loc=d.mean(), scale=sps.sem(d))))
+    lo, hi = out["ci_bootstrap"]
     assert d.min() <= lo < out["mean"] < hi <= d.max()
     assert stats.paired_difference(X, Y) == out  # seeded: the same interval every time
     assert stats.paired_difference(Y, X)["mean"] == pytest.approx(-0.56)
@@ -30,7 +32,7 @@ def test_paired_difference_matches_scipy():
 def test_paired_bootstrap_interval_is_the_percentile_interval_of_seed_resamples():
     out = stats.paired_difference(X, Y, reps=4000, seed=3)
     means = (X - Y)[np.random.default_rng(3).integers(0, 5, (4000, 5))].mean(1)
-    assert out["ci"] == pytest.approx(np.quantile(means, [0.025, 0.975]).tolist())
+    assert out["ci_bootstrap"] == pytest.approx(np.quantile(means, [0.025, 0.975]).tolist())
 
 
 def test_paired_edge_cases():
@@ -80,3 +82,29 @@ def test_one_sample_matches_scipy():
     assert out["positive"] == 4 and out["sign_p"] == pytest.approx(sps.binomtest(4, 5).pvalue)  # 12 / 32
     assert out["sign_p"] == pytest.approx(0.375)
     assert stats.one_sample(np.ones(5))["sign_p"] == pytest.approx(2 / 2**5)
+
+
+def test_t_interval_and_t_p_agree_where_the_bootstrap_does_not():
+    d = np.array([0.0123, -0.0031, 0.0102, -0.0049, 0.0155, 0.0021, 0.0093, -0.0072, 0.0144, 0.0008, 0.0061, -0.0012])
+    out = stats.paired_difference(d, np.zeros_like(d))
+    assert (out["ci"][0] < 0) == (out["t_p"] > 0.05)  # the t-interval holds 0 exactly when t p > 0.05
+
+
+def test_non_inferiority_is_a_one_sided_test_against_the_margin():
+    d = np.array([0.01, -0.02, 0.0, 0.015, -0.005, 0.012, -0.01, 0.003])
+    out = stats.non_inferiority(d, 0.025)
+    t = (d.mean() - 0.025) / sps.sem(d)
+    assert out["p"] == pytest.approx(sps.t.cdf(t, d.size - 1))
+    assert out["p"] == pytest.approx(sps.ttest_1samp(d, 0.025, alternative="less").pvalue)
+    assert out["upper"] == pytest.approx(d.mean() + sps.t.ppf(0.95, d.size - 1) * sps.sem(d))
+    assert out["shown"] and out["p"] < 0.05
+    worse = stats.non_inferiority(d + 0.02, 0.025)  # 0.02 worse on average: not shown within 0.025
+    assert not worse["shown"] and worse["p"] > 0.05 and worse["upper"] > 0.025
+    assert not stats.non_inferiority([0.0], 0.025)["shown"]
+    with pytest.raises(ValueError, match="margin"):
+        stats.non_inferiority(d, 0.0)
+
+
+def test_one_sample_reports_the_detectable_mean():
+    v = np.array([0.3, -0.1, 0.5, 0.2, 0.4])
+    assert stats.one_sample(v)["detectable"] == pytest.approx(stats.detectable_difference(5, v.std(ddof=1)))

@@ -5,7 +5,7 @@ Experts") on the Python standard library's source plus a controlled task mixture
     psec-jax lm_moe --config=lm_moe:paper --workdir=/tmp/paper   # counts only
 
 Presets: `tiny` (tests, seconds), `small` (this 2-core CPU: each router ~10 min per seed), `round2` (the
-paired-seed table of five arms x 12 seeds, ~4.5 h here), `medium`
+paired-seed table of six arms x 12 seeds, ~9 h here), `medium`
 (throughput benchmarks: d_model 512, 8 layers, 8 experts of width 1408, 256-token rows), `paper` (the
 paper's 24-layer, 16-expert model; `dry_run` by default: parameter counts from jax.eval_shape).
 One base config; a preset overrides only the fields in its row of `SIZES`.
@@ -45,7 +45,7 @@ SIZES = {
     # the round-two table (issue 32): 12 paired seeds (initialisation and data order) per arm, arms on the
     # top-k frontier (top-1/2/3), top-p at two thresholds and top-p's counts given to other tokens (the
     # control of adaptive allocation), 2M tokens per model drawn from the 32M-token deduplicated source of
-    # the pinned packages; ~6 h on this 2-core CPU
+    # the pinned packages; ~9 h on this 2-core CPU (top1 1.1 h, top2 1.5 h, top3 ~1.9 h, each top-p arm ~1.3 h)
     "round2": {
         "data.source": "packages",
         "data.final_val_rows": 1024,

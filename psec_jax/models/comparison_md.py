@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from psec_jax.models.compare import CONTROL, PRIMARY_ARM, REFERENCE
+from psec_jax.models.compare import CONTROL, MARGIN, PRIMARY_ARM, REFERENCE
 
 
 def _f(x: Any, fmt: str = ".3f") -> str:
@@ -26,7 +26,7 @@ def _row(d: dict[str, Any], fmt: str = "+.3f") -> str:
     )
 
 
-PAIRED_HEAD = "difference | 95% CI (bootstrap) | t p | Wilcoxon p | n | sd | smallest detectable (80% power)"
+PAIRED_HEAD = "difference | 95% CI (t) | t p | Wilcoxon p | n | sd | smallest detectable (80% power)"
 
 
 def markdown(comparison: dict[str, Any]) -> str:
@@ -36,9 +36,10 @@ def markdown(comparison: dict[str, Any]) -> str:
         "### Paired comparisons over seeds",
         "",
         "Seed i of every arm shares its initialisation and data order, so arms are compared seed by seed: "
-        "the mean difference over seeds (arm minus baseline), its 95% bootstrap interval over seeds, the "
-        "paired t-test and Wilcoxon signed-rank p-values (two-sided; with 5 seeds Wilcoxon's smallest is "
-        "0.0625), and the smallest true difference a paired t-test of these seeds detects at 80% power "
+        "the mean difference over seeds (arm minus baseline), its 95% paired t-interval (the t-test's own, so "
+        "the two agree about 0), the paired t-test and Wilcoxon signed-rank p-values (two-sided; with 5 seeds "
+        "Wilcoxon's smallest is 0.0625), and the smallest true difference a paired t-test of these seeds "
+        "detects at 80% power "
         "(alpha 0.05, the seeds' own sd). Training FLOPs per token: 6 x active parameters, "
         f"{_f(c['flops']['per_token_no_expert'], '.3g')} + {_f(c['flops']['per_token_per_expert'], '.3g')} "
         "x experts per token (embeddings counted, attention's sequence-length term not).",
@@ -60,15 +61,36 @@ def markdown(comparison: dict[str, Any]) -> str:
     lines += [
         f"| {n} | " + " | ".join(_f(x, ".2f") for x in a["val_experts_per_layer"]) + " |" for n, a in c["arms"].items()
     ]
+    trends = [(n, q, a[q]) for n, a in c["arms"].items() for q in ("layer_slope", "train_change") if q in a]
+    if trends:
+        lines += [
+            "",
+            "Trends within top-p arms, per seed then over seeds: `layer_slope`, the least-squares slope of experts "
+            "on layer index (negative: higher layers use fewer); `train_change`, experts per token in the last "
+            "training chunk minus the first.",
+            "",
+            "| arm | trend | mean | 95% t-interval | t p | seeds > 0 | sign p | smallest detectable |",
+            "|---" * 8 + "|",
+        ]
+        lines += [
+            f"| {n} | {q} | {_f(t['mean'], '+.4f')} | [{_f(t['ci'][0], '+.4f')}, {_f(t['ci'][1], '+.4f')}] | "
+            f"{_f(t['t_p'], '.3g')} | {t['positive']}/{t['n']} | {_f(t['sign_p'], '.3g')} | "
+            f"{_f(t['detectable'], '.4f')} |"
+            for n, q, t in trends
+        ]
     lines += [
         "",
         f"#### Primary tests (declared before the results; arm {PRIMARY_ARM}, Holm-corrected together)",
         "",
-        "| claim | statistic | n | estimate | 95% CI | t p | Holm p | smallest detectable |",
+        "| claim | statistic | n | estimate | 95% CI (one-sided for a margin) | p | Holm p | smallest detectable |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in c.get("primary", []):
-        ci = "[" + ", ".join(_f(v, "+.4f") for v in r["ci"]) + "]"
+        ci = (
+            "(-inf, " + _f(r["ci"][1], "+.4f") + "]"
+            if r["ci"][0] is None
+            else "[" + ", ".join(_f(v, "+.4f") for v in r["ci"]) + "]"
+        )
         lines.append(
             f"| {r['claim']} | {r['statistic']} | {r['n']} | {_f(r['mean'], '+.4f')} | {ci} | {_f(r['p'], '.3g')} | "
             f"{_f(r['p_holm'], '.3g')} | {_f(r.get('detectable'), '.4f')} |"
@@ -90,47 +112,66 @@ def markdown(comparison: dict[str, Any]) -> str:
         "",
         "#### Val loss minus the top-k frontier (per seed, interpolated in k at the arm's experts per token)",
         "",
-        f"| arm | matched on | experts/token | {PAIRED_HEAD} | left out |",
-        "|---" * 11 + "|",
+        f"Non-inferiority: one-sided test that the arm is worse than the frontier by less than {MARGIN} nats "
+        "(H0: difference >= margin); shown when the one-sided 95% upper bound is below the margin.",
+        "",
+        f"| arm | matched on | experts/token | {PAIRED_HEAD} | upper bound (one-sided 95%) | "
+        f"no worse by {MARGIN}: p | left out |",
+        "|---" * 13 + "|",
     ]
     titles = (
-        ("experts", "val experts"),
+        ("experts", "val experts, chord"),
         ("experts_polynomial", "val experts, polynomial frontier"),
-        ("flops", "training FLOPs"),
+        ("experts_least_favourable", "val experts, least favourable of the two"),
+        ("flops", "training FLOPs, chord"),
     )
     for on, title in titles:
         for arm, d in c["frontier"].get(on, {}).items():
             e = d.get("experts")
             experts = _f(None if not e else float(np.nanmean(np.array(e, float))), ".2f")
-            lines.append(f"| {arm} | {title} | {experts} | {_row(d)} | {d.get('note', '')} |")
+            ni = d.get("non_inferiority", {})
+            lines.append(
+                f"| {arm} | {title} | {experts} | {_row(d)} | {_f(ni.get('upper'), '+.4f')} | "
+                f"{_f(ni.get('p'), '.3g')}{' (shown)' if ni.get('shown') else ''} | {d.get('note', '')} |"
+            )
     lines += [
         "",
         "#### Harder needs more experts? Within each top-p arm, harder minus easier (answer tokens) and "
         "held-out minus val text",
         "",
-        f"| arm | comparison | experts: {PAIRED_HEAD} | accuracy harder / easier (mean) | accuracy difference "
-        "| loss difference |",
-        "|---" * 12 + "|",
+        f"A variant is harder by its label; `{REFERENCE} loss` is the same loss difference in the {REFERENCE} arm, "
+        "and a pair counts as measured harder when that interval lies above 0. The last row of each arm "
+        "averages the experts difference over the measured-harder pairs only.",
+        "",
+        f"| arm | comparison | quantity | {PAIRED_HEAD} | measured harder |",
+        "|---" * 11 + "|",
     ]
     for arm, h in c["harder"].items():
         for d in h["tasks"].values():
-            acc = d["accuracy"]
-            accs = "n/a" if "skipped" in acc else f"{_f(acc['x_mean'], '.2f')} / {_f(acc['y_mean'], '.2f')}"
+            pair = f"{d['harder']} - {d['easier']}"
+            quantities = [("experts", d["experts"]), ("accuracy", d["accuracy"]), ("loss", d["loss"])]
+            if "reference_loss" in d:
+                quantities.append((f"{REFERENCE} loss", d["reference_loss"]))
+            mark = {True: "yes", False: "no"}.get(d.get("measured_harder"), "n/a")
+            lines += [f"| {arm} | {pair} | {q} | {_row(v, '+.4f')} | {mark} |" for q, v in quantities]
+        m = h.get("measured", {})
+        if "skipped" in m:
+            lines.append(f"| {arm} | measured-harder pairs | experts | skipped: {m['skipped']} | | | | | | | |")
+        elif m:
+            ci = f"[{_f(m['ci'][0], '+.4f')}, {_f(m['ci'][1], '+.4f')}]"
             lines.append(
-                f"| {arm} | {d['harder']} - {d['easier']} | {_row(d['experts'])} | {accs} | "
-                f"{_f(acc.get('mean'), '+.3f')} | {_f(d['loss'].get('mean'), '+.3f')} |"
+                f"| {arm} | measured-harder pairs ({', '.join(m['pairs'])}) | experts | {_f(m['mean'], '+.4f')} | "
+                f"{ci} | {_f(m['t_p'], '.3g')} | | {m['n']} | {_f(m['sd'], '.3f')} | {_f(m['detectable'], '.3f')} | |"
             )
         for name, d in h["heldout"].items():
             if "skipped" in d:
-                lines.append(f"| {arm} | {name} - val text | {_row(d)} | | | |")
+                lines.append(f"| {arm} | {name} - val text | | {_row(d)} | |")
                 continue
-            lines.append(
-                f"| {arm} | {name} - val text | {_row(d['experts'])} | | | {_f(d['loss'].get('mean'), '+.3f')} |"
-            )
+            lines += [f"| {arm} | {name} - val text | {q} | {_row(d[q], '+.4f')} | |" for q in ("experts", "loss")]
     lines += [
         "",
         f"#### Experts per layer on per-token difficulty (the NLL of a {REFERENCE} model at the same position), "
-        "token fixed effects, clustered by window",
+        "token and position-in-window fixed effects, clustered by window",
         "",
         "Slope: experts per nat of reference NLL. `other_seed`: the reference is the top2 model of the next "
         "seed (not the routed model's own seed); `same_seed`: the same seed's top2 (sensitivity). Mean over "
@@ -149,6 +190,9 @@ def markdown(comparison: dict[str, Any]) -> str:
                 continue
             rows = [(str(g), s, [p["slope"][g] for p in d["per_seed"]]) for g, s in enumerate(d["layers"])]
             rows.append(("mean", d["mean_over_layers"], [float(np.mean(p["slope"])) for p in d["per_seed"]]))
+            if "mean_over_layers_token_only" in d:
+                seeds = [float(np.mean(p["slope_token_only"])) for p in d["per_seed"]]
+                rows.append(("mean, token effects only", d["mean_over_layers_token_only"], seeds))
             for layer, s, seeds in rows:
                 lines.append(
                     f"| {arm} | {ref} | {layer} | {_f(s['mean'], '+.4f')} | [{_f(s['ci'][0], '+.4f')}, "

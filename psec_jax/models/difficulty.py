@@ -15,6 +15,14 @@ b = sum x~ y~ / sum x~^2, which by Frisch-Waugh-Lovell equals OLS of y on x and 
 identity. Identities seen once (singletons) carry no within variation and are dropped before
 anything is counted (Correia 2015, "Singletons, cluster-robust standard errors and fixed effects").
 
+A second fixed effect, `controls` (e.g. each position's index within its window: a router whose count
+depends on position, and a reference NLL that falls along the window, would otherwise give a slope
+with no difficulty in it), adds one intercept per level c: y_i = a_{t(i)} + g_{c(i)} + b x_i + e_i.
+Two crossed effects have no closed-form demeaning; alternating projections (demean within identity,
+then within control level, repeated until nothing moves: Guimaraes & Portugal 2010, the method of
+Correia's reghdfe) converge to the residuals of both sets of dummies, and the slope on them is again
+OLS with both sets of dummies (Frisch-Waugh-Lovell); k counts identities + control levels - 1 + 1.
+
 Standard error, a sandwich around that regression (Cameron & Miller 2015, "A practitioner's guide to
 cluster-robust inference", sections II-III), with e~ = y~ - b x~, n positions and k = identities + 1
 parameters:
@@ -52,6 +60,7 @@ class SlopeResult(NamedTuple):
     num_identities: int  # token identities used (each seen at least twice)
     num_clusters: int | None  # clusters among the positions used; None when not clustered
     pooled_slope: float  # OLS slope of experts on difficulty without identity effects, same positions
+    num_control_levels: int | None = None  # levels of the second fixed effect used; None without one
 
 
 class Bins(NamedTuple):
@@ -68,11 +77,12 @@ class _Within(NamedTuple):
     y: np.ndarray  # [n] or [G, n] demeaned experts
     x_mean: float  # mean difficulty of the positions kept
     y_mean: np.ndarray  # [] or [G] mean experts of the positions kept
-    keep: np.ndarray  # [N] bool, positions of identities seen at least twice
+    keep: np.ndarray  # [N] bool, positions of identities (and control levels) seen at least twice
     num_identities: int
+    num_control_levels: int | None  # None without a second fixed effect
 
 
-def _check(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, groups, counts_ndim: int):
+def _check(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, groups, counts_ndim: int, controls=None):
     """The inputs as float64 / integer-coded arrays, or ValueError naming the first problem."""
     counts, difficulty, token_ids = np.asarray(counts), np.asarray(difficulty), np.asarray(token_ids)
     if counts.ndim != counts_ndim:
@@ -82,6 +92,8 @@ def _check(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, gr
     named = {"difficulty": difficulty, "token_ids": token_ids}
     if groups is not None:
         named["groups"] = groups = np.asarray(groups)
+    if controls is not None:
+        named["controls"] = controls = np.asarray(controls)
     for name, a in named.items():
         if a.shape != (n,):
             raise ValueError(f"{name} must be [N] with N = {n} as counts [..., N], got shape {a.shape}")
@@ -91,31 +103,69 @@ def _check(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, gr
         bad = int(np.size(a) - np.isfinite(a).sum())
         if bad:
             raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
-    for name in ("token_ids", "groups"):
+    for name in ("token_ids", "groups", "controls"):
         a = named.get(name)
         if a is not None and not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
-    return counts.astype(np.float64), difficulty.astype(np.float64), token_ids, groups
+    return counts.astype(np.float64), difficulty.astype(np.float64), token_ids, groups, controls
 
 
-def _within(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray) -> _Within:
-    """Drop singleton identities and demean difficulty [N] and counts [..., N] within identity."""
-    _, inverse, sizes = np.unique(token_ids, return_inverse=True, return_counts=True)
-    keep = sizes[inverse] >= 2
+def _drop_singletons(factors: list[np.ndarray]) -> np.ndarray:
+    """[N] bool: positions left once every level of every factor [N] seen once is dropped (repeatedly,
+    as dropping a singleton of one factor can leave one of another)."""
+    keep = np.ones(factors[0].shape, bool)
+    while True:
+        ok = keep.copy()
+        for f in factors:
+            _, inverse, sizes = np.unique(f[keep], return_inverse=True, return_counts=True)
+            ok[keep] &= sizes[inverse] >= 2
+        if np.array_equal(ok, keep):
+            return keep
+        keep = ok
+
+
+def _demean(v: np.ndarray, codes: list[np.ndarray], tol: float = 1e-12, max_sweeps: int = 10_000) -> np.ndarray:
+    """Rows of v [R, n] less their projection on the dummies of every factor in ``codes`` ([n] codes
+    0..L-1): one pass for one factor, alternating projections to convergence for more."""
+    sizes = [np.bincount(c).astype(np.float64) for c in codes]
+    scale = max(float(np.abs(v).max()), 1e-300)
+    for _ in range(max_sweeps):
+        before = v
+        for c, n in zip(codes, sizes):
+            means = np.stack([np.bincount(c, weights=row, minlength=n.size) / n for row in v])
+            v = v - means[:, c]
+        if len(codes) == 1 or float(np.abs(v - before).max()) <= tol * scale:
+            return v
+    raise ValueError(f"demeaning by {len(codes)} fixed effects did not converge in {max_sweeps} sweeps")
+
+
+def _within(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, controls=None) -> _Within:
+    """Drop singleton identities (and control levels) and demean difficulty [N] and counts [..., N]
+    within identity, and within control level when ``controls`` [N] is given."""
+    factors = [token_ids] if controls is None else [token_ids, controls]
+    keep = _drop_singletons(factors)
     if not keep.any():
         raise ValueError("no token identity occurs twice: the fixed-effects slope has no within-token variation")
-    ids, inverse = np.unique(token_ids[keep], return_inverse=True)
-    sizes = np.bincount(inverse).astype(np.float64)
+    codes = [np.unique(f[keep], return_inverse=True)[1] for f in factors]
     x, y = difficulty[keep], counts[..., keep]
-    x_t = np.bincount(inverse, weights=x) / sizes
-    y_t = np.stack([np.bincount(inverse, weights=row) / sizes for row in y.reshape(-1, y.shape[-1])])
-    y_t = y_t.reshape(y.shape[:-1] + (len(ids),))
-    return _Within(x - x_t[inverse], y - y_t[..., inverse], float(x.mean()), y.mean(-1), keep, len(ids))
+    rows = np.concatenate([x[None], y.reshape(-1, y.shape[-1])])
+    out = _demean(rows, codes)
+    levels = [int(c.max()) + 1 for c in codes]
+    return _Within(
+        out[0],
+        out[1:].reshape(y.shape),
+        float(x.mean()),
+        y.mean(-1),
+        keep,
+        levels[0],
+        None if controls is None else levels[1],
+    )
 
 
-def _slope(x: np.ndarray, y: np.ndarray, x_raw: np.ndarray, y_raw: np.ndarray, num_identities: int, clusters):
+def _slope(x: np.ndarray, y: np.ndarray, x_raw: np.ndarray, y_raw: np.ndarray, w: _Within, clusters):
     """SlopeResult of demeaned y [n] on demeaned x [n]; clusters [n] integer codes or None."""
-    n, k = x.size, num_identities + 1
+    num_identities = w.num_identities
+    n, k = x.size, num_identities + (w.num_control_levels or 1)
     sxx = float(x @ x)
     if sxx <= 1e-12 * max(float(x_raw @ x_raw), 1e-300):
         raise ValueError("difficulty is constant within every token identity: no within-token variation to regress on")
@@ -137,11 +187,16 @@ def _slope(x: np.ndarray, y: np.ndarray, x_raw: np.ndarray, y_raw: np.ndarray, n
     half = float(sps.t.ppf(0.5 + CONFIDENCE / 2, dof)) * se
     xc = x_raw - x_raw.mean()
     pooled = float(xc @ (y_raw - y_raw.mean()) / (xc @ xc)) if xc @ xc > 0 else float("nan")
-    return SlopeResult(b, se, (b - half, b + half), n, num_identities, num_clusters, pooled)
+    return SlopeResult(b, se, (b - half, b + half), n, num_identities, num_clusters, pooled, w.num_control_levels)
 
 
 def token_fixed_effects_slope(
-    counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, *, groups: np.ndarray | None = None
+    counts: np.ndarray,
+    difficulty: np.ndarray,
+    token_ids: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    controls: np.ndarray | None = None,
 ) -> SlopeResult:
     """The slope of experts on difficulty within token identity (see the module docstring).
 
@@ -152,30 +207,37 @@ def token_fixed_effects_slope(
         whichever the question holds fixed).
       groups: optional [N] integer cluster of each position (e.g. its sequence index); the
         standard error is then clustered by it, else heteroscedasticity-robust.
+      controls: optional [N] integer level of a second fixed effect (e.g. the position's index within
+        its sequence), absorbed beside the identities.
 
     Returns:
-      SlopeResult: slope, se, 95% ci, the positions, identities (and clusters) used after dropping
-      singleton identities, and the pooled slope without identity effects for comparison.
+      SlopeResult: slope, se, 95% ci, the positions, identities (and clusters, control levels) used
+      after dropping singletons, and the pooled slope without fixed effects for comparison.
 
     Raises ValueError (one line) on shapes, dtypes, NaN/inf, or data with no within-identity
     variation in difficulty.
     """
-    counts, difficulty, token_ids, groups = _check(counts, difficulty, token_ids, groups, 1)
-    w = _within(counts, difficulty, token_ids)
+    counts, difficulty, token_ids, groups, controls = _check(counts, difficulty, token_ids, groups, 1, controls)
+    w = _within(counts, difficulty, token_ids, controls)
     clusters = None if groups is None else groups[w.keep]
-    return _slope(w.x, w.y, difficulty[w.keep], counts[w.keep], w.num_identities, clusters)
+    return _slope(w.x, w.y, difficulty[w.keep], counts[w.keep], w, clusters)
 
 
 def per_layer(
-    counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, *, groups: np.ndarray | None = None
+    counts: np.ndarray,
+    difficulty: np.ndarray,
+    token_ids: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    controls: np.ndarray | None = None,
 ) -> list[SlopeResult]:
     """`token_fixed_effects_slope` for every layer of counts [G, N] (experts per position per layer)
-    against the same difficulty [N], token_ids [N] and groups [N]: G results, layer order."""
-    counts, difficulty, token_ids, groups = _check(counts, difficulty, token_ids, groups, 2)
-    w = _within(counts, difficulty, token_ids)
+    against the same difficulty [N], token_ids [N], groups [N] and controls [N]: G results, layer order."""
+    counts, difficulty, token_ids, groups, controls = _check(counts, difficulty, token_ids, groups, 2, controls)
+    w = _within(counts, difficulty, token_ids, controls)
     clusters = None if groups is None else groups[w.keep]
     x_raw = difficulty[w.keep]
-    return [_slope(w.x, y, x_raw, raw[w.keep], w.num_identities, clusters) for y, raw in zip(w.y, counts)]
+    return [_slope(w.x, y, x_raw, raw[w.keep], w, clusters) for y, raw in zip(w.y, counts)]
 
 
 def binned(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, num_bins: int = 10) -> Bins:
@@ -197,7 +259,7 @@ def binned(counts: np.ndarray, difficulty: np.ndarray, token_ids: np.ndarray, nu
     Returns:
       Bins of [B] arrays, lowest difficulty first.
     """
-    counts, difficulty, token_ids, _ = _check(counts, difficulty, token_ids, None, 1)
+    counts, difficulty, token_ids, _, _ = _check(counts, difficulty, token_ids, None, 1)
     w = _within(counts, difficulty, token_ids)
     n = w.x.size
     if not 1 <= num_bins <= n:

@@ -484,8 +484,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         config, histories, data.meta, counts, unigram=unigram, seconds=time.perf_counter() - started, commit=commit
     )
     if distributed.is_main():  # in a multi-process run every process has the results, process 0 writes them
-        results["comparison"] = compare.compare(Path(workdir), results, config)  # paired arms (compare.py)
-        print(report.write(workdir, results))
-        table = comparison_md.markdown(results["comparison"])
+        print(report.write(workdir, results))  # first: a failing comparison must not lose the run's results
+        try:
+            results["comparison"] = compare.compare(Path(workdir), results, config)  # paired arms (compare.py)
+            table = comparison_md.markdown(results["comparison"])
+        except Exception as e:  # noqa: BLE001 - reported in one line; every stage and result is on disk
+            print(
+                f"lm_moe: the paired comparison failed ({runs.one_line(e)}); results.json is written and every "
+                f"stage kept: rerun the same command to compare again",
+                flush=True,
+            )
+            return results["summary"]
+        report.write(workdir, results)  # again, now with the comparison in results.json
         runs.replace_atomic(Path(workdir) / "comparison.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
     return results["summary"]
