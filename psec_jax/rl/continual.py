@@ -26,6 +26,9 @@ TASKS = {
     "stand_walk": ((), "walk"),
     "stand_run": ((), "run"),
     "stand_walk_run": (("walk",), "run"),
+    # a library large enough for routing to matter (issue 36): walk, speeds 2 and 4 and run learned before
+    # the target speed 3 (walker-speed<v>: WalkerWalk at move speed v; walk is 1, run 8)
+    "library_speed3": (("walk", "speed2", "speed4", "run"), "speed3"),
 }
 TABLE = {
     "scratch": M.SCRATCH,
