@@ -55,12 +55,9 @@ def _runs() -> dict[str, Run]:
     )
     runs["s2w_default"] = Run("small", ("--config.methods=scratch,psec_fixed,psec",))
     # routed skills (issue 36): a five-skill library (walk, speeds 2 and 4, run, and the target's) composed
-    # densely (psec) and routed per state (psec_routed) for walker speed 3; walk and run load sw2r's
+    # densely (psec) and routed per state (psec_routed) for walker speed 3; its own pi_0s and skills
     runs["library_speed3_paper"] = Run(
-        PAPER,
-        ("--config.task=library_speed3", "--config.methods=scratch,psec_fixed,psec,psec_routed"),
-        "s2w_paper",
-        "sw2r_paper",
+        PAPER, ("--config.task=library_speed3", "--config.methods=scratch,psec_fixed,psec,psec_routed")
     )
     # does the composer find its regulariser's optimum given more steps? stand + walk -> run, batch 256
     for steps in (1000, 5000, 20000):
