@@ -233,8 +233,9 @@ def train(
 
     Training goes in chunks of ``config.eval_every`` env steps, each ending with every run's evaluation
     and snapshot. With ``workdir`` the chunks run under ``psec_jax.loop.run_chunks`` in ``workdir``:
-    metrics.jsonl (return / cost / penalized_return and the last losses of run 0, suffixed ``/run{r}`` for
-    the others), a checkpoint of the whole ``Progress`` after every chunk, and a rerun resumes from it.
+    metrics.jsonl (the evaluation's return / cost / penalized_return and SAC's last losses under ``train/``
+    for run 0, suffixed ``/run{r}`` for the others), a checkpoint of the whole ``Progress`` after every
+    chunk, and a rerun resumes from it.
     Without, they run here and ``log``, if given, receives each chunk's record.
     """
     env = envs_lib.make(config.env)
@@ -283,7 +284,9 @@ def train(
                 f"cost{suffix}": cost,
                 f"penalized_return{suffix}": ret - penalties[r] * cost,
             }
-            record |= {f"{k}{suffix}": v[r, -1] for k, v in metrics.items()}
+            # SAC's own metrics (losses; "reward" and "cost": the last step's, of the stochastic policy)
+            # under train/, so that they never overwrite the evaluation's return and cost
+            record |= {f"train/{k}{suffix}": v[r, -1] for k, v in metrics.items()}
         return p, record
 
     steps_per_chunk = iters * config.sac.num_envs
