@@ -99,6 +99,13 @@ def test_sac_learns_the_point_task_in_one_scan_without_recompiling():
     assert np.all(np.isfinite(np.asarray(metrics["critic_loss"])))
     assert int(state.env_steps) == 256 + 300 * 8
     assert after > before + 1.0, (before, after)
+    # the stochastic policy (as datasets collect) acts differently from tanh(mean), reproducibly per key
+    evaluate = lambda sample, key=5: (
+        agent.evaluate(state.actor_params, state.normalizer, jax.random.PRNGKey(key), 32, sample).returns
+    )
+    assert not np.allclose(evaluate(True), evaluate(False))
+    np.testing.assert_array_equal(evaluate(True), evaluate(True))
+    assert not np.array_equal(evaluate(True), evaluate(True, 6))
 
 
 def test_snapshots_split_a_stack_of_runs():

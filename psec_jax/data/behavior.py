@@ -1,6 +1,8 @@
 """Behaviour policies: train SAC on a task, keep snapshots at D4RL-style levels, save, load, act.
 
-Levels kept from one SAC run (evaluated every `eval_every` env steps with the deterministic policy):
+Levels kept from one SAC run (evaluated every `eval_every` env steps with the stochastic policy that
+collects the datasets, `eval_mode` "sample"; the committed walker policies were chosen with tanh of its
+mean, "mean"):
 - `random`: the actor at initialisation;
 - `medium`: the snapshot whose return is closest to 1/3 of the expert return (earliest on ties);
 - `expert`: the snapshot with the highest return;
@@ -90,9 +92,9 @@ BRAX_RECIPE: dict[str, Any] = {
     "cost_penalties": (0.0, 1.0, 10.0),
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    "walker-stand": {"total_steps": 300_000},
-    "walker-walk": {"total_steps": 600_000},
-    "walker-run": {"total_steps": 600_000},
+    "walker-stand": {"total_steps": 300_000, "eval_mode": "mean"},
+    "walker-walk": {"total_steps": 600_000, "eval_mode": "mean"},
+    "walker-run": {"total_steps": 600_000, "eval_mode": "mean"},
     **{name: {"total_steps": 600_000} for name in envs_lib.WALKER_SPEEDS},
     **{body: BRAX_RECIPE for body in envs_lib.BRAX_BODIES},
 }
@@ -116,7 +118,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0  # root PRNG seed
     c.total_steps = 600_000  # environment steps of SAC training
     c.eval_every = 40_000  # env steps between evaluations / snapshots
-    c.eval_episodes = 16  # full episodes per evaluation (deterministic policy)
+    c.eval_episodes = 16  # full episodes per evaluation
+    # the policy each snapshot is evaluated (and its levels chosen) with: "sample", the stochastic policy
+    # that collects the datasets, or "mean", tanh of its mean (which made the committed walker policies)
+    c.eval_mode = "sample"
     c.num_replay_snapshots = 2  # snapshots kept between random and medium for medium-replay data
     # lambda of each SAC run's reward r - lambda * cost, trained side by side (vmapped): the first must be 0
     # (the task's own policies, every level); the others add penalised medium / expert levels whose costs
@@ -142,6 +147,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "sac.min_replay",
     )
     cc.non_negative(config, "num_replay_snapshots")
+    cc.one_of(config, "eval_mode", ("sample", "mean"))
     penalties = tuple(config.cost_penalties)
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in penalties)
     if not penalties or not numbers or penalties[0] != 0:
@@ -176,7 +182,9 @@ def _stacked(agent: sac.SAC, n: int) -> tuple[Callable, Callable, Callable]:
     return (
         lambda keys, penalties: add(agent.init(keys[0], penalties[0])),
         lambda state, iters: add(agent.run(one(state), iters)),
-        lambda params, moments, keys, episodes: add(agent.evaluate(one(params), one(moments), keys[0], episodes)),
+        lambda params, moments, keys, episodes, sample: add(
+            agent.evaluate(one(params), one(moments), keys[0], episodes, sample)
+        ),
     )
 
 
@@ -208,7 +216,7 @@ class Progress(NamedTuple):
 
     sac: sac.SACState  # [R, ...] the SAC runs
     policies: BehaviorPolicy  # [C + 1, R, ...] each run's actor after each chunk (0: at initialisation)
-    scores: jax.Array  # [C + 1, R, 2] float32, (return, cost) of each snapshot's deterministic evaluation
+    scores: jax.Array  # [C + 1, R, 2] float32, (return, cost) of each snapshot's evaluation (eval_mode)
     env_steps: jax.Array  # [C + 1] int32, env steps (per environment stack) of each snapshot
     chunk: jax.Array  # [] int32, chunks done
 
@@ -252,7 +260,8 @@ def train(
 
     def scores_of(state: sac.SACState, i: jax.Array) -> jax.Array:
         keys = _run_keys(jax.random.fold_in(eval_key, i), num_runs)
-        e = evaluate_runs(state.actor_params, state.normalizer, keys, config.eval_episodes)
+        sample = config.eval_mode == "sample"
+        e = evaluate_runs(state.actor_params, state.normalizer, keys, config.eval_episodes, sample)
         return jnp.stack([e.returns.mean(1), e.costs.mean(1)], -1)  # [R, 2]
 
     def start() -> Progress:

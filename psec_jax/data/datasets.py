@@ -205,7 +205,7 @@ def generate(
     if recipe.kind == "imitation" and (cost := formats.trajectory_returns(data, "costs").mean()) > SAFE_COST_LIMIT:
         progress.say(
             f"warning: {recipe.name}: its episodes cost {cost:.1f} on average, over {SAFE_COST_LIMIT:g} (the safe "
-            f"expert's sampled actions cost more than its deterministic evaluation did)"
+            f"expert's sampled actions cost more than its evaluation did)"
         )
     returns = formats.trajectory_returns(data)
     costs = formats.trajectory_returns(data, "costs")

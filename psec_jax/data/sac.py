@@ -145,12 +145,13 @@ class SAC(NamedTuple):
     actor: Actor
     init: Any  # (key, cost_penalty: float = 0) -> SACState (replay prefilled with random-action transitions)
     run: Any  # (SACState, num_iterations: static int) -> (SACState, metrics per iteration)
-    # (actor_params, RunningMoments, key, num_episodes: static) -> rollout.Episodes (returns, costs,
-    # lengths [num_episodes])
+    # (actor_params, RunningMoments, key, num_episodes: static, sample: static bool = False) ->
+    # rollout.Episodes (returns, costs, lengths [num_episodes]); sample: the stochastic policy, else tanh(mean)
     evaluate: Any
     init_many: Any  # (keys [R], cost_penalties [R]) -> SACState [R, ...]
     run_many: Any  # (SACState [R, ...], num_iterations: static) -> (SACState, metrics [R, num_iterations])
-    evaluate_many: Any  # (actor_params [R], RunningMoments [R], keys [R], num_episodes: static) -> Episodes [R, n]
+    # (actor_params [R], RunningMoments [R], keys [R], num_episodes: static, sample: static) -> Episodes [R, n]
+    evaluate_many: Any
 
 
 def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
@@ -287,9 +288,18 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
     def run(state: SACState, num_iterations: int):
         return jax.lax.scan(iteration, state, None, length=num_iterations)
 
-    def evaluate(actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int) -> rollout.Episodes:
-        """Full episodes of the deterministic policy: undiscounted returns, costs and lengths [num_episodes]."""
-        act = lambda p, obs, k: deterministic_action(actor, p, moments, obs)
+    def evaluate(
+        actor_params: Any, moments: RunningMoments, key: jax.Array, num_episodes: int, sample: bool = False
+    ) -> rollout.Episodes:
+        """Full episodes of the deterministic policy (tanh of the mean), or with ``sample`` of the stochastic
+        one (as it collects data): undiscounted returns, costs and lengths [num_episodes]."""
+
+        def act(p, obs, k):
+            if not sample:
+                return deterministic_action(actor, p, moments, obs)
+            keys = jax.random.split(k, obs.shape[0])
+            return jax.vmap(lambda o, kk: sample_action(actor, p, o, kk)[0])(moments.normalizer()(obs), keys)
+
         return rollout.rollout(
             env, act, actor_params, jax.random.split(key, num_episodes), key, chunk=env.episode_length
         )
@@ -298,8 +308,8 @@ def make_train(env: envs_lib.Env, config: ml_collections.ConfigDict) -> SAC:
         actor=actor,
         init=jax.jit(lambda key, cost_penalty=0.0: init(key, cost_penalty)),
         run=jax.jit(run, static_argnums=1, donate_argnums=0),
-        evaluate=jax.jit(evaluate, static_argnums=3),
+        evaluate=jax.jit(evaluate, static_argnums=(3, 4)),
         init_many=jax.jit(jax.vmap(init)),
         run_many=jax.jit(jax.vmap(run, in_axes=(0, None)), static_argnums=1, donate_argnums=0),
-        evaluate_many=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)), static_argnums=3),
+        evaluate_many=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None)), static_argnums=(3, 4)),
     )
