@@ -328,10 +328,11 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from psec_jax.checkpoint import CheckpointError
     from psec_jax.data.formats._common import DatasetError
     from psec_jax.lora.library import LibraryError
+    from psec_jax.models.compare import ComparisonError
     from psec_jax.models.text import TextDataError
     from psec_jax.runs import MetricsError
 
-    return CheckpointError, ArtifactError, LibraryError, DatasetError, MetricsError, TextDataError
+    return CheckpointError, ArtifactError, LibraryError, DatasetError, MetricsError, TextDataError, ComparisonError
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ runs with stratified-bootstrap 95% confidence intervals, and the probability of 
 them an exact rank test (Mann-Whitney U) of two methods' runs, and whether their runs are completely
 separated (then a bootstrap interval of P(X > Y) is [0, 0] or [1, 1] by construction).
 
-Paired arms (seed i of both shares its initialisation and data): `paired_difference` (bootstrap
-interval, paired t and Wilcoxon signed-rank tests, the smallest detectable difference) and
-`one_sample` (t-interval and sign test of per-seed values, e.g. a slope per seed).
+Paired arms (seed i of both shares its initialisation and data): `paired_difference` (t-interval and
+bootstrap interval, paired t and Wilcoxon signed-rank tests, the smallest detectable difference),
+`one_sample` (t-interval and sign test of per-seed values, e.g. a slope per seed) and `non_inferiority`
+(a one-sided test that per-seed differences stay below a margin: "no worse than").
 
 A *run* is one training seed; its score is e.g. the mean return of its evaluation episodes (episodes of
 one seed share its policy, so they are not independent runs). One task per table, so the bootstrap
@@ -16,6 +17,7 @@ resamples seeds. Fixed ``seed`` => the same intervals every time (``_estimates``
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -147,9 +149,12 @@ def detectable_improvement(n: int, m: int, *, alpha: float = 0.05, power: float 
 # ------------------------------------------------------------------------------------- paired seeds
 
 
-def detectable_difference(n: int, sd: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+def detectable_difference(
+    n: int, sd: float, *, alpha: float = 0.05, power: float = 0.8, two_sided: bool = True
+) -> float:
     """The smallest true mean difference that a two-sided paired t-test of ``n`` seeds at level ``alpha``
-    detects with probability ``power`` when the per-seed differences have standard deviation ``sd``.
+    detects with probability ``power`` when the per-seed differences have standard deviation ``sd``
+    (``two_sided=False``: the shift a one-sided test at level ``alpha`` detects in its direction).
 
     Exact for normal differences: the delta solving P(|T| > t_{1-alpha/2, n-1}) = power with T noncentral
     t on n - 1 degrees of freedom and noncentrality delta sqrt(n) / sd. About (t_{1-alpha/2, n-1} +
@@ -163,11 +168,11 @@ def detectable_difference(n: int, sd: float, *, alpha: float = 0.05, power: floa
         return float("nan")
     if sd == 0:
         return 0.0
-    dof, crit = n - 1, sps.t.ppf(1 - alpha / 2, n - 1)
+    dof, crit = n - 1, sps.t.ppf(1 - (alpha / 2 if two_sided else alpha), n - 1)
 
     def shortfall(effect: float) -> float:  # power at a standardised effect, less the power asked for
         nc = effect * np.sqrt(n)
-        wrong_side = sps.nct.cdf(-crit, dof, nc)  # below 1e-9 where scipy's series gives NaN
+        wrong_side = sps.nct.cdf(-crit, dof, nc) if two_sided else 0.0  # below 1e-9 scipy may give NaN
         return sps.nct.sf(crit, dof, nc) + np.nan_to_num(wrong_side) - power
 
     high = 2 * (crit + sps.t.ppf(power, dof)) / np.sqrt(n)  # twice the usual approximation: power above target
@@ -270,13 +275,16 @@ def non_inferiority(d: np.ndarray, margin: float) -> dict[str, float | int | boo
     A one-sided t-test of H0 mean >= margin against H1 mean < margin: ``n``, ``mean``, ``sd``, ``margin``,
     ``upper`` the one-sided 95% upper bound mean + t_{0.95, n-1} sd / sqrt(n), ``p`` its p-value
     P(T_{n-1} <= (mean - margin) / (sd / sqrt(n))), and ``shown`` (upper < margin, the same as p < 0.05).
-    A two-sided test of mean = 0 cannot show "no worse": failing to reject is not evidence of no
-    difference. NaN (and ``shown`` False) for n < 2."""
+    Its resolution at this sd: ``power_at_zero``, the chance of showing it when the true mean is 0, and
+    ``largest_shown``, the largest true mean it shows with 80% power (margin less the one-sided
+    detectable shift). A two-sided test of mean = 0 cannot show "no worse": failing to reject is not
+    evidence of no difference. NaN (and ``shown`` False) for n < 2."""
     from scipy import stats as sps
 
     v = _check("d", d)
-    if not (isinstance(margin, (int, float)) and np.isfinite(margin) and margin > 0):
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not np.isfinite(margin) or margin <= 0:
         raise ValueError(f"non_inferiority: margin must be a finite number > 0, got {margin!r}")
+    margin = float(margin)
     n, mean = v.size, float(v.mean())
     sd = float(v.std(ddof=1)) if n > 1 else float("nan")
     if n < 2:
@@ -287,12 +295,22 @@ def non_inferiority(d: np.ndarray, margin: float) -> dict[str, float | int | boo
         se = sd / np.sqrt(n)
         upper = mean + float(sps.t.ppf(CONFIDENCE, n - 1)) * se
         p = float(sps.t.cdf((mean - margin) / se, n - 1))
+    if n < 2 or not np.isfinite(sd):
+        power_at_zero = largest = float("nan")
+    elif sd == 0:
+        power_at_zero, largest = 1.0, margin
+    else:
+        crit = float(sps.t.ppf(1 - 0.05, n - 1))
+        power_at_zero = float(sps.nct.sf(crit, n - 1, margin / (sd / np.sqrt(n))))
+        largest = margin - detectable_difference(n, sd, two_sided=False)
     return {
         "n": n,
         "mean": mean,
         "sd": sd,
-        "margin": float(margin),
+        "margin": margin,
         "upper": upper,
         "p": p,
         "shown": bool(upper < margin),
+        "power_at_zero": power_at_zero,
+        "largest_shown": largest,
     }

@@ -229,15 +229,16 @@ def test_gradient_accumulation_equals_the_whole_batch_for_the_lm_loss():
         lm_moe.check_config(bad)
 
 
-def test_a_failing_comparison_keeps_the_results(finished, monkeypatch, capsys):
+def test_a_failing_comparison_keeps_the_results(finished, monkeypatch):
     config, workdir, _ = finished
     (workdir / "results.json").unlink()
+    assert (workdir / "comparison.md").is_file()
 
     def broken(*args, **kwargs):
         raise KeyError("a field the comparison did not expect")
 
     monkeypatch.setattr(lm_moe.compare, "compare", broken)
-    lm_moe.run(config, str(workdir))  # every stage finished: resumes, evaluates from its caches
-    out = capsys.readouterr().out
-    assert "the paired comparison failed (KeyError" in out and "rerun the same command" in out
+    with pytest.raises(lm_moe.compare.ComparisonError, match=r"failed \(KeyError.*rerun the same command"):
+        lm_moe.run(config, str(workdir))  # every stage finished: resumes, evaluates from its caches
     assert "routers" in json.loads((workdir / "results.json").read_text())
+    assert not (workdir / "comparison.md").exists()  # the earlier run's, which would not match

@@ -101,8 +101,22 @@ def test_non_inferiority_is_a_one_sided_test_against_the_margin():
     worse = stats.non_inferiority(d + 0.02, 0.025)  # 0.02 worse on average: not shown within 0.025
     assert not worse["shown"] and worse["p"] > 0.05 and worse["upper"] > 0.025
     assert not stats.non_inferiority([0.0], 0.025)["shown"]
-    with pytest.raises(ValueError, match="margin"):
-        stats.non_inferiority(d, 0.0)
+    for bad in (0.0, True, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            stats.non_inferiority(d, bad)
+    assert stats.non_inferiority(d, np.float32(0.025))["margin"] == pytest.approx(0.025)
+    # resolution: shown with 80% power up to largest_shown, and the power when the truth is 0, by simulation
+    sd, n = 0.029, 12
+    out = stats.non_inferiority(np.random.default_rng(0).normal(0, sd, n), 0.025)
+    shift = stats.detectable_difference(n, out["sd"], two_sided=False)
+    assert out["largest_shown"] == pytest.approx(0.025 - shift)
+    rng = np.random.default_rng(1)
+    sims = rng.normal(0, out["sd"], (20_000, n))
+    upper = sims.mean(1) + sps.t.ppf(0.95, n - 1) * sims.std(1, ddof=1) / np.sqrt(n)
+    assert np.mean(upper < 0.025) == pytest.approx(out["power_at_zero"], abs=0.01)
+    sims = sims + out["largest_shown"]
+    upper = sims.mean(1) + sps.t.ppf(0.95, n - 1) * sims.std(1, ddof=1) / np.sqrt(n)
+    assert np.mean(upper < 0.025) == pytest.approx(0.8, abs=0.01)
 
 
 def test_one_sample_reports_the_detectable_mean():

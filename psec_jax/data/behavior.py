@@ -1,8 +1,8 @@
 """Behaviour policies: train SAC on a task, keep snapshots at D4RL-style levels, save, load, act.
 
 Levels kept from one SAC run (evaluated every `eval_every` env steps with the stochastic policy that
-collects the datasets, `eval_mode` "sample"; the committed walker policies were chosen with tanh of its
-mean, "mean"):
+collects the datasets, `eval_mode` "sample"; every policy committed so far was chosen with tanh of its
+mean, "mean", before the field existed):
 - `random`: the actor at initialisation;
 - `medium`: the snapshot whose return is closest to 1/3 of the expert return (earliest on ties);
 - `expert`: the snapshot with the highest return;
@@ -120,7 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 40_000  # env steps between evaluations / snapshots
     c.eval_episodes = 16  # full episodes per evaluation
     # the policy each snapshot is evaluated (and its levels chosen) with: "sample", the stochastic policy
-    # that collects the datasets, or "mean", tanh of its mean (which made the committed walker policies)
+    # that collects the datasets, or "mean", tanh of its mean (which chose every committed policy so far)
     c.eval_mode = "sample"
     c.num_replay_snapshots = 2  # snapshots kept between random and medium for medium-replay data
     # lambda of each SAC run's reward r - lambda * cost, trained side by side (vmapped): the first must be 0

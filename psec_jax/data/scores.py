@@ -9,8 +9,8 @@ names but not their simulator, so score those with `policy_references()` too.
 
 The project's own environments use the returns measured for their committed behaviour policies
 (`policy_references()`: the SAC actor at initialisation and the expert snapshot, each the mean
-return of full episodes as its manifest records them: its run's `eval_mode`, the committed walker
-policies' tanh of the mean, 16 episodes):
+return of full episodes as its manifest records them: its run's `eval_mode`; every policy committed
+so far: tanh of the mean, 16 episodes):
 
     normalized_score("walker-walk", 480.0, table=policy_references())
 """

@@ -52,7 +52,22 @@ from psec_jax.models import train as lm_train
 from psec_jax.models import transformer as tf
 from psec_jax.models.arms import BASELINES, CONTROL, HARDER, REFERENCE, SWEEP, Arm, common, load, paired, values
 
-__all__ = ["CONTROL", "HARDER", "INTERPOLATIONS", "MARGIN", "PRIMARY", "compare", "flops_per_token", "frontier"]
+
+class ComparisonError(Exception):
+    """The comparison of a finished run failed (the run's results are written; rerunning compares again)."""
+
+
+__all__ = [
+    "ComparisonError",
+    "CONTROL",
+    "HARDER",
+    "INTERPOLATIONS",
+    "MARGIN",
+    "PRIMARY",
+    "compare",
+    "flops_per_token",
+    "frontier",
+]
 
 # ------------------------------------------------------------------------------------------ arms
 
@@ -189,11 +204,14 @@ def compare(
       reps: bootstrap replications of every interval.
 
     Returns:
-      JSON-serialisable dict (NaN as None): "arms" {stage: summary}, "versus" {top-p arm: {baseline:
-      paired val loss difference}}, "frontier" {"experts" | "flops": {top-p arm: paired difference to
-      the interpolated top-k frontier}}, "harder" {top-p arm: {"tasks", "heldout"}}, "difficulty"
-      {top-p arm: {"other_seed" | "same_seed": slopes}}, "flops" (FLOPs per token = a + b experts) and
-      "notes" (what was left out and why). Differences are arm minus baseline: negative val loss
+      JSON-serialisable dict (NaN as None): "arms" {stage: summary, with "layer_slope" / "train_change"
+      trends for top-p arms}, "versus" {top-p arm: {baseline: paired val loss difference}}, "frontier"
+      {"experts" | "experts_polynomial" | "experts_least_favourable" | "flops": {top-p arm: paired
+      difference to the interpolated top-k frontier, with its "non_inferiority" test against MARGIN}},
+      "harder" {top-p arm: {"tasks", "measured", "heldout"}}, "difficulty" {top-p arm: {"other_seed" |
+      "same_seed": slopes}}, "adaptive" (top_p minus its rolled control: val loss, experts, difficulty
+      slope), "primary" (the PRIMARY tests, Holm-corrected), "flops" (FLOPs per token = a + b experts)
+      and "notes" (what was left out and why). Differences are arm minus baseline: negative val loss
       differences favour the top-p arm.
     """
     workdir, notes = Path(workdir), []
@@ -321,7 +339,10 @@ def _primary(out: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
                 "mean": d["mean"],
                 "ci": [None, d["upper"]] if one_sided else d["ci"],
                 "p": p,
-                "detectable": stats.detectable_difference(d["n"], d["sd"]) if one_sided else d.get("detectable"),
+                # resolution: the smallest detectable difference (two-sided), or for a margin the largest
+                # true difference still shown no worse with 80% power
+                "detectable": d["largest_shown"] if one_sided else d.get("detectable"),
+                **({"power_at_zero": d["power_at_zero"]} if one_sided else {}),
             }
         )
     order = sorted(range(len(rows)), key=lambda i: rows[i]["p"])

@@ -82,7 +82,8 @@ def markdown(comparison: dict[str, Any]) -> str:
         "",
         f"#### Primary tests (declared before the results; arm {PRIMARY_ARM}, Holm-corrected together)",
         "",
-        "| claim | statistic | n | estimate | 95% CI (one-sided for a margin) | p | Holm p | smallest detectable |",
+        "| claim | statistic | n | estimate | 95% CI (one-sided for a margin) | p | Holm p | resolution at 80% power "
+        "(two-sided: smallest detectable; margin: largest true difference shown no worse) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in c.get("primary", []):
@@ -190,7 +191,7 @@ def markdown(comparison: dict[str, Any]) -> str:
                 continue
             rows = [(str(g), s, [p["slope"][g] for p in d["per_seed"]]) for g, s in enumerate(d["layers"])]
             rows.append(("mean", d["mean_over_layers"], [float(np.mean(p["slope"])) for p in d["per_seed"]]))
-            if "mean_over_layers_token_only" in d:
+            if "skipped" not in d.get("mean_over_layers_token_only", {"skipped": ""}):
                 seeds = [float(np.mean(p["slope_token_only"])) for p in d["per_seed"]]
                 rows.append(("mean, token effects only", d["mean_over_layers_token_only"], seeds))
             for layer, s, seeds in rows:

@@ -106,10 +106,13 @@ def _slopes(arm: Arm, routed: dict, ref: dict, offset: int) -> dict[str, Any]:
         nll = ref["nll"][ref_names.index(other)][keep].astype(np.float64)  # [P]
         try:
             fits = difficulty.per_layer(counts, nll, ids, groups=rows, controls=position)
-            token_only = difficulty.per_layer(counts, nll, ids, groups=rows)
         except ValueError as e:
             failed.append(f"{m} on {REFERENCE} {other}: {e}")
             continue
+        try:  # the sensitivity fit: its failure must not drop the seed from the primary one
+            token_only = [f.slope for f in difficulty.per_layer(counts, nll, ids, groups=rows)]
+        except ValueError:
+            token_only = [float("nan")] * len(fits)
         per_seed.append(
             {
                 "member": m,
@@ -117,7 +120,7 @@ def _slopes(arm: Arm, routed: dict, ref: dict, offset: int) -> dict[str, Any]:
                 "slope": [f.slope for f in fits],
                 "se": [f.se for f in fits],
                 "ci": [list(f.ci) for f in fits],
-                "slope_token_only": [f.slope for f in token_only],
+                "slope_token_only": token_only,
                 "pooled_slope": [f.pooled_slope for f in fits],
                 "num_tokens": fits[0].num_tokens,
                 "num_clusters": fits[0].num_clusters,
@@ -130,7 +133,7 @@ def _slopes(arm: Arm, routed: dict, ref: dict, offset: int) -> dict[str, Any]:
         "per_seed": per_seed,
         "layers": [stats.one_sample(slopes[:, g]) for g in range(slopes.shape[1])],
         "mean_over_layers": stats.one_sample(slopes.mean(1)),
-        "mean_over_layers_token_only": stats.one_sample(np.array([s["slope_token_only"] for s in per_seed]).mean(1)),
+        "mean_over_layers_token_only": _one_sample_finite(np.array([s["slope_token_only"] for s in per_seed]).mean(1)),
     }
     if failed:
         out["dropped"] = failed
@@ -149,3 +152,9 @@ def difficulty_slopes(arm: Arm, top2: Arm | None, cache: dict) -> dict[str, Any]
     if not (np.array_equal(routed["inputs"], ref["inputs"]) and np.array_equal(routed["weights"], ref["weights"])):
         return {"skipped": f"tokens.npz of {arm.name} and {REFERENCE} hold different positions"}
     return {name: _slopes(arm, routed, ref, offset) for name, offset in REFERENCES.items()}
+
+
+def _one_sample_finite(x: np.ndarray) -> dict[str, Any]:
+    """`stats.one_sample` of the finite values of x [n]; "skipped" when fewer than 2."""
+    x = x[np.isfinite(x)]
+    return stats.one_sample(x) if x.size >= 2 else {"skipped": f"{x.size} seed(s) with a value"}

@@ -488,13 +488,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         try:
             results["comparison"] = compare.compare(Path(workdir), results, config)  # paired arms (compare.py)
             table = comparison_md.markdown(results["comparison"])
-        except Exception as e:  # noqa: BLE001 - reported in one line; every stage and result is on disk
-            print(
-                f"lm_moe: the paired comparison failed ({runs.one_line(e)}); results.json is written and every "
-                f"stage kept: rerun the same command to compare again",
-                flush=True,
-            )
-            return results["summary"]
+        except Exception as e:  # every stage and result is on disk: one line, exit 1
+            (Path(workdir) / "comparison.md").unlink(missing_ok=True)  # an earlier run's would not match
+            raise compare.ComparisonError(
+                f"the paired comparison failed ({runs.one_line(e)}); results.json is written and every stage "
+                f"kept: rerun the same command to compare again"
+            ) from e
         report.write(workdir, results)  # again, now with the comparison in results.json
         runs.replace_atomic(Path(workdir) / "comparison.md", lambda tmp: tmp.write_text(table, encoding="utf-8"))
     return results["summary"]
