@@ -52,29 +52,37 @@ LM = "benchmarks/lm_train_throughput.py --sides jax --out_dir {out}"  # PyTorch 
 MOE = "benchmarks/moe_throughput.py --no_torch --malloc default --out {out}/moe_throughput"
 STEPS = (
     Step("device", "benchmarks/device_check.py --probe {out}", "benchmarks/device_check.py --probe {out}", 45),
-    Step("accelerator_tests", PYTEST, PYTEST, 90),  # on CPU they skip themselves: the dry run checks the plumbing
+    Step("accelerator_tests", PYTEST, PYTEST, 85),  # on CPU they skip themselves: the dry run checks the plumbing
     # the issue's target point (E=16, d=1024, T 256..16k) at top-p 0.4; each (T, mode) gets 15 s of turns, and
     # the JSON is rewritten after every T, so a step stopped at its timeout keeps the rows it measured
     Step(
         "moe",
         f"{MOE} --grid target --routers top_p0.4 --backends capacity dropless ragged",
         f"{MOE} --grid quick --routers top1 --routing_only --no_fused",
-        140,
+        120,
         "benchmarks/moe_throughput.py",
     ),
     Step(
         "lm",
         f"{LM} --presets medium --steps 20",
         f"{LM} --presets tiny --routers top_p --steps 2 --reps 1",
-        90,
+        80,
         "benchmarks/lm_train_throughput.py",
     ),
     Step(
         "psec",
         "benchmarks/psec_train_throughput.py --sizes paper --batches 2048 --steps 100 --reps 3 --out {out}/psec.json",
         "benchmarks/psec_train_throughput.py --quick --stages pretrain --out {out}/psec.json",
-        105,
+        95,
         "benchmarks/psec_train_throughput.py",
+    ),
+    # a skill library of K LoRA skills composed densely vs routed top-p (issue 36), K up to 256
+    Step(
+        "routed",
+        "benchmarks/routed_skills.py --ks 16 64 256 --sharpness 8 --reps 3 --out_dir {out}",
+        "benchmarks/routed_skills.py --ks 4 --network tiny --batch 16 --sharpness 8 --reps 1 --out_dir {out}",
+        45,
+        "benchmarks/routed_skills.py",
     ),
 )
 

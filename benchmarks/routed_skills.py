@@ -108,6 +108,7 @@ def measure(network: str, k: int, batch: int, sharpness: float, p: float, reps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="K in 4, 16 only")
+    parser.add_argument("--ks", type=int, nargs="+", default=None, help="library sizes (default 4 16 64 256)")
     parser.add_argument("--network", default="small", choices=("tiny", "small", "paper"), help="noise-net size")
     parser.add_argument("--batch", type=int, default=256, help="states per call")
     parser.add_argument("--p", type=float, default=0.5, help="top-p threshold")
@@ -120,9 +121,10 @@ def main() -> None:
         "at large K), 8 selects one to three",
     )
     parser.add_argument("--reps", type=int, default=5, help="timed rounds")
-    parser.add_argument("--out", default="routed_skills", help="result file name in benchmarks/results/")
+    parser.add_argument("--out", default="routed_skills", help="result file name (in --out_dir)")
+    parser.add_argument("--out_dir", default=str(RESULTS), help="results directory")
     args = parser.parse_args()
-    ks = (4, 16) if args.quick else (4, 16, 64, 256)
+    ks = tuple(args.ks) if args.ks else (4, 16) if args.quick else (4, 16, 64, 256)
     rows = []
     with bench.LoadMonitor() as load:
         for k in ks:
@@ -140,7 +142,7 @@ def main() -> None:
     report = load.report()
     print(bench.describe_load(report))
     print(runs.format_table(rows))
-    path = bench.write_results(args.out, rows, {"args": vars(args)}, directory=RESULTS, load=report)
+    path = bench.write_results(args.out, rows, {"args": vars(args)}, directory=Path(args.out_dir), load=report)
     print(f"wrote {path}")
 
 
