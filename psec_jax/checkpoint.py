@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from psec_jax import artifacts, signals
@@ -62,6 +64,26 @@ def _failure(e: BaseException) -> str:
 
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _is_empty(x: Any) -> bool:
+    return getattr(x, "size", None) == 0 and hasattr(x, "dtype")
+
+
+def _fill_empty(tree: Any) -> Any:
+    """Zero-size arrays (e.g. MJX's ``data.act`` of a body without actuator state) as one-element
+    placeholders: Orbax cannot save an array with no elements."""
+    return jax.tree.map(lambda x: np.zeros((1,), x.dtype) if _is_empty(x) else x, tree)
+
+
+def _abstract_target(target: Any) -> Any:
+    """``target``'s abstract tree, its zero-size leaves as the placeholders `_fill_empty` saved."""
+    return _abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,), x.dtype) if _is_empty(x) else x, target))
+
+
+def _restore_empty(restored: Any, target: Any) -> Any:
+    """The restored tree with ``target``'s zero-size leaves put back in place of their placeholders."""
+    return jax.tree.map(lambda r, t: jnp.zeros(t.shape, t.dtype) if _is_empty(t) else r, restored, target)
 
 
 class Checkpoints:
@@ -135,6 +157,7 @@ class Checkpoints:
         ``force`` saves even when ``step`` is off the save interval (use it for the final step).
         Raises CheckpointError (one line) when the save cannot be started or the previous one failed.
         """
+        state = _fill_empty(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(to_jsonable(config)))
         self.wait()
         self._preflight(step, state)
@@ -308,18 +331,20 @@ class Checkpoints:
         checksum (``verify=False`` skips that, e.g. for checkpoints written before checksums existed).
 
         With ``target`` (a pytree of arrays or ShapeDtypeStructs) the state is restored into that
-        structure, dtypes and shardings; without it, as the saved tree of arrays.
+        structure, dtypes and shardings; without it, as the saved tree of arrays (a zero-size array then
+        comes back as the one-element placeholder it was saved as).
         """
         step = self._step_or_latest(step)
         self._check(step, verify)
-        state_args = ocp.args.StandardRestore(_abstract(target) if target is not None else None)
+        state_args = ocp.args.StandardRestore(_abstract_target(target) if target is not None else None)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=state_args, config=ocp.args.JsonRestore())
             )
         except Exception as e:  # Orbax raises many types; all mean "this checkpoint is unusable".
             raise CheckpointError(f"could not restore step {step} from {self.directory}: {one_line(e)}") from e
-        return restored.state, ml_collections.ConfigDict(restored.config)
+        state = restored.state if target is None else _restore_empty(restored.state, target)
+        return state, ml_collections.ConfigDict(restored.config)
 
     def restore_config(self, step: int | None = None, *, verify: bool = True) -> ml_collections.ConfigDict:
         """The config saved with ``step`` (default: latest), without reading any arrays."""

@@ -72,6 +72,19 @@ def test_abstract_target_restores_dtype(tmp_path):
     assert state["step"].dtype == jnp.int32 and state["params"]["w"].shape == (3, 4)
 
 
+def test_zero_size_arrays_round_trip(tmp_path):
+    """Orbax cannot save an array with no elements (MJX's data.act of a walker): saved as a placeholder,
+    restored into the target's shape, concrete or abstract."""
+    state = {**_state(), "act": jnp.zeros((16, 0), jnp.float32), "ids": np.zeros((0,), np.int32)}
+    with Checkpoints(tmp_path) as ck:
+        ck.save(1, state, CFG)
+        for target in (state, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)):
+            restored, _ = ck.restore(target=target)
+            assert restored["act"].shape == (16, 0) and restored["ids"].shape == (0,)
+            assert restored["ids"].dtype == np.int32
+            assert_trees_close(restored["params"], state["params"])
+
+
 def test_missing_and_mismatched_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         Checkpoints(tmp_path / "nothing", create=False)
