@@ -38,9 +38,9 @@ def say(message: str) -> None:
 
 
 def loss_first(metrics: Mapping[str, Any]) -> list[str]:
-    """Metric names with the losses first: ``loss`` itself, ``<prefix>/loss``, every other ``*loss*``,
-    then the rest."""
-    rank = lambda k: 0 if k == "loss" else 1 if k.rsplit("/", 1)[-1] == "loss" else 2 if "loss" in k else 3
+    """Metric names with the headline first (``return``, an RL run's, or ``loss``), then ``<prefix>/loss``,
+    every other ``*loss*``, then the rest."""
+    rank = lambda k: 0 if k in ("loss", "return") else 1 if k.rsplit("/", 1)[-1] == "loss" else 2 if "loss" in k else 3
     return sorted(metrics, key=rank)  # stable: the others keep their order
 
 
