@@ -149,6 +149,14 @@ def detectable_improvement(n: int, m: int, *, alpha: float = 0.05, power: float 
 # ------------------------------------------------------------------------------------- paired seeds
 
 
+def _t_half_width(n: int, sd: float, quantile: float) -> float:
+    """t_{quantile, n-1} sd / sqrt(n): the half-width of a t-interval (two-sided 95%: quantile 0.975;
+    a one-sided 95% bound: 0.95). NaN for n < 2."""
+    from scipy import stats as sps
+
+    return float(sps.t.ppf(quantile, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+
+
 def detectable_difference(
     n: int, sd: float, *, alpha: float = 0.05, power: float = 0.8, two_sided: bool = True
 ) -> float:
@@ -213,7 +221,7 @@ def paired_difference(
     means = d[rng.integers(0, n, (reps, n))].mean(1)
     boot = [float(np.quantile(means, (1 - CONFIDENCE) / 2)), float(np.quantile(means, (1 + CONFIDENCE) / 2))]
     sd = float(d.std(ddof=1)) if n > 1 else float("nan")
-    half = float(sps.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    half = _t_half_width(n, sd, 0.5 + CONFIDENCE / 2)
     if n < 2:
         t_p = w_p = float("nan")
     elif not np.any(d):
@@ -248,7 +256,7 @@ def one_sample(x: np.ndarray) -> dict[str, float | int | list[float]]:
     v = _check("x", x)
     n, mean = v.size, float(v.mean())
     sd = float(v.std(ddof=1)) if n > 1 else float("nan")
-    half = float(sps.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    half = _t_half_width(n, sd, 0.5 + CONFIDENCE / 2)
     if n < 2:
         t_p = float("nan")
     elif sd == 0:
@@ -288,20 +296,14 @@ def non_inferiority(d: np.ndarray, margin: float) -> dict[str, float | int | boo
     n, mean = v.size, float(v.mean())
     sd = float(v.std(ddof=1)) if n > 1 else float("nan")
     if n < 2:
-        upper = p = float("nan")
+        upper = p = power_at_zero = largest = float("nan")
     elif sd == 0:
-        upper, p = mean, (0.0 if mean < margin else 1.0)
+        upper, p, power_at_zero, largest = mean, (0.0 if mean < margin else 1.0), 1.0, margin
     else:
         se = sd / np.sqrt(n)
-        upper = mean + float(sps.t.ppf(CONFIDENCE, n - 1)) * se
+        upper = mean + _t_half_width(n, sd, CONFIDENCE)
         p = float(sps.t.cdf((mean - margin) / se, n - 1))
-    if n < 2 or not np.isfinite(sd):
-        power_at_zero = largest = float("nan")
-    elif sd == 0:
-        power_at_zero, largest = 1.0, margin
-    else:
-        crit = float(sps.t.ppf(1 - 0.05, n - 1))
-        power_at_zero = float(sps.nct.sf(crit, n - 1, margin / (sd / np.sqrt(n))))
+        power_at_zero = float(sps.nct.sf(sps.t.ppf(CONFIDENCE, n - 1), n - 1, margin / se))
         largest = margin - detectable_difference(n, sd, two_sided=False)
     return {
         "n": n,
